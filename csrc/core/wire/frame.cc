@@ -1,0 +1,472 @@
+#include "splitlink/wire/frame.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "splitlink/errors.h"
+#include "splitlink/memcopy.h"
+#include "splitlink/parallel.h"
+#include "splitlink/wire/pbio.h"
+
+namespace splitlink::wire {
+namespace {
+
+constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+std::string path_str(const std::vector<std::string>& path) {
+  std::string s;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (i != 0) s += '/';
+    s += path[i];
+  }
+  return s.empty() ? std::string("<empty path>") : s;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+// numel of `shape`, or false on overflow of int64 (the largest count any framework can index).
+bool checked_numel(const std::vector<int64_t>& shape, uint64_t* numel) {
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+    if (__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
+    if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
+  }
+  *numel = n;
+  return true;
+}
+
+// Every path must be unique, and no tensor may sit where another path needs a group
+// ({"a": t} and {"a": {"b": u}} cannot both be in one mapping).
+template <typename Err, typename GetPath>
+void check_paths(size_t n, GetPath get_path, const char* where) {
+  std::set<std::vector<std::string>> tensors;
+  std::set<std::vector<std::string>> groups;
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<std::string>& p = get_path(i);
+    SL_CHECK(tensors.insert(p).second, Err,
+             where << "tensor #" << i << " repeats the name '" << path_str(p) << "'; names must be unique");
+    for (size_t d = 1; d < p.size(); ++d) groups.emplace(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(d));
+  }
+  for (const auto& g : groups) {
+    SL_CHECK(tensors.count(g) == 0, Err,
+             where << "'" << path_str(g) << "' is both a tensor and a group of tensors; rename one of them");
+  }
+}
+
+size_t codec_msg_size(const CodecSpec& c) {
+  size_t s = 0;
+  if (c.type != CodecType::kNone) s += pb::tag_size(field::kCodecType) + pb::varint_size(static_cast<uint32_t>(c.type));
+  if (c.bit_num != 0) s += pb::tag_size(field::kBitNum) + pb::varint_size(c.bit_num);
+  return s;
+}
+
+size_t varint_field_size(uint32_t f, uint64_t v) { return pb::tag_size(f) + pb::varint_size(v); }
+
+}  // namespace
+
+bool is_valid_utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const unsigned char* end = p + s.size();
+  while (p < end) {
+    const unsigned char c = *p;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    }
+    size_t n;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) {
+      n = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (static_cast<size_t>(end - p) < n) return false;
+    for (size_t i = 1; i < n; ++i) {
+      if ((p[i] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000)) return false;  // overlong
+    if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    p += n;
+  }
+  return true;
+}
+
+FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInput>& tensors) {
+  SL_CHECK(meta.version == kWireVersion, InvalidArgument,
+           "this build writes wire version " << kWireVersion << ", not " << meta.version);
+  for (const auto* s : {&meta.sender, &meta.kind}) {
+    SL_CHECK(s->size() <= kMaxStringBytes, InvalidArgument,
+             (s == &meta.sender ? "sender" : "kind") << " is " << s->size() << " bytes; the limit is " << kMaxStringBytes);
+    SL_CHECK(is_valid_utf8(*s), InvalidArgument, (s == &meta.sender ? "sender" : "kind") << " is not valid UTF-8");
+  }
+  SL_CHECK(tensors.size() <= kMaxTensors, InvalidArgument,
+           "a frame holds at most " << kMaxTensors << " tensors, got " << tensors.size() << "; split them across frames");
+
+  FrameLayout L;
+  const size_t n = tensors.size();
+  L.offsets_.resize(n);
+  L.encoded_lengths_.resize(n);
+  L.tensor_msg_sizes_.resize(n);
+  L.codec_msg_sizes_.resize(n);
+  L.shape_sizes_.resize(n);
+
+  size_t header = 0;
+  header += varint_field_size(field::kVersion, meta.version);
+  header += pb::len_field_size(field::kSender, meta.sender.size());
+  header += varint_field_size(field::kSeq, meta.seq);
+  header += varint_field_size(field::kStep, static_cast<uint64_t>(meta.step));
+  header += pb::len_field_size(field::kKind, meta.kind.size());
+
+  uint64_t cursor = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const TensorInput& t = tensors[i];
+    const std::string name = path_str(t.path);
+    SL_CHECK(!t.path.empty() && t.path.size() <= kMaxPathDepth, InvalidArgument,
+             "tensor #" << i << " has a key path of depth " << t.path.size() << "; nesting must be 1.."
+                        << kMaxPathDepth << " levels");
+    for (const auto& part : t.path) {
+      SL_CHECK(!part.empty() && part.size() <= kMaxStringBytes, InvalidArgument,
+               "tensor #" << i << " ('" << name << "') has an empty or over-long key (limit " << kMaxStringBytes
+                          << " bytes)");
+      SL_CHECK(is_valid_utf8(part), InvalidArgument, "tensor #" << i << " has a key that is not valid UTF-8");
+    }
+    const size_t isz = itemsize(t.dtype);
+    SL_CHECK(isz != 0, InvalidArgument, "tensor '" << name << "' has unsupported dtype code " << static_cast<uint32_t>(t.dtype));
+    SL_CHECK(t.shape.size() <= kMaxNdim, InvalidArgument,
+             "tensor '" << name << "' has " << t.shape.size() << " dimensions; the limit is " << kMaxNdim);
+    uint64_t numel = 0;
+    SL_CHECK(checked_numel(t.shape, &numel), InvalidArgument,
+             "tensor '" << name << "' has an invalid shape " << shape_str(t.shape));
+    uint64_t nbytes = 0;
+    SL_CHECK(!__builtin_mul_overflow(numel, isz, &nbytes) && nbytes == t.nbytes, InvalidArgument,
+             "tensor '" << name << "': shape " << shape_str(t.shape) << " of " << dtype_name(t.dtype) << " needs "
+                        << numel << "x" << isz << " bytes but its buffer has " << t.nbytes);
+    SL_CHECK(nbytes == 0 || t.data != nullptr, InvalidArgument, "tensor '" << name << "' has no data pointer");
+    SL_CHECK(t.codec.is_none(), InvalidArgument,
+             "tensor '" << name << "': codec type " << static_cast<uint32_t>(t.codec.type) << " is not supported by this build");
+
+    L.encoded_lengths_[i] = nbytes;
+    L.offsets_[i] = align_up(cursor, kAlignment);
+    cursor = L.offsets_[i] + nbytes;
+
+    size_t shape_sz = 0;
+    for (int64_t d : t.shape) shape_sz += pb::varint_size(static_cast<uint64_t>(d));
+    L.shape_sizes_[i] = shape_sz;
+    L.codec_msg_sizes_[i] = codec_msg_size(t.codec);
+
+    size_t msg = 0;
+    for (const auto& part : t.path) msg += pb::len_field_size(field::kPath, part.size());
+    msg += varint_field_size(field::kDType, static_cast<uint32_t>(t.dtype));
+    if (!t.shape.empty()) msg += pb::len_field_size(field::kShape, shape_sz);
+    msg += varint_field_size(field::kOffset, L.offsets_[i]);
+    msg += varint_field_size(field::kLength, nbytes);
+    if (L.codec_msg_sizes_[i] != 0) msg += pb::len_field_size(field::kCodec, L.codec_msg_sizes_[i]);
+    L.tensor_msg_sizes_[i] = msg;
+    header += pb::len_field_size(field::kTensors, msg);
+  }
+  check_paths<InvalidArgument>(n, [&](size_t i) -> const std::vector<std::string>& { return tensors[i].path; }, "");
+
+  L.payload_length_ = cursor;
+  L.header_size_ = header;
+  // [header][tag 14][len n][n pad bytes][tag 15][varint P][payload]; choose n < 64 (one-byte
+  // length) so that the payload starts on a 64-byte boundary.
+  const size_t fixed = header + 1 + 1 + 1 + pb::varint_size(L.payload_length_);
+  L.padding_len_ = (kAlignment - fixed % kAlignment) % kAlignment;
+  L.payload_offset_ = fixed + L.padding_len_;
+  L.total_size_ = L.payload_offset_ + L.payload_length_;
+  return L;
+}
+
+void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out,
+                        size_t out_size, unsigned threads) const {
+  SL_CHECK(out_size >= total_size_, InvalidArgument,
+           "output buffer has " << out_size << " bytes but the frame needs " << total_size_);
+  SL_CHECK(tensors.size() == offsets_.size(), InvalidArgument, "write() got different tensors than plan()");
+  uint8_t* p = out;
+  p = pb::put_varint_field(p, field::kVersion, meta.version);
+  p = pb::put_bytes_field(p, field::kSender, meta.sender);
+  p = pb::put_varint_field(p, field::kSeq, meta.seq);
+  p = pb::put_varint_field(p, field::kStep, static_cast<uint64_t>(meta.step));
+  p = pb::put_bytes_field(p, field::kKind, meta.kind);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInput& t = tensors[i];
+    p = pb::put_len_header(p, field::kTensors, tensor_msg_sizes_[i]);
+    for (const auto& part : t.path) p = pb::put_bytes_field(p, field::kPath, part);
+    p = pb::put_varint_field(p, field::kDType, static_cast<uint32_t>(t.dtype));
+    if (!t.shape.empty()) {
+      p = pb::put_len_header(p, field::kShape, shape_sizes_[i]);
+      for (int64_t d : t.shape) p = pb::put_varint(p, static_cast<uint64_t>(d));
+    }
+    p = pb::put_varint_field(p, field::kOffset, offsets_[i]);
+    p = pb::put_varint_field(p, field::kLength, encoded_lengths_[i]);
+    if (codec_msg_sizes_[i] != 0) {
+      p = pb::put_len_header(p, field::kCodec, codec_msg_sizes_[i]);
+      if (t.codec.type != CodecType::kNone) p = pb::put_varint_field(p, field::kCodecType, static_cast<uint32_t>(t.codec.type));
+      if (t.codec.bit_num != 0) p = pb::put_varint_field(p, field::kBitNum, t.codec.bit_num);
+    }
+  }
+  p = pb::put_len_header(p, field::kPadding, padding_len_);
+  std::memset(p, 0, padding_len_);
+  p += padding_len_;
+  p = pb::put_len_header(p, field::kPayload, payload_length_);
+  SL_CHECK(static_cast<size_t>(p - out) == payload_offset_, Error,
+           "internal error: header is " << (p - out) << " bytes, planned " << payload_offset_);
+
+  // Payload: zero the gaps (a reused buffer must not leak an older frame's bytes to the peer),
+  // then copy tensors, large ones split into page-aligned pieces spread over threads.
+  struct Piece {
+    uint8_t* dst;
+    const uint8_t* src;
+    size_t len;
+  };
+  constexpr size_t kPiece = size_t{4} << 20;
+  std::vector<Piece> pieces;
+  uint64_t cursor = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    std::memset(p + cursor, 0, offsets_[i] - cursor);
+    const uint64_t len = encoded_lengths_[i];
+    for (uint64_t b = 0; b < len; b += kPiece) {
+      pieces.push_back({p + offsets_[i] + b, tensors[i].data + b, static_cast<size_t>(std::min<uint64_t>(kPiece, len - b))});
+    }
+    cursor = offsets_[i] + len;
+  }
+  parallel_for(pieces.size(), [&](size_t k) { stream_copy(pieces[k].dst, pieces[k].src, pieces[k].len); }, threads);
+}
+
+FrameHeader decode_header(const uint8_t* data, size_t size) {
+  SL_CHECK(data != nullptr || size == 0, InvalidArgument, "null frame buffer");
+  FrameHeader h;
+  h.meta.version = 0;
+  bool have_payload = false;
+  std::vector<size_t> desc_pos;  // byte offset of each tensor descriptor, for messages
+
+  auto expect_wt = [](uint32_t wt, pb::WireType want, const char* name, size_t at) {
+    SL_CHECK(wt == want, WireError,
+             "field '" << name << "' at byte " << at << " has protobuf wire type " << wt << ", expected " << want
+                       << " (not a splitlink frame, or corrupt)");
+  };
+  auto read_string = [&](pb::Reader& r, const char* name, std::string* out) {
+    const size_t at = r.pos();
+    auto [b, e] = r.len_delimited(name);
+    SL_CHECK(e - b <= kMaxStringBytes, WireError,
+             name << " at byte " << at << " is " << (e - b) << " bytes; the limit is " << kMaxStringBytes);
+    out->assign(reinterpret_cast<const char*>(data + b), e - b);
+    SL_CHECK(is_valid_utf8(*out), WireError, name << " at byte " << at << " is not valid UTF-8");
+  };
+
+  pb::Reader r(data, 0, size);
+  SL_CHECK(size > 0, WireError, "empty frame (0 bytes)");
+  while (!r.done()) {
+    const size_t at = r.pos();
+    const uint64_t tag = r.varint("a field tag");
+    const uint64_t fnum = tag >> 3;
+    const uint32_t wt = static_cast<uint32_t>(tag & 7);
+    SL_CHECK(fnum != 0 && fnum <= 536870911u, WireError, "invalid protobuf field number " << fnum << " at byte " << at);
+    switch (fnum) {
+      case field::kVersion: {
+        expect_wt(wt, pb::kVarint, "version", at);
+        const uint64_t v = r.varint("version");
+        SL_CHECK(v <= std::numeric_limits<uint32_t>::max(), WireError, "version " << v << " at byte " << at << " is out of range");
+        h.meta.version = static_cast<uint32_t>(v);
+        break;
+      }
+      case field::kSender:
+        expect_wt(wt, pb::kLen, "sender", at);
+        read_string(r, "sender", &h.meta.sender);
+        break;
+      case field::kSeq:
+        expect_wt(wt, pb::kVarint, "seq", at);
+        h.meta.seq = r.varint("seq");
+        break;
+      case field::kStep:
+        expect_wt(wt, pb::kVarint, "step", at);
+        h.meta.step = static_cast<int64_t>(r.varint("step"));
+        break;
+      case field::kKind:
+        expect_wt(wt, pb::kLen, "kind", at);
+        read_string(r, "kind", &h.meta.kind);
+        break;
+      case field::kTensors: {
+        expect_wt(wt, pb::kLen, "tensors", at);
+        SL_CHECK(h.tensors.size() < kMaxTensors, WireError,
+                 "frame declares more than " << kMaxTensors << " tensors (byte " << at << ")");
+        const auto span = r.len_delimited("a tensor descriptor");
+        const size_t b = span.first, e = span.second;  // named variables: lambdas below capture b
+        TensorDesc d;
+        pb::Reader t(data, b, e);
+        while (!t.done()) {
+          const size_t tat = t.pos();
+          const uint64_t ttag = t.varint("a tensor field tag");
+          const uint64_t tf = ttag >> 3;
+          const uint32_t twt = static_cast<uint32_t>(ttag & 7);
+          SL_CHECK(tf != 0 && tf <= 536870911u, WireError, "invalid protobuf field number " << tf << " at byte " << tat);
+          switch (tf) {
+            case field::kPath: {
+              expect_wt(twt, pb::kLen, "tensor.path", tat);
+              SL_CHECK(d.path.size() < kMaxPathDepth, WireError,
+                       "tensor descriptor at byte " << b << " nests deeper than " << kMaxPathDepth << " levels");
+              d.path.emplace_back();
+              read_string(t, "tensor.path", &d.path.back());
+              SL_CHECK(!d.path.back().empty(), WireError, "tensor descriptor at byte " << b << " has an empty key");
+              break;
+            }
+            case field::kDType: {
+              expect_wt(twt, pb::kVarint, "tensor.dtype", tat);
+              const uint64_t v = t.varint("tensor.dtype");
+              SL_CHECK(is_valid_dtype(v), WireError,
+                       "tensor descriptor at byte " << b << " has unknown dtype " << v << " (known: 1.." << kMaxDType
+                                                    << "); the sender may run a newer splitlink");
+              d.dtype = static_cast<DType>(v);
+              break;
+            }
+            case field::kShape: {
+              auto push_dim = [&](uint64_t v) {
+                SL_CHECK(d.shape.size() < kMaxNdim, WireError,
+                         "tensor descriptor at byte " << b << " has more than " << kMaxNdim << " dimensions");
+                SL_CHECK(v <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), WireError,
+                         "tensor descriptor at byte " << b << " has dimension " << v << ", beyond int64");
+                d.shape.push_back(static_cast<int64_t>(v));
+              };
+              if (twt == pb::kLen) {
+                auto [sb, se] = t.len_delimited("tensor.shape");
+                pb::Reader s(data, sb, se);
+                while (!s.done()) push_dim(s.varint("tensor.shape"));
+              } else {
+                expect_wt(twt, pb::kVarint, "tensor.shape", tat);
+                push_dim(t.varint("tensor.shape"));
+              }
+              break;
+            }
+            case field::kOffset:
+              expect_wt(twt, pb::kVarint, "tensor.offset", tat);
+              d.offset = t.varint("tensor.offset");
+              break;
+            case field::kLength:
+              expect_wt(twt, pb::kVarint, "tensor.length", tat);
+              d.length = t.varint("tensor.length");
+              break;
+            case field::kCodec: {
+              expect_wt(twt, pb::kLen, "tensor.codec", tat);
+              auto [cb, ce] = t.len_delimited("tensor.codec");
+              pb::Reader c(data, cb, ce);
+              while (!c.done()) {
+                const size_t cat = c.pos();
+                const uint64_t ctag = c.varint("a codec field tag");
+                const uint64_t cf = ctag >> 3;
+                const uint32_t cwt = static_cast<uint32_t>(ctag & 7);
+                SL_CHECK(cf != 0 && cf <= 536870911u, WireError, "invalid protobuf field number " << cf << " at byte " << cat);
+                if (cf == field::kCodecType) {
+                  expect_wt(cwt, pb::kVarint, "codec.type", cat);
+                  const uint64_t v = c.varint("codec.type");
+                  SL_CHECK(v == static_cast<uint64_t>(CodecType::kNone), WireError,
+                           "tensor descriptor at byte " << b << " uses unknown codec type " << v
+                                                        << "; the sender may run a newer splitlink");
+                  d.codec.type = static_cast<CodecType>(v);
+                } else if (cf == field::kBitNum) {
+                  expect_wt(cwt, pb::kVarint, "codec.bit_num", cat);
+                  const uint64_t v = c.varint("codec.bit_num");
+                  SL_CHECK(v <= 64, WireError, "codec.bit_num " << v << " at byte " << cat << " is out of range");
+                  d.codec.bit_num = static_cast<uint32_t>(v);
+                } else {
+                  c.skip(static_cast<pb::WireType>(cwt), static_cast<uint32_t>(cf));
+                }
+              }
+              break;
+            }
+            default:
+              t.skip(static_cast<pb::WireType>(twt), static_cast<uint32_t>(tf));
+          }
+        }
+        desc_pos.push_back(b);
+        h.tensors.push_back(std::move(d));
+        break;
+      }
+      case field::kPayload: {
+        expect_wt(wt, pb::kLen, "payload", at);
+        auto [b, e] = r.len_delimited("payload");
+        h.payload_offset = b;
+        h.payload_length = e - b;
+        have_payload = true;
+        break;
+      }
+      default:
+        r.skip(static_cast<pb::WireType>(wt), static_cast<uint32_t>(fnum));
+    }
+  }
+
+  SL_CHECK(h.meta.version != 0, WireError,
+           "frame has no wire version (field 1); these " << size << " bytes are not a splitlink frame");
+  SL_CHECK(h.meta.version == kWireVersion, WireError,
+           "frame has wire version " << h.meta.version << " but this build reads version " << kWireVersion
+                                     << "; run the same splitlink release on both parties");
+  // The payload field is always present (explicitly, even when empty) and always last, so a
+  // frame cut at any byte, including at a field boundary, is detected.
+  SL_CHECK(have_payload && h.payload_offset + h.payload_length == size, WireError,
+           (have_payload ? "frame does not end with its payload field (field 15)" : "frame has no payload field (field 15)")
+               << "; it is truncated, or was written by an encoder that omits or reorders it");
+
+  // Descriptor-level checks, then global ones (overlap, paths).
+  std::vector<std::pair<uint64_t, size_t>> spans;
+  spans.reserve(h.tensors.size());
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    TensorDesc& d = h.tensors[i];
+    const size_t at = desc_pos[i];
+    SL_CHECK(!d.path.empty(), WireError, "tensor #" << i << " (descriptor at byte " << at << ") has no name");
+    const std::string name = path_str(d.path);
+    SL_CHECK(d.dtype != DType::kUnspecified, WireError,
+             "tensor '" << name << "' (descriptor at byte " << at << ") has no dtype");
+    uint64_t numel = 0;
+    SL_CHECK(checked_numel(d.shape, &numel), WireError,
+             "tensor '" << name << "' (descriptor at byte " << at << ") has shape " << shape_str(d.shape)
+                        << " whose element count overflows int64");
+    d.numel = numel;
+    uint64_t nbytes = 0;
+    SL_CHECK(!__builtin_mul_overflow(numel, itemsize(d.dtype), &nbytes), WireError,
+             "tensor '" << name << "' (descriptor at byte " << at << ") has shape " << shape_str(d.shape)
+                        << " whose byte size overflows");
+    if (d.codec.is_none()) {
+      SL_CHECK(d.length == nbytes, WireError,
+               "tensor '" << name << "' (descriptor at byte " << at << ") declares " << d.length << " bytes but shape "
+                          << shape_str(d.shape) << " of " << dtype_name(d.dtype) << " needs " << nbytes);
+    }
+    SL_CHECK(d.offset % kAlignment == 0, WireError,
+             "tensor '" << name << "' (descriptor at byte " << at << ") starts at payload offset " << d.offset
+                        << ", which is not a multiple of " << kAlignment);
+    SL_CHECK(d.offset <= h.payload_length && d.length <= h.payload_length - d.offset, WireError,
+             "tensor '" << name << "' (descriptor at byte " << at << ") spans payload bytes [" << d.offset << ", "
+                        << d.offset << "+" << d.length << ") but the payload has " << h.payload_length
+                        << " bytes (frame truncated?)");
+    if (d.length != 0) spans.emplace_back(d.offset, i);
+    d.offset += h.payload_offset;
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t k = 1; k < spans.size(); ++k) {
+    const TensorDesc& prev = h.tensors[spans[k - 1].second];
+    const TensorDesc& cur = h.tensors[spans[k].second];
+    SL_CHECK(prev.offset + prev.length <= cur.offset, WireError,
+             "tensors '" << path_str(prev.path) << "' and '" << path_str(cur.path) << "' overlap in the payload");
+  }
+  check_paths<WireError>(h.tensors.size(), [&](size_t i) -> const std::vector<std::string>& { return h.tensors[i].path; },
+                         "frame: ");
+  return h;
+}
+
+}  // namespace splitlink::wire

@@ -1,0 +1,125 @@
+// Frames: the protobuf encoding of protos/splitlink/v1/frame.proto, written and read directly.
+//
+// Encoding is plan-then-write: `FrameLayout::plan` computes every size and offset from the
+// tensors' descriptors, the caller provides a buffer of `layout.size()` bytes (usually a reused
+// one), and `FrameLayout::write` fills it in one pass from tensor memory.
+//
+// Decoding is descriptor-first: `decode_header` parses and validates the whole header (every
+// length, offset, count, dtype and shape product, overflow-safe) before anyone touches the
+// payload, and returns offsets into the caller's buffer so tensors can view it in place.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "splitlink/dtype.h"
+
+namespace splitlink::wire {
+
+constexpr uint32_t kWireVersion = 1;
+// Alignment of the payload inside the frame and of each tensor inside the payload: a cache line,
+// and enough for any SIMD load and for DMA from pinned memory.
+constexpr size_t kAlignment = 64;
+
+// Limits that keep a hostile frame from making the decoder allocate without bound.
+constexpr size_t kMaxTensors = 1 << 20;
+constexpr size_t kMaxNdim = 32;
+constexpr size_t kMaxPathDepth = 8;
+constexpr size_t kMaxStringBytes = 4096;
+
+namespace field {
+// message Frame
+constexpr uint32_t kVersion = 1, kSender = 2, kSeq = 3, kStep = 4, kKind = 5, kTensors = 6, kPadding = 14,
+                   kPayload = 15;
+// message Tensor
+constexpr uint32_t kPath = 1, kDType = 2, kShape = 3, kOffset = 4, kLength = 5, kCodec = 6;
+// message Codec
+constexpr uint32_t kCodecType = 1, kBitNum = 2;
+}  // namespace field
+
+enum class CodecType : uint32_t {
+  kNone = 0,
+};
+
+struct CodecSpec {
+  CodecType type = CodecType::kNone;
+  uint32_t bit_num = 0;
+
+  bool is_none() const { return type == CodecType::kNone; }
+};
+
+struct FrameMeta {
+  uint32_t version = kWireVersion;
+  std::string sender;
+  uint64_t seq = 0;
+  int64_t step = 0;
+  std::string kind;
+};
+
+// One tensor to encode. `data` points at `nbytes` bytes of C-contiguous elements.
+struct TensorInput {
+  std::vector<std::string> path;
+  DType dtype = DType::kUnspecified;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  uint64_t nbytes = 0;
+  CodecSpec codec;
+};
+
+// One decoded tensor descriptor; `offset` is relative to the start of the frame buffer.
+struct TensorDesc {
+  std::vector<std::string> path;
+  DType dtype = DType::kUnspecified;
+  std::vector<int64_t> shape;
+  uint64_t numel = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  CodecSpec codec;
+};
+
+struct FrameHeader {
+  FrameMeta meta;
+  std::vector<TensorDesc> tensors;
+  uint64_t payload_offset = 0;  // where payload bytes start in the frame
+  uint64_t payload_length = 0;
+};
+
+class FrameLayout {
+ public:
+  // Validates the inputs (dtype, shape vs nbytes, names, limits) and computes the layout.
+  // Throws InvalidArgument naming the offending tensor.
+  static FrameLayout plan(const FrameMeta& meta, const std::vector<TensorInput>& tensors);
+
+  size_t size() const { return total_size_; }
+  size_t header_size() const { return header_size_; }
+  size_t payload_offset() const { return payload_offset_; }
+  const std::vector<uint64_t>& tensor_offsets() const { return offsets_; }  // within the payload
+
+  // Writes the frame into out[0, size()). `tensors` must be the ones given to plan(). Uses up
+  // to `threads` threads for large copies (0: the core's default).
+  void write(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out, size_t out_size,
+             unsigned threads = 0) const;
+
+ private:
+  size_t total_size_ = 0;
+  size_t header_size_ = 0;  // bytes of fields 1..6
+  size_t padding_len_ = 0;  // content bytes of the padding field
+  size_t payload_offset_ = 0;
+  uint64_t payload_length_ = 0;
+  std::vector<uint64_t> offsets_;
+  std::vector<uint64_t> encoded_lengths_;
+  std::vector<size_t> tensor_msg_sizes_;
+  std::vector<size_t> codec_msg_sizes_;
+  std::vector<size_t> shape_sizes_;
+};
+
+// Parses and validates a frame. Throws WireError naming the problem and its byte offset.
+FrameHeader decode_header(const uint8_t* data, size_t size);
+
+// Validates UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
+bool is_valid_utf8(std::string_view s);
+
+}  // namespace splitlink::wire

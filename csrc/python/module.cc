@@ -1,0 +1,25 @@
+// splitlink._core: table of contents. Each area registers itself from register_<area>.cc.
+#include <pybind11/pybind11.h>
+
+#include <openssl/opensslv.h>
+#include <openssl/crypto.h>
+
+#include "register.h"
+#include "splitlink/errors.h"
+#include "splitlink/parallel.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "splitlink native core (private; use the splitlink package)";
+  splitlink::py_util::register_errors(m);
+  splitlink::py_util::register_wire(m.def_submodule("wire", "frame encoding and decoding"));
+
+  m.def("openssl_version", [] { return std::string(OpenSSL_version(OPENSSL_VERSION)); },
+        "Version string of the OpenSSL library the extension runs with.");
+  m.def("openssl_headers_version", [] { return std::string(OPENSSL_VERSION_TEXT); },
+        "Version of the OpenSSL headers the extension was compiled against.");
+  m.def("num_threads", &splitlink::default_num_threads, "Threads the core uses for parallel work.");
+  m.def("set_num_threads", &splitlink::set_default_num_threads, py::arg("n"),
+        "Sets the threads the core uses for parallel work (0: one per available CPU).");
+}

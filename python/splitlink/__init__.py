@@ -1,0 +1,12 @@
+"""splitlink: train one neural network across organisations without sharing data or labels.
+
+The model is cut into sub-networks that run where the data is; parties exchange activations
+forward and gradients backward as frames (``splitlink.wire``) over mutual TLS.
+"""
+
+from splitlink import errors, wire
+from splitlink.errors import CodecError, CryptoError, SplitlinkError, WireError
+
+__version__ = "0.1.0"
+
+__all__ = ["wire", "errors", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]

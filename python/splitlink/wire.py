@@ -1,0 +1,274 @@
+"""Frames: named tensors to bytes and back, without copying tensor data more than once.
+
+A frame is one message between parties: routing fields (sender, seq, step, kind), one descriptor
+per tensor and a payload with the tensors' bytes. Its encoding is the protobuf message
+``splitlink.v1.Frame`` (``protos/splitlink/v1/frame.proto``), so any protobuf library can read it;
+splitlink writes and reads that encoding directly in C++.
+
+>>> frame = pack({"loss": {"emb": torch.ones(2, 3)}}, sender="leader", step=7)
+>>> unpack(frame).tensors["loss"]["emb"].shape
+torch.Size([2, 3])
+
+Memory:
+
+* ``pack`` writes the frame in one pass from tensor memory into a buffer from a pool
+  (``BufferPool``); a buffer is reused as soon as nothing references the previous frame in it,
+  so a training loop packs into memory that is already mapped. ``pack(..., out=buf)`` writes
+  into a buffer of yours instead. Non-contiguous tensors are made contiguous first (a copy);
+  CUDA tensors are first copied to pinned host memory (a device-to-host copy).
+* ``unpack`` validates the whole header, then returns tensors that VIEW the frame buffer: no
+  copy, and each view keeps the buffer alive. Tensors from a read-only buffer (``bytes``) must
+  not be written to; pass ``copy=True`` to get tensors that own their memory. A tensor whose
+  data is not aligned to its element size in memory (possible only for frames that other
+  encoders produced, or buffers sliced at odd offsets) is copied.
+* Malformed frames raise ``splitlink.errors.WireError`` naming the problem and its byte offset.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from splitlink import _core
+
+__all__ = [
+    "Frame",
+    "BufferPool",
+    "FrameBuffer",
+    "pack",
+    "packed_size",
+    "unpack",
+    "default_pool",
+    "WIRE_VERSION",
+    "SUPPORTED_DTYPES",
+]
+
+WIRE_VERSION: int = _core.wire.WIRE_VERSION
+FrameBuffer = _core.wire.FrameBuffer
+BufferPool = _core.wire.BufferPool
+
+TensorLike = Union[torch.Tensor, np.ndarray]
+TensorTree = Mapping[str, Any]  # values: TensorLike or a nested TensorTree
+
+# (wire code, torch dtype, numpy dtype or None). Codes are frame.proto's `enum DType`.
+_DTYPES: tuple[tuple[int, torch.dtype, Any], ...] = (
+    (1, torch.float32, np.dtype(np.float32)),
+    (2, torch.float64, np.dtype(np.float64)),
+    (3, torch.float16, np.dtype(np.float16)),
+    (4, torch.bfloat16, None),
+    (5, torch.int8, np.dtype(np.int8)),
+    (6, torch.int16, np.dtype(np.int16)),
+    (7, torch.int32, np.dtype(np.int32)),
+    (8, torch.int64, np.dtype(np.int64)),
+    (9, torch.uint8, np.dtype(np.uint8)),
+    (10, torch.bool, np.dtype(np.bool_)),
+)
+_CODE_BY_TORCH = {t: c for c, t, _ in _DTYPES}
+_TORCH_BY_CODE = {c: t for c, t, _ in _DTYPES}
+_CODE_BY_NUMPY = {n: c for c, _, n in _DTYPES if n is not None}
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(t for _, t, _ in _DTYPES)
+
+_DEFAULT_POOL = BufferPool()
+_USE_DEFAULT: Any = object()
+
+
+def default_pool() -> Any:
+    """The pool ``pack`` draws frame buffers from unless told otherwise."""
+    return _DEFAULT_POOL
+
+
+def _name(path: tuple[str, ...]) -> str:
+    return "/".join(path)
+
+
+def _flatten(tree: TensorTree, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if not isinstance(tree, Mapping):
+        where = f" at '{_name(prefix)}'" if prefix else ""
+        raise TypeError(f"tensors{where} must be a mapping of names to tensors, got {type(tree).__name__}")
+    for key, value in tree.items():
+        if not isinstance(key, str):
+            raise TypeError(f"tensor names must be str; got {key!r} ({type(key).__name__}) under '{_name(prefix)}'")
+        path = prefix + (key,)
+        if isinstance(value, Mapping):
+            yield from _flatten(value, path)
+        else:
+            yield path, value
+
+
+def _host_buffer(path: tuple[str, ...], value: Any, staged: list[torch.device]) -> tuple[int, tuple[int, ...], Any]:
+    """(dtype code, shape, C-contiguous host object with the buffer protocol) for one tensor."""
+    if isinstance(value, torch.Tensor):
+        t = value
+        if t.layout != torch.strided:
+            raise ValueError(f"tensor '{_name(path)}' has layout {t.layout}; send dense tensors (call .to_dense())")
+        code = _CODE_BY_TORCH.get(t.dtype)
+        if code is None:
+            raise ValueError(
+                f"tensor '{_name(path)}' has dtype {t.dtype}; frames carry {', '.join(map(str, SUPPORTED_DTYPES))}"
+            )
+        t = t.detach()
+        if t.is_neg():
+            t = t.resolve_neg()
+        if t.device.type == "cuda":
+            # One device-to-host copy into pinned memory (also makes it contiguous); the caller
+            # synchronizes once for all tensors.
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            staged.append(t.device)
+            t = host
+        elif t.device.type != "cpu":
+            t = t.to("cpu")
+        if not t.is_contiguous():
+            t = t.contiguous()  # copies: frames hold C-contiguous data
+        host_view = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+        return code, tuple(t.shape), host_view.numpy()
+    if isinstance(value, np.ndarray):
+        a = value
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))  # frames are little-endian
+        code = _CODE_BY_NUMPY.get(a.dtype)
+        if code is None:
+            raise ValueError(
+                f"array '{_name(path)}' has dtype {a.dtype}; frames carry "
+                f"{', '.join(str(n) for _, _, n in _DTYPES if n is not None)} (and torch.bfloat16)"
+            )
+        if not a.flags.c_contiguous:
+            a = a.copy(order="C")  # copies: frames hold C-contiguous data
+        return code, tuple(a.shape), a
+    raise TypeError(f"'{_name(path)}' must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+
+
+def _items(tensors: TensorTree) -> list[tuple[tuple[str, ...], int, tuple[int, ...], Any]]:
+    staged: list[torch.device] = []
+    items = []
+    for path, value in _flatten(tensors):
+        code, shape, buf = _host_buffer(path, value, staged)
+        items.append((path, code, shape, buf))
+    for device in set(staged):
+        torch.cuda.current_stream(device).synchronize()
+    return items
+
+
+def packed_size(tensors: TensorTree, *, sender: str = "", step: int = 0, kind: str = "", seq: int = 0) -> int:
+    """Bytes that ``pack`` with the same arguments produces (to size an ``out`` buffer)."""
+    return int(_core.wire.packed_size(_items(tensors), sender, seq, step, kind))
+
+
+def pack(
+    tensors: TensorTree,
+    *,
+    sender: str = "",
+    step: int = 0,
+    kind: str = "",
+    seq: int = 0,
+    out: Any = None,
+    pool: Any = _USE_DEFAULT,
+    threads: int = 0,
+) -> Any:
+    """Encodes a mapping ``{name: tensor}`` or ``{group: {name: tensor}}`` (any nesting up to 8
+    levels, order kept) into a frame.
+
+    Returns a ``FrameBuffer`` (buffer protocol: ``bytes(f)``, ``memoryview(f)``) drawn from
+    ``pool`` (default: the module's pool; ``None`` allocates a fresh buffer). With ``out`` (a
+    writable buffer of at least ``packed_size(...)`` bytes) the frame is written there and a
+    memoryview of the written bytes is returned. ``threads`` caps the threads used to copy large
+    tensors (0: all available).
+    """
+    if seq < 0:
+        raise ValueError(f"seq must be >= 0, got {seq}")
+    items = _items(tensors)
+    if out is not None:
+        if pool is not _USE_DEFAULT:
+            raise ValueError("pass either out= or pool=, not both")
+        n = _core.wire.pack(items, sender, seq, step, kind, None, out, threads)
+        return memoryview(out).cast("B")[:n]
+    use_pool = _DEFAULT_POOL if pool is _USE_DEFAULT else pool
+    return _core.wire.pack(items, sender, seq, step, kind, use_pool, None, threads)
+
+
+class Frame:
+    """A decoded frame: header fields and ``tensors`` (the nested mapping as sent).
+
+    ``flat`` maps each key path (a tuple) to its tensor. ``buffer`` is the memoryview the
+    tensors view; it stays alive as long as any of them does.
+    """
+
+    __slots__ = ("version", "sender", "seq", "step", "kind", "tensors", "flat", "nbytes", "buffer")
+
+    def __init__(
+        self,
+        version: int,
+        sender: str,
+        seq: int,
+        step: int,
+        kind: str,
+        tensors: dict[str, Any],
+        flat: dict[tuple[str, ...], torch.Tensor],
+        buffer: memoryview,
+    ) -> None:
+        self.version = version
+        self.sender = sender
+        self.seq = seq
+        self.step = step
+        self.kind = kind
+        self.tensors = tensors
+        self.flat = flat
+        self.nbytes = buffer.nbytes
+        self.buffer = buffer
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{_name(p)}:{tuple(t.shape)}:{str(t.dtype).removeprefix('torch.')}" for p, t in self.flat.items())
+        return (
+            f"Frame(version={self.version}, sender={self.sender!r}, seq={self.seq}, step={self.step}, "
+            f"kind={self.kind!r}, nbytes={self.nbytes}, tensors=[{names}])"
+        )
+
+
+def _byte_view(mv: memoryview) -> torch.Tensor:
+    if mv.readonly:
+        # torch has no read-only tensors and warns once per process; the module docstring
+        # documents that tensors from read-only buffers must not be written.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            return torch.frombuffer(mv, dtype=torch.uint8)
+    return torch.frombuffer(mv, dtype=torch.uint8)
+
+
+def unpack(buffer: Any, *, copy: bool = False) -> Frame:
+    """Decodes a frame. Tensors view ``buffer`` (zero-copy) unless ``copy=True``.
+
+    Raises ``WireError`` for a malformed frame, before any tensor is created.
+    """
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise TypeError(f"unpack() needs a bytes-like object (buffer protocol), got {type(buffer).__name__}") from None
+    if mv.ndim != 1 or mv.itemsize != 1:
+        if not mv.c_contiguous:
+            raise ValueError("unpack() needs a C-contiguous buffer")
+        mv = mv.cast("B")
+    version, sender, seq, step, kind, _, _, descs = _core.wire.decode_header(mv)
+    base: torch.Tensor | None = None
+    tensors: dict[str, Any] = {}
+    flat: dict[tuple[str, ...], torch.Tensor] = {}
+    for path, code, shape, offset, length, _codec, _bits in descs:
+        dtype = _TORCH_BY_CODE[code]
+        if length == 0:
+            t = torch.empty(shape, dtype=dtype)
+        else:
+            if base is None:
+                base = _byte_view(mv)
+            t = base[offset : offset + length]
+            if copy or (base.data_ptr() + offset) % dtype.itemsize:
+                t = t.clone()
+            t = t.view(dtype).view(shape)
+        flat[path] = t
+        node = tensors
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = t
+    return Frame(version, sender, seq, step, kind, tensors, flat, mv)
