@@ -1,0 +1,45 @@
+"""Shared pytest configuration.
+
+`make test` builds the C++ suites, the sanitizer build and the fuzzer first and passes
+--native-build=DIR; then the tests that run them are mandatory. Run alone, pytest skips them
+with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--native-build",
+        default=os.environ.get("SPLITLINK_NATIVE_BUILD", ""),
+        help="directory with the C++ test, sanitizer and fuzzer builds (made by `make native`); "
+        "when given, their tests must run and may not skip",
+    )
+
+
+@pytest.fixture(scope="session")
+def native_build(request: pytest.FixtureRequest) -> Path:
+    value = request.config.getoption("--native-build")
+    if not value:
+        pytest.skip("C++ suites not built: run `make test` (or pass --native-build=build)")
+    path = Path(value)
+    if not path.is_absolute():
+        path = REPO / path
+    if not path.is_dir():
+        pytest.fail(f"--native-build={value}: {path} does not exist; run `make native` first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def frame_pb2(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """frame.proto compiled by protoc (grpcio-tools), as an independent decoder."""
+    from splitlink.protos import compile_python
+
+    return compile_python(tmp_path_factory.mktemp("protos"))

@@ -1,0 +1,56 @@
+"""Fuzzing the decoder: hypothesis mutations through the Python API, and the libFuzzer target."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from wire_cases import deep_nesting, edge_shapes, grad_scale
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from splitlink import WireError, wire
+
+SEEDS = [bytes(wire.pack(make(), sender="s", kind="k", step=1, seq=2)) for make in (grad_scale, edge_shapes, deep_nesting)]
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+
+
+def _check(data: bytes) -> None:
+    try:
+        frame = wire.unpack(data)
+    except WireError:
+        return
+    for t in frame.flat.values():
+        t.clone()  # touch every byte the decoder claims is there
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+       cut=st.integers(0, 10**6))
+def test_mutated_frames_never_crash(seed: bytes, edits: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(seed)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    _check(bytes(data[: max(1, cut % (len(data) + 1))]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_never_crash(data: bytes) -> None:
+    _check(data)
+
+
+def test_libfuzzer_run(native_build: Path, tmp_path: Path) -> None:
+    """Runs the ASan+UBSan libFuzzer target for a fixed budget, seeded with the golden frames."""
+    fuzzer = native_build / "sanitize" / "fuzz_frame_decode"
+    assert fuzzer.is_file(), f"{fuzzer} missing: run `make native`"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, path in enumerate(sorted(GOLDEN_DIR.glob("v*/*.bin"))):
+        (corpus / f"golden{i}").write_bytes(path.read_bytes())
+    proc = subprocess.run(
+        [str(fuzzer), "-max_total_time=20", "-rss_limit_mb=2048", "-timeout=5", str(corpus)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Done" in proc.stderr

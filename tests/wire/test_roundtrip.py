@@ -1,0 +1,179 @@
+"""pack/unpack round trips: every dtype, nesting, order, header fields, zero-copy, pools."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+from wire_cases import assert_same_tree, deep_nesting, edge_shapes, every_dtype, grad_scale, sample
+
+from splitlink import wire
+
+
+@pytest.mark.parametrize("make", [every_dtype, grad_scale, edge_shapes, deep_nesting], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("via", ["pool", "fresh", "out", "bytes"])
+def test_round_trip(make, via: str) -> None:
+    tensors = make()
+    header = {"sender": "leader", "step": -5, "kind": "backward", "seq": 2**64 - 1}
+    if via == "out":
+        out = bytearray(wire.packed_size(tensors, **header) + 10)
+        frame = wire.pack(tensors, **header, out=out)
+        assert len(frame) == wire.packed_size(tensors, **header)
+    else:
+        frame = wire.pack(tensors, **header, pool=None if via == "fresh" else wire.default_pool())
+    if via == "bytes":
+        frame = bytes(frame)
+    got = wire.unpack(frame)
+    assert (got.version, got.sender, got.seq, got.step, got.kind) == (1, "leader", 2**64 - 1, -5, "backward")
+    assert_same_tree(got.tensors, tensors)
+
+
+def test_flat_lists_paths_in_order() -> None:
+    got = wire.unpack(wire.pack(grad_scale()))
+    assert list(got.flat) == [
+        ("loss", "follower_wide_embedding"),
+        ("loss", "follower_deep_embedding"),
+        ("aux", "mask"),
+    ]
+
+
+def test_unpack_views_the_frame_buffer() -> None:
+    frame = wire.pack(every_dtype())
+    raw = np.frombuffer(frame, dtype=np.uint8)
+    got = wire.unpack(frame)
+    lo, hi = frame.address, frame.address + len(frame)
+    for path, t in got.flat.items():
+        assert lo <= t.data_ptr() and t.data_ptr() + t.nbytes <= hi, path
+        if t.dtype != torch.bfloat16:
+            assert np.shares_memory(t.numpy(), raw), path
+
+
+def test_unpack_copy_true_owns_its_memory() -> None:
+    frame = wire.pack(every_dtype())
+    got = wire.unpack(frame, copy=True)
+    lo, hi = frame.address, frame.address + len(frame)
+    for t in got.flat.values():
+        assert not (lo <= t.data_ptr() < hi)
+
+
+def test_pack_reads_tensor_memory_without_intermediate_copies() -> None:
+    # The frame holds exactly the tensor's bytes at an aligned offset, and data starts 64-aligned.
+    x = torch.arange(1000, dtype=torch.float32)
+    frame = wire.pack({"x": x})
+    got = wire.unpack(frame)
+    assert got.flat[("x",)].data_ptr() % 64 == 0
+    assert frame.address % 64 == 0
+
+
+def test_views_keep_the_buffer_alive() -> None:
+    t = wire.unpack(bytes(wire.pack({"x": torch.arange(64, dtype=torch.int64)}))).tensors["x"]
+    gc.collect()
+    assert torch.equal(t, torch.arange(64))
+
+
+def test_pool_reuses_a_buffer_only_when_nothing_references_it() -> None:
+    pool = wire.BufferPool(max_buffers=2)
+    x = {"x": torch.ones(1 << 16)}
+    first = wire.pack(x, pool=pool)
+    addr = first.address
+    view = wire.unpack(first).tensors["x"]
+    del first
+    second = wire.pack(x, pool=pool)
+    assert second.address != addr, "buffer reused while a tensor still viewed it"
+    del view, second
+    gc.collect()
+    third = wire.pack(x, pool=pool)
+    assert third.address in {addr, third.address}
+    stats = pool.stats()
+    assert stats["hits"] >= 1 and stats["buffers"] <= 2
+
+
+def test_pool_respects_its_byte_budget() -> None:
+    pool = wire.BufferPool(max_buffers=8, max_bytes=1 << 20)
+    frames = [wire.pack({"x": torch.ones(1 << 17)}, pool=pool) for _ in range(4)]  # 512 KiB each
+    assert pool.stats()["retained_bytes"] <= 1 << 20
+    assert all(len(f) > 1 << 19 for f in frames)
+
+
+def test_reused_buffer_carries_no_stale_bytes() -> None:
+    pool = wire.BufferPool(max_buffers=1)
+    big = wire.pack({"a": torch.full((4096,), 7, dtype=torch.uint8), "b": torch.full((4096,), 9, dtype=torch.uint8)}, pool=pool)
+    addr = big.address
+    del big
+    tensors = {"a": torch.full((3,), 1, dtype=torch.uint8), "b": torch.full((5,), 2, dtype=torch.uint8)}
+    small = wire.pack(tensors, pool=pool)
+    assert small.address == addr
+    # Identical to a frame written into fresh (zeroed) memory: padding and gaps carry nothing old.
+    assert bytes(small) == bytes(wire.pack(tensors, pool=None))
+
+
+def test_non_contiguous_and_grad_tensors_are_packed_by_value() -> None:
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    w = torch.randn(3, requires_grad=True)
+    tensors = {"t": base.t(), "s": base[:, ::2], "neg": base._neg_view(), "w": w}
+    got = wire.unpack(wire.pack(tensors)).tensors
+    assert torch.equal(got["t"], base.t())
+    assert torch.equal(got["s"], base[:, ::2])
+    assert torch.equal(got["neg"], -base)
+    assert torch.equal(got["w"], w.detach())
+
+
+def test_numpy_big_endian_and_non_contiguous() -> None:
+    a = np.arange(10, dtype=">i4")
+    b = np.arange(20, dtype=np.float64).reshape(4, 5)[:, 1::2]
+    got = wire.unpack(wire.pack({"a": a, "b": b})).tensors
+    assert got["a"].tolist() == list(range(10))
+    assert torch.equal(got["b"], torch.from_numpy(np.ascontiguousarray(b)))
+
+
+def test_large_tensor_split_across_threads() -> None:
+    x = sample(torch.float32, (3 << 20,), 9)  # 12 MiB: several copy pieces
+    for threads in (1, 2):
+        assert torch.equal(wire.unpack(wire.pack({"x": x}, threads=threads)).tensors["x"], x)
+
+
+def test_unaligned_buffer_is_copied_not_misread() -> None:
+    frame = bytes(wire.pack({"x": torch.arange(16, dtype=torch.float64)}))
+    shifted = bytearray(len(frame) + 3)
+    shifted[3:] = frame
+    got = wire.unpack(memoryview(shifted)[3:])
+    assert torch.equal(got.tensors["x"], torch.arange(16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("tensors", "error", "fragment"),
+    [
+        ({"x": torch.zeros(2, dtype=torch.complex64)}, ValueError, "complex64"),
+        ({"x": [1, 2]}, TypeError, "'x' must be a torch.Tensor or numpy.ndarray"),
+        ({1: torch.zeros(1)}, TypeError, "names must be str"),
+        ({"x": torch.zeros(2).to_sparse()}, ValueError, "to_dense"),
+        ({"": torch.zeros(1)}, ValueError, "empty or over-long key"),
+        ({"x": np.zeros(2, dtype=np.complex128)}, ValueError, "complex128"),
+        ({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": torch.zeros(1)}}}}}}}}}, ValueError, "nesting must be 1..8"),
+    ],
+    ids=["complex", "list", "int-key", "sparse", "empty-name", "numpy-complex", "too-deep"],
+)
+def test_bad_inputs_are_named(tensors, error, fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        wire.pack(tensors)
+
+
+def test_out_too_small_says_how_big() -> None:
+    with pytest.raises(ValueError, match="packed_size"):
+        wire.pack({"x": torch.zeros(100)}, out=bytearray(10))
+
+
+def test_repr_lists_tensors() -> None:
+    r = repr(wire.unpack(wire.pack(grad_scale(), sender="leader")))
+    assert "loss/follower_wide_embedding:(16, 1):float32" in r and "sender='leader'" in r
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tensors_are_staged_through_pinned_memory() -> None:
+    x = torch.randn(1 << 20, device="cuda")
+    y = x[::2]
+    got = wire.unpack(wire.pack({"x": x, "y": y})).tensors
+    assert torch.equal(got["x"], x.cpu()) and torch.equal(got["y"], y.cpu())
