@@ -14,6 +14,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "splitlink native core (private; use the splitlink package)";
   splitlink::py_util::register_errors(m);
   splitlink::py_util::register_wire(m.def_submodule("wire", "frame encoding and decoding"));
+  splitlink::py_util::register_codec(m.def_submodule("codec", "tensor codecs on raw buffers"));
 
   m.def("openssl_version", [] { return std::string(OpenSSL_version(OPENSSL_VERSION)); },
         "Version string of the OpenSSL library the extension runs with.");

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "codec_spec.h"
 #include "py_buffer.h"
 #include "register.h"
 #include "splitlink/buffer.h"
@@ -110,10 +111,11 @@ class BufferPool {
 struct PackArgs {
   wire::FrameMeta meta;
   std::vector<wire::TensorInput> inputs;
-  std::vector<PyBuffer> views;  // keep the tensors' memory exported while we read it
+  std::vector<PyBuffer> views;  // keep the tensors' memory exported while we read or write it
 };
 
-// items: sequence of (path: tuple[str, ...], dtype: int, shape: tuple[int, ...], data: buffer)
+// items: sequence of (path: tuple[str, ...], dtype: int, shape: tuple[int, ...], data: buffer,
+//                     codec: spec tuple or None, residual: writable float32 buffer or None)
 PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq, int64_t step, std::string kind) {
   PackArgs a;
   a.meta.sender = std::move(sender);
@@ -122,10 +124,10 @@ PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq
   a.meta.kind = std::move(kind);
   const size_t n = py::len(items);
   a.inputs.resize(n);
-  a.views.reserve(n);
+  a.views.reserve(2 * n);  // no reallocation: inputs point into the views
   for (size_t i = 0; i < n; ++i) {
     py::tuple item = items[i].cast<py::tuple>();
-    if (item.size() != 4) throw py::value_error("each item must be (path, dtype, shape, data)");
+    if (item.size() != 6) throw py::value_error("each item must be (path, dtype, shape, data, codec, residual)");
     wire::TensorInput& t = a.inputs[i];
     t.path = item[0].cast<std::vector<std::string>>();
     t.dtype = static_cast<DType>(item[1].cast<uint32_t>());
@@ -133,6 +135,11 @@ PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq
     a.views.emplace_back(item[3], PyBUF_C_CONTIGUOUS, "tensor data");
     t.data = a.views.back().data();
     t.nbytes = a.views.back().size();
+    t.codec = spec_from_tuple(item[4]);
+    if (!item[5].is_none()) {
+      a.views.emplace_back(item[5], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "residual");
+      t.residual = reinterpret_cast<float*>(a.views.back().mutable_data());
+    }
   }
   return a;
 }
@@ -146,8 +153,7 @@ py::tuple decode(const py::object& buffer) {
     for (size_t k = 0; k < d.path.size(); ++k) path[k] = py::str(d.path[k]);
     py::tuple shape(d.shape.size());
     for (size_t k = 0; k < d.shape.size(); ++k) shape[k] = py::int_(d.shape[k]);
-    descs.append(py::make_tuple(path, static_cast<uint32_t>(d.dtype), shape, d.offset, d.length,
-                                static_cast<uint32_t>(d.codec.type), d.codec.bit_num));
+    descs.append(py::make_tuple(path, static_cast<uint32_t>(d.dtype), shape, d.offset, d.length, spec_to_tuple(d.codec)));
   }
   return py::make_tuple(h.meta.version, h.meta.sender, h.meta.seq, h.meta.step, h.meta.kind, h.payload_offset,
                         h.payload_length, descs);
@@ -234,7 +240,7 @@ void register_wire(py::module_ m) {
 
   m.def("decode_header", &decode, py::arg("buffer"),
         "Validates a frame and returns (version, sender, seq, step, kind, payload_offset, payload_length, "
-        "[(path, dtype, shape, offset, length, codec_type, bit_num), ...]) with offsets from the frame start.");
+        "[(path, dtype, shape, offset, length, codec_spec), ...]) with offsets from the frame start.");
 }
 
 }  // namespace splitlink::py_util

@@ -21,11 +21,14 @@ Memory:
   not be written to; pass ``copy=True`` to get tensors that own their memory. A tensor whose
   data is not aligned to its element size in memory (possible only for frames that other
   encoders produced, or buffers sliced at odd offsets) is copied.
+* Compressed tensors (``pack(..., compress=...)``) are decoded into fresh tensors of their
+  original dtype and shape; the frame header says how, so ``unpack`` needs no configuration.
 * Malformed frames raise ``splitlink.errors.WireError`` naming the problem and its byte offset.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, Union
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from splitlink import _core
+from splitlink.codec import CompressConfig, ErrorFeedback, codec_name
 
 __all__ = [
     "Frame",
@@ -142,20 +146,60 @@ def _host_buffer(path: tuple[str, ...], value: Any, staged: list[torch.device]) 
     raise TypeError(f"'{_name(path)}' must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
 
 
-def _items(tensors: TensorTree) -> list[tuple[tuple[str, ...], int, tuple[int, ...], Any]]:
+def _config_for(compress: Mapping[str, CompressConfig] | None, path: tuple[str, ...]) -> CompressConfig | None:
+    if not compress:
+        return None
+    config = compress.get(_name(path))
+    if config is None:
+        config = compress.get(path[-1])  # MindSpore addresses nested tensors by their inner name
+    if config is not None and not isinstance(config, CompressConfig):
+        raise TypeError(f"compress['{_name(path)}'] must be a CompressConfig, got {type(config).__name__}")
+    return config
+
+
+def _items(
+    tensors: TensorTree,
+    compress: Mapping[str, CompressConfig] | None = None,
+    error_feedback: ErrorFeedback | None = None,
+    seq: int = 0,
+) -> list[tuple[Any, ...]]:
     staged: list[torch.device] = []
     items = []
     for path, value in _flatten(tensors):
+        config = _config_for(compress, path)
+        residual = None
+        if config is not None and config.error_feedback:
+            if error_feedback is None:
+                raise ValueError(
+                    f"compress config for '{_name(path)}' uses error_feedback: pass error_feedback=ErrorFeedback() "
+                    "(one store per peer, kept across calls)"
+                )
+            if not isinstance(value, torch.Tensor):
+                value = torch.from_numpy(value)
+            value, residual_t = error_feedback.prepare(_name(path), value)
+            residual = residual_t.numpy()
         code, shape, buf = _host_buffer(path, value, staged)
-        items.append((path, code, shape, buf))
+        spec = None
+        if config is not None and config.compress_type != "no_compress":
+            spec = config.spec(math.prod(shape), seq, _name(path))
+        items.append((path, code, shape, buf, spec, residual))
     for device in set(staged):
         torch.cuda.current_stream(device).synchronize()
     return items
 
 
-def packed_size(tensors: TensorTree, *, sender: str = "", step: int = 0, kind: str = "", seq: int = 0) -> int:
+def packed_size(
+    tensors: TensorTree,
+    *,
+    sender: str = "",
+    step: int = 0,
+    kind: str = "",
+    seq: int = 0,
+    compress: Mapping[str, CompressConfig] | None = None,
+) -> int:
     """Bytes that ``pack`` with the same arguments produces (to size an ``out`` buffer)."""
-    return int(_core.wire.packed_size(_items(tensors), sender, seq, step, kind))
+    items = [item[:5] + (None,) for item in _items(tensors, compress, ErrorFeedback(), seq)]
+    return int(_core.wire.packed_size(items, sender, seq, step, kind))
 
 
 def pack(
@@ -165,12 +209,19 @@ def pack(
     step: int = 0,
     kind: str = "",
     seq: int = 0,
+    compress: Mapping[str, CompressConfig] | None = None,
+    error_feedback: ErrorFeedback | None = None,
     out: Any = None,
     pool: Any = _USE_DEFAULT,
     threads: int = 0,
 ) -> Any:
     """Encodes a mapping ``{name: tensor}`` or ``{group: {name: tensor}}`` (any nesting up to 8
     levels, order kept) into a frame.
+
+    ``compress`` maps tensor names to ``CompressConfig`` s (see ``splitlink.codec``): a nested
+    tensor is looked up by its full path ``"group/name"`` first, then by its inner name, as
+    MindSpore Federated does. Compression runs in the same pass that writes the frame.
+    ``error_feedback`` is the residual store for configs with ``error_feedback=True``.
 
     Returns a ``FrameBuffer`` (buffer protocol: ``bytes(f)``, ``memoryview(f)``) drawn from
     ``pool`` (default: the module's pool; ``None`` allocates a fresh buffer). With ``out`` (a
@@ -180,7 +231,7 @@ def pack(
     """
     if seq < 0:
         raise ValueError(f"seq must be >= 0, got {seq}")
-    items = _items(tensors)
+    items = _items(tensors, compress, error_feedback, seq)
     if out is not None:
         if pool is not _USE_DEFAULT:
             raise ValueError("pass either out= or pool=, not both")
@@ -193,11 +244,12 @@ def pack(
 class Frame:
     """A decoded frame: header fields and ``tensors`` (the nested mapping as sent).
 
-    ``flat`` maps each key path (a tuple) to its tensor. ``buffer`` is the memoryview the
-    tensors view; it stays alive as long as any of them does.
+    ``flat`` maps each key path (a tuple) to its tensor; ``codecs`` maps the paths of compressed
+    tensors to their codec name (those tensors were decoded into their own memory). ``buffer`` is
+    the memoryview the other tensors view; it stays alive as long as any of them does.
     """
 
-    __slots__ = ("version", "sender", "seq", "step", "kind", "tensors", "flat", "nbytes", "buffer")
+    __slots__ = ("version", "sender", "seq", "step", "kind", "tensors", "flat", "nbytes", "buffer", "codecs")
 
     def __init__(
         self,
@@ -209,6 +261,7 @@ class Frame:
         tensors: dict[str, Any],
         flat: dict[tuple[str, ...], torch.Tensor],
         buffer: memoryview,
+        codecs: dict[tuple[str, ...], str] | None = None,
     ) -> None:
         self.version = version
         self.sender = sender
@@ -219,6 +272,7 @@ class Frame:
         self.flat = flat
         self.nbytes = buffer.nbytes
         self.buffer = buffer
+        self.codecs = codecs or {}
 
     def __repr__(self) -> str:
         names = ", ".join(f"{_name(p)}:{tuple(t.shape)}:{str(t.dtype).removeprefix('torch.')}" for p, t in self.flat.items())
@@ -255,9 +309,16 @@ def unpack(buffer: Any, *, copy: bool = False) -> Frame:
     base: torch.Tensor | None = None
     tensors: dict[str, Any] = {}
     flat: dict[tuple[str, ...], torch.Tensor] = {}
-    for path, code, shape, offset, length, _codec, _bits in descs:
+    codecs: dict[tuple[str, ...], str] = {}
+    for path, code, shape, offset, length, spec in descs:
         dtype = _TORCH_BY_CODE[code]
-        if length == 0:
+        if spec[0] != 0:
+            # Compressed: decode into a fresh tensor of the original dtype and shape.
+            t = torch.empty(shape, dtype=dtype)
+            target = (t.view(torch.int16) if dtype == torch.bfloat16 else t).numpy()
+            _core.codec.decode(spec, code, mv, offset, length, target, _name(path))
+            codecs[path] = codec_name(spec[0])
+        elif length == 0:
             t = torch.empty(shape, dtype=dtype)
         else:
             if base is None:
@@ -271,4 +332,4 @@ def unpack(buffer: Any, *, copy: bool = False) -> Frame:
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = t
-    return Frame(version, sender, seq, step, kind, tensors, flat, mv)
+    return Frame(version, sender, seq, step, kind, tensors, flat, mv, codecs)

@@ -65,9 +65,27 @@ void check_paths(size_t n, GetPath get_path, const char* where) {
 
 size_t codec_msg_size(const CodecSpec& c) {
   size_t s = 0;
-  if (c.type != CodecType::kNone) s += pb::tag_size(field::kCodecType) + pb::varint_size(static_cast<uint32_t>(c.type));
-  if (c.bit_num != 0) s += pb::tag_size(field::kBitNum) + pb::varint_size(c.bit_num);
+  auto add = [&](uint32_t f, uint64_t v) {
+    if (v != 0) s += pb::tag_size(f) + pb::varint_size(v);
+  };
+  add(field::kCodecType, static_cast<uint32_t>(c.type));
+  add(field::kBitNum, c.bit_num);
+  add(field::kBlockSize, c.block_size);
+  add(field::kTopKCount, c.topk_count);
+  add(field::kValueBits, c.value_bits);
   return s;
+}
+
+uint8_t* put_codec_fields(uint8_t* p, const CodecSpec& c) {
+  auto put = [&](uint32_t f, uint64_t v) {
+    if (v != 0) p = pb::put_varint_field(p, f, v);
+  };
+  put(field::kCodecType, static_cast<uint32_t>(c.type));
+  put(field::kBitNum, c.bit_num);
+  put(field::kBlockSize, c.block_size);
+  put(field::kTopKCount, c.topk_count);
+  put(field::kValueBits, c.value_bits);
+  return p;
 }
 
 size_t varint_field_size(uint32_t f, uint64_t v) { return pb::tag_size(f) + pb::varint_size(v); }
@@ -124,6 +142,7 @@ FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInp
   const size_t n = tensors.size();
   L.offsets_.resize(n);
   L.encoded_lengths_.resize(n);
+  L.numels_.resize(n);
   L.tensor_msg_sizes_.resize(n);
   L.codec_msg_sizes_.resize(n);
   L.shape_sizes_.resize(n);
@@ -160,12 +179,14 @@ FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInp
              "tensor '" << name << "': shape " << shape_str(t.shape) << " of " << dtype_name(t.dtype) << " needs "
                         << numel << "x" << isz << " bytes but its buffer has " << t.nbytes);
     SL_CHECK(nbytes == 0 || t.data != nullptr, InvalidArgument, "tensor '" << name << "' has no data pointer");
-    SL_CHECK(t.codec.is_none(), InvalidArgument,
-             "tensor '" << name << "': codec type " << static_cast<uint32_t>(t.codec.type) << " is not supported by this build");
+    codec::validate(t.codec, t.dtype, numel, name, /*from_wire=*/false);
+    SL_CHECK(t.residual == nullptr || t.codec.type == CodecType::kTopK, InvalidArgument,
+             "tensor '" << name << "': error feedback needs the topk codec");
 
-    L.encoded_lengths_[i] = nbytes;
+    L.encoded_lengths_[i] = codec::encoded_size(t.codec, t.dtype, numel);
+    L.numels_[i] = numel;
     L.offsets_[i] = align_up(cursor, kAlignment);
-    cursor = L.offsets_[i] + nbytes;
+    cursor = L.offsets_[i] + L.encoded_lengths_[i];
 
     size_t shape_sz = 0;
     for (int64_t d : t.shape) shape_sz += pb::varint_size(static_cast<uint64_t>(d));
@@ -177,7 +198,7 @@ FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInp
     msg += varint_field_size(field::kDType, static_cast<uint32_t>(t.dtype));
     if (!t.shape.empty()) msg += pb::len_field_size(field::kShape, shape_sz);
     msg += varint_field_size(field::kOffset, L.offsets_[i]);
-    msg += varint_field_size(field::kLength, nbytes);
+    msg += varint_field_size(field::kLength, L.encoded_lengths_[i]);
     if (L.codec_msg_sizes_[i] != 0) msg += pb::len_field_size(field::kCodec, L.codec_msg_sizes_[i]);
     L.tensor_msg_sizes_[i] = msg;
     header += pb::len_field_size(field::kTensors, msg);
@@ -219,8 +240,7 @@ void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& t
     p = pb::put_varint_field(p, field::kLength, encoded_lengths_[i]);
     if (codec_msg_sizes_[i] != 0) {
       p = pb::put_len_header(p, field::kCodec, codec_msg_sizes_[i]);
-      if (t.codec.type != CodecType::kNone) p = pb::put_varint_field(p, field::kCodecType, static_cast<uint32_t>(t.codec.type));
-      if (t.codec.bit_num != 0) p = pb::put_varint_field(p, field::kBitNum, t.codec.bit_num);
+      p = put_codec_fields(p, t.codec);
     }
   }
   p = pb::put_len_header(p, field::kPadding, padding_len_);
@@ -231,7 +251,8 @@ void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& t
            "internal error: header is " << (p - out) << " bytes, planned " << payload_offset_);
 
   // Payload: zero the gaps (a reused buffer must not leak an older frame's bytes to the peer),
-  // then copy tensors, large ones split into page-aligned pieces spread over threads.
+  // copy raw tensors, large ones split into page-aligned pieces spread over threads, and run
+  // each codec straight into its slot (codecs parallelize internally).
   struct Piece {
     uint8_t* dst;
     const uint8_t* src;
@@ -243,12 +264,21 @@ void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& t
   for (size_t i = 0; i < tensors.size(); ++i) {
     std::memset(p + cursor, 0, offsets_[i] - cursor);
     const uint64_t len = encoded_lengths_[i];
+    if (!tensors[i].codec.is_none()) {
+      cursor = offsets_[i] + len;
+      continue;
+    }
     for (uint64_t b = 0; b < len; b += kPiece) {
       pieces.push_back({p + offsets_[i] + b, tensors[i].data + b, static_cast<size_t>(std::min<uint64_t>(kPiece, len - b))});
     }
     cursor = offsets_[i] + len;
   }
   parallel_for(pieces.size(), [&](size_t k) { stream_copy(pieces[k].dst, pieces[k].src, pieces[k].len); }, threads);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInput& t = tensors[i];
+    if (t.codec.is_none()) continue;
+    codec::encode(t.codec, t.dtype, t.data, numels_[i], p + offsets_[i], path_str(t.path), t.residual, threads);
+  }
 }
 
 FrameHeader decode_header(const uint8_t* data, size_t size) {
@@ -373,18 +403,28 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
                 const uint64_t cf = ctag >> 3;
                 const uint32_t cwt = static_cast<uint32_t>(ctag & 7);
                 SL_CHECK(cf != 0 && cf <= 536870911u, WireError, "invalid protobuf field number " << cf << " at byte " << cat);
+                auto small = [&](const char* what) {
+                  expect_wt(cwt, pb::kVarint, what, cat);
+                  const uint64_t v = c.varint(what);
+                  SL_CHECK(v <= 0xFFFFFFFFu, WireError, what << " " << v << " at byte " << cat << " is out of range");
+                  return static_cast<uint32_t>(v);
+                };
                 if (cf == field::kCodecType) {
-                  expect_wt(cwt, pb::kVarint, "codec.type", cat);
-                  const uint64_t v = c.varint("codec.type");
-                  SL_CHECK(v == static_cast<uint64_t>(CodecType::kNone), WireError,
+                  const uint32_t v = small("codec.type");
+                  SL_CHECK(v <= codec::kMaxCodecType, WireError,
                            "tensor descriptor at byte " << b << " uses unknown codec type " << v
                                                         << "; the sender may run a newer splitlink");
                   d.codec.type = static_cast<CodecType>(v);
                 } else if (cf == field::kBitNum) {
-                  expect_wt(cwt, pb::kVarint, "codec.bit_num", cat);
-                  const uint64_t v = c.varint("codec.bit_num");
-                  SL_CHECK(v <= 64, WireError, "codec.bit_num " << v << " at byte " << cat << " is out of range");
-                  d.codec.bit_num = static_cast<uint32_t>(v);
+                  d.codec.bit_num = small("codec.bit_num");
+                } else if (cf == field::kValueBits) {
+                  d.codec.value_bits = small("codec.value_bits");
+                } else if (cf == field::kBlockSize) {
+                  expect_wt(cwt, pb::kVarint, "codec.block_size", cat);
+                  d.codec.block_size = c.varint("codec.block_size");
+                } else if (cf == field::kTopKCount) {
+                  expect_wt(cwt, pb::kVarint, "codec.topk_count", cat);
+                  d.codec.topk_count = c.varint("codec.topk_count");
                 } else {
                   c.skip(static_cast<pb::WireType>(cwt), static_cast<uint32_t>(cf));
                 }
@@ -442,11 +482,12 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
     SL_CHECK(!__builtin_mul_overflow(numel, itemsize(d.dtype), &nbytes), WireError,
              "tensor '" << name << "' (descriptor at byte " << at << ") has shape " << shape_str(d.shape)
                         << " whose byte size overflows");
-    if (d.codec.is_none()) {
-      SL_CHECK(d.length == nbytes, WireError,
-               "tensor '" << name << "' (descriptor at byte " << at << ") declares " << d.length << " bytes but shape "
-                          << shape_str(d.shape) << " of " << dtype_name(d.dtype) << " needs " << nbytes);
-    }
+    codec::validate(d.codec, d.dtype, numel, name, /*from_wire=*/true);
+    const uint64_t want = d.codec.is_none() ? nbytes : codec::encoded_size(d.codec, d.dtype, numel);
+    SL_CHECK(d.length == want, WireError,
+             "tensor '" << name << "' (descriptor at byte " << at << ") declares " << d.length << " bytes but shape "
+                        << shape_str(d.shape) << " of " << dtype_name(d.dtype) << " with codec "
+                        << codec::codec_name(d.codec.type) << " needs " << want);
     SL_CHECK(d.offset % kAlignment == 0, WireError,
              "tensor '" << name << "' (descriptor at byte " << at << ") starts at payload offset " << d.offset
                         << ", which is not a multiple of " << kAlignment);

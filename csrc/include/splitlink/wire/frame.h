@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "splitlink/codec/codec.h"
 #include "splitlink/dtype.h"
 
 namespace splitlink::wire {
@@ -37,19 +38,11 @@ constexpr uint32_t kVersion = 1, kSender = 2, kSeq = 3, kStep = 4, kKind = 5, kT
 // message Tensor
 constexpr uint32_t kPath = 1, kDType = 2, kShape = 3, kOffset = 4, kLength = 5, kCodec = 6;
 // message Codec
-constexpr uint32_t kCodecType = 1, kBitNum = 2;
+constexpr uint32_t kCodecType = 1, kBitNum = 2, kBlockSize = 3, kTopKCount = 4, kValueBits = 5;
 }  // namespace field
 
-enum class CodecType : uint32_t {
-  kNone = 0,
-};
-
-struct CodecSpec {
-  CodecType type = CodecType::kNone;
-  uint32_t bit_num = 0;
-
-  bool is_none() const { return type == CodecType::kNone; }
-};
+using codec::CodecSpec;
+using codec::CodecType;
 
 struct FrameMeta {
   uint32_t version = kWireVersion;
@@ -59,7 +52,8 @@ struct FrameMeta {
   std::string kind;
 };
 
-// One tensor to encode. `data` points at `nbytes` bytes of C-contiguous elements.
+// One tensor to encode. `data` points at `nbytes` bytes of C-contiguous elements. `residual`
+// (topk with error feedback only) receives float32[numel] of what the encoding dropped.
 struct TensorInput {
   std::vector<std::string> path;
   DType dtype = DType::kUnspecified;
@@ -67,6 +61,7 @@ struct TensorInput {
   const uint8_t* data = nullptr;
   uint64_t nbytes = 0;
   CodecSpec codec;
+  float* residual = nullptr;
 };
 
 // One decoded tensor descriptor; `offset` is relative to the start of the frame buffer.
@@ -111,6 +106,7 @@ class FrameLayout {
   uint64_t payload_length_ = 0;
   std::vector<uint64_t> offsets_;
   std::vector<uint64_t> encoded_lengths_;
+  std::vector<uint64_t> numels_;
   std::vector<size_t> tensor_msg_sizes_;
   std::vector<size_t> codec_msg_sizes_;
   std::vector<size_t> shape_sizes_;

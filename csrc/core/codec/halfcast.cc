@@ -1,0 +1,90 @@
+// fp16 / bf16 downcasts. fp16 uses the F16C instructions when the CPU has them (checked at run
+// time; the wheel is built for baseline x86-64), else the bit-exact software conversion.
+#include <algorithm>
+
+#include "codecs.h"
+#include "elem.h"
+#include "splitlink/parallel.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SPLITLINK_F16C_DISPATCH 1
+#endif
+
+namespace splitlink::codec::detail {
+namespace {
+
+constexpr uint64_t kChunk = uint64_t{1} << 18;
+
+#ifdef SPLITLINK_F16C_DISPATCH
+__attribute__((target("avx,f16c"))) void f32_to_f16_hw(const float* s, uint16_t* d, uint64_t n) {
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), h);
+  }
+  for (; i < n; ++i) d[i] = f32_to_f16(s[i]);
+}
+
+__attribute__((target("avx,f16c"))) void f16_to_f32_hw(const uint16_t* s, float* d, uint64_t n) {
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+  }
+  for (; i < n; ++i) d[i] = f16_to_f32(s[i]);
+}
+
+bool has_f16c() {
+  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  return yes;
+}
+#endif
+
+}  // namespace
+
+void half_encode(bool bf16, DType dt, const void* src, uint64_t numel, uint16_t* dst, unsigned threads) {
+  const uint64_t chunks = (numel + kChunk - 1) / kChunk;
+  parallel_for(chunks, [&](size_t c) {
+    const uint64_t b = c * kChunk, e = std::min(numel, b + kChunk);
+    if (dt == DType::kFloat32) {
+      const float* s = static_cast<const float*>(src);
+#ifdef SPLITLINK_F16C_DISPATCH
+      if (!bf16 && has_f16c()) {
+        f32_to_f16_hw(s + b, dst + b, e - b);
+        return;
+      }
+#endif
+      for (uint64_t i = b; i < e; ++i) dst[i] = bf16 ? f32_to_bf16(s[i]) : f32_to_f16(s[i]);
+    } else {
+      // float64: round to float32 first (documented: double rounding can differ from a direct
+      // float64 -> half rounding in the last bit for values exactly between two halves).
+      const double* s = static_cast<const double*>(src);
+      for (uint64_t i = b; i < e; ++i) {
+        const float f = static_cast<float>(s[i]);
+        dst[i] = bf16 ? f32_to_bf16(f) : f32_to_f16(f);
+      }
+    }
+  }, threads);
+}
+
+void half_decode(bool bf16, DType dt, const uint16_t* src, uint64_t numel, void* dst, unsigned threads) {
+  const uint64_t chunks = (numel + kChunk - 1) / kChunk;
+  parallel_for(chunks, [&](size_t c) {
+    const uint64_t b = c * kChunk, e = std::min(numel, b + kChunk);
+    if (dt == DType::kFloat32) {
+      float* d = static_cast<float*>(dst);
+#ifdef SPLITLINK_F16C_DISPATCH
+      if (!bf16 && has_f16c()) {
+        f16_to_f32_hw(src + b, d + b, e - b);
+        return;
+      }
+#endif
+      for (uint64_t i = b; i < e; ++i) d[i] = bf16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]);
+    } else {
+      double* d = static_cast<double*>(dst);
+      for (uint64_t i = b; i < e; ++i) d[i] = static_cast<double>(bf16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]));
+    }
+  }, threads);
+}
+
+}  // namespace splitlink::codec::detail

@@ -1,0 +1,258 @@
+// min_max quantization: per block {float32 min, float32 scale} + densely packed codes.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "bits.h"
+#include "codecs.h"
+#include "elem.h"
+#include "splitlink/parallel.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define SPLITLINK_SSE2 1
+#endif
+
+namespace splitlink::codec::detail {
+namespace {
+
+constexpr uint64_t kChunk = uint64_t{1} << 18;  // elements per parallel task (1 MiB of float32)
+constexpr uint64_t kStage = 4096;               // codes staged on the stack before packing
+
+struct Range {
+  float lo = std::numeric_limits<float>::infinity();
+  float hi = -std::numeric_limits<float>::infinity();
+  bool nonfinite = false;
+};
+
+template <class E>
+Range scan(const typename E::T* src, uint64_t b, uint64_t e) {
+  Range r;
+  uint64_t i = b;
+#ifdef SPLITLINK_SSE2
+  if constexpr (std::is_same_v<E, F32>) {
+    __m128 lo0 = _mm_set1_ps(r.lo), lo1 = lo0, hi0 = _mm_set1_ps(r.hi), hi1 = hi0;
+    __m128 bad = _mm_setzero_ps();
+    const __m128 inf = _mm_set1_ps(std::numeric_limits<float>::infinity());
+    const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+    for (; i + 8 <= e; i += 8) {
+      const __m128 a = _mm_loadu_ps(src + i), c = _mm_loadu_ps(src + i + 4);
+      lo0 = _mm_min_ps(lo0, a);
+      lo1 = _mm_min_ps(lo1, c);
+      hi0 = _mm_max_ps(hi0, a);
+      hi1 = _mm_max_ps(hi1, c);
+      // !(|x| < inf) is true for NaN and +-Inf.
+      bad = _mm_or_ps(bad, _mm_cmpnlt_ps(_mm_and_ps(a, absmask), inf));
+      bad = _mm_or_ps(bad, _mm_cmpnlt_ps(_mm_and_ps(c, absmask), inf));
+    }
+    alignas(16) float l[4], h[4];
+    _mm_store_ps(l, _mm_min_ps(lo0, lo1));
+    _mm_store_ps(h, _mm_max_ps(hi0, hi1));
+    for (int k = 0; k < 4; ++k) {
+      r.lo = std::min(r.lo, l[k]);
+      r.hi = std::max(r.hi, h[k]);
+    }
+    r.nonfinite = _mm_movemask_ps(bad) != 0;
+  }
+#endif
+  for (; i < e; ++i) {
+    const float v = E::load(src, i);
+    if (!std::isfinite(v)) r.nonfinite = true;
+    r.lo = std::min(r.lo, v);
+    r.hi = std::max(r.hi, v);
+  }
+  return r;
+}
+
+template <class E>
+uint64_t first_nonfinite(const typename E::T* src, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(E::load(src, i))) return i;
+  }
+  return n;
+}
+
+struct Params {
+  float lo;
+  float scale;
+  float inv;
+};
+
+Params params_for(const Range& r, unsigned bits, const std::string& name) {
+  const double levels = static_cast<double>((1u << bits) - 1);
+  const double scale = (static_cast<double>(r.hi) - static_cast<double>(r.lo)) / levels;
+  SL_CHECK(scale <= static_cast<double>(std::numeric_limits<float>::max()), CodecError,
+           "tensor '" << name << "': value range [" << r.lo << ", " << r.hi << "] is too wide for " << bits
+                      << "-bit min_max (scale overflows float32); use more bits or no_compress");
+  Params p;
+  p.lo = r.lo;
+  p.scale = static_cast<float>(scale);
+  p.inv = scale > 0 ? static_cast<float>(1.0 / scale) : 0.0f;
+  return p;
+}
+
+// Codes for elements [b, e) (b relative to its block is a multiple of 8) into `out` (the packed
+// position of element b).
+template <class E>
+void quantize(const typename E::T* src, uint64_t b, uint64_t e, const Params& p, unsigned bits, bool stochastic,
+              uint64_t seed, uint8_t* out) {
+  const float levels = static_cast<float>((1u << bits) - 1);
+  uint8_t codes[kStage];
+  for (uint64_t s = b; s < e; s += kStage) {
+    const uint64_t n = std::min(kStage, e - s);
+    uint64_t k = 0;
+    if (stochastic) {
+      for (; k < n; ++k) {
+        float y = (E::load(src, s + k) - p.lo) * p.inv + uniform01(seed, s + k);
+        y = std::min(std::max(y, 0.0f), levels);
+        codes[k] = static_cast<uint8_t>(static_cast<int>(y));
+      }
+    } else {
+#ifdef SPLITLINK_SSE2
+      if constexpr (std::is_same_v<E, F32>) {
+        const __m128 vlo = _mm_set1_ps(p.lo), vinv = _mm_set1_ps(p.inv), half = _mm_set1_ps(0.5f);
+        const __m128 vmax = _mm_set1_ps(levels), zero = _mm_setzero_ps();
+        for (; k + 16 <= n; k += 16) {
+          __m128i q[4];
+          for (int j = 0; j < 4; ++j) {
+            __m128 y = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(src + s + k + 4 * j), vlo), vinv), half);
+            y = _mm_max_ps(_mm_min_ps(y, vmax), zero);
+            q[j] = _mm_cvttps_epi32(y);
+          }
+          const __m128i w0 = _mm_packs_epi32(q[0], q[1]);
+          const __m128i w1 = _mm_packs_epi32(q[2], q[3]);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm_packus_epi16(w0, w1));
+        }
+      }
+#endif
+      for (; k < n; ++k) {
+        float y = (E::load(src, s + k) - p.lo) * p.inv + 0.5f;
+        y = std::min(std::max(y, 0.0f), levels);
+        codes[k] = static_cast<uint8_t>(static_cast<int>(y));
+      }
+    }
+    pack_codes(codes, n, bits, out + (s - b) / 8 * bits);
+  }
+}
+
+template <class E>
+void dequantize(const uint8_t* in, uint64_t b, uint64_t e, const Params& p, unsigned bits, typename E::T* dst) {
+  uint8_t codes[kStage];
+  for (uint64_t s = b; s < e; s += kStage) {
+    const uint64_t n = std::min(kStage, e - s);
+    unpack_codes(in + (s - b) / 8 * bits, n, bits, codes);
+    if constexpr (std::is_same_v<E, F32>) {
+      float* o = dst + s;
+      for (uint64_t k = 0; k < n; ++k) o[k] = p.lo + static_cast<float>(codes[k]) * p.scale;
+    } else {
+      for (uint64_t k = 0; k < n; ++k) E::store(dst, s + k, p.lo + static_cast<float>(codes[k]) * p.scale);
+    }
+  }
+}
+
+uint64_t num_blocks(uint64_t numel, uint64_t block_size) {
+  if (numel == 0) return 0;
+  return block_size == 0 ? 1 : (numel + block_size - 1) / block_size;
+}
+
+}  // namespace
+
+uint64_t minmax_size(uint64_t numel, unsigned bits, uint64_t block_size) {
+  return num_blocks(numel, block_size) * 8 + packed_bytes(numel, bits);
+}
+
+void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, uint64_t block_size, bool stochastic,
+                   uint64_t seed, uint8_t* dst, const std::string& name, unsigned threads) {
+  dispatch_float(dt, [&](auto e) {
+    using E = decltype(e);
+    const auto* src = static_cast<const typename E::T*>(src_v);
+    const uint64_t nb = num_blocks(numel, block_size);
+    uint8_t* codes = dst + nb * 8;
+    auto fail_nonfinite = [&]() {
+      SL_FAIL(CodecError, "tensor '" << name << "' contains NaN or Inf (first at flat index "
+                                     << first_nonfinite<E>(src, numel)
+                                     << "); min_max cannot encode non-finite values: fix them or send this tensor "
+                                        "with no_compress, fp16 or bf16");
+    };
+    auto put_params = [&](uint64_t blk, const Params& p) {
+      std::memcpy(dst + blk * 8, &p.lo, 4);
+      std::memcpy(dst + blk * 8 + 4, &p.scale, 4);
+    };
+    if (nb == 0) return;
+    if (nb == 1) {
+      // Whole tensor: parallel min/max, then parallel quantization of 8-aligned chunks.
+      const uint64_t chunks = (numel + kChunk - 1) / kChunk;
+      std::vector<Range> ranges(chunks);
+      parallel_for(chunks, [&](size_t c) { ranges[c] = scan<E>(src, c * kChunk, std::min(numel, (c + 1) * kChunk)); },
+                   threads);
+      Range r;
+      for (const auto& x : ranges) {
+        r.lo = std::min(r.lo, x.lo);
+        r.hi = std::max(r.hi, x.hi);
+        r.nonfinite |= x.nonfinite;
+      }
+      if (r.nonfinite) fail_nonfinite();
+      const Params p = params_for(r, bits, name);
+      put_params(0, p);
+      parallel_for(chunks, [&](size_t c) {
+        const uint64_t b = c * kChunk;
+        quantize<E>(src, b, std::min(numel, b + kChunk), p, bits, stochastic, seed, codes + b / 8 * bits);
+      }, threads);
+      return;
+    }
+    // Blocks: each task takes whole blocks, about kChunk elements per task.
+    const uint64_t per_task = std::max<uint64_t>(1, kChunk / block_size);
+    const uint64_t tasks = (nb + per_task - 1) / per_task;
+    std::vector<char> bad(tasks, 0);
+    parallel_for(tasks, [&](size_t t) {
+      for (uint64_t blk = t * per_task; blk < std::min(nb, (t + 1) * per_task); ++blk) {
+        const uint64_t b = blk * block_size, e = std::min(numel, b + block_size);
+        const Range r = scan<E>(src, b, e);
+        if (r.nonfinite) {
+          bad[t] = 1;
+          return;
+        }
+        const Params p = params_for(r, bits, name);
+        put_params(blk, p);
+        quantize<E>(src, b, e, p, bits, stochastic, seed, codes + b / 8 * bits);
+      }
+    }, threads);
+    if (std::find(bad.begin(), bad.end(), 1) != bad.end()) fail_nonfinite();
+  });
+}
+
+void minmax_decode(DType dt, const uint8_t* src, uint64_t numel, unsigned bits, uint64_t block_size, void* dst_v,
+                   const std::string& name, unsigned threads) {
+  dispatch_float(dt, [&](auto e) {
+    using E = decltype(e);
+    auto* dst = static_cast<typename E::T*>(dst_v);
+    const uint64_t nb = num_blocks(numel, block_size);
+    const uint64_t bs = nb <= 1 ? numel : block_size;
+    const uint8_t* codes = src + nb * 8;
+    auto params = [&](uint64_t blk) {
+      Params p;
+      std::memcpy(&p.lo, src + blk * 8, 4);
+      std::memcpy(&p.scale, src + blk * 8 + 4, 4);
+      SL_CHECK(std::isfinite(p.lo) && std::isfinite(p.scale) && p.scale >= 0, CodecError,
+               "tensor '" << name << "': min_max block " << blk << " has invalid parameters (min " << p.lo
+                          << ", scale " << p.scale << "); the frame is corrupt");
+      return p;
+    };
+    if (nb == 0) return;
+    // Tasks of about kChunk elements that start at 8-aligned positions inside their block.
+    const uint64_t step = nb == 1 ? kChunk : std::max<uint64_t>(1, kChunk / bs) * bs;
+    const uint64_t tasks = (numel + step - 1) / step;
+    parallel_for(tasks, [&](size_t t) {
+      const uint64_t tb = t * step, te = std::min(numel, tb + step);
+      for (uint64_t b = tb; b < te;) {
+        const uint64_t blk = b / bs;
+        const uint64_t e = std::min({te, (blk + 1) * bs, numel});
+        dequantize<E>(codes + b / 8 * bits, b, e, params(blk), bits, dst);
+        b = e;
+      }
+    }, threads);
+  });
+}
+
+}  // namespace splitlink::codec::detail
