@@ -47,12 +47,45 @@ def deep_nesting() -> dict[str, Any]:
     return {"a": {"b": {"c": {"d": sample(torch.float32, (2,), 5)}}}, "z": sample(torch.uint8, (4,), 6)}
 
 
+def compressed() -> dict[str, Any]:
+    return {
+        "mm8": sample(torch.float32, (64,), 7),
+        "mm3_blocked": sample(torch.float32, (10, 7), 8),
+        "ids": torch.tensor([-3, -1, 0, 2, 5], dtype=torch.int32),
+        "mask": sample(torch.bool, (13,), 9),
+        "half": sample(torch.float32, (9,), 10),
+        "brain": sample(torch.float64, (4,), 11),
+        "sparse": sample(torch.float32, (50,), 12),
+        "sparse_q": sample(torch.float32, (40,), 13),
+    }
+
+
+def compressed_configs() -> dict[str, Any]:
+    from splitlink import CompressConfig
+
+    return {
+        "mm8": CompressConfig("min_max", bit_num=8),
+        "mm3_blocked": CompressConfig("min_max", bit_num=3, block_size=16),
+        "ids": CompressConfig("bit_pack", bit_num=4),
+        "mask": CompressConfig("bit_pack", bit_num=1),
+        "half": CompressConfig("fp16"),
+        "brain": CompressConfig("bf16"),
+        "sparse": CompressConfig("topk", ratio=0.1),
+        "sparse_q": CompressConfig("topk", k=6, value_bit_num=5),
+    }
+
+
 GOLDEN: dict[str, tuple[Any, dict[str, Any]]] = {
     "every_dtype": (every_dtype, {"sender": "leader", "step": 3, "kind": "forward", "seq": 1}),
     "grad_scale": (grad_scale, {"sender": "follower", "step": 12345, "kind": "backward", "seq": 99}),
     "edge_shapes": (edge_shapes, {"sender": "", "step": -1, "kind": "", "seq": 0}),
     "deep_nesting": (deep_nesting, {"sender": "参与方-b", "step": 2**40, "kind": "eval", "seq": 2**63}),
     "empty_frame": (lambda: {}, {"sender": "leader", "step": 0, "kind": "heartbeat", "seq": 7}),
+}
+# Golden frames written with compression: the decoded values are what the codec produced, so these
+# are checked against the tensors stored next to them (name.pt), not against the inputs.
+GOLDEN_COMPRESSED: dict[str, tuple[Any, Any, dict[str, Any]]] = {
+    "compressed": (compressed, compressed_configs, {"sender": "follower", "step": 5, "kind": "forward", "seq": 3}),
 }
 
 

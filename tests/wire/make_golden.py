@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-from wire_cases import GOLDEN  # noqa: E402
+import numpy as np  # noqa: E402
+from wire_cases import GOLDEN, GOLDEN_COMPRESSED  # noqa: E402
 
 from splitlink import wire  # noqa: E402
 
@@ -25,6 +26,17 @@ def main() -> None:
             print(f"keep {path}")
             continue
         path.write_bytes(bytes(wire.pack(make(), **header, pool=None)))
+        print(f"wrote {path}")
+    for name, (make, configs, header) in GOLDEN_COMPRESSED.items():
+        path = out / f"{name}.bin"
+        if path.exists() and "--force" not in sys.argv:
+            print(f"keep {path}")
+            continue
+        frame = bytes(wire.pack(make(), compress=configs(), **header, pool=None))
+        path.write_bytes(frame)
+        # What this version decodes, kept so that later versions are held to it.
+        decoded = {"/".join(p): t.numpy() for p, t in wire.unpack(frame).flat.items()}
+        np.savez(out / f"{name}.expected.npz", **decoded)
         print(f"wrote {path}")
 
 

@@ -162,7 +162,7 @@ void topk_decode(DType dt, const uint8_t* src, uint64_t numel, uint64_t k, unsig
   dispatch_float(dt, [&](auto e) {
     using E = decltype(e);
     auto* dst = static_cast<typename E::T*>(dst_v);
-    std::memset(dst_v, 0, numel * sizeof(typename E::T));  // +0.0 in every float format
+    if (numel != 0) std::memset(dst_v, 0, numel * sizeof(typename E::T));  // +0.0 in every float format
     if (k == 0) return;
     const bool wide = numel > (uint64_t{1} << 32);
     const uint64_t iw = wide ? 8 : 4;
