@@ -51,7 +51,7 @@ bench: install
 bench-cpp: $(VENV)/.deps sysdeps-dev
 	$(CMAKE) -S . -B build/bench $(CMAKE_GEN) -DSPLITLINK_BUILD_PYTHON=OFF -DSPLITLINK_BUILD_BENCHMARKS=ON >/dev/null
 	$(CMAKE) --build build/bench
-	build/bench/splitlink_bench --benchmark_repetitions=9 --benchmark_report_aggregates_only=true
+	build/bench/splitlink_bench --benchmark_repetitions=$(or $(REPS),9) --benchmark_report_aggregates_only=true $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/codec/bits.h"
 #include "../core/codec/elem.h"
 #include "splitlink/codec/codec.h"
 #include "splitlink/errors.h"
@@ -337,6 +338,33 @@ TEST(Validate, LossyCodecsRefuseIntegersAndSayWhatToUse) {
   EXPECT_THROW(validate(make(CodecType::kMinMax, 9), DType::kFloat32, 10, "x", false), CodecError);
   EXPECT_THROW(validate(make(CodecType::kMinMax, 8, 12), DType::kFloat32, 10, "x", false), CodecError);
   EXPECT_THROW(validate(make(CodecType::kMinMax, 0), DType::kFloat32, 10, "x", true), WireError);
+}
+
+}  // namespace
+}  // namespace splitlink::codec
+
+namespace splitlink::codec {
+namespace {
+
+// The SIMD and scalar bit packers must produce the same LSB-first layout: frames cross machines.
+TEST(BitLayout, PackedBitsAreLsbFirstForEveryWidthAndLength) {
+  std::mt19937 rng(5);
+  for (unsigned b = 1; b <= 8; ++b) {
+    for (uint64_t n : {1ull, 7ull, 8ull, 31ull, 32ull, 64ull, 127ull, 128ull, 129ull, 1000ull, 4096ull}) {
+      std::vector<uint8_t> codes(n);
+      for (auto& c : codes) c = static_cast<uint8_t>(rng() & ((1u << b) - 1));
+      std::vector<uint8_t> packed(detail::packed_bytes(n, b));
+      detail::pack_codes(codes.data(), n, b, packed.data());
+      std::vector<uint8_t> reference(packed.size(), 0);
+      for (uint64_t i = 0; i < n; ++i)
+        for (unsigned k = 0; k < b; ++k)
+          if ((codes[i] >> k) & 1) reference[(i * b + k) / 8] |= static_cast<uint8_t>(1u << ((i * b + k) % 8));
+      ASSERT_EQ(packed, reference) << "b=" << b << " n=" << n;
+      std::vector<uint8_t> back(n);
+      detail::unpack_codes(packed.data(), n, b, back.data());
+      ASSERT_EQ(back, codes) << "b=" << b << " n=" << n;
+    }
+  }
 }
 
 }  // namespace

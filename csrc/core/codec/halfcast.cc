@@ -2,12 +2,12 @@
 // time; the wheel is built for baseline x86-64), else the bit-exact software conversion.
 #include <algorithm>
 
+#include "../cpu.h"
 #include "codecs.h"
 #include "elem.h"
 #include "splitlink/parallel.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <cpuid.h>
 #include <immintrin.h>
 #define SPLITLINK_F16C_DISPATCH 1
 #endif
@@ -35,20 +35,7 @@ __attribute__((target("avx,f16c"))) void f16_to_f32_hw(const uint16_t* s, float*
   for (; i < n; ++i) d[i] = f16_to_f32(s[i]);
 }
 
-bool detect_f16c() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
-  const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
-  if (!(osxsave && avx && f16c)) return false;
-  unsigned lo = 0, hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return (lo & 0x6) == 0x6;  // the OS saves XMM and YMM state
-}
-
-bool has_f16c() {
-  static const bool yes = detect_f16c();
-  return yes;
-}
+bool has_f16c() { return cpu::has_f16c(); }
 #endif
 
 }  // namespace

@@ -7,12 +7,8 @@
 #include "bits.h"
 #include "codecs.h"
 #include "elem.h"
+#include "kernels.h"
 #include "splitlink/parallel.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#define SPLITLINK_SSE2 1
-#endif
 
 namespace splitlink::codec::detail {
 namespace {
@@ -20,50 +16,23 @@ namespace {
 constexpr uint64_t kChunk = uint64_t{1} << 18;  // elements per parallel task (1 MiB of float32)
 constexpr uint64_t kStage = 4096;               // codes staged on the stack before packing
 
-struct Range {
-  float lo = std::numeric_limits<float>::infinity();
-  float hi = -std::numeric_limits<float>::infinity();
-  bool nonfinite = false;
-};
-
 template <class E>
 Range scan(const typename E::T* src, uint64_t b, uint64_t e) {
-  Range r;
-  uint64_t i = b;
-#ifdef SPLITLINK_SSE2
   if constexpr (std::is_same_v<E, F32>) {
-    __m128 lo0 = _mm_set1_ps(r.lo), lo1 = lo0, hi0 = _mm_set1_ps(r.hi), hi1 = hi0;
-    __m128 bad = _mm_setzero_ps();
-    const __m128 inf = _mm_set1_ps(std::numeric_limits<float>::infinity());
-    const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
-    for (; i + 8 <= e; i += 8) {
-      const __m128 a = _mm_loadu_ps(src + i), c = _mm_loadu_ps(src + i + 4);
-      lo0 = _mm_min_ps(lo0, a);
-      lo1 = _mm_min_ps(lo1, c);
-      hi0 = _mm_max_ps(hi0, a);
-      hi1 = _mm_max_ps(hi1, c);
-      // !(|x| < inf) is true for NaN and +-Inf.
-      bad = _mm_or_ps(bad, _mm_cmpnlt_ps(_mm_and_ps(a, absmask), inf));
-      bad = _mm_or_ps(bad, _mm_cmpnlt_ps(_mm_and_ps(c, absmask), inf));
+    return scan_f32(src + b, e - b);
+  } else {
+    Range r{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), false};
+    for (uint64_t i = b; i < e; ++i) {
+      const float v = E::load(src, i);
+      if (!std::isfinite(v)) r.nonfinite = true;
+      r.lo = std::min(r.lo, v);
+      r.hi = std::max(r.hi, v);
     }
-    alignas(16) float l[4], h[4];
-    _mm_store_ps(l, _mm_min_ps(lo0, lo1));
-    _mm_store_ps(h, _mm_max_ps(hi0, hi1));
-    for (int k = 0; k < 4; ++k) {
-      r.lo = std::min(r.lo, l[k]);
-      r.hi = std::max(r.hi, h[k]);
-    }
-    r.nonfinite = _mm_movemask_ps(bad) != 0;
+    return r;
   }
-#endif
-  for (; i < e; ++i) {
-    const float v = E::load(src, i);
-    if (!std::isfinite(v)) r.nonfinite = true;
-    r.lo = std::min(r.lo, v);
-    r.hi = std::max(r.hi, v);
-  }
-  return r;
 }
+
+Range empty_range() { return {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), false}; }
 
 template <class E>
 uint64_t first_nonfinite(const typename E::T* src, uint64_t n) {
@@ -96,37 +65,27 @@ Params params_for(const Range& r, unsigned bits, const std::string& name) {
 // position of element b).
 template <class E>
 void quantize(const typename E::T* src, uint64_t b, uint64_t e, const Params& p, unsigned bits, bool stochastic,
-              uint64_t seed, uint8_t* out) {
+              uint64_t seed, uint8_t* out, bool stream) {
   const float levels = static_cast<float>((1u << bits) - 1);
+  if constexpr (std::is_same_v<E, F32>) {
+    if (!stochastic && bits == 8) {
+      quantize_f32(src + b, e - b, p.lo, p.inv, levels, out, stream);  // 8-bit codes are the output
+      return;
+    }
+  }
   uint8_t codes[kStage];
   for (uint64_t s = b; s < e; s += kStage) {
     const uint64_t n = std::min(kStage, e - s);
-    uint64_t k = 0;
     if (stochastic) {
-      for (; k < n; ++k) {
+      for (uint64_t k = 0; k < n; ++k) {
         float y = (E::load(src, s + k) - p.lo) * p.inv + uniform01(seed, s + k);
         y = std::min(std::max(y, 0.0f), levels);
         codes[k] = static_cast<uint8_t>(static_cast<int>(y));
       }
+    } else if constexpr (std::is_same_v<E, F32>) {
+      quantize_f32(src + s, n, p.lo, p.inv, levels, codes);
     } else {
-#ifdef SPLITLINK_SSE2
-      if constexpr (std::is_same_v<E, F32>) {
-        const __m128 vlo = _mm_set1_ps(p.lo), vinv = _mm_set1_ps(p.inv), half = _mm_set1_ps(0.5f);
-        const __m128 vmax = _mm_set1_ps(levels), zero = _mm_setzero_ps();
-        for (; k + 16 <= n; k += 16) {
-          __m128i q[4];
-          for (int j = 0; j < 4; ++j) {
-            __m128 y = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(src + s + k + 4 * j), vlo), vinv), half);
-            y = _mm_max_ps(_mm_min_ps(y, vmax), zero);
-            q[j] = _mm_cvttps_epi32(y);
-          }
-          const __m128i w0 = _mm_packs_epi32(q[0], q[1]);
-          const __m128i w1 = _mm_packs_epi32(q[2], q[3]);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm_packus_epi16(w0, w1));
-        }
-      }
-#endif
-      for (; k < n; ++k) {
+      for (uint64_t k = 0; k < n; ++k) {
         float y = (E::load(src, s + k) - p.lo) * p.inv + 0.5f;
         y = std::min(std::max(y, 0.0f), levels);
         codes[k] = static_cast<uint8_t>(static_cast<int>(y));
@@ -137,16 +96,20 @@ void quantize(const typename E::T* src, uint64_t b, uint64_t e, const Params& p,
 }
 
 template <class E>
-void dequantize(const uint8_t* in, uint64_t b, uint64_t e, const Params& p, unsigned bits, typename E::T* dst) {
+void dequantize(const uint8_t* in, uint64_t b, uint64_t e, const Params& p, unsigned bits, typename E::T* dst,
+                bool stream) {
   uint8_t codes[kStage];
   for (uint64_t s = b; s < e; s += kStage) {
     const uint64_t n = std::min(kStage, e - s);
-    unpack_codes(in + (s - b) / 8 * bits, n, bits, codes);
+    const uint8_t* c = in + (s - b) / 8 * bits;
+    if (bits != 8) {
+      unpack_codes(c, n, bits, codes);
+      c = codes;
+    }
     if constexpr (std::is_same_v<E, F32>) {
-      float* o = dst + s;
-      for (uint64_t k = 0; k < n; ++k) o[k] = p.lo + static_cast<float>(codes[k]) * p.scale;
+      dequantize_f32(c, n, p.lo, p.scale, dst + s, stream);
     } else {
-      for (uint64_t k = 0; k < n; ++k) E::store(dst, s + k, p.lo + static_cast<float>(codes[k]) * p.scale);
+      for (uint64_t k = 0; k < n; ++k) E::store(dst, s + k, p.lo + static_cast<float>(c[k]) * p.scale);
     }
   }
 }
@@ -169,6 +132,7 @@ void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, u
     const auto* src = static_cast<const typename E::T*>(src_v);
     const uint64_t nb = num_blocks(numel, block_size);
     uint8_t* codes = dst + nb * 8;
+    const bool stream = numel * 4 >= kStreamBytes;
     auto fail_nonfinite = [&]() {
       SL_FAIL(CodecError, "tensor '" << name << "' contains NaN or Inf (first at flat index "
                                      << first_nonfinite<E>(src, numel)
@@ -186,7 +150,7 @@ void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, u
       std::vector<Range> ranges(chunks);
       parallel_for(chunks, [&](size_t c) { ranges[c] = scan<E>(src, c * kChunk, std::min(numel, (c + 1) * kChunk)); },
                    threads);
-      Range r;
+      Range r = empty_range();
       for (const auto& x : ranges) {
         r.lo = std::min(r.lo, x.lo);
         r.hi = std::max(r.hi, x.hi);
@@ -197,7 +161,7 @@ void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, u
       put_params(0, p);
       parallel_for(chunks, [&](size_t c) {
         const uint64_t b = c * kChunk;
-        quantize<E>(src, b, std::min(numel, b + kChunk), p, bits, stochastic, seed, codes + b / 8 * bits);
+        quantize<E>(src, b, std::min(numel, b + kChunk), p, bits, stochastic, seed, codes + b / 8 * bits, stream);
       }, threads);
       return;
     }
@@ -215,7 +179,7 @@ void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, u
         }
         const Params p = params_for(r, bits, name);
         put_params(blk, p);
-        quantize<E>(src, b, e, p, bits, stochastic, seed, codes + b / 8 * bits);
+        quantize<E>(src, b, e, p, bits, stochastic, seed, codes + b / 8 * bits, stream);
       }
     }, threads);
     if (std::find(bad.begin(), bad.end(), 1) != bad.end()) fail_nonfinite();
@@ -230,6 +194,7 @@ void minmax_decode(DType dt, const uint8_t* src, uint64_t numel, unsigned bits, 
     const uint64_t nb = num_blocks(numel, block_size);
     const uint64_t bs = nb <= 1 ? numel : block_size;
     const uint8_t* codes = src + nb * 8;
+    const bool stream = numel * 4 >= kStreamBytes;
     auto params = [&](uint64_t blk) {
       Params p;
       std::memcpy(&p.lo, src + blk * 8, 4);
@@ -248,7 +213,7 @@ void minmax_decode(DType dt, const uint8_t* src, uint64_t numel, unsigned bits, 
       for (uint64_t b = tb; b < te;) {
         const uint64_t blk = b / bs;
         const uint64_t e = std::min({te, (blk + 1) * bs, numel});
-        dequantize<E>(codes + b / 8 * bits, b, e, params(blk), bits, dst);
+        dequantize<E>(codes + b / 8 * bits, b, e, params(blk), bits, dst, stream);
         b = e;
       }
     }, threads);

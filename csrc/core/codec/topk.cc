@@ -41,12 +41,14 @@ Selection select(const typename E::T* src, uint64_t numel, uint64_t k, const std
     std::vector<uint64_t> hist(chunks * nbins, 0);
     parallel_for(chunks, [&](size_t c) {
       uint64_t* h = hist.data() + c * nbins;
+      bool saw_nan = false;
       for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
         const uint32_t key = key_of<E>(src, i);
-        if (key > 0x7F800000u) nan[c] = 1;
+        saw_nan |= key > 0x7F800000u;
         if (fixed_from < 32 && (key >> fixed_from) != (prefix >> fixed_from)) continue;
         ++h[(key >> lv.shift) & (nbins - 1)];
       }
+      if (saw_nan) nan[c] = 1;
     }, threads);
     SL_CHECK(std::find(nan.begin(), nan.end(), 1) == nan.end(), CodecError,
              "tensor '" << name << "' contains NaN; topk cannot rank it: fix the values or use no_compress");
@@ -95,11 +97,14 @@ void topk_encode(DType dt, const void* src_v, uint64_t numel, uint64_t k, unsign
     const uint64_t chunks = (numel + kChunk - 1) / kChunk;
     std::vector<uint64_t> gt(chunks, 0), eq(chunks, 0), quota(chunks, 0), offset(chunks, 0);
     parallel_for(chunks, [&](size_t c) {
+      uint64_t g = 0, q = 0;  // locals: neighbouring counters share cache lines across threads
       for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
         const uint32_t key = key_of<E>(src, i);
-        gt[c] += key > sel.threshold;
-        eq[c] += key == sel.threshold;
+        g += key > sel.threshold;
+        q += key == sel.threshold;
       }
+      gt[c] = g;
+      eq[c] = q;
     }, threads);
     uint64_t ties_left = sel.ties, pos = 0;
     for (uint64_t c = 0; c < chunks; ++c) {
