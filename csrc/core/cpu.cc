@@ -12,9 +12,11 @@ namespace {
 struct Features {
   bool avx2 = false;
   bool f16c = false;
+  bool aesni = false;
   Features() {
     unsigned a = 0, b = 0, c = 0, d = 0;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    aesni = ((c >> 25) & 1) && ((c >> 1) & 1);
     const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c_bit = (c >> 29) & 1;
     if (!(osxsave && avx)) return;
     unsigned lo = 0, hi = 0;
@@ -43,6 +45,14 @@ bool has_avx2() {
 bool has_f16c() {
 #ifdef SPLITLINK_X86
   return features().f16c;
+#else
+  return false;
+#endif
+}
+
+bool has_aesni() {
+#ifdef SPLITLINK_X86
+  return features().aesni;
 #else
   return false;
 #endif

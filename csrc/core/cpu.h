@@ -6,5 +6,6 @@ namespace splitlink::cpu {
 
 bool has_avx2();  // AVX2 with OS support for YMM state
 bool has_f16c();  // F16C + AVX with OS support for YMM state
+bool has_aesni();  // AES-NI and PCLMULQDQ (fast AES-GCM)
 
 }  // namespace splitlink::cpu

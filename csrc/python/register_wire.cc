@@ -9,104 +9,18 @@
 #include <vector>
 
 #include "codec_spec.h"
+#include "frame_buffer.h"
 #include "py_buffer.h"
 #include "register.h"
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
+#include "splitlink/secure/aead.h"
 #include "splitlink/wire/frame.h"
 
 namespace py = pybind11;
 
 namespace splitlink::py_util {
 namespace {
-
-// A frame's bytes: `size` used bytes at the start of a 64-byte aligned allocation.
-struct FrameBuffer {
-  AlignedBuffer mem;
-  size_t size = 0;
-
-  explicit FrameBuffer(size_t capacity) : mem(capacity) {}
-};
-
-constexpr size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
-// Keeps frame buffers for reuse. A buffer is free when the pool holds the only reference to its
-// Python object: memoryviews, numpy arrays and torch tensors that view it all hold a reference,
-// so a buffer is never handed out again while anything can still see its memory.
-class BufferPool {
- public:
-  BufferPool(size_t max_buffers, size_t max_bytes) : max_buffers_(max_buffers), max_bytes_(max_bytes) {}
-
-  py::object acquire(size_t size) {
-    // Caller holds the GIL: reference counts and entries_ are stable for this whole call.
-    py::object* best = nullptr;
-    size_t best_cap = 0;
-    for (auto& obj : entries_) {
-      if (Py_REFCNT(obj.ptr()) != 1) continue;
-      const size_t cap = obj.cast<FrameBuffer&>().mem.capacity();
-      if (cap >= size && (best == nullptr || cap < best_cap)) {
-        best = &obj;
-        best_cap = cap;
-      }
-    }
-    if (best != nullptr) {
-      ++hits_;
-      best->cast<FrameBuffer&>().size = size;
-      return *best;
-    }
-    ++misses_;
-    // Headroom so that frames which grow a little (a longer name, a bigger last batch) still
-    // fit; untouched headroom costs no physical memory.
-    const size_t cap = align_up(size + size / 16, 4096);
-    py::object fresh = py::cast(std::make_unique<FrameBuffer>(cap));
-    fresh.cast<FrameBuffer&>().size = size;
-    // Make room by dropping free buffers, smallest first.
-    while (entries_.size() >= max_buffers_ || retained_ + cap > max_bytes_) {
-      auto victim = entries_.end();
-      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-        if (Py_REFCNT(it->ptr()) != 1) continue;
-        if (victim == entries_.end() || capacity_of(*it) < capacity_of(*victim)) victim = it;
-      }
-      if (victim == entries_.end()) break;
-      retained_ -= capacity_of(*victim);
-      entries_.erase(victim);
-    }
-    if (entries_.size() < max_buffers_ && retained_ + cap <= max_bytes_) {
-      entries_.push_back(fresh);
-      retained_ += cap;
-    }
-    return fresh;
-  }
-
-  void clear() {
-    entries_.clear();
-    retained_ = 0;
-  }
-
-  py::dict stats() const {
-    py::dict d;
-    size_t free_count = 0;
-    for (const auto& obj : entries_) free_count += Py_REFCNT(obj.ptr()) == 1 ? 1 : 0;
-    d["buffers"] = entries_.size();
-    d["free"] = free_count;
-    d["retained_bytes"] = retained_;
-    d["hits"] = hits_;
-    d["misses"] = misses_;
-    d["max_buffers"] = max_buffers_;
-    d["max_bytes"] = max_bytes_;
-    return d;
-  }
-
- private:
-  static size_t capacity_of(const py::object& o) { return o.cast<FrameBuffer&>().mem.capacity(); }
-
-  size_t max_buffers_;
-  size_t max_bytes_;
-  size_t retained_ = 0;
-  size_t hits_ = 0;
-  size_t misses_ = 0;
-  std::vector<py::object> entries_;
-};
 
 struct PackArgs {
   wire::FrameMeta meta;
@@ -146,7 +60,15 @@ PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq
 
 py::tuple decode(const py::object& buffer) {
   PyBuffer view(buffer, PyBUF_SIMPLE, "frame");
-  wire::FrameHeader h = wire::decode_header(view.data(), view.size());
+  wire::FrameHeader h;
+  try {
+    h = wire::decode_header(view.data(), view.size());
+  } catch (const WireError& e) {
+    if (secure::looks_sealed(view.data(), view.size())) {
+      throw WireError(std::string("this is a sealed frame: open it with unpack(..., opener=Opener(...)) (") + e.what() + ")");
+    }
+    throw;
+  }
   py::list descs;
   for (const auto& d : h.tensors) {
     py::tuple path(d.path.size());
@@ -207,9 +129,31 @@ void register_wire(py::module_ m) {
   m.def(
       "pack",
       [](const py::sequence& items, std::string sender, uint64_t seq, int64_t step, std::string kind,
-         py::object pool, py::object out, unsigned threads) -> py::object {
+         py::object pool, py::object out, unsigned threads, py::object sealer) -> py::object {
         PackArgs a = parse_items(items, std::move(sender), seq, step, std::move(kind));
         const wire::FrameLayout layout = wire::FrameLayout::plan(a.meta, a.inputs);
+        if (!sealer.is_none()) {
+          // Pack and seal in one pass: the plain frame is laid out where the ciphertext goes, and
+          // each segment's tensor bytes are copied in and encrypted in place while in cache.
+          secure::Sealer& s = sealer.cast<secure::Sealer&>();
+          if (a.meta.sender != s.sender()) {
+            throw py::value_error("sender '" + a.meta.sender + "' does not match the sealer's sender '" + s.sender() + "'");
+          }
+          const secure::SealedLayout sl = secure::plan_sealed(a.meta, s.cipher(), s.segment_size(), layout.size());
+          py::object frame = new_frame_buffer(pool, sl.total);
+          uint8_t* base = frame.cast<FrameBuffer&>().mem.data();
+          s.claim(a.meta.seq);
+          {
+            // Safe without the GIL: `frame` is ours until returned; inputs are pinned by Py_buffer.
+            py::gil_scoped_release nogil;
+            secure::write_sealed_header(sl, a.meta, s.cipher(), s.segment_size(), layout.size(), base);
+            uint8_t* plain = base + sl.ciphertext_offset;
+            layout.write_prefix(a.meta, a.inputs, plain, layout.size(), threads);
+            s.seal_segments(sl, a.meta, layout.size(), base, nullptr, threads,
+                            [&](uint64_t b, uint64_t e) { layout.copy_raw(a.inputs, plain, b, e); });
+          }
+          return frame;
+        }
         if (!out.is_none()) {
           PyBuffer dst(out, PyBUF_WRITABLE, "out");
           if (dst.size() < layout.size()) {
@@ -223,10 +167,8 @@ void register_wire(py::module_ m) {
           }
           return py::int_(layout.size());
         }
-        py::object frame = pool.is_none() ? py::cast(std::make_unique<FrameBuffer>(layout.size()))
-                                          : pool.cast<BufferPool&>().acquire(layout.size());
+        py::object frame = new_frame_buffer(pool, layout.size());
         FrameBuffer& fb = frame.cast<FrameBuffer&>();
-        fb.size = layout.size();
         {
           // Safe without the GIL: `frame` is referenced only by us until we return it, and the
           // inputs are pinned by their Py_buffer exports.
@@ -236,7 +178,7 @@ void register_wire(py::module_ m) {
         return frame;
       },
       py::arg("items"), py::arg("sender"), py::arg("seq"), py::arg("step"), py::arg("kind"), py::arg("pool"),
-      py::arg("out"), py::arg("threads") = 0);
+      py::arg("out"), py::arg("threads") = 0, py::arg("sealer") = py::none());
 
   m.def("decode_header", &decode, py::arg("buffer"),
         "Validates a frame and returns (version, sender, seq, step, kind, payload_offset, payload_length, "

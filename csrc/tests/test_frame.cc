@@ -77,7 +77,9 @@ TEST(Frame, RoundTripKeepsHeaderOrderAndBytes) {
     EXPECT_EQ(d.dtype, o.inputs[i].dtype);
     EXPECT_EQ(d.shape, o.inputs[i].shape);
     ASSERT_EQ(d.length, o.data[i].size());
-    if (d.length != 0) EXPECT_EQ(0, std::memcmp(bytes.data() + d.offset, o.data[i].data(), d.length));
+    if (d.length != 0) {
+      EXPECT_EQ(0, std::memcmp(bytes.data() + d.offset, o.data[i].data(), d.length));
+    }
   }
 }
 

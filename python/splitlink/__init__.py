@@ -4,10 +4,10 @@ The model is cut into sub-networks that run where the data is; parties exchange 
 forward and gradients backward as frames (``splitlink.wire``) over mutual TLS.
 """
 
-from splitlink import codec, errors, wire
+from splitlink import codec, errors, secure, wire
 from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CodecError, CryptoError, SplitlinkError, WireError
 
 __version__ = "0.1.0"
 
-__all__ = ["wire", "codec", "errors", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]
+__all__ = ["wire", "codec", "secure", "errors", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]

@@ -31,13 +31,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 
 from splitlink import _core
 from splitlink.codec import CompressConfig, ErrorFeedback, codec_name
+from splitlink.errors import CryptoError
+
+if TYPE_CHECKING:
+    from splitlink.secure import Opener, Sealer
 
 __all__ = [
     "Frame",
@@ -214,6 +218,7 @@ def pack(
     out: Any = None,
     pool: Any = _USE_DEFAULT,
     threads: int = 0,
+    sealer: Sealer | None = None,
 ) -> Any:
     """Encodes a mapping ``{name: tensor}`` or ``{group: {name: tensor}}`` (any nesting up to 8
     levels, order kept) into a frame.
@@ -222,6 +227,8 @@ def pack(
     tensor is looked up by its full path ``"group/name"`` first, then by its inner name, as
     MindSpore Federated does. Compression runs in the same pass that writes the frame.
     ``error_feedback`` is the residual store for configs with ``error_feedback=True``.
+    ``sealer`` (a ``splitlink.secure.Sealer``) seals the frame in the same pass: each segment's
+    bytes are written and encrypted while in cache; ``unpack(..., opener=)`` opens it.
 
     Returns a ``FrameBuffer`` (buffer protocol: ``bytes(f)``, ``memoryview(f)``) drawn from
     ``pool`` (default: the module's pool; ``None`` allocates a fresh buffer). With ``out`` (a
@@ -232,6 +239,11 @@ def pack(
     if seq < 0:
         raise ValueError(f"seq must be >= 0, got {seq}")
     items = _items(tensors, compress, error_feedback, seq)
+    if sealer is not None:
+        if out is not None:
+            raise ValueError("pack(..., sealer=) writes into a pooled buffer; out= is not supported with sealing")
+        use_pool = _DEFAULT_POOL if pool is _USE_DEFAULT else pool
+        return _core.wire.pack(items, sender, seq, step, kind, use_pool, None, threads, sealer._native)
     if out is not None:
         if pool is not _USE_DEFAULT:
             raise ValueError("pass either out= or pool=, not both")
@@ -292,11 +304,23 @@ def _byte_view(mv: memoryview) -> torch.Tensor:
     return torch.frombuffer(mv, dtype=torch.uint8)
 
 
-def unpack(buffer: Any, *, copy: bool = False) -> Frame:
+def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None) -> Frame:
     """Decodes a frame. Tensors view ``buffer`` (zero-copy) unless ``copy=True``.
 
-    Raises ``WireError`` for a malformed frame, before any tensor is created.
+    Raises ``WireError`` for a malformed frame, before any tensor is created. With ``opener`` (a
+    ``splitlink.secure.Opener``) the buffer is a sealed frame: it is authenticated and decrypted
+    into a pooled buffer (one pass), which the returned tensors then view; any failure raises
+    ``CryptoError`` naming sender and seq.
     """
+    if opener is not None:
+        plain, sender, seq, step, kind = opener.open(buffer)
+        frame = unpack(plain, copy=copy)
+        if (frame.sender, frame.seq, frame.step, frame.kind) != (sender, seq, step, kind):
+            raise CryptoError(
+                f"frame from '{sender}' seq {seq}: the sealed frame's header differs from its authenticated routing "
+                f"fields (inner sender={frame.sender!r} seq={frame.seq} step={frame.step} kind={frame.kind!r})"
+            )
+        return frame
     try:
         mv = memoryview(buffer)
     except TypeError:

@@ -216,8 +216,8 @@ FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInp
   return L;
 }
 
-void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out,
-                        size_t out_size, unsigned threads) const {
+void FrameLayout::write_prefix(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out,
+                               size_t out_size, unsigned threads) const {
   SL_CHECK(out_size >= total_size_, InvalidArgument,
            "output buffer has " << out_size << " bytes but the frame needs " << total_size_);
   SL_CHECK(tensors.size() == offsets_.size(), InvalidArgument, "write() got different tensors than plan()");
@@ -249,10 +249,39 @@ void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& t
   p = pb::put_len_header(p, field::kPayload, payload_length_);
   SL_CHECK(static_cast<size_t>(p - out) == payload_offset_, Error,
            "internal error: header is " << (p - out) << " bytes, planned " << payload_offset_);
+  // Zero the gaps (a reused buffer must not leak an older frame's bytes to the peer) and run each
+  // codec straight into its slot (codecs parallelize internally).
+  uint64_t cursor = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    std::memset(p + cursor, 0, offsets_[i] - cursor);
+    cursor = offsets_[i] + encoded_lengths_[i];
+    const TensorInput& t = tensors[i];
+    if (!t.codec.is_none()) {
+      codec::encode(t.codec, t.dtype, t.data, numels_[i], p + offsets_[i], path_str(t.path), t.residual, threads);
+    }
+  }
+}
 
-  // Payload: zero the gaps (a reused buffer must not leak an older frame's bytes to the peer),
-  // copy raw tensors, large ones split into page-aligned pieces spread over threads, and run
-  // each codec straight into its slot (codecs parallelize internally).
+void FrameLayout::copy_raw(const std::vector<TensorInput>& tensors, uint8_t* out, uint64_t begin, uint64_t end) const {
+  // Tensor slots are in increasing offset order: start at the first slot ending after `begin`.
+  const uint64_t pb = begin > payload_offset_ ? begin - payload_offset_ : 0;
+  const uint64_t pe = end > payload_offset_ ? end - payload_offset_ : 0;
+  if (pe <= pb) return;
+  size_t i = static_cast<size_t>(std::upper_bound(offsets_.begin(), offsets_.end(), pb) - offsets_.begin());
+  if (i > 0) --i;
+  for (; i < tensors.size() && offsets_[i] < pe; ++i) {
+    if (!tensors[i].codec.is_none()) continue;
+    const uint64_t tb = std::max(pb, offsets_[i]);
+    const uint64_t te = std::min(pe, offsets_[i] + encoded_lengths_[i]);
+    if (te > tb) std::memcpy(out + payload_offset_ + tb, tensors[i].data + (tb - offsets_[i]), te - tb);
+  }
+}
+
+void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out, size_t out_size,
+                        unsigned threads) const {
+  write_prefix(meta, tensors, out, out_size, threads);
+  // Raw tensors: large ones split into page-aligned pieces spread over threads, written with
+  // streaming stores (the frame goes to the network, not back through this core's cache).
   struct Piece {
     uint8_t* dst;
     const uint8_t* src;
@@ -260,25 +289,15 @@ void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& t
   };
   constexpr size_t kPiece = size_t{4} << 20;
   std::vector<Piece> pieces;
-  uint64_t cursor = 0;
+  uint8_t* p = out + payload_offset_;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    std::memset(p + cursor, 0, offsets_[i] - cursor);
+    if (!tensors[i].codec.is_none()) continue;
     const uint64_t len = encoded_lengths_[i];
-    if (!tensors[i].codec.is_none()) {
-      cursor = offsets_[i] + len;
-      continue;
-    }
     for (uint64_t b = 0; b < len; b += kPiece) {
       pieces.push_back({p + offsets_[i] + b, tensors[i].data + b, static_cast<size_t>(std::min<uint64_t>(kPiece, len - b))});
     }
-    cursor = offsets_[i] + len;
   }
   parallel_for(pieces.size(), [&](size_t k) { stream_copy(pieces[k].dst, pieces[k].src, pieces[k].len); }, threads);
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const TensorInput& t = tensors[i];
-    if (t.codec.is_none()) continue;
-    codec::encode(t.codec, t.dtype, t.data, numels_[i], p + offsets_[i], path_str(t.path), t.residual, threads);
-  }
 }
 
 FrameHeader decode_header(const uint8_t* data, size_t size) {

@@ -98,6 +98,14 @@ class FrameLayout {
   void write(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out, size_t out_size,
              unsigned threads = 0) const;
 
+  // write() in two parts, for writers that process the frame in ranges (sealing segment by
+  // segment while the bytes are in cache): write_prefix writes everything except the bytes of
+  // uncompressed tensors (header, padding, zeroed gaps, codec outputs); copy_raw then copies the
+  // uncompressed tensor bytes that fall in frame bytes [begin, end).
+  void write_prefix(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out, size_t out_size,
+                    unsigned threads = 0) const;
+  void copy_raw(const std::vector<TensorInput>& tensors, uint8_t* out, uint64_t begin, uint64_t end) const;
+
  private:
   size_t total_size_ = 0;
   size_t header_size_ = 0;  // bytes of fields 1..6

@@ -1,0 +1,145 @@
+#include "splitlink/secure/mask.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "evp.h"
+#include "splitlink/errors.h"
+#include "splitlink/parallel.h"
+
+namespace splitlink::secure {
+namespace {
+
+constexpr uint64_t kChunk = uint64_t{1} << 16;  // elements per task: 512 KiB of keystream
+constexpr uint64_t kBlock = 2048;               // elements per inner block (16 KiB, stays in L1/L2)
+constexpr uint64_t kMaxElements = uint64_t{1} << 33;  // 2^32 AES blocks of 16 bytes per stream
+
+// AES-256-CTR keystream for elements [begin, begin + count) of a stream, appended to `acc` with
+// the given sign, in blocks. Each element consumes 8 keystream bytes.
+class Keystream {
+ public:
+  Keystream(const SecretKey& key, uint64_t stream_id, uint64_t first_element) : ctx_(detail::new_ctx()) {
+    uint8_t iv[16] = {0};
+    for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(stream_id >> (8 * i));
+    const uint64_t block = first_element / 2;  // two elements per 16-byte AES block
+    for (int i = 0; i < 4; ++i) iv[15 - i] = static_cast<uint8_t>(block >> (8 * i));
+    SL_CHECK(EVP_EncryptInit_ex2(ctx_.get(), detail::fetch_cipher("AES-256-CTR"), key.data(), iv, nullptr) == 1,
+             CryptoError, "AES-256-CTR init failed: " << detail::openssl_error());
+  }
+  // Fills out[0, n) (n even) with the next keystream words.
+  void next(uint64_t* out, uint64_t n) {
+    std::memset(out, 0, n * 8);
+    int outl = 0;
+    SL_CHECK(EVP_EncryptUpdate(ctx_.get(), reinterpret_cast<uint8_t*>(out), &outl, reinterpret_cast<uint8_t*>(out),
+                               static_cast<int>(n * 8)) == 1,
+             CryptoError, "AES-256-CTR failed: " << detail::openssl_error());
+  }
+
+ private:
+  detail::CipherCtx ctx_;
+};
+
+void check_args(uint64_t n, unsigned frac_bits, const std::vector<MaskStream>& streams) {
+  SL_CHECK(frac_bits <= kMaxFracBits, InvalidArgument, "frac_bits must be 0.." << kMaxFracBits << ", got " << frac_bits);
+  SL_CHECK(n < kMaxElements, InvalidArgument, "a masked tensor holds at most 2^33 elements; split it");
+  for (const auto& s : streams) {
+    SL_CHECK(s.sign == 1 || s.sign == -1, InvalidArgument, "mask sign must be +1 or -1");
+  }
+}
+
+// Chunks start at even elements so each starts on an AES block boundary.
+template <typename Fn>
+void for_chunks(uint64_t n, unsigned threads, Fn&& fn) {
+  parallel_for((n + kChunk - 1) / kChunk, [&](size_t c) { fn(c * kChunk, std::min(n, (c + 1) * kChunk)); }, threads);
+}
+
+void apply_masks(const std::vector<MaskStream>& streams, uint64_t stream_id, uint64_t b, uint64_t e, uint64_t* acc,
+                 int direction) {
+  std::vector<uint64_t> ks(kBlock);
+  for (const auto& s : streams) {
+    Keystream prg(s.key, stream_id, b);
+    for (uint64_t k = b; k < e; k += kBlock) {
+      const uint64_t m = std::min(kBlock, e - k);
+      prg.next(ks.data(), (m + 1) & ~uint64_t{1});
+      uint64_t* a = acc + (k - b);
+      if (s.sign * direction > 0) {
+        for (uint64_t j = 0; j < m; ++j) a[j] += ks[j];
+      } else {
+        for (uint64_t j = 0; j < m; ++j) a[j] -= ks[j];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void mask_encode(const float* x, uint64_t n, unsigned frac_bits, const std::vector<MaskStream>& streams,
+                 uint64_t stream_id, uint64_t* y, const std::string& name, unsigned threads) {
+  check_args(n, frac_bits, streams);
+  const double scale = std::ldexp(1.0, static_cast<int>(frac_bits));
+  // Round half to even by the FPU: adding 1.5 * 2^52 leaves round(d) in the low mantissa bits for
+  // |d| < 2^51, readable as an integer by subtracting the constant's bit pattern.
+  const double magic = 6755399441055744.0;
+  uint64_t magic_bits;
+  std::memcpy(&magic_bits, &magic, 8);
+  std::vector<char> bad((n + kChunk - 1) / kChunk, 0);
+  for_chunks(n, threads, [&](uint64_t b, uint64_t e) {
+    bool out_of_range = false;
+    for (uint64_t k = b; k < e; ++k) {
+      const double d = static_cast<double>(x[k]) * scale;
+      out_of_range |= !(std::fabs(d) < kFixedLimit);  // also true for NaN
+      const double r = d + magic;
+      uint64_t bits;
+      std::memcpy(&bits, &r, 8);
+      y[k] = bits - magic_bits;
+    }
+    if (out_of_range) {
+      bad[b / kChunk] = 1;
+      return;
+    }
+    apply_masks(streams, stream_id, b, e, y + b, +1);
+  });
+  for (uint64_t c = 0; c < bad.size(); ++c) {
+    if (!bad[c]) continue;
+    for (uint64_t k = c * kChunk; k < std::min(n, (c + 1) * kChunk); ++k) {
+      const double d = static_cast<double>(x[k]) * scale;
+      SL_CHECK(std::fabs(d) < kFixedLimit, InvalidArgument,
+               "tensor '" << name << "' value " << x[k] << " at flat index " << k
+                          << " is outside the fixed-point range +-2^51 / 2^" << frac_bits << " = +-"
+                          << kFixedLimit / scale << "; lower frac_bits or scale the tensor down");
+    }
+  }
+}
+
+void sum_decode(const std::vector<const uint64_t*>& ys, uint64_t n, unsigned frac_bits, float* x, unsigned threads) {
+  check_args(n, frac_bits, {});
+  SL_CHECK(!ys.empty(), InvalidArgument, "sum_decode needs at least one input");
+  const double inv = std::ldexp(1.0, -static_cast<int>(frac_bits));
+  for_chunks(n, threads, [&](uint64_t b, uint64_t e) {
+    for (uint64_t k = b; k < e; k += kBlock) {
+      const uint64_t m = std::min(kBlock, e - k);
+      uint64_t acc[kBlock];
+      std::memcpy(acc, ys[0] + k, m * 8);
+      for (size_t i = 1; i < ys.size(); ++i) {
+        const uint64_t* y = ys[i] + k;
+        for (uint64_t j = 0; j < m; ++j) acc[j] += y[j];
+      }
+      for (uint64_t j = 0; j < m; ++j) x[k + j] = static_cast<float>(static_cast<double>(static_cast<int64_t>(acc[j])) * inv);
+    }
+  });
+}
+
+void unmask_decode(const uint64_t* y, uint64_t n, unsigned frac_bits, const std::vector<MaskStream>& streams,
+                   uint64_t stream_id, float* x, unsigned threads) {
+  check_args(n, frac_bits, streams);
+  const double inv = std::ldexp(1.0, -static_cast<int>(frac_bits));
+  for_chunks(n, threads, [&](uint64_t b, uint64_t e) {
+    std::vector<uint64_t> acc(y + b, y + e);
+    apply_masks(streams, stream_id, b, e, acc.data(), -1);
+    for (uint64_t k = b; k < e; ++k) x[k] = static_cast<float>(static_cast<double>(static_cast<int64_t>(acc[k - b])) * inv);
+  });
+}
+
+}  // namespace splitlink::secure

@@ -1,0 +1,253 @@
+// Bindings for AEAD sealing, X25519/HKDF key agreement and additive masking.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "frame_buffer.h"
+#include "py_buffer.h"
+#include "register.h"
+#include "splitlink/errors.h"
+#include "splitlink/secure/aead.h"
+#include "splitlink/secure/kx.h"
+#include "splitlink/secure/mask.h"
+
+namespace py = pybind11;
+
+namespace splitlink::py_util {
+namespace {
+
+using secure::Cipher;
+using secure::SecretKey;
+
+Cipher cipher_of(uint32_t c) {
+  if (c != 1 && c != 2) throw py::value_error("unknown cipher code " + std::to_string(c));
+  return static_cast<Cipher>(c);
+}
+
+SecretKey key_from(const py::object& obj) {
+  PyBuffer b(obj, PyBUF_SIMPLE, "key");
+  return SecretKey(b.data(), b.size());
+}
+
+std::vector<uint8_t> bytes_of(const py::object& obj, const char* what) {
+  PyBuffer b(obj, PyBUF_SIMPLE, what);
+  return std::vector<uint8_t>(b.data(), b.data() + b.size());
+}
+
+py::bytes to_bytes(const uint8_t* p, size_t n) { return py::bytes(reinterpret_cast<const char*>(p), n); }
+
+std::vector<secure::MaskStream> streams_of(const py::list& streams) {
+  std::vector<secure::MaskStream> out;
+  for (const auto& item : streams) {
+    auto t = item.cast<py::tuple>();
+    secure::MaskStream s;
+    s.key = t[0].cast<SecretKey&>();
+    s.sign = t[1].cast<int>();
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_secure(py::module_ m) {
+  m.attr("KEY_BYTES") = secure::kKeyBytes;
+  m.attr("TAG_BYTES") = secure::kTagBytes;
+  m.attr("DEFAULT_SEGMENT") = secure::kDefaultSegment;
+  m.attr("FIXED_LIMIT") = secure::kFixedLimit;
+
+  py::class_<SecretKey>(m, "Key", "32 secret bytes held in native memory, wiped when freed, never printed.")
+      .def(py::init([](const py::object& b) { return key_from(b); }), py::arg("key_bytes"))
+      .def("equals", &SecretKey::equals, py::arg("other"), "Constant-time comparison.")
+      .def("__repr__", [](const SecretKey&) { return std::string("<splitlink.secure.Key: 32 bytes, hidden>"); })
+      .def("__reduce__", [](const SecretKey&) -> py::object {
+        throw py::type_error("keys cannot be pickled; derive them again in the other process");
+      });
+
+  py::class_<secure::X25519KeyPair>(m, "X25519KeyPair")
+      .def_static("generate", &secure::X25519KeyPair::generate)
+      .def_static("from_private_bytes", [](const py::object& b) {
+        auto v = bytes_of(b, "private key");
+        return secure::X25519KeyPair::from_private(v.data(), v.size());
+      })
+      .def("public_bytes", [](const secure::X25519KeyPair& k) { auto p = k.public_key(); return to_bytes(p.data(), p.size()); })
+      .def("private_key", &secure::X25519KeyPair::private_key)
+      .def("exchange", [](const secure::X25519KeyPair& k, const py::object& peer) {
+        auto v = bytes_of(peer, "peer public key");
+        return k.exchange(v.data(), v.size());
+      }, py::arg("peer_public"))
+      .def("__repr__", [](const secure::X25519KeyPair& k) {
+        auto p = k.public_key();
+        static const char* hex = "0123456789abcdef";
+        std::string s;
+        for (size_t i = 0; i < 8; ++i) {
+          s += hex[p[i] >> 4];
+          s += hex[p[i] & 15];
+        }
+        return "<X25519KeyPair public=" + s + "...>";
+      });
+
+  m.def("hkdf_sha256", [](const py::object& ikm, const py::object& salt, const py::object& info, size_t length) {
+    auto i = bytes_of(ikm, "ikm"), s = bytes_of(salt, "salt"), f = bytes_of(info, "info");
+    if (length == 0 || length > 255 * 32) throw py::value_error("HKDF-SHA256 length must be 1..8160");
+    std::vector<uint8_t> out(length);
+    secure::hkdf_sha256(i.data(), i.size(), s.data(), s.size(), f.data(), f.size(), out.data(), length);
+    return to_bytes(out.data(), out.size());
+  }, py::arg("ikm"), py::arg("salt"), py::arg("info"), py::arg("length"));
+
+  m.def("aead_seal", [](uint32_t c, const SecretKey& key, const py::object& nonce, const py::object& aad,
+                        const py::object& plaintext) {
+    auto n = bytes_of(nonce, "nonce"), a = bytes_of(aad, "aad");
+    if (n.size() != secure::kNonceBytes) throw py::value_error("nonce must be 12 bytes");
+    PyBuffer p(plaintext, PyBUF_SIMPLE, "plaintext");
+    std::vector<uint8_t> out(p.size() + secure::kTagBytes);
+    secure::aead_seal(cipher_of(c), key, n.data(), a.data(), a.size(), p.data(), p.size(), out.data(), out.data() + p.size());
+    return to_bytes(out.data(), out.size());
+  });
+  m.def("aead_open", [](uint32_t c, const SecretKey& key, const py::object& nonce, const py::object& aad,
+                        const py::object& sealed) {
+    auto n = bytes_of(nonce, "nonce"), a = bytes_of(aad, "aad");
+    if (n.size() != secure::kNonceBytes) throw py::value_error("nonce must be 12 bytes");
+    PyBuffer s(sealed, PyBUF_SIMPLE, "ciphertext");
+    if (s.size() < secure::kTagBytes) throw CryptoError("ciphertext shorter than its 16-byte tag");
+    const size_t len = s.size() - secure::kTagBytes;
+    std::vector<uint8_t> out(len);
+    if (!secure::aead_open(cipher_of(c), key, n.data(), a.data(), a.size(), s.data(), len, out.data(), s.data() + len)) {
+      throw CryptoError("authentication failed: the message was tampered with or the key, nonce or AAD is wrong");
+    }
+    return to_bytes(out.data(), out.size());
+  });
+
+  m.def("derive_session_keys", [](const secure::X25519KeyPair& mine, const py::object& peer_public, const std::string& me,
+                                  const std::string& peer, const py::object& session_id, uint32_t c) {
+    auto pub = bytes_of(peer_public, "peer public key");
+    if (pub.size() != secure::kX25519Bytes) throw CryptoError("an X25519 public key is 32 bytes");
+    auto sid = bytes_of(session_id, "session_id");
+    secure::SessionKeys k = secure::derive_session_keys(mine, pub.data(), me, peer, sid, cipher_of(c));
+    return py::make_tuple(k.send, k.recv);
+  });
+  m.def("derive_mask_key", [](const secure::X25519KeyPair& mine, const py::object& peer_public, const std::string& me,
+                              const std::string& peer, const py::object& session_id) {
+    auto pub = bytes_of(peer_public, "peer public key");
+    if (pub.size() != secure::kX25519Bytes) throw CryptoError("an X25519 public key is 32 bytes");
+    auto sid = bytes_of(session_id, "session_id");
+    return secure::derive_mask_key(mine, pub.data(), me, peer, sid);
+  });
+
+  py::class_<secure::Sealer>(m, "Sealer")
+      .def(py::init([](uint32_t c, const SecretKey& key, std::string sender, uint32_t segment_size) {
+             return std::make_unique<secure::Sealer>(cipher_of(c), key, std::move(sender), segment_size);
+           }),
+           py::arg("cipher"), py::arg("key"), py::arg("sender"), py::arg("segment_size") = secure::kDefaultSegment)
+      .def_property_readonly("sender", &secure::Sealer::sender)
+      .def_property_readonly("segment_size", &secure::Sealer::segment_size)
+      .def("seal", [](secure::Sealer& s, const py::object& frame, const py::object& pool, unsigned threads) {
+        PyBuffer in(frame, PyBUF_SIMPLE, "frame");
+        const wire::FrameHeader h = wire::decode_header(in.data(), in.size());
+        if (h.meta.sender != s.sender()) {
+          throw py::value_error("frame sender '" + h.meta.sender + "' does not match the sealer's '" + s.sender() + "'");
+        }
+        const secure::SealedLayout L = secure::plan_sealed(h.meta, s.cipher(), s.segment_size(), in.size());
+        py::object out = new_frame_buffer(pool, L.total);
+        uint8_t* base = out.cast<FrameBuffer&>().mem.data();
+        s.claim(h.meta.seq);
+        {
+          // Safe without the GIL: `out` is ours until returned and `frame` is pinned by its export.
+          py::gil_scoped_release nogil;
+          secure::write_sealed_header(L, h.meta, s.cipher(), s.segment_size(), in.size(), base);
+          s.seal_segments(L, h.meta, in.size(), base, in.data(), threads);
+        }
+        return out;
+      }, py::arg("frame"), py::arg("pool") = py::none(), py::arg("threads") = 0);
+
+  py::class_<secure::Opener>(m, "Opener")
+      .def(py::init([](uint32_t c, const SecretKey& key, std::string peer) {
+             return std::make_unique<secure::Opener>(cipher_of(c), key, std::move(peer));
+           }),
+           py::arg("cipher"), py::arg("key"), py::arg("peer"))
+      .def_property_readonly("peer", &secure::Opener::peer)
+      .def_property_readonly("last_seq", &secure::Opener::last_seq)
+      .def("open", [](secure::Opener& o, const py::object& sealed, const py::object& pool, unsigned threads) {
+        PyBuffer in(sealed, PyBUF_SIMPLE, "sealed frame");
+        secure::SealedHeader h;
+        try {
+          h = secure::decode_sealed_header(in.data(), in.size());
+        } catch (const WireError& e) {
+          throw CryptoError(std::string("sealed frame from '") + o.peer() + "' rejected: " + e.what());
+        }
+        py::object out = new_frame_buffer(pool, h.plaintext_length);
+        FrameBuffer& fb = out.cast<FrameBuffer&>();
+        secure::SealedHeader opened;
+        {
+          // Safe without the GIL: `out` is ours and `sealed` is pinned; Opener locks its own state.
+          py::gil_scoped_release nogil;
+          opened = o.open(in.data(), in.size(), fb.mem.data(), fb.mem.capacity(), threads);
+        }
+        return py::make_tuple(out, opened.meta.sender, opened.meta.seq, opened.meta.step, opened.meta.kind);
+      }, py::arg("sealed"), py::arg("pool") = py::none(), py::arg("threads") = 0);
+
+  m.def("mask_encode", [](const py::object& x, unsigned frac_bits, const py::list& streams, uint64_t stream_id,
+                          const py::object& out, const std::string& name, unsigned threads) {
+    PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
+    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+    if (in.size() % 4 != 0 || dst.size() != in.size() * 2) throw py::value_error("x must be float32 and out int64 of the same length");
+    const auto s = streams_of(streams);
+    // Safe without the GIL: both buffers are pinned by their exports; keys were copied.
+    py::gil_scoped_release nogil;
+    secure::mask_encode(reinterpret_cast<const float*>(in.data()), in.size() / 4, frac_bits, s, stream_id,
+                        reinterpret_cast<uint64_t*>(dst.mutable_data()), name, threads);
+  });
+  m.def("sum_decode", [](const py::list& ys, unsigned frac_bits, const py::object& out, unsigned threads) {
+    std::vector<PyBuffer> views;
+    views.reserve(py::len(ys));
+    std::vector<const uint64_t*> ptrs;
+    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+    for (const auto& y : ys) {
+      views.emplace_back(y, PyBUF_C_CONTIGUOUS, "masked tensor");
+      if (views.back().size() != dst.size() * 2) throw py::value_error("every masked tensor must have out's length (int64 vs float32)");
+      ptrs.push_back(reinterpret_cast<const uint64_t*>(views.back().data()));
+    }
+    // Safe without the GIL: all buffers are pinned by their exports.
+    py::gil_scoped_release nogil;
+    secure::sum_decode(ptrs, dst.size() / 4, frac_bits, reinterpret_cast<float*>(dst.mutable_data()), threads);
+  });
+  m.def("unmask_decode", [](const py::object& y, unsigned frac_bits, const py::list& streams, uint64_t stream_id,
+                            const py::object& out, unsigned threads) {
+    PyBuffer in(y, PyBUF_C_CONTIGUOUS, "y");
+    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+    if (in.size() != dst.size() * 2) throw py::value_error("y must be int64 and out float32 of the same length");
+    const auto s = streams_of(streams);
+    // Safe without the GIL: both buffers are pinned by their exports; keys were copied.
+    py::gil_scoped_release nogil;
+    secure::unmask_decode(reinterpret_cast<const uint64_t*>(in.data()), dst.size() / 4, frac_bits, s, stream_id,
+                          reinterpret_cast<float*>(dst.mutable_data()), threads);
+  });
+
+  m.def("openssl_aead_reference", [](uint32_t c, size_t size, unsigned iterations) {
+    // The linked OpenSSL's own speed: one EVP context, one update per message, same bytes every
+    // time (what `openssl speed -evp` measures), on the calling thread. Returns seconds per message.
+    std::vector<uint8_t> buf(size, 0x5A), tag(secure::kTagBytes);
+    const SecretKey key;
+    uint8_t nonce[secure::kNonceBytes] = {0};
+    double best = 0;
+    {
+      py::gil_scoped_release nogil;
+      std::vector<double> times;
+      for (unsigned it = 0; it < iterations; ++it) {
+        const auto t0 = std::chrono::steady_clock::now();
+        secure::aead_seal(cipher_of(c), key, nonce, nullptr, 0, buf.data(), buf.size(), buf.data(), tag.data());
+        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(times.begin(), times.end());
+      best = times[times.size() / 2];
+    }
+    return best;
+  });
+}
+
+}  // namespace splitlink::py_util
