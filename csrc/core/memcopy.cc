@@ -10,11 +10,11 @@
 
 namespace splitlink {
 
-void stream_copy(void* dst, const void* src, size_t n) {
+void stream_copy(void* dst, const void* src, size_t n, bool always) {
   // Below this the data likely stays in cache for whoever reads it next; memcpy is better.
   constexpr size_t kStreamThreshold = size_t{256} << 10;
 #ifdef SPLITLINK_HAVE_SSE2
-  if (n >= kStreamThreshold) {
+  if (n >= kStreamThreshold || (always && n >= 64)) {
     auto* d = static_cast<uint8_t*>(dst);
     const auto* s = static_cast<const uint8_t*>(src);
     // Head: reach 16-byte alignment of the destination with a plain copy.

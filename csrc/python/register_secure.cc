@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <openssl/evp.h>
+
 #include "frame_buffer.h"
 #include "py_buffer.h"
 #include "register.h"
@@ -226,6 +228,30 @@ void register_secure(py::module_ m) {
     py::gil_scoped_release nogil;
     secure::unmask_decode(reinterpret_cast<const uint64_t*>(in.data()), dst.size() / 4, frac_bits, s, stream_id,
                           reinterpret_cast<float*>(dst.mutable_data()), threads);
+  });
+
+  m.def("openssl_ctr_reference", [](size_t size, unsigned iterations) {
+    // AES-128-CTR keystream speed of the linked OpenSSL (the masks' PRG), one context, same
+    // buffer, calling thread. Returns seconds per `size` bytes (median).
+    std::vector<uint8_t> buf(size, 0);
+    uint8_t key[16] = {1}, iv[16] = {0};
+    std::vector<double> times;
+    py::gil_scoped_release nogil;
+    EVP_CIPHER* c = EVP_CIPHER_fetch(nullptr, "AES-128-CTR", nullptr);
+    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    EVP_EncryptInit_ex2(ctx, c, key, iv, nullptr);
+    for (unsigned it = 0; it < iterations; ++it) {
+      int outl = 0;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (size_t off = 0; off < size; off += size_t{1} << 20) {
+        EVP_EncryptUpdate(ctx, buf.data() + off, &outl, buf.data() + off, static_cast<int>(std::min(size - off, size_t{1} << 20)));
+      }
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    EVP_CIPHER_CTX_free(ctx);
+    EVP_CIPHER_free(c);
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
   });
 
   m.def("openssl_aead_reference", [](uint32_t c, size_t size, unsigned iterations) {

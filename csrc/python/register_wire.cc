@@ -133,8 +133,8 @@ void register_wire(py::module_ m) {
         PackArgs a = parse_items(items, std::move(sender), seq, step, std::move(kind));
         const wire::FrameLayout layout = wire::FrameLayout::plan(a.meta, a.inputs);
         if (!sealer.is_none()) {
-          // Pack and seal in one pass: the plain frame is laid out where the ciphertext goes, and
-          // each segment's tensor bytes are copied in and encrypted in place while in cache.
+          // Pack and seal in one pass: the header, gaps and codec outputs are written where the
+          // ciphertext goes, and each segment is encrypted straight from the tensors' memory.
           secure::Sealer& s = sealer.cast<secure::Sealer&>();
           if (a.meta.sender != s.sender()) {
             throw py::value_error("sender '" + a.meta.sender + "' does not match the sealer's sender '" + s.sender() + "'");
@@ -150,7 +150,9 @@ void register_wire(py::module_ m) {
             uint8_t* plain = base + sl.ciphertext_offset;
             layout.write_prefix(a.meta, a.inputs, plain, layout.size(), threads);
             s.seal_segments(sl, a.meta, layout.size(), base, nullptr, threads,
-                            [&](uint64_t b, uint64_t e) { layout.copy_raw(a.inputs, plain, b, e); });
+                            [&](uint64_t b, uint64_t e, std::vector<secure::Span>& list) {
+                              layout.spans(a.inputs, plain, b, e, list);
+                            });
           }
           return frame;
         }

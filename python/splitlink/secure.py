@@ -25,7 +25,7 @@ pairwise masks m_i cancel in the sum, so an aggregator learns only the sum of th
 tensors (in 2^-frac_bits fixed point), not any single one, provided parties do not collude with
 it and every party's masked tensor arrives (a dropped party leaves its masks in the sum: this is
 the semi-honest, no-dropout setting; there is no dropout recovery). Masks are keyed per pair
-and per stream id: use a fresh stream id for every tensor and step.
+and per stream id (AES-128-CTR keystreams): use a fresh stream id for every tensor and step.
 """
 
 from __future__ import annotations

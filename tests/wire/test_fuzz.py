@@ -9,7 +9,10 @@ from wire_cases import deep_nesting, edge_shapes, grad_scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from splitlink import WireError, wire
+import pytest
+import torch
+
+from splitlink import WireError, secure, wire
 
 SEEDS = [bytes(wire.pack(make(), sender="s", kind="k", step=1, seq=2)) for make in (grad_scale, edge_shapes, deep_nesting)]
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
@@ -40,16 +43,20 @@ def test_random_bytes_never_crash(data: bytes) -> None:
     _check(data)
 
 
-def test_libfuzzer_run(native_build: Path, tmp_path: Path) -> None:
-    """Runs the ASan+UBSan libFuzzer target for a fixed budget, seeded with the golden frames."""
-    fuzzer = native_build / "sanitize" / "fuzz_frame_decode"
+@pytest.mark.parametrize("target", ["fuzz_frame_decode", "fuzz_sealed_open"])
+def test_libfuzzer_run(native_build: Path, tmp_path: Path, target: str) -> None:
+    """Runs an ASan+UBSan libFuzzer target for a fixed budget, seeded with golden and sealed frames."""
+    fuzzer = native_build / "sanitize" / target
     assert fuzzer.is_file(), f"{fuzzer} missing: run `make native`"
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i, path in enumerate(sorted(GOLDEN_DIR.glob("v*/*.bin"))):
         (corpus / f"golden{i}").write_bytes(path.read_bytes())
+    sealer = secure.Sealer(secure.Key(bytes(32)), "leader", segment_size=4096)
+    for i in range(len(SEEDS)):
+        (corpus / f"sealed{i}").write_bytes(bytes(sealer.seal(wire.pack({"x": torch.ones(3000)}, sender="leader", seq=i))))
     proc = subprocess.run(
-        [str(fuzzer), "-max_total_time=20", "-rss_limit_mb=2048", "-timeout=5", str(corpus)],
+        [str(fuzzer), "-max_total_time=15", "-rss_limit_mb=2048", "-timeout=5", str(corpus)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

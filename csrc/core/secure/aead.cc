@@ -98,8 +98,8 @@ SecretKey::~SecretKey() { OPENSSL_cleanse(bytes_.data(), bytes_.size()); }
 
 bool SecretKey::equals(const SecretKey& o) const { return CRYPTO_memcmp(bytes_.data(), o.bytes_.data(), kKeyBytes) == 0; }
 
-void aead_seal(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8_t* aad, size_t aad_len,
-               const uint8_t* in, size_t len, uint8_t* out, uint8_t* tag) {
+void aead_seal_spans(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8_t* aad, size_t aad_len,
+                     const Span* spans, size_t count, uint8_t* out, uint8_t* tag) {
   auto ctx = detail::new_ctx();
   int outl = 0;
   SL_CHECK(EVP_EncryptInit_ex2(ctx.get(), evp_for(c), key.data(), nonce, nullptr) == 1, CryptoError,
@@ -108,15 +108,25 @@ void aead_seal(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8
     SL_CHECK(aad_len <= kMaxUpdate && EVP_EncryptUpdate(ctx.get(), nullptr, &outl, aad, static_cast<int>(aad_len)) == 1,
              CryptoError, "AEAD associated data failed: " << detail::openssl_error());
   }
-  for (size_t off = 0; off < len; off += kMaxUpdate) {
-    const int n = static_cast<int>(std::min(kMaxUpdate, len - off));
-    SL_CHECK(EVP_EncryptUpdate(ctx.get(), out + off, &outl, in + off, n) == 1 && outl == n, CryptoError,
-             "EVP_EncryptUpdate failed: " << detail::openssl_error());
+  size_t pos = 0;
+  for (size_t k = 0; k < count; ++k) {
+    for (size_t off = 0; off < spans[k].len; off += kMaxUpdate) {
+      const int n = static_cast<int>(std::min(kMaxUpdate, spans[k].len - off));
+      SL_CHECK(EVP_EncryptUpdate(ctx.get(), out + pos, &outl, spans[k].src + off, n) == 1 && outl == n, CryptoError,
+               "EVP_EncryptUpdate failed: " << detail::openssl_error());
+      pos += static_cast<size_t>(n);
+    }
   }
-  SL_CHECK(EVP_EncryptFinal_ex(ctx.get(), out + len, &outl) == 1, CryptoError,
+  SL_CHECK(EVP_EncryptFinal_ex(ctx.get(), out + pos, &outl) == 1, CryptoError,
            "EVP_EncryptFinal_ex failed: " << detail::openssl_error());
   SL_CHECK(EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_AEAD_GET_TAG, static_cast<int>(kTagBytes), tag) == 1, CryptoError,
            "reading the AEAD tag failed: " << detail::openssl_error());
+}
+
+void aead_seal(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8_t* aad, size_t aad_len,
+               const uint8_t* in, size_t len, uint8_t* out, uint8_t* tag) {
+  const Span span{in, len};
+  aead_seal_spans(c, key, nonce, aad, aad_len, &span, 1, out, tag);
 }
 
 bool aead_open(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8_t* aad, size_t aad_len,
@@ -252,6 +262,15 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
         have_tags = true;
         break;
       }
+      case f::kPadding: {
+        // Padding is not covered by the tags, so it must be zero: no byte of a sealed frame can
+        // change unnoticed.
+        auto [b, e] = r.len_delimited("padding");
+        for (size_t i = b; i < e; ++i) {
+          SL_CHECK(data[i] == 0, WireError, "sealed frame padding byte " << i << " is not zero");
+        }
+        break;
+      }
       case f::kCiphertext: {
         auto [b, e] = r.len_delimited("ciphertext");
         h.ciphertext_offset = b;
@@ -296,8 +315,7 @@ void Sealer::claim(uint64_t seq) {
 }
 
 void Sealer::seal_segments(const SealedLayout& L, const wire::FrameMeta& meta, uint64_t plaintext_length, uint8_t* out,
-                           const uint8_t* plain, unsigned threads,
-                           const std::function<void(uint64_t, uint64_t)>& produce) const {
+                           const uint8_t* plain, unsigned threads, const SpanFn& spans) const {
   const std::vector<uint8_t> prefix = aad_prefix(meta, cipher_, segment_size_, plaintext_length);
   uint8_t* ct = out + L.ciphertext_offset;
   uint8_t* tags = out + L.tags_offset;
@@ -305,14 +323,18 @@ void Sealer::seal_segments(const SealedLayout& L, const wire::FrameMeta& meta, u
   parallel_for(n, [&](size_t i) {
     const uint64_t b = i * uint64_t{segment_size_};
     const uint64_t e = std::min(plaintext_length, b + segment_size_);
-    if (produce) produce(b, e);
     std::vector<uint8_t> aad(prefix);
     put_u32(aad, static_cast<uint32_t>(i));
     put_u32(aad, static_cast<uint32_t>(n));
     uint8_t nonce[kNonceBytes];
     nonce_for(meta.seq, static_cast<uint32_t>(i), nonce);
-    aead_seal(cipher_, key_, nonce, aad.data(), aad.size(), plain ? plain + b : ct + b, e - b, ct + b,
-              tags + i * kTagBytes);
+    std::vector<Span> list;
+    if (plain != nullptr || !spans) {
+      list.push_back({plain ? plain + b : ct + b, e - b});
+    } else {
+      spans(b, e, list);
+    }
+    aead_seal_spans(cipher_, key_, nonce, aad.data(), aad.size(), list.data(), list.size(), ct + b, tags + i * kTagBytes);
   }, threads);
 }
 

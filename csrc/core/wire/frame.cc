@@ -262,19 +262,11 @@ void FrameLayout::write_prefix(const FrameMeta& meta, const std::vector<TensorIn
   }
 }
 
-void FrameLayout::copy_raw(const std::vector<TensorInput>& tensors, uint8_t* out, uint64_t begin, uint64_t end) const {
-  // Tensor slots are in increasing offset order: start at the first slot ending after `begin`.
-  const uint64_t pb = begin > payload_offset_ ? begin - payload_offset_ : 0;
-  const uint64_t pe = end > payload_offset_ ? end - payload_offset_ : 0;
-  if (pe <= pb) return;
-  size_t i = static_cast<size_t>(std::upper_bound(offsets_.begin(), offsets_.end(), pb) - offsets_.begin());
-  if (i > 0) --i;
-  for (; i < tensors.size() && offsets_[i] < pe; ++i) {
-    if (!tensors[i].codec.is_none()) continue;
-    const uint64_t tb = std::max(pb, offsets_[i]);
-    const uint64_t te = std::min(pe, offsets_[i] + encoded_lengths_[i]);
-    if (te > tb) std::memcpy(out + payload_offset_ + tb, tensors[i].data + (tb - offsets_[i]), te - tb);
-  }
+size_t FrameLayout::first_slot_after(uint64_t pos) const {
+  if (pos <= payload_offset_) return 0;
+  const uint64_t p = pos - payload_offset_;
+  size_t i = static_cast<size_t>(std::upper_bound(offsets_.begin(), offsets_.end(), p) - offsets_.begin());
+  return i > 0 ? i - 1 : 0;
 }
 
 void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out, size_t out_size,

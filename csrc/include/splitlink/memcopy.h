@@ -10,7 +10,8 @@
 
 namespace splitlink {
 
-// Copies n bytes; uses non-temporal stores when n is large (falls back to memcpy elsewhere).
-void stream_copy(void* dst, const void* src, size_t n);
+// Copies n bytes; uses non-temporal stores when n is large, or always when `always` (for callers
+// writing a large output in small pieces). Falls back to memcpy where there are no such stores.
+void stream_copy(void* dst, const void* src, size_t n, bool always = false);
 
 }  // namespace splitlink

@@ -54,6 +54,17 @@ class SecretKey {
   std::array<uint8_t, kKeyBytes> bytes_;
 };
 
+// A piece of a message's plaintext that lives somewhere else (e.g. a tensor's own memory).
+struct Span {
+  const uint8_t* src;
+  size_t len;
+};
+
+// One message whose plaintext is the concatenation of `spans`, encrypted into out[0, total).
+// Lets a writer encrypt straight from tensor memory without first copying it into the frame.
+void aead_seal_spans(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8_t* aad, size_t aad_len,
+                     const Span* spans, size_t count, uint8_t* out, uint8_t* tag);
+
 // Raw AEAD primitive (one message). `in` and `out` may be the same buffer.
 void aead_seal(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8_t* aad, size_t aad_len,
                const uint8_t* in, size_t len, uint8_t* out, uint8_t* tag);
@@ -110,11 +121,13 @@ class Sealer {
 
   // Reserves `seq` (must exceed every seq sealed so far). Throws CryptoError otherwise.
   void claim(uint64_t seq);
-  // Encrypts out[ciphertext_offset, +plaintext) in place (or from `plain` when non-null) and writes
-  // the tags. The header must already be written (write_sealed_header).
+  // Encrypts the plaintext into out[ciphertext_offset, +plaintext) and writes the tags. The
+  // header must already be written (write_sealed_header). The plaintext is `plain` when non-null;
+  // otherwise `spans(begin, end, list)` lists where the bytes of [begin, end) live (pointers into
+  // the caller's tensors, or into the ciphertext region itself for bytes written in place).
+  using SpanFn = std::function<void(uint64_t begin, uint64_t end, std::vector<Span>& out)>;
   void seal_segments(const SealedLayout& L, const wire::FrameMeta& meta, uint64_t plaintext_length, uint8_t* out,
-                     const uint8_t* plain, unsigned threads,
-                     const std::function<void(uint64_t begin, uint64_t end)>& produce = nullptr) const;
+                     const uint8_t* plain, unsigned threads, const SpanFn& spans = nullptr) const;
 
  private:
   Cipher cipher_;

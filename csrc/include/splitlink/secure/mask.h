@@ -7,8 +7,9 @@
 // float32 rounding of the result).
 //
 // Masks: party i adds, for every other party j, sign(i, j) * PRG(k_ij, stream) where k_ij is the
-// pairwise mask key (kx.h), sign = +1 when name(i) < name(j) else -1, and PRG is AES-256-CTR with
-// a 16-byte IV of (u64 stream id, 4 zero bytes, 32-bit block counter). Over all parties the masks
+// pairwise mask key (kx.h), sign = +1 when name(i) < name(j) else -1, and PRG is AES-128-CTR keyed
+// with the first 16 bytes of k_ij, with a 16-byte IV of (u64 stream id, 4 zero bytes, 32-bit
+// big-endian block counter); each element consumes 8 keystream bytes. Over all parties the masks
 // cancel exactly, so the sum of the masked tensors is the sum of the fixed-point tensors. A
 // stream id must never be reused with the same keys (use one per step and tensor): two tensors
 // masked with the same stream would reveal their difference.

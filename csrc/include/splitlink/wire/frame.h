@@ -9,6 +9,7 @@
 // payload, and returns offsets into the caller's buffer so tensors can view it in place.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -91,6 +92,8 @@ class FrameLayout {
   size_t size() const { return total_size_; }
   size_t header_size() const { return header_size_; }
   size_t payload_offset() const { return payload_offset_; }
+  // Index of the first tensor slot that ends after frame byte `pos` (or the count).
+  size_t first_slot_after(uint64_t pos) const;
   const std::vector<uint64_t>& tensor_offsets() const { return offsets_; }  // within the payload
 
   // Writes the frame into out[0, size()). `tensors` must be the ones given to plan(). Uses up
@@ -98,13 +101,16 @@ class FrameLayout {
   void write(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out, size_t out_size,
              unsigned threads = 0) const;
 
-  // write() in two parts, for writers that process the frame in ranges (sealing segment by
-  // segment while the bytes are in cache): write_prefix writes everything except the bytes of
-  // uncompressed tensors (header, padding, zeroed gaps, codec outputs); copy_raw then copies the
-  // uncompressed tensor bytes that fall in frame bytes [begin, end).
+  // write() in two parts, for writers that consume the frame in ranges without materializing it
+  // (sealing encrypts straight from tensor memory): write_prefix writes everything except the
+  // bytes of uncompressed tensors (header, padding, zeroed gaps, codec outputs) into `out`;
+  // for frame bytes [begin, end), spans() then lists (pointer, length) pieces in order: pointers
+  // into the uncompressed tensors' own memory, or into `out` for everything write_prefix wrote.
   void write_prefix(const FrameMeta& meta, const std::vector<TensorInput>& tensors, uint8_t* out, size_t out_size,
                     unsigned threads = 0) const;
-  void copy_raw(const std::vector<TensorInput>& tensors, uint8_t* out, uint64_t begin, uint64_t end) const;
+  template <typename SpanT>
+  void spans(const std::vector<TensorInput>& tensors, const uint8_t* out, uint64_t begin, uint64_t end,
+             std::vector<SpanT>& list) const;
 
  private:
   size_t total_size_ = 0;
@@ -119,6 +125,29 @@ class FrameLayout {
   std::vector<size_t> codec_msg_sizes_;
   std::vector<size_t> shape_sizes_;
 };
+
+template <typename SpanT>
+void FrameLayout::spans(const std::vector<TensorInput>& tensors, const uint8_t* out, uint64_t begin, uint64_t end,
+                        std::vector<SpanT>& list) const {
+  // Tensor slots are in increasing offset order; walk those that overlap [begin, end).
+  uint64_t pos = begin;
+  auto from_out = [&](uint64_t upto) {
+    if (upto > pos) list.push_back(SpanT{out + pos, static_cast<size_t>(upto - pos)});
+    pos = upto;
+  };
+  for (size_t i = first_slot_after(begin); i < tensors.size(); ++i) {
+    const uint64_t tb = payload_offset_ + offsets_[i];
+    if (tb >= end) break;
+    if (!tensors[i].codec.is_none() || encoded_lengths_[i] == 0) continue;
+    const uint64_t te = tb + encoded_lengths_[i];
+    if (te <= pos) continue;
+    const uint64_t b = std::max(pos, tb), e = std::min(end, te);
+    from_out(b);
+    list.push_back(SpanT{tensors[i].data + (b - tb), static_cast<size_t>(e - b)});
+    pos = e;
+  }
+  from_out(end);
+}
 
 // Parses and validates a frame. Throws WireError naming the problem and its byte offset.
 FrameHeader decode_header(const uint8_t* data, size_t size);
