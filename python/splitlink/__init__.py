@@ -5,9 +5,24 @@ forward and gradients backward as frames (``splitlink.wire``) over mutual TLS.
 """
 
 from splitlink import codec, errors, secure, wire
+from splitlink.channel import (
+    InProcessCommunicator,
+    PeerClosedError,
+    PeerUnavailableError,
+    ServerConfig,
+    SSLConfig,
+    VerticalFederatedCommunicator,
+)
 from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CodecError, CryptoError, SplitlinkError, WireError
 
 __version__ = "0.1.0"
 
-__all__ = ["wire", "codec", "secure", "errors", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]
+__all__ = [
+    "ServerConfig",
+    "SSLConfig",
+    "VerticalFederatedCommunicator",
+    "InProcessCommunicator",
+    "PeerUnavailableError",
+    "PeerClosedError",
+    "wire", "codec", "secure", "errors", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from splitlink.cli import main
+
+sys.exit(main())

@@ -1,0 +1,523 @@
+"""Parties exchange frames over gRPC (HTTP/2) with mutual TLS.
+
+``VerticalFederatedCommunicator`` has the API MindSpore Federated users know (``launch``,
+``send_tensors``, ``receive``) and fixes what theirs gets wrong:
+
+* **Mutual TLS.** The server asks every client for a certificate that chains to the configured CA,
+  and the sender named in a frame must be the party named in that certificate (its common name
+  or a DNS subject alternative name), so no party can speak for another. Plaintext is allowed only
+  between loopback addresses unless ``allow_insecure=True``.
+* **Streaming.** A frame travels as a client-streaming RPC of ``chunk_size`` pieces (4 MiB by
+  default, the best measured here), so frames beyond protobuf's 2 GiB limit work and no base64 is
+  involved. The receiver writes chunks straight into one pooled buffer; tensors view it.
+* **Exactly once.** Every frame carries (sender, seq). A sender retries on UNAVAILABLE and
+  DEADLINE_EXCEEDED with exponential backoff and jitter until ``retry_deadline`` and then raises
+  ``PeerUnavailableError`` naming peer and address; the receiver drops a seq it already accepted,
+  so retries never deliver twice.
+* **Back-pressure.** The receive queue of each peer is bounded in frames and bytes. When it is
+  full the receiver holds the RPC open and the sender waits; ``send_tensors`` returns only once the
+  peer has accepted the frame into its queue. Nothing is dropped while the sender is told SUCCESS.
+* **Timeouts.** ``receive(peer, timeout=...)`` raises ``TimeoutError`` naming the peer; a peer that
+  shuts down cleanly wakes blocked receivers with ``PeerClosedError``.
+
+``InProcessCommunicator`` has the same API for single-process runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from splitlink import wire
+from splitlink.codec import CompressConfig, ErrorFeedback
+from splitlink.errors import SplitlinkError, WireError
+
+__all__ = [
+    "ServerConfig",
+    "SSLConfig",
+    "VerticalFederatedCommunicator",
+    "InProcessCommunicator",
+    "PeerUnavailableError",
+    "PeerClosedError",
+]
+
+logger = logging.getLogger(__name__)
+
+_SERVICE = "splitlink.v1.Transport"
+_METHOD = f"/{_SERVICE}/Send"
+_HEADER = struct.Struct("<4sQQQH")  # magic, seq, step, total bytes, sender length
+_MAGIC = b"SLC1"
+_ACK_OK, _ACK_DUP = b"OK", b"DUP"
+MiB = 1 << 20
+
+
+class PeerUnavailableError(SplitlinkError):
+    """A peer could not be reached within the retry deadline."""
+
+
+class PeerClosedError(SplitlinkError):
+    """The peer shut down; no more frames will come from it."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A party's name and the ``host:port`` its server listens on."""
+
+    server_name: str
+    server_address: str
+
+    def __post_init__(self) -> None:
+        if not self.server_name or not isinstance(self.server_name, str):
+            raise ValueError("server_name must be a non-empty string")
+        host, sep, port = self.server_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"server_address must be host:port, got {self.server_address!r} (for {self.server_name})")
+
+    @property
+    def host(self) -> str:
+        return self.server_address.rpartition(":")[0].strip("[]")
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """Certificates for mutual TLS: PEM files (``*_key_path`` beside ``*_cert_path``) or PKCS#12
+    bundles (``.p12``/``.pfx``, opened with ``server_password``/``client_password``)."""
+
+    server_password: str | None = None
+    client_password: str | None = None
+    server_cert_path: str | None = None
+    client_cert_path: str | None = None
+    ca_cert_path: str | None = None
+    crl_path: str | None = None
+    server_key_path: str | None = None
+    client_key_path: str | None = None
+
+    def load(self) -> dict[str, bytes]:
+        """PEM bytes: server_key, server_cert, client_key, client_cert, ca (and crl when given)."""
+        missing = [n for n in ("server_cert_path", "client_cert_path", "ca_cert_path") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"SSLConfig needs {', '.join(missing)} for mutual TLS")
+        out: dict[str, bytes] = {}
+        for role in ("server", "client"):
+            key, cert = _load_identity(getattr(self, f"{role}_cert_path"), getattr(self, f"{role}_key_path"),
+                                       getattr(self, f"{role}_password"), role)
+            out[f"{role}_key"], out[f"{role}_cert"] = key, cert
+        out["ca"] = _read(self.ca_cert_path, "ca_cert_path")
+        if self.crl_path:
+            out["crl"] = _read(self.crl_path, "crl_path")
+        return out
+
+
+def _read(path: str | None, what: str) -> bytes:
+    try:
+        return Path(str(path)).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path!r}: {e.strerror}") from None
+
+
+def _load_identity(cert_path: str, key_path: str | None, password: str | None, role: str) -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    if cert_path.endswith((".p12", ".pfx")):
+        try:
+            key, cert, _ = pkcs12.load_key_and_certificates(_read(cert_path, f"{role}_cert_path"),
+                                                            password.encode() if password else None)
+        except ValueError as e:
+            raise ValueError(f"cannot open {role} PKCS#12 bundle {cert_path!r}: {e} (wrong {role}_password?)") from None
+        if key is None or cert is None:
+            raise ValueError(f"{role} PKCS#12 bundle {cert_path!r} holds no key and certificate")
+        return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+                cert.public_bytes(serialization.Encoding.PEM))
+    if key_path is None:
+        guess = cert_path.replace(".crt", ".key").replace("cert", "key")
+        if guess == cert_path or not Path(guess).exists():
+            raise ValueError(f"{role}_cert_path {cert_path!r} is PEM: also give {role}_key_path")
+        key_path = guess
+    return _read(key_path, f"{role}_key_path"), _read(cert_path, f"{role}_cert_path")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# gRPC options shared by servers and channels. Keepalive: a ping every 30 s without traffic and a
+# 10 s timeout detect a dead peer (killed process, cut cable) within ~40 s while costing nothing
+# measurable; pings are allowed without calls so idle parties (waiting for the other side's
+# step) are monitored too. Message limits are one chunk plus headroom: frames are streamed.
+def _options(chunk_size: int, keepalive_s: float) -> list[tuple[str, Any]]:
+    limit = chunk_size + MiB
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive_s * 1000)),
+    ]
+
+
+class _Inbox:
+    """Bounded queue of received frames from one peer (frames and bytes)."""
+
+    def __init__(self, peer: str, max_frames: int, max_bytes: int) -> None:
+        self.peer = peer
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.frames: deque[Any] = deque()
+        self.bytes = 0
+        self.last_seq = -1
+        self.closed = False
+        self.cond = threading.Condition()
+
+    def wait_for_room(self, nbytes: int, alive: Any) -> bool:
+        with self.cond:
+            while self.frames and (len(self.frames) >= self.max_frames or self.bytes + nbytes > self.max_bytes):
+                if not alive():
+                    return False
+                self.cond.wait(0.2)
+            return True
+
+    def put(self, seq: int, frame: Any) -> bool:
+        with self.cond:
+            if seq <= self.last_seq:
+                return False
+            self.last_seq = seq
+            self.frames.append(frame)
+            self.bytes += len(frame)
+            self.cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while not self.frames:
+                if self.closed:
+                    raise PeerClosedError(f"peer '{self.peer}' shut down; no more frames will arrive")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no frame from '{self.peer}' within {timeout} s")
+                self.cond.wait(remaining if remaining is not None else 0.5)
+            frame = self.frames.popleft()
+            self.bytes -= len(frame)
+            self.cond.notify_all()
+            return frame
+
+
+class VerticalFederatedCommunicator:
+    """One party's endpoint: a gRPC server at its own address, channels to its peers."""
+
+    def __init__(
+        self,
+        http_server_config: ServerConfig,
+        remote_server_config: ServerConfig | Sequence[ServerConfig],
+        enable_ssl: bool = False,
+        ssl_config: SSLConfig | None = None,
+        compress_configs: Mapping[str, CompressConfig] | None = None,
+        *,
+        allow_insecure: bool = False,
+        chunk_size: int = 4 * MiB,
+        max_queue_frames: int = 128,
+        max_queue_bytes: int = 4 << 30,
+        max_frame_bytes: int = 64 << 30,
+        retry_deadline: float = 60.0,
+        keepalive_s: float = 30.0,
+    ) -> None:
+        remotes = [remote_server_config] if isinstance(remote_server_config, ServerConfig) else list(remote_server_config)
+        if not remotes:
+            raise ValueError("remote_server_config must name at least one peer")
+        names = [r.server_name for r in remotes]
+        if len(set(names)) != len(names) or http_server_config.server_name in names:
+            raise ValueError(f"party names must be unique: this party {http_server_config.server_name!r}, peers {names}")
+        if enable_ssl and ssl_config is None:
+            raise ValueError("enable_ssl=True needs ssl_config=SSLConfig(...)")
+        if not enable_ssl and not allow_insecure:
+            hosts = [http_server_config.host] + [r.host for r in remotes]
+            remote = [h for h in hosts if not _is_loopback(h)]
+            if remote:
+                raise ValueError(
+                    f"enable_ssl=False sends tensors in plaintext; that is only allowed between loopback addresses, "
+                    f"but {remote} are not. Enable TLS (enable_ssl=True, ssl_config=...) or pass allow_insecure=True"
+                )
+        if not MiB // 16 <= chunk_size <= 512 * MiB:
+            raise ValueError(f"chunk_size must be 64 KiB..512 MiB, got {chunk_size}")
+        self.me = http_server_config
+        self.peers = {r.server_name: r for r in remotes}
+        self.enable_ssl = enable_ssl
+        self.ssl_config = ssl_config
+        self.compress_configs = dict(compress_configs or {})
+        self.chunk_size = chunk_size
+        self.max_frame_bytes = max_frame_bytes
+        self.retry_deadline = retry_deadline
+        self.keepalive_s = keepalive_s
+        self._inboxes = {name: _Inbox(name, max_queue_frames, max_queue_bytes) for name in self.peers}
+        self._seq = {name: 0 for name in self.peers}
+        self._feedback = {name: ErrorFeedback() for name in self.peers}
+        self._send_locks = {name: threading.Lock() for name in self.peers}
+        self._server: grpc.Server | None = None
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, Any] = {}
+        self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4))
+        self._closed = threading.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def launch(self) -> VerticalFederatedCommunicator:
+        """Starts this party's server and opens channels to the peers (connections are lazy)."""
+        if self._server is not None:
+            raise RuntimeError("launch() was already called")
+        opts = _options(self.chunk_size, self.keepalive_s)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 + 2 * len(self.peers)), options=opts)
+        handler = grpc.method_handlers_generic_handler(_SERVICE, {"Send": grpc.stream_unary_rpc_method_handler(self._handle)})
+        server.add_generic_rpc_handlers((handler,))
+        if self.enable_ssl:
+            assert self.ssl_config is not None
+            pem = self.ssl_config.load()
+            creds = grpc.ssl_server_credentials([(pem["server_key"], pem["server_cert"])], root_certificates=pem["ca"],
+                                                require_client_auth=True)
+            port = server.add_secure_port(self.me.server_address, creds)
+        else:
+            port = server.add_insecure_port(self.me.server_address)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.me.server_address} for '{self.me.server_name}' (address in use?)")
+        server.start()
+        self._server = server
+        for name, cfg in self.peers.items():
+            if self.enable_ssl:
+                assert self.ssl_config is not None
+                pem = self.ssl_config.load()
+                creds = grpc.ssl_channel_credentials(root_certificates=pem["ca"], private_key=pem["client_key"],
+                                                     certificate_chain=pem["client_cert"])
+                # Servers are checked against the peer's name: its certificate carries it as a SAN.
+                channel = grpc.secure_channel(cfg.server_address, creds,
+                                              options=opts + [("grpc.ssl_target_name_override", name)])
+            else:
+                channel = grpc.insecure_channel(cfg.server_address, options=opts)
+            self._channels[name] = channel
+            self._stubs[name] = channel.stream_unary(_METHOD)
+        logger.info("[%s] listening on %s (%s)", self.me.server_name, self.me.server_address,
+                    "mutual TLS" if self.enable_ssl else "plaintext, loopback")
+        return self
+
+    def shutdown(self, grace: float = 2.0) -> None:
+        self._closed.set()
+        for inbox in self._inboxes.values():
+            with inbox.cond:
+                inbox.closed = True
+                inbox.cond.notify_all()
+        for channel in self._channels.values():
+            channel.close()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+
+    def __enter__(self) -> VerticalFederatedCommunicator:
+        if self._server is None:
+            self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _chunks(self, header: bytes, frame: memoryview) -> Iterator[bytes]:
+        yield header
+        for off in range(0, len(frame), self.chunk_size):
+            yield bytes(frame[off : off + self.chunk_size])
+
+    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Sends a (nested) mapping of tensors; returns once the peer accepted it into its queue."""
+        if target_server_name not in self.peers:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        if self._server is None:
+            raise RuntimeError("call launch() before send_tensors()")
+        with self._send_locks[target_server_name]:
+            self._seq[target_server_name] += 1
+            seq = self._seq[target_server_name]
+            frame = wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind="tensors",
+                              compress=self.compress_configs, error_feedback=self._feedback[target_server_name],
+                              pool=self._pool)
+            self._send_frame(target_server_name, seq, step or 0, memoryview(frame))
+
+    def _send_frame(self, peer: str, seq: int, step: int, frame: memoryview) -> None:
+        name = self.me.server_name.encode()
+        header = _HEADER.pack(_MAGIC, seq, step & 0xFFFFFFFFFFFFFFFF, len(frame), len(name)) + name
+        deadline = time.monotonic() + self.retry_deadline
+        delay, attempt = 0.05, 0
+        while True:
+            attempt += 1
+            try:
+                ack = self._stubs[peer](self._chunks(header, frame), wait_for_ready=False)
+                if ack == _ACK_DUP:
+                    logger.info("[%s] frame seq %d to '%s' was already delivered (retry)", self.me.server_name, seq, peer)
+                return
+            except grpc.RpcError as e:
+                code = e.code()
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise PeerUnavailableError(
+                        f"'{peer}' at {self.peers[peer].server_address} refused frame seq {seq}: {code.name}: {e.details()}"
+                    ) from None
+                if self._closed.is_set() or time.monotonic() + delay > deadline:
+                    raise PeerUnavailableError(
+                        f"'{peer}' at {self.peers[peer].server_address} unreachable for {self.retry_deadline:.0f} s "
+                        f"({attempt} attempts; last: {code.name}: {e.details()})"
+                    ) from None
+                logger.warning("[%s] '%s' unavailable (%s); retry %d in %.2f s", self.me.server_name, peer,
+                               code.name, attempt, delay)
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _peer_identity(self, context: grpc.ServicerContext) -> set[str]:
+        auth = context.auth_context()
+        names = {v.decode() for v in auth.get("x509_common_name", [])}
+        names |= {v.decode() for v in auth.get("x509_subject_alternative_name", [])}
+        return names
+
+    def _handle(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+        if len(first) < _HEADER.size or first[:4] != _MAGIC:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream does not start with a splitlink chunk header")
+        _, seq, _step, total, name_len = _HEADER.unpack_from(first)
+        sender = bytes(first[_HEADER.size : _HEADER.size + name_len]).decode("utf-8", "replace")
+        if sender not in self._inboxes:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {sender!r}")
+        if self.enable_ssl:
+            ids = self._peer_identity(context)
+            if sender not in ids:
+                logger.warning("[%s] refused a frame claiming to be '%s' from certificate %s", self.me.server_name,
+                               sender, sorted(ids))
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"certificate names {sorted(ids)} do not include the claimed sender {sender!r}")
+        if total > self.max_frame_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {total} bytes exceeds max_frame_bytes")
+        inbox = self._inboxes[sender]
+        if seq <= inbox.last_seq:
+            for _ in request_iterator:  # drain: the sender retried a frame we already have
+                pass
+            return _ACK_DUP
+        if not inbox.wait_for_room(total, context.is_active):
+            context.abort(grpc.StatusCode.CANCELLED, "sender went away while the queue was full")
+        buf = self._pool.acquire(total)
+        view = memoryview(buf)
+        pos = 0
+        for chunk in request_iterator:
+            end = pos + len(chunk)
+            if end > total:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame longer than its declared {total} bytes")
+            view[pos:end] = chunk
+            pos = end
+        if pos != total:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame of {pos} bytes, declared {total}")
+        del view
+        try:
+            header = wire._core.wire.decode_header(buf)
+        except WireError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed frame: {e}")
+        if header[1] != sender or header[2] != seq:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
+        return _ACK_OK if inbox.put(seq, buf) else _ACK_DUP
+
+    def receive(self, target_server_name: str, timeout: float | None = None) -> dict[str, Any]:
+        """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone)."""
+        if target_server_name not in self._inboxes:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        return wire.unpack(self._inboxes[target_server_name].get(timeout)).tensors
+
+
+class InProcessCommunicator:
+    """The communicator API inside one process (the seed's run_*_local scripts).
+
+    Tensors pass by reference, or with ``through_codecs=True`` through the real pack/unpack path
+    (compression included), to study compression effects without processes. Create one per party
+    with a shared ``hub`` dict.
+    """
+
+    def __init__(
+        self,
+        http_server_config: ServerConfig,
+        remote_server_config: ServerConfig | Sequence[ServerConfig],
+        compress_configs: Mapping[str, CompressConfig] | None = None,
+        *,
+        hub: dict[str, Any],
+        through_codecs: bool = False,
+    ) -> None:
+        remotes = [remote_server_config] if isinstance(remote_server_config, ServerConfig) else list(remote_server_config)
+        self.me = http_server_config.server_name
+        self.peers = [r.server_name for r in remotes]
+        self.compress_configs = dict(compress_configs or {})
+        self.through_codecs = through_codecs
+        self._hub = hub
+        self._feedback = {p: ErrorFeedback() for p in self.peers}
+        hub.setdefault("queues", {})
+        for p in self.peers:
+            hub["queues"].setdefault((p, self.me), _Inbox(p, 1 << 30, 1 << 62))
+            hub["queues"].setdefault((self.me, p), _Inbox(self.me, 1 << 30, 1 << 62))
+
+    def launch(self) -> InProcessCommunicator:
+        return self
+
+    def shutdown(self) -> None:
+        for p in self.peers:
+            inbox = self._hub["queues"][(self.me, p)]
+            with inbox.cond:
+                inbox.closed = True
+                inbox.cond.notify_all()
+
+    def __enter__(self) -> InProcessCommunicator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None) -> None:
+        if target_server_name not in self.peers:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        inbox = self._hub["queues"][(self.me, target_server_name)]
+        if self.through_codecs:
+            payload: Any = wire.pack(tensors, sender=self.me, step=step or 0, compress=self.compress_configs,
+                                     error_feedback=self._feedback[target_server_name])
+        else:
+            payload = tensors
+        with inbox.cond:
+            inbox.frames.append(payload)
+            inbox.cond.notify_all()
+
+    def receive(self, target_server_name: str, timeout: float | None = None) -> dict[str, Any]:
+        if target_server_name not in self.peers:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        inbox = self._hub["queues"][(target_server_name, self.me)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with inbox.cond:
+            while not inbox.frames:
+                if inbox.closed:
+                    raise PeerClosedError(f"peer '{target_server_name}' shut down")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no frame from '{target_server_name}' within {timeout} s")
+                inbox.cond.wait(remaining)
+            payload = inbox.frames.popleft()
+        return wire.unpack(payload).tensors if self.through_codecs else payload

@@ -1,0 +1,266 @@
+"""The communicator on loopback: mutual TLS, streaming, exactly-once, back-pressure, failures."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from splitlink import (
+    CompressConfig,
+    InProcessCommunicator,
+    PeerClosedError,
+    PeerUnavailableError,
+    ServerConfig,
+    SSLConfig,
+    VerticalFederatedCommunicator,
+)
+from splitlink.certs import make_dev_certs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    make_dev_certs(out, ["leader", "follower", "mallory"], password="pw")
+    return out
+
+
+def ssl_for(d: Path, party: str, p12: bool = False, ca: Path | None = None) -> SSLConfig:
+    if p12:
+        return SSLConfig(server_password="pw", client_password="pw", server_cert_path=str(d / f"{party}.server.p12"),
+                         client_cert_path=str(d / f"{party}.client.p12"), ca_cert_path=str(ca or d / "ca.crt"))
+    return SSLConfig(server_cert_path=str(d / f"{party}.server.crt"), server_key_path=str(d / f"{party}.server.key"),
+                     client_cert_path=str(d / f"{party}.client.crt"), client_key_path=str(d / f"{party}.client.key"),
+                     ca_cert_path=str(ca or d / "ca.crt"))
+
+
+def pair(ssl: tuple[SSLConfig, SSLConfig] | None = None, **kw):  # type: ignore[no-untyped-def]
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=ssl is not None, ssl_config=ssl and ssl[0], **kw)
+    follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=ssl is not None, ssl_config=ssl and ssl[1], **kw)
+    return leader.launch(), follower.launch()
+
+
+def grads() -> dict:
+    return {"loss": {"emb": torch.randn(64, 8), "wide": torch.randn(64, 1)}, "ids": torch.arange(10)}
+
+
+def test_round_trip_insecure_loopback_with_compression() -> None:
+    leader, follower = pair(compress_configs={"emb": CompressConfig("min_max", bit_num=8)})
+    try:
+        g = grads()
+        leader.send_tensors("follower", g, step=3)
+        got = follower.receive("leader", timeout=10)
+        assert list(got) == ["loss", "ids"] and list(got["loss"]) == ["emb", "wide"]
+        assert torch.equal(got["loss"]["wide"], g["loss"]["wide"]) and torch.equal(got["ids"], g["ids"])
+        step = (g["loss"]["emb"].max() - g["loss"]["emb"].min()) / 255
+        assert (got["loss"]["emb"] - g["loss"]["emb"]).abs().max() <= step / 2 + 1e-6
+        follower.send_tensors("leader", {"x": torch.ones(3)})
+        assert torch.equal(leader.receive("follower", timeout=10)["x"], torch.ones(3))
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+@pytest.mark.parametrize("p12", [False, True], ids=["pem", "p12"])
+def test_mutual_tls(certs: Path, p12: bool) -> None:
+    leader, follower = pair((ssl_for(certs, "leader", p12), ssl_for(certs, "follower", p12)))
+    try:
+        x = torch.randn(1000)
+        follower.send_tensors("leader", {"x": x})
+        assert torch.equal(leader.receive("follower", timeout=10)["x"], x)
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+def test_plaintext_refused_off_loopback() -> None:
+    with pytest.raises(ValueError, match="only allowed between loopback addresses.*allow_insecure"):
+        VerticalFederatedCommunicator(ServerConfig("a", "10.1.2.3:5000"), ServerConfig("b", "127.0.0.1:5001"))
+
+
+def _tls_server(certs: Path):  # type: ignore[no-untyped-def]
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    leader = VerticalFederatedCommunicator(lc, [fc, ServerConfig("mallory", f"127.0.0.1:{free_port()}")],
+                                           enable_ssl=True, ssl_config=ssl_for(certs, "leader")).launch()
+    return leader, lc, fc
+
+
+def test_client_claiming_another_partys_name_is_refused(certs: Path) -> None:
+    leader, lc, fc = _tls_server(certs)
+    # "follower" by name, but holding mallory's (valid, same-CA) certificate.
+    impostor = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, ssl_config=ssl_for(certs, "mallory"),
+                                             retry_deadline=2).launch()
+    try:
+        with pytest.raises(PeerUnavailableError, match="PERMISSION_DENIED.*do not include the claimed sender 'follower'"):
+            impostor.send_tensors("leader", {"x": torch.ones(2)})
+        with pytest.raises(TimeoutError, match="'follower'"):
+            leader.receive("follower", timeout=0.2)
+    finally:
+        impostor.shutdown()
+        leader.shutdown()
+
+
+def test_client_from_another_ca_and_without_certificate_are_refused(certs: Path, tmp_path: Path) -> None:
+    make_dev_certs(tmp_path, ["follower"], password="pw")
+    leader, lc, fc = _tls_server(certs)
+    foreign = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, retry_deadline=1,
+                                            ssl_config=ssl_for(tmp_path, "follower", ca=certs / "ca.crt")).launch()
+    try:
+        with pytest.raises(PeerUnavailableError, match="unreachable"):
+            foreign.send_tensors("leader", {"x": torch.ones(2)})
+        # TLS without a client certificate, and plaintext to the TLS port: both fail the handshake.
+        no_cert = grpc.secure_channel(lc.server_address, grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes()),
+                                      options=[("grpc.ssl_target_name_override", "leader")])
+        plain = grpc.insecure_channel(lc.server_address)
+        for channel in (no_cert, plain):
+            with pytest.raises(grpc.RpcError) as e:
+                channel.stream_unary("/splitlink.v1.Transport/Send")(iter([b"SLC1"]), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            channel.close()
+    finally:
+        foreign.shutdown()
+        leader.shutdown()
+
+
+def test_large_frame_through_many_chunks_arrives_intact() -> None:
+    leader, follower = pair(chunk_size=64 * 1024)
+    try:
+        x = torch.randn(3_000_000)  # 12 MB in ~180 chunks
+        leader.send_tensors("follower", {"x": x})
+        assert torch.equal(follower.receive("leader", timeout=30)["x"], x)
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+def test_back_pressure_blocks_the_sender_and_drops_nothing() -> None:
+    leader, follower = pair(max_queue_frames=2)
+    sent: list[int] = []
+    try:
+        def produce() -> None:
+            for i in range(6):
+                leader.send_tensors("follower", {"i": torch.tensor([i])})
+                sent.append(i)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        time.sleep(1.5)
+        assert len(sent) <= 3, f"sender was not held back: {sent}"  # 2 queued + at most 1 accepted on wake-up
+        got = [int(follower.receive("leader", timeout=10)["i"]) for _ in range(6)]
+        t.join(10)
+        assert got == list(range(6)) and sent == list(range(6))
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+def test_receive_timeout_and_unknown_peer() -> None:
+    leader, follower = pair()
+    try:
+        with pytest.raises(TimeoutError, match="no frame from 'follower' within 0.1 s"):
+            leader.receive("follower", timeout=0.1)
+        with pytest.raises(ValueError, match="unknown peer 'nobody'"):
+            leader.receive("nobody")
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+def test_peer_down_raises_naming_peer_and_address() -> None:
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    leader = VerticalFederatedCommunicator(lc, fc, retry_deadline=1.0).launch()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PeerUnavailableError, match=rf"'follower' at {fc.server_address} unreachable"):
+            leader.send_tensors("follower", {"x": torch.ones(1)})
+        assert time.monotonic() - t0 < 10
+    finally:
+        leader.shutdown()
+
+
+def test_retried_frame_is_delivered_once() -> None:
+    from splitlink import wire
+
+    leader, follower = pair()
+    try:
+        frame = wire.pack({"x": torch.ones(2)}, sender="leader", seq=1)
+        leader._send_frame("follower", 1, 0, memoryview(frame))
+        leader._send_frame("follower", 1, 0, memoryview(frame))  # a retry after a lost ack
+        assert torch.equal(follower.receive("leader", timeout=5)["x"], torch.ones(2))
+        with pytest.raises(TimeoutError):
+            follower.receive("leader", timeout=0.3)
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+def test_receiver_restart_mid_run_loses_and_duplicates_nothing() -> None:
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    leader = VerticalFederatedCommunicator(lc, fc, retry_deadline=30).launch()
+    follower = VerticalFederatedCommunicator(fc, lc).launch()
+    got: list[int] = []
+    try:
+        leader.send_tensors("follower", {"i": torch.tensor([0])})
+        got.append(int(follower.receive("leader", timeout=5)["i"]))
+        follower.shutdown(grace=0)
+        t = threading.Thread(target=lambda: [leader.send_tensors("follower", {"i": torch.tensor([i])}) for i in (1, 2)])
+        t.start()
+        time.sleep(0.5)  # the sender is now retrying against a dead port
+        follower = VerticalFederatedCommunicator(fc, lc).launch()
+        got += [int(follower.receive("leader", timeout=20)["i"]) for _ in range(2)]
+        t.join(20)
+        assert got == [0, 1, 2]
+        with pytest.raises(TimeoutError):
+            follower.receive("leader", timeout=0.3)
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+def test_clean_shutdown_wakes_blocked_receivers() -> None:
+    leader, follower = pair()
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            leader.receive("follower")
+        except PeerClosedError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    leader.shutdown()
+    t.join(5)
+    follower.shutdown()
+    assert errors and "follower" in str(errors[0])
+
+
+@pytest.mark.parametrize("through_codecs", [False, True])
+def test_in_process_communicator(through_codecs: bool) -> None:
+    hub: dict = {}
+    lc, fc = ServerConfig("leader", "127.0.0.1:1"), ServerConfig("follower", "127.0.0.1:2")
+    leader = InProcessCommunicator(lc, fc, {"emb": CompressConfig("fp16")}, hub=hub, through_codecs=through_codecs)
+    follower = InProcessCommunicator(fc, lc, hub=hub, through_codecs=through_codecs)
+    g = grads()
+    leader.send_tensors("follower", g)
+    got = follower.receive("leader", timeout=1)
+    if through_codecs:
+        assert not torch.equal(got["loss"]["emb"], g["loss"]["emb"])
+        assert torch.allclose(got["loss"]["emb"], g["loss"]["emb"], atol=1e-2)
+    else:
+        assert got is g
+    with pytest.raises(TimeoutError, match="'leader'"):
+        follower.receive("leader", timeout=0.05)
