@@ -264,3 +264,33 @@ def test_in_process_communicator(through_codecs: bool) -> None:
         assert got is g
     with pytest.raises(TimeoutError, match="'leader'"):
         follower.receive("leader", timeout=0.05)
+
+
+def test_revoked_client_certificate_is_refused(certs: Path, tmp_path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    revoked = x509.load_pem_x509_certificate((certs / "follower.client.crt").read_bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crl = (
+        x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(now)
+        .next_update(now + datetime.timedelta(days=1))
+        .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(revoked.serial_number).revocation_date(now).build())
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    (tmp_path / "ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    base = ssl_for(certs, "leader")
+    with_crl = SSLConfig(**{**base.__dict__, "crl_path": str(tmp_path / "ca.crl")})
+    leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=True, ssl_config=with_crl).launch()
+    follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, ssl_config=ssl_for(certs, "follower"), retry_deadline=1).launch()
+    try:
+        with pytest.raises(PeerUnavailableError, match="revoked"):
+            follower.send_tensors("leader", {"x": torch.ones(1)})
+    finally:
+        leader.shutdown()
+        follower.shutdown()
