@@ -232,17 +232,25 @@ class PairwiseMasker:
         """Largest |x| that can be masked: 2^51 / 2^frac_bits."""
         return float(_core.secure.FIXED_LIMIT) / 2.0**self.frac_bits
 
-    def mask(self, x: torch.Tensor, *, stream_id: int, name: str = "tensor", threads: int = 0) -> torch.Tensor:
-        """int64 ring elements fixed(x) + masks, in one pass. ``stream_id``: unique per tensor and step."""
+    def mask(
+        self, x: torch.Tensor, *, stream_id: int, name: str = "tensor", out: torch.Tensor | None = None, threads: int = 0
+    ) -> torch.Tensor:
+        """int64 ring elements fixed(x) + masks, in one pass. ``stream_id``: unique per tensor and step.
+
+        ``out`` (int64, x's shape) is written instead of a new tensor: reuse it in loops, since
+        first touch of fresh memory is slower than the masking itself.
+        """
         x = _as_f32(x, name)
-        out = torch.empty(x.shape, dtype=torch.int64)
+        out = _out(out, x.shape, torch.int64)
         _core.secure.mask_encode(x.numpy(), self.frac_bits, self._streams, _stream(stream_id), out.numpy(), name, threads)
         return out
 
-    def unmask(self, y: torch.Tensor, *, stream_id: int, threads: int = 0) -> torch.Tensor:
+    def unmask(
+        self, y: torch.Tensor, *, stream_id: int, out: torch.Tensor | None = None, threads: int = 0
+    ) -> torch.Tensor:
         """Removes this party's own masks from ``y`` and decodes it (reads back its own input)."""
         y = _as_i64(y)
-        out = torch.empty(y.shape, dtype=torch.float32)
+        out = _out(out, y.shape, torch.float32)
         _core.secure.unmask_decode(y.numpy(), self.frac_bits, self._streams, _stream(stream_id), out.numpy(), threads)
         return out
 
@@ -250,7 +258,9 @@ class PairwiseMasker:
         return f"PairwiseMasker(me={self.me!r}, peers={len(self._streams)}, frac_bits={self.frac_bits})"
 
 
-def sum_masked(tensors: Sequence[torch.Tensor], *, frac_bits: int = 16, threads: int = 0) -> torch.Tensor:
+def sum_masked(
+    tensors: Sequence[torch.Tensor], *, frac_bits: int = 16, out: torch.Tensor | None = None, threads: int = 0
+) -> torch.Tensor:
     """Sums every party's masked tensor in the ring (the masks cancel) and decodes the sum."""
     if not tensors:
         raise ValueError("sum_masked needs at least one tensor")
@@ -259,8 +269,16 @@ def sum_masked(tensors: Sequence[torch.Tensor], *, frac_bits: int = 16, threads:
     for i, y in enumerate(ys):
         if y.shape != shape:
             raise ValueError(f"masked tensor #{i} has shape {tuple(y.shape)}, expected {tuple(shape)}")
-    out = torch.empty(shape, dtype=torch.float32)
+    out = _out(out, shape, torch.float32)
     _core.secure.sum_decode([y.numpy() for y in ys], frac_bits, out.numpy(), threads)
+    return out
+
+
+def _out(out: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=dtype)
+    if out.dtype != dtype or out.shape != shape or out.device.type != "cpu" or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous CPU {dtype} tensor of shape {tuple(shape)}, got {out.dtype} {tuple(out.shape)}")
     return out
 
 
