@@ -294,3 +294,18 @@ def test_revoked_client_certificate_is_refused(certs: Path, tmp_path: Path) -> N
     finally:
         leader.shutdown()
         follower.shutdown()
+
+
+@pytest.mark.slow
+def test_frame_larger_than_2_gib_arrives_intact() -> None:
+    # protobuf cannot hold a message this large; the chunked stream must.
+    leader, follower = pair(retry_deadline=120)
+    try:
+        n = (2 << 30) // 4 + 4096  # 2 GiB + 16 KiB of float32
+        x = torch.arange(n, dtype=torch.int32).view(torch.float32)  # distinct bit patterns everywhere
+        leader.send_tensors("follower", {"x": x})
+        got = follower.receive("leader", timeout=300)["x"]
+        assert got.shape == x.shape and torch.equal(got.view(torch.int32), x.view(torch.int32))
+    finally:
+        leader.shutdown()
+        follower.shutdown()
