@@ -11,7 +11,9 @@
 * **Streaming.** A frame travels as a client-streaming RPC of ``chunk_size`` pieces (4 MiB by
   default, the best measured here), so frames beyond protobuf's 2 GiB limit work and no base64 is
   involved. The receiver writes chunks straight into one pooled buffer; tensors view it.
-* **Exactly once.** Every frame carries (sender, seq). A sender retries on UNAVAILABLE and
+* **Exactly once.** Every frame carries (sender, sender incarnation, seq); the incarnation is
+  random per process, so a restarted sender's sequence numbers are not taken for duplicates. A
+  sender retries on UNAVAILABLE and
   DEADLINE_EXCEEDED with exponential backoff and jitter until ``retry_deadline`` and then raises
   ``PeerUnavailableError`` naming peer and address; the receiver drops a seq it already accepted,
   so retries never deliver twice.
@@ -58,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 _SERVICE = "splitlink.v1.Transport"
 _METHOD = f"/{_SERVICE}/Send"
-_HEADER = struct.Struct("<4sQQQH")  # magic, seq, step, total bytes, sender length
+_HEADER = struct.Struct("<4sQQQQH")  # magic, sender incarnation, seq, step, total bytes, sender length
 _MAGIC = b"SLC1"
 _ACK_OK, _ACK_DUP = b"OK", b"DUP"
 MiB = 1 << 20
@@ -200,6 +202,7 @@ class _Inbox:
         self.frames: deque[Any] = deque()
         self.bytes = 0
         self.last_seq = -1
+        self.incarnation: int | None = None  # the sender process's random id: seq restarts with it
         self.closed = False
         self.cond = threading.Condition()
 
@@ -211,8 +214,18 @@ class _Inbox:
                 self.cond.wait(0.2)
             return True
 
-    def put(self, seq: int, frame: Any) -> bool:
+    def is_duplicate(self, incarnation: int, seq: int) -> bool:
         with self.cond:
+            return incarnation == self.incarnation and seq <= self.last_seq
+
+    def put(self, incarnation: int, seq: int, frame: Any) -> bool:
+        with self.cond:
+            if incarnation != self.incarnation:
+                # The sender restarted: its sequence numbers begin again.
+                if self.incarnation is not None:
+                    logger.info("'%s' restarted; accepting its sequence numbers from %d", self.peer, seq)
+                self.incarnation = incarnation
+                self.last_seq = -1
             if seq <= self.last_seq:
                 return False
             self.last_seq = seq
@@ -292,6 +305,7 @@ class VerticalFederatedCommunicator:
         self._stubs: dict[str, Any] = {}
         self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4))
         self._closed = threading.Event()
+        self._incarnation = random.SystemRandom().getrandbits(64)
         self._revoked: set[int] = set()
         self._seen: set[str] = set()
 
@@ -379,7 +393,7 @@ class VerticalFederatedCommunicator:
 
     def _send_frame(self, peer: str, seq: int, step: int, frame: memoryview) -> None:
         name = self.me.server_name.encode()
-        header = _HEADER.pack(_MAGIC, seq, step & 0xFFFFFFFFFFFFFFFF, len(frame), len(name)) + name
+        header = _HEADER.pack(_MAGIC, self._incarnation, seq, step & 0xFFFFFFFFFFFFFFFF, len(frame), len(name)) + name
         deadline = time.monotonic() + self.retry_deadline
         delay, attempt = 0.05, 0
         while True:
@@ -426,7 +440,7 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
         if len(first) < _HEADER.size or first[:4] != _MAGIC:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream does not start with a splitlink chunk header")
-        _, seq, _step, total, name_len = _HEADER.unpack_from(first)
+        _, incarnation, seq, _step, total, name_len = _HEADER.unpack_from(first)
         sender = bytes(first[_HEADER.size : _HEADER.size + name_len]).decode("utf-8", "replace")
         if sender not in self._inboxes:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {sender!r}")
@@ -443,7 +457,7 @@ class VerticalFederatedCommunicator:
         if total > self.max_frame_bytes:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {total} bytes exceeds max_frame_bytes")
         inbox = self._inboxes[sender]
-        if seq <= inbox.last_seq:
+        if inbox.is_duplicate(incarnation, seq):
             for _ in request_iterator:  # drain: the sender retried a frame we already have
                 pass
             return _ACK_DUP
@@ -467,7 +481,7 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed frame: {e}")
         if header[1] != sender or header[2] != seq:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
-        return _ACK_OK if inbox.put(seq, buf) else _ACK_DUP
+        return _ACK_OK if inbox.put(incarnation, seq, buf) else _ACK_DUP
 
     def receive(self, target_server_name: str, timeout: float | None = None) -> dict[str, Any]:
         """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone)."""

@@ -309,3 +309,16 @@ def test_frame_larger_than_2_gib_arrives_intact() -> None:
     finally:
         leader.shutdown()
         follower.shutdown()
+
+
+def test_restarted_sender_is_not_mistaken_for_duplicates() -> None:
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    follower = VerticalFederatedCommunicator(fc, lc).launch()
+    try:
+        for generation in range(2):  # the leader process "restarts": its seq begins at 1 again
+            leader = VerticalFederatedCommunicator(lc, fc).launch()
+            leader.send_tensors("follower", {"g": torch.tensor([generation])})
+            leader.shutdown()
+            assert int(follower.receive("leader", timeout=10)["g"]) == generation
+    finally:
+        follower.shutdown()
