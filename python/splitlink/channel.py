@@ -23,11 +23,18 @@
 * **Timeouts.** ``receive(peer, timeout=...)`` raises ``TimeoutError`` naming the peer; a peer that
   shuts down cleanly wakes blocked receivers with ``PeerClosedError``.
 
+* **End-to-end sealing** (``seal=True``). At the first send to a peer the parties exchange fresh
+  X25519 public keys over the mutually authenticated channel (a ``Hello`` RPC whose sender must
+  match its certificate) and derive per-direction session keys (``splitlink.secure``); frames
+  are then sealed in the same pass that packs them, so relays that terminate TLS see only
+  ciphertext. A restarted peer has new keys; senders re-agree and re-seal transparently.
+
 ``InProcessCommunicator`` has the same API for single-process runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import random
@@ -43,9 +50,9 @@ from typing import Any
 
 import grpc
 
-from splitlink import wire
+from splitlink import secure, wire
 from splitlink.codec import CompressConfig, ErrorFeedback
-from splitlink.errors import SplitlinkError, WireError
+from splitlink.errors import CryptoError, SplitlinkError, WireError
 
 __all__ = [
     "ServerConfig",
@@ -60,10 +67,15 @@ logger = logging.getLogger(__name__)
 
 _SERVICE = "splitlink.v1.Transport"
 _METHOD = f"/{_SERVICE}/Send"
+_HELLO = f"/{_SERVICE}/Hello"
 _HEADER = struct.Struct("<4sQQQQH")  # magic, sender incarnation, seq, step, total bytes, sender length
 _MAGIC = b"SLC1"
 _ACK_OK, _ACK_DUP = b"OK", b"DUP"
 MiB = 1 << 20
+
+
+class _RekeyNeeded(Exception):
+    """The receiver could not open our sealed frame: agree on session keys again."""
 
 
 class PeerUnavailableError(SplitlinkError):
@@ -268,6 +280,8 @@ class VerticalFederatedCommunicator:
         max_frame_bytes: int = 64 << 30,
         retry_deadline: float = 60.0,
         keepalive_s: float = 30.0,
+        seal: bool = False,
+        cipher: str | None = None,
     ) -> None:
         remotes = [remote_server_config] if isinstance(remote_server_config, ServerConfig) else list(remote_server_config)
         if not remotes:
@@ -303,9 +317,17 @@ class VerticalFederatedCommunicator:
         self._server: grpc.Server | None = None
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Any] = {}
+        self._hello_stubs: dict[str, Any] = {}
         self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4))
         self._closed = threading.Event()
         self._incarnation = random.SystemRandom().getrandbits(64)
+        self.seal = seal
+        self.cipher = cipher or secure.best_cipher()
+        self._keypair: secure.KeyPair | None = None
+        self._sealers: dict[str, secure.Sealer] = {}
+        self._openers: dict[str, secure.Opener] = {}
+        self._peer_keys: dict[str, bytes] = {}
+        self._key_lock = threading.Lock()
         self._revoked: set[int] = set()
         self._seen: set[str] = set()
 
@@ -317,7 +339,11 @@ class VerticalFederatedCommunicator:
             raise RuntimeError("launch() was already called")
         opts = _options(self.chunk_size, self.keepalive_s)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 + 2 * len(self.peers)), options=opts)
-        handler = grpc.method_handlers_generic_handler(_SERVICE, {"Send": grpc.stream_unary_rpc_method_handler(self._handle)})
+        methods = {"Send": grpc.stream_unary_rpc_method_handler(self._handle)}
+        if self.seal:
+            self._keypair = secure.KeyPair.generate()
+            methods["Hello"] = grpc.unary_unary_rpc_method_handler(self._hello)
+        handler = grpc.method_handlers_generic_handler(_SERVICE, methods)
         server.add_generic_rpc_handlers((handler,))
         if self.enable_ssl:
             assert self.ssl_config is not None
@@ -346,6 +372,7 @@ class VerticalFederatedCommunicator:
                 channel = grpc.insecure_channel(cfg.server_address, options=opts)
             self._channels[name] = channel
             self._stubs[name] = channel.stream_unary(_METHOD)
+            self._hello_stubs[name] = channel.unary_unary(_HELLO)
         logger.info("[%s] listening on %s (%s)", self.me.server_name, self.me.server_address,
                     "mutual TLS" if self.enable_ssl else "plaintext, loopback")
         return self
@@ -384,12 +411,81 @@ class VerticalFederatedCommunicator:
         if self._server is None:
             raise RuntimeError("call launch() before send_tensors()")
         with self._send_locks[target_server_name]:
-            self._seq[target_server_name] += 1
-            seq = self._seq[target_server_name]
-            frame = wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind="tensors",
-                              compress=self.compress_configs, error_feedback=self._feedback[target_server_name],
-                              pool=self._pool)
-            self._send_frame(target_server_name, seq, step or 0, memoryview(frame))
+            for attempt in range(3):
+                self._seq[target_server_name] += 1
+                seq = self._seq[target_server_name]
+                sealer = self._ensure_keys(target_server_name) if self.seal else None
+                frame = wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind="tensors",
+                                  compress=self.compress_configs, error_feedback=self._feedback[target_server_name],
+                                  pool=self._pool, sealer=sealer)
+                try:
+                    self._send_frame(target_server_name, seq, step or 0, memoryview(frame))
+                    return
+                except _RekeyNeeded as e:
+                    # The peer restarted (new session keys) or lost ours: agree on keys again, re-seal.
+                    logger.info("[%s] re-keying with '%s': %s", self.me.server_name, target_server_name, e)
+                    with self._key_lock:
+                        self._sealers.pop(target_server_name, None)
+            raise PeerUnavailableError(f"'{target_server_name}' kept rejecting our session keys; is it the same deployment?")
+
+    def _ensure_keys(self, peer: str) -> secure.Sealer:
+        """Session keys with `peer`, agreed over this (mutually authenticated) channel if needed."""
+        with self._key_lock:
+            if peer in self._sealers:
+                return self._sealers[peer]
+        assert self._keypair is not None
+        me = self.me.server_name.encode()
+        request = struct.pack("<H", len(me)) + me + self._keypair.public_bytes
+        deadline, delay = time.monotonic() + self.retry_deadline, 0.05
+        while True:
+            try:
+                peer_public = self._hello_stubs[peer](request, timeout=30)
+                break
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or \
+                        time.monotonic() + delay > deadline:
+                    raise PeerUnavailableError(
+                        f"key agreement with '{peer}' at {self.peers[peer].server_address} failed: {e.code().name}: {e.details()}"
+                    ) from None
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+        self._install_keys(peer, bytes(peer_public))
+        with self._key_lock:
+            return self._sealers[peer]
+
+    def _install_keys(self, peer: str, peer_public: bytes) -> None:
+        assert self._keypair is not None
+        mine = self._keypair.public_bytes
+        # Both fresh public keys make the session id: a new one whenever either party restarts.
+        pairs = sorted([(self.me.server_name.encode(), mine), (peer.encode(), peer_public)])
+        session_id = hashlib.sha256(b"splitlink channel session v1" + b"".join(n + b"\0" + k for n, k in pairs)).digest()
+        keys = secure.derive_session_keys(self._keypair, peer_public, me=self.me.server_name, peer=peer,
+                                          session_id=session_id, cipher=self.cipher)
+        with self._key_lock:
+            if self._peer_keys.get(peer) == peer_public and peer in self._sealers:
+                return
+            self._peer_keys[peer] = peer_public
+            self._sealers[peer] = secure.Sealer(keys.send, self.me.server_name, cipher=self.cipher)
+            self._openers[peer] = secure.Opener(keys.recv, peer, cipher=self.cipher)
+        logger.info("[%s] agreed %s session keys with '%s'", self.me.server_name, self.cipher, peer)
+
+    def _hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if len(request) < 2 + 32:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed key agreement request")
+        (name_len,) = struct.unpack_from("<H", request)
+        if len(request) != 2 + name_len + 32:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed key agreement request")
+        peer = bytes(request[2 : 2 + name_len]).decode("utf-8", "replace")
+        if peer not in self.peers:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown party {peer!r}")
+        if self.enable_ssl and peer not in self._peer_identity(context):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate does not name {peer!r}")
+        try:
+            self._install_keys(peer, bytes(request[2 + name_len :]))
+        except SplitlinkError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key agreement failed: {e}")
+        assert self._keypair is not None
+        return self._keypair.public_bytes
 
     def _send_frame(self, peer: str, seq: int, step: int, frame: memoryview) -> None:
         name = self.me.server_name.encode()
@@ -405,6 +501,8 @@ class VerticalFederatedCommunicator:
                 return
             except grpc.RpcError as e:
                 code = e.code()
+                if self.seal and code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise _RekeyNeeded(f"{code.name}: {e.details()}") from None
                 if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise PeerUnavailableError(
                         f"'{peer}' at {self.peers[peer].server_address} refused frame seq {seq}: {code.name}: {e.details()}"
@@ -475,6 +573,15 @@ class VerticalFederatedCommunicator:
         if pos != total:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame of {pos} bytes, declared {total}")
         del view
+        if self.seal:
+            with self._key_lock:
+                opener = self._openers.get(sender)
+            if opener is None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no session keys with this sender yet: agree keys first")
+            try:
+                buf, *_ = opener.open(buf, pool=self._pool)
+            except CryptoError as e:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
         try:
             header = wire._core.wire.decode_header(buf)
         except WireError as e:

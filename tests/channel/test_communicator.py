@@ -322,3 +322,37 @@ def test_restarted_sender_is_not_mistaken_for_duplicates() -> None:
             assert int(follower.receive("leader", timeout=10)["g"]) == generation
     finally:
         follower.shutdown()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["loopback", "mtls"])
+def test_sealed_frames_end_to_end_and_rekey_after_restart(certs: Path, tls: bool) -> None:
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    kw = {"seal": True, "retry_deadline": 20}
+    ssl = (ssl_for(certs, "leader"), ssl_for(certs, "follower")) if tls else (None, None)
+    leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=tls, ssl_config=ssl[0], **kw).launch()
+    follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=tls, ssl_config=ssl[1], **kw)
+    seen: list[bytes] = []
+    original = follower._handle
+
+    def spy(it, context):  # type: ignore[no-untyped-def]
+        chunks = list(it)
+        seen.append(b"".join(chunks[1:]))  # what crossed the wire
+        return original(iter(chunks), context)
+
+    follower._handle = spy  # type: ignore[method-assign]
+    follower.launch()
+    try:
+        secret = torch.full((4096,), 1234.5678)
+        leader.send_tensors("follower", {"secret_tensor": secret})
+        assert torch.equal(follower.receive("leader", timeout=10)["secret_tensor"], secret)
+        assert seen and b"secret_tensor" not in seen[0] and secret.numpy().tobytes()[:64] not in seen[0]
+        follower.send_tensors("leader", {"x": torch.ones(3)})
+        assert torch.equal(leader.receive("follower", timeout=10)["x"], torch.ones(3))
+        # The follower restarts with new keys: the leader re-agrees and re-seals on its own.
+        follower.shutdown(grace=0)
+        follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=tls, ssl_config=ssl[1], **kw).launch()
+        leader.send_tensors("follower", {"y": torch.arange(5)})
+        assert torch.equal(follower.receive("leader", timeout=20)["y"], torch.arange(5))
+    finally:
+        leader.shutdown()
+        follower.shutdown()
