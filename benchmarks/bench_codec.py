@@ -12,30 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from _common import median_time
 
 from splitlink import CompressConfig, _core
 
 MiB = 1 << 20
 F32 = 1  # wire dtype code of float32
-
-
-def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # ---- NumPy baselines (what a careful user would write without a native core) -----------------

@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import median_time
 
 from splitlink import _core, secure, wire
 
 MiB = 1 << 20
-
-
-def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure_cipher(cipher: str, size: int, repeat: int) -> dict[str, float]:

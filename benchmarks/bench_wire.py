@@ -22,32 +22,20 @@ import io
 import json
 import pickle
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from _common import median_time
 
 import splitlink
 from splitlink import _core, wire
 from splitlink.protos import compile_python
 
 MiB = 1 << 20
-
-
-def median_time(fn: Callable[[], Any], repeat: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def scenarios() -> dict[str, dict[str, torch.Tensor]]:

@@ -227,19 +227,10 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
   bool have_ct = false, have_tags = false;
   pb::Reader r(data, 0, size);
   SL_CHECK(size > 0, WireError, "empty sealed frame");
-  auto read_string = [&](const char* what, std::string* out) {
-    const size_t at = r.pos();
-    auto [b, e] = r.len_delimited(what);
-    SL_CHECK(e - b <= wire::kMaxStringBytes, WireError, what << " at byte " << at << " is too long");
-    out->assign(reinterpret_cast<const char*>(data + b), e - b);
-    SL_CHECK(wire::is_valid_utf8(*out), WireError, what << " at byte " << at << " is not valid UTF-8");
-  };
   while (!r.done()) {
     const size_t at = r.pos();
-    const uint64_t tag = r.varint("a field tag");
-    const uint64_t fnum = tag >> 3;
-    const uint32_t wt = static_cast<uint32_t>(tag & 7);
-    SL_CHECK(fnum != 0 && fnum <= 536870911u, WireError, "invalid protobuf field number " << fnum << " at byte " << at);
+    uint32_t wt = 0;
+    const uint32_t fnum = r.field_tag(&wt);
     const bool len_field = fnum == f::kSender || fnum == f::kKind || fnum == f::kTags || fnum == f::kCiphertext ||
                            fnum == f::kPadding;
     const bool var_field = fnum == f::kSeq || fnum == f::kStep || fnum == f::kCipher || fnum == f::kSegmentSize ||
@@ -248,10 +239,10 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
              "sealed frame field " << fnum << " at byte " << at << " has the wrong wire type " << wt);
     switch (fnum) {
       case f::kSealedVersion: version = r.varint("sealed_version"); break;
-      case f::kSender: read_string("sender", &h.meta.sender); break;
+      case f::kSender: h.meta.sender = wire::read_string(r, "sender"); break;
       case f::kSeq: h.meta.seq = r.varint("seq"); break;
       case f::kStep: h.meta.step = static_cast<int64_t>(r.varint("step")); break;
-      case f::kKind: read_string("kind", &h.meta.kind); break;
+      case f::kKind: h.meta.kind = wire::read_string(r, "kind"); break;
       case f::kCipher: cipher = r.varint("cipher"); break;
       case f::kSegmentSize: segment_size = r.varint("segment_size"); break;
       case f::kPlaintextLength: h.plaintext_length = r.varint("plaintext_length"); break;
@@ -278,7 +269,7 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
         have_ct = true;
         break;
       }
-      default: r.skip(static_cast<pb::WireType>(wt), static_cast<uint32_t>(fnum));
+      default: r.skip(static_cast<pb::WireType>(wt), fnum);
     }
   }
   SL_CHECK(version == kSealedVersion, WireError,

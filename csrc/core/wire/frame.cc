@@ -127,6 +127,16 @@ bool is_valid_utf8(std::string_view s) {
   return true;
 }
 
+std::string read_string(pb::Reader& r, const char* what) {
+  const size_t at = r.pos();
+  auto [b, e] = r.len_delimited(what);
+  SL_CHECK(e - b <= kMaxStringBytes, WireError,
+           what << " at byte " << at << " is " << (e - b) << " bytes; the limit is " << kMaxStringBytes);
+  std::string out(reinterpret_cast<const char*>(r.origin() + b), e - b);
+  SL_CHECK(is_valid_utf8(out), WireError, what << " at byte " << at << " is not valid UTF-8");
+  return out;
+}
+
 FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInput>& tensors) {
   SL_CHECK(meta.version == kWireVersion, InvalidArgument,
            "this build writes wire version " << kWireVersion << ", not " << meta.version);
@@ -304,23 +314,13 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
              "field '" << name << "' at byte " << at << " has protobuf wire type " << wt << ", expected " << want
                        << " (not a splitlink frame, or corrupt)");
   };
-  auto read_string = [&](pb::Reader& r, const char* name, std::string* out) {
-    const size_t at = r.pos();
-    auto [b, e] = r.len_delimited(name);
-    SL_CHECK(e - b <= kMaxStringBytes, WireError,
-             name << " at byte " << at << " is " << (e - b) << " bytes; the limit is " << kMaxStringBytes);
-    out->assign(reinterpret_cast<const char*>(data + b), e - b);
-    SL_CHECK(is_valid_utf8(*out), WireError, name << " at byte " << at << " is not valid UTF-8");
-  };
 
   pb::Reader r(data, 0, size);
   SL_CHECK(size > 0, WireError, "empty frame (0 bytes)");
   while (!r.done()) {
     const size_t at = r.pos();
-    const uint64_t tag = r.varint("a field tag");
-    const uint64_t fnum = tag >> 3;
-    const uint32_t wt = static_cast<uint32_t>(tag & 7);
-    SL_CHECK(fnum != 0 && fnum <= 536870911u, WireError, "invalid protobuf field number " << fnum << " at byte " << at);
+    uint32_t wt = 0;
+    const uint32_t fnum = r.field_tag(&wt);
     switch (fnum) {
       case field::kVersion: {
         expect_wt(wt, pb::kVarint, "version", at);
@@ -331,7 +331,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
       }
       case field::kSender:
         expect_wt(wt, pb::kLen, "sender", at);
-        read_string(r, "sender", &h.meta.sender);
+        h.meta.sender = read_string(r, "sender");
         break;
       case field::kSeq:
         expect_wt(wt, pb::kVarint, "seq", at);
@@ -343,7 +343,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         break;
       case field::kKind:
         expect_wt(wt, pb::kLen, "kind", at);
-        read_string(r, "kind", &h.meta.kind);
+        h.meta.kind = read_string(r, "kind");
         break;
       case field::kTensors: {
         expect_wt(wt, pb::kLen, "tensors", at);
@@ -355,17 +355,14 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         pb::Reader t(data, b, e);
         while (!t.done()) {
           const size_t tat = t.pos();
-          const uint64_t ttag = t.varint("a tensor field tag");
-          const uint64_t tf = ttag >> 3;
-          const uint32_t twt = static_cast<uint32_t>(ttag & 7);
-          SL_CHECK(tf != 0 && tf <= 536870911u, WireError, "invalid protobuf field number " << tf << " at byte " << tat);
+          uint32_t twt = 0;
+          const uint32_t tf = t.field_tag(&twt);
           switch (tf) {
             case field::kPath: {
               expect_wt(twt, pb::kLen, "tensor.path", tat);
               SL_CHECK(d.path.size() < kMaxPathDepth, WireError,
                        "tensor descriptor at byte " << b << " nests deeper than " << kMaxPathDepth << " levels");
-              d.path.emplace_back();
-              read_string(t, "tensor.path", &d.path.back());
+              d.path.push_back(read_string(t, "tensor.path"));
               SL_CHECK(!d.path.back().empty(), WireError, "tensor descriptor at byte " << b << " has an empty key");
               break;
             }
@@ -410,10 +407,8 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
               pb::Reader c(data, cb, ce);
               while (!c.done()) {
                 const size_t cat = c.pos();
-                const uint64_t ctag = c.varint("a codec field tag");
-                const uint64_t cf = ctag >> 3;
-                const uint32_t cwt = static_cast<uint32_t>(ctag & 7);
-                SL_CHECK(cf != 0 && cf <= 536870911u, WireError, "invalid protobuf field number " << cf << " at byte " << cat);
+                uint32_t cwt = 0;
+                const uint32_t cf = c.field_tag(&cwt);
                 auto small = [&](const char* what) {
                   expect_wt(cwt, pb::kVarint, what, cat);
                   const uint64_t v = c.varint(what);
@@ -437,13 +432,13 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
                   expect_wt(cwt, pb::kVarint, "codec.topk_count", cat);
                   d.codec.topk_count = c.varint("codec.topk_count");
                 } else {
-                  c.skip(static_cast<pb::WireType>(cwt), static_cast<uint32_t>(cf));
+                  c.skip(static_cast<pb::WireType>(cwt), cf);
                 }
               }
               break;
             }
             default:
-              t.skip(static_cast<pb::WireType>(twt), static_cast<uint32_t>(tf));
+              t.skip(static_cast<pb::WireType>(twt), tf);
           }
         }
         desc_pos.push_back(b);
@@ -459,7 +454,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         break;
       }
       default:
-        r.skip(static_cast<pb::WireType>(wt), static_cast<uint32_t>(fnum));
+        r.skip(static_cast<pb::WireType>(wt), fnum);
     }
   }
 

@@ -18,6 +18,7 @@
 
 #include "splitlink/codec/codec.h"
 #include "splitlink/dtype.h"
+#include "splitlink/wire/pbio.h"
 
 namespace splitlink::wire {
 
@@ -154,5 +155,8 @@ FrameHeader decode_header(const uint8_t* data, size_t size);
 
 // Validates UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
 bool is_valid_utf8(std::string_view s);
+
+// Reads a length-delimited string field (at most kMaxStringBytes, valid UTF-8) or throws WireError.
+std::string read_string(pb::Reader& r, const char* what);
 
 }  // namespace splitlink::wire

@@ -124,6 +124,17 @@ class Reader {
 
   const uint8_t* origin() const { return origin_; }
 
+  // Reads a field tag: returns the field number and sets *wire_type. Field number 0 and numbers
+  // beyond protobuf's 2^29-1 are errors.
+  uint32_t field_tag(uint32_t* wire_type) {
+    const size_t at = pos_;
+    const uint64_t tag = varint("a field tag");
+    const uint64_t field = tag >> 3;
+    SL_CHECK(field != 0 && field <= 536870911u, WireError, "invalid protobuf field number " << field << " at byte " << at);
+    *wire_type = static_cast<uint32_t>(tag & 7);
+    return static_cast<uint32_t>(field);
+  }
+
  private:
   const uint8_t* origin_;
   size_t pos_;
