@@ -322,7 +322,10 @@ class VerticalFederatedCommunicator:
         self._closed = threading.Event()
         self._incarnation = random.SystemRandom().getrandbits(64)
         self.seal = seal
-        self.cipher = cipher or secure.best_cipher()
+        # Both parties must name the same cipher (it is bound into the keys); default AES-256-GCM.
+        self.cipher = cipher or "aes-256-gcm"
+        if self.cipher not in secure.CIPHERS:
+            raise ValueError(f"cipher must be one of {', '.join(secure.CIPHERS)}; got {self.cipher!r}")
         self._keypair: secure.KeyPair | None = None
         self._sealers: dict[str, secure.Sealer] = {}
         self._openers: dict[str, secure.Opener] = {}
