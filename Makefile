@@ -49,6 +49,7 @@ bench: install
 	$(PY) benchmarks/bench_wire.py
 	$(PY) benchmarks/bench_codec.py
 	$(PY) benchmarks/bench_secure.py
+	$(PY) benchmarks/bench_channel.py
 
 bench-cpp: $(VENV)/.deps sysdeps-dev
 	$(CMAKE) -S . -B build/bench $(CMAKE_GEN) -DSPLITLINK_BUILD_PYTHON=OFF -DSPLITLINK_BUILD_BENCHMARKS=ON >/dev/null
