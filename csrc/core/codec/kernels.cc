@@ -105,8 +105,11 @@ __attribute__((target("avx2"))) void quantize_avx2(const float* x, uint64_t n, f
   const __m256 vlo = _mm256_set1_ps(lo), vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f);
   const __m256 vmax = _mm256_set1_ps(levels), zero = _mm256_setzero_ps();
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the per-lane packing
-  stream = stream && reinterpret_cast<uintptr_t>(codes) % 32 == 0;
   uint64_t i = 0;
+  if (stream) {
+    // Peel to a 32-byte aligned destination so the streaming stores can be used.
+    for (; i < n && reinterpret_cast<uintptr_t>(codes + i) % 32 != 0; ++i) codes[i] = quantize_one(x[i], lo, inv, levels);
+  }
   for (; i + 32 <= n; i += 32) {
     __m256i q[4];
     for (int j = 0; j < 4; ++j) {
@@ -128,8 +131,14 @@ __attribute__((target("avx2"))) void quantize_avx2(const float* x, uint64_t n, f
 __attribute__((target("avx2"))) void dequantize_avx2(const uint8_t* codes, uint64_t n, float lo, float scale,
                                                      float* out, bool stream) {
   const __m256 vlo = _mm256_set1_ps(lo), vs = _mm256_set1_ps(scale);
-  stream = stream && reinterpret_cast<uintptr_t>(out) % 32 == 0;
   uint64_t i = 0;
+  if (stream) {
+    if (reinterpret_cast<uintptr_t>(out) % 4 != 0) {
+      stream = false;  // not even float-aligned: peeling cannot reach a 32-byte boundary
+    } else {
+      for (; i < n && reinterpret_cast<uintptr_t>(out + i) % 32 != 0; ++i) out[i] = lo + static_cast<float>(codes[i]) * scale;
+    }
+  }
   for (; i + 8 <= n; i += 8) {
     const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i));
     const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));

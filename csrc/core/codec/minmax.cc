@@ -132,7 +132,8 @@ void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, u
     const auto* src = static_cast<const typename E::T*>(src_v);
     const uint64_t nb = num_blocks(numel, block_size);
     uint8_t* codes = dst + nb * 8;
-    const bool stream = numel * 4 >= kStreamBytes;
+    // Streaming stores pay a fence per call: only for large tensors written in large pieces.
+    const bool stream = numel * 4 >= kStreamBytes && (nb <= 1 || block_size >= kChunk);
     auto fail_nonfinite = [&]() {
       SL_FAIL(CodecError, "tensor '" << name << "' contains NaN or Inf (first at flat index "
                                      << first_nonfinite<E>(src, numel)
@@ -194,7 +195,7 @@ void minmax_decode(DType dt, const uint8_t* src, uint64_t numel, unsigned bits, 
     const uint64_t nb = num_blocks(numel, block_size);
     const uint64_t bs = nb <= 1 ? numel : block_size;
     const uint8_t* codes = src + nb * 8;
-    const bool stream = numel * 4 >= kStreamBytes;
+    const bool stream = numel * 4 >= kStreamBytes && (nb <= 1 || block_size >= kChunk);
     auto params = [&](uint64_t blk) {
       Params p;
       std::memcpy(&p.lo, src + blk * 8, 4);
