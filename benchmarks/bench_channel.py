@@ -15,7 +15,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import socket
 import statistics
 import sys
@@ -52,6 +51,15 @@ def ssl_for(d: str, party: str) -> SSLConfig:
                      ca_cert_path=str(p / "ca.crt"))
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    the parent's peak across fork+exec, so a child of a large parent would read the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 # ---- splitlink ------------------------------------------------------------------------------
 
 
@@ -60,7 +68,7 @@ def sl_peer(cfg: dict[str, Any], ready: Any, results: Any) -> None:
     comm = VerticalFederatedCommunicator(me, other, enable_ssl=cfg["tls"], ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "receiver"),
                                          max_queue_bytes=4 << 30).launch()
     ready.set()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_kib()
     while True:
         t = comm.receive("sender")
         if "stop" in t:
@@ -68,7 +76,7 @@ def sl_peer(cfg: dict[str, Any], ready: Any, results: Any) -> None:
         if "echo" in t:
             comm.send_tensors("sender", t)
         del t
-    results.put(("maxrss_delta_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
+    results.put(("maxrss_delta_kib", peak_rss_kib() - base))
     comm.shutdown()
     os._exit(0)
 
