@@ -204,6 +204,11 @@ def _options(chunk_size: int, keepalive_s: float) -> list[tuple[str, Any]]:
     ]
 
 
+def _payload_size(frame: Any) -> int:
+    """Bytes a queued item holds: frame buffers count, in-process references do not."""
+    return int(getattr(frame, "nbytes", 0)) if not isinstance(frame, Mapping) else 0
+
+
 class _Inbox:
     """Bounded queue of received frames from one peer (frames and bytes)."""
 
@@ -241,10 +246,14 @@ class _Inbox:
             if seq <= self.last_seq:
                 return False
             self.last_seq = seq
-            self.frames.append(frame)
-            self.bytes += len(frame)
-            self.cond.notify_all()
+            self.append(frame)
             return True
+
+    def append(self, frame: Any) -> None:
+        with self.cond:
+            self.frames.append(frame)
+            self.bytes += _payload_size(frame)
+            self.cond.notify_all()
 
     def get(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -257,7 +266,7 @@ class _Inbox:
                     raise TimeoutError(f"no frame from '{self.peer}' within {timeout} s")
                 self.cond.wait(remaining if remaining is not None else 0.5)
             frame = self.frames.popleft()
-            self.bytes -= len(frame)
+            self.bytes -= _payload_size(frame)
             self.cond.notify_all()
             return frame
 
@@ -654,22 +663,10 @@ class InProcessCommunicator:
                                      error_feedback=self._feedback[target_server_name])
         else:
             payload = tensors
-        with inbox.cond:
-            inbox.frames.append(payload)
-            inbox.cond.notify_all()
+        inbox.append(payload)
 
     def receive(self, target_server_name: str, timeout: float | None = None) -> dict[str, Any]:
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        inbox = self._hub["queues"][(target_server_name, self.me)]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with inbox.cond:
-            while not inbox.frames:
-                if inbox.closed:
-                    raise PeerClosedError(f"peer '{target_server_name}' shut down")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"no frame from '{target_server_name}' within {timeout} s")
-                inbox.cond.wait(remaining)
-            payload = inbox.frames.popleft()
+        payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         return wire.unpack(payload).tensors if self.through_codecs else payload
