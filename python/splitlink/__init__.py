@@ -4,7 +4,7 @@ The model is cut into sub-networks that run where the data is; parties exchange 
 forward and gradients backward as frames (``splitlink.wire``) over mutual TLS.
 """
 
-from splitlink import codec, errors, secure, wire
+from splitlink import codec, errors, optim, privacy, secure, wire
 from splitlink.channel import (
     InProcessCommunicator,
     PeerClosedError,
@@ -14,11 +14,17 @@ from splitlink.channel import (
     VerticalFederatedCommunicator,
 )
 from splitlink.codec import CompressConfig, ErrorFeedback
+from splitlink.config import FLYamlData, YamlConfigError
+from splitlink.model import CheckpointError, FLModel
 from splitlink.errors import CodecError, CryptoError, SplitlinkError, WireError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FLYamlData",
+    "FLModel",
+    "YamlConfigError",
+    "CheckpointError",
     "ServerConfig",
     "SSLConfig",
     "VerticalFederatedCommunicator",

@@ -1,0 +1,763 @@
+"""FLModel: runs one party's sub-network forward and backward, as its YAML describes.
+
+``forward_one_step`` keeps the autograd graph; ``backward_one_step`` runs ONE backward pass over it that
+yields every optimizer's parameter gradients and the input gradients the grad scalers return (MindSpore
+re-runs the forward pass once per gradient operation), then steps the optimizers.
+
+Semantics (MindSpore Federated's, PyTorch-native):
+
+* The network's ``forward`` takes the train_net inputs in YAML order and returns its outputs in YAML
+  order (a tensor, a tuple/list, or a mapping by output name).
+* Every input is detached from whatever graph produced it (each FLModel owns its graph; another
+  FLModel in the same process gets gradients through the grad scale, as a remote party would). Inputs
+  that a grad scaler differentiates are leaf tensors requiring grad.
+* ``opts[i].grads``: each names an output and a sens. The optimizer's parameter gradient is the sum over
+  its grads of the vector-Jacobian product of the output with the sens, divided by the optimizer's
+  ``loss_scale``. A numeric sens is a constant tensor of the output's shape; a string sens ``s`` takes
+  ``sens[s][output_name]`` from the ``sens`` argument (the grad scale a peer sent).
+* ``grad_scalers``: each returns ``{output_name: OrderedDict{input_name: gradient}}`` with the same
+  vector-Jacobian product taken with respect to its inputs (not divided by any loss scale: the peer's
+  optimizer divides). Integer inputs (token ids, masks) get zero gradients, as in MindSpore.
+* One pass: when every optimizer and grad scaler uses the same (output, sens) terms, or when the terms
+  one uses do not reach the tensors another differentiates (checked on the autograd graph at the first
+  step), one backward pass over the sum of all terms gives each its exact gradient. Otherwise each
+  distinct set of terms gets its own pass over the retained graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import socket
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitlink.codec import CompressConfig
+from splitlink.config import FLYamlData
+from splitlink.optim import optimizer_kwargs, resolve_optimizer
+from splitlink.privacy import GaussianEmbeddingDP, LabelDP, SignEmbeddingDP
+
+__all__ = ["FLModel", "CheckpointError"]
+
+log = logging.getLogger("splitlink.model")
+
+Term = tuple[str, Union[float, str]]  # (output name, sens)
+CKPT_FORMAT = "splitlink.FLModel/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded into this model (wrong network, corrupt or missing file)."""
+
+
+class _WithLoss(nn.Module):
+    """network + loss_fn: the last train_net input is the target given to the loss."""
+
+    def __init__(self, network: nn.Module, loss_fn: Any, n_net_inputs: int, keep_outputs: bool) -> None:
+        super().__init__()
+        self.network = network
+        self.loss_fn = loss_fn
+        self.n = n_net_inputs
+        self.keep_outputs = keep_outputs
+
+    def forward(self, *xs: Any) -> Any:
+        y = self.network(*xs[: self.n])
+        ys = tuple(y) if isinstance(y, (tuple, list)) else (y,)
+        loss = self.loss_fn(*ys, *xs[self.n:])
+        return (*ys, loss) if self.keep_outputs else loss
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, (int, float, bool, list, tuple)):
+        return torch.as_tensor(value)
+    raise TypeError(f"input {name!r} is a {type(value).__name__}; give a torch.Tensor or numpy array")
+
+
+def _forward_arity(module: nn.Module) -> int | None:
+    """Positional parameters of ``module.forward``, or None when it takes *args."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    n = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            n += 1
+    return n
+
+
+def _reachable(out: torch.Tensor) -> set[int]:
+    """ids of the leaf tensors (parameters, inputs) the autograd graph of ``out`` reaches."""
+    if out.grad_fn is None:
+        return {id(out)} if out.requires_grad else set()
+    found: set[int] = set()
+    seen: set[Any] = set()
+    stack = [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None:
+            found.add(id(var))
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return found
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _quiet_deepspeed() -> Any:
+    """DeepSpeed's import and engine touch deprecated torch APIs (torch.jit, ZeRO collectives): their
+    Deprecation/FutureWarnings are DeepSpeed's business, not the user's, and must not break runs that
+    turn warnings into errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def init_deepspeed_runtime() -> Any:
+    """Imports DeepSpeed for this machine (CPU or CUDA) and joins or creates its process group.
+
+    Without a launcher (no RANK in the environment) this process becomes a group of one on 127.0.0.1.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with _quiet_deepspeed():
+        import deepspeed
+        import deepspeed.ops
+
+    # The shared-memory collectives would be JIT-compiled (~45 s of g++) for nothing on one process.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not torch.distributed.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                              LOCAL_RANK="0")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   verbose=False)
+    return deepspeed
+
+
+class _Consumer:
+    """An optimizer or a grad scaler: the terms it needs and what it differentiates."""
+
+    def __init__(self, kind: str, index: int, terms: list[Term], loss_scale: float = 1.0) -> None:
+        self.kind, self.index, self.terms, self.loss_scale = kind, index, terms, loss_scale
+
+
+class FLModel:
+    """One party's sub-network (see the module docstring for the semantics).
+
+    Args:
+        yaml_data: the sub-network's :class:`FLYamlData` (or a path to its YAML file).
+        network: a ``torch.nn.Module`` whose ``forward`` takes the train_net inputs in YAML order.
+        loss_fn: optional; the train network becomes ``loss_fn(*network(*inputs[:-1]), inputs[-1])`` and
+            its outputs the network's outputs followed by the loss (or only the loss when the YAML lists
+            one output).
+        optimizers: optional ``torch.optim`` instances, one per YAML ``opts`` entry (same order);
+            by default they are built from the YAML.
+        metrics: optional object with ``update(*eval_outputs, ground_truth)``, fed by ``eval_one_step``.
+        eval_network: the network ``eval_one_step`` runs (default: ``network``).
+        deepspeed_config: a DeepSpeed config (mapping or JSON path); overrides the YAML's ``deepspeed``.
+    """
+
+    def __init__(self, yaml_data: FLYamlData | str | os.PathLike[str], network: nn.Module, loss_fn: Any = None,
+                 optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+                 metrics: Any = None, eval_network: nn.Module | None = None,
+                 deepspeed_config: Mapping[str, Any] | str | os.PathLike[str] | None = None) -> None:
+        self.yaml = yaml_data if isinstance(yaml_data, FLYamlData) else FLYamlData(yaml_data)
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
+        y = self.yaml
+        self.name = y.train_net.name
+        self._in_names = [i.name for i in y.train_net_ins]
+        self._out_names = [o.name for o in y.train_net_outs]
+        self._remote_outs = {o.name for o in y.train_net_outs if o.destination == "remote"}
+        self.network = network
+        self.metrics = metrics
+        if loss_fn is not None:
+            self.train_network: nn.Module = _WithLoss(network, loss_fn, len(self._in_names) - 1,
+                                                      keep_outputs=len(self._out_names) > 1)
+            arity, expected, what = _forward_arity(network), len(self._in_names) - 1, "network (loss_fn takes the last input)"
+        else:
+            self.train_network = network
+            arity, expected, what = _forward_arity(network), len(self._in_names), "network"
+        if arity is not None and arity != expected:
+            raise ValueError(f"{self.yaml.source}: model.train_net {self.name!r} lists {expected} input(s) for the "
+                             f"{what} ({', '.join(self._in_names)}) but {type(network).__name__}.forward takes {arity}")
+        self.eval_network = eval_network if eval_network is not None else network
+
+        self._consumers: list[_Consumer] = []
+        self.step = 0
+        self._pending: dict[str, Any] | None = None
+        self._one_pass: bool | None = None
+        self.recheck_graph = False
+
+        ds_cfg: Any = deepspeed_config
+        if ds_cfg is None:
+            ds_cfg = y.deepspeed_config()
+        elif not isinstance(ds_cfg, Mapping):
+            import json
+
+            ds_cfg = json.loads(Path(ds_cfg).read_text())
+        self.engine: Any = None
+        self._engine_dtype: torch.dtype | None = None
+        self.optimizers = self._build_optimizers(optimizers)
+        self._scaler_inputs = {i.name for s in y.grad_scalers for i in s.inputs}
+        for k, sc in enumerate(y.grad_scalers):
+            self._consumers.append(_Consumer("scaler", k, [(sc.output.name, sc.sens)]))
+        self._terms: list[Term] = list(OrderedDict.fromkeys(t for c in self._consumers for t in c.terms))
+        self._same_terms = len({tuple(sorted(map(str, c.terms))) for c in self._consumers}) <= 1
+        if ds_cfg is not None:
+            self._init_deepspeed(dict(ds_cfg))
+
+        # Privacy from the YAML.
+        priv = y.privacy
+        self.label_dp: LabelDP | None = None
+        self.embedding_dp: SignEmbeddingDP | GaussianEmbeddingDP | None = None
+        if priv and priv.label_dp:
+            self.label_dp = LabelDP(priv.label_dp.eps, seed=priv.label_dp.seed, num_classes=priv.label_dp.num_classes)
+            self._label_name = y.eval_net_gt
+            self._id_key = priv.label_dp.id_key
+            log.info("%s: label DP on %r, eps=%g (flip probability %.4f)", self.name, self._label_name,
+                     priv.label_dp.eps, self.label_dp.flip_probability())
+        if priv and priv.embedding_dp:
+            e = priv.embedding_dp
+            if e.mechanism == "sign_rr":
+                assert e.eps is not None
+                self.embedding_dp = SignEmbeddingDP(e.eps, seed=e.seed)
+            else:
+                assert e.clip_norm is not None and e.delta is not None
+                num = e.num_samples or (y.dataset.num_samples if y.dataset else None)
+                self.embedding_dp = GaussianEmbeddingDP(clip_norm=e.clip_norm, delta=e.delta,
+                                                        noise_multiplier=e.noise_multiplier, eps=e.eps,
+                                                        releases=e.releases or y.epochs, num_samples=num, seed=e.seed)
+            log.info("%s: embedding DP (%s) on %s", self.name, e.mechanism, ", ".join(sorted(self._remote_outs)))
+
+    # Construction -------------------------------------------------------------------------------
+    def _build_optimizers(self, given: Any) -> list[torch.optim.Optimizer]:
+        y = self.yaml
+        specs = y.opts
+        if given is not None:
+            opts = [given] if isinstance(given, torch.optim.Optimizer) else list(given)
+            if len(opts) != len(specs):
+                raise ValueError(f"{y.source}: {len(opts)} optimizer(s) given but the YAML's opts lists {len(specs)}; "
+                                 "give one per opts entry, in order")
+            for j, (opt, spec) in enumerate(zip(opts, specs)):
+                _, ls = optimizer_kwargs(type(opt), {k: v for k, v in spec.hyper_parameters.items() if k == "loss_scale"})
+                self._consumers.append(_Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
+            self._opt_params = [[p for g in o.param_groups for p in g["params"]] for o in opts]
+            return opts
+        named = [(n, p) for n, p in self.train_network.named_parameters() if p.requires_grad]
+        owner: dict[int, int] = {}
+        opts = []
+        self._opt_params = []
+        for j, spec in enumerate(specs):
+            if spec.params:
+                chosen = []
+                for sel in spec.params:
+                    hits = [(n, p) for n, p in named if sel.name in n]
+                    if not hits:
+                        sample = ", ".join(n for n, _ in named[:12]) + (", ..." if len(named) > 12 else "")
+                        raise ValueError(f"{y.source}: opts[{j}].params selector {sel.name!r} matches no trainable "
+                                         f"parameter of {type(self.network).__name__} (parameters: {sample})")
+                    chosen.extend(hits)
+            else:
+                chosen = list(named)
+            params: list[torch.nn.Parameter] = []
+            for n, p in chosen:
+                if id(p) in owner and owner[id(p)] != j:
+                    raise ValueError(f"{y.source}: parameter {n!r} is selected by opts[{owner[id(p)]}] and opts[{j}]; "
+                                     "a parameter has one optimizer")
+                if id(p) not in owner:
+                    owner[id(p)] = j
+                    params.append(p)
+            cls = resolve_optimizer(spec.type)
+            kwargs, ls = optimizer_kwargs(cls, spec.hyper_parameters)
+            opts.append(cls(params, **kwargs))
+            self._opt_params.append(params)
+            self._consumers.append(_Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
+        return opts
+
+    def _init_deepspeed(self, cfg: dict[str, Any]) -> None:
+        if len(self.optimizers) != 1:
+            raise ValueError(f"{self.yaml.source}: a DeepSpeed engine takes one optimizer; the YAML's opts lists "
+                             f"{len(self.optimizers)}")
+        deepspeed = init_deepspeed_runtime()
+        # Traps: DeepSpeed clips gradients at 1.0 unless told otherwise, and prints every 10 steps.
+        cfg.setdefault("gradient_clipping", 0.0)
+        cfg.setdefault("steps_per_print", 1 << 30)
+        if "train_batch_size" not in cfg and "train_micro_batch_size_per_gpu" not in cfg:
+            cfg["train_micro_batch_size_per_gpu"] = self.yaml.batch_size
+        selected = {id(p) for p in self._opt_params[0]}
+        for p in self.train_network.parameters():
+            if id(p) not in selected:
+                p.requires_grad_(False)  # not the optimizer's: DeepSpeed must not own or update it
+        with _quiet_deepspeed():
+            engine, optimizer, _, _ = deepspeed.initialize(model=self.train_network, optimizer=self.optimizers[0],
+                                                           config=cfg)
+        self.engine = engine
+        self.optimizers = [optimizer]
+        self._gas = int(engine.gradient_accumulation_steps())
+        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else None
+        self._engine_dtype = dtype
+
+    # Inputs and outputs -------------------------------------------------------------------------
+    @staticmethod
+    def _merge(local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
+        for part in (local, remote):
+            if part is None:
+                continue
+            if not isinstance(part, Mapping):
+                raise TypeError(f"data batches are mappings of name -> tensor, got {type(part).__name__}")
+            batch.update(part)
+        return batch
+
+    def _gather(self, batch: Mapping[str, Any], names: list[str], net: str) -> list[Any]:
+        missing = [n for n in names if n not in batch]
+        if missing:
+            raise KeyError(f"{self.yaml.source}: model.{net} input(s) {', '.join(map(repr, missing))} missing from the "
+                           f"data batches (they hold: {', '.join(map(str, batch)) or 'nothing'})")
+        return [batch[n] for n in names]
+
+    def _prepare(self, name: str, value: Any) -> torch.Tensor:
+        t = _as_tensor(name, value).detach()
+        if t.is_floating_point():
+            if self._engine_dtype is not None:
+                t = t.to(self._engine_dtype)
+            if name in self._scaler_inputs:
+                t.requires_grad_(True)
+        return t
+
+    def _outputs(self, result: Any, names: list[str], net: str) -> list[torch.Tensor]:
+        if isinstance(result, Mapping):
+            if list(result) != names and set(result) != set(names):
+                raise ValueError(f"{self.yaml.source}: model.{net} outputs are {names} but the network returned "
+                                 f"{list(result)}")
+            return [result[n] for n in names]
+        outs = list(result) if isinstance(result, (tuple, list)) else [result]
+        if len(outs) != len(names):
+            raise ValueError(f"{self.yaml.source}: model.{net} lists {len(names)} output(s) ({', '.join(names)}) but "
+                             f"the network returned {len(outs)}")
+        return outs
+
+    # Steps --------------------------------------------------------------------------------------
+    def forward_one_step(self, local_data_batch: Mapping[str, Any] | None = None,
+                         remote_data_batch: Mapping[str, Any] | None = None) -> OrderedDict[str, torch.Tensor]:
+        """Runs the train network on one batch, keeping the graph for ``backward_one_step``."""
+        batch = self._merge(local_data_batch, remote_data_batch)
+        originals = self._gather(batch, self._in_names, "train_net")
+        inputs = [self._prepare(n, v) for n, v in zip(self._in_names, originals)]
+        if self.label_dp is not None and self._label_name in self._in_names:
+            if self._id_key not in batch:
+                raise KeyError(f"{self.yaml.source}: label DP randomises each label once per sample id, and the batch "
+                               f"has no {self._id_key!r} (privacy.label_dp.id_key); add the sample ids to the batch")
+            i = self._in_names.index(self._label_name)
+            inputs[i] = self.label_dp(inputs[i], batch[self._id_key])
+        module = self.engine if self.engine is not None else self.train_network
+        module.train()
+        outs = self._outputs(module(*inputs), self._out_names, "train_net")
+        if self.embedding_dp is not None:
+            outs = [self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
+                    for n, o in zip(self._out_names, outs)]
+        self._pending = {"originals": originals, "inputs": inputs, "outputs": outs}
+        return OrderedDict(zip(self._out_names, outs))
+
+    def _same_batch(self, local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> bool:
+        if self._pending is None:
+            return False
+        if local is None and remote is None:
+            return True
+        batch = self._merge(local, remote)
+        return all(batch.get(n, o) is o for n, o in zip(self._in_names, self._pending["originals"]))
+
+    def _sens(self, term: Term, out: torch.Tensor, sens: Mapping[str, Any] | None) -> torch.Tensor:
+        name, s = term
+        if not isinstance(s, str):
+            return torch.full_like(out, float(s), memory_format=torch.contiguous_format)
+        if sens is None or s not in sens:
+            raise KeyError(f"{self.yaml.source}: the gradient of output {name!r} is weighted by sens {s!r}, so "
+                           f"backward_one_step needs sens={{{s!r}: {{{name!r}: tensor}}}}; "
+                           f"got {'no sens' if sens is None else 'keys ' + ', '.join(map(repr, sens))}")
+        inner = sens[s]
+        if not isinstance(inner, Mapping) or name not in inner:
+            keys = ", ".join(map(repr, inner)) if isinstance(inner, Mapping) else type(inner).__name__
+            raise KeyError(f"{self.yaml.source}: sens[{s!r}] has no tensor for output {name!r} (it holds {keys})")
+        g = _as_tensor(f"sens[{s!r}][{name!r}]", inner[name])
+        if tuple(g.shape) != tuple(out.shape):
+            raise ValueError(f"sens[{s!r}][{name!r}] has shape {tuple(g.shape)} but output {name!r} has shape "
+                             f"{tuple(out.shape)}")
+        if not g.is_floating_point():
+            raise TypeError(f"sens[{s!r}][{name!r}] has dtype {g.dtype}; gradients are floating point")
+        return g.to(device=out.device, dtype=out.dtype)
+
+    def backward_one_step(self, local_data_batch: Mapping[str, Any] | None = None,
+                          remote_data_batch: Mapping[str, Any] | None = None,
+                          sens: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, OrderedDict[str, torch.Tensor]]:
+        """One backward pass, optimizer steps, and the grad scale ``{scaler_output: {input: grad}}``."""
+        if not self._same_batch(local_data_batch, remote_data_batch):
+            self.forward_one_step(local_data_batch, remote_data_batch)
+        assert self._pending is not None
+        pending, self._pending = self._pending, None
+        outs = dict(zip(self._out_names, pending["outputs"]))
+        inputs = dict(zip(self._in_names, pending["inputs"]))
+        originals = dict(zip(self._in_names, pending["originals"]))
+        grads_out = {t: self._sens(t, outs[t[0]], sens) for t in self._terms}
+        if self.engine is not None:
+            input_grads = self._backward_deepspeed(outs, inputs, grads_out)
+        else:
+            input_grads = self._backward_plain(outs, inputs, grads_out)
+        scaled = self._scale_results(inputs, input_grads, originals)
+        self.step += 1
+        return scaled
+
+    def _wrt(self, c: _Consumer, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        if c.kind == "opt":
+            return [p for p in self._opt_params[c.index] if p.requires_grad]
+        spec = self.yaml.grad_scalers[c.index]
+        return [inputs[i.name] for i in spec.inputs if inputs[i.name].requires_grad]
+
+    def _check_one_pass(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> bool:
+        reach = {t: _reachable(outs[t[0]]) for t in self._terms}
+        for c in self._consumers:
+            mine = {id(x) for x in self._wrt(c, inputs)}
+            for t in self._terms:
+                if t not in c.terms and reach[t] & mine:
+                    log.info("%s: gradient terms differ between optimizers/grad scalers and overlap on the graph; "
+                             "using one backward pass per distinct term set", self.name)
+                    return False
+        return True
+
+    def _groups(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> list[tuple[list[Term], list[_Consumer]]]:
+        if self._same_terms:
+            return [(self._terms, self._consumers)]
+        if self._one_pass is None or self.recheck_graph:
+            self._one_pass = self._check_one_pass(outs, inputs)
+        if self._one_pass:
+            return [(self._terms, self._consumers)]
+        groups: dict[tuple[Term, ...], list[_Consumer]] = OrderedDict()
+        for c in self._consumers:
+            groups.setdefault(tuple(c.terms), []).append(c)
+        return [(list(k), v) for k, v in groups.items()]
+
+    def _scale_results(self, inputs: dict[str, torch.Tensor], grads: dict[int, torch.Tensor | None],
+                       originals: dict[str, Any]) -> dict[str, OrderedDict[str, torch.Tensor]]:
+        out: dict[str, OrderedDict[str, torch.Tensor]] = {}
+        for spec in self.yaml.grad_scalers:
+            entry: OrderedDict[str, torch.Tensor] = OrderedDict()
+            for i in spec.inputs:
+                x = inputs[i.name]
+                g = grads.get(id(x))
+                orig = originals[i.name]
+                want = orig.dtype if isinstance(orig, torch.Tensor) and orig.is_floating_point() else (
+                    x.dtype if x.is_floating_point() else torch.float32)
+                if g is None:
+                    g = torch.zeros(x.shape, dtype=want, device=x.device)
+                elif g.dtype != want:
+                    g = g.to(want)
+                entry[i.name] = g
+            out[spec.output.name] = entry
+        return out
+
+    def _backward_plain(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
+                        grads_out: dict[Term, torch.Tensor]) -> dict[int, torch.Tensor | None]:
+        groups = self._groups(outs, inputs)
+        input_grads: dict[int, torch.Tensor | None] = {}
+        for gi, (terms, consumers) in enumerate(groups):
+            live = [t for t in terms if outs[t[0]].requires_grad]
+            wrt: list[torch.Tensor] = list({id(x): x for c in consumers for x in self._wrt(c, inputs)}.values())
+            if not live or not wrt:
+                continue
+            res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
+                                      retain_graph=gi < len(groups) - 1, allow_unused=True)
+            by_id = {id(x): g for x, g in zip(wrt, res)}
+            for c in consumers:
+                if c.kind == "opt":
+                    for p in self._opt_params[c.index]:
+                        g = by_id.get(id(p))
+                        p.grad = None if g is None else (g if c.loss_scale == 1.0 else g / c.loss_scale)
+                else:
+                    for x in self._wrt(c, inputs):
+                        input_grads[id(x)] = by_id.get(id(x))
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return input_grads
+
+    def _backward_deepspeed(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
+                            grads_out: dict[Term, torch.Tensor]) -> dict[int, torch.Tensor | None]:
+        engine = self.engine
+        opt_c = next(c for c in self._consumers if c.kind == "opt")
+        scalers = [c for c in self._consumers if c.kind == "scaler"]
+        input_grads: dict[int, torch.Tensor | None] = {}
+        same = all(set(c.terms) == set(opt_c.terms) for c in scalers)
+        if scalers and not same:
+            # The scalers' terms differ from the optimizer's: their input gradients first, graph retained.
+            for c in scalers:
+                wrt = self._wrt(c, inputs)
+                live = [t for t in c.terms if outs[t[0]].requires_grad]
+                if wrt and live:
+                    res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
+                                              retain_graph=True, allow_unused=True)
+                    input_grads.update({id(x): g for x, g in zip(wrt, res)})
+        live = [t for t in opt_c.terms if outs[t[0]].requires_grad]
+        objective = sum((outs[t[0]] * grads_out[t]).sum() for t in live)
+        ls = opt_c.loss_scale
+        if ls != 1.0:
+            objective = objective / ls
+        # engine.backward divides by gradient_accumulation_steps and, under fp16, multiplies by its
+        # dynamic loss scale: undo both for the input gradients sent upstream.
+        amp_scale = 1.0
+        if engine.fp16_enabled():
+            amp_scale = float(getattr(engine.optimizer, "cur_scale", getattr(engine.optimizer, "loss_scale", 1.0)))
+        with _quiet_deepspeed():
+            if isinstance(objective, torch.Tensor) and objective.requires_grad:
+                engine.backward(objective)
+            engine.step()
+        if scalers and same:
+            factor = ls * self._gas / amp_scale
+            for c in scalers:
+                for x in self._wrt(c, inputs):
+                    g = x.grad
+                    input_grads[id(x)] = None if g is None else (g if factor == 1.0 else g * factor)
+                    x.grad = None
+        return input_grads
+
+    @torch.no_grad()
+    def eval_one_step(self, local_data_batch: Mapping[str, Any] | None = None,
+                      remote_data_batch: Mapping[str, Any] | None = None) -> OrderedDict[str, torch.Tensor]:
+        """Runs the eval network (no graph); feeds ``metrics`` with the outputs and the YAML's ``gt``."""
+        batch = self._merge(local_data_batch, remote_data_batch)
+        names = [i.name for i in self.yaml.eval_net_ins]
+        out_names = [o.name for o in self.yaml.eval_net_outs]
+        net = "eval_net" if self.yaml.eval_net else "train_net"
+        inputs = [_as_tensor(n, v).detach() for n, v in zip(names, self._gather(batch, names, net))]
+        if self.engine is not None and self._engine_dtype is not None:
+            inputs = [x.to(self._engine_dtype) if x.is_floating_point() else x for x in inputs]
+        module = self.eval_network
+        was_training = module.training
+        module.eval()
+        try:
+            outs = self._outputs(module(*inputs), out_names, net)
+        finally:
+            module.train(was_training)
+        gt = self.yaml.eval_net_gt
+        if self.metrics is not None:
+            if gt is None or gt not in batch:
+                raise KeyError(f"{self.yaml.source}: metrics need the ground truth model.eval_net.gt "
+                               f"({gt!r}) in the data batch")
+            self.metrics.update(*outs, batch[gt])
+        return OrderedDict(zip(out_names, outs))
+
+    # Everything else ----------------------------------------------------------------------------
+    def get_compress_configs(self) -> dict[str, CompressConfig]:
+        """Codec settings by tensor name for the communicator (remote inputs' gradients, remote outputs)."""
+        return self.yaml.compress_configs()
+
+    def privacy_spent(self) -> tuple[float, float] | None:
+        """(eps, delta) spent by the Gaussian embedding mechanism so far, or None."""
+        return self.embedding_dp.spent() if isinstance(self.embedding_dp, GaussianEmbeddingDP) else None
+
+    def _ckpt_dir(self, path: str | os.PathLike[str] | None) -> Path:
+        return Path(path) if path is not None else self.yaml.ckpt_path / self.name
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format": CKPT_FORMAT, "net": self.name, "role": self.yaml.role, "step": self.step,
+            "model": self.train_network.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self.eval_network is not self.network and any(True for _ in self.eval_network.parameters()):
+            shared = {id(p) for p in self.train_network.parameters()}
+            if any(id(p) not in shared for p in self.eval_network.parameters()):
+                state["eval_model"] = self.eval_network.state_dict()
+        if self.embedding_dp is not None:
+            state["embedding_dp"] = self.embedding_dp.state_dict()
+        return state
+
+    def save_ckpt(self, path: str | os.PathLike[str] | None = None, *, keep: int | None = None) -> Path:
+        """Writes a checkpoint atomically and returns its path.
+
+        ``path``: a directory (default ``<ckpt_path>/<train_net name>``) that receives
+        ``step-<step>.pt``, or a file path ending in ``.pt``. The file is written to a temporary name,
+        fsynced and renamed, so a crash never leaves a corrupt newest checkpoint. ``keep`` removes all but
+        the newest ``keep`` checkpoints of the directory.
+        """
+        if self.engine is not None:
+            return self._save_deepspeed(self._ckpt_dir(path))
+        target = Path(path) if path is not None and str(path).endswith(".pt") else self._ckpt_dir(path) / f"step-{self.step:010d}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{target.name}.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(self._state(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _fsync_dir(target.parent)
+        if keep is not None:
+            for old in self._list_ckpts(target.parent)[:-keep] if keep > 0 else []:
+                old.unlink(missing_ok=True)
+        log.info("%s: checkpoint step %d -> %s", self.name, self.step, target)
+        return target
+
+    @staticmethod
+    def _list_ckpts(directory: Path) -> list[Path]:
+        found = []
+        for p in directory.glob("step-*.pt"):
+            with contextlib.suppress(ValueError):
+                found.append((int(p.stem.split("-", 1)[1]), p))
+        return [p for _, p in sorted(found)]
+
+    def load_ckpt(self, path: str | os.PathLike[str] | None = None, phase: str = "train") -> Path:
+        """Loads a checkpoint; ``phase="train"`` restores everything to resume, ``"eval"`` the eval network.
+
+        ``path``: a checkpoint file, or a directory whose newest ``step-*.pt`` is taken (default
+        ``<ckpt_path>/<train_net name>``).
+        """
+        if phase not in ("train", "eval"):
+            raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
+        if self.engine is not None:
+            return self._load_deepspeed(self._ckpt_dir(path), phase)
+        p = Path(path) if path is not None else self._ckpt_dir(None)
+        if p.is_dir():
+            found = self._list_ckpts(p)
+            if not found:
+                raise CheckpointError(f"no checkpoint (step-*.pt) in {p}")
+            p = found[-1]
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {p} does not exist")
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which, and why
+            raise CheckpointError(f"checkpoint {p} cannot be read ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+            raise CheckpointError(f"{p} is not a splitlink FLModel checkpoint (format {CKPT_FORMAT})")
+        if phase == "eval":
+            target_state = state.get("eval_model", state["model"]) if "eval_model" in state else state["model"]
+            module = self.eval_network if "eval_model" in state else self.train_network
+            self._load_module(module, target_state, p)
+            return p
+        self._load_module(self.train_network, state["model"], p)
+        if "eval_model" in state:
+            self._load_module(self.eval_network, state["eval_model"], p)
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise CheckpointError(f"{p} holds {len(state['optimizers'])} optimizer state(s); this model has "
+                                  f"{len(self.optimizers)}")
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.embedding_dp is not None and "embedding_dp" in state:
+            self.embedding_dp.load_state_dict(state["embedding_dp"])
+        self._pending = None
+        log.info("%s: resumed from %s (step %d)", self.name, p, self.step)
+        return p
+
+    @staticmethod
+    def _load_module(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+        if missing or unexpected or shapes:
+            parts = []
+            if missing:
+                parts.append(f"missing from the checkpoint: {', '.join(missing)}")
+            if unexpected:
+                parts.append(f"not in this network: {', '.join(unexpected)}")
+            if shapes:
+                parts.append("different shapes: " + ", ".join(
+                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes))
+            raise CheckpointError(f"checkpoint {source} is of a different network ({type(module).__name__}): "
+                                  + "; ".join(parts))
+        module.load_state_dict(state)
+
+    def _save_deepspeed(self, directory: Path) -> Path:
+        import torch.distributed as dist
+
+        directory.mkdir(parents=True, exist_ok=True)
+        tag = f"step-{self.step:010d}"
+        tmp_tag = f".tmp-{tag}"
+        client = {"splitlink_step": self.step, "rng_torch": torch.get_rng_state()}
+        if self.embedding_dp is not None:
+            client["embedding_dp"] = self.embedding_dp.state_dict()
+        self.engine.save_checkpoint(str(directory), tag=tmp_tag, client_state=client, save_latest=False)
+        if dist.is_initialized():
+            dist.barrier()
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            for f in (directory / tmp_tag).rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            final = directory / tag
+            if final.exists():
+                import shutil
+
+                shutil.rmtree(final)
+            os.replace(directory / tmp_tag, final)
+            _fsync_dir(directory)
+        if dist.is_initialized():
+            dist.barrier()
+        return directory / tag
+
+    def _load_deepspeed(self, directory: Path, phase: str) -> Path:
+        if directory.name.startswith("step-"):
+            tag_dir = directory
+        else:
+            tags = sorted(p for p in directory.glob("step-*") if p.is_dir())
+            if not tags:
+                raise CheckpointError(f"no DeepSpeed checkpoint (step-*/) in {directory}")
+            tag_dir = tags[-1]
+        load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                                        load_optimizer_states=phase == "train",
+                                                        load_lr_scheduler_states=phase == "train",
+                                                        load_module_strict=True)
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
+        if phase == "train" and client:
+            self.step = int(client.get("splitlink_step", self.step))
+            if "rng_torch" in client:
+                torch.set_rng_state(client["rng_torch"])
+            if self.embedding_dp is not None and "embedding_dp" in client:
+                self.embedding_dp.load_state_dict(client["embedding_dp"])
+        self._pending = None
+        return tag_dir

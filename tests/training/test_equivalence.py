@@ -1,0 +1,142 @@
+"""Split training equals unsplit training: same seed, same optimizer, FLModels passing tensors in-process."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_MIDDLE, MLP_TOP, gpt_batch,
+                        gpt_parts, mlp_batch, mlp_parts)
+
+from splitlink import FLModel, FLYamlData
+
+STEPS = 12
+
+
+def yaml(text: str, name: str, **subs: object) -> FLYamlData:
+    for k, v in subs.items():
+        text = text.replace(k, str(v))
+    return FLYamlData(f"<{name}>", text=text)
+
+
+def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float, what: str) -> None:
+    scale = max(float(b.abs().max()), 1e-12)
+    err = float((a - b).abs().max()) / scale
+    assert err <= rel, f"{what}: max relative difference {err:.3g} > {rel:g}"
+
+
+def central_mlp(parts, three: bool, steps: int):
+    bottom, middle, top = (copy.deepcopy(p) for p in parts)
+    mods = [bottom, middle, top] if three else [bottom, top]
+    opt = torch.optim.Adam([p for m in mods for p in m.parameters()], lr=1e-3)
+    losses = []
+    for s in range(steps):
+        b = mlp_batch(s)
+        h = bottom(b["x"])
+        if three:
+            h = middle(h)
+        loss = top(h, b["y"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, mods
+
+
+@pytest.mark.parametrize("three", [False, True], ids=["2-way", "3-way"])
+@pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
+def test_mlp_split_equals_central(three: bool, loss_scale: float) -> None:
+    parts = mlp_parts(seed=3)
+    ref_losses, ref_mods = central_mlp(parts, three, STEPS)
+
+    bottom, middle, top = (copy.deepcopy(p) for p in parts)
+    fb = FLModel(yaml(MLP_BOTTOM, "bottom", LS=loss_scale), bottom)
+    fm = FLModel(yaml(MLP_MIDDLE, "middle", LS=loss_scale), middle) if three else None
+    ft = FLModel(yaml(MLP_TOP, "top", LS=loss_scale, HIN="h2" if three else "h"), top)
+    losses = []
+    for s in range(STEPS):
+        b = mlp_batch(s)
+        h = fb.forward_one_step({"x": b["x"]})              # follower -> leader ("sent")
+        if fm is not None:
+            h = {"h2": fm.forward_one_step(None, h)["h2"]}
+        out = ft.forward_one_step({"y": b["y"]}, h)
+        losses.append(out["loss"].item())
+        scale = ft.backward_one_step({"y": b["y"]}, h)      # {"loss": {h: grad}}
+        assert list(scale) == ["loss"]
+        if fm is not None:
+            mid_scale = fm.backward_one_step(sens={"loss": {"h2": scale["loss"]["h2"]}})
+            scale = {"loss": {"h": mid_scale["h2"]["h"]}}
+        assert fb.backward_one_step({"x": b["x"]}, sens=scale) == {}
+    for a, r in zip(losses, ref_losses):
+        assert abs(a - r) <= 1e-6 * abs(r), (losses, ref_losses)
+    got = [bottom, middle, top] if three else [bottom, top]
+    for m, r in zip(got, ref_mods):
+        for (n, p), (_, q) in zip(m.named_parameters(), r.named_parameters()):
+            assert_close_rel(p.detach(), q.detach(), 1e-6, n)
+    assert fb.step == STEPS and ft.step == STEPS
+
+
+def run_split_gpt(parts, steps: int, backbone_ds: dict | None = None):
+    emb, bb, head = parts
+    fe = FLModel(yaml(GPT_EMBEDDING, "embedding"), emb)
+    fb = FLModel(yaml(GPT_BACKBONE, "backbone"), bb, deepspeed_config=backbone_ds)
+    fh = FLModel(yaml(GPT_HEAD, "head"), head)
+    losses = []
+    for s in range(steps):
+        batch = gpt_batch(s)
+        e = fe.forward_one_step(batch)                                  # party A
+        hidden = fb.forward_one_step(None, {"embedding_table": e["embedding_table"]})  # party B
+        out = fh.forward_one_step({"input_ids": batch["input_ids"], "word_table": e["word_table"]}, hidden)
+        losses.append(out["output"].item())
+        head_scale = fh.backward_one_step()                             # {"output": {...}}
+        bb_scale = fb.backward_one_step(sens=head_scale)                # uses sens["output"]["hidden_states"]
+        assert set(bb_scale) == {"hidden_states"}
+        assert head_scale["output"]["input_ids"].abs().sum() == 0       # integer input: zero gradient
+        fe.backward_one_step(sens={**bb_scale, **head_scale})
+    return losses, fe, fb, fh
+
+
+def central_gpt(parts, steps: int):
+    emb, bb, head = (copy.deepcopy(p) for p in parts)
+    params = [p for m in (emb, bb, head) for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, eps=1e-8, weight_decay=0.01)
+    losses = []
+    for s in range(steps):
+        batch = gpt_batch(s)
+        x, table = emb(batch["input_ids"], batch["position_id"])
+        loss = head(bb(x), table, batch["input_ids"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, (emb, bb, head)
+
+
+def compare_gpt(losses, ref_losses, mods, ref_mods, rel: float) -> None:
+    for a, r in zip(losses, ref_losses):
+        assert abs(a - r) <= rel * abs(r), (losses, ref_losses)
+    for m, r in zip(mods, ref_mods):
+        for (n, p), (_, q) in zip(m.named_parameters(), r.named_parameters()):
+            assert_close_rel(p.detach(), q.detach(), rel, n)
+
+
+def test_tiny_gpt_three_way_tied_embedding_equals_central() -> None:
+    parts = gpt_parts(seed=5)
+    ref_losses, ref_mods = central_gpt(parts, STEPS)
+    mine = tuple(copy.deepcopy(p) for p in parts)
+    losses, *_ = run_split_gpt(mine, STEPS)
+    assert ref_losses[-1] < ref_losses[0]
+    compare_gpt(losses, ref_losses, mine, ref_mods, 1e-6)
+
+
+@pytest.mark.slow
+def test_tiny_gpt_backbone_under_deepspeed_zero2_equals_central() -> None:
+    pytest.importorskip("deepspeed", reason="DeepSpeed is the deepspeed extra (pip install splitlink[deepspeed])")
+    parts = gpt_parts(seed=5)
+    ref_losses, ref_mods = central_gpt(parts, STEPS)
+    mine = tuple(copy.deepcopy(p) for p in parts)
+    ds = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4}
+    losses, fe, fb, fh = run_split_gpt(mine, STEPS, backbone_ds=ds)
+    assert fb.engine is not None and fb.engine.zero_optimization_stage() == 2
+    compare_gpt(losses, ref_losses, (mine[0], fb.engine.module, mine[2]), ref_mods, 1e-5)
