@@ -267,9 +267,16 @@ def _pydantic_problems(err: ValidationError, lines: _Lines) -> list[Problem]:
         if kind == "extra_forbidden":
             msg = f"unknown key; {_describe_allowed(loc[:-1])}"
         elif kind == "missing":
-            model = _model_at(loc[:-1])
-            field = model.model_fields.get(str(loc[-1])) if model else None
-            msg = "missing" + (f" (required: {field.description})" if field is not None and field.description else "")
+            sub = _model_at(loc)
+            if sub is not None:
+                req = [n for n, f in sub.model_fields.items() if f.is_required()]
+                opt = [n for n, f in sub.model_fields.items() if not f.is_required()]
+                msg = f"missing; required: a mapping with {', '.join(req)}" + (f" (optional: {', '.join(opt)})" if opt else "")
+            else:
+                msg = "missing (required)"
+        elif loc and loc[-1] == "sens":
+            msg = (f"wrong type ({type(e['input']).__name__} {e['input']!r}); expected a number (a constant sens) or "
+                   "a string (the name of a sens tensor a peer sends)")
         elif kind == "literal_error":
             msg = f"{e['input']!r} is not allowed; {e['msg'].replace('Input should be', 'allowed:')}"
         elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
