@@ -385,7 +385,8 @@ class FLModel:
             i = self._in_names.index(self._label_name)
             inputs[i] = self.label_dp(inputs[i], batch[self._id_key])
         module = self.engine if self.engine is not None else self.train_network
-        module.train()
+        if not module.training:  # train() walks every submodule: not on each step
+            module.train()
         outs = self._outputs(module(*inputs), self._out_names, "train_net")
         if self.embedding_dp is not None:
             outs = [self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
@@ -498,17 +499,28 @@ class FLModel:
             wrt: list[torch.Tensor] = list({id(x): x for c in consumers for x in self._wrt(c, inputs)}.values())
             if not live or not wrt:
                 continue
-            res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
-                                      retain_graph=gi < len(groups) - 1, allow_unused=True)
-            by_id = {id(x): g for x, g in zip(wrt, res)}
+            if len(groups) == 1:
+                # One pass: let the engine accumulate into .grad as loss.backward() does (it hands its
+                # buffers over instead of capturing copies), then read them.
+                for x in wrt:
+                    x.grad = None
+                torch.autograd.backward([outs[t[0]] for t in live], [grads_out[t] for t in live], inputs=wrt)
+                by_id = {id(x): x.grad for x in wrt}
+            else:
+                res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
+                                          retain_graph=gi < len(groups) - 1, allow_unused=True)
+                by_id = {id(x): g for x, g in zip(wrt, res)}
             for c in consumers:
                 if c.kind == "opt":
                     for p in self._opt_params[c.index]:
                         g = by_id.get(id(p))
-                        p.grad = None if g is None else (g if c.loss_scale == 1.0 else g / c.loss_scale)
+                        if g is not None and c.loss_scale != 1.0:
+                            g = g.div_(c.loss_scale) if g is p.grad else g / c.loss_scale
+                        p.grad = g
                 else:
                     for x in self._wrt(c, inputs):
                         input_grads[id(x)] = by_id.get(id(x))
+                        x.grad = None
         for opt in self.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)

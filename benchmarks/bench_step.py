@@ -1,0 +1,164 @@
+"""Step time of a split model driven by FLModels in one process vs the same model unsplit.
+
+Two models, each trained for the same steps from the same seed:
+
+* MLP: bottom (follower) -> top (leader, loss), batch 256, 512 -> 1024 -> 1024 -> 10 classes, Adam.
+* GPT: Embedding (party A) / Transformer backbone (party B) / Head with the word embedding tied
+  (party A), d=256, 4 layers, 8 heads, seq 128, batch 8, AdamW.
+
+"split" runs each part as an FLModel (forward_one_step, backward_one_step with the grad scales passed
+in-process: no serialization, so this isolates FLModel's own overhead); "central" is plain PyTorch
+(forward, loss.backward(), optimizer.step()) on the unsplit model. Split and central steps alternate so
+machine noise hits both alike; medians of --steps steps after warm-up. The overhead ratio is
+split / central (target <= 1.05). Also printed: the fixed per-step cost on a tiny model (the tests'
+sizes), where Python overhead dominates. ``--json`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
+from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_TOP,  # noqa: E402
+                        gpt_batch, gpt_parts, mlp_batch, mlp_parts)
+
+from splitlink import FLModel, FLYamlData  # noqa: E402
+
+
+def Y(text: str, **subs: Any) -> FLYamlData:
+    for k, v in subs.items():
+        text = text.replace(k, str(v))
+    return FLYamlData("<bench>", text=text)
+
+
+def mlp_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    dims = dict(d_in=512, d_hidden=1024, n_classes=10) if size == "big" else dict(d_in=32, d_hidden=64, n_classes=5)
+    batch = 256 if size == "big" else 16
+    bottom, _, top = mlp_parts(0, **dims)
+    cb, ct = copy.deepcopy(bottom), copy.deepcopy(top)
+    fb = FLModel(Y(MLP_BOTTOM, LS=1.0), bottom)
+    ft = FLModel(Y(MLP_TOP, LS=1.0, HIN="h"), top)
+    opt = torch.optim.Adam([*cb.parameters(), *ct.parameters()], lr=1e-3)
+    batches = [mlp_batch(s, batch=batch, d_in=dims["d_in"], n_classes=dims["n_classes"]) for s in range(4)]
+
+    def split(s: int) -> float:
+        b = batches[s % 4]
+        h = fb.forward_one_step({"x": b["x"]})
+        loss = ft.forward_one_step({"y": b["y"]}, h)["loss"]
+        fb.backward_one_step({"x": b["x"]}, sens=ft.backward_one_step({"y": b["y"]}, h))
+        return loss.item()
+
+    def central(s: int) -> float:
+        b = batches[s % 4]
+        loss = ct(cb(b["x"]), b["y"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return split, central
+
+
+def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    cfg = dict(vocab=4096, d=256, seq=128, n_layer=4, n_head=8) if size == "big" else dict(vocab=97, d=32, seq=16, n_layer=2, n_head=4)
+    batch = 8 if size == "big" else 4
+    emb, bb, head = gpt_parts(0, **cfg)
+    ce, cbb, ch = (copy.deepcopy(m) for m in (emb, bb, head))
+    fe = FLModel(Y(GPT_EMBEDDING), emb)
+    fbb = FLModel(Y(GPT_BACKBONE), bb)
+    fh = FLModel(Y(GPT_HEAD), head)
+    opt = torch.optim.AdamW([p for m in (ce, cbb, ch) for p in m.parameters()], lr=1e-3, eps=1e-8, weight_decay=0.01)
+    batches = [gpt_batch(s, batch=batch, vocab=cfg["vocab"], seq=cfg["seq"]) for s in range(4)]
+
+    def split(s: int) -> float:
+        b = batches[s % 4]
+        e = fe.forward_one_step(b)
+        hidden = fbb.forward_one_step(None, {"embedding_table": e["embedding_table"]})
+        loss = fh.forward_one_step({"input_ids": b["input_ids"], "word_table": e["word_table"]}, hidden)["output"]
+        hs = fh.backward_one_step()
+        fe.backward_one_step(sens={**fbb.backward_one_step(sens=hs), **hs})
+        return loss.item()
+
+    def central(s: int) -> float:
+        b = batches[s % 4]
+        x, table = ce(b["input_ids"], b["position_id"])
+        loss = ch(cbb(x), table, b["input_ids"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return split, central
+
+
+def measure(pair: tuple[Callable[[int], float], Callable[[int], float]], steps: int) -> dict[str, float]:
+    split, central = pair
+    for s in range(3):
+        split(s)
+        central(s)
+    ts, tc = [], []
+    for s in range(steps):
+        for fn, out in ((split, ts), (central, tc)) if s % 2 == 0 else ((central, tc), (split, ts)):
+            t0 = time.perf_counter()
+            fn(s)
+            out.append(time.perf_counter() - t0)
+    ms, mc = statistics.median(ts) * 1e3, statistics.median(tc) * 1e3
+    return {"split_ms": ms, "central_ms": mc, "ratio": ms / mc, "overhead_us": (ms - mc) * 1e3}
+
+
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def run_all(steps: int) -> dict[str, dict[str, float]]:
+    rows = {}
+    for name, make in (("mlp", mlp_pair), ("gpt", gpt_pair)):
+        for size in ("big", "tiny"):
+            rows[f"{name}-{size}"] = measure(make(size), steps if size == "big" else steps * 4)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_all(args.steps)))
+        return
+    # glibc returns freed blocks above its mmap threshold to the kernel, so the optimizer's large
+    # temporaries are page-faulted in again on every step; splitting a model into per-party optimizers
+    # makes that worse. Each configuration runs in its own process: glibc defaults, and glibc told to
+    # keep freed memory (what a long CPU training run should set, or use jemalloc/tcmalloc).
+    results = {}
+    for label, extra in (("glibc defaults", {}), ("glibc keeps freed memory", TUNED_MALLOC)):
+        env = {**os.environ, **extra}
+        out = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps)], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        results[label] = json.loads(out.strip().splitlines()[-1])
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "tuned_env": TUNED_MALLOC, "results": results}, indent=1))
+        return
+    print(f"torch threads: {torch.get_num_threads()}; medians of {args.steps} (big) / {args.steps * 4} (tiny) "
+          "steps, split and central alternating")
+    for label, rows in results.items():
+        print(f"\n[{label}]" + ("" if label == "glibc defaults" else
+                                " " + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())))
+        print(f"{'model':<10} {'split ms':>10} {'central ms':>11} {'split/central':>14} {'overhead us':>12}")
+        for k, r in rows.items():
+            print(f"{k:<10} {r['split_ms']:>10.3f} {r['central_ms']:>11.3f} {r['ratio']:>13.3f}x {r['overhead_us']:>12.0f}")
+    print("\ntarget: split/central <= 1.05 on the big models")
+
+
+if __name__ == "__main__":
+    main()
