@@ -12,9 +12,10 @@ CMAKE_GEN := -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
 
 .PHONY: demo test install native bench bench-cpp sysdeps sysdeps-dev clean
 
-# The main job: for now the wire benchmark table (split training replaces it in the examples issue).
+# The main job: Wide&Deep split between two processes over mutual TLS (certificates, synthetic
+# Criteo data, training, AUC, loss plot), all under ./splitlink-demo.
 demo: install
-	$(PY) benchmarks/bench_wire.py
+	$(PY) -m splitlink demo
 
 # Every test: Python suites, C++ suites (plain and ASan+UBSan) and the libFuzzer run.
 test: install native

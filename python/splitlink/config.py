@@ -168,7 +168,7 @@ def _path_str(loc: Loc) -> str:
     return out
 
 
-class _Lines:
+class YamlLines:
     """Line numbers of every key path in a YAML document, and the problems the parser alone sees."""
 
     def __init__(self, node: yaml.Node | None) -> None:
@@ -214,8 +214,8 @@ def _field_model(annotation: Any) -> Any:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    model: Any = RootSpec
+def _model_at(loc: Loc, root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    model: Any = root or RootSpec
     for part in loc:
         if isinstance(part, int):
             continue
@@ -225,15 +225,15 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     return model
 
 
-def _describe_allowed(loc: Loc) -> str:
-    model = _model_at(loc)
+def _describe_allowed(loc: Loc, root: type[BaseModel] | None = None) -> str:
+    model = _model_at(loc, root)
     if model is None:
         return ""
     return "allowed keys: " + ", ".join(model.model_fields)
 
 
-def _range_text(loc: Loc, fallback: str) -> str:
-    model = _model_at(loc[:-1])
+def _range_text(loc: Loc, fallback: str, root: type[BaseModel] | None = None) -> str:
+    model = _model_at(loc[:-1], root)
     field = model.model_fields.get(str(loc[-1])) if model else None
     if field is None:
         return fallback.replace("Input should be ", "a number ")
@@ -257,7 +257,8 @@ def _range_text(loc: Loc, fallback: str) -> str:
     return f"{kind} {'<' if hi_open else '<='} {hi}"
 
 
-def _pydantic_problems(err: ValidationError, lines: _Lines) -> list[Problem]:
+def pydantic_problems(err: ValidationError, lines: YamlLines, root: type[BaseModel] | None = None) -> list[Problem]:
+    """Problems (line, key path, what is allowed) from a pydantic error on a YAML document."""
     problems: list[Problem] = []
     seen: set[tuple[Loc, str]] = set()
     for e in err.errors(include_url=False):
@@ -265,9 +266,9 @@ def _pydantic_problems(err: ValidationError, lines: _Lines) -> list[Problem]:
         # Unions report each branch; keep one message per location.
         kind = e["type"]
         if kind == "extra_forbidden":
-            msg = f"unknown key; {_describe_allowed(loc[:-1])}"
+            msg = f"unknown key; {_describe_allowed(loc[:-1], root)}"
         elif kind == "missing":
-            sub = _model_at(loc)
+            sub = _model_at(loc, root)
             if sub is not None:
                 req = [n for n, f in sub.model_fields.items() if f.is_required()]
                 opt = [n for n, f in sub.model_fields.items() if not f.is_required()]
@@ -280,7 +281,7 @@ def _pydantic_problems(err: ValidationError, lines: _Lines) -> list[Problem]:
         elif kind == "literal_error":
             msg = f"{e['input']!r} is not allowed; {e['msg'].replace('Input should be', 'allowed:')}"
         elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-            msg = f"{e['input']!r} is out of range; allowed: {_range_text(loc, e['msg'])}"
+            msg = f"{e['input']!r} is out of range; allowed: {_range_text(loc, e['msg'], root)}"
         elif kind.endswith("_type") or kind.endswith("_parsing") or kind == "model_type":
             msg = f"wrong type ({type(e['input']).__name__} {e['input']!r}); {e['msg'].replace('Input should be', 'expected')}"
         elif kind == "too_short":
@@ -316,7 +317,7 @@ HYPER_ALIASES = {"learning_rate": "lr"}
 BETA_KEYS = ("beta1", "beta2")
 
 
-def _cross_problems(raw: Mapping[str, Any], lines: _Lines, base_dir: Path) -> list[Problem]:
+def _cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> list[Problem]:
     """Checks that need more than one key: names that must exist, duplicates, optimizer arguments."""
     out: list[Problem] = []
 
@@ -488,7 +489,7 @@ class FLYamlData:
             line = mark.line + 1 if mark is not None else None
             msg = f"not valid YAML: {getattr(e, 'problem', None) or e}"
             raise YamlConfigError(source, [Problem(line, "", msg)]) from None
-        lines = _Lines(node)
+        lines = YamlLines(node)
         problems = list(lines.problems)
         if not isinstance(raw, Mapping):
             problems.append(Problem(lines.line(()), "", f"the document must be a mapping with keys {', '.join(RootSpec.model_fields)}; got {type(raw).__name__}"))
@@ -497,7 +498,7 @@ class FLYamlData:
         try:
             spec = RootSpec.model_validate(raw)
         except ValidationError as e:
-            problems.extend(_pydantic_problems(e, lines))
+            problems.extend(pydantic_problems(e, lines))
         problems.extend(_cross_problems(raw, lines, base))
         if problems:
             raise YamlConfigError(source, problems)

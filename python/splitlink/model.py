@@ -284,13 +284,19 @@ class FLModel:
         for j, spec in enumerate(specs):
             if spec.params:
                 chosen = []
+                unmatched = []
                 for sel in spec.params:
                     hits = [(n, p) for n, p in named if sel.name in n]
                     if not hits:
-                        sample = ", ".join(n for n, _ in named[:12]) + (", ..." if len(named) > 12 else "")
-                        raise ValueError(f"{y.source}: opts[{j}].params selector {sel.name!r} matches no trainable "
-                                         f"parameter of {type(self.network).__name__} (parameters: {sample})")
+                        unmatched.append(sel.name)
                     chosen.extend(hits)
+                sample = ", ".join(n for n, _ in named[:12]) + (", ..." if len(named) > 12 else "")
+                if not chosen:
+                    raise ValueError(f"{y.source}: opts[{j}].params selectors {', '.join(map(repr, unmatched))} match "
+                                     f"no trainable parameter of {type(self.network).__name__} (parameters: {sample})")
+                if unmatched:
+                    log.warning("%s: opts[%d].params selector(s) %s match no parameter of %s (parameters: %s)",
+                                y.source, j, ", ".join(map(repr, unmatched)), type(self.network).__name__, sample)
             else:
                 chosen = list(named)
             params: list[torch.nn.Parameter] = []

@@ -1,0 +1,202 @@
+"""``splitlink demo``: Wide&Deep split learning between two processes over mutual TLS, on this machine.
+
+1. development certificates for ``leader`` and ``follower`` (``splitlink certs``);
+2. a synthetic Criteo file with a planted signal that needs BOTH parties' columns, preprocessed and
+   split into the leader's file (its 20 fields and the labels) and the follower's (its 19 fields);
+3. the two parties as two processes (``splitlink train leader|follower``) over gRPC with mutual TLS on
+   127.0.0.1, the follower's embeddings and the gradients sent back min-max compressed to 6 bits;
+4. loss and held-out AUC per epoch, and a loss plot (PNG).
+
+The AUC to compare with: the planted signal allows at most ``oracle AUC`` (the true probabilities);
+the leader's columns alone carry about ``leader-only AUC``. A split model above the latter is learning
+from the follower's features it never sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from splitlink.certs import make_dev_certs
+from splitlink.examples import criteo
+
+__all__ = ["run_demo", "plot_metrics"]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def prepare_data(workdir: Path, rows: int, seed: int, vocab_size: int) -> dict[str, Any]:
+    tsv = workdir / "criteo_synthetic.tsv"
+    info = criteo.write_synthetic(tsv, rows, seed=seed)
+    pre = criteo.preprocess(tsv, workdir / "preprocessed", vocab_size=vocab_size)
+    for role in ("leader", "follower"):
+        criteo.load_party(pre, role).save(workdir / f"{role}.npz")
+    shutil.rmtree(pre)
+    (workdir / "signal.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def write_run_files(workdir: Path, *, epochs: int, batch_size: int, vocab_size: int, compress: bool = True,
+                    ckpt_every: int = 0, enable_ssl: bool = True, max_steps: int | None = None,
+                    progress: bool = True, log_every: int = 50, seed: int = 0,
+                    model: dict[str, Any] | None = None) -> dict[str, Path]:
+    ports = _free_ports(2)
+    out = {}
+    for i, role in enumerate(("leader", "follower")):
+        peer_port = ports[1 - i]
+        cfg: dict[str, Any] = {
+            "scenario": "criteo_wide_deep", "party": role,
+            "address": f"127.0.0.1:{ports[i]}", "peer_address": f"127.0.0.1:{peer_port}",
+            "enable_ssl": enable_ssl,
+            "data": f"{role}.npz", "threads": 1,
+            "model": model or {"vocab_size": vocab_size, "emb_dim": 16, "deep_layers": [128, 64]},
+            "train": {"epochs": epochs, "batch_size": batch_size, "log_every": log_every, "compress": compress,
+                      "ckpt_every": ckpt_every, "ckpt_dir": f"checkpoints/{role}", "seed": seed,
+                      "progress": progress and role == "leader"},
+            "log_file": f"{role}.log",
+        }
+        if enable_ssl:
+            cfg["ssl"] = {"server_cert_path": f"certs/{role}.server.p12", "client_cert_path": f"certs/{role}.client.p12",
+                          "ca_cert_path": "certs/ca.crt", "server_password": "splitlink", "client_password": "splitlink"}
+        if max_steps is not None:
+            cfg["train"]["max_steps"] = max_steps
+        if role == "leader":
+            cfg["train"]["metrics_path"] = "metrics.jsonl"
+        path = workdir / f"{role}_run.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        out[role] = path
+    return out
+
+
+def launch(run_files: dict[str, Path], *, quiet_leader: bool = False, timeout: float = 3600) -> None:
+    """Starts both parties as processes and waits; raises with the logs' tails if one fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = {}
+    for role in ("follower", "leader"):
+        cmd = [sys.executable, "-m", "splitlink", "train", role, "--config", str(run_files[role])]
+        quiet = role == "follower" or quiet_leader
+        err = open(run_files[role].parent / f"{role}.stderr", "wb") if quiet else None
+        procs[role] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if quiet else None, stderr=err)
+        if err is not None:
+            err.close()  # the child holds its own descriptor
+    deadline = time.monotonic() + timeout
+    failed = None
+    while procs:
+        for role, p in list(procs.items()):
+            rc = p.poll()
+            if rc is None:
+                continue
+            del procs[role]
+            if rc != 0:
+                failed = (role, rc)
+        if failed:
+            break
+        if time.monotonic() > deadline:
+            failed = ("timeout", -1)
+            break
+        time.sleep(0.2)
+    for p in procs.values():
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    if failed:
+        role, rc = failed
+        tails = []
+        for r, f in run_files.items():
+            log = f.parent / f"{r}.stderr"
+            if not log.exists() or not log.read_text().strip():
+                log = f.parent / f"{r}.log"
+            if log.exists():
+                tails.append(f"--- {log} (last lines) ---\n" + "\n".join(log.read_text().splitlines()[-15:]))
+        raise RuntimeError(f"party {role} failed (exit code {rc})\n" + "\n".join(tails))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str, refs: dict[str, float] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["wide_loss"] for r in train], label="training loss (BCE)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in evals], [r["auc"] for r in evals], "o-", color="tab:orange", label="held-out AUC")
+    for (label, value), style in zip((refs or {}).items(), (":", "--")):
+        ax2.axhline(value, linestyle=style, color="tab:gray", label=label)
+    ax2.set_ylabel("AUC")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def run_demo(workdir: str | os.PathLike[str] = "splitlink-demo", *, rows: int = 60_000, epochs: int = 3,
+             batch_size: int = 500, vocab_size: int = 50_000, seed: int = 1) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    wd = Path(workdir).resolve()
+    if wd.exists():
+        for stale in ("metrics.jsonl", "leader.log", "follower.log", "checkpoints"):
+            target = wd / stale
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    wd.mkdir(parents=True, exist_ok=True)
+    print(f"splitlink demo: Wide&Deep split between two processes over mutual TLS; files in {wd}")
+    make_dev_certs(wd / "certs", ["leader", "follower"])
+    print("  [1/4] development certificates: certs/ (CA, leader and follower server/client .p12)")
+    info = prepare_data(wd, rows, seed, vocab_size)
+    print(f"  [2/4] synthetic Criteo data: {rows} rows -> leader.npz (20 fields + labels), follower.npz (19 fields); "
+          f"the signal allows AUC {info['oracle_auc']:.3f} (leader's columns alone: ~{info['leader_only_auc']:.3f})")
+    runs = write_run_files(wd, epochs=epochs, batch_size=batch_size, vocab_size=vocab_size, log_every=20)
+    print("  [3/4] training: leader and follower processes on 127.0.0.1, mTLS, follower embeddings and "
+          "gradients min-max 6-bit; logs in leader.log / follower.log")
+    launch(runs)
+    rows_ = read_metrics(wd / "metrics.jsonl")
+    evals = [r for r in rows_ if r["kind"] == "eval"]
+    png = plot_metrics(rows_, wd / "loss.png", "splitlink demo: Wide&Deep split, leader + follower over mTLS",
+                       {"AUC the planted signal allows": info["oracle_auc"],
+                        "leader's columns alone (approx.)": info["leader_only_auc"]})
+    wall = time.perf_counter() - t0
+    print("  [4/4] results:")
+    for r in evals:
+        print(f"        epoch {r['epoch']}: held-out AUC {r['auc']:.4f}")
+    final = evals[-1]["auc"] if evals else float("nan")
+    print(f"        final AUC {final:.4f}; the leader's columns alone allow ~{info['leader_only_auc']:.3f}, "
+          f"the planted signal at most {info['oracle_auc']:.3f}")
+    print(f"        loss plot: {png}")
+    print(f"        wall time: {wall:.0f} s")
+    return {"auc": final, "wall_s": wall, "plot": str(png), **info}
