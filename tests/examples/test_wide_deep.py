@@ -113,3 +113,33 @@ def test_cli_help_for_every_subcommand() -> None:
     bad = subprocess.run([sys.executable, "-m", "splitlink", "train", "leader", "--config", "/nonexistent.yaml"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.mark.slow
+def test_seed_style_launch_scripts_over_mtls(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2] / "examples" / "splitnn_criteo"
+    env = {**__import__("os").environ, "PYTHON": sys.executable}
+    subprocess.run([sys.executable, str(root / "preprocess.py"), "--synthetic", "3000", "--out", str(tmp_path / "data"),
+                    "--vocab-size", "5000"], check=True, capture_output=True)
+    demo_mod.make_dev_certs(tmp_path / "certs", ["leader", "follower"])
+    p1, p2 = demo_mod._free_ports(2)
+    common = ["--epochs", "1", "--batch-size", "500", "--vocab-size", "5000", "--emb-dim", "8", "--deep-layers", "16",
+              "--log-every", "1", "--threads", "1", "--ckpt-dir", str(tmp_path / "ck")]
+    procs = {}
+    for role, me, peer in (("follower", p2, p1), ("leader", p1, p2)):
+        c = tmp_path / "certs"
+        args = ["bash", str(root / f"run_vfl_train_{role}.sh"), f"127.0.0.1:{me}", f"127.0.0.1:{peer}",
+                str(tmp_path / "data"), "True", "splitlink", "splitlink", str(c / f"{role}.server.p12"),
+                str(c / f"{role}.client.p12"), str(c / "ca.crt"), *common]
+        if role == "leader":
+            args += ["--metrics", str(tmp_path / "m.jsonl")]
+        procs[role] = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outs = {r: p.communicate(timeout=300)[0] for r, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), outs
+    rows = demo_mod.read_metrics(tmp_path / "m.jsonl")
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 7))  # 2700 train rows / 500
+    assert "epoch 0 step 6/6 wide_loss:" in outs["leader"]
+    assert "connected with certificate names" in outs["leader"]
+    help_ = subprocess.run(["bash", str(root / "run_vfl_train_leader.sh"), "--help"], env=env, capture_output=True,
+                           text=True)
+    assert help_.returncode == 0 and "local_address" in help_.stdout
