@@ -145,6 +145,26 @@ def _quiet_deepspeed() -> Any:
         yield
 
 
+# The environment of a one-process group splitlink made up (no launcher): set only while DeepSpeed
+# reads it, so child processes (the other party, a launcher) never inherit a rank and port as if they
+# had been launched into this group.
+_OWN_GROUP_ENV: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def own_group_env() -> Any:
+    saved = {k: os.environ.get(k) for k in _OWN_GROUP_ENV}
+    os.environ.update(_OWN_GROUP_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def init_deepspeed_runtime() -> Any:
     """Imports DeepSpeed for this machine (CPU or CUDA) and joins or creates its process group.
 
@@ -160,10 +180,10 @@ def init_deepspeed_runtime() -> Any:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
         if "RANK" not in os.environ:
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                              LOCAL_RANK="0")
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                   verbose=False)
+            _OWN_GROUP_ENV.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                                  LOCAL_RANK="0")
+        with own_group_env():
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     return deepspeed
 
 
@@ -328,7 +348,7 @@ class FLModel:
         for p in self.train_network.parameters():
             if id(p) not in selected:
                 p.requires_grad_(False)  # not the optimizer's: DeepSpeed must not own or update it
-        with _quiet_deepspeed():
+        with _quiet_deepspeed(), own_group_env():
             engine, optimizer, _, _ = deepspeed.initialize(model=self.train_network, optimizer=self.optimizers[0],
                                                            config=cfg)
         self.engine = engine
@@ -663,14 +683,34 @@ class FLModel:
                 found.append((int(p.stem.split("-", 1)[1]), p))
         return [p for _, p in sorted(found)]
 
-    def load_ckpt(self, path: str | os.PathLike[str] | None = None, phase: str = "train") -> Path:
+    def checkpoint_steps(self, path: str | os.PathLike[str] | None = None) -> list[int]:
+        """Steps of the complete checkpoints in ``path`` (default ``<ckpt_path>/<train_net name>``), ascending."""
+        d = self._ckpt_dir(path)
+        if not d.is_dir():
+            return []
+        if self.engine is not None:
+            cands = [p.name for p in d.glob("step-*") if p.is_dir()]
+        else:
+            cands = [p.stem for p in d.glob("step-*.pt") if p.is_file()]
+        steps = []
+        for name in cands:
+            with contextlib.suppress(ValueError):
+                steps.append(int(name.split("-", 1)[1]))
+        return sorted(steps)
+
+    def load_ckpt(self, path: str | os.PathLike[str] | None = None, phase: str = "train", *,
+                  step: int | None = None) -> Path:
         """Loads a checkpoint; ``phase="train"`` restores everything to resume, ``"eval"`` the eval network.
 
         ``path``: a checkpoint file, or a directory whose newest ``step-*.pt`` is taken (default
-        ``<ckpt_path>/<train_net name>``).
+        ``<ckpt_path>/<train_net name>``); ``step`` picks that step's checkpoint in the directory.
         """
         if phase not in ("train", "eval"):
             raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
+        if step is not None:
+            path = self._ckpt_dir(path) / (f"step-{step:010d}" if self.engine is not None else f"step-{step:010d}.pt")
+            if not path.exists():
+                raise CheckpointError(f"no checkpoint of step {step} ({path})")
         if self.engine is not None:
             return self._load_deepspeed(self._ckpt_dir(path), phase)
         p = Path(path) if path is not None else self._ckpt_dir(None)

@@ -98,11 +98,11 @@ def test_misaligned_rows_are_refused(workdir: Path) -> None:
 
 def test_run_file_errors_are_reported_at_once(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("scenario: criteo\nparty: boss\naddress: 1\npeer_address: x\ndata: d\n"
-                                     "train: {epochs: 0, lr: 1}\n")
+                                     "train: {epochs: 0, learning_rat: 1}\n")
     with pytest.raises(YamlConfigError) as info:
         load_run_config(tmp_path / "r.yaml")
     text = str(info.value)
-    for fragment in ("line 1: scenario", "line 2: party", "line 6: train.epochs", "line 6: train.lr: unknown key"):
+    for fragment in ("line 1: scenario", "line 2: party", "line 6: train.epochs", "line 6: train.learning_rat: unknown key"):
         assert fragment in text, text
 
 

@@ -44,7 +44,7 @@ def test_leader_top_fields() -> None:
 
 def test_string_sens_stays_a_string() -> None:
     d = FLYamlData(ROOT / "examples/splitnn_pangu_alpha/yaml_files/embedding.yaml")
-    assert [g.sens for g in d.opts[0].grads] == ["hidden_states", "word_table"]
+    assert [g.sens for g in d.opts[0].grads] == ["hidden_states", "output"]
 
 
 def test_corpus_is_complete() -> None:
@@ -87,7 +87,7 @@ def test_mapping_and_text_sources(tmp_path: Path) -> None:
 
 
 def test_deepspeed_section_inline_and_file(tmp_path: Path) -> None:
-    text = (ROOT / "examples/splitnn_pangu_alpha/yaml_files/backbone.yaml").read_text()
+    text = (ROOT / "examples/splitnn_pangu_alpha/yaml_files/embedding.yaml").read_text()
     (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
     (tmp_path / "a.yaml").write_text(text + "deepspeed: ds.json\n")
     assert FLYamlData(tmp_path / "a.yaml").deepspeed_config() == {"zero_optimization": {"stage": 2}}

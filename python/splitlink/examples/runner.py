@@ -65,6 +65,15 @@ class WideDeepSection(_Strict):
     init_std: float = Field(default=0.01, gt=0)
 
 
+class PanguSection(_Strict):
+    config: Literal["tiny", "350M", "2.6B"] = "tiny"
+    vocab_size: int | None = Field(default=None, ge=2)
+    hidden_size: int | None = Field(default=None, ge=1)
+    num_layers: int | None = Field(default=None, ge=1)
+    num_heads: int | None = Field(default=None, ge=1)
+    seq_length: int | None = Field(default=None, ge=2)
+
+
 class TrainSection(_Strict):
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
@@ -74,30 +83,34 @@ class TrainSection(_Strict):
     ckpt_every: int = Field(default=0, ge=0)
     ckpt_dir: str | None = None
     resume: bool = False
-    compress: bool = True
+    compress: bool | None = None    # default per scenario: Wide&Deep on (the YAML's codecs), Pangu off
     label_dp: bool = False
     embedding_dp: bool = False
     max_steps: int | None = Field(default=None, ge=1)
     metrics_path: str | None = None
     progress: bool = True
+    deepspeed: bool = True          # pangu_alpha: party B's backbone under DeepSpeed
+    lr: float | None = Field(default=None, gt=0)
 
 
 class RunConfig(_Strict):
-    scenario: Literal["criteo_wide_deep"]
+    scenario: Literal["criteo_wide_deep", "pangu_alpha"]
     party: Literal["leader", "follower"]
     address: str
     peer_address: str
     enable_ssl: bool = True
     ssl: SSLSection | None = None
     seal: bool = False
-    data: str
+    data: str | None = None         # pangu_alpha: only party A (the leader) holds data
+    eval_data: str | None = None    # pangu_alpha: held-out token data for party A's eval loss
     threads: int | None = Field(default=None, ge=1)
     model: WideDeepSection = Field(default_factory=WideDeepSection)
+    pangu: PanguSection = Field(default_factory=PanguSection)
     train: TrainSection = Field(default_factory=TrainSection)
     log_file: str | None = None
 
 
-_PATH_KEYS = {("data",), ("log_file",), ("train", "ckpt_dir"), ("train", "metrics_path"),
+_PATH_KEYS = {("data",), ("eval_data",), ("log_file",), ("train", "ckpt_dir"), ("train", "metrics_path"),
               *(("ssl", k) for k in SSLSection.model_fields if k.endswith("_path"))}
 
 
@@ -125,6 +138,8 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
     if cfg.enable_ssl and cfg.ssl is None:
         problems.append(Problem(lines.line(("enable_ssl",)), "ssl",
                                 "missing: enable_ssl is true, so give ssl.server_cert_path, client_cert_path, ca_cert_path"))
+    if cfg.data is None and (cfg.scenario == "criteo_wide_deep" or cfg.party == "leader"):
+        problems.append(Problem(lines.line(()), "data", "missing: this party's data (a path)"))
     if problems:
         raise YamlConfigError(str(p), problems)
     base = p.resolve().parent
@@ -159,8 +174,6 @@ class _BarAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def run_party(cfg: RunConfig) -> int:
     """Trains this party to the end; returns a process exit code."""
     from splitlink.channel import ServerConfig, SSLConfig, VerticalFederatedCommunicator
-    from splitlink.examples import criteo
-    from splitlink.examples import wide_deep as wd
 
     handlers: list[logging.Handler] = [_BarAwareHandler()]
     if cfg.log_file:
@@ -170,13 +183,11 @@ def run_party(cfg: RunConfig) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     peer = "follower" if cfg.party == "leader" else "leader"
-    data = criteo.load_party(cfg.data, cfg.party)
-    model_cfg = wd.WideDeepConfig(vocab_size=cfg.model.vocab_size, emb_dim=cfg.model.emb_dim,
-                                  deep_layers=tuple(cfg.model.deep_layers), l2_coef=cfg.model.l2_coef,
-                                  init_std=cfg.model.init_std)
-    train = wd.TrainConfig(**cfg.train.model_dump())
-    party = (wd.Leader if cfg.party == "leader" else wd.Follower)(data, None, model_cfg, train)
     ssl = SSLConfig(**cfg.ssl.model_dump()) if cfg.ssl is not None else None
+    if cfg.scenario == "pangu_alpha":
+        party = _pangu_party(cfg)
+    else:
+        party = _wide_deep_party(cfg)
     with VerticalFederatedCommunicator(ServerConfig(cfg.party, cfg.address), ServerConfig(peer, cfg.peer_address),
                                        enable_ssl=cfg.enable_ssl, ssl_config=ssl,
                                        compress_configs=party.compress_configs(), seal=cfg.seal) as comm:
@@ -184,3 +195,37 @@ def run_party(cfg: RunConfig) -> int:
         party.run()
     log.info("%s: finished at step %d", cfg.party, party.step)
     return 0
+
+
+def _wide_deep_party(cfg: RunConfig) -> Any:
+    from splitlink.examples import criteo
+    from splitlink.examples import wide_deep as wd
+
+    assert cfg.data is not None
+    data = criteo.load_party(cfg.data, cfg.party)
+    model_cfg = wd.WideDeepConfig(vocab_size=cfg.model.vocab_size, emb_dim=cfg.model.emb_dim,
+                                  deep_layers=tuple(cfg.model.deep_layers), l2_coef=cfg.model.l2_coef,
+                                  init_std=cfg.model.init_std)
+    fields = set(wd.TrainConfig.__dataclass_fields__)
+    train = wd.TrainConfig(**{k: v for k, v in cfg.train.model_dump().items() if k in fields and v is not None})
+    return (wd.Leader if cfg.party == "leader" else wd.Follower)(data, None, model_cfg, train)
+
+
+def _pangu_party(cfg: RunConfig) -> Any:
+    import dataclasses
+
+    from splitlink.examples import pangu
+
+    overrides = {k: v for k, v in cfg.pangu.model_dump().items() if k != "config" and v is not None}
+    model_cfg = dataclasses.replace(pangu.CONFIGS[cfg.pangu.config], **overrides)
+    fields = set(pangu.TrainConfig.__dataclass_fields__)
+    train = pangu.TrainConfig(**{k: v for k, v in cfg.train.model_dump().items() if k in fields and v is not None})
+    if cfg.party == "leader":
+        assert cfg.data is not None
+        data = pangu.TokenDataset(cfg.data, model_cfg.seq_length)
+        if data.vocab_size > model_cfg.vocab_size:
+            raise ValueError(f"the tokenizer of {cfg.data} has {data.vocab_size} tokens but the model's vocabulary "
+                             f"is {model_cfg.vocab_size}; set pangu.vocab_size")
+        eval_data = pangu.TokenDataset(cfg.eval_data, model_cfg.seq_length) if cfg.eval_data else None
+        return pangu.PartyA(model_cfg, data, None, train, eval_data)
+    return pangu.PartyB(model_cfg, None, train)

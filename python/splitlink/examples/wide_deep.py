@@ -217,16 +217,13 @@ class _Party:
         return self.step
 
     def checkpoint_steps(self) -> list[int]:
-        sets = []
-        for m in self.models.values():
-            d = m.yaml.ckpt_path / m.name
-            steps = {int(p.stem.split("-", 1)[1]) for p in d.glob("step-*.pt")} if d.is_dir() else set()
-            sets.append(steps)
+        """Steps for which every FLModel of this party holds a complete checkpoint."""
+        sets = [set(m.checkpoint_steps()) for m in self.models.values()]
         return sorted(set.intersection(*sets)) if sets else []
 
     def restore(self, step: int) -> None:
         for m in self.models.values():
-            m.load_ckpt(m.yaml.ckpt_path / m.name / f"step-{step:010d}.pt")
+            m.load_ckpt(step=step)
         self.step = step
         log.info("%s: resumed at step %d", self.role, step)
 

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""One party of the Pangu-alpha split, or both in one process, with the seed's launch arguments.
+
+    # party A (Embedding + Head, holds the text), the seed's leader arguments:
+    python run_pangu_train.py leader LOCAL PEER TRAIN_DATA EVAL_DATA [ENABLE_SSL SERVER_PW CLIENT_PW SERVER_CERT CLIENT_CERT CA_CERT] [options]
+    # party B (the Transformer backbone, under DeepSpeed), the seed's follower arguments:
+    python run_pangu_train.py follower LOCAL PEER [ENABLE_SSL SERVER_PW CLIENT_PW SERVER_CERT CLIENT_CERT CA_CERT] [options]
+    # both in one process:
+    python run_pangu_train.py local TRAIN_DATA [options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from splitlink.examples import pangu
+from splitlink.examples.runner import RunConfig, run_party
+
+
+def options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--config", choices=sorted(pangu.CONFIGS), default="tiny", help="model size (default: tiny)")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (the seed's YAML has 5e-6 for 350M)")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--compress", action="store_true", help="min-max compress hidden states and their gradients")
+    ap.add_argument("--embedding-dp", action="store_true", help="Gaussian noise on the embeddings sent to party B")
+    ap.add_argument("--no-deepspeed", action="store_true", help="party B without DeepSpeed")
+    ap.add_argument("--ckpt-every", type=int, default=0)
+    ap.add_argument("--ckpt-dir", default="checkpoints")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--metrics", default=None, help="party A: append JSON lines of losses here")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def train_section(a: argparse.Namespace) -> dict:
+    return {"epochs": a.epochs, "batch_size": a.batch_size, "max_steps": a.max_steps, "lr": a.lr,
+            "log_every": a.log_every, "compress": a.compress, "embedding_dp": a.embedding_dp,
+            "deepspeed": not a.no_deepspeed, "ckpt_every": a.ckpt_every, "seed": a.seed,
+            "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics}
+
+
+def ssl_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("enable_ssl", nargs="?", default="True")
+    for n in ("server_password", "client_password", "server_cert", "client_cert", "ca_cert"):
+        ap.add_argument(n, nargs="?")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="role", required=True)
+    lead = sub.add_parser("leader", help="party A")
+    lead.add_argument("local_address")
+    lead.add_argument("peer_address")
+    lead.add_argument("train_data")
+    lead.add_argument("eval_data", help="held-out data (preprocess.py writes <out>_eval), or - for none")
+    ssl_args(lead)
+    options(lead)
+    fol = sub.add_parser("follower", help="party B")
+    fol.add_argument("local_address")
+    fol.add_argument("peer_address")
+    ssl_args(fol)
+    options(fol)
+    loc = sub.add_parser("local", help="both parties in one process")
+    loc.add_argument("train_data")
+    options(loc)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
+    if a.role == "local":
+        cfg = pangu.CONFIGS[a.config]
+        data = pangu.TokenDataset(a.train_data, cfg.seq_length)
+        cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, data.vocab_size))
+        train = pangu.TrainConfig(**{k: v for k, v in train_section(a).items()})
+        hist = pangu.train_local(cfg, data, train)
+        if a.metrics:
+            with open(a.metrics, "w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in hist)
+        return 0
+    ssl = a.enable_ssl.lower() in ("true", "1", "yes")
+    cfg_dict: dict = {"scenario": "pangu_alpha", "party": a.role, "address": a.local_address,
+                      "peer_address": a.peer_address, "enable_ssl": ssl, "threads": a.threads,
+                      "pangu": {"config": a.config}, "train": train_section(a)}
+    if a.role == "leader":
+        cfg_dict["data"] = os.path.abspath(a.train_data)
+        if a.eval_data != "-":
+            cfg_dict["eval_data"] = os.path.abspath(a.eval_data)
+    if ssl:
+        missing = [n for n in ("server_cert", "client_cert", "ca_cert") if getattr(a, n) is None]
+        if missing:
+            print(f"error: enable_ssl is True, so give {', '.join(missing)} (see --help)", file=sys.stderr)
+            return 2
+        cfg_dict["ssl"] = {"server_cert_path": os.path.abspath(a.server_cert),
+                           "client_cert_path": os.path.abspath(a.client_cert),
+                           "ca_cert_path": os.path.abspath(a.ca_cert), "server_password": a.server_password,
+                           "client_password": a.client_password}
+    code = run_party(RunConfig.model_validate(cfg_dict))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # torch/gloo can abort during interpreter teardown after a finished run
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
