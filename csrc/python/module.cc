@@ -17,6 +17,7 @@ PYBIND11_MODULE(_core, m) {
   splitlink::py_util::register_wire(m.def_submodule("wire", "frame encoding and decoding"));
   splitlink::py_util::register_codec(m.def_submodule("codec", "tensor codecs on raw buffers"));
   splitlink::py_util::register_secure(m.def_submodule("secure", "AEAD, key agreement and masking"));
+  splitlink::py_util::register_psi(m.def_submodule("psi", "ECDH private set intersection primitives"));
 
   m.def("openssl_version", [] { return std::string(OpenSSL_version(OPENSSL_VERSION)); },
         "Version string of the OpenSSL library the extension runs with.");

@@ -9,5 +9,6 @@ void register_errors(pybind11::module_& m);
 void register_wire(pybind11::module_ m);
 void register_codec(pybind11::module_ m);
 void register_secure(pybind11::module_ m);
+void register_psi(pybind11::module_ m);
 
 }  // namespace splitlink::py_util

@@ -4,7 +4,7 @@ The model is cut into sub-networks that run where the data is; parties exchange 
 forward and gradients backward as frames (``splitlink.wire``) over mutual TLS.
 """
 
-from splitlink import codec, errors, optim, privacy, secure, wire
+from splitlink import codec, errors, optim, privacy, psi, secure, wire
 from splitlink.channel import (
     InProcessCommunicator,
     PeerClosedError,

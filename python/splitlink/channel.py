@@ -416,8 +416,12 @@ class VerticalFederatedCommunicator:
         for off in range(0, len(frame), self.chunk_size):
             yield bytes(frame[off : off + self.chunk_size])
 
-    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None) -> None:
-        """Sends a (nested) mapping of tensors; returns once the peer accepted it into its queue."""
+    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
+                     kind: str = "tensors") -> None:
+        """Sends a (nested) mapping of tensors; returns once the peer accepted it into its queue.
+
+        ``kind`` labels the frame (authenticated with it when sealed), e.g. ``"psi"`` for set
+        intersection messages; ``receive(..., kind=...)`` checks it."""
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         if self._server is None:
@@ -427,7 +431,7 @@ class VerticalFederatedCommunicator:
                 self._seq[target_server_name] += 1
                 seq = self._seq[target_server_name]
                 sealer = self._ensure_keys(target_server_name) if self.seal else None
-                frame = wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind="tensors",
+                frame = wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind=kind,
                                   compress=self.compress_configs, error_feedback=self._feedback[target_server_name],
                                   pool=self._pool, sealer=sealer)
                 try:
@@ -602,11 +606,21 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
         return _ACK_OK if inbox.put(incarnation, seq, buf) else _ACK_DUP
 
-    def receive(self, target_server_name: str, timeout: float | None = None) -> dict[str, Any]:
-        """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone)."""
+    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
+        """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
+
+        With ``kind``, a frame of another kind is a protocol error (ValueError naming both)."""
         if target_server_name not in self._inboxes:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        return wire.unpack(self._inboxes[target_server_name].get(timeout)).tensors
+        frame = wire.unpack(self._inboxes[target_server_name].get(timeout))
+        _check_kind(frame.kind, kind, target_server_name)
+        return frame.tensors
+
+
+def _check_kind(got: str, want: str | None, peer: str) -> None:
+    if want is not None and got != want:
+        raise ValueError(f"expected a {want!r} frame from {peer!r} but got a {got!r} frame: the parties are at "
+                         "different stages of the protocol (is the peer running the same program?)")
 
 
 class InProcessCommunicator:
@@ -654,19 +668,26 @@ class InProcessCommunicator:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None) -> None:
+    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
+                     kind: str = "tensors") -> None:
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         inbox = self._hub["queues"][(self.me, target_server_name)]
         if self.through_codecs:
-            payload: Any = wire.pack(tensors, sender=self.me, step=step or 0, compress=self.compress_configs,
+            payload: Any = wire.pack(tensors, sender=self.me, step=step or 0, kind=kind, compress=self.compress_configs,
                                      error_feedback=self._feedback[target_server_name])
         else:
-            payload = tensors
+            payload = (kind, tensors)
         inbox.append(payload)
 
-    def receive(self, target_server_name: str, timeout: float | None = None) -> dict[str, Any]:
+    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
-        return wire.unpack(payload).tensors if self.through_codecs else payload
+        if self.through_codecs:
+            frame = wire.unpack(payload)
+            _check_kind(frame.kind, kind, target_server_name)
+            return frame.tensors
+        got_kind, tensors = payload
+        _check_kind(got_kind, kind, target_server_name)
+        return tensors  # type: ignore[no-any-return]

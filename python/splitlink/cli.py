@@ -40,6 +40,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _psi(args: argparse.Namespace) -> int:
+    import logging
+
+    from splitlink.channel import ServerConfig, SSLConfig, VerticalFederatedCommunicator
+    from splitlink.psi import join_csv
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
+    peer = "follower" if args.role == "leader" else "leader"
+    ssl = None
+    if not args.insecure:
+        missing = [f"--{n.replace('_', '-')}" for n in ("server_cert", "client_cert", "ca_cert") if not getattr(args, n)]
+        if missing:
+            raise ValueError(f"mutual TLS needs {', '.join(missing)} (or --insecure on loopback addresses)")
+        ssl = SSLConfig(server_cert_path=args.server_cert, client_cert_path=args.client_cert, ca_cert_path=args.ca_cert,
+                        server_password=args.server_password, client_password=args.client_password)
+    with VerticalFederatedCommunicator(ServerConfig(args.role, args.address), ServerConfig(peer, args.peer_address),
+                                       enable_ssl=not args.insecure, ssl_config=ssl) as comm:
+        n = join_csv(args.input, args.key, args.output, comm, peer, role=args.role, buckets=args.buckets,
+                     state_dir=args.state_dir, threads=args.threads)
+    print(f"splitlink psi: {n} rows in the intersection written to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitlink", description="Split learning across organisations over mutual TLS.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,6 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("party", choices=["leader", "follower"], help="which party this process is")
     train.add_argument("--config", required=True, help="the party's run file (YAML)")
     train.set_defaults(func=_train)
+
+    psi = sub.add_parser("psi", help="join a CSV with the peer's on a key column by private set intersection",
+                         description="Runs ECDH private set intersection with the peer over mutual TLS and writes the "
+                                     "rows whose key both parties hold, in the same order on both sides. Neither "
+                                     "party learns the other's keys outside the intersection.")
+    psi.add_argument("--role", choices=["leader", "follower"], required=True, help="this party")
+    psi.add_argument("--input", required=True, help="CSV file with a header row")
+    psi.add_argument("--key", required=True, help="the column holding the sample id")
+    psi.add_argument("--output", required=True, help="where the aligned rows go (CSV, same header)")
+    psi.add_argument("--address", required=True, help="host:port this party listens on")
+    psi.add_argument("--peer", "--peer-address", dest="peer_address", required=True, help="host:port of the peer")
+    psi.add_argument("--server-cert", help="this party's server certificate (.p12, or PEM with .key beside it)")
+    psi.add_argument("--client-cert", help="this party's client certificate")
+    psi.add_argument("--ca-cert", help="the CA certificate both parties trust")
+    psi.add_argument("--server-password", help="password of the server .p12")
+    psi.add_argument("--client-password", help="password of the client .p12")
+    psi.add_argument("--insecure", action="store_true", help="no TLS (loopback addresses only)")
+    psi.add_argument("--buckets", type=int, default=1, help="split large inputs into this many buckets (both sides equal)")
+    psi.add_argument("--state-dir", help="keep finished buckets here; a restarted run resumes after them")
+    psi.add_argument("--threads", type=int, default=0, help="threads for the elliptic-curve work (default: all)")
+    psi.set_defaults(func=_psi)
     return parser
 
 

@@ -134,3 +134,12 @@ def test_scripts_have_help() -> None:
         out = subprocess.run(["bash", str(ROOT / "examples/splitnn_pangu_alpha" / script), "--help"], env=env,
                              capture_output=True, text=True)
         assert out.returncode == 0 and "usage:" in out.stdout, (script, out.stderr)
+
+
+@pytest.mark.parametrize("name,expected", [("350M", 350e6), ("2.6B", 2.6e9)])
+def test_seed_sized_configs_have_the_seed_sizes(name: str, expected: float) -> None:
+    cfg = pangu.CONFIGS[name]
+    with torch.device("meta"):  # shapes only, no memory
+        parts = (pangu.EmbeddingNet(cfg), pangu.BackboneNet(cfg), pangu.HeadNet(cfg))
+    n = sum(p.numel() for m in parts for p in m.parameters())
+    assert 0.85 * expected < n < 1.25 * expected, n

@@ -229,3 +229,39 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     avg = (starts + ends + 1) / 2.0
     ranks[order] = np.repeat(avg, ends - starts)
     return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def write_party_csv(party: PartyData, path: str | os.PathLike[str], role: str) -> None:
+    """One party's rows as CSV: ``sample_id`` (the join key), ``label`` (leader only), per field id and weight."""
+    fields = LEADER_FIELDS if role == "leader" else FOLLOWER_FIELDS
+    header = ["sample_id"] + (["label"] if party.labels is not None else []) + [f"id{f}" for f in fields] + \
+        [f"wt{f}" for f in fields]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(",".join(header) + "\n")
+        for r in range(len(party)):
+            cols = [str(int(party.sample_ids[r]))]
+            if party.labels is not None:
+                cols.append(str(int(party.labels[r])))
+            cols += [str(int(v)) for v in party.ids[r]] + [f"{float(v):g}" for v in party.wts[r]]
+            fh.write(",".join(cols) + "\n")
+
+
+def load_party_csv(path: str | os.PathLike[str], role: str) -> PartyData:
+    """The inverse of :func:`write_party_csv` (e.g. on the rows ``splitlink psi`` aligned)."""
+    import csv
+
+    fields = LEADER_FIELDS if role == "leader" else FOLLOWER_FIELDS
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        rows = list(reader)
+    need = ["sample_id"] + [f"id{f}" for f in fields] + [f"wt{f}" for f in fields] + (["label"] if role == "leader" else [])
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} for the {role}")
+    col = {c: i for i, c in enumerate(header)}
+    arr = np.array(rows, dtype=object).reshape(len(rows), len(header))
+    ids = arr[:, [col[f"id{f}"] for f in fields]].astype(np.int32)
+    wts = arr[:, [col[f"wt{f}"] for f in fields]].astype(np.float32)
+    labels = arr[:, col["label"]].astype(np.float32) if role == "leader" else None
+    return PartyData(arr[:, col["sample_id"]].astype(np.int64), ids, wts, labels)
