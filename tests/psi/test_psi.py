@@ -189,3 +189,40 @@ def test_a_psi_killed_mid_way_resumes_per_bucket(tmp_path: Path, monkeypatch: py
                             lambda: psi.intersect(b, cf, "leader", role="follower", buckets=6, state_dir=sf))
     assert got_l == got_f and set(got_l) == set(a) & set(b)
     assert calls["n"] == 2 * (6 - len(finished))  # the buckets both finished were not run again
+
+
+def column(path: Path, name: str = "sample_id") -> list[str]:
+    with open(path, newline="") as fh:
+        return [r[name] for r in csv.DictReader(fh)]
+
+
+@pytest.mark.slow
+def test_csv_join_over_mtls_aligns_rows_the_wide_deep_example_trains_on(tmp_path: Path) -> None:
+    from splitlink.examples import criteo, demo, wide_deep
+
+    demo.make_dev_certs(tmp_path / "certs", ["leader", "follower"])
+    demo.prepare_psi_data(tmp_path, 3000, seed=5, vocab_size=5000, keep=0.8)
+    lead_ids, fol_ids = set(column(tmp_path / "leader.csv")), set(column(tmp_path / "follower.csv"))
+    sizes = demo.run_psi(tmp_path)  # `splitlink psi` on both sides, two processes over mutual TLS
+    assert sizes["leader"] == sizes["follower"] == len(lead_ids & fol_ids)
+    la, fa = column(tmp_path / "leader_aligned.csv"), column(tmp_path / "follower_aligned.csv")
+    assert la == fa and set(la) == lead_ids & fol_ids
+    hist = wide_deep.train_local(criteo.load_party(tmp_path / "leader.npz", "leader"),
+                                 criteo.load_party(tmp_path / "follower.npz", "follower"),
+                                 wide_deep.WideDeepConfig(vocab_size=5000, emb_dim=8, deep_layers=(16,)),
+                                 wide_deep.TrainConfig(epochs=1, batch_size=500, log_every=1, progress=False))
+    assert hist and all(np.isfinite(r.get("wide_loss", 0.0)) for r in hist)
+
+
+def test_join_csv_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,x\n1,2\n")
+    cl, _ = pair()
+    with pytest.raises(ValueError, match="has no column 'key'; its columns: id, x"):
+        psi.join_csv(tmp_path / "a.csv", "key", tmp_path / "o.csv", cl, "follower", role="leader")
+    (tmp_path / "b.csv").write_text("id,x\n1,2,3\n")
+    with pytest.raises(ValueError, match=r"b.csv:2: 3 fields, the header has 2"):
+        psi.join_csv(tmp_path / "b.csv", "id", tmp_path / "o.csv", cl, "follower", role="leader")
+    with pytest.raises(TypeError, match="id 0 is a int"):
+        psi.intersect([1, 2], cl, "follower", role="leader")
+    with pytest.raises(ValueError, match="role must be"):
+        psi.intersect(["a"], cl, "follower", role="boss")
