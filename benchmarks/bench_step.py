@@ -8,9 +8,10 @@ Two models, each trained for the same steps from the same seed:
 
 "split" runs each part as an FLModel (forward_one_step, backward_one_step with the grad scales passed
 in-process: no serialization, so this isolates FLModel's own overhead); "central" is plain PyTorch
-(forward, loss.backward(), optimizer.step()) on the unsplit model. Split and central steps alternate so
-machine noise hits both alike; medians of --steps steps after warm-up. The overhead ratio is
-split / central (target <= 1.05). Also printed: the fixed per-step cost on a tiny model (the tests'
+(forward, loss.backward(), optimizer.step()) on the unsplit model; "by-hand" is the same split written
+in plain PyTorch (detach at each cut, one optimizer per part), which separates what splitting itself
+costs from what FLModel adds. The three run in a rotating order so machine noise hits all alike;
+medians of --steps steps after warm-up. The overhead ratio is split / central (target <= 1.05). Also printed: the fixed per-step cost on a tiny model (the tests'
 sizes), where Python overhead dominates. ``--json`` prints JSON.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import statistics
@@ -66,7 +68,24 @@ def mlp_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
         opt.step()
         return loss.item()
 
-    return split, central
+    mb, mt = copy.deepcopy(cb), copy.deepcopy(ct)
+    ob, ot = torch.optim.Adam(mb.parameters(), lr=1e-3), torch.optim.Adam(mt.parameters(), lr=1e-3)
+
+    def manual(s: int) -> float:
+        # The same split written by hand in plain PyTorch (detach at the cut, two optimizers).
+        b = batches[s % 4]
+        h = mb(b["x"])
+        hd = h.detach().requires_grad_(True)
+        loss = mt(hd, b["y"])
+        loss.backward()
+        ot.step()
+        ot.zero_grad(set_to_none=True)
+        h.backward(hd.grad)
+        ob.step()
+        ob.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return split, central, manual
 
 
 def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]:
@@ -98,22 +117,49 @@ def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
         opt.step()
         return loss.item()
 
-    return split, central
+    me, mbb, mh = (copy.deepcopy(m) for m in (ce, cbb, ch))
+    kw = dict(lr=1e-3, eps=1e-8, weight_decay=0.01)
+    oe, obb, oh = (torch.optim.AdamW(m.parameters(), **kw) for m in (me, mbb, mh))
+
+    def manual(s: int) -> float:
+        # The same three-way split by hand in plain PyTorch (detach at each cut, one optimizer each).
+        b = batches[s % 4]
+        x, table = me(b["input_ids"], b["position_id"])
+        xd = x.detach().requires_grad_(True)
+        hidden = mbb(xd)
+        hd, td = hidden.detach().requires_grad_(True), table.detach().requires_grad_(True)
+        loss = mh(hd, td, b["input_ids"])
+        loss.backward()
+        oh.step()
+        oh.zero_grad(set_to_none=True)
+        hidden.backward(hd.grad)
+        obb.step()
+        obb.zero_grad(set_to_none=True)
+        torch.autograd.backward([x, table], [xd.grad, td.grad])
+        oe.step()
+        oe.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return split, central, manual
 
 
-def measure(pair: tuple[Callable[[int], float], Callable[[int], float]], steps: int) -> dict[str, float]:
-    split, central = pair
+def measure(fns: tuple[Callable[[int], float], ...], steps: int) -> dict[str, float]:
+    """Median step times of (split, central, manual), run in a rotating order so noise hits all alike."""
+    names = ("split", "central", "manual")
     for s in range(3):
-        split(s)
-        central(s)
-    ts, tc = [], []
-    for s in range(steps):
-        for fn, out in ((split, ts), (central, tc)) if s % 2 == 0 else ((central, tc), (split, ts)):
-            t0 = time.perf_counter()
+        for fn in fns:
             fn(s)
-            out.append(time.perf_counter() - t0)
-    ms, mc = statistics.median(ts) * 1e3, statistics.median(tc) * 1e3
-    return {"split_ms": ms, "central_ms": mc, "ratio": ms / mc, "overhead_us": (ms - mc) * 1e3}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    orders = list(itertools.permutations(range(3)))
+    for s in range(steps):
+        for i in orders[s % len(orders)]:
+            t0 = time.perf_counter()
+            fns[i](s)
+            times[names[i]].append(time.perf_counter() - t0)
+    ms = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+    return {"split_ms": ms["split"], "central_ms": ms["central"], "manual_ms": ms["manual"],
+            "ratio": ms["split"] / ms["central"], "manual_ratio": ms["manual"] / ms["central"],
+            "flmodel_vs_manual": ms["split"] / ms["manual"], "overhead_us": (ms["split"] - ms["central"]) * 1e3}
 
 
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
@@ -154,10 +200,14 @@ def main() -> None:
     for label, rows in results.items():
         print(f"\n[{label}]" + ("" if label == "glibc defaults" else
                                 " " + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())))
-        print(f"{'model':<10} {'split ms':>10} {'central ms':>11} {'split/central':>14} {'overhead us':>12}")
+        print(f"{'model':<10} {'split ms':>9} {'central ms':>11} {'by-hand ms':>11} {'split/central':>14} "
+              f"{'by-hand/central':>16} {'split/by-hand':>14}")
         for k, r in rows.items():
-            print(f"{k:<10} {r['split_ms']:>10.3f} {r['central_ms']:>11.3f} {r['ratio']:>13.3f}x {r['overhead_us']:>12.0f}")
-    print("\ntarget: split/central <= 1.05 on the big models")
+            print(f"{k:<10} {r['split_ms']:>9.3f} {r['central_ms']:>11.3f} {r['manual_ms']:>11.3f} {r['ratio']:>13.3f}x "
+                  f"{r['manual_ratio']:>15.3f}x {r['flmodel_vs_manual']:>13.3f}x")
+    print("\nsplit: FLModels in one process; central: the unsplit model; by-hand: the same split written in plain "
+          "PyTorch\n(detach at each cut, one optimizer per part), i.e. what splitting costs before any library.")
+    print("target: split/central <= 1.05 on the big models")
 
 
 if __name__ == "__main__":
