@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from splitlink.errors import SplitlinkError
+
 
 def _certs(args: argparse.Namespace) -> int:
     from splitlink.certs import make_dev_certs
@@ -125,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, OSError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError, SplitlinkError) as e:
         print(f"splitlink {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -253,6 +253,7 @@ class TrainConfig:
     resume: bool = False
     lr: float | None = None
     metrics_path: str | None = None
+    peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
 
 
 def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra: dict[str, Any] | None = None) -> FLYamlData:
@@ -326,7 +327,7 @@ class PartyA:
                                            "attention_mask": e["attention_mask"]}, step=self.step)
 
     def head_step(self) -> float:
-        hidden = self.comm.receive(self.peer)
+        hidden = self.comm.receive(self.peer, self.train.peer_timeout)
         local = {"input_ids": self._batch["input_ids"], "position_id": self._batch["position_id"],
                  "attention_mask": self._batch["attention_mask"], "word_table": self._word_table}
         out = self.head_model.forward_one_step(local, hidden)
@@ -336,7 +337,7 @@ class PartyA:
         return float(out["output"].detach())
 
     def backward(self) -> None:
-        bb_scale = self.comm.receive(self.peer)  # {"hidden_states": {"embedding_table": g}}
+        bb_scale = self.comm.receive(self.peer, self.train.peer_timeout)  # {"hidden_states": {"embedding_table": g}}
         self.emb_model.backward_one_step(self._batch, sens={**bb_scale, "output": {"word_table": self._word_grad}})
         self.step += 1
         if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
@@ -354,7 +355,7 @@ class PartyA:
             e = self.emb_model.eval_one_step(b)
             self.comm.send_tensors(self.peer, {"eval": {"embedding_table": e["embedding_table"],
                                                         "attention_mask": e["attention_mask"]}})
-            hidden = self.comm.receive(self.peer)["hidden_states"]
+            hidden = self.comm.receive(self.peer, self.train.peer_timeout)["hidden_states"]
             losses.append(float(self.head(hidden, b["input_ids"], e["word_table"], b["position_id"], b["attention_mask"])))
         return float(np.mean(losses)) if losses else float("nan")
 
@@ -377,7 +378,7 @@ class PartyA:
         """Sends the steps A holds checkpoints for; B answers with the newest step both hold (or -1)."""
         mine = self.checkpoint_steps() if self.train.resume else []
         self.comm.send_tensors(self.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64)})
-        step = int(self.comm.receive(self.peer)["resume_step"])
+        step = int(self.comm.receive(self.peer, self.train.peer_timeout)["resume_step"])
         if step >= 0:
             self.restore(step)
         elif self.train.resume:
@@ -419,12 +420,12 @@ class PartyB:
         return self.model.get_compress_configs() if self.train.compress else {}
 
     def forward(self, got: dict[str, Any] | None = None) -> None:
-        self._remote = got if got is not None else self.comm.receive(self.peer)
+        self._remote = got if got is not None else self.comm.receive(self.peer, self.train.peer_timeout)
         out = self.model.forward_one_step(None, self._remote)
         self.comm.send_tensors(self.peer, {"hidden_states": out["hidden_states"]}, step=self.step)
 
     def backward(self) -> None:
-        sens = self.comm.receive(self.peer)
+        sens = self.comm.receive(self.peer, self.train.peer_timeout)
         scale = self.model.backward_one_step(None, self._remote, sens=sens)
         self.comm.send_tensors(self.peer, {"hidden_states": {"embedding_table": scale["hidden_states"]["embedding_table"]}},
                                step=self.step)
@@ -441,7 +442,7 @@ class PartyB:
         log.info("party B: resumed at step %d", step)
 
     def answer_resume(self) -> None:
-        theirs = set(self.comm.receive(self.peer)["ckpt_steps"].tolist())
+        theirs = set(self.comm.receive(self.peer, self.train.peer_timeout)["ckpt_steps"].tolist())
         common = sorted(theirs & set(self.checkpoint_steps())) if self.train.resume else []
         step = common[-1] if common else -1
         if step >= 0:
@@ -452,7 +453,7 @@ class PartyB:
         """Serves steps until party A says it is done (party B does not need to know the schedule)."""
         self.answer_resume()
         while True:
-            got = self.comm.receive(self.peer)
+            got = self.comm.receive(self.peer, self.train.peer_timeout)
             if "done" in got:
                 return
             if "eval" in got:
@@ -477,7 +478,7 @@ def train_local(cfg: PanguConfig, data: TokenDataset, train: TrainConfig, *,
     mine = a.checkpoint_steps() if train.resume else []
     a.comm.send_tensors(a.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64)})
     b.answer_resume()
-    step = int(a.comm.receive(a.peer)["resume_step"])
+    step = int(a.comm.receive(a.peer, a.train.peer_timeout)["resume_step"])
     if step >= 0:
         a.restore(step)
     t0 = time.perf_counter()

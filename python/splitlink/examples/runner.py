@@ -91,6 +91,7 @@ class TrainSection(_Strict):
     progress: bool = True
     deepspeed: bool = True          # pangu_alpha: party B's backbone under DeepSpeed
     lr: float | None = Field(default=None, gt=0)
+    peer_timeout: float | None = Field(default=None, gt=0)
 
 
 class RunConfig(_Strict):
@@ -188,8 +189,11 @@ def run_party(cfg: RunConfig) -> int:
         party = _pangu_party(cfg)
     else:
         party = _wide_deep_party(cfg)
+    # A peer that stops answering fails the run after peer_timeout (sending retries as long), with an
+    # error naming it; restarting both parties with resume continues from their newest common checkpoint.
+    retry = cfg.train.peer_timeout or 60.0
     with VerticalFederatedCommunicator(ServerConfig(cfg.party, cfg.address), ServerConfig(peer, cfg.peer_address),
-                                       enable_ssl=cfg.enable_ssl, ssl_config=ssl,
+                                       enable_ssl=cfg.enable_ssl, ssl_config=ssl, retry_deadline=retry,
                                        compress_configs=party.compress_configs(), seal=cfg.seal) as comm:
         party.comm = comm
         party.run()

@@ -67,6 +67,7 @@ class TrainConfig:
     max_steps: int | None = None       # stop early (tests)
     metrics_path: str | None = None    # the leader appends one JSON line per logged step and per epoch
     progress: bool = True
+    peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
 
 
 class WideDeepModel(nn.Module):
@@ -201,13 +202,13 @@ class _Party:
     # Start-up: aligned rows, and the step both parties resume from.
     def handshake(self) -> int:
         self.comm.send_tensors(self.peer, {"ids_sha256": _ids_digest(self.data.sample_ids)})
-        theirs = self.comm.receive(self.peer)["ids_sha256"]
+        theirs = self.comm.receive(self.peer, self.train.peer_timeout)["ids_sha256"]
         if not torch.equal(theirs, _ids_digest(self.data.sample_ids)):
             raise RuntimeError(f"{self.role}: the parties' sample ids differ (row alignment); align the rows with "
                                "PSI first so both hold the same samples in the same order")
         mine = self.checkpoint_steps() if self.train.resume else []
         self.comm.send_tensors(self.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64)})
-        peer_steps = self.comm.receive(self.peer)["ckpt_steps"].tolist()
+        peer_steps = self.comm.receive(self.peer, self.train.peer_timeout)["ckpt_steps"].tolist()
         common = sorted(set(mine) & set(peer_steps))
         if self.train.resume:
             if common:
@@ -248,7 +249,7 @@ class Follower(_Party):
                                step=self.step)
 
     def backward(self) -> None:
-        scale = self.comm.receive("leader")
+        scale = self.comm.receive("leader", self.train.peer_timeout)
         self.models["bottom"].backward_one_step(self._batch, sens=scale)
         self.step += 1
         if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
@@ -295,7 +296,7 @@ class Leader(_Party):
         bottom, top = self.models["bottom"], self.models["top"]
         feats = self.features(idx, "")
         mine = bottom.forward_one_step(feats)
-        theirs = self.comm.receive("follower")
+        theirs = self.comm.receive("follower", self.train.peer_timeout)
         batch = {"leader_wide_embedding": mine["leader_wide_embedding"],
                  "leader_deep_embedding": mine["leader_deep_embedding"],
                  "label": torch.from_numpy(np.ascontiguousarray(self.data.labels[idx])).unsqueeze(1),
@@ -318,7 +319,7 @@ class Leader(_Party):
         probs, labels = [], []
         for idx in self.eval_batches():
             mine = self.models["bottom"].eval_one_step(self.features(idx, ""))
-            theirs = self.comm.receive("follower")
+            theirs = self.comm.receive("follower", self.train.peer_timeout)
             out = self.models["top"].eval_one_step(dict(mine), theirs)
             probs.append(out["pred_probs"].reshape(-1).numpy())
             labels.append(np.asarray(self.data.labels[idx]))
@@ -399,11 +400,11 @@ def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: Wid
         p.comm.send_tensors(p.peer, {"ckpt_steps": torch.tensor(p.checkpoint_steps() if train.resume else [],
                                                                  dtype=torch.int64)})
     for p in (leader, follower):
-        if not torch.equal(p.comm.receive(p.peer)["ids_sha256"], _ids_digest(p.data.sample_ids)):
+        if not torch.equal(p.comm.receive(p.peer, p.train.peer_timeout)["ids_sha256"], _ids_digest(p.data.sample_ids)):
             raise RuntimeError("the parties' sample ids differ (row alignment); align the rows with PSI first")
     steps = [set(p.checkpoint_steps()) if train.resume else set() for p in (leader, follower)]
     for p in (leader, follower):
-        p.comm.receive(p.peer)
+        p.comm.receive(p.peer, p.train.peer_timeout)
     common = sorted(steps[0] & steps[1])
     if train.resume and common:
         leader.restore(common[-1])
