@@ -222,6 +222,8 @@ class FLModel:
         self._in_names = [i.name for i in y.train_net_ins]
         self._out_names = [o.name for o in y.train_net_outs]
         self._remote_outs = {o.name for o in y.train_net_outs if o.destination == "remote"}
+        self._remote_ins = {i.name for i in y.train_net_ins if i.source == "remote"}
+        self._remote_sig: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self.network = network
         self.metrics = metrics
         if loss_fn is not None:
@@ -385,6 +387,20 @@ class FLModel:
                 t.requires_grad_(True)
         return t
 
+    def _check_remote(self, inputs: list[torch.Tensor]) -> None:
+        """A peer's tensor must keep the dtype and the non-batch shape it had at the first step."""
+        for name, x in zip(self._in_names, inputs):
+            if name not in self._remote_ins:
+                continue
+            sig = (x.dtype, tuple(x.shape[1:]))
+            first = self._remote_sig.setdefault(name, sig)
+            if sig != first:
+                raise ValueError(
+                    f"{self.yaml.source}: remote input {name!r} from the peer has dtype {x.dtype} and shape "
+                    f"{tuple(x.shape)}, but it had dtype {first[0]} and shape (batch, {', '.join(map(str, first[1]))}) "
+                    "at the first step: the peer sent a tensor of the wrong shape or dtype (is it running the same "
+                    "model configuration?)")
+
     def _outputs(self, result: Any, names: list[str], net: str) -> list[torch.Tensor]:
         if isinstance(result, Mapping):
             if list(result) != names and set(result) != set(names):
@@ -404,6 +420,7 @@ class FLModel:
         batch = self._merge(local_data_batch, remote_data_batch)
         originals = self._gather(batch, self._in_names, "train_net")
         inputs = [self._prepare(n, v) for n, v in zip(self._in_names, originals)]
+        self._check_remote(inputs)
         if self.label_dp is not None and self._label_name in self._in_names:
             if self._id_key not in batch:
                 raise KeyError(f"{self.yaml.source}: label DP randomises each label once per sample id, and the batch "

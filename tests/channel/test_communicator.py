@@ -356,3 +356,51 @@ def test_sealed_frames_end_to_end_and_rekey_after_restart(certs: Path, tls: bool
     finally:
         leader.shutdown()
         follower.shutdown()
+
+
+@pytest.mark.parametrize("which", ["client", "server"])
+def test_expired_certificate_is_refused(certs: Path, tmp_path: Path, which: str) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    party = "follower" if which == "client" else "leader"
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if which == "client" else ExtendedKeyUsageOID.SERVER_AUTH
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(party), x509.DNSName("localhost"),
+                                                        x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    d = tmp_path / "expired"
+    d.mkdir()
+    for f in certs.iterdir():
+        if f.is_file():
+            (d / f.name).write_bytes(f.read_bytes())
+    (d / f"{party}.{which}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / f"{party}.{which}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=True, ssl_config=ssl_for(d, "leader"), retry_deadline=1)
+    follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, ssl_config=ssl_for(d, "follower"), retry_deadline=1)
+    leader.launch()
+    follower.launch()
+    try:
+        # The follower's expired client certificate, or the leader's expired server certificate: no frame passes.
+        with pytest.raises(PeerUnavailableError, match="leader"):
+            follower.send_tensors("leader", {"x": torch.ones(2)})
+        with pytest.raises(TimeoutError):
+            leader.receive("follower", timeout=0.5)
+    finally:
+        follower.shutdown()
+        leader.shutdown()

@@ -352,3 +352,16 @@ def test_ftrl_sparsity_and_progress() -> None:
     assert int((w.detach() == 0).sum()) >= 10  # L1 gives exact zeros
     with pytest.raises(ValueError, match="initial_accum"):
         FTRL([w], initial_accum=0)
+
+
+def test_wrong_shape_or_dtype_from_the_peer_is_named() -> None:
+    _, _, top = mlp_parts()
+    ft = FLModel(Y(MLP_TOP, LS=1.0, HIN="h"), top)
+    y = mlp_batch(0)["y"]
+    ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64)})
+    ft.forward_one_step({"y": y[:8]}, {"h": torch.randn(8, 64)})  # a smaller last batch is fine
+    with pytest.raises(ValueError, match=r"remote input 'h' from the peer has dtype torch.float32 and shape \(16, 32\), "
+                                         r"but it had dtype torch.float32 and shape \(batch, 64\)"):
+        ft.forward_one_step({"y": y}, {"h": torch.randn(16, 32)})
+    with pytest.raises(ValueError, match="has dtype torch.float64"):
+        ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64, dtype=torch.float64)})

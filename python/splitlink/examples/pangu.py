@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from splitlink.checkpoint import Manifest
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.model import FLModel
@@ -254,6 +255,7 @@ class TrainConfig:
     lr: float | None = None
     metrics_path: str | None = None
     peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
+    run_id: str = "run"                 # checkpoints of one run: both parties must use the same
 
 
 def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra: dict[str, Any] | None = None) -> FLYamlData:
@@ -343,6 +345,7 @@ class PartyA:
         if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
             for m in (self.emb_model, self.head_model):
                 m.save_ckpt()
+            self.manifest().record(self.step)  # both of A's sub-networks are durable at this step
 
     @torch.no_grad()
     def evaluate(self, max_batches: int = 20) -> float:
@@ -365,8 +368,13 @@ class PartyA:
             with open(self.train.metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
+    def manifest(self) -> Manifest:
+        return Manifest(Path(self.train.ckpt_dir) if self.train.ckpt_dir else self.emb_model.yaml.ckpt_path,
+                        f"{self.train.run_id}.A")
+
     def checkpoint_steps(self) -> list[int]:
-        return sorted(set(self.emb_model.checkpoint_steps()) & set(self.head_model.checkpoint_steps()))
+        a, b = set(self.emb_model.checkpoint_steps()), set(self.head_model.checkpoint_steps())
+        return self.manifest().steps(lambda s: s in a and s in b)
 
     def restore(self, step: int) -> None:
         for m in (self.emb_model, self.head_model):
@@ -432,9 +440,15 @@ class PartyB:
         self.step += 1
         if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
             self.model.save_ckpt()
+            self.manifest().record(self.step)
+
+    def manifest(self) -> Manifest:
+        return Manifest(Path(self.train.ckpt_dir) if self.train.ckpt_dir else self.model.yaml.ckpt_path,
+                        f"{self.train.run_id}.B")
 
     def checkpoint_steps(self) -> list[int]:
-        return self.model.checkpoint_steps()
+        present = set(self.model.checkpoint_steps())
+        return self.manifest().steps(lambda s: s in present)
 
     def restore(self, step: int) -> None:
         self.model.load_ckpt(step=step)

@@ -92,6 +92,7 @@ class TrainSection(_Strict):
     deepspeed: bool = True          # pangu_alpha: party B's backbone under DeepSpeed
     lr: float | None = Field(default=None, gt=0)
     peer_timeout: float | None = Field(default=None, gt=0)
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class RunConfig(_Strict):

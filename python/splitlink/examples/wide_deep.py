@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from splitlink.checkpoint import Manifest
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.examples.criteo import FOLLOWER_FIELDS, LEADER_FIELDS, PartyData, auc
@@ -68,6 +69,7 @@ class TrainConfig:
     metrics_path: str | None = None    # the leader appends one JSON line per logged step and per epoch
     progress: bool = True
     peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
+    run_id: str = "run"                # checkpoints of one run: both parties must use the same
 
 
 class WideDeepModel(nn.Module):
@@ -207,8 +209,14 @@ class _Party:
             raise RuntimeError(f"{self.role}: the parties' sample ids differ (row alignment); align the rows with "
                                "PSI first so both hold the same samples in the same order")
         mine = self.checkpoint_steps() if self.train.resume else []
-        self.comm.send_tensors(self.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64)})
-        peer_steps = self.comm.receive(self.peer, self.train.peer_timeout)["ckpt_steps"].tolist()
+        rid = torch.frombuffer(bytearray(self.train.run_id.encode()), dtype=torch.uint8)
+        self.comm.send_tensors(self.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64), "run_id": rid})
+        got = self.comm.receive(self.peer, self.train.peer_timeout)
+        peer_steps = got["ckpt_steps"].tolist()
+        peer_run = bytes(got["run_id"].numpy().tobytes()).decode()
+        if peer_run != self.train.run_id:
+            raise RuntimeError(f"{self.role}: this party runs {self.train.run_id!r} but the {self.peer} runs "
+                               f"{peer_run!r}; give both the same run_id")
         common = sorted(set(mine) & set(peer_steps))
         if self.train.resume:
             if common:
@@ -217,10 +225,14 @@ class _Party:
                 log.warning("%s: --resume but no checkpoint step both parties hold; starting from step 0", self.role)
         return self.step
 
+    def manifest(self) -> Manifest:
+        root = Path(self.train.ckpt_dir) if self.train.ckpt_dir else next(iter(self.models.values())).yaml.ckpt_path
+        return Manifest(root, self.train.run_id)
+
     def checkpoint_steps(self) -> list[int]:
-        """Steps for which every FLModel of this party holds a complete checkpoint."""
-        sets = [set(m.checkpoint_steps()) for m in self.models.values()]
-        return sorted(set.intersection(*sets)) if sets else []
+        """Steps this party recorded as complete (every FLModel durable) whose files are still there."""
+        present = [set(m.checkpoint_steps()) for m in self.models.values()]
+        return self.manifest().steps(lambda s: all(s in p for p in present))
 
     def restore(self, step: int) -> None:
         for m in self.models.values():
@@ -232,6 +244,8 @@ class _Party:
         for m in self.models.values():
             m.step = self.step
             m.save_ckpt(keep=3)
+        kept = [set(m.checkpoint_steps()) for m in self.models.values()]
+        self.manifest().record(self.step, keep=set.intersection(*kept))
 
 
 class Follower(_Party):
@@ -398,7 +412,7 @@ def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: Wid
     for p in (leader, follower):
         p.comm.send_tensors(p.peer, {"ids_sha256": _ids_digest(p.data.sample_ids)})
         p.comm.send_tensors(p.peer, {"ckpt_steps": torch.tensor(p.checkpoint_steps() if train.resume else [],
-                                                                 dtype=torch.int64)})
+                                                                 dtype=torch.int64)})  # run ids: one process
     for p in (leader, follower):
         if not torch.equal(p.comm.receive(p.peer, p.train.peer_timeout)["ids_sha256"], _ids_digest(p.data.sample_ids)):
             raise RuntimeError("the parties' sample ids differ (row alignment); align the rows with PSI first")
