@@ -291,6 +291,7 @@ class VerticalFederatedCommunicator:
         keepalive_s: float = 30.0,
         seal: bool = False,
         cipher: str | None = None,
+        min_bandwidth: float = 4 * MiB,
     ) -> None:
         remotes = [remote_server_config] if isinstance(remote_server_config, ServerConfig) else list(remote_server_config)
         if not remotes:
@@ -319,6 +320,9 @@ class VerticalFederatedCommunicator:
         self.max_frame_bytes = max_frame_bytes
         self.retry_deadline = retry_deadline
         self.keepalive_s = keepalive_s
+        if not min_bandwidth > 0:
+            raise ValueError(f"min_bandwidth must be > 0 bytes/s, got {min_bandwidth}")
+        self.min_bandwidth = float(min_bandwidth)
         self._inboxes = {name: _Inbox(name, max_queue_frames, max_queue_bytes) for name in self.peers}
         self._seq = {name: 0 for name in self.peers}
         self._feedback = {name: ErrorFeedback() for name in self.peers}
@@ -511,7 +515,11 @@ class VerticalFederatedCommunicator:
         while True:
             attempt += 1
             try:
-                ack = self._stubs[peer](self._chunks(header, frame), wait_for_ready=False)
+                # A bounded attempt: a connection that stalls without failing (a half-open TCP
+                # connection, a middlebox that stops forwarding) becomes DEADLINE_EXCEEDED and is
+                # retried, instead of waiting for keepalive to notice.
+                ack = self._stubs[peer](self._chunks(header, frame), wait_for_ready=False,
+                                        timeout=self.attempt_timeout(len(frame)))
                 if ack == _ACK_DUP:
                     logger.info("[%s] frame seq %d to '%s' was already delivered (retry)", self.me.server_name, seq, peer)
                 return
@@ -532,6 +540,10 @@ class VerticalFederatedCommunicator:
                                code.name, attempt, delay)
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
+
+    def attempt_timeout(self, nbytes: int) -> float:
+        """Seconds one send attempt may take: 10 s plus the frame at ``min_bandwidth`` bytes/s."""
+        return 10.0 + nbytes / self.min_bandwidth
 
     # -- receiving ----------------------------------------------------------------------------
 
