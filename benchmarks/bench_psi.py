@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,6 @@ from pathlib import Path
 from typing import Any
 
 SIZES = (100_000, 1_000_000)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def party(args: argparse.Namespace) -> None:
@@ -73,6 +62,8 @@ def party(args: argparse.Namespace) -> None:
 
 
 def run_size(n: int, certs: str) -> dict[str, Any]:
+    from splitlink.util import free_ports
+
     p1, p2 = free_ports(2)
     procs = {}
     for role, me, peer in (("follower", p2, p1), ("leader", p1, p2)):

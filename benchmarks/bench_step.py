@@ -26,21 +26,15 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
 from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_TOP,  # noqa: E402
-                        gpt_batch, gpt_parts, mlp_batch, mlp_parts)
+                        fl_yaml, gpt_batch, gpt_parts, mlp_batch, mlp_parts)
 
-from splitlink import FLModel, FLYamlData  # noqa: E402
-
-
-def Y(text: str, **subs: Any) -> FLYamlData:
-    for k, v in subs.items():
-        text = text.replace(k, str(v))
-    return FLYamlData("<bench>", text=text)
+from splitlink import FLModel  # noqa: E402
 
 
 def mlp_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]:
@@ -48,8 +42,8 @@ def mlp_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
     batch = 256 if size == "big" else 16
     bottom, _, top = mlp_parts(0, **dims)
     cb, ct = copy.deepcopy(bottom), copy.deepcopy(top)
-    fb = FLModel(Y(MLP_BOTTOM, LS=1.0), bottom)
-    ft = FLModel(Y(MLP_TOP, LS=1.0, HIN="h"), top)
+    fb = FLModel(fl_yaml(MLP_BOTTOM, LS=1.0), bottom)
+    ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), top)
     opt = torch.optim.Adam([*cb.parameters(), *ct.parameters()], lr=1e-3)
     batches = [mlp_batch(s, batch=batch, d_in=dims["d_in"], n_classes=dims["n_classes"]) for s in range(4)]
 
@@ -93,9 +87,9 @@ def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
     batch = 8 if size == "big" else 4
     emb, bb, head = gpt_parts(0, **cfg)
     ce, cbb, ch = (copy.deepcopy(m) for m in (emb, bb, head))
-    fe = FLModel(Y(GPT_EMBEDDING), emb)
-    fbb = FLModel(Y(GPT_BACKBONE), bb)
-    fh = FLModel(Y(GPT_HEAD), head)
+    fe = FLModel(fl_yaml(GPT_EMBEDDING), emb)
+    fbb = FLModel(fl_yaml(GPT_BACKBONE), bb)
+    fh = FLModel(fl_yaml(GPT_HEAD), head)
     opt = torch.optim.AdamW([p for m in (ce, cbb, ch) for p in m.parameters()], lr=1e-3, eps=1e-8, weight_decay=0.01)
     batches = [gpt_batch(s, batch=batch, vocab=cfg["vocab"], seq=cfg["seq"]) for s in range(4)]
 

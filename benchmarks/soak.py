@@ -66,7 +66,7 @@ def party(a: argparse.Namespace) -> None:
 
 
 def run(steps: int, certs: str, seal: bool, faults: bool, seed: int) -> dict[str, Any]:
-    from bench_psi import free_ports  # type: ignore[import-not-found]
+    from splitlink.util import free_ports
     from faultproxy import FaultProxy
 
     lp, fp = free_ports(2)

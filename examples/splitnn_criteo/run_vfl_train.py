@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from splitlink.examples.runner import RunConfig, run_party
+from splitlink.examples.runner import RunConfig, run_party, ssl_section
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -60,13 +60,11 @@ def main(argv: list[str]) -> int:
                   "metrics_path": a.metrics},
     }
     if ssl:
-        missing = [n for n in ("server_cert", "client_cert", "ca_cert") if getattr(a, n) is None]
-        if missing:
-            print(f"error: enable_ssl is True, so give {', '.join(missing)} (see --help)", file=sys.stderr)
+        try:
+            cfg["ssl"] = ssl_section(a.server_cert, a.client_cert, a.ca_cert, a.server_password, a.client_password)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        cfg["ssl"] = {"server_cert_path": os.path.abspath(a.server_cert), "client_cert_path": os.path.abspath(a.client_cert),
-                      "ca_cert_path": os.path.abspath(a.ca_cert), "server_password": a.server_password,
-                      "client_password": a.client_password}
     code = run_party(RunConfig.model_validate(cfg))
     sys.stdout.flush()
     sys.stderr.flush()

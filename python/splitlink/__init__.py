@@ -31,4 +31,4 @@ __all__ = [
     "InProcessCommunicator",
     "PeerUnavailableError",
     "PeerClosedError",
-    "wire", "codec", "secure", "errors", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]
+    "wire", "codec", "secure", "errors", "optim", "privacy", "psi", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]

@@ -10,12 +10,13 @@ manifest write) leaves a consistent step to resume from.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from splitlink.util import atomic_write
 
 __all__ = ["Manifest", "newest_common_step"]
 
@@ -51,19 +52,7 @@ class Manifest:
         if keep is not None:
             allowed = set(keep)
             steps = [s for s in steps if s in allowed]
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".tmp-{self.path.name}.{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"run_id": self.run_id, "steps": steps}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        with contextlib.suppress(OSError):
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        atomic_write(self.path, lambda fh: json.dump({"run_id": self.run_id, "steps": steps}, fh))
 
 
 def newest_common_step(*step_lists: Iterable[int]) -> int | None:

@@ -427,7 +427,7 @@ def _cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) ->
             if mech == "sign_rr":
                 for k in ("clip_norm", "noise_multiplier", "delta", "num_samples", "releases"):
                     if edp.get(k) is not None:
-                        add(("privacy", "embedding_dp", k), f"applies to mechanism: gaussian only")
+                        add(("privacy", "embedding_dp", k), "applies to mechanism: gaussian only")
             if mech == "gaussian":
                 if edp.get("clip_norm") is None:
                     add(("privacy", "embedding_dp", "clip_norm"), "missing: the Gaussian mechanism clips each sample to this L2 norm")

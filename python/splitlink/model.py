@@ -30,7 +30,6 @@ import contextlib
 import inspect
 import logging
 import os
-import socket
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -45,6 +44,7 @@ from splitlink.codec import CompressConfig
 from splitlink.config import FLYamlData
 from splitlink.optim import optimizer_kwargs, resolve_optimizer
 from splitlink.privacy import GaussianEmbeddingDP, LabelDP, SignEmbeddingDP
+from splitlink.util import atomic_write, free_ports, fsync_dir
 
 __all__ = ["FLModel", "CheckpointError"]
 
@@ -119,20 +119,6 @@ def _reachable(out: torch.Tensor) -> set[int]:
     return found
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @contextlib.contextmanager
 def _quiet_deepspeed() -> Any:
@@ -180,7 +166,7 @@ def init_deepspeed_runtime() -> Any:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
         if "RANK" not in os.environ:
-            _OWN_GROUP_ENV.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+            _OWN_GROUP_ENV.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_ports(1)[0]), RANK="0", WORLD_SIZE="1",
                                   LOCAL_RANK="0")
         with own_group_env():
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
@@ -674,18 +660,8 @@ class FLModel:
         if self.engine is not None:
             return self._save_deepspeed(self._ckpt_dir(path))
         target = Path(path) if path is not None and str(path).endswith(".pt") else self._ckpt_dir(path) / f"step-{self.step:010d}.pt"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".tmp-{target.name}.{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(self._state(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        _fsync_dir(target.parent)
+        state = self._state()
+        atomic_write(target, lambda fh: torch.save(state, fh), binary=True)
         if keep is not None:
             for old in self._list_ckpts(target.parent)[:-keep] if keep > 0 else []:
                 old.unlink(missing_ok=True)
@@ -705,14 +681,13 @@ class FLModel:
         d = self._ckpt_dir(path)
         if not d.is_dir():
             return []
-        if self.engine is not None:
-            cands = [p.name for p in d.glob("step-*") if p.is_dir()]
-        else:
-            cands = [p.stem for p in d.glob("step-*.pt") if p.is_file()]
+        if self.engine is None:
+            return [int(p.stem.split("-", 1)[1]) for p in self._list_ckpts(d)]
         steps = []
-        for name in cands:
+        for p in d.glob("step-*"):
             with contextlib.suppress(ValueError):
-                steps.append(int(name.split("-", 1)[1]))
+                if p.is_dir():
+                    steps.append(int(p.name.split("-", 1)[1]))
         return sorted(steps)
 
     def load_ckpt(self, path: str | os.PathLike[str] | None = None, phase: str = "train", *,
@@ -809,7 +784,7 @@ class FLModel:
 
                 shutil.rmtree(final)
             os.replace(directory / tmp_tag, final)
-            _fsync_dir(directory)
+            fsync_dir(directory)
         if dist.is_initialized():
             dist.barrier()
         return directory / tag

@@ -26,7 +26,6 @@ restarted run skips the buckets both parties finished.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import hmac
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from splitlink import _core
+from splitlink.util import atomic_write
 
 __all__ = ["intersect", "insecure_plaintext_intersect", "join_csv", "digest_bytes"]
 
@@ -153,15 +153,6 @@ def bucket_of(key: bytes, ids: Iterable[bytes], buckets: int) -> np.ndarray:
                        dtype=np.int64)
 
 
-def _write_atomic(path: Path, data: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, buckets: int = 1,
               state_dir: str | os.PathLike[str] | None = None, threads: int = 0,
               timeout: float | None = 600.0) -> list[Any]:
@@ -201,8 +192,8 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
     if key is None:
         key = _bucket_key(communicator, peer, role, buckets, timeout)
         if state is not None:
-            _write_atomic(state / "psi_state.json", json.dumps({"key": key.hex(), "buckets": buckets,
-                                                                "fingerprint": fingerprint}))
+            meta_text = json.dumps({"key": key.hex(), "buckets": buckets, "fingerprint": fingerprint})
+            atomic_write(state / "psi_state.json", lambda fh: fh.write(meta_text))
     as_bytes = _as_bytes(unique)
     where = bucket_of(key, as_bytes, buckets) if buckets > 1 else np.zeros(len(unique), np.int64)
     # which buckets both parties already finished
@@ -222,7 +213,7 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
             serial = [v if isinstance(v, str) else v.decode("latin-1") for v in ordered]
             if any(isinstance(v, bytes) for v in ordered):
                 raise TypeError("state_dir stores ids as text; give str ids (or no state_dir)")
-            _write_atomic(state / f"bucket-{b:06d}.json", json.dumps({"ids": serial}))
+            atomic_write(state / f"bucket-{b:06d}.json", lambda fh, ids=serial: json.dump({"ids": ids}, fh))
         result.extend(ordered)
         log.info("PSI bucket %d/%d: %d of %d ids in the intersection", b + 1, buckets, len(ordered), len(members))
     return result
@@ -271,16 +262,10 @@ def join_csv(input_path: str | os.PathLike[str], key: str, output_path: str | os
             rows.setdefault(row[k], row)
     order = intersect(list(rows), communicator, peer, role=role, buckets=buckets, state_dir=state_dir,
                       threads=threads)
-    out = Path(output_path)
-    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    def write(fh: Any) -> None:
         w = csv.writer(fh)
         w.writerow(header)
-        for ident in order:
-            w.writerow(rows[ident])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    with contextlib.suppress(OSError):
-        tmp.unlink()
+        w.writerows(rows[ident] for ident in order)
+
+    atomic_write(output_path, write)
     return len(order)

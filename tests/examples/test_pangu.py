@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from splitlink.examples import demo as demo_mod
+from splitlink.util import free_ports
 from splitlink.examples import pangu
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,8 @@ def test_dataset_resets_positions_and_attention_at_document_ends(data: Path) -> 
     for i, r in enumerate(rows):
         ids = b["input_ids"][i].numpy()
         e = int(np.flatnonzero(ids[:-1] == ds.eod)[0])
-        assert b["position_id"][i, e + 1] == 0 and b["position_id"][i, e] == e - int(b["position_id"][i, 0] != 0) * 0
+        assert b["position_id"][i, 0] == 0 and b["position_id"][i, e] == e  # e is the first EOD in the window
+        assert b["position_id"][i, e + 1] == 0                               # the next document starts at 0
         mask = b["attention_mask"][i].numpy()
         assert not mask[e + 1, : e + 1].any()        # the next document does not see the previous one
         assert mask[e, : e + 1].all()                 # within a document: causal
@@ -85,7 +87,7 @@ def test_two_processes_over_mtls_reproduce_the_in_process_run(data: Path, tmp_pa
         torch.set_num_threads(n)
     # The scripts use the tiny config (vocabulary 2048 >= the tokenizer's 512: same initial weights
     # only if the vocabulary matches, so both runs use the run file's model below).
-    p1, p2 = demo_mod._free_ports(2)
+    p1, p2 = free_ports(2)
     c = tmp_path / "certs"
     procs = {}
     for role, me, peer in (("follower", p2, p1), ("leader", p1, p2)):

@@ -11,6 +11,7 @@ import torch
 
 from splitlink.examples import criteo
 from splitlink.examples import demo as demo_mod
+from splitlink.util import free_ports
 from splitlink.examples import wide_deep as wd
 from splitlink.examples.runner import load_run_config
 from splitlink.config import YamlConfigError
@@ -122,7 +123,7 @@ def test_seed_style_launch_scripts_over_mtls(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(root / "preprocess.py"), "--synthetic", "3000", "--out", str(tmp_path / "data"),
                     "--vocab-size", "5000"], check=True, capture_output=True)
     demo_mod.make_dev_certs(tmp_path / "certs", ["leader", "follower"])
-    p1, p2 = demo_mod._free_ports(2)
+    p1, p2 = free_ports(2)
     common = ["--epochs", "1", "--batch-size", "500", "--vocab-size", "5000", "--emb-dim", "8", "--deep-layers", "16",
               "--log-every", "1", "--threads", "1", "--ckpt-dir", str(tmp_path / "ck")]
     procs = {}

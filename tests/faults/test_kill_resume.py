@@ -4,7 +4,6 @@ uninterrupted run of the same seed ends (Wide&Deep, two processes over mutual TL
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from splitlink import FLYamlData
+
 
 class Bottom(nn.Module):
     def __init__(self, d_in: int, d_hidden: int) -> None:
@@ -113,6 +115,13 @@ def gpt_batch(step: int, batch: int = 4, vocab: int = 97, seq: int = 16) -> dict
 def mlp_batch(step: int, batch: int = 16, d_in: int = 32, n_classes: int = 5) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(2000 + step)
     return {"x": torch.randn(batch, d_in, generator=g), "y": torch.randint(0, n_classes, (batch,), generator=g)}
+
+
+def fl_yaml(text: str, name: str = "test", **subs: object) -> FLYamlData:
+    """FLYamlData from one of the templates below, with placeholders (LS, HIN) substituted."""
+    for k, v in subs.items():
+        text = text.replace(k, str(v))
+    return FLYamlData(f"<{name}>", text=text)
 
 
 # YAML of each sub-network (MindSpore's schema).

@@ -6,18 +6,12 @@ import copy
 
 import pytest
 import torch
-from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_MIDDLE, MLP_TOP, gpt_batch,
+from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_MIDDLE, MLP_TOP, fl_yaml, gpt_batch,
                         gpt_parts, mlp_batch, mlp_parts)
 
-from splitlink import FLModel, FLYamlData
+from splitlink import FLModel
 
 STEPS = 12
-
-
-def yaml(text: str, name: str, **subs: object) -> FLYamlData:
-    for k, v in subs.items():
-        text = text.replace(k, str(v))
-    return FLYamlData(f"<{name}>", text=text)
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float, what: str) -> None:
@@ -51,9 +45,9 @@ def test_mlp_split_equals_central(three: bool, loss_scale: float) -> None:
     ref_losses, ref_mods = central_mlp(parts, three, STEPS)
 
     bottom, middle, top = (copy.deepcopy(p) for p in parts)
-    fb = FLModel(yaml(MLP_BOTTOM, "bottom", LS=loss_scale), bottom)
-    fm = FLModel(yaml(MLP_MIDDLE, "middle", LS=loss_scale), middle) if three else None
-    ft = FLModel(yaml(MLP_TOP, "top", LS=loss_scale, HIN="h2" if three else "h"), top)
+    fb = FLModel(fl_yaml(MLP_BOTTOM, "bottom", LS=loss_scale), bottom)
+    fm = FLModel(fl_yaml(MLP_MIDDLE, "middle", LS=loss_scale), middle) if three else None
+    ft = FLModel(fl_yaml(MLP_TOP, "top", LS=loss_scale, HIN="h2" if three else "h"), top)
     losses = []
     for s in range(STEPS):
         b = mlp_batch(s)
@@ -79,9 +73,9 @@ def test_mlp_split_equals_central(three: bool, loss_scale: float) -> None:
 
 def run_split_gpt(parts, steps: int, backbone_ds: dict | None = None):
     emb, bb, head = parts
-    fe = FLModel(yaml(GPT_EMBEDDING, "embedding"), emb)
-    fb = FLModel(yaml(GPT_BACKBONE, "backbone"), bb, deepspeed_config=backbone_ds)
-    fh = FLModel(yaml(GPT_HEAD, "head"), head)
+    fe = FLModel(fl_yaml(GPT_EMBEDDING, "embedding"), emb)
+    fb = FLModel(fl_yaml(GPT_BACKBONE, "backbone"), bb, deepspeed_config=backbone_ds)
+    fh = FLModel(fl_yaml(GPT_HEAD, "head"), head)
     losses = []
     for s in range(steps):
         batch = gpt_batch(s)
@@ -153,7 +147,7 @@ def test_deepspeed_backbone_checkpoint_round_trip(tmp_path) -> None:
     assert saved.name == "step-0000000003" and saved.is_dir()
     assert not list(tmp_path.glob(".tmp-*"))
     other = gpt_parts(seed=11)[1]
-    fb2 = FLModel(yaml(GPT_BACKBONE, "backbone"), other, deepspeed_config=ds)
+    fb2 = FLModel(fl_yaml(GPT_BACKBONE, "backbone"), other, deepspeed_config=ds)
     fb2.load_ckpt(tmp_path)
     assert fb2.step == 3
     for (n, p), (_, q) in zip(fb.engine.module.named_parameters(), fb2.engine.module.named_parameters()):

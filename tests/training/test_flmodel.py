@@ -8,17 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from split_nets import MLP_BOTTOM, MLP_TOP, mlp_batch, mlp_parts
+from split_nets import MLP_BOTTOM, MLP_TOP, fl_yaml, mlp_batch, mlp_parts
 from torch import nn
 
-from splitlink import CheckpointError, FLModel, FLYamlData
+from splitlink import CheckpointError, FLModel
 from splitlink.optim import FTRL
-
-
-def Y(text: str, **subs: object) -> FLYamlData:
-    for k, v in subs.items():
-        text = text.replace(k, str(v))
-    return FLYamlData("<test>", text=text)
 
 
 def count_backward_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -74,7 +68,7 @@ class TwoHeads(nn.Module):
 def test_each_optimizer_gets_exactly_its_own_gradient(overlap: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     net = TwoHeads(overlap)
     ref = copy.deepcopy(net)
-    m = FLModel(Y(TWO_OPTS), net)
+    m = FLModel(fl_yaml(TWO_OPTS), net)
     x = torch.randn(4, 3)
     up = torch.randn(4, 3)
     calls = count_backward_passes(monkeypatch)
@@ -96,7 +90,7 @@ def test_each_optimizer_gets_exactly_its_own_gradient(overlap: bool, monkeypatch
 def test_disjoint_terms_take_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     bottom_text = MLP_BOTTOM.replace("LS", "1.0")
     net = mlp_parts()[0]
-    m = FLModel(Y(bottom_text), net)
+    m = FLModel(fl_yaml(bottom_text), net)
     calls = count_backward_passes(monkeypatch)
     h = m.forward_one_step({"x": mlp_batch(0)["x"]})["h"]
     m.backward_one_step(sens={"loss": {"h": torch.ones_like(h)}})
@@ -114,7 +108,7 @@ def test_wide_deep_style_disjoint_optimizers_use_one_pass(monkeypatch: pytest.Mo
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self.wide(x), (self.deep(x) ** 2).sum()
 
-    m = FLModel(Y(text), Disjoint())
+    m = FLModel(fl_yaml(text), Disjoint())
     calls = count_backward_passes(monkeypatch)
     for _ in range(3):
         m.forward_one_step({"x": torch.randn(4, 3)})
@@ -124,7 +118,7 @@ def test_wide_deep_style_disjoint_optimizers_use_one_pass(monkeypatch: pytest.Mo
 
 def test_backward_without_forward_runs_it_and_detects_a_new_batch() -> None:
     bottom, _, top = mlp_parts()
-    ft = FLModel(Y(MLP_TOP, LS=1.0, HIN="h"), top)
+    ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), top)
     b0, b1 = mlp_batch(0), mlp_batch(1)
     h0, h1 = {"h": torch.randn(16, 64)}, {"h": torch.randn(16, 64)}
     ref = copy.deepcopy(top)
@@ -146,16 +140,16 @@ def test_backward_without_forward_runs_it_and_detects_a_new_batch() -> None:
 def test_clear_errors() -> None:
     bottom, _, top = mlp_parts()
     with pytest.raises(ValueError, match=r"lists 2 input\(s\).*forward takes 1"):
-        FLModel(Y(MLP_TOP, LS=1.0, HIN="h"), bottom)
+        FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), bottom)
     with pytest.raises(ValueError, match="2 optimizer.s. given but the YAML.s opts lists 1"):
-        FLModel(Y(MLP_BOTTOM, LS=1.0), bottom, optimizers=[torch.optim.SGD(bottom.parameters(), lr=1),
+        FLModel(fl_yaml(MLP_BOTTOM, LS=1.0), bottom, optimizers=[torch.optim.SGD(bottom.parameters(), lr=1),
                                                             torch.optim.SGD(bottom.parameters(), lr=1)])
     with pytest.raises(ValueError, match="match no trainable parameter"):
-        FLModel(Y(TWO_OPTS.replace("{name: wide}", "{name: zzz}")), TwoHeads(False))
-    ft = FLModel(Y(MLP_TOP, LS=1.0, HIN="h"), top)
+        FLModel(fl_yaml(TWO_OPTS.replace("{name: wide}", "{name: zzz}")), TwoHeads(False))
+    ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), top)
     with pytest.raises(KeyError, match=r"input\(s\) 'h' missing"):
         ft.forward_one_step({"y": mlp_batch(0)["y"]})
-    fb = FLModel(Y(MLP_BOTTOM, LS=1.0), bottom)
+    fb = FLModel(fl_yaml(MLP_BOTTOM, LS=1.0), bottom)
     x = mlp_batch(0)["x"]
     fb.forward_one_step({"x": x})
     with pytest.raises(KeyError, match=r"needs sens=\{'loss'"):
@@ -172,7 +166,7 @@ def test_clear_errors() -> None:
             return x, x, x
 
     with pytest.raises(ValueError, match=r"lists 1 output\(s\) \(h\) but the network returned 3"):
-        FLModel(Y(MLP_BOTTOM.replace("hyper_parameters: {learning", "params: []\n    hyper_parameters: {learning"), LS=1.0),
+        FLModel(fl_yaml(MLP_BOTTOM.replace("hyper_parameters: {learning", "params: []\n    hyper_parameters: {learning"), LS=1.0),
                 Three(), optimizers=[torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1)]).forward_one_step({"x": x})
 
 
@@ -207,7 +201,7 @@ hyper_parameters: {epochs: 1, batch_size: 8}
     torch.manual_seed(0)
     net = nn.Linear(4, 2)
     acc = Acc()
-    m = FLModel(Y(text), net, loss_fn=nn.CrossEntropyLoss(), metrics=acc)
+    m = FLModel(fl_yaml(text), net, loss_fn=nn.CrossEntropyLoss(), metrics=acc)
     x = torch.randn(64, 4)
     y = (x[:, 0] > 0).long()
     losses = []
@@ -248,7 +242,7 @@ hyper_parameters: {epochs: 1, batch_size: 8}
 
     upstream = nn.Linear(3, 3)
     e = upstream(torch.randn(2, 3))  # carries the peer's graph in-process
-    m = FLModel(Y(text), T())
+    m = FLModel(fl_yaml(text), T())
     scale = m.backward_one_step(None, {"e": e, "ids": torch.tensor([1, 2])})
     assert upstream.weight.grad is None  # the graph was cut: the peer gets gradients through the scale
     assert torch.equal(scale["loss"]["e"], torch.ones(2, 3))
@@ -270,7 +264,7 @@ def make_pair(tmp: Path, seed: int = 0) -> tuple[FLModel, FLModel]:
     bottom, _, top = mlp_parts(seed)
     text_b = MLP_BOTTOM.replace("LS", "1.0") + f"ckpt_path: {tmp}\n"
     text_t = MLP_TOP.replace("LS", "1.0").replace("HIN", "h") + f"ckpt_path: {tmp}\n"
-    return FLModel(Y(text_b), bottom), FLModel(Y(text_t), top)
+    return FLModel(fl_yaml(text_b), bottom), FLModel(fl_yaml(text_t), top)
 
 
 def test_checkpoint_resume_is_bitwise_identical(tmp_path: Path) -> None:
@@ -356,7 +350,7 @@ def test_ftrl_sparsity_and_progress() -> None:
 
 def test_wrong_shape_or_dtype_from_the_peer_is_named() -> None:
     _, _, top = mlp_parts()
-    ft = FLModel(Y(MLP_TOP, LS=1.0, HIN="h"), top)
+    ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), top)
     y = mlp_batch(0)["y"]
     ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64)})
     ft.forward_one_step({"y": y[:8]}, {"h": torch.randn(8, 64)})  # a smaller last batch is fine

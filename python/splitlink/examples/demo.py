@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,22 +29,10 @@ import numpy as np
 import yaml
 
 from splitlink.certs import make_dev_certs
+from splitlink.util import free_ports
 from splitlink.examples import criteo
 
 __all__ = ["run_demo", "plot_metrics"]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def prepare_data(workdir: Path, rows: int, seed: int, vocab_size: int) -> dict[str, Any]:
@@ -79,7 +66,7 @@ def prepare_psi_data(workdir: Path, rows: int, seed: int, vocab_size: int, keep:
 
 def run_psi(workdir: Path, *, timeout: float = 600) -> dict[str, int]:
     """``splitlink psi`` on both parties (two processes, mutual TLS); aligned CSV -> party files."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     procs = {}
     for i, role in enumerate(("leader", "follower")):
         c = workdir / "certs"
@@ -105,7 +92,7 @@ def write_run_files(workdir: Path, *, epochs: int, batch_size: int, vocab_size: 
                     ckpt_every: int = 0, enable_ssl: bool = True, max_steps: int | None = None,
                     progress: bool = True, log_every: int = 50, seed: int = 0,
                     model: dict[str, Any] | None = None) -> dict[str, Path]:
-    ports = _free_ports(2)
+    ports = free_ports(2)
     out = {}
     for i, role in enumerate(("leader", "follower")):
         peer_port = ports[1 - i]

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -537,10 +537,6 @@ def train_unsplit(cfg: PanguConfig, data: TokenDataset, train: TrainConfig) -> l
         a.step += 1
         history.append({"kind": "train", "epoch": epoch, "step": a.step, "loss": float(loss.detach())})
     return history
-
-
-def config_dict(cfg: PanguConfig) -> dict[str, Any]:
-    return asdict(cfg)
 
 
 

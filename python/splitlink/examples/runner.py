@@ -173,6 +173,19 @@ class _BarAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
+def ssl_section(server_cert: str | None, client_cert: str | None, ca_cert: str | None,
+                server_password: str | None = None, client_password: str | None = None) -> dict[str, Any]:
+    """The ``ssl`` section of a run file from the seed scripts' positional arguments (absolute paths)."""
+    given = {"server_cert": server_cert, "client_cert": client_cert, "ca_cert": ca_cert}
+    missing = [n for n, v in given.items() if not v]
+    if missing:
+        raise ValueError(f"enable_ssl is True, so give {', '.join(missing)} (see --help), or enable_ssl False on "
+                         "loopback addresses")
+    return {"server_cert_path": os.path.abspath(str(server_cert)), "client_cert_path": os.path.abspath(str(client_cert)),
+            "ca_cert_path": os.path.abspath(str(ca_cert)), "server_password": server_password,
+            "client_password": client_password}
+
+
 def run_party(cfg: RunConfig) -> int:
     """Trains this party to the end; returns a process exit code."""
     from splitlink.channel import ServerConfig, SSLConfig, VerticalFederatedCommunicator
