@@ -66,6 +66,8 @@ class FaultProxy:
             except OSError:
                 client.close()
                 continue
+            for s in (client, server):  # forward small frames at once (Nagle + delayed ACK would add ~40 ms)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._socks += [client, server]
                 self.connections += 1

@@ -58,7 +58,7 @@ def test_libfuzzer_run(native_build: Path, tmp_path: Path, target: str) -> None:
     proc = subprocess.run(
         # RSS limits are off: Linux carries the parent's peak RSS across fork+exec, so a pytest process
         # that once held a large tensor would trip them; single allocations are still capped.
-        [str(fuzzer), "-max_total_time=15", "-rss_limit_mb=0", "-malloc_limit_mb=2048", "-timeout=5", str(corpus)],
+        [str(fuzzer), "-max_total_time=15", f"-artifact_prefix={tmp_path}/", "-rss_limit_mb=0", "-malloc_limit_mb=2048", "-timeout=5", str(corpus)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
