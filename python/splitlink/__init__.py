@@ -8,6 +8,7 @@ from splitlink import codec, errors, optim, privacy, psi, secure, wire
 from splitlink.channel import (
     InProcessCommunicator,
     PeerClosedError,
+    PeerRestartedError,
     PeerUnavailableError,
     ServerConfig,
     SSLConfig,
@@ -31,4 +32,5 @@ __all__ = [
     "InProcessCommunicator",
     "PeerUnavailableError",
     "PeerClosedError",
+    "PeerRestartedError",
     "wire", "codec", "secure", "errors", "optim", "privacy", "psi", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]

@@ -22,6 +22,15 @@
   peer has accepted the frame into its queue. Nothing is dropped while the sender is told SUCCESS.
 * **Timeouts.** ``receive(peer, timeout=...)`` raises ``TimeoutError`` naming the peer; a peer that
   shuts down cleanly wakes blocked receivers with ``PeerClosedError``.
+* **Peer restarts.** A party announces itself (its random incarnation) to every peer at ``launch``.
+  When a peer comes back as a new process, the survivor learns it exactly once, as
+  ``PeerRestartedError``: from ``receive`` (which the announcement wakes, so a survivor blocked
+  waiting for the dead peer does not sit out its timeout) or from ``send_tensors``. Frames name the
+  receiver incarnation they were meant for, so a frame meant for the dead process is turned away
+  instead of being taken by the new one as the answer to something else; frames the dead process
+  sent but the survivor had not received are discarded. The new process cannot continue the old one's
+  conversation, so the application agrees on where to resume (the examples roll back to the newest
+  checkpoint both parties hold and continue: the survivor keeps running).
 
 * **End-to-end sealing** (``seal=True``). At the first send to a peer the parties exchange fresh
   X25519 public keys over the mutually authenticated channel (a ``Hello`` RPC whose sender must
@@ -61,6 +70,7 @@ __all__ = [
     "InProcessCommunicator",
     "PeerUnavailableError",
     "PeerClosedError",
+    "PeerRestartedError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,9 +78,14 @@ logger = logging.getLogger(__name__)
 _SERVICE = "splitlink.v1.Transport"
 _METHOD = f"/{_SERVICE}/Send"
 _HELLO = f"/{_SERVICE}/Hello"
-_HEADER = struct.Struct("<4sQQQQH")  # magic, sender incarnation, seq, step, total bytes, sender length
-_MAGIC = b"SLC1"
-_ACK_OK, _ACK_DUP = b"OK", b"DUP"
+_ANNOUNCE = f"/{_SERVICE}/Announce"
+# magic, sender incarnation, receiver incarnation the frame is meant for (0: not known yet), seq, step,
+# total bytes, sender name length; the sender's name follows.
+_HEADER = struct.Struct("<4sQQQQQH")
+_MAGIC = b"SLC2"
+_ANNOUNCE_REQ = struct.Struct("<4sQH")  # magic, incarnation, name length; the name follows
+_ACK_OK, _ACK_DUP, _ACK_STALE = b"OK", b"DUP", b"STALE"
+_INC = struct.Struct("<Q")
 MiB = 1 << 20
 
 
@@ -84,6 +99,17 @@ class PeerUnavailableError(SplitlinkError):
 
 class PeerClosedError(SplitlinkError):
     """The peer shut down; no more frames will come from it."""
+
+
+class PeerRestartedError(SplitlinkError):
+    """The peer is a new process now (it crashed or was restarted): what this party sent to the old one
+    and had not been answered is gone, and frames the old one sent but were not received yet are
+    discarded. Agree with the peer on where to resume (e.g. the newest common checkpoint) and go on;
+    raised once per restart."""
+
+    def __init__(self, peer: str, detail: str) -> None:
+        super().__init__(f"'{peer}' restarted ({detail}); agree with it on where to resume")
+        self.peer = peer
 
 
 @dataclass(frozen=True)
@@ -220,8 +246,42 @@ class _Inbox:
         self.bytes = 0
         self.last_seq = -1
         self.incarnation: int | None = None  # the sender process's random id: seq restarts with it
+        self.told: int | None = None  # the peer incarnation the application knows of
+        self.restart_pending = False  # a new incarnation the application has not been told of
+        self.retired: set[int] = set()  # processes of the peer that were replaced
         self.closed = False
         self.cond = threading.Condition()
+
+    def see(self, incarnation: int) -> None:
+        """The peer process ``incarnation`` sent a frame or announced itself."""
+        with self.cond:
+            if incarnation == self.incarnation or incarnation in self.retired:
+                return
+            if self.incarnation is not None:
+                self.retired.add(self.incarnation)
+                logger.info("'%s' restarted; %d frame(s) its previous process sent are discarded", self.peer,
+                            len(self.frames))
+                self.frames.clear()  # they continue a conversation the new process does not know
+                self.bytes = 0
+            self.incarnation = incarnation
+            self.last_seq = -1  # its sequence numbers begin again
+            if self.told is None:
+                self.told = incarnation
+            self.restart_pending = self.told != incarnation
+            self.cond.notify_all()
+
+    def learn(self, incarnation: int) -> None:
+        """The peer process answered our frame (first contact: remember which process it is)."""
+        with self.cond:
+            if self.told is None:
+                self.told = incarnation
+
+    def acknowledge(self, incarnation: int) -> None:
+        """The application is being told that the peer is now ``incarnation``."""
+        self.see(incarnation)
+        with self.cond:
+            self.told = incarnation
+            self.restart_pending = False
 
     def wait_for_room(self, nbytes: int, alive: Any) -> bool:
         with self.cond:
@@ -237,12 +297,9 @@ class _Inbox:
 
     def put(self, incarnation: int, seq: int, frame: Any) -> bool:
         with self.cond:
+            self.see(incarnation)
             if incarnation != self.incarnation:
-                # The sender restarted: its sequence numbers begin again.
-                if self.incarnation is not None:
-                    logger.info("'%s' restarted; accepting its sequence numbers from %d", self.peer, seq)
-                self.incarnation = incarnation
-                self.last_seq = -1
+                return False  # the process that sent it was replaced while it arrived: it is stale
             if seq <= self.last_seq:
                 return False
             self.last_seq = seq
@@ -258,7 +315,11 @@ class _Inbox:
     def get(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
-            while not self.frames:
+            while not self.frames or self.restart_pending:
+                if self.restart_pending:
+                    assert self.incarnation is not None
+                    self.acknowledge(self.incarnation)
+                    raise PeerRestartedError(self.peer, "it announced a new process")
                 if self.closed:
                     raise PeerClosedError(f"peer '{self.peer}' shut down; no more frames will arrive")
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -331,6 +392,7 @@ class VerticalFederatedCommunicator:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Any] = {}
         self._hello_stubs: dict[str, Any] = {}
+        self._announce_stubs: dict[str, Any] = {}
         self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4))
         self._closed = threading.Event()
         self._incarnation = random.SystemRandom().getrandbits(64)
@@ -355,7 +417,8 @@ class VerticalFederatedCommunicator:
             raise RuntimeError("launch() was already called")
         opts = _options(self.chunk_size, self.keepalive_s)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 + 2 * len(self.peers)), options=opts)
-        methods = {"Send": grpc.stream_unary_rpc_method_handler(self._handle)}
+        methods = {"Send": grpc.stream_unary_rpc_method_handler(self._handle),
+                   "Announce": grpc.unary_unary_rpc_method_handler(self._announced)}
         if self.seal:
             self._keypair = secure.KeyPair.generate()
             methods["Hello"] = grpc.unary_unary_rpc_method_handler(self._hello)
@@ -389,6 +452,8 @@ class VerticalFederatedCommunicator:
             self._channels[name] = channel
             self._stubs[name] = channel.stream_unary(_METHOD)
             self._hello_stubs[name] = channel.unary_unary(_HELLO)
+            self._announce_stubs[name] = channel.unary_unary(_ANNOUNCE)
+            threading.Thread(target=self._announce, args=(name,), name=f"splitlink-announce-{name}", daemon=True).start()
         logger.info("[%s] listening on %s (%s)", self.me.server_name, self.me.server_address,
                     "mutual TLS" if self.enable_ssl else "plaintext, loopback")
         return self
@@ -509,7 +574,9 @@ class VerticalFederatedCommunicator:
 
     def _send_frame(self, peer: str, seq: int, step: int, frame: memoryview) -> None:
         name = self.me.server_name.encode()
-        header = _HEADER.pack(_MAGIC, self._incarnation, seq, step & 0xFFFFFFFFFFFFFFFF, len(frame), len(name)) + name
+        inbox = self._inboxes[peer]
+        header = _HEADER.pack(_MAGIC, self._incarnation, inbox.told or 0, seq, step & 0xFFFFFFFFFFFFFFFF, len(frame),
+                              len(name)) + name
         deadline = time.monotonic() + self.retry_deadline
         delay, attempt = 0.05, 0
         while True:
@@ -518,9 +585,14 @@ class VerticalFederatedCommunicator:
                 # A bounded attempt: a connection that stalls without failing (a half-open TCP
                 # connection, a middlebox that stops forwarding) becomes DEADLINE_EXCEEDED and is
                 # retried, instead of waiting for keepalive to notice.
-                ack = self._stubs[peer](self._chunks(header, frame), wait_for_ready=False,
-                                        timeout=self.attempt_timeout(len(frame)))
-                if ack == _ACK_DUP:
+                ack = bytes(self._stubs[peer](self._chunks(header, frame), wait_for_ready=False,
+                                              timeout=self.attempt_timeout(len(frame))))
+                status, (incarnation,) = ack[: -_INC.size], _INC.unpack(ack[-_INC.size :])
+                if status == _ACK_STALE:
+                    inbox.acknowledge(incarnation)
+                    raise PeerRestartedError(peer, f"frame seq {seq} was meant for its previous process")
+                inbox.learn(incarnation)
+                if status == _ACK_DUP:
                     logger.info("[%s] frame seq %d to '%s' was already delivered (retry)", self.me.server_name, seq, peer)
                 return
             except grpc.RpcError as e:
@@ -540,6 +612,43 @@ class VerticalFederatedCommunicator:
                                code.name, attempt, delay)
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
+
+    def _announce(self, peer: str) -> None:
+        """Tells ``peer`` which process this is (and learns which process it is), retrying until it
+        answers: a peer that knew an earlier process of this party learns that it restarted."""
+        name = self.me.server_name.encode()
+        request = _ANNOUNCE_REQ.pack(_MAGIC, self._incarnation, len(name)) + name
+        delay = 0.05
+        while not self._closed.is_set():
+            try:
+                answer = bytes(self._announce_stubs[peer](request, timeout=10))
+                if len(answer) == _INC.size:
+                    self._inboxes[peer].learn(_INC.unpack(answer)[0])
+                return
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if not self._closed.is_set():
+                        logger.warning("[%s] '%s' refused our announcement: %s: %s", self.me.server_name, peer,
+                                       e.code().name, e.details())
+                    return
+            except ValueError:  # the channel was closed by shutdown()
+                return
+            self._closed.wait(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 2.0)
+
+    def _announced(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if len(request) < _ANNOUNCE_REQ.size or request[:4] != _MAGIC:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed announcement")
+        _, incarnation, name_len = _ANNOUNCE_REQ.unpack_from(request)
+        if len(request) != _ANNOUNCE_REQ.size + name_len:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed announcement")
+        peer = bytes(request[_ANNOUNCE_REQ.size :]).decode("utf-8", "replace")
+        if peer not in self._inboxes:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown party {peer!r}")
+        if self.enable_ssl and peer not in self._peer_identity(context):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate does not name {peer!r}")
+        self._inboxes[peer].see(incarnation)
+        return _INC.pack(self._incarnation)
 
     def attempt_timeout(self, nbytes: int) -> float:
         """Seconds one send attempt may take: 10 s plus the frame at ``min_bandwidth`` bytes/s."""
@@ -566,7 +675,7 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
         if len(first) < _HEADER.size or first[:4] != _MAGIC:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream does not start with a splitlink chunk header")
-        _, incarnation, seq, _step, total, name_len = _HEADER.unpack_from(first)
+        _, incarnation, meant_for, seq, _step, total, name_len = _HEADER.unpack_from(first)
         sender = bytes(first[_HEADER.size : _HEADER.size + name_len]).decode("utf-8", "replace")
         if sender not in self._inboxes:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {sender!r}")
@@ -583,10 +692,16 @@ class VerticalFederatedCommunicator:
         if total > self.max_frame_bytes:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {total} bytes exceeds max_frame_bytes")
         inbox = self._inboxes[sender]
+        mine = _INC.pack(self._incarnation)
+        if meant_for not in (0, self._incarnation):
+            for _ in request_iterator:  # drain: meant for this party's previous process
+                pass
+            inbox.see(incarnation)
+            return _ACK_STALE + mine
         if inbox.is_duplicate(incarnation, seq):
             for _ in request_iterator:  # drain: the sender retried a frame we already have
                 pass
-            return _ACK_DUP
+            return _ACK_DUP + mine
         if not inbox.wait_for_room(total, context.is_active):
             context.abort(grpc.StatusCode.CANCELLED, "sender went away while the queue was full")
         buf = self._pool.acquire(total)
@@ -616,7 +731,7 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed frame: {e}")
         if header[1] != sender or header[2] != seq:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
-        return _ACK_OK if inbox.put(incarnation, seq, buf) else _ACK_DUP
+        return (_ACK_OK if inbox.put(incarnation, seq, buf) else _ACK_DUP) + mine
 
     def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
         """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).

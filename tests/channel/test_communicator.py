@@ -14,6 +14,7 @@ from splitlink import (
     CompressConfig,
     InProcessCommunicator,
     PeerClosedError,
+    PeerRestartedError,
     PeerUnavailableError,
     ServerConfig,
     SSLConfig,
@@ -205,21 +206,35 @@ def test_retried_frame_is_delivered_once() -> None:
 
 
 def test_receiver_restart_mid_run_loses_and_duplicates_nothing() -> None:
+    """A frame sent while the receiver is down is retried; when a new receiver process comes up, the
+    sender is told (PeerRestartedError: the frame was meant for the old process, which the new one
+    cannot continue), resends, and the new process gets every frame exactly once."""
     lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
     leader = VerticalFederatedCommunicator(lc, fc, retry_deadline=30).launch()
     follower = VerticalFederatedCommunicator(fc, lc).launch()
     got: list[int] = []
+    outcome: list[BaseException] = []
+
+    def send_rest() -> None:
+        pending = [1, 2]
+        while pending:
+            try:
+                leader.send_tensors("follower", {"i": torch.tensor([pending[0]])})
+                pending.pop(0)
+            except PeerRestartedError as e:
+                outcome.append(e)  # resend the same frame to the new process
     try:
         leader.send_tensors("follower", {"i": torch.tensor([0])})
         got.append(int(follower.receive("leader", timeout=5)["i"]))
         follower.shutdown(grace=0)
-        t = threading.Thread(target=lambda: [leader.send_tensors("follower", {"i": torch.tensor([i])}) for i in (1, 2)])
+        t = threading.Thread(target=send_rest)
         t.start()
         time.sleep(0.5)  # the sender is now retrying against a dead port
         follower = VerticalFederatedCommunicator(fc, lc).launch()
         got += [int(follower.receive("leader", timeout=20)["i"]) for _ in range(2)]
         t.join(20)
         assert got == [0, 1, 2]
+        assert len(outcome) == 1 and "follower" in str(outcome[0]) and outcome[0].peer == "follower"
         with pytest.raises(TimeoutError):
             follower.receive("leader", timeout=0.3)
     finally:
@@ -309,16 +324,75 @@ def test_frame_larger_than_2_gib_arrives_intact() -> None:
         follower.shutdown()
 
 
-def test_restarted_sender_is_not_mistaken_for_duplicates() -> None:
+def test_restarted_sender_is_announced_once_and_not_mistaken_for_duplicates() -> None:
     lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
     follower = VerticalFederatedCommunicator(fc, lc).launch()
     try:
-        for generation in range(2):  # the leader process "restarts": its seq begins at 1 again
+        for generation in range(3):  # the leader process "restarts": its seq begins at 1 again
             leader = VerticalFederatedCommunicator(lc, fc).launch()
             leader.send_tensors("follower", {"g": torch.tensor([generation])})
             leader.shutdown()
+            if generation:
+                with pytest.raises(PeerRestartedError, match="'leader' restarted"):
+                    follower.receive("leader", timeout=10)
             assert int(follower.receive("leader", timeout=10)["g"]) == generation
     finally:
+        follower.shutdown()
+
+
+def test_restart_discards_the_old_processs_unread_frames() -> None:
+    """The follower dies with two frames the leader has not read yet; the leader learns of the new
+    process from its announcement (before it sends anything), once; the old process's unread frames
+    are discarded, the new process's frames follow, and the leader's frames now reach the new one."""
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    leader = VerticalFederatedCommunicator(lc, fc).launch()
+    follower = VerticalFederatedCommunicator(fc, lc).launch()
+    try:
+        follower.send_tensors("leader", {"old": torch.tensor([0])})
+        assert int(leader.receive("follower", timeout=5)["old"]) == 0
+        leader.send_tensors("follower", {"x": torch.tensor([1])})
+        for i in (1, 2):
+            follower.send_tensors("leader", {"old": torch.tensor([i])})
+        follower.shutdown(grace=0)
+        follower = VerticalFederatedCommunicator(fc, lc).launch()
+        deadline = time.monotonic() + 10
+        while leader._inboxes["follower"].frames and time.monotonic() < deadline:
+            time.sleep(0.01)  # the announcement arrives
+        with pytest.raises(PeerRestartedError, match="'follower' restarted"):
+            leader.receive("follower", timeout=10)  # not the old process's unread frames
+        follower.send_tensors("leader", {"new": torch.tensor([7])})
+        assert int(leader.receive("follower", timeout=5)["new"]) == 7  # told once; old frames gone
+        leader.send_tensors("follower", {"x": torch.tensor([2])})  # addressed to the new process now
+        assert int(follower.receive("leader", timeout=5)["x"]) == 2
+    finally:
+        leader.shutdown()
+        follower.shutdown()
+
+
+def test_blocked_receiver_is_woken_by_the_restart_announcement() -> None:
+    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    leader = VerticalFederatedCommunicator(lc, fc).launch()
+    follower = VerticalFederatedCommunicator(fc, lc).launch()
+    try:
+        follower.send_tensors("leader", {"a": torch.tensor([0])})
+        leader.receive("follower", timeout=5)
+        woke: list[tuple[float, BaseException]] = []
+
+        def wait() -> None:
+            t0 = time.monotonic()
+            try:
+                leader.receive("follower", timeout=60)
+            except BaseException as e:  # noqa: BLE001
+                woke.append((time.monotonic() - t0, e))
+        t = threading.Thread(target=wait)
+        t.start()
+        follower.shutdown(grace=0)
+        time.sleep(0.3)
+        follower = VerticalFederatedCommunicator(fc, lc).launch()  # announces itself; sends nothing
+        t.join(20)
+        assert woke and isinstance(woke[0][1], PeerRestartedError) and woke[0][0] < 15, woke
+    finally:
+        leader.shutdown()
         follower.shutdown()
 
 
@@ -349,6 +423,9 @@ def test_sealed_frames_end_to_end_and_rekey_after_restart(certs: Path, tls: bool
         # The follower restarts with new keys: the leader re-agrees and re-seals on its own.
         follower.shutdown(grace=0)
         follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=tls, ssl_config=ssl[1], **kw).launch()
+        with pytest.raises(PeerRestartedError):  # told once (whichever is first: the announcement or this frame)
+            leader.send_tensors("follower", {"y": torch.arange(5)})
+            leader.receive("follower", timeout=20)
         leader.send_tensors("follower", {"y": torch.arange(5)})
         assert torch.equal(follower.receive("leader", timeout=20)["y"], torch.arange(5))
     finally:

@@ -1,5 +1,6 @@
 """A party killed with SIGKILL mid-training, both restarted with resume: the run ends bit for bit where an
-uninterrupted run of the same seed ends (Wide&Deep, two processes over mutual TLS)."""
+uninterrupted run of the same seed ends. Two processes over mutual TLS, for both examples: Wide&Deep, and
+the tiny Pangu-alpha split whose backbone (party B) runs under DeepSpeed ZeRO-2."""
 
 from __future__ import annotations
 
@@ -29,21 +30,30 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def run_files(d: Path, ckpt: Path, resume: bool) -> dict[str, Path]:
+def run_files(d: Path, ckpt: Path, resume: bool, peer_timeout: float = 8.0) -> dict[str, Path]:
     files = demo_mod.write_run_files(d, epochs=1, batch_size=90, vocab_size=5000, log_every=1, progress=False,
                                      model=MODEL, ckpt_every=EVERY, max_steps=STEPS)
     for role, f in files.items():
         cfg = yaml.safe_load(f.read_text())
-        cfg["train"].update(ckpt_dir=str(ckpt / role), resume=resume, peer_timeout=8.0)
+        cfg["train"].update(ckpt_dir=str(ckpt / role), resume=resume, peer_timeout=peer_timeout)
         cfg["log_file"] = str(ckpt / f"{role}.log")
         f.write_text(yaml.safe_dump(cfg))
     return files
 
 
-def start(files: dict[str, Path]) -> dict[str, subprocess.Popen]:
+def with_resume(f: Path) -> Path:
+    """The same run file (same addresses) with resume on: how a crashed party is restarted."""
+    cfg = yaml.safe_load(f.read_text())
+    cfg["train"]["resume"] = True
+    out = f.with_name(f.stem + ".resume.yaml")
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def start(files: dict[str, Path], roles: tuple[str, ...] = ("follower", "leader")) -> dict[str, subprocess.Popen]:
     return {role: subprocess.Popen([sys.executable, "-m", "splitlink", "train", role, "--config", str(files[role])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for role in ("follower", "leader")}
+            for role in roles}
 
 
 ERRORS: dict[str, str] = {}
@@ -70,8 +80,13 @@ def steps_done(log: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["follower", "leader"])
-def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir: Path, victim: str) -> None:
+@pytest.mark.parametrize(("victim", "restart"), [("follower", "both"), ("leader", "both"), ("follower", "victim"),
+                                                 ("leader", "victim")])
+def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir: Path, victim: str,
+                                                                         restart: str) -> None:
+    """restart="both": the survivor gives up after peer_timeout with an error naming the peer, and both
+    are restarted with resume. restart="victim": only the killed party is restarted; the survivor learns
+    of the new process, both go back to their newest common checkpoint, and the survivor carries on."""
     ref = workdir / "ref"
     if not ref.exists():
         codes = finish(start(run_files(workdir, ref, resume=False)))
@@ -79,25 +94,33 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
     expected = final_state(ref)
     assert len(expected) == 3  # leader bottom, leader top, follower bottom
 
-    run = workdir / f"killed-{victim}"
-    rng = np.random.default_rng(abs(hash(victim)) % 1000)
+    run = workdir / f"killed-{victim}-{restart}"
+    rng = np.random.default_rng(abs(hash((victim, restart))) % 1000)
     kill_at = int(rng.integers(EVERY + 2, STEPS - 3))
-    procs = start(run_files(workdir, run, resume=False))
+    files = run_files(workdir, run, resume=False, peer_timeout=8.0 if restart == "both" else 90.0)
+    procs = start(files)
     deadline = time.monotonic() + 120
     while steps_done(run / "leader.log") < kill_at:
         assert time.monotonic() < deadline, "training did not reach the kill step"
         assert procs["leader"].poll() is None, "the leader stopped before the kill step"
         time.sleep(0.02)
     procs[victim].send_signal(signal.SIGKILL)
-    codes = finish(procs, timeout=120)
     survivor = "leader" if victim == "follower" else "follower"
-    assert codes[victim] == -signal.SIGKILL
-    assert codes[survivor] != 0  # it noticed: no frame from the peer within peer_timeout, a clear error
-    err = ERRORS[survivor]
-    assert victim in err and ("within" in err or "unavailable" in err), err
-
-    codes = finish(start(run_files(workdir, run, resume=True)))
-    assert codes == {"follower": 0, "leader": 0}
+    if restart == "both":
+        codes = finish(procs, timeout=120)
+        assert codes[victim] == -signal.SIGKILL
+        assert codes[survivor] != 0  # it noticed: no frame from the peer within peer_timeout, a clear error
+        err = ERRORS[survivor]
+        assert victim in err and ("within" in err or "unavailable" in err), err
+        codes = finish(start(run_files(workdir, run, resume=True)))
+    else:
+        assert procs[victim].wait(30) == -signal.SIGKILL
+        procs[victim].stderr.close()  # type: ignore[union-attr]
+        procs[victim] = start({victim: with_resume(files[victim])}, (victim,))[victim]
+        codes = finish(procs)
+        rejoined = (run / f"{survivor}.log").read_text()
+        assert "restarted" in rejoined and "going back to the newest common checkpoint" in rejoined, rejoined
+    assert codes == {"follower": 0, "leader": 0}, ERRORS
     log = (run / "leader.log").read_text()
     resumed = [line for line in log.splitlines() if "resumed at step" in line]
     assert resumed, log
@@ -107,6 +130,126 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
         for part in ("model", "optimizers"):
             a, b = json.dumps(_flat(state[part])), json.dumps(_flat(got[name][part]))
             assert a == b, f"{name}: {part} differs after kill at step {kill_at} and resume"
+
+
+PANGU_STEPS, PANGU_EVERY = 16, 4
+
+
+@pytest.fixture(scope="module")
+def pangu_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from splitlink.examples import pangu
+
+    d = tmp_path_factory.mktemp("pangu-faults")
+    demo_mod.make_dev_certs(d / "certs", ["leader", "follower"])
+    corpus = pangu.stdlib_corpus(d / "corpus", max_bytes=200_000)
+    pangu.preprocess_corpus(corpus, d / "data", vocab_size=512)
+    return d
+
+
+def pangu_files(d: Path, run: Path, resume: bool, peer_timeout: float = 8.0) -> dict[str, Path]:
+    from splitlink.util import free_ports
+
+    p1, p2 = free_ports(2)
+    c = d / "certs"
+    run.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for role, me, peer in (("follower", p2, p1), ("leader", p1, p2)):
+        cfg = {
+            "scenario": "pangu_alpha", "party": role, "address": f"127.0.0.1:{me}", "peer_address": f"127.0.0.1:{peer}",
+            "enable_ssl": True, "threads": 1, "log_file": str(run / f"{role}.log"),
+            "pangu": {"config": "tiny", "vocab_size": 512, "seq_length": 32},
+            "ssl": {"server_cert_path": str(c / f"{role}.server.p12"), "client_cert_path": str(c / f"{role}.client.p12"),
+                    "ca_cert_path": str(c / "ca.crt"), "server_password": "splitlink", "client_password": "splitlink"},
+            "train": {"epochs": 1, "batch_size": 4, "max_steps": PANGU_STEPS, "lr": 1e-3, "log_every": 1,
+                      "ckpt_every": PANGU_EVERY, "ckpt_dir": str(run / role), "resume": resume, "peer_timeout": peer_timeout,
+                      "metrics_path": str(run / "metrics.jsonl")},
+        }
+        if role == "leader":
+            cfg["data"] = str(d / "data")
+        files[role] = run / f"{role}.yaml"
+        files[role].write_text(yaml.safe_dump(cfg))
+    return files
+
+
+def pangu_losses(run: Path) -> dict[int, float]:
+    """step -> training loss from the leader's metrics (a resumed run appends; later rows win)."""
+    f = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def pangu_final_state(run: Path) -> dict[str, object]:
+    """Every tensor of both parties' checkpoints at the last step: party A's files and party B's DeepSpeed
+    directory (module weights, ZeRO-2 optimizer partitions), as exact bytes."""
+    out: dict[str, object] = {}
+    for f in sorted(run.rglob("*.pt")):
+        if f"step-{PANGU_STEPS:010d}" in str(f.relative_to(run)):
+            out[str(f.relative_to(run))] = _tensors(torch.load(f, map_location="cpu", weights_only=False))
+    return out
+
+
+def _tensors(x: object) -> object:
+    """The tensors of a checkpoint object (nested dicts/lists), flattened bitwise; other values dropped."""
+    if isinstance(x, torch.Tensor):
+        return _flat(x)
+    if isinstance(x, dict):
+        kept = {str(k): _tensors(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+        return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(x, (list, tuple)):
+        kept_list = [_tensors(v) for v in x]
+        return kept_list if any(v is not None for v in kept_list) else None
+    return None
+
+
+@pytest.mark.slow
+def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pangu_workdir: Path) -> None:
+    pytest.importorskip("deepspeed", reason="party B's backbone runs under DeepSpeed (the deepspeed extra)")
+    d = pangu_workdir
+    ref = d / "ref"
+    codes = finish(start(pangu_files(d, ref, resume=False)), timeout=300)
+    assert codes == {"follower": 0, "leader": 0}, ERRORS
+    expected, expected_losses = pangu_final_state(ref), pangu_losses(ref)
+    assert sorted(expected_losses) == list(range(1, PANGU_STEPS + 1))
+    assert any("/" in k and "model_states" in k for k in expected), expected.keys()  # party B's DeepSpeed files
+    assert any("optim_states" in k for k in expected), expected.keys()
+
+    # Party B (the follower, DeepSpeed) killed: both restarted. Party A killed: only A is restarted and
+    # party B's process goes back to the common checkpoint (reloading its DeepSpeed engine) and continues.
+    for victim, kill_at, restart in (("follower", 7, "both"), ("leader", 10, "victim")):
+        run = d / f"killed-{victim}"
+        files = pangu_files(d, run, resume=False, peer_timeout=8.0 if restart == "both" else 120.0)
+        procs = start(files)
+        deadline = time.monotonic() + 240
+        while max(pangu_losses(run), default=0) < kill_at:
+            assert time.monotonic() < deadline, "training did not reach the kill step"
+            assert procs["leader"].poll() is None, f"the leader stopped before the kill step: {procs['leader'].stderr}"
+            time.sleep(0.02)
+        procs[victim].send_signal(signal.SIGKILL)
+        survivor = "leader" if victim == "follower" else "follower"
+        if restart == "both":
+            codes = finish(procs, timeout=120)
+            reached = max(pangu_losses(run))
+            assert codes[victim] == -signal.SIGKILL
+            assert codes[survivor] != 0
+            assert victim in ERRORS[survivor], ERRORS[survivor]
+            codes = finish(start(pangu_files(d, run, resume=True)), timeout=300)
+        else:
+            assert procs[victim].wait(30) == -signal.SIGKILL
+            procs[victim].stderr.close()  # type: ignore[union-attr]
+            reached = max(pangu_losses(run))
+            procs[victim] = start({victim: with_resume(files[victim])}, (victim,))[victim]
+            codes = finish(procs, timeout=300)
+            rejoined = (run / f"{survivor}.log").read_text()
+            assert "going back to the newest common checkpoint" in rejoined and "resumed at step" in rejoined, rejoined
+        assert codes == {"follower": 0, "leader": 0}, ERRORS
+        log = (run / "leader.log").read_text()
+        resumed_at = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "party A: resumed at step" in line]
+        assert resumed_at and 0 < resumed_at[-1] <= reached and resumed_at[-1] % PANGU_EVERY == 0, (reached, log)
+        assert pangu_losses(run) == expected_losses  # every step's loss, the replayed ones included
+        got = pangu_final_state(run)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert json.dumps(got[name]) == json.dumps(expected[name]), f"{name} differs after killing the {victim}"
 
 
 def _flat(x: object) -> object:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from splitlink.channel import PeerRestartedError
 from splitlink.checkpoint import Manifest
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
@@ -382,18 +383,35 @@ class PartyA:
         self.step = step
         log.info("party A: resumed at step %d", step)
 
-    def agree_resume(self) -> None:
-        """Sends the steps A holds checkpoints for; B answers with the newest step both hold (or -1)."""
-        mine = self.checkpoint_steps() if self.train.resume else []
+    def agree_resume(self, rejoin: bool = False) -> None:
+        """Sends the steps A holds checkpoints for; B answers with the newest step both hold (or -1).
+        ``rejoin``: B restarted; A goes back to that step whatever ``resume`` says."""
+        mine = self.checkpoint_steps() if self.train.resume or rejoin else []
         self.comm.send_tensors(self.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64)})
         step = int(self.comm.receive(self.peer, self.train.peer_timeout)["resume_step"])
         if step >= 0:
             self.restore(step)
+        elif rejoin:
+            raise RuntimeError("party A: party B restarted, but the parties hold no common checkpoint to continue from "
+                               "(was it restarted with resume: true?); restart both parties with resume")
         elif self.train.resume:
             log.warning("party A: --resume but no checkpoint step both parties hold; starting from step 0")
 
     def run(self) -> list[dict[str, Any]]:
-        self.agree_resume()
+        """Trains to the end. If party B's process is replaced (crashed, restarted with resume), both go
+        back to their newest common checkpoint and continue; this process keeps running."""
+        rejoin = False
+        while True:
+            try:
+                self.agree_resume(rejoin)
+                self._train()
+                self.comm.send_tensors(self.peer, {"done": torch.ones(1)})
+                return self.history
+            except PeerRestartedError as e:
+                log.warning("party A: %s: going back to the newest common checkpoint", e)
+                rejoin = True
+
+    def _train(self) -> None:
         t0 = time.perf_counter()
         for epoch, rows in self.schedule():
             self.forward(rows)
@@ -407,8 +425,6 @@ class PartyA:
                 ev = self.evaluate()
                 log.info("epoch %d eval loss: %.6f (perplexity %.1f)", epoch, ev, float(np.exp(ev)))
                 self.record(kind="eval", epoch=epoch, step=self.step, loss=ev, seconds=time.perf_counter() - t0)
-        self.comm.send_tensors(self.peer, {"done": torch.ones(1)})
-        return self.history
 
 
 class PartyB:
@@ -455,17 +471,32 @@ class PartyB:
         self.step = step
         log.info("party B: resumed at step %d", step)
 
-    def answer_resume(self) -> None:
+    def answer_resume(self, rejoin: bool = False) -> None:
         theirs = set(self.comm.receive(self.peer, self.train.peer_timeout)["ckpt_steps"].tolist())
-        common = sorted(theirs & set(self.checkpoint_steps())) if self.train.resume else []
+        common = sorted(theirs & set(self.checkpoint_steps())) if self.train.resume or rejoin else []
         step = common[-1] if common else -1
         if step >= 0:
             self.restore(step)
         self.comm.send_tensors(self.peer, {"resume_step": torch.tensor(step)})
+        if step < 0 and rejoin:
+            hint = " (was it restarted with resume: true?)" if not theirs else ""
+            raise RuntimeError(f"party B: party A restarted, but the parties hold no common checkpoint to continue "
+                               f"from{hint}; restart both parties with resume")
 
     def run(self) -> None:
-        """Serves steps until party A says it is done (party B does not need to know the schedule)."""
-        self.answer_resume()
+        """Serves steps until party A says it is done (party B does not need to know the schedule). If
+        party A's process is replaced, both go back to their newest common checkpoint and continue."""
+        rejoin = False
+        while True:
+            try:
+                self.answer_resume(rejoin)
+                self._serve()
+                return
+            except PeerRestartedError as e:
+                log.warning("party B: %s: going back to the newest common checkpoint", e)
+                rejoin = True
+
+    def _serve(self) -> None:
         while True:
             got = self.comm.receive(self.peer, self.train.peer_timeout)
             if "done" in got:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from splitlink.channel import PeerRestartedError
 from splitlink.checkpoint import Manifest
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
@@ -201,14 +202,15 @@ class _Party:
         return {f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
                 f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx]))}
 
-    # Start-up: aligned rows, and the step both parties resume from.
-    def handshake(self) -> int:
+    # Start-up: aligned rows, and the step both parties resume from. After the peer restarted
+    # (``rejoin``), this party goes back to the newest checkpoint both hold, whatever ``resume`` says.
+    def handshake(self, rejoin: bool = False) -> int:
         self.comm.send_tensors(self.peer, {"ids_sha256": _ids_digest(self.data.sample_ids)})
         theirs = self.comm.receive(self.peer, self.train.peer_timeout)["ids_sha256"]
         if not torch.equal(theirs, _ids_digest(self.data.sample_ids)):
             raise RuntimeError(f"{self.role}: the parties' sample ids differ (row alignment); align the rows with "
                                "PSI first so both hold the same samples in the same order")
-        mine = self.checkpoint_steps() if self.train.resume else []
+        mine = self.checkpoint_steps() if self.train.resume or rejoin else []
         rid = torch.frombuffer(bytearray(self.train.run_id.encode()), dtype=torch.uint8)
         self.comm.send_tensors(self.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64), "run_id": rid})
         got = self.comm.receive(self.peer, self.train.peer_timeout)
@@ -218,7 +220,13 @@ class _Party:
             raise RuntimeError(f"{self.role}: this party runs {self.train.run_id!r} but the {self.peer} runs "
                                f"{peer_run!r}; give both the same run_id")
         common = sorted(set(mine) & set(peer_steps))
-        if self.train.resume:
+        if rejoin:
+            if not common:
+                hint = f" (was the {self.peer} restarted with resume: true?)" if not peer_steps else ""
+                raise RuntimeError(f"{self.role}: the {self.peer} restarted, but the parties hold no common checkpoint "
+                                   f"to continue from{hint}; restart both parties with resume")
+            self.restore(common[-1])
+        elif self.train.resume:
             if common:
                 self.restore(common[-1])
             else:
@@ -275,7 +283,9 @@ class Follower(_Party):
             self.comm.send_tensors("leader", dict(out), step=self.step)
 
     def run(self) -> None:
-        self.handshake()
+        _ride_through_restarts(self, self._train)
+
+    def _train(self) -> None:
         for epoch, bs in _schedule(self):
             for idx in bs:
                 self.forward(idx)
@@ -340,8 +350,22 @@ class Leader(_Party):
         return auc(np.concatenate(labels), np.concatenate(probs)) if probs else math.nan
 
     def run(self) -> list[dict[str, Any]]:
-        self.handshake()
+        try:
+            _ride_through_restarts(self, self._train)
+        finally:
+            if self._metrics_fh is not None:
+                self._metrics_fh.close()
+        return self.history
+
+    def _train(self) -> None:
         bar = _progress(self.total_steps, self.step, self.train.progress)
+        try:
+            self._train_steps(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _train_steps(self, bar: Any) -> None:
         t0 = time.perf_counter()
         window: list[tuple[float, float]] = []
         for epoch, bs in _schedule(self):
@@ -363,11 +387,21 @@ class Leader(_Party):
                 a = self.evaluate()
                 _log(bar, f"epoch {epoch} eval AUC: {a:.4f}")
                 self._record(kind="eval", epoch=epoch, step=self.step, auc=a, seconds=time.perf_counter() - t0)
-        if bar is not None:
-            bar.close()
-        if self._metrics_fh is not None:
-            self._metrics_fh.close()
-        return self.history
+
+
+def _ride_through_restarts(p: _Party, train: Any) -> None:
+    """Start-up handshake, then ``train`` to the end. When the peer process is replaced (it crashed and
+    was restarted with resume), both go back to their newest common checkpoint and continue: this
+    party keeps running, and the result is the same as without the interruption."""
+    rejoin = False
+    while True:
+        try:
+            p.handshake(rejoin=rejoin)
+            train()
+            return
+        except PeerRestartedError as e:
+            log.warning("%s: %s: going back to the newest common checkpoint", p.role, e)
+            rejoin = True
 
 
 def _schedule(p: _Party) -> Iterator[tuple[int, list[np.ndarray]]]:
