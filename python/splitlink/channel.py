@@ -217,9 +217,15 @@ def _is_loopback(host: str) -> bool:
 # 10 s timeout detect a dead peer (killed process, cut cable) within ~40 s while costing nothing
 # measurable; pings are allowed without calls so idle parties (waiting for the other side's
 # step) are monitored too. Message limits are one chunk plus headroom: frames are streamed.
+# Reconnection: gRPC's defaults (first retry after 1 s, backing off to 120 s) would turn a 0.1 s
+# network blip into seconds of both parties idling, since each waits on the other every step; one
+# peer's reconnect attempts cost nothing, so retry after 0.1 s and back off to at most 5 s.
 def _options(chunk_size: int, keepalive_s: float) -> list[tuple[str, Any]]:
     limit = chunk_size + MiB
     return [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 5000),
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
         ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),

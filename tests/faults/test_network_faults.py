@@ -1,4 +1,5 @@
-"""Network faults between two communicators on loopback: corrupted bytes, cut connections, delays.
+"""Network faults between two communicators on loopback: corrupted bytes, cut connections, delays, a
+sender killed mid-send.
 
 Each scenario checks that every frame arrives exactly once, in order, bit for bit, or that the
 sender fails with a clear error; never that a corrupted tensor is delivered.
@@ -6,6 +7,9 @@ sender fails with a clear error; never that a corrupted tensor is delivered.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +18,7 @@ import pytest
 import torch
 from faultproxy import FaultProxy
 
-from splitlink import ServerConfig, SSLConfig, VerticalFederatedCommunicator
+from splitlink import PeerRestartedError, ServerConfig, SSLConfig, VerticalFederatedCommunicator
 from splitlink.certs import make_dev_certs
 from splitlink.util import free_ports
 
@@ -136,5 +140,50 @@ def test_a_peer_that_stays_unreachable_fails_with_a_clear_error(certs: Path) -> 
             follower.send_tensors("leader", frames(1)[0])
     finally:
         follower.shutdown()
+        leader.shutdown()
+        proxy.close()
+
+
+SENDER = """
+import sys, torch
+from splitlink import ServerConfig, VerticalFederatedCommunicator
+me, leader, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+comm = VerticalFederatedCommunicator(ServerConfig("follower", me), ServerConfig("leader", leader), retry_deadline=20,
+                                     chunk_size=256 << 10).launch()
+comm.send_tensors("leader", {"x": torch.arange(mib << 18, dtype=torch.float32)})
+comm.shutdown()
+"""
+
+
+def test_sender_killed_mid_send_delivers_nothing_partial_and_its_restart_is_announced(tmp_path: Path) -> None:
+    """The follower process is killed with SIGKILL while a 64 MiB frame is half-way through the network:
+    the leader never sees a partial frame; the restarted follower is announced (PeerRestartedError,
+    once) and its frame arrives whole."""
+    script = tmp_path / "sender.py"
+    script.write_text(SENDER)
+    lp, fp = free_port(), free_port()
+    proxy = FaultProxy(lp)
+    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
+                                           ServerConfig("follower", f"127.0.0.1:{fp}")).launch()
+    try:
+        proxy.delay_s = 0.005  # ~64 KiB per 5 ms: the 64 MiB frame takes seconds to cross
+        victim = subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{fp}", proxy.address, "64"])
+        deadline = time.monotonic() + 60
+        while proxy.forwarded < 8 << 20:
+            assert time.monotonic() < deadline and victim.poll() is None, "the frame did not start crossing"
+            time.sleep(0.01)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(10) == -signal.SIGKILL
+        assert proxy.forwarded < 64 << 20  # killed mid-send
+        proxy.delay_s = 0.0
+        with pytest.raises(TimeoutError):
+            leader.receive("follower", timeout=1.0)  # nothing partial is delivered
+        restarted = subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{fp}", proxy.address, "1"])
+        with pytest.raises(PeerRestartedError, match="'follower' restarted"):
+            leader.receive("follower", timeout=60)
+        got = leader.receive("follower", timeout=60)["x"]
+        assert torch.equal(got, torch.arange(1 << 18, dtype=torch.float32))
+        assert restarted.wait(60) == 0
+    finally:
         leader.shutdown()
         proxy.close()
