@@ -4,7 +4,9 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +59,61 @@ PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq
   }
   return a;
 }
+
+// A frame produced piecewise for streaming: the header, gaps and codec outputs are written once
+// into a (pooled) prefix buffer; each chunk is a new bytes object filled straight from the
+// uncompressed tensors' memory and the prefix. The frame as a whole is never materialized, so a
+// sender copies each tensor byte once (into the chunk the transport sends). Chunks can be made again
+// (a retried send) as long as the tensors are unchanged; this object pins their memory.
+class FrameChunks {
+ public:
+  FrameChunks(PackArgs&& a, const py::object& pool, size_t chunk_size, unsigned threads)
+      : args_(std::move(a)), layout_(wire::FrameLayout::plan(args_.meta, args_.inputs)), chunk_size_(chunk_size) {
+    if (chunk_size_ == 0) throw py::value_error("chunk_size must be > 0");
+    prefix_ = new_frame_buffer(pool, layout_.size());
+    uint8_t* out = prefix_.cast<FrameBuffer&>().mem.data();
+    py::gil_scoped_release nogil;  // inputs pinned by their Py_buffer exports, prefix_ is ours
+    layout_.write_prefix(args_.meta, args_.inputs, out, layout_.size(), threads);
+  }
+
+  size_t size() const { return layout_.size(); }
+  size_t count() const { return (layout_.size() + chunk_size_ - 1) / chunk_size_; }
+
+  // Chunk `index`, optionally preceded by `prefix` in the same bytes object (a transport header).
+  py::bytes chunk(size_t index, const py::object& prefix) {
+    if (index >= count()) throw py::index_error("chunk index " + std::to_string(index) + " out of range");
+    const uint64_t b = uint64_t{index} * chunk_size_, e = std::min<uint64_t>(layout_.size(), b + chunk_size_);
+    std::optional<PyBuffer> pre;
+    if (!prefix.is_none()) pre.emplace(prefix, PyBUF_SIMPLE, "prefix");
+    const size_t pre_len = pre ? pre->size() : 0;
+    PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(pre_len + (e - b)));
+    if (raw == nullptr) throw py::error_already_set();
+    py::bytes out = py::reinterpret_steal<py::bytes>(raw);
+    uint8_t* dst = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(raw));
+    if (pre_len != 0) {
+      std::memcpy(dst, pre->data(), pre_len);
+      dst += pre_len;
+    }
+    const uint8_t* written = prefix_.cast<FrameBuffer&>().mem.data();
+    {
+      py::gil_scoped_release nogil;  // the new bytes object is referenced only by us
+      spans_.clear();
+      layout_.spans(args_.inputs, written, b, e, spans_);
+      for (const auto& sp : spans_) {
+        std::memcpy(dst, sp.src, sp.len);
+        dst += sp.len;
+      }
+    }
+    return out;
+  }
+
+ private:
+  PackArgs args_;
+  wire::FrameLayout layout_;
+  size_t chunk_size_;
+  py::object prefix_;
+  std::vector<secure::Span> spans_;
+};
 
 py::tuple decode(const py::object& buffer) {
   PyBuffer view(buffer, PyBUF_SIMPLE, "frame");
@@ -181,6 +238,23 @@ void register_wire(py::module_ m) {
       },
       py::arg("items"), py::arg("sender"), py::arg("seq"), py::arg("step"), py::arg("kind"), py::arg("pool"),
       py::arg("out"), py::arg("threads") = 0, py::arg("sealer") = py::none());
+
+  py::class_<FrameChunks>(m, "FrameChunks",
+                          "A frame made chunk by chunk from tensor memory (see splitlink.wire.pack_chunks).")
+      .def_property_readonly("nbytes", &FrameChunks::size)
+      .def("__len__", &FrameChunks::count)
+      .def("chunk", &FrameChunks::chunk, py::arg("index"), py::arg("prefix") = py::none(),
+           "Chunk `index` as a new bytes object, preceded by `prefix` (bytes-like) when given.");
+
+  m.def(
+      "pack_chunks",
+      [](const py::sequence& items, std::string sender, uint64_t seq, int64_t step, std::string kind, py::object pool,
+         size_t chunk_size, unsigned threads) {
+        return std::make_unique<FrameChunks>(parse_items(items, std::move(sender), seq, step, std::move(kind)), pool,
+                                             chunk_size, threads);
+      },
+      py::arg("items"), py::arg("sender"), py::arg("seq"), py::arg("step"), py::arg("kind"), py::arg("pool"),
+      py::arg("chunk_size"), py::arg("threads") = 0);
 
   m.def("decode_header", &decode, py::arg("buffer"),
         "Validates a frame and returns (version, sender, seq, step, kind, payload_offset, payload_length, "

@@ -77,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 _SERVICE = "splitlink.v1.Transport"
 _METHOD = f"/{_SERVICE}/Send"
+_METHOD_ONE = f"/{_SERVICE}/SendOne"  # a frame that fits one chunk: stream header and frame in one message
 _HELLO = f"/{_SERVICE}/Hello"
 _ANNOUNCE = f"/{_SERVICE}/Announce"
 # magic, sender incarnation, receiver incarnation the frame is meant for (0: not known yet), seq, step,
@@ -399,7 +400,12 @@ class VerticalFederatedCommunicator:
         self._stubs: dict[str, Any] = {}
         self._hello_stubs: dict[str, Any] = {}
         self._announce_stubs: dict[str, Any] = {}
-        self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4))
+        self._one_stubs: dict[str, Any] = {}
+        # Frames in flight are reused once released (fresh memory is first touched at ~2 GB/s here,
+        # reused memory copied at 6-17 GB/s); the pool may keep what the receive queue may hold, so a
+        # steady stream of 1 GiB frames reuses its buffers too (the pool's own default keeps 1 GiB).
+        self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4),
+                                     max_bytes=max_queue_bytes + max_queue_bytes // 8)
         self._closed = threading.Event()
         self._incarnation = random.SystemRandom().getrandbits(64)
         self.seal = seal
@@ -424,6 +430,7 @@ class VerticalFederatedCommunicator:
         opts = _options(self.chunk_size, self.keepalive_s)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 + 2 * len(self.peers)), options=opts)
         methods = {"Send": grpc.stream_unary_rpc_method_handler(self._handle),
+                   "SendOne": grpc.unary_unary_rpc_method_handler(self._handle_one),
                    "Announce": grpc.unary_unary_rpc_method_handler(self._announced)}
         if self.seal:
             self._keypair = secure.KeyPair.generate()
@@ -457,6 +464,7 @@ class VerticalFederatedCommunicator:
                 channel = grpc.insecure_channel(cfg.server_address, options=opts)
             self._channels[name] = channel
             self._stubs[name] = channel.stream_unary(_METHOD)
+            self._one_stubs[name] = channel.unary_unary(_METHOD_ONE)
             self._hello_stubs[name] = channel.unary_unary(_HELLO)
             self._announce_stubs[name] = channel.unary_unary(_ANNOUNCE)
             threading.Thread(target=self._announce, args=(name,), name=f"splitlink-announce-{name}", daemon=True).start()
@@ -486,10 +494,14 @@ class VerticalFederatedCommunicator:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _chunks(self, header: bytes, frame: memoryview) -> Iterator[bytes]:
+    def _chunks(self, header: bytes, frame: Any) -> Iterator[bytes]:
         yield header
-        for off in range(0, len(frame), self.chunk_size):
-            yield bytes(frame[off : off + self.chunk_size])
+        if isinstance(frame, memoryview):  # a sealed frame
+            for off in range(0, len(frame), self.chunk_size):
+                yield bytes(frame[off : off + self.chunk_size])
+        else:  # wire.pack_chunks: each chunk filled straight from tensor memory
+            for i in range(len(frame)):
+                yield frame.chunk(i)
 
     def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
                      kind: str = "tensors") -> None:
@@ -505,12 +517,18 @@ class VerticalFederatedCommunicator:
             for attempt in range(3):
                 self._seq[target_server_name] += 1
                 seq = self._seq[target_server_name]
-                sealer = self._ensure_keys(target_server_name) if self.seal else None
-                frame = wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind=kind,
-                                  compress=self.compress_configs, error_feedback=self._feedback[target_server_name],
-                                  pool=self._pool, sealer=sealer)
+                frame: Any
+                if self.seal:
+                    frame = memoryview(wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind=kind,
+                                                 compress=self.compress_configs,
+                                                 error_feedback=self._feedback[target_server_name], pool=self._pool,
+                                                 sealer=self._ensure_keys(target_server_name)))
+                else:
+                    frame = wire.pack_chunks(tensors, chunk_size=self.chunk_size, sender=self.me.server_name, seq=seq,
+                                             step=step or 0, kind=kind, compress=self.compress_configs,
+                                             error_feedback=self._feedback[target_server_name], pool=self._pool)
                 try:
-                    self._send_frame(target_server_name, seq, step or 0, memoryview(frame))
+                    self._send_frame(target_server_name, seq, step or 0, frame)
                     return
                 except _RekeyNeeded as e:
                     # The peer restarted (new session keys) or lost ours: agree on keys again, re-seal.
@@ -578,10 +596,11 @@ class VerticalFederatedCommunicator:
         assert self._keypair is not None
         return self._keypair.public_bytes
 
-    def _send_frame(self, peer: str, seq: int, step: int, frame: memoryview) -> None:
+    def _send_frame(self, peer: str, seq: int, step: int, frame: Any) -> None:
         name = self.me.server_name.encode()
         inbox = self._inboxes[peer]
-        header = _HEADER.pack(_MAGIC, self._incarnation, inbox.told or 0, seq, step & 0xFFFFFFFFFFFFFFFF, len(frame),
+        total = frame.nbytes
+        header = _HEADER.pack(_MAGIC, self._incarnation, inbox.told or 0, seq, step & 0xFFFFFFFFFFFFFFFF, total,
                               len(name)) + name
         deadline = time.monotonic() + self.retry_deadline
         delay, attempt = 0.05, 0
@@ -591,8 +610,13 @@ class VerticalFederatedCommunicator:
                 # A bounded attempt: a connection that stalls without failing (a half-open TCP
                 # connection, a middlebox that stops forwarding) becomes DEADLINE_EXCEEDED and is
                 # retried, instead of waiting for keepalive to notice.
-                ack = bytes(self._stubs[peer](self._chunks(header, frame), wait_for_ready=False,
-                                              timeout=self.attempt_timeout(len(frame))))
+                if total <= self.chunk_size:
+                    # One message, no request stream (gRPC would consume a stream on a thread of its own).
+                    one = header + bytes(frame) if isinstance(frame, memoryview) else frame.chunk(0, header)
+                    ack = bytes(self._one_stubs[peer](one, wait_for_ready=False, timeout=self.attempt_timeout(total)))
+                else:
+                    ack = bytes(self._stubs[peer](self._chunks(header, frame), wait_for_ready=False,
+                                                  timeout=self.attempt_timeout(total)))
                 status, (incarnation,) = ack[: -_INC.size], _INC.unpack(ack[-_INC.size :])
                 if status == _ACK_STALE:
                     inbox.acknowledge(incarnation)
@@ -674,11 +698,23 @@ class VerticalFederatedCommunicator:
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {sorted(names)} is revoked (CRL)")
         return names
 
+    def _handle_one(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if len(request) < _HEADER.size or request[:4] != _MAGIC:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message does not start with a splitlink chunk header")
+        end = _HEADER.size + _HEADER.unpack_from(request)[-1]
+        if end > len(request):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk header longer than the message")
+        view = memoryview(request)
+        return self._receive_frame(view[:end], iter((view[end:],)), context)
+
     def _handle(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         try:
             first = next(request_iterator)
         except StopIteration:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+        return self._receive_frame(first, request_iterator, context)
+
+    def _receive_frame(self, first: Any, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> bytes:
         if len(first) < _HEADER.size or first[:4] != _MAGIC:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream does not start with a splitlink chunk header")
         _, incarnation, meant_for, seq, _step, total, name_len = _HEADER.unpack_from(first)

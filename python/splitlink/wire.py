@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Frame",
     "BufferPool",
+    "pack_chunks",
     "FrameBuffer",
     "pack",
     "packed_size",
@@ -251,6 +252,34 @@ def pack(
         return memoryview(out).cast("B")[:n]
     use_pool = _DEFAULT_POOL if pool is _USE_DEFAULT else pool
     return _core.wire.pack(items, sender, seq, step, kind, use_pool, None, threads)
+
+
+def pack_chunks(
+    tensors: TensorTree,
+    *,
+    chunk_size: int,
+    sender: str = "",
+    step: int = 0,
+    kind: str = "",
+    seq: int = 0,
+    compress: Mapping[str, CompressConfig] | None = None,
+    error_feedback: ErrorFeedback | None = None,
+    pool: Any = _USE_DEFAULT,
+    threads: int = 0,
+) -> Any:
+    """The frame ``pack`` would produce, as ``len(result)`` chunks of ``chunk_size`` bytes (the last
+    one shorter) for streaming: ``result.chunk(i)`` is a new ``bytes`` filled straight from the
+    tensors' memory, so the whole frame never exists on the sending side and each tensor byte is
+    copied once. Header and codec outputs are written once, at this call (error feedback is
+    updated once); chunks can be made again for a retry while the tensors are unchanged.
+    ``b"".join(r.chunk(i) for i in range(len(r))) == bytes(pack(...))``."""
+    if seq < 0:
+        raise ValueError(f"seq must be >= 0, got {seq}")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    items = _items(tensors, compress, error_feedback, seq)
+    use_pool = _DEFAULT_POOL if pool is _USE_DEFAULT else pool
+    return _core.wire.pack_chunks(items, sender, seq, step, kind, use_pool, chunk_size, threads)
 
 
 class Frame:

@@ -404,14 +404,14 @@ def test_sealed_frames_end_to_end_and_rekey_after_restart(certs: Path, tls: bool
     leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=tls, ssl_config=ssl[0], **kw).launch()
     follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=tls, ssl_config=ssl[1], **kw)
     seen: list[bytes] = []
-    original = follower._handle
+    original = follower._receive_frame
 
-    def spy(it, context):  # type: ignore[no-untyped-def]
-        chunks = list(it)
-        seen.append(b"".join(chunks[1:]))  # what crossed the wire
-        return original(iter(chunks), context)
+    def spy(first, it, context):  # type: ignore[no-untyped-def]
+        chunks = [bytes(c) for c in it]
+        seen.append(b"".join(chunks))  # what crossed the wire
+        return original(first, iter(chunks), context)
 
-    follower._handle = spy  # type: ignore[method-assign]
+    follower._receive_frame = spy  # type: ignore[method-assign]
     follower.launch()
     try:
         secret = torch.full((4096,), 1234.5678)

@@ -69,6 +69,10 @@ class FaultProxy:
             for s in (client, server):  # forward small frames at once (Nagle + delayed ACK would add ~40 ms)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
+                if time.monotonic() < self._down_until:  # cut() ran while this one was being set up
+                    client.close()
+                    server.close()
+                    continue
                 self._socks += [client, server]
                 self.connections += 1
             threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()

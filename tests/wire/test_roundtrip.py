@@ -7,7 +7,10 @@ import gc
 import numpy as np
 import pytest
 import torch
-from wire_cases import assert_same_tree, deep_nesting, edge_shapes, every_dtype, grad_scale, sample
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wire_cases import (assert_same_tree, compressed, compressed_configs, deep_nesting, edge_shapes, every_dtype,
+                        grad_scale, sample)
 
 from splitlink import wire
 
@@ -28,6 +31,38 @@ def test_round_trip(make, via: str) -> None:
     got = wire.unpack(frame)
     assert (got.version, got.sender, got.seq, got.step, got.kind) == (1, "leader", 2**64 - 1, -5, "backward")
     assert_same_tree(got.tensors, tensors)
+
+
+@pytest.mark.parametrize("make", [every_dtype, grad_scale, edge_shapes, deep_nesting, compressed, dict],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000, 4096, 1 << 20])
+def test_pack_chunks_are_the_packed_frame_cut_in_pieces(make, chunk_size: int) -> None:
+    tensors = make()
+    header = {"sender": "leader", "step": 9, "kind": "forward", "seq": 3}
+    cfg = compressed_configs() if make is compressed else None
+    whole = bytes(wire.pack(tensors, **header, compress=cfg))
+    chunks = wire.pack_chunks(tensors, chunk_size=chunk_size, **header, compress=cfg)
+    assert chunks.nbytes == len(whole) and len(chunks) == -(-len(whole) // chunk_size)
+    pieces = [chunks.chunk(i) for i in range(len(chunks))]
+    assert all(type(p) is bytes for p in pieces) and all(len(p) == chunk_size for p in pieces[:-1])
+    assert b"".join(pieces) == whole
+    assert b"".join(chunks.chunk(i) for i in range(len(chunks))) == whole  # again, as a retry would
+    assert chunks.chunk(0, b"HDR") == b"HDR" + pieces[0]
+    with pytest.raises(IndexError):
+        chunks.chunk(len(chunks))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 5000), min_size=0, max_size=6), chunk=st.integers(1, 9000))
+def test_pack_chunks_match_pack_for_any_tensor_sizes(sizes: list[int], chunk: int) -> None:
+    tensors = {f"t{i}": torch.arange(n, dtype=torch.float32) * (i + 1) for i, n in enumerate(sizes)}
+    r = wire.pack_chunks(tensors, chunk_size=chunk, sender="s", seq=1)
+    assert b"".join(r.chunk(i) for i in range(len(r))) == bytes(wire.pack(tensors, sender="s", seq=1))
+
+
+def test_pack_chunks_rejects_a_bad_chunk_size() -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        wire.pack_chunks({"x": torch.ones(3)}, chunk_size=0)
 
 
 def test_flat_lists_paths_in_order() -> None:
