@@ -2,7 +2,8 @@
 
 For frames of 1 KiB, 1 MiB, 64 MiB and 1 GiB (one float32 tensor): throughput of
 ``send_tensors`` to a peer process that receives them, and the round-trip latency (p50/p99) of a
-1 KiB frame sent and echoed back. The baseline runs in the same run and the same process layout:
+1 KiB frame sent and echoed back. The baseline runs in the same run and the same process layout,
+both pairs up at once and every measurement alternating between them (so noise hits both alike):
 raw grpcio client-streaming RPCs with identity serializers, sending the same bytes in the same
 chunk size with the same TLS setting, into a receiver that only keeps the chunks (no assembly, no
 validation: an upper bound) and, for latency, echoes with a second RPC the way the communicator
@@ -15,7 +16,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,16 +32,11 @@ import torch
 
 from splitlink import ServerConfig, SSLConfig, VerticalFederatedCommunicator
 from splitlink.certs import make_dev_certs
+from splitlink.util import free_ports
 
 MiB = 1 << 20
 CHUNK = 4 * MiB
 SIZES = {"1KiB": 1024, "1MiB": MiB, "64MiB": 64 * MiB, "1GiB": 1024 * MiB}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ssl_for(d: str, party: str) -> SSLConfig:
@@ -81,42 +76,43 @@ def sl_peer(cfg: dict[str, Any], ready: Any, results: Any) -> None:
     os._exit(0)
 
 
-def sl_measure(cfg: dict[str, Any], repeat: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    ready, results = ctx.Event(), ctx.Queue()
-    proc = ctx.Process(target=sl_peer, args=(cfg, ready, results))
-    proc.start()
-    if not ready.wait(60):
-        raise RuntimeError(f"the splitlink peer process did not start (exit code {proc.exitcode})")
-    me, other = ServerConfig("sender", cfg["send_addr"]), ServerConfig("receiver", cfg["recv_addr"])
-    comm = VerticalFederatedCommunicator(me, other, enable_ssl=cfg["tls"], ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "sender")).launch()
-    out: dict[str, Any] = {}
-    try:
-        for name, size in SIZES.items():
-            x = {"x": torch.ones(size // 4)}
-            comm.send_tensors("receiver", x)  # warm-up (connection, buffers)
-            times = []
-            for _ in range(repeat if size < 1024 * MiB else max(2, repeat // 3)):
-                t0 = time.perf_counter()
-                comm.send_tensors("receiver", x)
-                times.append(time.perf_counter() - t0)
-            out[name] = size / statistics.median(times) / 1e9
-        small = {"echo": torch.ones(256)}
-        rtts = []
-        for i in range(200):
-            t0 = time.perf_counter()
-            comm.send_tensors("receiver", small)
-            comm.receive("receiver", timeout=10)
-            rtts.append(time.perf_counter() - t0)
-        rtts.sort()
-        out["rtt_p50_ms"] = rtts[len(rtts) // 2] * 1e3
-        out["rtt_p99_ms"] = rtts[int(len(rtts) * 0.99)] * 1e3
-        comm.send_tensors("receiver", {"stop": torch.ones(1)})
-        out["receiver_maxrss_delta_gib"] = results.get(timeout=60)[1] / (1 << 20)
-    finally:
-        comm.shutdown()
-        proc.join(30)
-    return out
+class SplitlinkSide:
+    """The sending side of the splitlink pair (its receiver runs in a spawned process)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self.ready, self.results = ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=sl_peer, args=(cfg, self.ready, self.results))
+        self.proc.start()
+        if not self.ready.wait(60):
+            raise RuntimeError(f"the splitlink peer process did not start (exit code {self.proc.exitcode})")
+        me, other = ServerConfig("sender", cfg["send_addr"]), ServerConfig("receiver", cfg["recv_addr"])
+        self.comm = VerticalFederatedCommunicator(me, other, enable_ssl=cfg["tls"],
+                                                  ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "sender")).launch()
+        self.frames: dict[int, dict[str, torch.Tensor]] = {}
+
+    def prepare(self, size: int) -> None:
+        self.frames = {size: {"x": torch.ones(size // 4)}}
+        self.comm.send_tensors("receiver", self.frames[size])  # warm-up (connection, buffers)
+
+    def send(self, size: int) -> float:
+        t0 = time.perf_counter()
+        self.comm.send_tensors("receiver", self.frames[size])
+        return time.perf_counter() - t0
+
+    def rtt(self) -> float:
+        t0 = time.perf_counter()
+        self.comm.send_tensors("receiver", {"echo": torch.ones(256)})
+        self.comm.receive("receiver", timeout=10)
+        return time.perf_counter() - t0
+
+    def close(self) -> dict[str, Any]:
+        try:
+            self.comm.send_tensors("receiver", {"stop": torch.ones(1)})
+            return {"receiver_maxrss_delta_gib": self.results.get(timeout=60)[1] / (1 << 20)}
+        finally:
+            self.comm.shutdown()
+            self.proc.join(30)
 
 
 # ---- raw grpcio baseline --------------------------------------------------------------------
@@ -183,46 +179,78 @@ def raw_peer(cfg: dict[str, Any], ready: Any, results: Any) -> None:
     os._exit(0)
 
 
-def raw_measure(cfg: dict[str, Any], repeat: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    ready, results = ctx.Event(), ctx.Queue()
-    echoes: Queue[bytes] = Queue()
-    server = raw_server(cfg, cfg["send_addr"], "sender", lambda first, chunks: echoes.put(b"".join(chunks)))
-    proc = ctx.Process(target=raw_peer, args=(cfg, ready, results))
-    proc.start()
-    if not ready.wait(60):
-        raise RuntimeError(f"the raw gRPC peer process did not start (exit code {proc.exitcode})")
-    channel, stub = raw_stub(cfg, cfg["recv_addr"], "receiver", "sender")
-    out: dict[str, Any] = {}
+class RawSide:
+    """The sending side of the raw grpcio pair: the same bytes the communicator sends (an encoded
+    frame of the tensor), the same chunk size and TLS setting."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self.ready, self.results = ctx.Event(), ctx.Queue()
+        self.echoes: Queue[bytes] = Queue()
+        self.server = raw_server(cfg, cfg["send_addr"], "sender", lambda first, chunks: self.echoes.put(b"".join(chunks)))
+        self.proc = ctx.Process(target=raw_peer, args=(cfg, self.ready, self.results))
+        self.proc.start()
+        if not self.ready.wait(60):
+            raise RuntimeError(f"the raw gRPC peer process did not start (exit code {self.proc.exitcode})")
+        self.channel, self.stub = raw_stub(cfg, cfg["recv_addr"], "receiver", "sender")
+        self.data: dict[int, memoryview] = {}
+
+    def prepare(self, size: int) -> None:
+        from splitlink import wire
+
+        self.data = {size: memoryview(wire.pack({"x": torch.ones(size // 4)}, sender="sender", pool=None))}
+        self.stub(raw_chunks(self.data[size], b"N"))
+
+    def send(self, size: int) -> float:
+        t0 = time.perf_counter()
+        self.stub(raw_chunks(self.data[size], b"N"))
+        return time.perf_counter() - t0
+
+    def rtt(self) -> float:
+        t0 = time.perf_counter()
+        self.stub(raw_chunks(memoryview(bytes(1024)), b"E"))
+        self.echoes.get(timeout=10)
+        return time.perf_counter() - t0
+
+    def close(self) -> dict[str, Any]:
+        try:
+            self.stub(raw_chunks(memoryview(b""), b"S"))
+        finally:
+            self.channel.close()
+            self.server.stop(0)
+            self.proc.join(30)
+        return {}
+
+
+def measure(cfg_sl: dict[str, Any], cfg_raw: dict[str, Any], repeat: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both pairs up at once; every measurement alternates between them (ours, raw, ours, raw, ...)
+    so that the machine's noise falls on both alike."""
+    sides = {"splitlink": SplitlinkSide(cfg_sl), "raw_grpc": RawSide(cfg_raw)}
+    out: dict[str, dict[str, Any]] = {k: {} for k in sides}
     try:
         for name, size in SIZES.items():
-            # The same bytes the communicator sends: an encoded frame of the tensor.
-            from splitlink import wire
-
-            data = memoryview(wire.pack({"x": torch.ones(size // 4)}, sender="sender", pool=None))
-            stub(raw_chunks(data, b"N"))
-            times = []
-            for _ in range(repeat if size < 1024 * MiB else max(2, repeat // 3)):
-                t0 = time.perf_counter()
-                stub(raw_chunks(data, b"N"))
-                times.append(time.perf_counter() - t0)
-            out[name] = size / statistics.median(times) / 1e9
-        small = memoryview(bytes(1024))
-        rtts = []
-        for _ in range(200):
-            t0 = time.perf_counter()
-            stub(raw_chunks(small, b"E"))
-            echoes.get(timeout=10)
-            rtts.append(time.perf_counter() - t0)
-        rtts.sort()
-        out["rtt_p50_ms"] = rtts[len(rtts) // 2] * 1e3
-        out["rtt_p99_ms"] = rtts[int(len(rtts) * 0.99)] * 1e3
-        stub(raw_chunks(memoryview(b""), b"S"))
+            for side in sides.values():
+                side.prepare(size)
+            times: dict[str, list[float]] = {k: [] for k in sides}
+            for _ in range(repeat if size < 1024 * MiB else max(3, repeat // 3)):
+                for k, side in sides.items():
+                    times[k].append(side.send(size))
+            for k in sides:
+                out[k][name] = size / statistics.median(times[k]) / 1e9
+            for side in sides.values():
+                side.prepare(0)  # let the large buffers go before the next size
+        rtts: dict[str, list[float]] = {k: [] for k in sides}
+        for _ in range(300):
+            for k, side in sides.items():
+                rtts[k].append(side.rtt())
+        for k in sides:
+            r = sorted(rtts[k])
+            out[k]["rtt_p50_ms"] = r[len(r) // 2] * 1e3
+            out[k]["rtt_p99_ms"] = r[int(len(r) * 0.99)] * 1e3
     finally:
-        channel.close()
-        server.stop(0)
-        proc.join(30)
-    return out
+        for k, side in sides.items():
+            out[k].update(side.close())
+    return out["splitlink"], out["raw_grpc"]
 
 
 def main() -> None:
@@ -235,10 +263,10 @@ def main() -> None:
         make_dev_certs(certs, ["sender", "receiver"])
         for tls in (False, True):
             mode = "tls" if tls else "plaintext"
-            cfg = {"tls": tls, "certs": certs, "send_addr": f"127.0.0.1:{free_port()}", "recv_addr": f"127.0.0.1:{free_port()}"}
-            ours = sl_measure(cfg, args.repeat)
-            cfg = {**cfg, "send_addr": f"127.0.0.1:{free_port()}", "recv_addr": f"127.0.0.1:{free_port()}"}
-            raw = raw_measure(cfg, args.repeat)
+            p = free_ports(4)
+            cfg = {"tls": tls, "certs": certs, "send_addr": f"127.0.0.1:{p[0]}", "recv_addr": f"127.0.0.1:{p[1]}"}
+            ours, raw = measure(cfg, {**cfg, "send_addr": f"127.0.0.1:{p[2]}", "recv_addr": f"127.0.0.1:{p[3]}"},
+                                args.repeat)
             report[mode] = {"splitlink": ours, "raw_grpc": raw,
                             "ratios": {**{k: ours[k] / raw[k] for k in SIZES},
                                        "rtt_p50": ours["rtt_p50_ms"] / raw["rtt_p50_ms"]}}
