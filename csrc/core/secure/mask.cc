@@ -105,6 +105,39 @@ bool to_fixed(const float* x, uint64_t n, double scale, uint64_t* y) {
   return out;
 }
 
+// Ring element (two's complement) back to float: v * 2^-frac_bits. Exact int64 -> double for
+// |v| < 2^51 (every unmasked value: encoding refuses larger ones) by the same magic-number trick as
+// to_fixed, so the scalar and AVX2 paths give identical bits for every input.
+constexpr uint64_t kMagicBits = 0x4338000000000000ull;  // bits of 1.5 * 2^52
+
+inline float from_fixed_one(uint64_t v, double inv) {
+  double d;
+  const uint64_t bits = v + kMagicBits;
+  std::memcpy(&d, &bits, 8);
+  return static_cast<float>((d - 6755399441055744.0) * inv);
+}
+
+#ifdef SPLITLINK_X86
+__attribute__((target("avx2"))) void from_fixed_avx2(const uint64_t* v, uint64_t n, double inv, float* x) {
+  const __m256i magic_bits = _mm256_set1_epi64x(static_cast<long long>(kMagicBits));
+  const __m256d magic = _mm256_set1_pd(6755399441055744.0), vi = _mm256_set1_pd(inv);
+  uint64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i));
+    const __m256d d = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_add_epi64(a, magic_bits)), magic);
+    _mm_storeu_ps(x + i, _mm256_cvtpd_ps(_mm256_mul_pd(d, vi)));
+  }
+  for (; i < n; ++i) x[i] = from_fixed_one(v[i], inv);
+}
+#endif
+
+void from_fixed(const uint64_t* v, uint64_t n, double inv, float* x) {
+#ifdef SPLITLINK_X86
+  if (cpu::has_avx2()) return from_fixed_avx2(v, n, inv, x);
+#endif
+  for (uint64_t i = 0; i < n; ++i) x[i] = from_fixed_one(v[i], inv);
+}
+
 void check_args(uint64_t n, unsigned frac_bits, const std::vector<MaskStream>& streams) {
   SL_CHECK(frac_bits <= kMaxFracBits, InvalidArgument, "frac_bits must be 0.." << kMaxFracBits << ", got " << frac_bits);
   SL_CHECK(n < kMaxElements, InvalidArgument, "a masked tensor holds at most 2^33 elements; split it");
@@ -117,24 +150,6 @@ void check_args(uint64_t n, unsigned frac_bits, const std::vector<MaskStream>& s
 template <typename Fn>
 void for_chunks(uint64_t n, unsigned threads, Fn&& fn) {
   parallel_for((n + kChunk - 1) / kChunk, [&](size_t c) { fn(c * kChunk, std::min(n, (c + 1) * kChunk)); }, threads);
-}
-
-void apply_masks(const std::vector<MaskStream>& streams, uint64_t stream_id, uint64_t b, uint64_t e, uint64_t* acc,
-                 int direction) {
-  std::vector<uint64_t> ks(kBlock);
-  for (const auto& s : streams) {
-    Keystream prg(s.key, stream_id, b);
-    for (uint64_t k = b; k < e; k += kBlock) {
-      const uint64_t m = std::min(kBlock, e - k);
-      prg.next(ks.data(), (m + 1) & ~uint64_t{1});
-      uint64_t* a = acc + (k - b);
-      if (s.sign * direction > 0) {
-        for (uint64_t j = 0; j < m; ++j) a[j] += ks[j];
-      } else {
-        for (uint64_t j = 0; j < m; ++j) a[j] -= ks[j];
-      }
-    }
-  }
 }
 
 }  // namespace
@@ -202,10 +217,29 @@ void unmask_decode(const uint64_t* y, uint64_t n, unsigned frac_bits, const std:
                    uint64_t stream_id, float* x, unsigned threads) {
   check_args(n, frac_bits, streams);
   const double inv = std::ldexp(1.0, -static_cast<int>(frac_bits));
+  // One pass, as in mask_encode: per L1-resident block, every peer's keystream taken off, then
+  // decoded and written out once.
   for_chunks(n, threads, [&](uint64_t b, uint64_t e) {
-    std::vector<uint64_t> acc(y + b, y + e);
-    apply_masks(streams, stream_id, b, e, acc.data(), -1);
-    for (uint64_t k = b; k < e; ++k) x[k] = static_cast<float>(static_cast<double>(static_cast<int64_t>(acc[k - b])) * inv);
+    std::vector<Keystream> prgs;
+    prgs.reserve(streams.size());
+    for (const auto& s : streams) prgs.emplace_back(s.key, stream_id, b);
+    alignas(64) uint64_t acc[kBlock];
+    alignas(64) uint64_t ks[kBlock];
+    alignas(64) float out[kBlock];
+    for (uint64_t k = b; k < e; k += kBlock) {
+      const uint64_t m = std::min(kBlock, e - k);
+      std::memcpy(acc, y + k, m * 8);
+      for (size_t j = 0; j < streams.size(); ++j) {
+        prgs[j].next(ks, (m + 1) & ~uint64_t{1});
+        if (streams[j].sign > 0) {
+          for (uint64_t t = 0; t < m; ++t) acc[t] -= ks[t];
+        } else {
+          for (uint64_t t = 0; t < m; ++t) acc[t] += ks[t];
+        }
+      }
+      from_fixed(acc, m, inv, out);
+      stream_copy(x + k, out, m * 4, /*always=*/n >= (uint64_t{1} << 20));
+    }
   });
 }
 
