@@ -14,6 +14,10 @@
 namespace splitlink::codec::detail {
 namespace {
 
+// Software prefetch distance for streaming reads: the hardware prefetchers stop at 4 KiB page
+// boundaries, which ordinary (non-huge-page) tensor memory hits every 1024 floats.
+constexpr uint64_t kPrefetchFloats = 1024;
+
 
 inline uint8_t quantize_one(float x, float lo, float inv, float levels) {
   float y = (x - lo) * inv + 0.5f;
@@ -65,6 +69,7 @@ __attribute__((target("avx2"))) Range scan_avx2(const float* x, uint64_t n) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   uint64_t i = 0;
   for (; i + 16 <= n; i += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
     const __m256 a = _mm256_loadu_ps(x + i), c = _mm256_loadu_ps(x + i + 8);
     lo0 = _mm256_min_ps(lo0, a);
     lo1 = _mm256_min_ps(lo1, c);
@@ -111,6 +116,8 @@ __attribute__((target("avx2"))) void quantize_avx2(const float* x, uint64_t n, f
     for (; i < n && reinterpret_cast<uintptr_t>(codes + i) % 32 != 0; ++i) codes[i] = quantize_one(x[i], lo, inv, levels);
   }
   for (; i + 32 <= n; i += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats + 16), _MM_HINT_T0);
     __m256i q[4];
     for (int j = 0; j < 4; ++j) {
       __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * j), vlo), vinv), half);
