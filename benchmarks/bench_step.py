@@ -181,7 +181,7 @@ def main() -> None:
     # makes that worse. Each configuration runs in its own process: glibc defaults, and glibc told to
     # keep freed memory (what a long CPU training run should set, or use jemalloc/tcmalloc).
     results = {}
-    for label, extra in (("glibc defaults", {}), ("glibc keeps freed memory", TUNED_MALLOC)):
+    for label, extra in (("glibc defaults", {}), ("glibc keeps freed memory, as splitlink train sets it", TUNED_MALLOC)):
         env = {**os.environ, **extra}
         out = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps)], env=env,
                              check=True, capture_output=True, text=True).stdout

@@ -106,6 +106,7 @@ class RunConfig(_Strict):
     data: str | None = None         # pangu_alpha: only party A (the leader) holds data
     eval_data: str | None = None    # pangu_alpha: held-out token data for party A's eval loss
     threads: int | None = Field(default=None, ge=1)
+    keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (splitlink.util.keep_freed_memory)
     model: WideDeepSection = Field(default_factory=WideDeepSection)
     pangu: PanguSection = Field(default_factory=PanguSection)
     train: TrainSection = Field(default_factory=TrainSection)
@@ -197,6 +198,10 @@ def run_party(cfg: RunConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s", handlers=handlers, force=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:
+        from splitlink.util import keep_freed_memory
+
+        log.debug("glibc keeps freed memory: %s", keep_freed_memory())
     peer = "follower" if cfg.party == "leader" else "leader"
     ssl = SSLConfig(**cfg.ssl.model_dump()) if cfg.ssl is not None else None
     if cfg.scenario == "pangu_alpha":
