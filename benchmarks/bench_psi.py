@@ -56,7 +56,10 @@ def party(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - t0
         comm.send_tensors(peer, {"bye": torch.ones(1)})
         comm.receive(peer, 120)
-    print(json.dumps({"role": role, "n": args.n, "wall_s": wall, "intersection": len(out), "bytes_sent": sent["bytes"]}))
+    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))  # this process's own peak resident memory, KiB
+    print(json.dumps({"role": role, "n": args.n, "wall_s": wall, "intersection": len(out), "bytes_sent": sent["bytes"],
+                      "peak_rss_mib": peak / 1024}))
     sys.stdout.flush()
     os._exit(0)
 
@@ -78,7 +81,8 @@ def run_size(n: int, certs: str) -> dict[str, Any]:
     assert res["leader"]["intersection"] == res["follower"]["intersection"] == n // 2
     wall = max(r["wall_s"] for r in res.values())
     return {"n": n, "wall_s": wall, "ids_per_s_per_party": n / wall,
-            "bytes_per_id": max(r["bytes_sent"] for r in res.values()) / n}
+            "bytes_per_id": max(r["bytes_sent"] for r in res.values()) / n,
+            "peak_rss_mib_per_party": max(r["peak_rss_mib"] for r in res.values())}
 
 
 def main() -> None:
@@ -118,10 +122,12 @@ def main() -> None:
           f"runs), {cores} cores")
     print(f"bound per party: {bound_alone:,.0f} ids/s with the machine to itself (rate x cores / 2 derivations per id); "
           f"{bound_shared:,.0f} ids/s with both parties on this machine")
-    print(f"{'ids/side':>10} {'wall s':>8} {'ids/s/party':>12} {'of shared bound':>16} {'of alone bound':>15} {'bytes/id':>9}")
+    print(f"{'ids/side':>10} {'wall s':>8} {'ids/s/party':>12} {'of shared bound':>16} {'of alone bound':>15} {'bytes/id':>9}"
+          f" {'peak MiB/party':>15}")
     for r in rows:
         print(f"{r['n']:>10,} {r['wall_s']:>8.2f} {r['ids_per_s_per_party']:>12,.0f} {r['of_bound_shared']:>15.2f}x "
-              f"{r['of_bound_alone']:>14.2f}x {r['bytes_per_id']:>9.1f}")
+              f"{r['of_bound_alone']:>14.2f}x {r['bytes_per_id']:>9.1f} {r['peak_rss_mib_per_party']:>15,.0f}")
+    print("(peak memory includes the party's own list of ids as Python strings)")
 
 
 if __name__ == "__main__":
