@@ -237,21 +237,25 @@ def pack(
     memoryview of the written bytes is returned. ``threads`` caps the threads used to copy large
     tensors (0: all available).
     """
-    if seq < 0:
-        raise ValueError(f"seq must be >= 0, got {seq}")
-    items = _items(tensors, compress, error_feedback, seq)
+    items, use_pool = _pack_inputs(tensors, compress, error_feedback, seq, pool)
     if sealer is not None:
         if out is not None:
             raise ValueError("pack(..., sealer=) writes into a pooled buffer; out= is not supported with sealing")
-        use_pool = _DEFAULT_POOL if pool is _USE_DEFAULT else pool
         return _core.wire.pack(items, sender, seq, step, kind, use_pool, None, threads, sealer._native)
     if out is not None:
         if pool is not _USE_DEFAULT:
             raise ValueError("pass either out= or pool=, not both")
         n = _core.wire.pack(items, sender, seq, step, kind, None, out, threads)
         return memoryview(out).cast("B")[:n]
-    use_pool = _DEFAULT_POOL if pool is _USE_DEFAULT else pool
     return _core.wire.pack(items, sender, seq, step, kind, use_pool, None, threads)
+
+
+def _pack_inputs(tensors: TensorTree, compress: Mapping[str, CompressConfig] | None,
+                 error_feedback: ErrorFeedback | None, seq: int, pool: Any) -> tuple[list[Any], Any]:
+    """The native encoder's items and the pool to draw from (the module's unless given)."""
+    if seq < 0:
+        raise ValueError(f"seq must be >= 0, got {seq}")
+    return _items(tensors, compress, error_feedback, seq), (_DEFAULT_POOL if pool is _USE_DEFAULT else pool)
 
 
 def pack_chunks(
@@ -273,12 +277,9 @@ def pack_chunks(
     copied once. Header and codec outputs are written once, at this call (error feedback is
     updated once); chunks can be made again for a retry while the tensors are unchanged.
     ``b"".join(r.chunk(i) for i in range(len(r))) == bytes(pack(...))``."""
-    if seq < 0:
-        raise ValueError(f"seq must be >= 0, got {seq}")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
-    items = _items(tensors, compress, error_feedback, seq)
-    use_pool = _DEFAULT_POOL if pool is _USE_DEFAULT else pool
+    items, use_pool = _pack_inputs(tensors, compress, error_feedback, seq, pool)
     return _core.wire.pack_chunks(items, sender, seq, step, kind, use_pool, chunk_size, threads)
 
 

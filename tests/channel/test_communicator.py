@@ -44,8 +44,14 @@ def ssl_for(d: Path, party: str, p12: bool = False, ca: Path | None = None) -> S
                      ca_cert_path=str(ca or d / "ca.crt"))
 
 
+def configs() -> tuple[ServerConfig, ServerConfig]:
+    """A leader and a follower on free loopback ports."""
+    lp, fp = free_ports(2)
+    return ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", f"127.0.0.1:{fp}")
+
+
 def pair(ssl: tuple[SSLConfig, SSLConfig] | None = None, **kw):  # type: ignore[no-untyped-def]
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=ssl is not None, ssl_config=ssl and ssl[0], **kw)
     follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=ssl is not None, ssl_config=ssl and ssl[1], **kw)
     return leader.launch(), follower.launch()
@@ -90,7 +96,7 @@ def test_plaintext_refused_off_loopback() -> None:
 
 
 def _tls_server(certs: Path):  # type: ignore[no-untyped-def]
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, [fc, ServerConfig("mallory", f"127.0.0.1:{free_port()}")],
                                            enable_ssl=True, ssl_config=ssl_for(certs, "leader")).launch()
     return leader, lc, fc
@@ -178,7 +184,7 @@ def test_receive_timeout_and_unknown_peer() -> None:
 
 
 def test_peer_down_raises_naming_peer_and_address() -> None:
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, fc, retry_deadline=1.0).launch()
     try:
         t0 = time.monotonic()
@@ -209,7 +215,7 @@ def test_receiver_restart_mid_run_loses_and_duplicates_nothing() -> None:
     """A frame sent while the receiver is down is retried; when a new receiver process comes up, the
     sender is told (PeerRestartedError: the frame was meant for the old process, which the new one
     cannot continue), resends, and the new process gets every frame exactly once."""
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, fc, retry_deadline=30).launch()
     follower = VerticalFederatedCommunicator(fc, lc).launch()
     got: list[int] = []
@@ -296,7 +302,7 @@ def test_revoked_client_certificate_is_refused(certs: Path, tmp_path: Path) -> N
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
     (tmp_path / "ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     base = ssl_for(certs, "leader")
     with_crl = SSLConfig(**{**base.__dict__, "crl_path": str(tmp_path / "ca.crl")})
     leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=True, ssl_config=with_crl).launch()
@@ -325,7 +331,7 @@ def test_frame_larger_than_2_gib_arrives_intact() -> None:
 
 
 def test_restarted_sender_is_announced_once_and_not_mistaken_for_duplicates() -> None:
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     follower = VerticalFederatedCommunicator(fc, lc).launch()
     try:
         for generation in range(3):  # the leader process "restarts": its seq begins at 1 again
@@ -344,7 +350,7 @@ def test_restart_discards_the_old_processs_unread_frames() -> None:
     """The follower dies with two frames the leader has not read yet; the leader learns of the new
     process from its announcement (before it sends anything), once; the old process's unread frames
     are discarded, the new process's frames follow, and the leader's frames now reach the new one."""
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, fc).launch()
     follower = VerticalFederatedCommunicator(fc, lc).launch()
     try:
@@ -370,7 +376,7 @@ def test_restart_discards_the_old_processs_unread_frames() -> None:
 
 
 def test_blocked_receiver_is_woken_by_the_restart_announcement() -> None:
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, fc).launch()
     follower = VerticalFederatedCommunicator(fc, lc).launch()
     try:
@@ -398,7 +404,7 @@ def test_blocked_receiver_is_woken_by_the_restart_announcement() -> None:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["loopback", "mtls"])
 def test_sealed_frames_end_to_end_and_rekey_after_restart(certs: Path, tls: bool) -> None:
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     kw = {"seal": True, "retry_deadline": 20}
     ssl = (ssl_for(certs, "leader"), ssl_for(certs, "follower")) if tls else (None, None)
     leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=tls, ssl_config=ssl[0], **kw).launch()
@@ -465,7 +471,7 @@ def test_expired_certificate_is_refused(certs: Path, tmp_path: Path, which: str)
     (d / f"{party}.{which}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                                serialization.PrivateFormat.PKCS8,
                                                                serialization.NoEncryption()))
-    lc, fc = ServerConfig("leader", f"127.0.0.1:{free_port()}"), ServerConfig("follower", f"127.0.0.1:{free_port()}")
+    lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=True, ssl_config=ssl_for(d, "leader"), retry_deadline=1)
     follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, ssl_config=ssl_for(d, "follower"), retry_deadline=1)
     leader.launch()
