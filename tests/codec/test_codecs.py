@@ -139,6 +139,25 @@ def test_bf16_matches_torch_cast_bit_for_bit(a: np.ndarray) -> None:
     assert torch.equal(y, x.to(torch.bfloat16).to(torch.float32))
 
 
+def test_bf16_vector_path_rounds_ties_to_even_and_keeps_nans_quiet() -> None:
+    """Long enough for the SIMD loop: ties, carries into the exponent, infinities, NaN payloads of both
+    signs, denormals; every result bit equal to the documented rule (round to nearest even on the upper
+    16 bits; a NaN keeps its sign and payload's upper bits and is made quiet)."""
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, size=4099, dtype=np.uint64).astype(np.uint32)
+    special = np.array([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x7F7F8000, 0x7F800000, 0xFF800000,
+                        0x7F800001, 0xFF800001, 0x7FC00000, 0xFFC00000, 0x7FBFFFFF, 0x00008000, 0x80018000,
+                        0x00000001, 0x80000000], dtype=np.uint32)
+    bits[::7][: len(special)] = special
+    bits[100 : 100 + len(special)] = special
+    x = torch.from_numpy(bits.view(np.float32).copy())
+    got = roundtrip(x, CompressConfig("bf16")).numpy().view(np.uint32)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32) & 0xFFFF
+    want = np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint32) << 16
+    assert np.array_equal(got, want)
+
+
 def test_half_overflow_and_nan_behaviour() -> None:
     x = torch.tensor([65504.0, 65519.0, 65520.0, -1e9, math.nan, 1e-8])
     y = roundtrip(x, CompressConfig("fp16"))

@@ -38,6 +38,31 @@ __attribute__((target("avx,f16c"))) void f16_to_f32_hw(const uint16_t* s, float*
 }
 
 bool has_f16c() { return cpu::has_f16c(); }
+
+// bf16: the scalar f32_to_bf16's integer rounding (nearest, ties to even; NaN kept quiet), 16 at a time.
+__attribute__((target("avx2"))) inline __m256i bf16_bits_avx2(__m256i x) {
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i quieted = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
+  return _mm256_blendv_epi8(rounded, quieted, nan);
+}
+
+__attribute__((target("avx2"))) void f32_to_bf16_avx2(const float* s, uint16_t* d, uint64_t n) {
+  const auto convert = bf16_bits_avx2;
+  uint64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(s + i + 1024), _MM_HINT_T0);
+    const __m256i a = convert(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+    const __m256i b = convert(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 8)));
+    // packus works per 128-bit lane: [a0-3 b0-3 | a4-7 b4-7]; put the quarters back in order.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), packed);
+  }
+  for (; i < n; ++i) d[i] = f32_to_bf16(s[i]);
+}
+
+bool has_avx2() { return cpu::has_avx2(); }
 #endif
 
 }  // namespace
@@ -51,6 +76,10 @@ void half_encode(bool bf16, DType dt, const void* src, uint64_t numel, uint16_t*
 #ifdef SPLITLINK_F16C_DISPATCH
       if (!bf16 && has_f16c()) {
         f32_to_f16_hw(s + b, dst + b, e - b);
+        return;
+      }
+      if (bf16 && has_avx2()) {
+        f32_to_bf16_avx2(s + b, dst + b, e - b);
         return;
       }
 #endif
