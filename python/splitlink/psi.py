@@ -95,19 +95,21 @@ def _dedupe(ids: Sequence[Any]) -> tuple[list[Any], int]:
     return list(seen), len(ids) - len(seen)
 
 
-def _intersect_once(ids: list[Any], comm: Any, peer: str, threads: int, timeout: float | None) -> list[tuple[bytes, Any]]:
-    """One PSI run over deduplicated ids; returns (full double-blinded value, id) for the intersection."""
+def _intersect_once(ids: list[Any], raw: list[bytes], comm: Any, peer: str, threads: int,
+                    timeout: float | None) -> list[tuple[bytes, Any]]:
+    """One PSI run over deduplicated ids (``raw``: their bytes); returns (full double-blinded value, id)
+    for the intersection. Large arrays are dropped as soon as the protocol is done with them."""
     blinder = _core.psi.Blinder()
     n = len(ids)
-    mine = blinder.hash_and_blind(_as_bytes(ids), threads)
     perm = np.random.default_rng(secrets.randbits(128)).permutation(n)
-    _send(comm, peer, {"blinded": torch.from_numpy(np.ascontiguousarray(mine[perm]))})
+    _send(comm, peer, {"blinded": torch.from_numpy(blinder.hash_and_blind(raw, threads)[perm])})
     theirs = _points(_recv(comm, peer, timeout)["blinded"], "blinded", peer)
     if theirs.shape[1] != POINT:
         raise ValueError(f"malformed PSI message from {peer!r}: blinded points must be 32 bytes")
     m = len(theirs)
     L = digest_bytes(n, m)
     double_theirs = blinder.blind(theirs, threads) if m else np.zeros((0, POINT), np.uint8)
+    del theirs
     _send(comm, peer, {"double": torch.from_numpy(np.ascontiguousarray(double_theirs[:, :L]))})
     got = _points(_recv(comm, peer, timeout)["double"], "double", peer)
     if got.shape != (n, L):
@@ -170,7 +172,7 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
     unique, dups = _dedupe(ids)
     if dups:
         log.warning("PSI: %d duplicate id(s) ignored", dups)
-    _as_bytes(unique)  # type check before any traffic
+    as_bytes = _as_bytes(unique)  # also the type check, before any traffic
     state = Path(state_dir) if state_dir is not None else None
     key = None
     if state is not None:
@@ -178,7 +180,7 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
         meta = state / "psi_state.json"
         saved = json.loads(meta.read_text()) if meta.exists() else None
         # Resume only if both parties kept the same bucket key (and the same input size).
-        fingerprint = hashlib.sha256(b"".join(sorted(_as_bytes(unique)))).hexdigest()
+        fingerprint = hashlib.sha256(b"".join(sorted(as_bytes))).hexdigest()
         claim = hashlib.sha256(bytes.fromhex(saved["key"])).digest() if saved and saved["buckets"] == buckets \
             and saved["fingerprint"] == fingerprint else bytes(32)
         _send(communicator, peer, {"resume_claim": torch.frombuffer(bytearray(claim), dtype=torch.uint8)})
@@ -194,7 +196,6 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
         if state is not None:
             meta_text = json.dumps({"key": key.hex(), "buckets": buckets, "fingerprint": fingerprint})
             atomic_write(state / "psi_state.json", lambda fh: fh.write(meta_text))
-    as_bytes = _as_bytes(unique)
     where = bucket_of(key, as_bytes, buckets) if buckets > 1 else np.zeros(len(unique), np.int64)
     # which buckets both parties already finished
     done_here = sorted(int(p.stem.split("-")[1]) for p in state.glob("bucket-*.json")) if state is not None else []
@@ -206,8 +207,12 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
             assert state is not None
             result.extend(json.loads((state / f"bucket-{b:06d}.json").read_text())["ids"])
             continue
-        members = [unique[i] for i in np.flatnonzero(where == b)]
-        found = _intersect_once(members, communicator, peer, threads, timeout)
+        if buckets > 1:
+            pick = np.flatnonzero(where == b)
+            members, raw = [unique[i] for i in pick], [as_bytes[i] for i in pick]
+        else:
+            members, raw = unique, as_bytes
+        found = _intersect_once(members, raw, communicator, peer, threads, timeout)
         ordered = [v for _, v in found]
         if state is not None:
             serial = [v if isinstance(v, str) else v.decode("latin-1") for v in ordered]
