@@ -1,8 +1,10 @@
-// topk sparsification: exact selection of the k largest magnitudes by a three-level radix select
-// over the magnitude bit patterns (monotonic for non-negative floats), O(numel) and parallel.
+// topk sparsification: exact selection of the k largest magnitudes over the magnitude bit patterns
+// (monotonic for non-negative floats): a histogram of the top bits, then nth_element within the one
+// bin that holds the k-th largest. Three passes over the data, parallel.
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "codecs.h"
@@ -22,50 +24,82 @@ inline uint32_t key_of(const typename E::T* src, uint64_t i) {
 struct Selection {
   uint32_t threshold = 0;  // keys above are kept
   uint64_t ties = 0;       // how many keys equal to the threshold are kept (lowest indices first)
+  std::vector<uint64_t> gt, eq;  // per chunk: keys above the threshold, keys equal to it
 };
 
-// Finds the k-th largest key among [0, numel), 11 + 11 + 10 bits at a time, most significant first.
+// Finds the k-th largest key among [0, numel) in two passes over the data: a histogram of the top
+// 11 key bits (per chunk) names the bin that holds the k-th largest; a second pass gathers that
+// bin's keys (a few percent of the tensor), where nth_element finds the exact threshold. The per-chunk
+// counts above/equal to the threshold fall out of the histogram and the gathered keys.
 template <class E>
 Selection select(const typename E::T* src, uint64_t numel, uint64_t k, const std::string& name, unsigned threads) {
+  SL_CHECK(k >= 1 && k <= numel, Error, "internal: topk select of " << k << " among " << numel);
   const uint64_t chunks = (numel + kChunk - 1) / kChunk;
-  struct Level {
-    unsigned shift, width;
-  };
-  const std::array<Level, 3> levels = {{{21, 11}, {10, 11}, {0, 10}}};
-  uint32_t prefix = 0;     // key bits fixed so far
-  unsigned fixed_from = 32;  // bits [fixed_from, 32) of the key are fixed to `prefix`
-  uint64_t need = k;
+  constexpr unsigned kShift = 21;          // keys are < 2^31: 1024 bins of the top bits
+  constexpr uint32_t kBins = 1u << 10;
+  std::vector<uint32_t> hist(chunks * kBins, 0);  // a chunk holds < 2^32 keys
   std::vector<char> nan(chunks, 0);
-  for (const Level& lv : levels) {
-    const uint32_t nbins = 1u << lv.width;
-    std::vector<uint64_t> hist(chunks * nbins, 0);
-    parallel_for(chunks, [&](size_t c) {
-      uint64_t* h = hist.data() + c * nbins;
-      bool saw_nan = false;
-      for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
-        const uint32_t key = key_of<E>(src, i);
-        saw_nan |= key > 0x7F800000u;
-        if (fixed_from < 32 && (key >> fixed_from) != (prefix >> fixed_from)) continue;
-        ++h[(key >> lv.shift) & (nbins - 1)];
-      }
-      if (saw_nan) nan[c] = 1;
-    }, threads);
-    SL_CHECK(std::find(nan.begin(), nan.end(), 1) == nan.end(), CodecError,
-             "tensor '" << name << "' contains NaN; topk cannot rank it: fix the values or use no_compress");
-    uint64_t cum = 0;
-    uint32_t bin = nbins;
-    while (bin > 0) {
-      --bin;
-      uint64_t count = 0;
-      for (uint64_t c = 0; c < chunks; ++c) count += hist[c * nbins + bin];
-      if (cum + count >= need) break;
-      cum += count;
+  parallel_for(chunks, [&](size_t c) {
+    uint32_t* h = hist.data() + c * kBins;
+    uint32_t saw_nan = 0;
+    for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
+      const uint32_t key = key_of<E>(src, i);
+      saw_nan |= key > 0x7F800000u;
+      ++h[key >> kShift];
     }
-    need -= cum;
-    prefix |= bin << lv.shift;
-    fixed_from = lv.shift;
+    nan[c] = saw_nan != 0;
+  }, threads);
+  SL_CHECK(std::find(nan.begin(), nan.end(), 1) == nan.end(), CodecError,
+           "tensor '" << name << "' contains NaN; topk cannot rank it: fix the values or use no_compress");
+  uint64_t above = 0;
+  uint32_t bin = kBins;
+  while (bin > 0) {
+    --bin;
+    uint64_t count = 0;
+    for (uint64_t c = 0; c < chunks; ++c) count += hist[c * kBins + bin];
+    if (above + count >= k) break;
+    above += count;
   }
-  return {prefix, need};
+  const uint64_t need = k - above;  // taken from `bin`, largest first
+
+  // Gather the boundary bin's keys, each chunk into its own slot (one spare entry: the loop always
+  // writes and advances only on a match, so it never branches on the data).
+  std::vector<uint64_t> start(chunks + 1, 0);
+  for (uint64_t c = 0; c < chunks; ++c) start[c + 1] = start[c] + hist[c * kBins + bin] + 1;
+  std::vector<uint32_t> cand(start[chunks]);
+  parallel_for(chunks, [&](size_t c) {
+    uint64_t o = start[c];
+    for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
+      const uint32_t key = key_of<E>(src, i);
+      cand[o] = key;
+      o += (key >> kShift) == bin;
+    }
+  }, threads);
+  std::vector<uint32_t> all;
+  all.reserve(start[chunks] - chunks);
+  for (uint64_t c = 0; c < chunks; ++c) {
+    all.insert(all.end(), cand.begin() + static_cast<std::ptrdiff_t>(start[c]),
+               cand.begin() + static_cast<std::ptrdiff_t>(start[c + 1] - 1));
+  }
+  std::nth_element(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(need - 1), all.end(), std::greater<>());
+  Selection sel;
+  sel.threshold = all[need - 1];
+  uint64_t greater_in_bin = 0;
+  for (uint32_t key : all) greater_in_bin += key > sel.threshold;
+  sel.ties = need - greater_in_bin;
+  sel.gt.assign(chunks, 0);
+  sel.eq.assign(chunks, 0);
+  for (uint64_t c = 0; c < chunks; ++c) {
+    uint64_t g = 0, q = 0;
+    for (uint32_t b = bin + 1; b < kBins; ++b) g += hist[c * kBins + b];
+    for (uint64_t j = start[c]; j + 1 < start[c + 1]; ++j) {
+      g += cand[j] > sel.threshold;
+      q += cand[j] == sel.threshold;
+    }
+    sel.gt[c] = g;
+    sel.eq[c] = q;
+  }
+  return sel;
 }
 
 }  // namespace
@@ -92,20 +126,12 @@ void topk_encode(DType dt, const void* src_v, uint64_t numel, uint64_t k, unsign
     if (k == 0) return;
     const Selection sel = select<E>(src, numel, k, name, threads);
 
-    // Per chunk: how many keys lie above the threshold and how many equal it; ties are granted to
-    // chunks in index order, so output offsets follow from a prefix sum.
+    // Per chunk: how many keys lie above the threshold and how many equal it (from the selection);
+    // ties are granted to chunks in index order, so output offsets follow from a prefix sum.
     const uint64_t chunks = (numel + kChunk - 1) / kChunk;
-    std::vector<uint64_t> gt(chunks, 0), eq(chunks, 0), quota(chunks, 0), offset(chunks, 0);
-    parallel_for(chunks, [&](size_t c) {
-      uint64_t g = 0, q = 0;  // locals: neighbouring counters share cache lines across threads
-      for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
-        const uint32_t key = key_of<E>(src, i);
-        g += key > sel.threshold;
-        q += key == sel.threshold;
-      }
-      gt[c] = g;
-      eq[c] = q;
-    }, threads);
+    const std::vector<uint64_t>& gt = sel.gt;
+    const std::vector<uint64_t>& eq = sel.eq;
+    std::vector<uint64_t> quota(chunks, 0), offset(chunks, 0);
     uint64_t ties_left = sel.ties, pos = 0;
     for (uint64_t c = 0; c < chunks; ++c) {
       quota[c] = std::min(eq[c], ties_left);
