@@ -42,10 +42,16 @@ def party(a: argparse.Namespace) -> None:
                     ca_cert_path=str(c / "ca.crt"), server_password="splitlink", client_password="splitlink")
     with VerticalFederatedCommunicator(ServerConfig(role, f"127.0.0.1:{a.port}"), ServerConfig(peer, a.peer_address),
                                        enable_ssl=True, ssl_config=ssl, seal=a.seal, retry_deadline=60) as comm:
+        def rss_mib() -> float:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
         t0 = time.perf_counter()
+        rss_at: dict[int, float] = {}
         if role == "follower":
             m = FLModel(FLYamlData("<bottom>", text=MLP_BOTTOM.replace("LS", "1.0")), bottom)
             for s in range(a.steps):
+                if s in (a.steps // 10, a.steps - 1):
+                    rss_at[s] = rss_mib()
                 h = m.forward_one_step({"x": mlp_batch(s % 64)["x"]})
                 comm.send_tensors("leader", dict(h), step=s)
                 m.backward_one_step(sens=comm.receive("leader", 120))
@@ -53,6 +59,8 @@ def party(a: argparse.Namespace) -> None:
         else:
             m = FLModel(FLYamlData("<top>", text=MLP_TOP.replace("LS", "1.0").replace("HIN", "h")), top)
             for s in range(a.steps):
+                if s in (a.steps // 10, a.steps - 1):
+                    rss_at[s] = rss_mib()
                 y = {"y": mlp_batch(s % 64)["y"]}
                 h = comm.receive("follower", 120)
                 m.forward_one_step(y, h)
@@ -62,7 +70,8 @@ def party(a: argparse.Namespace) -> None:
         digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()
         comm.send_tensors(peer, {"done": torch.ones(1)})
         comm.receive(peer, 120)
-    print(json.dumps({"role": role, "params_sha256": digest, "loop_s": loop_s}))
+    print(json.dumps({"role": role, "params_sha256": digest, "loop_s": loop_s,
+                      "rss_growth_mib": rss_at[a.steps - 1] - rss_at[a.steps // 10] if len(rss_at) == 2 else 0.0}))
     sys.stdout.flush()
     os._exit(0)
 
@@ -99,7 +108,7 @@ def run(steps: int, certs: str, seal: bool, faults: bool, seed: int) -> dict[str
     t0 = time.perf_counter()
     if faults:
         threading.Thread(target=injector, daemon=True).start()
-    out, loop = {}, 0.0
+    out, loop, growth = {}, 0.0, {}
     for role, p in procs.items():
         stdout, _ = p.communicate(timeout=7200)
         if p.returncode != 0:
@@ -108,12 +117,13 @@ def run(steps: int, certs: str, seal: bool, faults: bool, seed: int) -> dict[str
         res = json.loads(stdout.strip().splitlines()[-1])
         out[role] = res["params_sha256"]
         loop = max(loop, res["loop_s"])
+        growth[role] = res["rss_growth_mib"]
     wall = time.perf_counter() - t0
     stop.set()
     corrupted = to_leader.corrupted + to_follower.corrupted
     to_leader.close()
     to_follower.close()
-    return {"wall_s": wall, "train_s": loop, "steps_per_s": steps / loop, "faults": injected, "bytes_corrupted": corrupted,
+    return {"wall_s": wall, "train_s": loop, "steps_per_s": steps / loop, "rss_growth_mib": growth, "faults": injected, "bytes_corrupted": corrupted,
             "params": out}
 
 
@@ -149,6 +159,9 @@ def main() -> None:
         print(f"with faults: {faulty['train_s']:.1f} s training, {faulty['steps_per_s']:.0f} steps/s; injected {sum(f.values())} "
               f"faults ({f['corrupt']} corrupted bytes armed, {faulty['bytes_corrupted']} hit a stream; {f['cut']} "
               f"connection cuts; {f['delay']} delay bursts), all survived")
+        g = faulty["rss_growth_mib"]
+        print(f"resident memory from step {a.steps // 10} to the last, under faults: leader {g['leader']:+.1f} MiB, "
+              f"follower {g['follower']:+.1f} MiB")
         print(f"final parameters equal to the fault-free run, bit for bit: {same}")
     if not same:
         sys.exit(1)
