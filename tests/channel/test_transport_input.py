@@ -1,0 +1,103 @@
+"""Hostile bytes at the transport: whatever reaches the gRPC methods (Send, SendOne, Announce) from the
+network is refused with a status naming the problem, never crashes the server, never reaches the
+application, and the channel keeps working for honest frames afterwards."""
+
+from __future__ import annotations
+
+import struct
+
+import grpc
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from splitlink import ServerConfig, VerticalFederatedCommunicator, wire
+from splitlink.channel import _ANNOUNCE_REQ, _HEADER, _MAGIC
+from splitlink.util import free_ports
+
+SERVICE = "/splitlink.v1.Transport"
+
+
+@pytest.fixture(scope="module")
+def receiver():  # type: ignore[no-untyped-def]
+    lp, fp = free_ports(2)
+    comm = VerticalFederatedCommunicator(ServerConfig("follower", f"127.0.0.1:{fp}"),
+                                         ServerConfig("leader", f"127.0.0.1:{lp}"), max_frame_bytes=1 << 20).launch()
+    channel = grpc.insecure_channel(f"127.0.0.1:{fp}")
+    yield comm, channel, lp
+    channel.close()
+    comm.shutdown()
+
+
+def header(sender: bytes = b"leader", total: int = 0, seq: int = 1, meant_for: int = 0, magic: bytes = _MAGIC,
+           name_len: int | None = None) -> bytes:
+    return _HEADER.pack(magic, 7, meant_for, seq, 0, total, len(sender) if name_len is None else name_len) + sender
+
+
+def frame(seq: int) -> bytes:
+    return bytes(wire.pack({"x": torch.arange(4.0)}, sender="leader", seq=seq))
+
+
+CASES = {
+    "empty": b"",
+    "short": b"SLC2\x00",
+    "bad magic": header(magic=b"XXXX"),
+    "name longer than the message": header(name_len=60000),
+    "unknown sender": header(sender=b"mallory"),
+    "frame above max_frame_bytes": header(total=2 << 20),
+    "declared length longer than the data": header(total=1000) + frame(1)[:100],
+    "declared length shorter than the data": header(total=10) + frame(1),
+    "garbage frame": header(total=64) + bytes(range(64)),
+    "frame of another seq": header(total=len(frame(2)), seq=1) + frame(2),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_malformed_send_one_is_refused_with_a_reason(receiver, case: str) -> None:  # type: ignore[no-untyped-def]
+    comm, channel, _ = receiver
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary(f"{SERVICE}/SendOne")(CASES[case], timeout=10)
+    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED), err.value
+    assert err.value.details()  # a reason, not an empty status
+    with pytest.raises(TimeoutError):
+        comm.receive("leader", timeout=0.05)  # nothing reached the application
+
+
+def test_malformed_streams_are_refused_and_honest_frames_still_flow(receiver) -> None:  # type: ignore[no-untyped-def]
+    comm, channel, _ = receiver
+    send = channel.stream_unary(f"{SERVICE}/Send")
+    for chunks in ([], [b"junk"], [header(total=50), b"x" * 30], [header(total=10), b"y" * 20],
+                   [header(total=len(frame(3)), seq=3), frame(3)[:40], b"\x00" * (len(frame(3)) - 40)]):
+        with pytest.raises(grpc.RpcError) as err:
+            send(iter(chunks), timeout=10)
+        assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
+    good = frame(9)
+    ack = bytes(send(iter([header(total=len(good), seq=9), good]), timeout=10))
+    assert ack.startswith(b"OK")
+    assert torch.equal(comm.receive("leader", timeout=5)["x"], torch.arange(4.0))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_random_bytes_to_every_method_never_reach_the_application(receiver, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    comm, channel, _ = receiver
+    for method, payload in (("SendOne", data), ("SendOne", header(total=len(data)) + data),
+                            ("Announce", data), ("Announce", _ANNOUNCE_REQ.pack(_MAGIC, 5, 200) + data[:10])):
+        try:
+            channel.unary_unary(f"{SERVICE}/{method}")(payload, timeout=10)
+        except grpc.RpcError as e:
+            assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED), e
+    with pytest.raises(TimeoutError):
+        comm.receive("leader", timeout=0.01)
+
+
+def test_announcement_for_an_unknown_party_is_refused(receiver) -> None:  # type: ignore[no-untyped-def]
+    _, channel, _ = receiver
+    name = b"mallory"
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary(f"{SERVICE}/Announce")(_ANNOUNCE_REQ.pack(_MAGIC, 1, len(name)) + name, timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "mallory" in err.value.details()
+    assert struct.calcsize("<4sQH") == _ANNOUNCE_REQ.size
