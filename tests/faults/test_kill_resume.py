@@ -261,3 +261,25 @@ def _flat(x: object) -> object:
     if isinstance(x, (list, tuple)):
         return [_flat(v) for v in x]
     return x
+
+
+@pytest.mark.slow
+def test_victim_restarted_without_resume_gets_a_clear_error_not_a_silent_restart(workdir: Path) -> None:
+    """An operator restarts the killed follower but forgets resume: the survivor must not train on from
+    a state the new process does not share; it stops with an error saying what to do."""
+    run = workdir / "forgot-resume"
+    files = run_files(workdir, run, resume=False, peer_timeout=30.0)
+    procs = start(files)
+    deadline = time.monotonic() + 120
+    while steps_done(run / "leader.log") < EVERY + 2:
+        assert time.monotonic() < deadline and procs["leader"].poll() is None, "training did not get going"
+        time.sleep(0.02)
+    procs["follower"].send_signal(signal.SIGKILL)
+    assert procs["follower"].wait(30) == -signal.SIGKILL
+    procs["follower"].stderr.close()  # type: ignore[union-attr]
+    procs["follower"] = start(files, ("follower",))["follower"]  # the same run file: resume is off
+    err = procs["leader"].communicate(timeout=120)[1]  # reads stderr while waiting: a full pipe cannot block it
+    assert procs["leader"].returncode != 0
+    assert "follower restarted" in err and "resume" in err, err
+    procs["follower"].kill()
+    procs["follower"].communicate()
