@@ -612,12 +612,12 @@ class VerticalFederatedCommunicator:
                 # retried, instead of waiting for keepalive to notice.
                 if total <= self.chunk_size:
                     # One message, no request stream (gRPC would consume a stream on a thread of its own).
-                    one = header + bytes(frame) if isinstance(frame, memoryview) else frame.chunk(0, header)
+                    one = b"".join((header, frame)) if isinstance(frame, memoryview) else frame.chunk(0, header)
                     ack = bytes(self._one_stubs[peer](one, wait_for_ready=False, timeout=self.attempt_timeout(total)))
                 else:
                     ack = bytes(self._stubs[peer](self._chunks(header, frame), wait_for_ready=False,
                                                   timeout=self.attempt_timeout(total)))
-                status, (incarnation,) = ack[: -_INC.size], _INC.unpack(ack[-_INC.size :])
+                status, incarnation = self._parse_ack(peer, ack)
                 if status == _ACK_STALE:
                     inbox.acknowledge(incarnation)
                     raise PeerRestartedError(peer, f"frame seq {seq} was meant for its previous process")
@@ -642,6 +642,16 @@ class VerticalFederatedCommunicator:
                                code.name, attempt, delay)
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
+
+    def _parse_ack(self, peer: str, ack: bytes) -> tuple[bytes, int]:
+        """(status, the receiver's incarnation) of a Send/SendOne answer; anything else means the peer
+        does not speak this protocol version."""
+        status = ack[: -_INC.size]
+        if len(ack) <= _INC.size or status not in (_ACK_OK, _ACK_DUP, _ACK_STALE):
+            raise PeerUnavailableError(
+                f"'{peer}' at {self.peers[peer].server_address} answered {ack[:16]!r}, not a splitlink acknowledgement: "
+                "is it running the same splitlink version?")
+        return status, _INC.unpack(ack[-_INC.size :])[0]
 
     def _announce(self, peer: str) -> None:
         """Tells ``peer`` which process this is (and learns which process it is), retrying until it

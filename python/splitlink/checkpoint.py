@@ -11,14 +11,19 @@ manifest write) leaves a consistent step to resume from.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from splitlink.util import atomic_write
 
-__all__ = ["Manifest", "newest_common_step"]
+__all__ = ["Manifest", "newest_common_step", "ride_through_restarts"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -53,6 +58,24 @@ class Manifest:
             allowed = set(keep)
             steps = [s for s in steps if s in allowed]
         atomic_write(self.path, lambda fh: json.dump({"run_id": self.run_id, "steps": steps}, fh))
+
+
+def ride_through_restarts(who: str, agree: Callable[[bool], object], train: Callable[[], T]) -> T:
+    """Runs ``agree(rejoin=False)`` (the start-up agreement on the step to resume from), then ``train()``.
+    When the communicator raises ``PeerRestartedError`` (the peer crashed and was restarted with
+    resume), runs ``agree(True)`` (both go back to their newest common checkpoint) and trains on, so
+    this process keeps running and ends where an uninterrupted run would. ``agree(True)`` must fail
+    with a clear error when there is no common checkpoint."""
+    from splitlink.channel import PeerRestartedError
+
+    rejoin = False
+    while True:
+        try:
+            agree(rejoin)
+            return train()
+        except PeerRestartedError as e:
+            log.warning("%s: %s: going back to the newest common checkpoint", who, e)
+            rejoin = True
 
 
 def newest_common_step(*step_lists: Iterable[int]) -> int | None:

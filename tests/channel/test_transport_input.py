@@ -101,3 +101,29 @@ def test_announcement_for_an_unknown_party_is_refused(receiver) -> None:  # type
         channel.unary_unary(f"{SERVICE}/Announce")(_ANNOUNCE_REQ.pack(_MAGIC, 1, len(name)) + name, timeout=10)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "mallory" in err.value.details()
     assert struct.calcsize("<4sQH") == _ANNOUNCE_REQ.size
+
+
+def test_a_peer_answering_in_another_protocol_is_a_clear_error() -> None:
+    """The sender's side of hostile input: an answer that is not a splitlink acknowledgement (an older
+    version, another service on the port) is an error naming the peer, not a crash on the bytes."""
+    from concurrent import futures
+
+    from splitlink import PeerUnavailableError
+
+    lp, fp = free_ports(2)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handlers = {"SendOne": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"OK"),
+                "Send": grpc.stream_unary_rpc_method_handler(lambda it, ctx: [None for _ in it] and b""),
+                "Announce": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"")}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("splitlink.v1.Transport", handlers),))
+    server.add_insecure_port(f"127.0.0.1:{fp}")
+    server.start()
+    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
+                                           ServerConfig("follower", f"127.0.0.1:{fp}"), chunk_size=1 << 16).launch()
+    try:
+        for tensors in ({"x": torch.ones(4)}, {"x": torch.ones(1 << 16)}):  # SendOne, then a streamed frame
+            with pytest.raises(PeerUnavailableError, match="'follower' at 127.0.0.1:.* not a splitlink acknowledgement"):
+                leader.send_tensors("follower", tensors)
+    finally:
+        leader.shutdown()
+        server.stop(0)

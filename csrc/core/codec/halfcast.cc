@@ -5,6 +5,7 @@
 #include "../cpu.h"
 #include "codecs.h"
 #include "elem.h"
+#include "kernels.h"
 #include "splitlink/parallel.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -21,8 +22,7 @@ constexpr uint64_t kChunk = uint64_t{1} << 18;
 __attribute__((target("avx,f16c"))) void f32_to_f16_hw(const float* s, uint16_t* d, uint64_t n) {
   uint64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    // Prefetch across 4 KiB pages, where the hardware prefetchers stop (as in the min_max kernels).
-    _mm_prefetch(reinterpret_cast<const char*>(s + i + 1024), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(s + i + kPrefetchFloats), _MM_HINT_T0);
     const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), h);
   }
@@ -49,12 +49,11 @@ __attribute__((target("avx2"))) inline __m256i bf16_bits_avx2(__m256i x) {
 }
 
 __attribute__((target("avx2"))) void f32_to_bf16_avx2(const float* s, uint16_t* d, uint64_t n) {
-  const auto convert = bf16_bits_avx2;
   uint64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(s + i + 1024), _MM_HINT_T0);
-    const __m256i a = convert(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
-    const __m256i b = convert(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 8)));
+    _mm_prefetch(reinterpret_cast<const char*>(s + i + kPrefetchFloats), _MM_HINT_T0);
+    const __m256i a = bf16_bits_avx2(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+    const __m256i b = bf16_bits_avx2(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 8)));
     // packus works per 128-bit lane: [a0-3 b0-3 | a4-7 b4-7]; put the quarters back in order.
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), packed);

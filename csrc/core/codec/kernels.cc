@@ -14,10 +14,6 @@
 namespace splitlink::codec::detail {
 namespace {
 
-// Software prefetch distance for streaming reads: the hardware prefetchers stop at 4 KiB page
-// boundaries, which ordinary (non-huge-page) tensor memory hits every 1024 floats.
-constexpr uint64_t kPrefetchFloats = 1024;
-
 
 inline uint8_t quantize_one(float x, float lo, float inv, float levels) {
   float y = (x - lo) * inv + 0.5f;

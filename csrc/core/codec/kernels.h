@@ -21,6 +21,10 @@ void quantize_f32(const float* x, uint64_t n, float lo, float inv, float levels,
 // out[i] = lo + codes[i] * scale.
 void dequantize_f32(const uint8_t* codes, uint64_t n, float lo, float scale, float* out, bool stream = false);
 
+// Software prefetch distance (floats) for loops that stream through a tensor: the hardware
+// prefetchers stop at 4 KiB page boundaries, which ordinary tensor memory hits every 1024 floats.
+constexpr uint64_t kPrefetchFloats = 1024;
+
 // Tensors at least this large (bytes of float32) have their codec output streamed past the cache.
 constexpr uint64_t kStreamBytes = uint64_t{8} << 20;
 

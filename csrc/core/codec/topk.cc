@@ -2,7 +2,6 @@
 // (monotonic for non-negative floats): a histogram of the top bits, then nth_element within the one
 // bin that holds the k-th largest. Three passes over the data, parallel.
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <functional>
 #include <vector>

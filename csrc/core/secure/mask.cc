@@ -50,11 +50,26 @@ class Keystream {
   detail::CipherCtx ctx_;
 };
 
+// Fixed point by the magic-number trick: for |d| < 2^51, the bits of d + 1.5 * 2^52 minus the bits
+// of 1.5 * 2^52 are round-half-even(d) as a two's-complement ring element, and back.
+constexpr double kMagic = 6755399441055744.0;           // 1.5 * 2^52
+constexpr uint64_t kMagicBits = 0x4338000000000000ull;  // its bits
+
+// round(x * scale) as a ring element; `bad` is set when |x * scale| >= 2^51 or x is not finite.
+inline uint64_t to_fixed_one(float x, double scale, bool& bad) {
+  const double d = static_cast<double>(x) * scale;
+  bad |= !(std::fabs(d) < kFixedLimit);  // also true for NaN
+  const double r = d + kMagic;
+  uint64_t bits;
+  std::memcpy(&bits, &r, 8);
+  return bits - kMagicBits;
+}
+
 #ifdef SPLITLINK_X86
 // Same arithmetic as the scalar loop (multiply, then add the rounding constant), 8 at a time.
 // Returns whether any value was out of range or not finite.
 __attribute__((target("avx2"))) bool to_fixed_avx2(const float* x, uint64_t n, double scale, uint64_t* y) {
-  const __m256d vs = _mm256_set1_pd(scale), magic = _mm256_set1_pd(6755399441055744.0);
+  const __m256d vs = _mm256_set1_pd(scale), magic = _mm256_set1_pd(kMagic);
   const __m256d limit = _mm256_set1_pd(kFixedLimit);
   const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
   const __m256i magic_bits = _mm256_castpd_si256(magic);
@@ -70,17 +85,7 @@ __attribute__((target("avx2"))) bool to_fixed_avx2(const float* x, uint64_t n, d
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i + 4), _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(hi, magic)), magic_bits));
   }
   bool out = _mm256_movemask_pd(bad) != 0;
-  uint64_t magic_u;
-  const double m = 6755399441055744.0;
-  std::memcpy(&magic_u, &m, 8);
-  for (; i < n; ++i) {
-    const double d = static_cast<double>(x[i]) * scale;
-    out |= !(std::fabs(d) < kFixedLimit);
-    const double r = d + m;
-    uint64_t bits;
-    std::memcpy(&bits, &r, 8);
-    y[i] = bits - magic_u;
-  }
+  for (; i < n; ++i) y[i] = to_fixed_one(x[i], scale, out);
   return out;
 }
 #endif
@@ -90,37 +95,25 @@ bool to_fixed(const float* x, uint64_t n, double scale, uint64_t* y) {
 #ifdef SPLITLINK_X86
   if (cpu::has_avx2()) return to_fixed_avx2(x, n, scale, y);
 #endif
-  const double m = 6755399441055744.0;  // 1.5 * 2^52: round half to even by the FPU, for |d| < 2^51
-  uint64_t magic_u;
-  std::memcpy(&magic_u, &m, 8);
   bool out = false;
-  for (uint64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(x[i]) * scale;
-    out |= !(std::fabs(d) < kFixedLimit);  // also true for NaN
-    const double r = d + m;
-    uint64_t bits;
-    std::memcpy(&bits, &r, 8);
-    y[i] = bits - magic_u;
-  }
+  for (uint64_t i = 0; i < n; ++i) y[i] = to_fixed_one(x[i], scale, out);
   return out;
 }
 
 // Ring element (two's complement) back to float: v * 2^-frac_bits. Exact int64 -> double for
 // |v| < 2^51 (every unmasked value: encoding refuses larger ones) by the same magic-number trick as
 // to_fixed, so the scalar and AVX2 paths give identical bits for every input.
-constexpr uint64_t kMagicBits = 0x4338000000000000ull;  // bits of 1.5 * 2^52
-
 inline float from_fixed_one(uint64_t v, double inv) {
   double d;
   const uint64_t bits = v + kMagicBits;
   std::memcpy(&d, &bits, 8);
-  return static_cast<float>((d - 6755399441055744.0) * inv);
+  return static_cast<float>((d - kMagic) * inv);
 }
 
 #ifdef SPLITLINK_X86
 __attribute__((target("avx2"))) void from_fixed_avx2(const uint64_t* v, uint64_t n, double inv, float* x) {
   const __m256i magic_bits = _mm256_set1_epi64x(static_cast<long long>(kMagicBits));
-  const __m256d magic = _mm256_set1_pd(6755399441055744.0), vi = _mm256_set1_pd(inv);
+  const __m256d magic = _mm256_set1_pd(kMagic), vi = _mm256_set1_pd(inv);
   uint64_t i = 0;
   for (; i + 4 <= n; i += 4) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i));

@@ -34,8 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from splitlink.channel import PeerRestartedError
-from splitlink.checkpoint import Manifest
+from splitlink.checkpoint import Manifest, ride_through_restarts
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.model import FLModel
@@ -400,18 +399,9 @@ class PartyA:
     def run(self) -> list[dict[str, Any]]:
         """Trains to the end. If party B's process is replaced (crashed, restarted with resume), both go
         back to their newest common checkpoint and continue; this process keeps running."""
-        rejoin = False
-        while True:
-            try:
-                self.agree_resume(rejoin)
-                self._train()
-                self.comm.send_tensors(self.peer, {"done": torch.ones(1)})
-                return self.history
-            except PeerRestartedError as e:
-                log.warning("party A: %s: going back to the newest common checkpoint", e)
-                rejoin = True
+        return ride_through_restarts("party A", self.agree_resume, self._train)
 
-    def _train(self) -> None:
+    def _train(self) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         for epoch, rows in self.schedule():
             self.forward(rows)
@@ -425,6 +415,8 @@ class PartyA:
                 ev = self.evaluate()
                 log.info("epoch %d eval loss: %.6f (perplexity %.1f)", epoch, ev, float(np.exp(ev)))
                 self.record(kind="eval", epoch=epoch, step=self.step, loss=ev, seconds=time.perf_counter() - t0)
+        self.comm.send_tensors(self.peer, {"done": torch.ones(1)})
+        return self.history
 
 
 class PartyB:
@@ -486,15 +478,7 @@ class PartyB:
     def run(self) -> None:
         """Serves steps until party A says it is done (party B does not need to know the schedule). If
         party A's process is replaced, both go back to their newest common checkpoint and continue."""
-        rejoin = False
-        while True:
-            try:
-                self.answer_resume(rejoin)
-                self._serve()
-                return
-            except PeerRestartedError as e:
-                log.warning("party B: %s: going back to the newest common checkpoint", e)
-                rejoin = True
+        ride_through_restarts("party B", self.answer_resume, self._serve)
 
     def _serve(self) -> None:
         while True:

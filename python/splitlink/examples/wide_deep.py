@@ -31,8 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from splitlink.channel import PeerRestartedError
-from splitlink.checkpoint import Manifest
+from splitlink.checkpoint import Manifest, ride_through_restarts
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.examples.criteo import FOLLOWER_FIELDS, LEADER_FIELDS, PartyData, auc
@@ -283,7 +282,7 @@ class Follower(_Party):
             self.comm.send_tensors("leader", dict(out), step=self.step)
 
     def run(self) -> None:
-        _ride_through_restarts(self, self._train)
+        ride_through_restarts(self.role, self.handshake, self._train)
 
     def _train(self) -> None:
         for epoch, bs in _schedule(self):
@@ -351,7 +350,7 @@ class Leader(_Party):
 
     def run(self) -> list[dict[str, Any]]:
         try:
-            _ride_through_restarts(self, self._train)
+            ride_through_restarts(self.role, self.handshake, self._train)
         finally:
             if self._metrics_fh is not None:
                 self._metrics_fh.close()
@@ -387,21 +386,6 @@ class Leader(_Party):
                 a = self.evaluate()
                 _log(bar, f"epoch {epoch} eval AUC: {a:.4f}")
                 self._record(kind="eval", epoch=epoch, step=self.step, auc=a, seconds=time.perf_counter() - t0)
-
-
-def _ride_through_restarts(p: _Party, train: Any) -> None:
-    """Start-up handshake, then ``train`` to the end. When the peer process is replaced (it crashed and
-    was restarted with resume), both go back to their newest common checkpoint and continue: this
-    party keeps running, and the result is the same as without the interruption."""
-    rejoin = False
-    while True:
-        try:
-            p.handshake(rejoin=rejoin)
-            train()
-            return
-        except PeerRestartedError as e:
-            log.warning("%s: %s: going back to the newest common checkpoint", p.role, e)
-            rejoin = True
 
 
 def _schedule(p: _Party) -> Iterator[tuple[int, list[np.ndarray]]]:
