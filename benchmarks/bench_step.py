@@ -8,11 +8,15 @@ Two models, each trained for the same steps from the same seed:
 
 "split" runs each part as an FLModel (forward_one_step, backward_one_step with the grad scales passed
 in-process: no serialization, so this isolates FLModel's own overhead); "central" is plain PyTorch
-(forward, loss.backward(), optimizer.step()) on the unsplit model; "by-hand" is the same split written
-in plain PyTorch (detach at each cut, one optimizer per part), which separates what splitting itself
-costs from what FLModel adds. The three run in a rotating order so machine noise hits all alike;
-medians of --steps steps after warm-up. The overhead ratio is split / central (target <= 1.05). Also printed: the fixed per-step cost on a tiny model (the tests'
-sizes), where Python overhead dominates. ``--json`` prints JSON.
+(forward, loss.backward(), optimizer.step()) on the unsplit model with the same optimizer FLModel
+builds from the YAML (torch's fused implementation: splitlink.optim.build_optimizer); "by-hand" is the
+same split written in plain PyTorch (detach at each cut, one optimizer per part), which separates what
+splitting itself costs from what FLModel adds. The overhead ratio is split / central (target <= 1.05).
+"central, torch default" is the unsplit model with torch's default (for-loop) optimizer, i.e. what an
+unsplit script gets without choosing an implementation; split / that shows what FLModel's default
+optimizer gives back. All four run in a rotating order so machine noise hits them alike; medians of
+--steps steps after warm-up. Also printed: the tests' tiny sizes, where the fixed per-step cost of
+Python and of each extra autograd and optimizer call dominates. ``--json`` prints JSON.
 """
 
 from __future__ import annotations
@@ -37,14 +41,19 @@ from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_T
 from splitlink import FLModel  # noqa: E402
 
 
-def mlp_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]:
+Step = Callable[[int], float]
+
+
+def mlp_pair(size: str) -> tuple[Step, Step, Step, Step]:
     dims = dict(d_in=512, d_hidden=1024, n_classes=10) if size == "big" else dict(d_in=32, d_hidden=64, n_classes=5)
     batch = 256 if size == "big" else 16
     bottom, _, top = mlp_parts(0, **dims)
     cb, ct = copy.deepcopy(bottom), copy.deepcopy(top)
     fb = FLModel(fl_yaml(MLP_BOTTOM, LS=1.0), bottom)
     ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), top)
-    opt = torch.optim.Adam([*cb.parameters(), *ct.parameters()], lr=1e-3)
+    opt = torch.optim.Adam([*cb.parameters(), *ct.parameters()], lr=1e-3, fused=True)  # as FLModel builds it
+    db, dt = copy.deepcopy(cb), copy.deepcopy(ct)
+    dopt = torch.optim.Adam([*db.parameters(), *dt.parameters()], lr=1e-3)  # torch's default implementation
     batches = [mlp_batch(s, batch=batch, d_in=dims["d_in"], n_classes=dims["n_classes"]) for s in range(4)]
 
     def split(s: int) -> float:
@@ -62,8 +71,16 @@ def mlp_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
         opt.step()
         return loss.item()
 
+    def central_default(s: int) -> float:
+        b = batches[s % 4]
+        loss = dt(db(b["x"]), b["y"])
+        dopt.zero_grad(set_to_none=True)
+        loss.backward()
+        dopt.step()
+        return loss.item()
+
     mb, mt = copy.deepcopy(cb), copy.deepcopy(ct)
-    ob, ot = torch.optim.Adam(mb.parameters(), lr=1e-3), torch.optim.Adam(mt.parameters(), lr=1e-3)
+    ob, ot = (torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for m in (mb, mt))
 
     def manual(s: int) -> float:
         # The same split written by hand in plain PyTorch (detach at the cut, two optimizers).
@@ -79,10 +96,10 @@ def mlp_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
         ob.zero_grad(set_to_none=True)
         return loss.item()
 
-    return split, central, manual
+    return split, central, manual, central_default
 
 
-def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]:
+def gpt_pair(size: str) -> tuple[Step, Step, Step, Step]:
     cfg = dict(vocab=4096, d=256, seq=128, n_layer=4, n_head=8) if size == "big" else dict(vocab=97, d=32, seq=16, n_layer=2, n_head=4)
     batch = 8 if size == "big" else 4
     emb, bb, head = gpt_parts(0, **cfg)
@@ -90,7 +107,10 @@ def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
     fe = FLModel(fl_yaml(GPT_EMBEDDING), emb)
     fbb = FLModel(fl_yaml(GPT_BACKBONE), bb)
     fh = FLModel(fl_yaml(GPT_HEAD), head)
-    opt = torch.optim.AdamW([p for m in (ce, cbb, ch) for p in m.parameters()], lr=1e-3, eps=1e-8, weight_decay=0.01)
+    kw = dict(lr=1e-3, eps=1e-8, weight_decay=0.01)
+    opt = torch.optim.AdamW([p for m in (ce, cbb, ch) for p in m.parameters()], fused=True, **kw)  # as FLModel builds it
+    de, dbb, dh = (copy.deepcopy(m) for m in (ce, cbb, ch))
+    dopt = torch.optim.AdamW([p for m in (de, dbb, dh) for p in m.parameters()], **kw)  # torch's default implementation
     batches = [gpt_batch(s, batch=batch, vocab=cfg["vocab"], seq=cfg["seq"]) for s in range(4)]
 
     def split(s: int) -> float:
@@ -111,9 +131,17 @@ def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
         opt.step()
         return loss.item()
 
+    def central_default(s: int) -> float:
+        b = batches[s % 4]
+        x, table = de(b["input_ids"], b["position_id"])
+        loss = dh(dbb(x), table, b["input_ids"])
+        dopt.zero_grad(set_to_none=True)
+        loss.backward()
+        dopt.step()
+        return loss.item()
+
     me, mbb, mh = (copy.deepcopy(m) for m in (ce, cbb, ch))
-    kw = dict(lr=1e-3, eps=1e-8, weight_decay=0.01)
-    oe, obb, oh = (torch.optim.AdamW(m.parameters(), **kw) for m in (me, mbb, mh))
+    oe, obb, oh = (torch.optim.AdamW(m.parameters(), fused=True, **kw) for m in (me, mbb, mh))
 
     def manual(s: int) -> float:
         # The same three-way split by hand in plain PyTorch (detach at each cut, one optimizer each).
@@ -134,17 +162,18 @@ def gpt_pair(size: str) -> tuple[Callable[[int], float], Callable[[int], float]]
         oe.zero_grad(set_to_none=True)
         return loss.item()
 
-    return split, central, manual
+    return split, central, manual, central_default
 
 
-def measure(fns: tuple[Callable[[int], float], ...], steps: int) -> dict[str, float]:
-    """Median step times of (split, central, manual), run in a rotating order so noise hits all alike."""
-    names = ("split", "central", "manual")
+def measure(fns: tuple[Step, ...], steps: int) -> dict[str, float]:
+    """Median step times of (split, central, manual, central_default), run in a rotating order so noise
+    hits all alike."""
+    names = ("split", "central", "manual", "default")
     for s in range(3):
         for fn in fns:
             fn(s)
     times: dict[str, list[float]] = {n: [] for n in names}
-    orders = list(itertools.permutations(range(3)))
+    orders = list(itertools.permutations(range(len(names))))
     for s in range(steps):
         for i in orders[s % len(orders)]:
             t0 = time.perf_counter()
@@ -152,8 +181,9 @@ def measure(fns: tuple[Callable[[int], float], ...], steps: int) -> dict[str, fl
             times[names[i]].append(time.perf_counter() - t0)
     ms = {n: statistics.median(v) * 1e3 for n, v in times.items()}
     return {"split_ms": ms["split"], "central_ms": ms["central"], "manual_ms": ms["manual"],
-            "ratio": ms["split"] / ms["central"], "manual_ratio": ms["manual"] / ms["central"],
-            "flmodel_vs_manual": ms["split"] / ms["manual"], "overhead_us": (ms["split"] - ms["central"]) * 1e3}
+            "central_default_ms": ms["default"], "ratio": ms["split"] / ms["central"],
+            "manual_ratio": ms["manual"] / ms["central"], "flmodel_vs_manual": ms["split"] / ms["manual"],
+            "split_vs_central_default": ms["split"] / ms["default"], "overhead_us": (ms["split"] - ms["central"]) * 1e3}
 
 
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
@@ -195,12 +225,14 @@ def main() -> None:
         print(f"\n[{label}]" + ("" if label == "glibc defaults" else
                                 " " + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())))
         print(f"{'model':<10} {'split ms':>9} {'central ms':>11} {'by-hand ms':>11} {'split/central':>14} "
-              f"{'by-hand/central':>16} {'split/by-hand':>14}")
+              f"{'by-hand/central':>16} {'split/by-hand':>14} {'central,default ms':>19} {'split/that':>11}")
         for k, r in rows.items():
             print(f"{k:<10} {r['split_ms']:>9.3f} {r['central_ms']:>11.3f} {r['manual_ms']:>11.3f} {r['ratio']:>13.3f}x "
-                  f"{r['manual_ratio']:>15.3f}x {r['flmodel_vs_manual']:>13.3f}x")
-    print("\nsplit: FLModels in one process; central: the unsplit model; by-hand: the same split written in plain "
-          "PyTorch\n(detach at each cut, one optimizer per part), i.e. what splitting costs before any library.")
+                  f"{r['manual_ratio']:>15.3f}x {r['flmodel_vs_manual']:>13.3f}x {r['central_default_ms']:>19.3f} "
+                  f"{r['split_vs_central_default']:>10.3f}x")
+    print("\nsplit: FLModels in one process; central: the unsplit model, same (fused) optimizer; by-hand: the same "
+          "split written in\nplain PyTorch (detach at each cut, one optimizer per part), i.e. what splitting costs "
+          "before any library;\ncentral,default: the unsplit model with torch's default (for-loop) optimizer.")
     print("target: split/central <= 1.05 on the big models")
 
 

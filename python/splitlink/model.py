@@ -42,7 +42,7 @@ from torch import nn
 
 from splitlink.codec import CompressConfig
 from splitlink.config import FLYamlData
-from splitlink.optim import optimizer_kwargs, resolve_optimizer
+from splitlink.optim import build_optimizer, optimizer_kwargs, resolve_optimizer
 from splitlink.privacy import GaussianEmbeddingDP, LabelDP, SignEmbeddingDP
 from splitlink.util import atomic_write, free_ports, fsync_dir
 
@@ -151,6 +151,14 @@ def own_group_env() -> Any:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _in_engine() -> Any:
+    """Around every call into a DeepSpeed engine: its deprecation noise silenced, and the made-up group's
+    environment present (ZeRO-3 reads LOCAL_RANK on every forward, not only at initialisation)."""
+    with _quiet_deepspeed(), own_group_env():
+        yield
+
+
 def init_deepspeed_runtime() -> Any:
     """Imports DeepSpeed for this machine (CPU or CUDA) and joins or creates its process group.
 
@@ -176,8 +184,10 @@ def init_deepspeed_runtime() -> Any:
 class _Consumer:
     """An optimizer or a grad scaler: the terms it needs and what it differentiates."""
 
-    def __init__(self, kind: str, index: int, terms: list[Term], loss_scale: float = 1.0) -> None:
+    def __init__(self, kind: str, index: int, terms: list[Term], loss_scale: float = 1.0,
+                 inputs: tuple[str, ...] = ()) -> None:
         self.kind, self.index, self.terms, self.loss_scale = kind, index, terms, loss_scale
+        self.inputs = inputs  # a grad scaler's input names, in YAML order
 
 
 class FLModel:
@@ -210,6 +220,9 @@ class FLModel:
         self._remote_outs = {o.name for o in y.train_net_outs if o.destination == "remote"}
         self._remote_ins = {i.name for i in y.train_net_ins if i.source == "remote"}
         self._remote_sig: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        self._remote_at = [(k, n) for k, n in enumerate(self._in_names) if n in self._remote_ins]
+        float_dtypes = {p.dtype for p in network.parameters() if p.is_floating_point()}
+        self._compute_dtype: torch.dtype | None = float_dtypes.pop() if len(float_dtypes) == 1 else None
         self.network = network
         self.metrics = metrics
         if loss_fn is not None:
@@ -242,9 +255,14 @@ class FLModel:
         self.optimizers = self._build_optimizers(optimizers)
         self._scaler_inputs = {i.name for s in y.grad_scalers for i in s.inputs}
         for k, sc in enumerate(y.grad_scalers):
-            self._consumers.append(_Consumer("scaler", k, [(sc.output.name, sc.sens)]))
+            self._consumers.append(_Consumer("scaler", k, [(sc.output.name, sc.sens)],
+                                             inputs=tuple(i.name for i in sc.inputs)))
         self._terms: list[Term] = list(OrderedDict.fromkeys(t for c in self._consumers for t in c.terms))
         self._same_terms = len({tuple(sorted(map(str, c.terms))) for c in self._consumers}) <= 1
+        # Every trainable parameter has an optimizer: a one-pass backward may then accumulate into all
+        # the leaves it reaches, as loss.backward() does, without naming them (cheaper in the engine).
+        owned = {id(p) for ps in self._opt_params for p in ps}
+        self._all_owned = all(id(p) in owned for p in self.train_network.parameters() if p.requires_grad)
         if ds_cfg is not None:
             self._init_deepspeed(dict(ds_cfg))
 
@@ -317,7 +335,7 @@ class FLModel:
                     params.append(p)
             cls = resolve_optimizer(spec.type)
             kwargs, ls = optimizer_kwargs(cls, spec.hyper_parameters)
-            opts.append(cls(params, **kwargs))
+            opts.append(build_optimizer(cls, params, kwargs))
             self._opt_params.append(params)
             self._consumers.append(_Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
         return opts
@@ -347,40 +365,49 @@ class FLModel:
 
     # Inputs and outputs -------------------------------------------------------------------------
     @staticmethod
-    def _merge(local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> dict[str, Any]:
-        batch: dict[str, Any] = {}
+    def _merge(local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> Mapping[str, Any]:
         for part in (local, remote):
-            if part is None:
-                continue
-            if not isinstance(part, Mapping):
+            if part is not None and not isinstance(part, Mapping):
                 raise TypeError(f"data batches are mappings of name -> tensor, got {type(part).__name__}")
-            batch.update(part)
-        return batch
+        if remote is None:
+            return local if local is not None else {}
+        if local is None:
+            return remote
+        return {**local, **remote}
 
     def _gather(self, batch: Mapping[str, Any], names: list[str], net: str) -> list[Any]:
-        missing = [n for n in names if n not in batch]
-        if missing:
+        try:
+            return [batch[n] for n in names]
+        except KeyError:
+            missing = [n for n in names if n not in batch]
             raise KeyError(f"{self.yaml.source}: model.{net} input(s) {', '.join(map(repr, missing))} missing from the "
-                           f"data batches (they hold: {', '.join(map(str, batch)) or 'nothing'})")
-        return [batch[n] for n in names]
+                           f"data batches (they hold: {', '.join(map(str, batch)) or 'nothing'})") from None
 
     def _prepare(self, name: str, value: Any) -> torch.Tensor:
-        t = _as_tensor(name, value).detach()
+        t = value if type(value) is torch.Tensor else _as_tensor(name, value)
+        wants_grad = name in self._scaler_inputs
+        if t.requires_grad or wants_grad:
+            t = t.detach()  # this sub-network's graph starts here
         if t.is_floating_point():
             if self._engine_dtype is not None:
                 t = t.to(self._engine_dtype)
-            if name in self._scaler_inputs:
+            elif self._compute_dtype is not None and t.dtype != self._compute_dtype and name in self._remote_ins:
+                # A peer's activations in its own precision (a bf16 backbone's hidden states): computed
+                # here in this network's; the gradient goes back in the peer's (_scale_results).
+                t = t.to(self._compute_dtype)
+            if wants_grad:
                 t.requires_grad_(True)
         return t
 
-    def _check_remote(self, inputs: list[torch.Tensor]) -> None:
-        """A peer's tensor must keep the dtype and the non-batch shape it had at the first step."""
-        for name, x in zip(self._in_names, inputs):
-            if name not in self._remote_ins:
-                continue
-            sig = (x.dtype, tuple(x.shape[1:]))
-            first = self._remote_sig.setdefault(name, sig)
-            if sig != first:
+    def _check_remote(self, inputs: list[Any]) -> None:
+        """A peer's tensor must keep the dtype and the non-batch shape it had at the first step (checked
+        as received, before any cast)."""
+        for i, name in self._remote_at:
+            x = inputs[i]
+            first = self._remote_sig.get(name)
+            if first is None:
+                self._remote_sig[name] = (x.dtype, tuple(x.shape[1:]))
+            elif x.dtype != first[0] or x.shape[1:] != first[1]:
                 raise ValueError(
                     f"{self.yaml.source}: remote input {name!r} from the peer has dtype {x.dtype} and shape "
                     f"{tuple(x.shape)}, but it had dtype {first[0]} and shape (batch, {', '.join(map(str, first[1]))}) "
@@ -405,8 +432,8 @@ class FLModel:
         """Runs the train network on one batch, keeping the graph for ``backward_one_step``."""
         batch = self._merge(local_data_batch, remote_data_batch)
         originals = self._gather(batch, self._in_names, "train_net")
+        self._check_remote(originals)
         inputs = [self._prepare(n, v) for n, v in zip(self._in_names, originals)]
-        self._check_remote(inputs)
         if self.label_dp is not None and self._label_name in self._in_names:
             if self._id_key not in batch:
                 raise KeyError(f"{self.yaml.source}: label DP randomises each label once per sample id, and the batch "
@@ -416,7 +443,12 @@ class FLModel:
         module = self.engine if self.engine is not None else self.train_network
         if not module.training:  # train() walks every submodule: not on each step
             module.train()
-        outs = self._outputs(module(*inputs), self._out_names, "train_net")
+        if self.engine is not None:
+            with _in_engine():
+                result = module(*inputs)
+        else:
+            result = module(*inputs)
+        outs = self._outputs(result, self._out_names, "train_net")
         if self.embedding_dp is not None:
             outs = [self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
                     for n, o in zip(self._out_names, outs)]
@@ -474,8 +506,7 @@ class FLModel:
     def _wrt(self, c: _Consumer, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         if c.kind == "opt":
             return [p for p in self._opt_params[c.index] if p.requires_grad]
-        spec = self.yaml.grad_scalers[c.index]
-        return [inputs[i.name] for i in spec.inputs if inputs[i.name].requires_grad]
+        return [x for x in map(inputs.__getitem__, c.inputs) if x.requires_grad]
 
     def _check_one_pass(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> bool:
         reach = {t: _reachable(outs[t[0]]) for t in self._terms}
@@ -503,20 +534,22 @@ class FLModel:
     def _scale_results(self, inputs: dict[str, torch.Tensor], grads: dict[int, torch.Tensor | None],
                        originals: dict[str, Any]) -> dict[str, OrderedDict[str, torch.Tensor]]:
         out: dict[str, OrderedDict[str, torch.Tensor]] = {}
-        for spec in self.yaml.grad_scalers:
+        for c in self._consumers:
+            if c.kind != "scaler":
+                continue
             entry: OrderedDict[str, torch.Tensor] = OrderedDict()
-            for i in spec.inputs:
-                x = inputs[i.name]
+            for name in c.inputs:
+                x = inputs[name]
                 g = grads.get(id(x))
-                orig = originals[i.name]
+                orig = originals[name]
                 want = orig.dtype if isinstance(orig, torch.Tensor) and orig.is_floating_point() else (
                     x.dtype if x.is_floating_point() else torch.float32)
                 if g is None:
                     g = torch.zeros(x.shape, dtype=want, device=x.device)
                 elif g.dtype != want:
                     g = g.to(want)
-                entry[i.name] = g
-            out[spec.output.name] = entry
+                entry[name] = g
+            out[c.terms[0][0]] = entry
         return out
 
     def _backward_plain(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
@@ -530,23 +563,29 @@ class FLModel:
                 continue
             if len(groups) == 1:
                 # One pass: let the engine accumulate into .grad as loss.backward() does (it hands its
-                # buffers over instead of capturing copies), then read them.
+                # buffers over instead of capturing copies); the optimizers' gradients stay where they are.
                 for x in wrt:
-                    x.grad = None
-                torch.autograd.backward([outs[t[0]] for t in live], [grads_out[t] for t in live], inputs=wrt)
+                    if x.grad is not None:
+                        x.grad = None
+                torch.autograd.backward([outs[t[0]] for t in live], [grads_out[t] for t in live],
+                                        inputs=None if self._all_owned else wrt)
                 by_id = {id(x): x.grad for x in wrt}
+                for c in consumers:
+                    if c.kind == "opt" and c.loss_scale != 1.0:
+                        for p in self._opt_params[c.index]:
+                            if p.grad is not None:
+                                p.grad.div_(c.loss_scale)
             else:
                 res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
                                           retain_graph=gi < len(groups) - 1, allow_unused=True)
                 by_id = {id(x): g for x, g in zip(wrt, res)}
+                for c in consumers:
+                    if c.kind == "opt":
+                        for p in self._opt_params[c.index]:
+                            g = by_id.get(id(p))
+                            p.grad = g if g is None or c.loss_scale == 1.0 else g / c.loss_scale
             for c in consumers:
-                if c.kind == "opt":
-                    for p in self._opt_params[c.index]:
-                        g = by_id.get(id(p))
-                        if g is not None and c.loss_scale != 1.0:
-                            g = g.div_(c.loss_scale) if g is p.grad else g / c.loss_scale
-                        p.grad = g
-                else:
+                if c.kind == "scaler":
                     for x in self._wrt(c, inputs):
                         input_grads[id(x)] = by_id.get(id(x))
                         x.grad = None
@@ -581,7 +620,7 @@ class FLModel:
         amp_scale = 1.0
         if engine.fp16_enabled():
             amp_scale = float(getattr(engine.optimizer, "cur_scale", getattr(engine.optimizer, "loss_scale", 1.0)))
-        with _quiet_deepspeed():
+        with _in_engine():
             if isinstance(objective, torch.Tensor) and objective.requires_grad:
                 engine.backward(objective)
             engine.step()
@@ -605,13 +644,22 @@ class FLModel:
         inputs = [_as_tensor(n, v).detach() for n, v in zip(names, self._gather(batch, names, net))]
         if self.engine is not None and self._engine_dtype is not None:
             inputs = [x.to(self._engine_dtype) if x.is_floating_point() else x for x in inputs]
-        module = self.eval_network
-        was_training = module.training
-        module.eval()
-        try:
-            outs = self._outputs(module(*inputs), out_names, net)
-        finally:
-            module.train(was_training)
+        module: Any = self.eval_network
+        with contextlib.ExitStack() as stack:
+            if self.engine is not None:
+                stack.enter_context(_in_engine())
+                if module is self.train_network:
+                    module = self.engine  # ZeRO-3 gathers its partitioned parameters in its forward
+                elif self.engine.zero_optimization_stage() == 3:
+                    import deepspeed
+
+                    stack.enter_context(deepspeed.zero.GatheredParameters(list(module.parameters())))
+            was_training = module.training
+            module.eval()
+            try:
+                outs = self._outputs(module(*inputs), out_names, net)
+            finally:
+                module.train(was_training)
         gt = self.yaml.eval_net_gt
         if self.metrics is not None:
             if gt is None or gt not in batch:
@@ -770,7 +818,8 @@ class FLModel:
         client = {"splitlink_step": self.step, "rng_torch": torch.get_rng_state()}
         if self.embedding_dp is not None:
             client["embedding_dp"] = self.embedding_dp.state_dict()
-        self.engine.save_checkpoint(str(directory), tag=tmp_tag, client_state=client, save_latest=False)
+        with _in_engine():
+            self.engine.save_checkpoint(str(directory), tag=tmp_tag, client_state=client, save_latest=False)
         if dist.is_initialized():
             dist.barrier()
         if not dist.is_initialized() or dist.get_rank() == 0:
@@ -797,10 +846,11 @@ class FLModel:
             if not tags:
                 raise CheckpointError(f"no DeepSpeed checkpoint (step-*/) in {directory}")
             tag_dir = tags[-1]
-        load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                                        load_optimizer_states=phase == "train",
-                                                        load_lr_scheduler_states=phase == "train",
-                                                        load_module_strict=True)
+        with _in_engine():
+            load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                                            load_optimizer_states=phase == "train",
+                                                            load_lr_scheduler_states=phase == "train",
+                                                            load_module_strict=True)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
         if phase == "train" and client:

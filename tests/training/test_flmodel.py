@@ -359,3 +359,24 @@ def test_wrong_shape_or_dtype_from_the_peer_is_named() -> None:
         ft.forward_one_step({"y": y}, {"h": torch.randn(16, 32)})
     with pytest.raises(ValueError, match="has dtype torch.float64"):
         ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64, dtype=torch.float64)})
+
+
+def test_a_peers_bf16_activations_are_computed_on_in_this_networks_precision() -> None:
+    # A bf16 backbone's hidden states reach an fp32 head: computed in fp32 (exactly as the fp32 copy
+    # of the same values would be), the gradient sent back in the peer's bf16.
+    _, _, top = mlp_parts()
+    ref = copy.deepcopy(top)
+    ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), top)
+    y = mlp_batch(0)["y"]
+    h16 = torch.randn(16, 64).to(torch.bfloat16)
+    loss = ft.forward_one_step({"y": y}, {"h": h16})["loss"]
+    assert loss.dtype == torch.float32
+    h32 = h16.float().requires_grad_(True)
+    want = ref(h32, y)
+    want.backward()
+    assert torch.equal(loss.detach(), want.detach())
+    grad = ft.backward_one_step({"y": y}, {"h": h16})["loss"]["h"]
+    assert grad.dtype == torch.bfloat16 and torch.equal(grad, h32.grad.to(torch.bfloat16))
+    # Still one dtype per peer tensor: a switch mid-run is named, not cast away.
+    with pytest.raises(ValueError, match=r"has dtype torch.float32 .* but it had dtype torch.bfloat16"):
+        ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64)})
