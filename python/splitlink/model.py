@@ -644,6 +644,10 @@ class FLModel:
         inputs = [_as_tensor(n, v).detach() for n, v in zip(names, self._gather(batch, names, net))]
         if self.engine is not None and self._engine_dtype is not None:
             inputs = [x.to(self._engine_dtype) if x.is_floating_point() else x for x in inputs]
+        elif self._compute_dtype is not None:  # a peer's activations in this network's precision, as in training
+            remote = {i.name for i in self.yaml.eval_net_ins if i.source == "remote"}
+            inputs = [x.to(self._compute_dtype) if n in remote and x.is_floating_point() else x
+                      for n, x in zip(names, inputs)]
         module: Any = self.eval_network
         with contextlib.ExitStack() as stack:
             if self.engine is not None:

@@ -377,6 +377,7 @@ def test_a_peers_bf16_activations_are_computed_on_in_this_networks_precision() -
     assert torch.equal(loss.detach(), want.detach())
     grad = ft.backward_one_step({"y": y}, {"h": h16})["loss"]["h"]
     assert grad.dtype == torch.bfloat16 and torch.equal(grad, h32.grad.to(torch.bfloat16))
+    assert ft.eval_one_step({"y": y}, {"h": h16})["loss"].dtype == torch.float32
     # Still one dtype per peer tensor: a switch mid-run is named, not cast away.
     with pytest.raises(ValueError, match=r"has dtype torch.float32 .* but it had dtype torch.bfloat16"):
         ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64)})
