@@ -14,8 +14,12 @@ same split written in plain PyTorch (detach at each cut, one optimizer per part)
 splitting itself costs from what FLModel adds. The overhead ratio is split / central (target <= 1.05).
 "central, torch default" is the unsplit model with torch's default (for-loop) optimizer, i.e. what an
 unsplit script gets without choosing an implementation; split / that shows what FLModel's default
-optimizer gives back. All four run in a rotating order so machine noise hits them alike; medians of
---steps steps after warm-up. Also printed: the tests' tiny sizes, where the fixed per-step cost of
+optimizer gives back. By default all four run interleaved step by step in one process, in a rotating
+order, so machine noise hits them alike (medians of --steps steps after warm-up); they then share
+glibc's heap, whose trimming depends on the process's whole allocation history (the default
+optimizer's temporaries change what the others see). --own-process runs each variant in a process
+of its own, --rounds times in rotating order: the allocator behaves as in a real run, at the price of
+a few % of process-to-process noise. Also printed: the tests' tiny sizes, where the fixed per-step cost of
 Python and of each extra autograd and optimizer call dominates. ``--json`` prints JSON.
 """
 
@@ -165,62 +169,107 @@ def gpt_pair(size: str) -> tuple[Step, Step, Step, Step]:
     return split, central, manual, central_default
 
 
-def measure(fns: tuple[Step, ...], steps: int) -> dict[str, float]:
-    """Median step times of (split, central, manual, central_default), run in a rotating order so noise
-    hits all alike."""
-    names = ("split", "central", "manual", "default")
-    for s in range(3):
-        for fn in fns:
-            fn(s)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    orders = list(itertools.permutations(range(len(names))))
-    for s in range(steps):
-        for i in orders[s % len(orders)]:
-            t0 = time.perf_counter()
-            fns[i](s)
-            times[names[i]].append(time.perf_counter() - t0)
-    ms = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+VARIANTS = ("split", "central", "manual", "default")
+MODELS = (("mlp", "big"), ("mlp", "tiny"), ("gpt", "big"), ("gpt", "tiny"))
+
+
+def ratios(ms: dict[str, float]) -> dict[str, float]:
     return {"split_ms": ms["split"], "central_ms": ms["central"], "manual_ms": ms["manual"],
             "central_default_ms": ms["default"], "ratio": ms["split"] / ms["central"],
             "manual_ratio": ms["manual"] / ms["central"], "flmodel_vs_manual": ms["split"] / ms["manual"],
             "split_vs_central_default": ms["split"] / ms["default"], "overhead_us": (ms["split"] - ms["central"]) * 1e3}
 
 
+def make(name: str, size: str) -> tuple[Step, Step, Step, Step]:
+    return (mlp_pair if name == "mlp" else gpt_pair)(size)
+
+
+def measure_interleaved(fns: tuple[Step, ...], steps: int) -> dict[str, float]:
+    """Median step times of the variants in one process, in a rotating order so noise hits all alike."""
+    for s in range(3):
+        for fn in fns:
+            fn(s)
+    times: dict[str, list[float]] = {n: [] for n in VARIANTS}
+    orders = list(itertools.permutations(range(len(VARIANTS))))
+    for s in range(steps):
+        for i in orders[s % len(orders)]:
+            t0 = time.perf_counter()
+            fns[i](s)
+            times[VARIANTS[i]].append(time.perf_counter() - t0)
+    return ratios({n: statistics.median(v) * 1e3 for n, v in times.items()})
+
+
+def child_times(variant: str, steps: int) -> dict[str, list[float]]:
+    """Step times (s) of one variant on every model, in a process that runs nothing else."""
+    out = {}
+    for name, size in MODELS:
+        fn = make(name, size)[VARIANTS.index(variant)]
+        n = steps if size == "big" else steps * 4
+        for s in range(3):
+            fn(s)
+        times = []
+        for s in range(n):
+            t0 = time.perf_counter()
+            fn(s)
+            times.append(time.perf_counter() - t0)
+        out[f"{name}-{size}"] = times
+    return out
+
+
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
-def run_all(steps: int) -> dict[str, dict[str, float]]:
-    rows = {}
-    for name, make in (("mlp", mlp_pair), ("gpt", gpt_pair)):
-        for size in ("big", "tiny"):
-            rows[f"{name}-{size}"] = measure(make(size), steps if size == "big" else steps * 4)
-    return rows
+def run_config(env: dict[str, str], steps: int, rounds: int, same_process: bool) -> dict[str, dict[str, float]]:
+    def child(*extra: str) -> str:
+        return subprocess.run([sys.executable, __file__, "--steps", str(steps), *extra], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+
+    if same_process:
+        return json.loads(child("--child-interleaved"))
+    # Each variant in a process of its own (what a training run of it sees: the allocator's state is
+    # its own), the variants' processes alternating in a rotating order over the rounds.
+    times: dict[str, dict[str, list[float]]] = {f"{n}-{s}": {v: [] for v in VARIANTS} for n, s in MODELS}
+    for r in range(rounds):
+        for v in VARIANTS[r % 4:] + VARIANTS[:r % 4]:
+            for model, ts in json.loads(child("--child-variant", v)).items():
+                times[model][v].extend(ts)
+    return {m: ratios({v: statistics.median(ts) * 1e3 for v, ts in per.items()}) for m, per in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=60, help="steps per process and round on the big models (x4 tiny)")
+    ap.add_argument("--own-process", action="store_true",
+                    help="run each variant in a process of its own (its allocator state its own, as in a real run; "
+                         "noisier: processes differ by a few %%) instead of interleaved step by step in one process")
+    ap.add_argument("--rounds", type=int, default=3, help="with --own-process: rounds of one process per variant")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--child-interleaved", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(run_all(args.steps)))
+    if args.child_variant:
+        print(json.dumps(child_times(args.child_variant, args.steps)))
         return
-    # glibc returns freed blocks above its mmap threshold to the kernel, so the optimizer's large
-    # temporaries are page-faulted in again on every step; splitting a model into per-party optimizers
-    # makes that worse. Each configuration runs in its own process: glibc defaults, and glibc told to
-    # keep freed memory (what a long CPU training run should set, or use jemalloc/tcmalloc).
+    if args.child_interleaved:
+        print(json.dumps({f"{n}-{s}": measure_interleaved(make(n, s), args.steps if s == "big" else args.steps * 4)
+                          for n, s in MODELS}))
+        return
+    # glibc returns freed blocks above its (dynamic) mmap threshold to the kernel and trims its heap,
+    # so a step's large temporaries may be page-faulted in again on every step, depending on the
+    # allocation history of the process. Two configurations: glibc defaults, and glibc told to keep
+    # freed memory (what splitlink train sets; or use jemalloc/tcmalloc).
     results = {}
     for label, extra in (("glibc defaults", {}), ("glibc keeps freed memory, as splitlink train sets it", TUNED_MALLOC)):
-        env = {**os.environ, **extra}
-        out = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps)], env=env,
-                             check=True, capture_output=True, text=True).stdout
-        results[label] = json.loads(out.strip().splitlines()[-1])
+        results[label] = run_config({**os.environ, **extra}, args.steps, args.rounds, not args.own_process)
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "tuned_env": TUNED_MALLOC, "results": results}, indent=1))
+        print(json.dumps({"threads": torch.get_num_threads(), "tuned_env": TUNED_MALLOC,
+                          "mode": "same process" if not args.own_process else "one process per variant",
+                          "results": results}, indent=1))
         return
-    print(f"torch threads: {torch.get_num_threads()}; medians of {args.steps} (big) / {args.steps * 4} (tiny) "
-          "steps, split and central alternating")
+    how = ("the variants interleaved step by step in one process" if not args.own_process else
+           f"each variant in its own process, {args.rounds} rounds in rotating order")
+    print(f"torch threads: {torch.get_num_threads()}; medians of {args.steps * (1 if not args.own_process else args.rounds)} "
+          f"(big) / {args.steps * 4 * (1 if not args.own_process else args.rounds)} (tiny) steps; {how}")
     for label, rows in results.items():
         print(f"\n[{label}]" + ("" if label == "glibc defaults" else
                                 " " + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())))
@@ -230,7 +279,7 @@ def main() -> None:
             print(f"{k:<10} {r['split_ms']:>9.3f} {r['central_ms']:>11.3f} {r['manual_ms']:>11.3f} {r['ratio']:>13.3f}x "
                   f"{r['manual_ratio']:>15.3f}x {r['flmodel_vs_manual']:>13.3f}x {r['central_default_ms']:>19.3f} "
                   f"{r['split_vs_central_default']:>10.3f}x")
-    print("\nsplit: FLModels in one process; central: the unsplit model, same (fused) optimizer; by-hand: the same "
+    print("\nsplit: FLModels passing tensors in-process; central: the unsplit model, same (fused) optimizer; by-hand: the same "
           "split written in\nplain PyTorch (detach at each cut, one optimizer per part), i.e. what splitting costs "
           "before any library;\ncentral,default: the unsplit model with torch's default (for-loop) optimizer.")
     print("target: split/central <= 1.05 on the big models")

@@ -81,12 +81,15 @@ def steps_done(log: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("victim", "restart"), [("follower", "both"), ("leader", "both"), ("follower", "victim"),
-                                                 ("leader", "victim")])
+                                                 ("leader", "victim"), ("follower", "victim-early"),
+                                                 ("leader", "victim-early")])
 def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir: Path, victim: str,
                                                                          restart: str) -> None:
     """restart="both": the survivor gives up after peer_timeout with an error naming the peer, and both
     are restarted with resume. restart="victim": only the killed party is restarted; the survivor learns
-    of the new process, both go back to their newest common checkpoint, and the survivor carries on."""
+    of the new process, both go back to their newest common checkpoint, and the survivor carries on.
+    "victim-early": the same, killed before the first periodic checkpoint: both go back to step 0 (the
+    checkpoint of the initial state every fresh run writes)."""
     ref = workdir / "ref"
     if not ref.exists():
         codes = finish(start(run_files(workdir, ref, resume=False)))
@@ -96,7 +99,8 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
 
     run = workdir / f"killed-{victim}-{restart}"
     rng = np.random.default_rng(abs(hash((victim, restart))) % 1000)
-    kill_at = int(rng.integers(EVERY + 2, STEPS - 3))
+    early = restart == "victim-early"
+    kill_at = int(rng.integers(1, EVERY - 1)) if early else int(rng.integers(EVERY + 2, STEPS - 3))
     files = run_files(workdir, run, resume=False, peer_timeout=8.0 if restart == "both" else 90.0)
     procs = start(files)
     deadline = time.monotonic() + 120
@@ -122,8 +126,8 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
         assert "restarted" in rejoined and "going back to the newest common checkpoint" in rejoined, rejoined
     assert codes == {"follower": 0, "leader": 0}, ERRORS
     log = (run / "leader.log").read_text()
-    resumed = [line for line in log.splitlines() if "resumed at step" in line]
-    assert resumed, log
+    resumed = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "resumed at step" in line]
+    assert resumed and (resumed[-1] == 0 if early else 0 < resumed[-1] < kill_at), log
     got = final_state(run)
     assert got.keys() == expected.keys()
     for name, state in expected.items():
@@ -215,8 +219,10 @@ def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pan
 
     # Party B (the follower, DeepSpeed) killed: both restarted. Party A killed: only A is restarted and
     # party B's process goes back to the common checkpoint (reloading its DeepSpeed engine) and continues.
-    for victim, kill_at, restart in (("follower", 7, "both"), ("leader", 10, "victim")):
-        run = d / f"killed-{victim}"
+    # Party B killed at step 2, before the first periodic checkpoint, only B restarted: both go back to
+    # step 0 (B's DeepSpeed engine loads the checkpoint of its initial state).
+    for victim, kill_at, restart in (("follower", 7, "both"), ("leader", 10, "victim"), ("follower", 2, "victim")):
+        run = d / f"killed-{victim}-{kill_at}"
         files = pangu_files(d, run, resume=False, peer_timeout=8.0 if restart == "both" else 120.0)
         procs = start(files)
         deadline = time.monotonic() + 240
@@ -244,7 +250,8 @@ def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pan
         assert codes == {"follower": 0, "leader": 0}, ERRORS
         log = (run / "leader.log").read_text()
         resumed_at = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "party A: resumed at step" in line]
-        assert resumed_at and 0 < resumed_at[-1] <= reached and resumed_at[-1] % PANGU_EVERY == 0, (reached, log)
+        assert resumed_at and resumed_at[-1] <= reached and resumed_at[-1] % PANGU_EVERY == 0, (reached, log)
+        assert (resumed_at[-1] == 0) == (kill_at < PANGU_EVERY), (kill_at, resumed_at)
         assert pangu_losses(run) == expected_losses  # every step's loss, the replayed ones included
         got = pangu_final_state(run)
         assert got.keys() == expected.keys()

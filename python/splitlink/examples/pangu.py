@@ -343,9 +343,13 @@ class PartyA:
         self.emb_model.backward_one_step(self._batch, sens={**bb_scale, "output": {"word_table": self._word_grad}})
         self.step += 1
         if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
-            for m in (self.emb_model, self.head_model):
-                m.save_ckpt()
-            self.manifest().record(self.step)  # both of A's sub-networks are durable at this step
+            self.save()
+
+    def save(self) -> None:
+        for m in (self.emb_model, self.head_model):
+            m.step = self.step
+            m.save_ckpt()
+        self.manifest().record(self.step)  # both of A's sub-networks are durable at this step
 
     @torch.no_grad()
     def evaluate(self, max_batches: int = 20) -> float:
@@ -399,6 +403,8 @@ class PartyA:
     def run(self) -> list[dict[str, Any]]:
         """Trains to the end. If party B's process is replaced (crashed, restarted with resume), both go
         back to their newest common checkpoint and continue; this process keeps running."""
+        if self.train.ckpt_every and self.step == 0 and not self.checkpoint_steps():
+            self.save()  # step 0: a party killed before the first periodic checkpoint can still rejoin
         return ride_through_restarts("party A", self.agree_resume, self._train)
 
     def _train(self) -> list[dict[str, Any]]:
@@ -447,8 +453,12 @@ class PartyB:
                                step=self.step)
         self.step += 1
         if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
-            self.model.save_ckpt()
-            self.manifest().record(self.step)
+            self.save()
+
+    def save(self) -> None:
+        self.model.step = self.step
+        self.model.save_ckpt()
+        self.manifest().record(self.step)
 
     def manifest(self) -> Manifest:
         return Manifest(Path(self.train.ckpt_dir) if self.train.ckpt_dir else self.model.yaml.ckpt_path,
@@ -478,6 +488,8 @@ class PartyB:
     def run(self) -> None:
         """Serves steps until party A says it is done (party B does not need to know the schedule). If
         party A's process is replaced, both go back to their newest common checkpoint and continue."""
+        if self.train.ckpt_every and self.step == 0 and not self.checkpoint_steps():
+            self.save()  # step 0: a party killed before the first periodic checkpoint can still rejoin
         ride_through_restarts("party B", self.answer_resume, self._serve)
 
     def _serve(self) -> None:

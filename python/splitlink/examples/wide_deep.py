@@ -247,6 +247,12 @@ class _Party:
         self.step = step
         log.info("%s: resumed at step %d", self.role, step)
 
+    def save_start(self) -> None:
+        """A fresh run with periodic checkpoints first writes step 0 (the seeded initial state), so a party
+        killed before the first periodic checkpoint still has a step to rejoin its peer at."""
+        if self.train.ckpt_every and self.step == 0 and not self.checkpoint_steps():
+            self.save()
+
     def save(self) -> None:
         for m in self.models.values():
             m.step = self.step
@@ -282,6 +288,7 @@ class Follower(_Party):
             self.comm.send_tensors("leader", dict(out), step=self.step)
 
     def run(self) -> None:
+        self.save_start()
         ride_through_restarts(self.role, self.handshake, self._train)
 
     def _train(self) -> None:
@@ -350,6 +357,7 @@ class Leader(_Party):
 
     def run(self) -> list[dict[str, Any]]:
         try:
+            self.save_start()
             ride_through_restarts(self.role, self.handshake, self._train)
         finally:
             if self._metrics_fh is not None:
