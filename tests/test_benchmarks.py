@@ -1,0 +1,85 @@
+"""Every benchmark runs end to end at its smallest setting and reports what it promises.
+
+No timing is asserted (the machines are shared and noisy): this keeps the benchmarks from rotting,
+and the soak runs still check their correctness claims (final state equal to the fault-free run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def check_wire(d: dict[str, Any]) -> None:
+    assert d["scenarios"] and all(isinstance(v, dict) and v for v in d["scenarios"].values())
+
+
+def check_codec(d: dict[str, Any]) -> None:
+    assert set(d["inputs"]) == {"normal", "gelu_activation"}
+
+
+def check_secure(d: dict[str, Any]) -> None:
+    assert {"aes-256-gcm", "chacha20-poly1305"} <= set(d["ciphers"])
+    assert positive(d["masking_64MiB"]["mask_gbps_1t"]) and positive(d["masking_64MiB"]["unmask_gbps_1t"])
+
+
+def check_channel(d: dict[str, Any]) -> None:
+    for mode in ("plaintext", "tls"):
+        assert {"splitlink", "raw_grpc", "ratios"} <= set(d[mode])
+        assert all(positive(v) for v in d[mode]["ratios"].values())
+
+
+def check_psi(d: dict[str, Any]) -> None:
+    # The benchmark itself asserts that both parties found the planted intersection.
+    (row,) = d["rows"]
+    assert row["n"] == 1000 and positive(row["ids_per_s_per_party"]) and positive(row["bytes_per_id"])
+
+
+def check_step(d: dict[str, Any]) -> None:
+    assert len(d["results"]) == 2
+    for rows in d["results"].values():
+        assert set(rows) == {"mlp-big", "mlp-tiny", "gpt-big", "gpt-tiny"}
+        for r in rows.values():
+            assert all(positive(r[k]) for k in ("split_ms", "central_ms", "manual_ms", "central_default_ms", "ratio"))
+
+
+def check_soak(d: dict[str, Any]) -> None:
+    assert d["params_equal"] is True
+
+
+def check_soak_restarts(d: dict[str, Any]) -> None:
+    assert d["final_equal"] is True
+
+
+CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
+    ("bench_wire.py", ["--repeat", "1", "--warmup", "0"], check_wire),
+    ("bench_codec.py", ["--repeat", "1"], check_codec),
+    ("bench_secure.py", ["--repeat", "1"], check_secure),
+    ("bench_channel.py", ["--repeat", "1"], check_channel),
+    ("bench_psi.py", ["--sizes", "1000"], check_psi),
+    ("bench_step.py", ["--steps", "2"], check_step),
+    ("soak.py", ["--steps", "40"], check_soak),
+    ("soak_restarts.py", ["--steps", "300", "--kill-every", "3", "--peer-timeout", "30"], check_soak_restarts),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, check", CASES, ids=[c[0] for c in CASES])
+def test_benchmark_runs_and_reports(script: str, args: list[str], check: Callable[[dict[str, Any]], None]) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--json"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    check(json.loads(proc.stdout))
