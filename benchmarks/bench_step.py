@@ -216,6 +216,28 @@ def child_times(variant: str, steps: int) -> dict[str, list[float]]:
     return out
 
 
+def optimizer_steps(steps: int) -> dict[str, float]:
+    """Median ms of one Adam step over the big MLP's parameters (1.6M) for torch's three implementations
+    (fused: what FLModel builds from the YAML; foreach; the for-loop torch picks on CPU by default),
+    interleaved so noise hits all alike."""
+    bottom, _, top = mlp_parts(0, d_in=512, d_hidden=1024, n_classes=10)
+    kinds = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop (torch default on CPU)": {}}
+    opts = {}
+    for name, kw in kinds.items():
+        params = [p.detach().clone().requires_grad_(True) for p in (*bottom.parameters(), *top.parameters())]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opts[name] = torch.optim.Adam(params, lr=1e-3, **kw)
+    times: dict[str, list[float]] = {n: [] for n in opts}
+    for s in range(steps + 3):
+        for name in (list(opts) if s % 2 else list(opts)[::-1]):
+            t0 = time.perf_counter()
+            opts[name].step()
+            if s >= 3:
+                times[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) * 1e3 for n, v in times.items()}
+
+
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
@@ -261,8 +283,9 @@ def main() -> None:
     results = {}
     for label, extra in (("glibc defaults", {}), ("glibc keeps freed memory, as splitlink train sets it", TUNED_MALLOC)):
         results[label] = run_config({**os.environ, **extra}, args.steps, args.rounds, not args.own_process)
+    optim_ms = optimizer_steps(args.steps)
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "tuned_env": TUNED_MALLOC,
+        print(json.dumps({"threads": torch.get_num_threads(), "tuned_env": TUNED_MALLOC, "adam_step_ms": optim_ms,
                           "mode": "same process" if not args.own_process else "one process per variant",
                           "results": results}, indent=1))
         return
@@ -283,6 +306,9 @@ def main() -> None:
           "split written in\nplain PyTorch (detach at each cut, one optimizer per part), i.e. what splitting costs "
           "before any library;\ncentral,default: the unsplit model with torch's default (for-loop) optimizer.")
     print("target: split/central <= 1.05 on the big models")
+    print(f"\nAdam step over the big MLP's 1.6M parameters (medians of {args.steps}, this process): "
+          + ", ".join(f"{k} {v:.3f} ms" for k, v in optim_ms.items())
+          + f"; for-loop/fused {optim_ms['for-loop (torch default on CPU)'] / optim_ms['fused']:.1f}x")
 
 
 if __name__ == "__main__":

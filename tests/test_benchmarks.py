@@ -49,6 +49,7 @@ def check_psi(d: dict[str, Any]) -> None:
 
 
 def check_step(d: dict[str, Any]) -> None:
+    assert len(d["adam_step_ms"]) == 3 and all(positive(v) for v in d["adam_step_ms"].values())
     assert len(d["results"]) == 2
     for rows in d["results"].values():
         assert set(rows) == {"mlp-big", "mlp-tiny", "gpt-big", "gpt-tiny"}

@@ -13,8 +13,8 @@ Optimizers built from YAML take torch's fused implementation (one kernel per par
 of a dozen tensor operations per parameter) where torch has one for the class and every parameter is
 fp32/fp64 on a device it supports. It computes the update torch's default implementation computes,
 equal up to rounding (the vectorised kernel may contract a multiply-add; ``tests/training/test_optim.py``),
-and on CPU it is ~6x faster (an Adam step of a 1.6M-parameter MLP: 0.56 ms against 3.6 ms, a quarter of
-the whole training step; ``benchmarks/bench_step.py``). ``fused: false`` (or ``foreach: ...``) in
+and on CPU it is 3-6x faster (an Adam step of a 1.6M-parameter MLP: 1.1 ms against 3.9-4.7 ms with cold
+caches, 0.56 ms against 3.6 ms warm; a quarter of the whole training step; ``benchmarks/bench_step.py``). ``fused: false`` (or ``foreach: ...``) in
 ``hyper_parameters`` keeps torch's choice. For bf16/fp16 parameters the fused kernels compute in fp32
 and so give other numbers than torch's default: there they are used only when asked for (``fused: true``).
 """
