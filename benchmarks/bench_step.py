@@ -48,6 +48,17 @@ from splitlink import FLModel  # noqa: E402
 Step = Callable[[int], float]
 
 
+def unsplit_step(opt: torch.optim.Optimizer, loss_of: Callable[[int], torch.Tensor]) -> Step:
+    """One training step of the unsplit model: loss, backward, optimizer step."""
+    def step(s: int) -> float:
+        loss = loss_of(s)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
 def mlp_pair(size: str) -> tuple[Step, Step, Step, Step]:
     dims = dict(d_in=512, d_hidden=1024, n_classes=10) if size == "big" else dict(d_in=32, d_hidden=64, n_classes=5)
     batch = 256 if size == "big" else 16
@@ -67,21 +78,8 @@ def mlp_pair(size: str) -> tuple[Step, Step, Step, Step]:
         fb.backward_one_step({"x": b["x"]}, sens=ft.backward_one_step({"y": b["y"]}, h))
         return loss.item()
 
-    def central(s: int) -> float:
-        b = batches[s % 4]
-        loss = ct(cb(b["x"]), b["y"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    def central_default(s: int) -> float:
-        b = batches[s % 4]
-        loss = dt(db(b["x"]), b["y"])
-        dopt.zero_grad(set_to_none=True)
-        loss.backward()
-        dopt.step()
-        return loss.item()
+    central = unsplit_step(opt, lambda s: ct(cb(batches[s % 4]["x"]), batches[s % 4]["y"]))
+    central_default = unsplit_step(dopt, lambda s: dt(db(batches[s % 4]["x"]), batches[s % 4]["y"]))
 
     mb, mt = copy.deepcopy(cb), copy.deepcopy(ct)
     ob, ot = (torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for m in (mb, mt))
@@ -126,23 +124,15 @@ def gpt_pair(size: str) -> tuple[Step, Step, Step, Step]:
         fe.backward_one_step(sens={**fbb.backward_one_step(sens=hs), **hs})
         return loss.item()
 
-    def central(s: int) -> float:
-        b = batches[s % 4]
-        x, table = ce(b["input_ids"], b["position_id"])
-        loss = ch(cbb(x), table, b["input_ids"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+    def unsplit_loss(e: torch.nn.Module, bb: torch.nn.Module, h: torch.nn.Module) -> Callable[[int], torch.Tensor]:
+        def loss(s: int) -> torch.Tensor:
+            b = batches[s % 4]
+            x, table = e(b["input_ids"], b["position_id"])
+            return h(bb(x), table, b["input_ids"])
+        return loss
 
-    def central_default(s: int) -> float:
-        b = batches[s % 4]
-        x, table = de(b["input_ids"], b["position_id"])
-        loss = dh(dbb(x), table, b["input_ids"])
-        dopt.zero_grad(set_to_none=True)
-        loss.backward()
-        dopt.step()
-        return loss.item()
+    central = unsplit_step(opt, unsplit_loss(ce, cbb, ch))
+    central_default = unsplit_step(dopt, unsplit_loss(de, dbb, dh))
 
     me, mbb, mh = (copy.deepcopy(m) for m in (ce, cbb, ch))
     oe, obb, oh = (torch.optim.AdamW(m.parameters(), fused=True, **kw) for m in (me, mbb, mh))

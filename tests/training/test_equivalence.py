@@ -72,7 +72,8 @@ def test_mlp_split_equals_central(three: bool, loss_scale: float) -> None:
     assert fb.step == STEPS and ft.step == STEPS
 
 
-def run_split_gpt(parts, steps: int, backbone_ds: dict | None = None):
+def run_split_gpt(parts, steps: int, backbone_ds: dict | None = None, check=None):
+    """Trains the three-way split; ``check(hidden, out, head_scale, bb_scale)`` sees every step's tensors."""
     emb, bb, head = parts
     fe = FLModel(fl_yaml(GPT_EMBEDDING, "embedding"), emb)
     fb = FLModel(fl_yaml(GPT_BACKBONE, "backbone"), bb, deepspeed_config=backbone_ds)
@@ -88,6 +89,8 @@ def run_split_gpt(parts, steps: int, backbone_ds: dict | None = None):
         bb_scale = fb.backward_one_step(sens=head_scale)                # uses sens["output"]["hidden_states"]
         assert set(bb_scale) == {"hidden_states"}
         assert head_scale["output"]["input_ids"].abs().sum() == 0       # integer input: zero gradient
+        if check is not None:
+            check(hidden, out, head_scale, bb_scale)
         fe.backward_one_step(sens={**bb_scale, **head_scale})
     return losses, fe, fb, fh
 
@@ -163,24 +166,14 @@ def test_bf16_backbone_talks_to_fp32_parties() -> None:
     ref_losses, _ = central_gpt(parts, STEPS)
     mine = tuple(copy.deepcopy(p) for p in parts)
     ds = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}, "train_micro_batch_size_per_gpu": 4}
-    emb, bb, head = mine
-    fe = FLModel(fl_yaml(GPT_EMBEDDING, "embedding"), emb)
-    fb = FLModel(fl_yaml(GPT_BACKBONE, "backbone"), bb, deepspeed_config=ds)
-    fh = FLModel(fl_yaml(GPT_HEAD, "head"), head)
-    losses = []
-    for s in range(STEPS):
-        batch = gpt_batch(s)
-        e = fe.forward_one_step(batch)
-        hidden = fb.forward_one_step(None, {"embedding_table": e["embedding_table"]})
+
+    def check(hidden, out, head_scale, bb_scale) -> None:
         assert hidden["hidden_states"].dtype == torch.bfloat16
-        out = fh.forward_one_step({"input_ids": batch["input_ids"], "word_table": e["word_table"]}, hidden)
         assert out["output"].dtype == torch.float32
-        losses.append(out["output"].item())
-        head_scale = fh.backward_one_step()
         assert head_scale["output"]["hidden_states"].dtype == torch.bfloat16
-        bb_scale = fb.backward_one_step(sens=head_scale)
         assert bb_scale["hidden_states"]["embedding_table"].dtype == torch.float32
-        fe.backward_one_step(sens={**bb_scale, **head_scale})
+
+    losses, *_ = run_split_gpt(mine, STEPS, backbone_ds=ds, check=check)
     assert losses[-1] < losses[0]
     for a, r in zip(losses, ref_losses):
         assert abs(a - r) <= 5e-3 * abs(r), (losses, ref_losses)
