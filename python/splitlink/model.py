@@ -219,6 +219,7 @@ class FLModel:
         self._out_names = [o.name for o in y.train_net_outs]
         self._remote_outs = {o.name for o in y.train_net_outs if o.destination == "remote"}
         self._remote_ins = {i.name for i in y.train_net_ins if i.source == "remote"}
+        self._eval_remote_ins = {i.name for i in y.eval_net_ins if i.source == "remote"}
         self._remote_sig: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._remote_at = [(k, n) for k, n in enumerate(self._in_names) if n in self._remote_ins]
         float_dtypes = {p.dtype for p in network.parameters() if p.is_floating_point()}
@@ -259,10 +260,11 @@ class FLModel:
                                              inputs=tuple(i.name for i in sc.inputs)))
         self._terms: list[Term] = list(OrderedDict.fromkeys(t for c in self._consumers for t in c.terms))
         self._same_terms = len({tuple(sorted(map(str, c.terms))) for c in self._consumers}) <= 1
-        # Every trainable parameter has an optimizer: a one-pass backward may then accumulate into all
-        # the leaves it reaches, as loss.backward() does, without naming them (cheaper in the engine).
+        # Every parameter has an optimizer (frozen ones too: they may be unfrozen later): a one-pass
+        # backward may then accumulate into all the leaves it reaches, as loss.backward() does, without
+        # naming them (cheaper in the engine).
         owned = {id(p) for ps in self._opt_params for p in ps}
-        self._all_owned = all(id(p) in owned for p in self.train_network.parameters() if p.requires_grad)
+        self._all_owned = all(id(p) in owned for p in self.train_network.parameters())
         if ds_cfg is not None:
             self._init_deepspeed(dict(ds_cfg))
 
@@ -348,6 +350,12 @@ class FLModel:
         # Traps: DeepSpeed clips gradients at 1.0 unless told otherwise, and prints every 10 steps.
         cfg.setdefault("gradient_clipping", 0.0)
         cfg.setdefault("steps_per_print", 1 << 30)
+        zero = cfg.get("zero_optimization")
+        if isinstance(zero, Mapping) and int(zero.get("stage", 0)) == 3:
+            # ZeRO-3's memory-efficient linear replaces torch.nn.functional.linear for the whole process
+            # (and never restores it): every other model in it, another party's sub-network included,
+            # would then compute through DeepSpeed's function. Off unless the config asks for it.
+            cfg["zero_optimization"] = {**zero, "memory_efficient_linear": zero.get("memory_efficient_linear", False)}
         if "train_batch_size" not in cfg and "train_micro_batch_size_per_gpu" not in cfg:
             cfg["train_micro_batch_size_per_gpu"] = self.yaml.batch_size
         selected = {id(p) for p in self._opt_params[0]}
@@ -645,8 +653,7 @@ class FLModel:
         if self.engine is not None and self._engine_dtype is not None:
             inputs = [x.to(self._engine_dtype) if x.is_floating_point() else x for x in inputs]
         elif self._compute_dtype is not None:  # a peer's activations in this network's precision, as in training
-            remote = {i.name for i in self.yaml.eval_net_ins if i.source == "remote"}
-            inputs = [x.to(self._compute_dtype) if n in remote and x.is_floating_point() else x
+            inputs = [x.to(self._compute_dtype) if n in self._eval_remote_ins and x.is_floating_point() else x
                       for n, x in zip(names, inputs)]
         module: Any = self.eval_network
         with contextlib.ExitStack() as stack:
