@@ -9,8 +9,11 @@ PIP := $(PY) -m pip
 NATIVE := build/native
 CMAKE := $(VENV)/bin/cmake
 CMAKE_GEN := -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
+PYMOD_DEFS = -DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR="$$($(PY) -m pybind11 --cmakedir)"
+# On the GPU machine (see ../shared/gpu/README.md: `bash .gpu/on-device.sh make gpu-check`): its own python3.
+GPU_PY ?= python3
 
-.PHONY: demo test install native bench bench-cpp sysdeps sysdeps-dev clean
+.PHONY: demo test install native bench bench-cpp sysdeps sysdeps-dev clean gpu-check
 
 # The main job: Wide&Deep split between two processes over mutual TLS (certificates, synthetic
 # Criteo data, training, AUC, loss plot), all under ./splitlink-demo.
@@ -19,7 +22,7 @@ demo: install
 
 # Every test: Python suites, C++ suites (plain and ASan+UBSan) and the libFuzzer run.
 test: install native
-	$(PY) -m pytest --native-build=$(NATIVE)
+	SPLITLINK_TEST_REQUIRE=deepspeed $(PY) -m pytest --native-build=$(NATIVE)
 
 sysdeps:
 	@scripts/install-system-deps.sh core
@@ -45,6 +48,13 @@ native: $(VENV)/.deps sysdeps-dev
 	CXX=clang++ $(CMAKE) -S . -B $(NATIVE)/sanitize $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DSPLITLINK_BUILD_PYTHON=OFF -DSPLITLINK_BUILD_TESTS=ON -DSPLITLINK_SANITIZE=ON -DSPLITLINK_BUILD_FUZZERS=ON >/dev/null
 	$(CMAKE) --build $(NATIVE)/sanitize
+	# The Python module twice more, by clang: plain (a second toolchain for every native error path)
+	# and with ASan+UBSan (run with the ASan runtime preloaded); tests/native/test_alt_builds.py.
+	CXX=clang++ $(CMAKE) -S . -B $(NATIVE)/py-clang $(CMAKE_GEN) $(PYMOD_DEFS) >/dev/null
+	$(CMAKE) --build $(NATIVE)/py-clang --target _core
+	CXX=clang++ $(CMAKE) -S . -B $(NATIVE)/py-asan $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DSPLITLINK_SANITIZE=ON $(PYMOD_DEFS) >/dev/null
+	$(CMAKE) --build $(NATIVE)/py-asan --target _core
 
 bench: install
 	$(PY) benchmarks/bench_wire.py
@@ -56,6 +66,14 @@ bench-cpp: $(VENV)/.deps sysdeps-dev
 	$(CMAKE) -S . -B build/bench $(CMAKE_GEN) -DSPLITLINK_BUILD_PYTHON=OFF -DSPLITLINK_BUILD_BENCHMARKS=ON >/dev/null
 	$(CMAKE) --build build/bench
 	build/bench/splitlink_bench --benchmark_repetitions=$(or $(REPS),9) --benchmark_report_aggregates_only=true $(BENCH_ARGS)
+
+# GPU machine checks: how the extension was built there, every native error path (after torch and
+# CUDA are loaded), then the GPU-marked tests.
+gpu-check:
+	$(GPU_PY) -c "import torch, splitlink._core as c; print('torch', torch.__version__, 'cuda', torch.cuda.is_available()); print(c.build_info())"
+	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_native_errors.py tests/wire/test_malformed.py \
+	  tests/codec/test_codecs.py tests/secure tests/psi/test_psi.py tests/channel/test_transport_input.py
+	$(GPU_PY) -m pytest -q -p no:cacheprovider -m gpu tests
 
 clean:
 	rm -rf build dist

@@ -4,6 +4,8 @@
 #include <openssl/opensslv.h>
 #include <openssl/crypto.h>
 
+#include <string>
+
 #include "../core/cpu.h"
 #include "register.h"
 #include "splitlink/errors.h"
@@ -23,6 +25,30 @@ PYBIND11_MODULE(_core, m) {
         "Version string of the OpenSSL library the extension runs with.");
   m.def("openssl_headers_version", [] { return std::string(OPENSSL_VERSION_TEXT); },
         "Version of the OpenSSL headers the extension was compiled against.");
+  m.def("build_info", [] {
+    pybind11::dict d;
+#if defined(__clang__)
+    d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    d["compiler"] = std::string("unknown");
+#endif
+    d["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) +
+                    "." + std::to_string(PYBIND11_VERSION_PATCH);
+    d["pybind11_internals_id"] = std::string(PYBIND11_INTERNALS_ID);
+#ifdef SPLITLINK_STATIC_CXX_RUNTIME
+    d["static_cxx_runtime"] = true;
+#else
+    d["static_cxx_runtime"] = false;
+#endif
+#ifdef SPLITLINK_SANITIZED
+    d["sanitizers"] = std::string("address,undefined");
+#else
+    d["sanitizers"] = std::string();
+#endif
+    return d;
+  }, "How this extension was built: compiler, pybind11, its internals id, C++ runtime linkage.");
   m.def("cpu_features", [] {
     pybind11::dict d;
     d["avx2"] = splitlink::cpu::has_avx2();
