@@ -324,6 +324,17 @@ TEST(Frame, RepeatedSingularFieldsAreRefused) {
   EXPECT_EQ(h.tensors[0].shape, (std::vector<int64_t>{2, 2}));
 }
 
+TEST(Frame, PeerTextInMessagesIsEscaped) {
+  EXPECT_EQ(printable(std::string("a\0b\\c\x1b\x7f\xc3\xa9", 9)), "a\\x00b\\x5cc\\x1b\\x7f\xc3\xa9");
+  std::vector<uint8_t> m(64);
+  uint8_t* p = m.data();
+  p = pb::put_bytes_field(p, field::kPath, std::string_view("n\0x", 3));
+  p = pb::put_varint_field(p, field::kDType, 1);
+  p = pb::put_varint_field(p, field::kLength, 3);
+  m.resize(static_cast<size_t>(p - m.data()));
+  expect_wire_error(frame_with_tensor(m, 16), "tensor 'n\\x00x' (descriptor at byte 4) declares 3 bytes");
+}
+
 TEST(Utf8, AcceptsValidRejectsInvalid) {
   EXPECT_TRUE(is_valid_utf8("plain"));
   EXPECT_TRUE(is_valid_utf8("\xE4\xB8\xAD\xE6\x96\x87"));

@@ -216,7 +216,7 @@ bool looks_sealed(const uint8_t* data, size_t size) {
     while (!r.done()) {
       const uint64_t tag = r.varint("tag");
       if ((tag >> 3) == sealed_field::kSealedVersion && (tag & 7) == pb::kVarint) return true;
-      r.skip(static_cast<pb::WireType>(tag & 7), static_cast<uint32_t>(tag >> 3));
+      r.skip(static_cast<pb::WireType>(tag & 7), static_cast<uint32_t>(tag >> 3), r.pos());
     }
   } catch (const WireError&) {
   }
@@ -415,7 +415,7 @@ SealedHeader Opener::open(const uint8_t* data, size_t size, uint8_t* out, size_t
   } catch (const WireError& e) {
     SL_FAIL(CryptoError, "sealed frame from '" << peer_ << "' rejected: " << e.what());
   }
-  const std::string who = "frame from '" + h.meta.sender + "' seq " + std::to_string(h.meta.seq);
+  const std::string who = "frame from '" + wire::printable(h.meta.sender) + "' seq " + std::to_string(h.meta.seq);
   SL_CHECK(h.meta.sender == peer_, CryptoError,
            who << " rejected: this channel receives only from '" << peer_ << "' (wrong key or misrouted frame)");
   SL_CHECK(h.cipher == cipher_, CryptoError,

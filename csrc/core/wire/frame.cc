@@ -18,11 +18,13 @@ namespace {
 
 constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
+// For error messages: names come from the peer, and a NUL or other control byte in one would
+// cut the message short (C strings) or garble a log line.
 std::string path_str(const std::vector<std::string>& path) {
   std::string s;
   for (size_t i = 0; i < path.size(); ++i) {
     if (i != 0) s += '/';
-    s += path[i];
+    s += printable(path[i]);
   }
   return s.empty() ? std::string("<empty path>") : s;
 }
@@ -110,6 +112,23 @@ void once(size_t* first_at, const char* name, uint32_t fnum, size_t at, size_t d
 }
 
 }  // namespace
+
+std::string printable(std::string_view s) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7F || c == '\\') {
+      out += "\\x";
+      out += kDigits[c >> 4];
+      out += kDigits[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
 
 bool is_valid_utf8(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
@@ -473,13 +492,13 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
                   expect_wt(cwt, pb::kVarint, "codec.topk_count", cat);
                   d.codec.topk_count = c.varint("codec.topk_count");
                 } else {
-                  c.skip(static_cast<pb::WireType>(cwt), cf);
+                  c.skip(static_cast<pb::WireType>(cwt), cf, cat);
                 }
               }
               break;
             }
             default:
-              t.skip(static_cast<pb::WireType>(twt), tf);
+              t.skip(static_cast<pb::WireType>(twt), tf, tat);
           }
         }
         desc_pos.push_back(b);
@@ -501,7 +520,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         (void)r.len_delimited("padding");  // content is meaningless filler
         break;
       default:
-        r.skip(static_cast<pb::WireType>(wt), fnum);
+        r.skip(static_cast<pb::WireType>(wt), fnum, at);
     }
   }
 
