@@ -8,9 +8,9 @@
 #include <cstring>
 #include <iterator>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
-#include <mutex>
 
 #include "evp.h"
 #include "splitlink/errors.h"
