@@ -235,7 +235,7 @@ TEST(Frame, MalformedClassesHavePreciseMessages) {
   expect_wire_error({0x08, 0x01, 0x3B}, "wire type 3");
   // Cut at a field boundary, before the payload: still detected.
   expect_wire_error({0x08, 0x01}, "no payload field");
-  expect_wire_error({0x08, 0x01, 0x7A, 0x00, 0x08, 0x01}, "does not end with its payload");
+  expect_wire_error({0x08, 0x01, 0x7A, 0x00, 0xA0, 0x06, 0x05}, "does not end with its payload");
   // A known field with the wrong wire type.
   expect_wire_error({0x0A, 0x00}, "wire type 2, expected 0");
 }
@@ -259,10 +259,80 @@ TEST(Frame, OverlappingTensorsAreRejected) {
 }
 
 TEST(Frame, UnknownFieldsAreSkipped) {
-  // Forward compatibility: fields this build does not know are skipped, not fatal.
-  std::vector<uint8_t> f = {0x08, 0x01, 0xA0, 0x06, 0x05, 0xAA, 0x06, 0x02, 'h', 'i', 0x7A, 0x00};
+  // Forward compatibility: fields this build does not know are skipped, not fatal, even when they
+  // repeat, and whatever their wire type (varint, length-delimited, fixed32, fixed64).
+  std::vector<uint8_t> f = {0x08, 0x01, 0xA0, 0x06, 0x05, 0xAA, 0x06, 0x02, 'h',  'i',  0xA0, 0x06, 0x07,
+                            0x18, 0x09, 0xAD, 0x06, 1,    2,    3,    4,    0xA9, 0x06, 1,    2,    3,
+                            4,    5,    6,    7,    8,    0x7A, 0x00};
   const FrameHeader h = decode_header(f.data(), f.size());
   EXPECT_EQ(h.tensors.size(), 0u);
+  EXPECT_EQ(h.meta.seq, 9u);  // the known field between the unknown ones was read
+  EXPECT_EQ(h.payload_offset, f.size());
+}
+
+// A singular field that appears twice is refused, naming the field and both byte offsets; a
+// protobuf reader would silently keep one copy (or merge them), so the frame's meaning would
+// depend on the reader.
+TEST(Frame, RepeatedSingularFieldsAreRefused) {
+  expect_wire_error({0x08, 0x01, 0x08, 0x01, 0x7A, 0x00},
+                    "repeats field 'version' (1) at byte 2; it first appeared at byte 0");
+  expect_wire_error({0x08, 0x01, 0x12, 0x01, 'a', 0x12, 0x01, 'b', 0x7A, 0x00},
+                    "repeats field 'sender' (2) at byte 5; it first appeared at byte 2");
+  expect_wire_error({0x08, 0x01, 0x18, 0x01, 0x18, 0x02, 0x7A, 0x00}, "repeats field 'seq' (3) at byte 4");
+  expect_wire_error({0x08, 0x01, 0x20, 0x01, 0x20, 0x02, 0x7A, 0x00}, "repeats field 'step' (4) at byte 4");
+  expect_wire_error({0x08, 0x01, 0x2A, 0x00, 0x2A, 0x00, 0x7A, 0x00}, "repeats field 'kind' (5) at byte 4");
+  expect_wire_error({0x08, 0x01, 0x72, 0x00, 0x72, 0x00, 0x7A, 0x00}, "repeats field 'padding' (14) at byte 4");
+  // A second payload: the first would otherwise be silently replaced.
+  expect_wire_error({0x08, 0x01, 0x7A, 0x01, 0x00, 0x7A, 0x00},
+                    "repeats field 'payload' (15) at byte 5; it first appeared at byte 2");
+
+  // Inside a tensor descriptor (which starts at byte 4 of frame_with_tensor's frames).
+  const std::vector<uint8_t> base = tensor_msg(1, {4}, 0, 16);
+  auto twice = [&](std::vector<uint8_t> extra) {
+    std::vector<uint8_t> m = base;
+    m.insert(m.end(), extra.begin(), extra.end());
+    return frame_with_tensor(m, 16);
+  };
+  const size_t end_of_base = 4 + base.size();  // frame byte where the appended field starts
+  expect_wire_error(twice({0x10, 0x01}), "repeats field 'tensor.dtype' (2) at byte " + std::to_string(end_of_base) +
+                                             " (in the tensor descriptor at byte 4)");
+  expect_wire_error(twice({0x20, 0x00}), "repeats field 'tensor.offset' (4) at byte " + std::to_string(end_of_base));
+  expect_wire_error(twice({0x28, 0x10}), "repeats field 'tensor.length' (5) at byte " + std::to_string(end_of_base));
+  expect_wire_error(twice({0x32, 0x00, 0x32, 0x00}),
+                    "repeats field 'tensor.codec' (6) at byte " + std::to_string(end_of_base + 2));
+  // Inside a codec message: codec.type twice (the codec content starts 2 bytes after its tag).
+  expect_wire_error(twice({0x32, 0x04, 0x08, 0x00, 0x08, 0x00}),
+                    "repeats field 'codec.type' (1) at byte " + std::to_string(end_of_base + 4));
+
+  // Repeated fields of the schema stay repeatable: two path parts, shape in two packed runs.
+  std::vector<uint8_t> m(64);
+  uint8_t* p = m.data();
+  p = pb::put_bytes_field(p, field::kPath, "a");
+  p = pb::put_bytes_field(p, field::kPath, "b");
+  p = pb::put_varint_field(p, field::kDType, 1);
+  p = pb::put_len_header(p, field::kShape, 1);
+  *p++ = 2;
+  p = pb::put_len_header(p, field::kShape, 1);
+  *p++ = 2;
+  p = pb::put_varint_field(p, field::kOffset, 0);
+  p = pb::put_varint_field(p, field::kLength, 16);
+  m.resize(static_cast<size_t>(p - m.data()));
+  const auto ok = frame_with_tensor(m, 16);
+  const FrameHeader h = decode_header(ok.data(), ok.size());
+  ASSERT_EQ(h.tensors.size(), 1u);
+  EXPECT_EQ(h.tensors[0].path, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(h.tensors[0].shape, (std::vector<int64_t>{2, 2}));
+}
+
+TEST(Frame, PeerTextInMessagesIsEscaped) {
+  EXPECT_EQ(printable(std::string("a\0b\\c\x1b\x7f\xc3\xa9", 9)), "a\\x00b\\x5cc\\x1b\\x7f\xc3\xa9");
+  std::vector<uint8_t> m(64);
+  uint8_t* p = m.data();
+  p = pb::put_bytes_field(p, field::kPath, std::string_view("n\0x", 3));
+  p = pb::put_varint_field(p, field::kDType, 1);
+  p = pb::put_varint_field(p, field::kLength, 3);
+  m.resize(static_cast<size_t>(p - m.data()));
+  expect_wire_error(frame_with_tensor(m, 16), "tensor 'n\\x00x' (descriptor at byte 4) declares 3 bytes");
 }
 
 TEST(Utf8, AcceptsValidRejectsInvalid) {

@@ -1,7 +1,9 @@
 // One conformance suite for both AEAD ciphers, plus key agreement and mask properties.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -22,6 +24,7 @@ SecretKey key_of(uint8_t seed) {
 
 struct Sealed {
   std::vector<uint8_t> bytes;
+  SealedLayout layout;
 };
 
 Sealed seal(Sealer& s, uint64_t seq, const std::vector<uint8_t>& plain) {
@@ -33,6 +36,7 @@ Sealed seal(Sealer& s, uint64_t seq, const std::vector<uint8_t>& plain) {
   s.claim(seq);
   const SealedLayout L = plan_sealed(m, s.cipher(), s.segment_size(), plain.size());
   Sealed out;
+  out.layout = L;
   out.bytes.resize(L.total);
   write_sealed_header(L, m, s.cipher(), s.segment_size(), plain.size(), out.bytes.data());
   s.seal_segments(L, m, plain.size(), out.bytes.data(), plain.data(), 2);
@@ -55,17 +59,53 @@ TEST_P(CipherConformance, RoundTripsEverySize) {
   }
 }
 
-TEST_P(CipherConformance, EveryByteFlipIsRejected) {
+std::string open_error(Cipher c, const SecretKey& key, const std::vector<uint8_t>& bytes) {
+  std::vector<uint8_t> out(bytes.size());
+  Opener o(c, key, "leader");
+  try {
+    o.open(bytes.data(), bytes.size(), out.data(), out.size(), 1);
+  } catch (const CryptoError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_P(CipherConformance, EveryBitOfTheHeaderAndASampleOfTheRestIsChecked) {
   Sealer s(GetParam(), key_of(2), "leader", 4096);
   std::vector<uint8_t> plain(9000, 0x42);
   const Sealed sealed = seal(s, 3, plain);
-  std::vector<uint8_t> out(plain.size());
-  for (size_t i = 0; i < sealed.bytes.size(); i += 7) {
-    std::vector<uint8_t> bad = sealed.bytes;
-    bad[i] ^= 0x10;
-    Opener o(GetParam(), key_of(2), "leader");
-    EXPECT_THROW(o.open(bad.data(), bad.size(), out.data(), out.size(), 1), CryptoError) << "byte " << i;
+  ASSERT_EQ(open_error(GetParam(), key_of(2), sealed.bytes), "");  // the untouched frame opens
+  // All 8 bits of every byte before the ciphertext (routing fields, framing, tags, padding)...
+  std::vector<size_t> positions;
+  for (size_t i = 0; i < sealed.layout.ciphertext_offset; ++i) positions.push_back(i);
+  // ...and of every 61st ciphertext byte, plus the first and last.
+  for (size_t i = sealed.layout.ciphertext_offset; i < sealed.bytes.size(); i += 61) positions.push_back(i);
+  positions.push_back(sealed.bytes.size() - 1);
+  for (size_t i : positions) {
+    for (int bit = 0; bit < 8; ++bit) {
+      std::vector<uint8_t> bad = sealed.bytes;
+      bad[i] ^= static_cast<uint8_t>(1u << bit);
+      EXPECT_NE(open_error(GetParam(), key_of(2), bad), "") << "byte " << i << " bit " << bit << " went unnoticed";
+    }
   }
+}
+
+// The field tag in front of the padding is 0x72 (field 14, length-delimited). Flipping bit 3 makes
+// it field 15 (a first "ciphertext" that the real one would replace), bit 4 field 12 (unknown):
+// both used to open.
+TEST_P(CipherConformance, FlippedPaddingTagIsRefused) {
+  Sealer s(GetParam(), key_of(6), "leader", 4096);
+  const Sealed sealed = seal(s, 1, std::vector<uint8_t>(5000, 3));
+  const size_t pad_tag = sealed.layout.tags_offset + sealed.layout.segments * kTagBytes;
+  ASSERT_EQ(sealed.bytes[pad_tag], 0x72);
+  std::vector<uint8_t> as15 = sealed.bytes, as12 = sealed.bytes;
+  as15[pad_tag] = 0x7A;
+  as12[pad_tag] = 0x62;
+  const std::string e15 = open_error(GetParam(), key_of(6), as15), e12 = open_error(GetParam(), key_of(6), as12);
+  EXPECT_NE(e15.find("repeats field 'ciphertext' (15) at byte " + std::to_string(sealed.layout.ciphertext_offset - 3)),
+            std::string::npos)
+      << e15;
+  EXPECT_NE(e12.find("unknown field 12 (wire type 2) at byte " + std::to_string(pad_tag)), std::string::npos) << e12;
 }
 
 TEST_P(CipherConformance, WrongKeyReplayAndReorderAreRejected) {
@@ -95,6 +135,77 @@ INSTANTIATE_TEST_SUITE_P(BothCiphers, CipherConformance, ::testing::Values(Ciphe
                          [](const ::testing::TestParamInfo<Cipher>& i) {
                            return i.param == Cipher::kAes256Gcm ? std::string("aes256gcm") : std::string("chacha20poly1305");
                          });
+
+// Hand-edited sealed frames: each deviation from the encoder's layout is named with its byte.
+class SealedLayoutTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Sealer s(Cipher::kAes256Gcm, key_of(8), "leader", 4096);
+    sealed_ = seal(s, 300, std::vector<uint8_t>(6000, 9));
+    ASSERT_NO_THROW(decode_sealed_header(sealed_.bytes.data(), sealed_.bytes.size()));
+  }
+  static std::string decode_error(const std::vector<uint8_t>& b) {
+    try {
+      decode_sealed_header(b.data(), b.size());
+    } catch (const WireError& e) {
+      return e.what();
+    }
+    return "";
+  }
+  std::vector<uint8_t> with(size_t at, size_t erase, std::vector<uint8_t> insert) const {
+    std::vector<uint8_t> b = sealed_.bytes;
+    b.erase(b.begin() + static_cast<std::ptrdiff_t>(at), b.begin() + static_cast<std::ptrdiff_t>(at + erase));
+    b.insert(b.begin() + static_cast<std::ptrdiff_t>(at), insert.begin(), insert.end());
+    return b;
+  }
+  Sealed sealed_;
+};
+
+TEST_F(SealedLayoutTest, UnknownFieldIsRefusedWithItsOffset) {
+  // The encoder writes sealed_version (0x50 0x01) first; an unknown varint field 100 after it.
+  ASSERT_EQ(sealed_.bytes[0], 0x50);
+  const std::string e = decode_error(with(2, 0, {0xA0, 0x06, 0x05}));
+  EXPECT_NE(e.find("unknown field 100 (wire type 0) at byte 2"), std::string::npos) << e;
+}
+
+TEST_F(SealedLayoutTest, RepeatedFieldIsRefusedWithBothOffsets) {
+  // A second sealed_version right after the first.
+  const std::string e = decode_error(with(2, 0, {0x50, 0x01}));
+  EXPECT_NE(e.find("repeats field 'sealed_version' (10) at byte 2; it first appeared at byte 0"), std::string::npos) << e;
+}
+
+TEST_F(SealedLayoutTest, NonMinimalVarintIsRefusedAtTheFirstDifferingByte) {
+  // seq 300 is 0xAC 0x02 after the seq tag 0x18; the same value padded to three bytes parses to
+  // the same header but is not the encoder's layout.
+  const std::vector<uint8_t> seq_field = {0x18, 0xAC, 0x02};
+  const auto it = std::search(sealed_.bytes.begin(), sealed_.bytes.end(), seq_field.begin(), seq_field.end());
+  ASSERT_NE(it, sealed_.bytes.end());
+  const size_t at = static_cast<size_t>(it - sealed_.bytes.begin());
+  const std::string e = decode_error(with(at + 2, 1, {0x82, 0x00}));
+  EXPECT_NE(e.find("sealed frame byte " + std::to_string(at + 2) + " is 0x82 where splitlink's encoding of this header has 0x02"),
+            std::string::npos)
+      << e;
+}
+
+TEST_F(SealedLayoutTest, FieldsOutOfOrderAreRefused) {
+  // Move sealed_version (2 bytes) to just before the padding field, as protobuf would write it.
+  const size_t pad_tag = sealed_.layout.tags_offset + sealed_.layout.segments * kTagBytes;
+  std::vector<uint8_t> b(sealed_.bytes.begin() + 2, sealed_.bytes.begin() + static_cast<std::ptrdiff_t>(pad_tag));
+  b.insert(b.end(), {0x50, 0x01});
+  b.insert(b.end(), sealed_.bytes.begin() + static_cast<std::ptrdiff_t>(pad_tag), sealed_.bytes.end());
+  ASSERT_EQ(b.size(), sealed_.bytes.size());
+  const std::string e = decode_error(b);
+  EXPECT_NE(e.find("sealed frame byte 0 is 0x12 where splitlink's encoding of this header has 0x50"), std::string::npos) << e;
+}
+
+TEST_F(SealedLayoutTest, NonZeroPaddingIsRefused) {
+  const size_t pad_tag = sealed_.layout.tags_offset + sealed_.layout.segments * kTagBytes;
+  ASSERT_GT(sealed_.bytes[pad_tag + 1], 0);  // this frame has padding content
+  std::vector<uint8_t> b = sealed_.bytes;
+  b[pad_tag + 2] = 1;
+  const std::string e = decode_error(b);
+  EXPECT_NE(e.find("padding byte " + std::to_string(pad_tag + 2) + " is not zero"), std::string::npos) << e;
+}
 
 TEST(KeyAgreement, DirectionsPairUp) {
   auto a = X25519KeyPair::generate(), b = X25519KeyPair::generate();

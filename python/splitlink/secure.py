@@ -11,7 +11,10 @@ through its federation services). It guarantees confidentiality of the tensors, 
 authenticity of the whole frame (any flipped bit, truncation, dropped, reordered or spliced
 segment is detected), and rejects replayed or reordered frames (seq must increase per sender).
 The routing fields (sender, seq, step, kind) stay readable so relays can route; they are
-authenticated. It does not hide frame sizes or timing, and it does not protect a party from its
+authenticated. Bytes outside the tags and ciphertext that are framing rather than data (field tags,
+lengths, padding) are accepted only exactly as the Sealer writes them: a sealed frame must travel
+byte for byte (a relay that parses and re-serializes it with protobuf produces a frame that is
+refused). It does not hide frame sizes or timing, and it does not protect a party from its
 peer: whoever holds the session key reads the tensors. Keys are per session and per direction
 (``derive_session_keys``): never reuse a session id, or nonces could repeat.
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 import torch
 
-from splitlink import CryptoError, secure, wire
+from splitlink import CryptoError, WireError, secure, wire
 from splitlink.secure import Opener, Sealer
 
 SEG = 4096  # small segments so small frames span many
@@ -105,18 +106,110 @@ def _sealed(sealer: Sealer, seq: int = 1, n: int = 20_000) -> bytearray:
     return bytearray(wire.pack(tensors(n), sender="leader", seq=seq, step=7, kind="forward", sealer=sealer))
 
 
-def test_every_single_bit_flip_is_rejected_with_sender_and_seq() -> None:
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1  # negative int64 values are encoded as their two's complement
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _encode_sealed(*, sender: str, seq: int, step: int, kind: str, cipher: int, segment_size: int, tags: bytes,
+                   ciphertext: bytes, plaintext_length: int | None = None) -> bytes:
+    """The sealed-frame layout, written independently of the native encoder: the fields in the
+    order the Sealer writes them, every varint field present, then zero padding that puts the
+    ciphertext at a 64-byte aligned offset (aead.h)."""
+
+    def var(field: int, v: int) -> bytes:
+        return _varint(field << 3) + _varint(v)
+
+    def blob(field: int, b: bytes) -> bytes:
+        return _varint(field << 3 | 2) + _varint(len(b)) + b
+
+    plen = len(ciphertext) if plaintext_length is None else plaintext_length
+    head = (var(10, 1) + blob(2, sender.encode()) + var(3, seq) + var(4, step) + blob(5, kind.encode()) + var(6, cipher)
+            + var(7, segment_size) + var(8, plen) + blob(9, tags))
+    tail = _varint(15 << 3 | 2) + _varint(len(ciphertext))
+    pad = -(len(head) + 2 + len(tail)) % 64
+    return head + blob(14, bytes(pad)) + tail + ciphertext
+
+
+def _fields(msg) -> dict:  # type: ignore[no-untyped-def]
+    return {"sender": msg.sender, "seq": msg.seq, "step": msg.step, "kind": msg.kind, "cipher": msg.cipher,
+            "segment_size": msg.segment_size, "tags": bytes(msg.tags), "ciphertext": bytes(msg.ciphertext)}
+
+
+# An Opener's CryptoError names the sender and seq once the header parses ("frame from 'leader'
+# seq 1 ..."), and otherwise the peer it expected ("sealed frame from 'leader' rejected: ...").
+NAMES_SENDER = re.compile(r"frame from '[^']*' seq \d+|sealed frame from 'leader' rejected: ")
+
+
+@pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305"])
+def test_every_bit_of_the_header_and_a_sample_of_the_ciphertext_is_checked(cipher: str) -> None:
+    ka, kb = keys(cipher)
+    sealer = Sealer(ka.send, "leader", cipher=cipher, segment_size=SEG)
+    n = 1500
+    frame = bytes(_sealed(sealer, n=n))
+    ct_offset = len(frame) - wire.packed_size(tensors(n), sender="leader", seq=1, step=7, kind="forward")
+    assert ct_offset % 64 == 0 and ct_offset > 2 * 16  # two segments: the header holds two tags
+    assert wire.unpack(frame, opener=Opener(kb.recv, "leader", cipher=cipher)).seq == 1
+    # All 8 bits of every byte before the ciphertext (routing fields, field tags and lengths, tags,
+    # padding), and all 8 bits of every 97th ciphertext byte and of the last one.
+    positions = [*range(ct_offset), *range(ct_offset, len(frame), 97), len(frame) - 1]
+    accepted = []
+    for i in positions:
+        for bit in range(8):
+            bad = bytearray(frame)
+            bad[i] ^= 1 << bit
+            try:
+                wire.unpack(bytes(bad), opener=Opener(kb.recv, "leader", cipher=cipher))
+            except (CryptoError, WireError) as e:
+                assert NAMES_SENDER.search(str(e)), str(e)
+            else:
+                accepted.append((i, bit))
+    assert accepted == [], f"(byte, bit) flips that still opened: {accepted[:20]}"
+
+
+def test_flipped_padding_tag_is_refused(sealed_pb2) -> None:  # type: ignore[no-untyped-def]
+    # Reported: the padding's field tag 0x72 (field 14) with bit 3 flipped reads as field 15 (a
+    # first ciphertext the real one replaced), with bit 4 as field 12 (skipped as unknown); both
+    # frames opened and returned their tensors.
     ka, kb = keys()
-    sealer = Sealer(ka.send, "leader", segment_size=SEG)
-    frame = _sealed(sealer, n=1500)
-    # Every byte, one bit each (rotating): header, tags, padding, ciphertext.
-    for i in range(len(frame)):
+    frame = bytes(_sealed(Sealer(ka.send, "leader", segment_size=SEG), n=1500))
+    msg = sealed_pb2.SealedFrame()
+    msg.ParseFromString(frame)
+    at = frame.index(bytes(msg.tags)) + len(msg.tags)  # the padding field follows the tags
+    assert frame[at] == 0x72
+    ct_tag = len(frame) - len(msg.ciphertext) - len(_varint(len(msg.ciphertext))) - 1
+    for flipped, why in ((0x7A, f"repeats field 'ciphertext' \\(15\\) at byte {ct_tag}; it first appeared at byte {at}"),
+                         (0x62, f"unknown field 12 \\(wire type 2\\) at byte {at}")):
         bad = bytearray(frame)
-        bad[i] ^= 1 << (i % 8)
-        opener = Opener(kb.recv, "leader")
-        with pytest.raises(CryptoError) as e:
-            wire.unpack(bytes(bad), opener=opener)
-        assert "from '" in str(e.value)  # names the sender (and seq once the header parses)
+        bad[at] = flipped
+        with pytest.raises(CryptoError, match=why):
+            wire.unpack(bytes(bad), opener=Opener(kb.recv, "leader"))
+    assert wire.unpack(frame, opener=Opener(kb.recv, "leader")).seq == 1
+
+
+def test_the_layout_is_exactly_the_documented_one(sealed_pb2) -> None:  # type: ignore[no-untyped-def]
+    ka, kb = keys()
+    frame = bytes(wire.pack(tensors(3000), sender="leader", seq=5, step=-2, kind="backward",
+                            sealer=Sealer(ka.send, "leader", segment_size=SEG)))
+    msg = sealed_pb2.SealedFrame()
+    msg.ParseFromString(frame)
+    assert msg.sealed_version == 1 and msg.plaintext_length == len(msg.ciphertext)
+    assert _encode_sealed(**_fields(msg)) == frame
+    # protobuf writes the same fields in field-number order (sealed_version after the tags); that
+    # is not the layout the Sealer writes, and the framing is not authenticated, so it is refused.
+    reserialized = msg.SerializeToString()
+    assert reserialized != frame and len(reserialized) == len(frame)
+    with pytest.raises(CryptoError, match="sealed frame byte 0 is 0x12 where splitlink's encoding of this header has 0x50"):
+        wire.unpack(reserialized, opener=Opener(kb.recv, "leader"))
+    # So is an extra unknown field, even one a protobuf reader would skip.
+    with pytest.raises(CryptoError, match="unknown field 100 \\(wire type 0\\) at byte 2"):
+        wire.unpack(frame[:2] + b"\xa0\x06\x01" + frame[2:], opener=Opener(kb.recv, "leader"))
+    assert wire.unpack(frame, opener=Opener(kb.recv, "leader")).step == -2
 
 
 def test_truncation_and_extension_are_rejected(pair) -> None:  # type: ignore[no-untyped-def]
@@ -151,17 +244,14 @@ def test_reordered_dropped_and_spliced_segments_are_rejected(sealed_pb2) -> None
     assert n >= 4
     ct, tags = bytes(msg.ciphertext), bytes(msg.tags)
 
-    def rebuild(new_ct: bytes, new_tags: bytes, plaintext_length: int | None = None) -> bytes:
-        m = sealed_pb2.SealedFrame()
-        m.CopyFrom(msg)
-        m.ciphertext = new_ct
-        m.tags = new_tags
-        m.plaintext_length = len(new_ct) if plaintext_length is None else plaintext_length
-        return m.SerializeToString()
+    def rebuild(new_ct: bytes, new_tags: bytes) -> bytes:
+        # In the exact layout the Sealer writes, so that only the AEAD can refuse the frame.
+        return _encode_sealed(**{**_fields(msg), "ciphertext": new_ct, "tags": new_tags})
 
     seg = [ct[i * SEG : (i + 1) * SEG] for i in range(n)]
     tag = [tags[i * 16 : (i + 1) * 16] for i in range(n)]
-    # The untouched re-serialization still opens (protobuf drops only our alignment padding).
+    # The untouched rebuild is the frame itself, and opens.
+    assert rebuild(ct, tags) == frame
     assert wire.unpack(rebuild(ct, tags), opener=Opener(kb.recv, "leader")).seq == 1
     swapped = seg[1] + seg[0] + b"".join(seg[2:])
     swapped_tags = tag[1] + tag[0] + b"".join(tag[2:])
@@ -176,10 +266,17 @@ def test_reordered_dropped_and_spliced_segments_are_rejected(sealed_pb2) -> None
     omsg = sealed_pb2.SealedFrame()
     omsg.ParseFromString(other)
     cases["spliced from another frame"] = rebuild(bytes(omsg.ciphertext[:SEG]) + ct[SEG:], bytes(omsg.tags[:16]) + tags[16:])
+    outcome = {}
     for name, bad in cases.items():
-        with pytest.raises(CryptoError, match="authentication failed|declares|tag bytes"):
+        try:
             wire.unpack(bad, opener=Opener(kb.recv, "leader"))
-        assert name
+            outcome[name] = "opened"
+        except CryptoError as e:
+            outcome[name] = str(e)
+    # A reordered or spliced frame fails at its first altered segment (0 here); a shortened one in
+    # segment 0 already (the segment count and plaintext length are in every segment's AAD).
+    expected = re.compile(r"authentication failed for frame from 'leader' seq 1 \(segment 0 of ")
+    assert all(expected.search(m) for m in outcome.values()), outcome
 
 
 def test_wrong_key_wrong_direction_and_wrong_peer() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import pytest
 import torch
 
-from splitlink import WireError, secure, wire
+from splitlink import CryptoError, WireError, secure, wire
 
 SEEDS = [bytes(wire.pack(make(), sender="s", kind="k", step=1, seq=2)) for make in (grad_scale, edge_shapes, deep_nesting)]
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
@@ -41,6 +41,32 @@ def test_mutated_frames_never_crash(seed: bytes, edits: list[tuple[int, int]], c
 @given(st.binary(max_size=512))
 def test_random_bytes_never_crash(data: bytes) -> None:
     _check(data)
+
+
+_SEAL_KEY = secure.Key(bytes(range(32)))
+SEALED = bytes(wire.pack(grad_scale(), sender="leader", seq=3, step=1, kind="k",
+                         sealer=secure.Sealer(_SEAL_KEY, "leader", segment_size=4096)))
+SEALED_HEADER_BYTES = len(SEALED) - len(wire.pack(grad_scale(), sender="leader", seq=3, step=1, kind="k"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+       insert=st.binary(max_size=3), at=st.integers(0, 10**6))
+def test_a_changed_sealed_frame_never_opens(edits: list[tuple[int, int]], insert: bytes, at: int) -> None:
+    # Whatever bytes change or are inserted, the frame opens only if it is byte for byte the sealed
+    # one. Half the edits land in the first 256 bytes, which hold the whole unencrypted header.
+    assert SEALED_HEADER_BYTES < 256
+    data = bytearray(SEALED)
+    for pos, value in edits:
+        data[pos % (len(data) if pos % 2 else 256)] = value
+    at %= len(data) + 1
+    data[at:at] = insert
+    opener = secure.Opener(_SEAL_KEY, "leader")
+    if bytes(data) == SEALED:
+        assert wire.unpack(bytes(data), opener=opener).seq == 3
+        return
+    with pytest.raises(CryptoError):
+        wire.unpack(bytes(data), opener=opener)
 
 
 @pytest.mark.parametrize("target", ["fuzz_frame_decode", "fuzz_sealed_open"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from wire_cases import grad_scale
@@ -22,22 +25,38 @@ def test_every_truncation_is_rejected(good: bytes) -> None:
 
 def test_trailing_garbage_is_rejected(good: bytes) -> None:
     with pytest.raises(WireError, match="does not end with its payload"):
+        wire.unpack(good + b"\xa0\x06\x01")  # an unknown field 100 after the payload
+    # A second version field after the payload is a repeated field, refused where it starts.
+    with pytest.raises(WireError, match=f"repeats field 'version' \\(1\\) at byte {len(good)}; it first appeared at byte 0"):
         wire.unpack(good + b"\x08\x01")
 
 
-def test_every_single_byte_flip_is_rejected_or_stays_in_bounds(good: bytes) -> None:
-    # Flipping a byte either yields a WireError or a frame whose tensors still lie in the buffer
-    # (payload bytes carry no checksum: integrity is the channel's AEAD/TLS job).
+def test_every_bit_flip_is_rejected_or_decodes_inside_the_buffer(good: bytes) -> None:
+    # Plain frames carry no checksum (integrity is the channel's AEAD/TLS job), so a flipped bit may
+    # decode; then every descriptor must lie inside the frame and every uncompressed tensor must
+    # hold exactly the frame's bytes at its offset, viewing the buffer itself.
+    decoded = 0
     for i in range(len(good)):
-        bad = bytearray(good)
-        bad[i] ^= 0xFF
-        try:
-            frame = wire.unpack(bytes(bad))
-        except WireError as e:
-            assert "byte" in str(e) or "frame" in str(e)
-            continue
-        for t in frame.flat.values():
-            t.sum()
+        for bit in range(8):
+            bad = bytearray(good)
+            bad[i] ^= 1 << bit
+            try:
+                *_, descs = wire._core.wire.decode_header(bad)
+            except WireError as e:
+                assert re.search(r"byte \d+|frame", str(e)), str(e)
+                continue
+            decoded += 1
+            frame = wire.unpack(bad)
+            lo = np.frombuffer(bad, dtype=np.uint8).ctypes.data
+            for path, _code, _shape, offset, length, spec in descs:
+                assert 0 <= offset and offset + length <= len(bad), (i, bit, path, offset, length)
+                t = frame.flat[path]
+                if spec[0] == 0 and length:
+                    raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                    assert raw == bytes(bad[offset : offset + length]), (i, bit, path)
+                    if t.data_ptr() % t.element_size() == 0 and (lo + offset) % t.element_size() == 0:
+                        assert t.data_ptr() == lo + offset, (i, bit, path)
+    assert decoded > 0  # payload bytes carry no checksum: some flips decode, and were checked above
 
 
 @pytest.mark.parametrize(
@@ -92,11 +111,35 @@ def test_descriptor_checks(frame_pb2, fields: dict, fragment: str) -> None:  # t
 
 def test_unknown_dtype_and_codec_are_named(frame_pb2) -> None:  # type: ignore[no-untyped-def]
     raw = bytearray(_frame_with(frame_pb2, dtype=1, shape=[4], offset=0, length=16))
+    desc = raw.index(b"\x0a\x01x")  # descriptor content: path "x" first
     # dtype field (tag 0x10) of the tensor: 0x10 0x01 -> 0x10 0x63 (99)
     i = raw.index(b"\x10\x01")
     raw[i + 1] = 99
-    with pytest.raises(WireError, match="unknown dtype 99"):
+    with pytest.raises(WireError, match=f"tensor descriptor at byte {desc} has unknown dtype 99"):
         wire.unpack(bytes(raw))
+    # A codec type this build does not know (the enum ends at TOPK = 5).
+    msg = frame_pb2.Frame(version=1, sender="peer", payload=b"\0" * 64)
+    t = msg.tensors.add(dtype=1, offset=0, length=16)
+    t.path.append("x")
+    t.shape.append(4)
+    t.codec.type = 99  # proto3 enums are open: protobuf writes unknown values as they are
+    raw = msg.SerializeToString()
+    desc = raw.index(b"\x0a\x01x")
+    with pytest.raises(WireError, match=f"tensor descriptor at byte {desc} uses unknown codec type 99; the sender may run a newer"):
+        wire.unpack(raw)
+    t.codec.type = 6
+    with pytest.raises(WireError, match="unknown codec type 6"):
+        wire.unpack(msg.SerializeToString())
+
+
+def test_control_bytes_in_names_are_escaped_in_messages(frame_pb2) -> None:  # type: ignore[no-untyped-def]
+    # Names are the peer's text: a NUL in one used to cut the message short at the name.
+    msg = frame_pb2.Frame(version=1, payload=b"\0" * 64)
+    t = msg.tensors.add(dtype=1, offset=0, length=15)
+    t.path.append("a\x00b\\c\x1b")
+    t.shape.append(4)
+    with pytest.raises(WireError, match=re.escape("tensor 'a\\x00b\\x5cc\\x1b' (descriptor at byte ") + r"\d+\) declares 15 bytes"):
+        wire.unpack(msg.SerializeToString())
 
 
 def test_duplicate_names_and_overlap(frame_pb2) -> None:  # type: ignore[no-untyped-def]
@@ -138,6 +181,79 @@ def test_absurd_tensor_count_is_bounded() -> None:
 
 
 def test_empty_descriptor_is_rejected() -> None:
-    with pytest.raises(WireError, match="has no name"):
+    with pytest.raises(WireError, match=r"tensor #0 \(descriptor at byte 4\) has no name"):
         wire.unpack(b"\x08\x01\x32\x00\x7a\x00")
-    assert torch.zeros(1).sum() == 0
+
+
+def _at_bytes(frame: bytes, pattern: str) -> tuple[int, ...]:
+    """The numbers the WireError for `frame` puts in `pattern`'s groups."""
+    with pytest.raises(WireError) as e:
+        wire.unpack(frame)
+    m = re.search(pattern, str(e.value))
+    assert m, str(e.value)
+    return tuple(int(g) for g in m.groups())
+
+
+def test_error_offsets_point_at_the_bad_byte() -> None:
+    v1, pay = b"\x08\x01", b"\x7a\x00"
+    # A length prefix past the end: the offset is where the length varint starts.
+    head = v1 + b"\x12"
+    assert _at_bytes(head + b"\x7fab", r"sender at byte (\d+) declares") == (len(head),)
+    # A varint that never ends: the offset is where it starts.
+    head = v1 + b"\x18"
+    assert _at_bytes(head + b"\xff\xff", r"varint for seq starting at byte (\d+)") == (len(head),)
+    # Field number 0 and a group wire type: the offset of the tag.
+    head = v1 + b"\x20\x05"
+    assert _at_bytes(head + b"\x00" + pay, r"field number 0 at byte (\d+)") == (len(head),)
+    assert _at_bytes(head + b"\x3b" + pay, r"wire type 3 for field 7 at byte (\d+)") == (len(head),)
+    # A known field with the wrong wire type.
+    assert _at_bytes(head + b"\x1a\x00" + pay, r"field 'seq' at byte (\d+) has protobuf wire type 2") == (len(head),)
+    # A repeated field: both occurrences.
+    head = v1 + b"\x18\x05"
+    assert _at_bytes(head + b"\x18\x06" + pay, r"'seq' \(3\) at byte (\d+); it first appeared at byte (\d+)") == (len(head), 2)
+    # Invalid UTF-8 in kind: the offset is the string's length prefix.
+    head = v1 + b"\x2a"
+    assert _at_bytes(head + b"\x02\xc3\x28" + pay, r"kind at byte (\d+) is not valid UTF-8") == (len(head),)
+
+
+@pytest.mark.parametrize(
+    ("field", "tag", "value"),
+    [("version", b"\x08", b"\x01"), ("sender", b"\x12", b"\x01a"), ("seq", b"\x18", b"\x02"), ("step", b"\x20", b"\x02"),
+     ("kind", b"\x2a", b"\x01k"), ("padding", b"\x72", b"\x00"), ("payload", b"\x7a", b"\x00")],
+)
+def test_repeated_frame_fields_are_refused(field: str, tag: bytes, value: bytes) -> None:
+    # Protobuf readers keep the last copy of a repeated singular field; a frame whose meaning
+    # depends on which copy a reader keeps is refused instead (unknown fields are still skipped).
+    first = b"\x08\x01" if field == "version" else b"\x08\x01" + tag + value
+    frame = first + tag + value + b"\x7a\x00"
+    assert _at_bytes(frame, rf"'{field}' \(\d+\) at byte (\d+); it first appeared at byte (\d+)") == (
+        len(first), len(first) - len(tag) - len(value))
+
+
+def test_repeated_descriptor_and_codec_fields_are_refused(frame_pb2) -> None:  # type: ignore[no-untyped-def]
+    raw = _frame_with(frame_pb2, dtype=1, shape=[4], offset=0, length=16)
+    desc = raw.index(b"\x0a\x01x")  # the descriptor content starts with its path "x"
+    length_at = raw.index(b"\x28\x10", desc)  # length=16, the last field protobuf writes here
+    assert raw[desc - 1] == length_at + 2 - desc  # one-byte descriptor length
+    for extra, name in ((b"\x10\x01", "tensor.dtype"), (b"\x28\x10", "tensor.length"),
+                        (b"\x32\x00\x32\x00", "tensor.codec"), (b"\x32\x04\x08\x00\x08\x00", "codec.type")):
+        bad = bytearray(raw)
+        bad[length_at + 2 : length_at + 2] = extra
+        bad[desc - 1] += len(extra)
+        second = length_at + 2 + {"tensor.codec": 2, "codec.type": 4}.get(name, 0)
+        pattern = rf"'{re.escape(name)}' \(\d+\) at byte (\d+) \(in the tensor descriptor at byte (\d+)\)"
+        assert _at_bytes(bytes(bad), pattern) == (second, desc), name
+    # The repeated fields of the schema stay repeatable: path parts and shape runs.
+    ok = bytearray(raw)
+    ok[length_at + 2 : length_at + 2] = b"\x0a\x01y"
+    ok[desc - 1] += 3
+    assert list(wire.unpack(bytes(ok)).flat) == [("x", "y")]
+
+
+def test_unknown_fields_are_skipped() -> None:
+    # DEVELOPERS.md: additive schema changes stay compatible. Varint, length-delimited, fixed32
+    # and fixed64 fields 100/101, repeated, around a known field, all skipped.
+    frame = (b"\x08\x01\xa0\x06\x05\xaa\x06\x02hi\xa0\x06\x07\x18\x09\xad\x06" + bytes(4) + b"\xa9\x06" + bytes(8)
+             + b"\x7a\x00")
+    got = wire.unpack(frame)
+    assert (got.seq, got.tensors) == (9, {})

@@ -6,8 +6,11 @@
 #include <atomic>
 #include <climits>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "evp.h"
 #include "splitlink/errors.h"
@@ -213,30 +216,103 @@ bool looks_sealed(const uint8_t* data, size_t size) {
     while (!r.done()) {
       const uint64_t tag = r.varint("tag");
       if ((tag >> 3) == sealed_field::kSealedVersion && (tag & 7) == pb::kVarint) return true;
-      r.skip(static_cast<pb::WireType>(tag & 7), static_cast<uint32_t>(tag >> 3));
+      r.skip(static_cast<pb::WireType>(tag & 7), static_cast<uint32_t>(tag >> 3), r.pos());
     }
   } catch (const WireError&) {
   }
   return false;
 }
 
+namespace {
+
+// The name of each SealedFrame field, nullptr for numbers the format does not have.
+const char* sealed_field_name(uint32_t fnum) {
+  namespace f = sealed_field;
+  switch (fnum) {
+    case f::kSender: return "sender";
+    case f::kSeq: return "seq";
+    case f::kStep: return "step";
+    case f::kKind: return "kind";
+    case f::kCipher: return "cipher";
+    case f::kSegmentSize: return "segment_size";
+    case f::kPlaintextLength: return "plaintext_length";
+    case f::kTags: return "tags";
+    case f::kSealedVersion: return "sealed_version";
+    case f::kPadding: return "padding";
+    case f::kCiphertext: return "ciphertext";
+    default: return nullptr;
+  }
+}
+
+std::string hex_byte(uint8_t b) {
+  static const char kDigits[] = "0123456789abcdef";
+  return std::string("0x") + kDigits[b >> 4] + kDigits[b & 15];
+}
+
+// Every byte of a sealed frame is either authenticated by the AEAD (the tags and the ciphertext;
+// the field values through the associated data) or framing: tags, lengths, padding. The framing
+// is not authenticated, so it is accepted only as this build's encoder writes it, byte for byte:
+// re-encodes the header from the decoded values and compares everything outside the tags.
+void check_canonical(const uint8_t* data, size_t size, const SealedHeader& h) {
+  SealedLayout L;
+  try {
+    L = plan_sealed(h.meta, h.cipher, h.segment_size, h.plaintext_length);
+  } catch (const InvalidArgument& e) {
+    SL_FAIL(WireError, "sealed frame header cannot be re-encoded: " << e.what());
+  }
+  std::vector<uint8_t> canon(L.ciphertext_offset);
+  write_sealed_header(L, h.meta, h.cipher, h.segment_size, h.plaintext_length, canon.data());
+  const size_t tags_end = L.tags_offset + L.segments * kTagBytes;
+  const size_t n = std::min(L.ciphertext_offset, size);
+  for (size_t i = 0; i < n; ++i) {
+    if (i == L.tags_offset) i = tags_end;  // tags are authenticated by the AEAD itself
+    if (i >= n) break;
+    SL_CHECK(data[i] == canon[i], WireError,
+             "sealed frame byte " << i << " is " << hex_byte(data[i]) << " where splitlink's encoding of this header has "
+                                  << hex_byte(canon[i])
+                                  << ": the framing outside the tags and ciphertext is not authenticated, so only "
+                                     "the exact layout the Sealer writes is accepted (fields in order, minimal "
+                                     "varints, zero padding up to a 64-byte aligned ciphertext)");
+  }
+  SL_CHECK(L.total == size && L.ciphertext_offset == h.ciphertext_offset && L.tags_offset == h.tags_offset, WireError,
+           "sealed frame is " << size << " bytes with its ciphertext at byte " << h.ciphertext_offset
+                              << "; the layout for this header is " << L.total << " bytes with the ciphertext at byte "
+                              << L.ciphertext_offset);
+}
+
+}  // namespace
+
 SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
   namespace f = sealed_field;
   SealedHeader h;
   uint64_t version = 0, cipher = 0, segment_size = 0, tags_len = 0, ct_len = 0;
   bool have_ct = false, have_tags = false;
+  constexpr size_t kNotSeen = static_cast<size_t>(-1);
+  size_t first_at[f::kCiphertext + 1];
+  std::fill(std::begin(first_at), std::end(first_at), kNotSeen);
   pb::Reader r(data, 0, size);
   SL_CHECK(size > 0, WireError, "empty sealed frame");
   while (!r.done()) {
     const size_t at = r.pos();
     uint32_t wt = 0;
     const uint32_t fnum = r.field_tag(&wt);
+    // Unknown and repeated fields are refused, not skipped: a skipped field or a second copy that
+    // replaces the first would be bytes that change without anyone noticing.
+    const char* name = sealed_field_name(fnum);
+    SL_CHECK(name != nullptr, WireError,
+             "sealed frame has unknown field " << fnum << " (wire type " << wt << ") at byte " << at
+                                               << "; a sealed frame carries only the fields of SealedFrame version "
+                                               << kSealedVersion << " (corrupt frame, or a different splitlink release)");
+    SL_CHECK(first_at[fnum] == kNotSeen, WireError,
+             "sealed frame repeats field '" << name << "' (" << fnum << ") at byte " << at
+                                            << "; it first appeared at byte " << first_at[fnum]);
+    first_at[fnum] = at;
     const bool len_field = fnum == f::kSender || fnum == f::kKind || fnum == f::kTags || fnum == f::kCiphertext ||
                            fnum == f::kPadding;
-    const bool var_field = fnum == f::kSeq || fnum == f::kStep || fnum == f::kCipher || fnum == f::kSegmentSize ||
-                           fnum == f::kPlaintextLength || fnum == f::kSealedVersion;
-    SL_CHECK(!(len_field && wt != pb::kLen) && !(var_field && wt != pb::kVarint), WireError,
-             "sealed frame field " << fnum << " at byte " << at << " has the wrong wire type " << wt);
+    const pb::WireType want = len_field ? pb::kLen : pb::kVarint;
+    SL_CHECK(wt == want, WireError,
+             "sealed frame field '" << name << "' (" << fnum << ") at byte " << at << " has the wrong wire type " << wt
+                                    << ", expected " << want);
     switch (fnum) {
       case f::kSealedVersion: version = r.varint("sealed_version"); break;
       case f::kSender: h.meta.sender = wire::read_string(r, "sender"); break;
@@ -254,8 +330,7 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
         break;
       }
       case f::kPadding: {
-        // Padding is not covered by the tags, so it must be zero: no byte of a sealed frame can
-        // change unnoticed.
+        // Not covered by the tags, so it must be zero (check_canonical also fixes its length).
         auto [b, e] = r.len_delimited("padding");
         for (size_t i = b; i < e; ++i) {
           SL_CHECK(data[i] == 0, WireError, "sealed frame padding byte " << i << " is not zero");
@@ -269,7 +344,6 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
         have_ct = true;
         break;
       }
-      default: r.skip(static_cast<pb::WireType>(wt), fnum);
     }
   }
   SL_CHECK(version == kSealedVersion, WireError,
@@ -286,6 +360,7 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
            "sealed frame declares " << h.plaintext_length << " plaintext bytes but carries " << ct_len);
   SL_CHECK(have_tags && tags_len == h.segments() * kTagBytes, WireError,
            "sealed frame has " << tags_len << " tag bytes, expected " << h.segments() * kTagBytes);
+  check_canonical(data, size, h);
   return h;
 }
 
@@ -340,7 +415,7 @@ SealedHeader Opener::open(const uint8_t* data, size_t size, uint8_t* out, size_t
   } catch (const WireError& e) {
     SL_FAIL(CryptoError, "sealed frame from '" << peer_ << "' rejected: " << e.what());
   }
-  const std::string who = "frame from '" + h.meta.sender + "' seq " + std::to_string(h.meta.seq);
+  const std::string who = "frame from '" + wire::printable(h.meta.sender) + "' seq " + std::to_string(h.meta.seq);
   SL_CHECK(h.meta.sender == peer_, CryptoError,
            who << " rejected: this channel receives only from '" << peer_ << "' (wrong key or misrouted frame)");
   SL_CHECK(h.cipher == cipher_, CryptoError,

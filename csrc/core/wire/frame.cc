@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <set>
 #include <sstream>
+#include <string>
 
 #include "splitlink/errors.h"
 #include "splitlink/memcopy.h"
@@ -16,11 +18,13 @@ namespace {
 
 constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
+// For error messages: names come from the peer, and a NUL or other control byte in one would
+// cut the message short (C strings) or garble a log line.
 std::string path_str(const std::vector<std::string>& path) {
   std::string s;
   for (size_t i = 0; i < path.size(); ++i) {
     if (i != 0) s += '/';
-    s += path[i];
+    s += printable(path[i]);
   }
   return s.empty() ? std::string("<empty path>") : s;
 }
@@ -90,7 +94,41 @@ uint8_t* put_codec_fields(uint8_t* p, const CodecSpec& c) {
 
 size_t varint_field_size(uint32_t f, uint64_t v) { return pb::tag_size(f) + pb::varint_size(v); }
 
+constexpr size_t kNotSeen = std::numeric_limits<size_t>::max();
+
+// Refuses a second occurrence of a singular field. Protobuf encoders write each singular field at
+// most once, and so does splitlink; a repeated one (a second header field, a second payload, a
+// second codec) means a corrupt or forged frame whose meaning would otherwise depend on which copy
+// the reader keeps. `first_at` holds the byte offset of the first occurrence (kNotSeen before);
+// `desc_at` is the offset of the enclosing tensor descriptor, kNotSeen for the frame's own fields.
+void once(size_t* first_at, const char* name, uint32_t fnum, size_t at, size_t desc_at = kNotSeen) {
+  SL_CHECK(*first_at == kNotSeen, WireError,
+           "frame repeats field '" << name << "' (" << fnum << ") at byte " << at
+                 << (desc_at == kNotSeen ? std::string() : " (in the tensor descriptor at byte " + std::to_string(desc_at) + ")")
+                 << "; it first appeared at byte " << *first_at
+                 << ". A frame carries each singular field at most once (corrupt frame, or an encoder that "
+                    "writes a field twice)");
+  *first_at = at;
+}
+
 }  // namespace
+
+std::string printable(std::string_view s) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7F || c == '\\') {
+      out += "\\x";
+      out += kDigits[c >> 4];
+      out += kDigits[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
 
 bool is_valid_utf8(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
@@ -308,6 +346,10 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
   h.meta.version = 0;
   bool have_payload = false;
   std::vector<size_t> desc_pos;  // byte offset of each tensor descriptor, for messages
+  // Where each singular field of Frame was first seen (repeated `tensors` excepted). Unknown
+  // fields are still skipped (additive schema changes stay compatible), known ones may not repeat.
+  size_t seen[field::kPayload + 1];
+  std::fill(std::begin(seen), std::end(seen), kNotSeen);
 
   auto expect_wt = [](uint32_t wt, pb::WireType want, const char* name, size_t at) {
     SL_CHECK(wt == want, WireError,
@@ -324,6 +366,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
     switch (fnum) {
       case field::kVersion: {
         expect_wt(wt, pb::kVarint, "version", at);
+        once(&seen[fnum], "version", fnum, at);
         const uint64_t v = r.varint("version");
         SL_CHECK(v <= std::numeric_limits<uint32_t>::max(), WireError, "version " << v << " at byte " << at << " is out of range");
         h.meta.version = static_cast<uint32_t>(v);
@@ -331,18 +374,22 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
       }
       case field::kSender:
         expect_wt(wt, pb::kLen, "sender", at);
+        once(&seen[fnum], "sender", fnum, at);
         h.meta.sender = read_string(r, "sender");
         break;
       case field::kSeq:
         expect_wt(wt, pb::kVarint, "seq", at);
+        once(&seen[fnum], "seq", fnum, at);
         h.meta.seq = r.varint("seq");
         break;
       case field::kStep:
         expect_wt(wt, pb::kVarint, "step", at);
+        once(&seen[fnum], "step", fnum, at);
         h.meta.step = static_cast<int64_t>(r.varint("step"));
         break;
       case field::kKind:
         expect_wt(wt, pb::kLen, "kind", at);
+        once(&seen[fnum], "kind", fnum, at);
         h.meta.kind = read_string(r, "kind");
         break;
       case field::kTensors: {
@@ -352,6 +399,8 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         const auto span = r.len_delimited("a tensor descriptor");
         const size_t b = span.first, e = span.second;  // named variables: lambdas below capture b
         TensorDesc d;
+        size_t tseen[field::kCodec + 1];
+        std::fill(std::begin(tseen), std::end(tseen), kNotSeen);
         pb::Reader t(data, b, e);
         while (!t.done()) {
           const size_t tat = t.pos();
@@ -368,6 +417,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
             }
             case field::kDType: {
               expect_wt(twt, pb::kVarint, "tensor.dtype", tat);
+              once(&tseen[tf], "tensor.dtype", tf, tat, b);
               const uint64_t v = t.varint("tensor.dtype");
               SL_CHECK(is_valid_dtype(v), WireError,
                        "tensor descriptor at byte " << b << " has unknown dtype " << v << " (known: 1.." << kMaxDType
@@ -395,20 +445,30 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
             }
             case field::kOffset:
               expect_wt(twt, pb::kVarint, "tensor.offset", tat);
+              once(&tseen[tf], "tensor.offset", tf, tat, b);
               d.offset = t.varint("tensor.offset");
               break;
             case field::kLength:
               expect_wt(twt, pb::kVarint, "tensor.length", tat);
+              once(&tseen[tf], "tensor.length", tf, tat, b);
               d.length = t.varint("tensor.length");
               break;
             case field::kCodec: {
               expect_wt(twt, pb::kLen, "tensor.codec", tat);
+              once(&tseen[tf], "tensor.codec", tf, tat, b);
               auto [cb, ce] = t.len_delimited("tensor.codec");
               pb::Reader c(data, cb, ce);
+              size_t cseen[field::kValueBits + 1];
+              std::fill(std::begin(cseen), std::end(cseen), kNotSeen);
               while (!c.done()) {
                 const size_t cat = c.pos();
                 uint32_t cwt = 0;
                 const uint32_t cf = c.field_tag(&cwt);
+                if (cf <= field::kValueBits) {
+                  static const char* const kNames[] = {"", "codec.type", "codec.bit_num", "codec.block_size",
+                                                       "codec.topk_count", "codec.value_bits"};
+                  once(&cseen[cf], kNames[cf], cf, cat, b);
+                }
                 auto small = [&](const char* what) {
                   expect_wt(cwt, pb::kVarint, what, cat);
                   const uint64_t v = c.varint(what);
@@ -432,13 +492,13 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
                   expect_wt(cwt, pb::kVarint, "codec.topk_count", cat);
                   d.codec.topk_count = c.varint("codec.topk_count");
                 } else {
-                  c.skip(static_cast<pb::WireType>(cwt), cf);
+                  c.skip(static_cast<pb::WireType>(cwt), cf, cat);
                 }
               }
               break;
             }
             default:
-              t.skip(static_cast<pb::WireType>(twt), tf);
+              t.skip(static_cast<pb::WireType>(twt), tf, tat);
           }
         }
         desc_pos.push_back(b);
@@ -447,14 +507,20 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
       }
       case field::kPayload: {
         expect_wt(wt, pb::kLen, "payload", at);
+        once(&seen[fnum], "payload", fnum, at);
         auto [b, e] = r.len_delimited("payload");
         h.payload_offset = b;
         h.payload_length = e - b;
         have_payload = true;
         break;
       }
+      case field::kPadding:
+        expect_wt(wt, pb::kLen, "padding", at);
+        once(&seen[fnum], "padding", fnum, at);
+        (void)r.len_delimited("padding");  // content is meaningless filler
+        break;
       default:
-        r.skip(static_cast<pb::WireType>(wt), fnum);
+        r.skip(static_cast<pb::WireType>(wt), fnum, at);
     }
   }
 

@@ -105,7 +105,11 @@ SealedLayout plan_sealed(const wire::FrameMeta& meta, Cipher c, uint32_t segment
 void write_sealed_header(const SealedLayout& L, const wire::FrameMeta& meta, Cipher c, uint32_t segment_size,
                          uint64_t plaintext_length, uint8_t* out);
 
-// Parses and validates a sealed frame's header. WireError for malformed input.
+// Parses and validates a sealed frame's header. WireError for malformed input, naming the byte.
+// Every byte of a sealed frame is authenticated (tags, ciphertext, and the field values through
+// the associated data) or framing (tags, lengths, padding); framing is not authenticated, so the
+// parser accepts exactly the layout write_sealed_header produces: unknown fields, repeated fields,
+// fields out of order, non-minimal varints and any other padding are refused.
 SealedHeader decode_sealed_header(const uint8_t* data, size_t size);
 // True when `data` looks like a sealed frame (has the sealed-version field): for error messages.
 bool looks_sealed(const uint8_t* data, size_t size);

@@ -153,6 +153,10 @@ void FrameLayout::spans(const std::vector<TensorInput>& tensors, const uint8_t* 
 // Parses and validates a frame. Throws WireError naming the problem and its byte offset.
 FrameHeader decode_header(const uint8_t* data, size_t size);
 
+// `s` with control bytes and backslashes written as \xNN: for error messages that quote text a
+// peer sent (a NUL would cut a C-string message short).
+std::string printable(std::string_view s);
+
 // Validates UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
 bool is_valid_utf8(std::string_view s);
 

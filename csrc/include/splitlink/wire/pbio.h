@@ -99,8 +99,8 @@ class Reader {
     return {b, pos_};
   }
 
-  void skip(WireType wt, uint32_t field) {
-    const size_t at = pos_;
+  // Skips the content of an unknown field whose tag started at byte `at` (error messages name it).
+  void skip(WireType wt, uint32_t field, size_t at) {
     switch (wt) {
       case kVarint:
         (void)varint("an unknown field");
