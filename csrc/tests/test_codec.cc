@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -601,6 +602,21 @@ TEST(CpuFeatures, UnknownNamesAndMissingFeaturesAreClearErrors) {
   const std::string missing = parse_error("f16c,avx2", cpu::kF16c | cpu::kAesni);
   EXPECT_NE(missing.find("asks for avx2, which this CPU lacks (it has: f16c,aesni)"), std::string::npos) << missing;
   EXPECT_NE(missing.find("can only remove features"), std::string::npos) << missing;
+}
+
+// tests/native/test_cpp_suites.py runs this binary with SPLITLINK_CPU_FEATURES set too.
+TEST(CpuFeatures, EnvironmentVariableDecidesWhatIsInForce) {
+  const char* env = std::getenv("SPLITLINK_CPU_FEATURES");
+  if (env == nullptr || *env == '\0') {
+    EXPECT_EQ(cpu::in_force(), cpu::detected());
+    EXPECT_FALSE(cpu::forced());
+  } else {
+    EXPECT_EQ(cpu::in_force(), cpu::parse_features(env, cpu::detected())) << env;
+    EXPECT_TRUE(cpu::forced());
+  }
+  EXPECT_EQ(cpu::has_avx2(), (cpu::in_force() & cpu::kAvx2) != 0);
+  EXPECT_EQ(cpu::has_f16c(), (cpu::in_force() & cpu::kF16c) != 0);
+  EXPECT_EQ(cpu::has_aesni(), (cpu::in_force() & cpu::kAesni) != 0);
 }
 
 TEST(CpuFeatures, OverrideChangesDispatchAndRefusesFeaturesTheCpuLacks) {
