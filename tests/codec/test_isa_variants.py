@@ -15,9 +15,11 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import splitlink
 from splitlink import _core
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +28,7 @@ ENV = "SPLITLINK_CPU_FEATURES"
 VARIANTS = {"scalar": set(), "f16c": {"f16c"}, "avx2": {"avx2"}, "avx2,f16c": {"avx2", "f16c"}}
 DISPATCH = ("avx2", "f16c")  # the features the codecs' and masking's variants depend on
 MARK = "CPU_FEATURES_IN_FORCE="
+Outputs = dict[tuple[Any, ...], Any]  # case -> (frame bytes, decoded bytes) or the error message
 
 
 def _require(variant: str) -> None:
@@ -40,18 +43,19 @@ def _run(code: str, variant: str | None, *args: str, timeout: float = 900) -> su
     env.pop(ENV, None)
     if variant is not None:
         env[ENV] = variant
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "python"), env.get("PYTHONPATH", "")) if p)
+    # The subprocess imports the same splitlink as this process (installed or a source tree).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(splitlink.__file__).parents[1]), env.get("PYTHONPATH", "")) if p)
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
-def _features_seen(stdout: str) -> dict:  # type: ignore[type-arg]
+def _features_seen(stdout: str) -> dict[str, Any]:
     lines = [line for line in stdout.splitlines() if line.startswith(MARK)]
     assert len(lines) == 1, stdout[-2000:]
     return json.loads(lines[0][len(MARK):])
 
 
-def _check_forced(seen: dict, variant: str) -> None:  # type: ignore[type-arg]
+def _check_forced(seen: dict[str, Any], variant: str) -> None:
     assert seen["forced"] is True
     assert {f for f in DISPATCH if seen[f]} == VARIANTS[variant], seen
 
@@ -169,20 +173,21 @@ with open(sys.argv[1], "wb") as f:
 """
 
 
-def _outputs(variant: str, path: Path) -> dict:  # type: ignore[type-arg]
+def _outputs(variant: str, path: Path) -> Outputs:
     proc = _run(OUTPUTS, variant, str(path), timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     _check_forced(_features_seen(proc.stdout), variant)
     with path.open("rb") as f:
-        return pickle.load(f)  # noqa: S301 - written by the subprocess just above
+        outputs: Outputs = pickle.load(f)  # written by the subprocess just above
+    return outputs
 
 
 @pytest.fixture(scope="module")
-def scalar_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+def scalar_outputs(tmp_path_factory: pytest.TempPathFactory) -> Outputs:
     return _outputs("scalar", tmp_path_factory.mktemp("isa") / "scalar.pkl")
 
 
-def _expected_refusal(key: tuple, error: str) -> bool:  # type: ignore[type-arg]
+def _expected_refusal(key: tuple[Any, ...], error: str) -> bool:
     inp, dtype, _ = key
     if "NaN" in error or "Inf" in error:  # min_max and topk refuse NaN, min_max Inf too
         # edges_finite's 1e30 and 65520 overflow to Inf in float16, float32's max rounds to Inf in bfloat16
@@ -194,7 +199,7 @@ def _expected_refusal(key: tuple, error: str) -> bool:  # type: ignore[type-arg]
     return False
 
 
-def test_scalar_outputs_cover_every_codec_and_edge_case(scalar_outputs: dict) -> None:  # type: ignore[type-arg]
+def test_scalar_outputs_cover_every_codec_and_edge_case(scalar_outputs: Outputs) -> None:
     # The comparison below is only as good as what it compares: everything encodes except the
     # documented refusals, and the NaN / Inf / random-bit inputs do reach the codecs that keep them.
     unexpected = {k: v for k, v in scalar_outputs.items() if isinstance(v, str) and not _expected_refusal(k, v)}
@@ -210,7 +215,7 @@ def test_scalar_outputs_cover_every_codec_and_edge_case(scalar_outputs: dict) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "scalar"])
-def test_every_codec_gives_the_scalar_bits_under_variant(variant: str, scalar_outputs: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_every_codec_gives_the_scalar_bits_under_variant(variant: str, scalar_outputs: Outputs, tmp_path: Path) -> None:
     _require(variant)
     got = _outputs(variant, tmp_path / "out.pkl")
     assert got.keys() == scalar_outputs.keys()
