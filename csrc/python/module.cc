@@ -50,12 +50,21 @@ PYBIND11_MODULE(_core, m) {
     return d;
   }, "How this extension was built: compiler, pybind11, its internals id, C++ runtime linkage.");
   m.def("cpu_features", [] {
-    pybind11::dict d;
-    d["avx2"] = splitlink::cpu::has_avx2();
-    d["f16c"] = splitlink::cpu::has_f16c();
-    d["aesni"] = splitlink::cpu::has_aesni();
+    namespace cpu = splitlink::cpu;
+    const unsigned on = cpu::in_force(), found = cpu::detected();
+    pybind11::dict d, det;
+    d["avx2"] = (on & cpu::kAvx2) != 0;
+    d["f16c"] = (on & cpu::kF16c) != 0;
+    d["aesni"] = (on & cpu::kAesni) != 0;
+    det["avx2"] = (found & cpu::kAvx2) != 0;
+    det["f16c"] = (found & cpu::kF16c) != 0;
+    det["aesni"] = (found & cpu::kAesni) != 0;
+    d["forced"] = cpu::forced();
+    d["detected"] = det;
     return d;
-  }, "CPU features the core's run-time dispatch found.");
+  }, "CPU features the core's run-time dispatch uses (avx2, f16c, aesni: the CPU's, limited by "
+     "SPLITLINK_CPU_FEATURES), whether that variable chose them (forced) and what the CPU has "
+     "(detected). Raises ValueError if SPLITLINK_CPU_FEATURES is invalid.");
   m.def("num_threads", &splitlink::default_num_threads, "Threads the core uses for parallel work.");
   m.def("set_num_threads", &splitlink::set_default_num_threads, py::arg("n"),
         "Sets the threads the core uses for parallel work (0: one per available CPU).");

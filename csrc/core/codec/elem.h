@@ -21,13 +21,15 @@ inline float u2f(uint32_t u) {
   return f;
 }
 
-// float32 -> IEEE binary16, round to nearest even; overflow to +-Inf, NaN -> quiet NaN.
+// float32 -> IEEE binary16, round to nearest even; overflow to +-Inf. A NaN stays a NaN with its
+// sign and the top 10 bits of its payload, quieted: the bits the F16C instruction (vcvtps2ph)
+// gives, so the software and hardware paths agree on every input.
 inline uint16_t f32_to_f16(float f) {
   uint32_t x = f2u(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   x &= 0x7FFFFFFFu;
   if (x >= 0x47800000u) {  // >= 65536 (rounds to Inf), Inf or NaN
-    return static_cast<uint16_t>(sign | (x > 0x7F800000u ? 0x7E00u : 0x7C00u));
+    return static_cast<uint16_t>(sign | (x > 0x7F800000u ? 0x7E00u | ((x >> 13) & 0x3FFu) : 0x7C00u));
   }
   if (x < 0x38800000u) {  // below 2^-14: the result is subnormal or zero
     // Adding 0.5 aligns the subnormal half's mantissa with the float's low bits; the FPU rounds
@@ -40,12 +42,15 @@ inline uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | (x >> 13));
 }
 
+// binary16 -> float32, exact. A NaN keeps its sign and payload and is quieted, as F16C's
+// vcvtph2ps does.
 inline float f16_to_f32(uint16_t h) {
   uint32_t o = static_cast<uint32_t>(h & 0x7FFFu) << 13;
   const uint32_t exp = o & (0x7C00u << 13);
   o += (127u - 15u) << 23;
   if (exp == (0x7C00u << 13)) {
     o += (128u - 16u) << 23;  // Inf / NaN
+    if (h & 0x3FFu) o |= 0x00400000u;  // NaN: set the quiet bit
   } else if (exp == 0) {
     o += 1u << 23;  // zero / subnormal: renormalize through the FPU
     o = f2u(u2f(o) - u2f(113u << 23));

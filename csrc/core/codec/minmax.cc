@@ -55,7 +55,9 @@ Params params_for(const Range& r, unsigned bits, const std::string& name) {
            "tensor '" << name << "': value range [" << r.lo << ", " << r.hi << "] is too wide for " << bits
                       << "-bit min_max (scale overflows float32); use more bits or no_compress");
   Params p;
-  p.lo = r.lo;
+  // -0 and +0 compare equal, so which one a scan keeps depends on its lane order (and so on the
+  // variant); adding +0 makes both +0. Decoded values do not change (lo + 0 * scale is +0 either way).
+  p.lo = r.lo + 0.0f;
   p.scale = static_cast<float>(scale);
   p.inv = scale > 0 ? static_cast<float>(1.0 / scale) : 0.0f;
   return p;
