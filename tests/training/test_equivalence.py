@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from required import require_deepspeed
 from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_MIDDLE, MLP_TOP, fl_yaml, gpt_batch,
                         gpt_parts, mlp_batch, mlp_parts)
 
@@ -131,7 +132,7 @@ def test_tiny_gpt_three_way_tied_embedding_equals_central() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_tiny_gpt_backbone_under_deepspeed_zero_equals_central(stage: int) -> None:
-    pytest.importorskip("deepspeed", reason="DeepSpeed is the deepspeed extra (pip install splitlink[deepspeed])")
+    require_deepspeed()
     parts = gpt_parts(seed=5)
     ref_losses, ref_mods = central_gpt(parts, STEPS)
     mine = tuple(copy.deepcopy(p) for p in parts)
@@ -164,7 +165,7 @@ def test_bf16_backbone_talks_to_fp32_parties() -> None:
     # Party B runs its backbone in bf16 (DeepSpeed bf16), party A in fp32: hidden states arrive as
     # bf16 and are computed on in fp32 by the head; their gradient goes back in bf16, the backbone's
     # input gradient in fp32. Training tracks the fp32 run to bf16 precision.
-    pytest.importorskip("deepspeed", reason="DeepSpeed is the deepspeed extra (pip install splitlink[deepspeed])")
+    require_deepspeed()
     parts = gpt_parts(seed=5)
     ref_losses, _ = central_gpt(parts, STEPS)
     mine = tuple(copy.deepcopy(p) for p in parts)
@@ -196,7 +197,7 @@ def gathered(fm: FLModel) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_backbone_checkpoint_round_trip(tmp_path, stage: int) -> None:
-    pytest.importorskip("deepspeed", reason="DeepSpeed is the deepspeed extra (pip install splitlink[deepspeed])")
+    require_deepspeed()
     ds = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": 4}
     parts = gpt_parts(seed=5)
     mine = tuple(copy.deepcopy(p) for p in parts)
