@@ -3,6 +3,10 @@
 `make test` builds the C++ suites, the sanitizer build and the fuzzer first and passes
 --native-build=DIR; then the tests that run them are mandatory. Run alone, pytest skips them
 with the reason.
+
+Optional dependencies (DeepSpeed) skip their tests when not installed, unless the environment
+variable SPLITLINK_TEST_REQUIRE (comma separated, e.g. ``deepspeed``) names them: then a missing or
+broken install fails those tests (``tests/support/required.py``; ``make test`` sets it).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+from required import ENV, required
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +27,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="directory with the C++ test, sanitizer and fuzzer builds (made by `make native`); "
         "when given, their tests must run and may not skip",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        required()
+    except ValueError as e:  # a typo must not quietly turn a requirement off
+        raise pytest.UsageError(str(e)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    names = required()
+    return f"{ENV}: {', '.join(sorted(names)) if names else 'nothing (optional dependencies may skip)'}"
 
 
 @pytest.fixture(scope="session")

@@ -626,20 +626,51 @@ class FLModel:
         # engine.backward divides by gradient_accumulation_steps and, under fp16, multiplies by its
         # dynamic loss scale: undo both for the input gradients sent upstream.
         amp_scale = 1.0
-        if engine.fp16_enabled():
-            amp_scale = float(getattr(engine.optimizer, "cur_scale", getattr(engine.optimizer, "loss_scale", 1.0)))
+        fp16 = bool(engine.fp16_enabled())
+        if fp16:
+            amp_scale = self._fp16_scale()
+        differentiable = isinstance(objective, torch.Tensor) and objective.requires_grad
+        # Under fp16 the graph is kept until the input gradients are known to be finite (freeing it
+        # during backward lowers no peak: the activations are all alive when backward starts).
+        keep_graph = fp16 and scalers and same and differentiable
         with _in_engine():
-            if isinstance(objective, torch.Tensor) and objective.requires_grad:
-                engine.backward(objective)
+            if differentiable:
+                engine.backward(objective, retain_graph=keep_graph)
             engine.step()
         if scalers and same:
             factor = ls * self._gas / amp_scale
-            for c in scalers:
-                for x in self._wrt(c, inputs):
-                    g = x.grad
-                    input_grads[id(x)] = None if g is None else (g if factor == 1.0 else g * factor)
-                    x.grad = None
+            wrt = [x for c in scalers for x in self._wrt(c, inputs)]
+            grads = [x.grad for x in wrt]
+            for x in wrt:
+                x.grad = None
+            if keep_graph and not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+                grads, factor = self._input_grads_after_overflow(objective, wrt, ls)
+            for x, g in zip(wrt, grads):
+                if g is not None and factor != 1.0:
+                    # unscaled in fp32: an fp16 gradient divided by the loss scale in fp16 would
+                    # underflow, the very thing loss scaling is there to prevent
+                    g = (g.float() if g.dtype in (torch.float16, torch.bfloat16) else g) * factor
+                input_grads[id(x)] = g
         return input_grads
+
+    def _fp16_scale(self) -> float:
+        opt = self.engine.optimizer
+        return float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", 1.0)))
+
+    def _input_grads_after_overflow(self, objective: torch.Tensor, wrt: list[torch.Tensor],
+                                    ls: float) -> tuple[list[torch.Tensor | None], float]:
+        """The fp16 backward overflowed: the engine skipped its step and lowered its loss scale, as
+        DeepSpeed does, but the peers still need this batch's input gradients, and the scaled ones are
+        inf/NaN. Differentiates the kept graph again, for the inputs only, at the engine's new scale
+        (halved further while it still overflows); returns (gradients, factor that unscales them)."""
+        scale = max(self._fp16_scale(), 1.0)
+        while True:
+            grads = list(torch.autograd.grad(objective * scale, wrt, retain_graph=scale > 1.0, allow_unused=True))
+            if scale <= 1.0 or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+                log.info("%s: fp16 overflow; the engine skipped its step, input gradients recomputed at loss "
+                         "scale %g", self.name, scale)
+                return grads, ls / scale
+            scale = max(scale / 2, 1.0)
 
     @torch.no_grad()
     def eval_one_step(self, local_data_batch: Mapping[str, Any] | None = None,

@@ -60,7 +60,8 @@ def test_top_query_layer_uses_the_position_query() -> None:
 
 @pytest.mark.slow
 def test_split_with_deepspeed_backbone_equals_unsplit_and_plots(data: Path, tmp_path: Path) -> None:
-    pytest.importorskip("deepspeed", reason="party B's backbone runs under DeepSpeed (the deepspeed extra)")
+    from required import require_deepspeed
+    require_deepspeed()
     ds = pangu.TokenDataset(data, TINY.seq_length)
     train = pangu.TrainConfig(epochs=1, batch_size=4, max_steps=25, lr=1e-3, log_every=100)
     split = [r["loss"] for r in pangu.train_local(TINY, ds, train)]
@@ -74,7 +75,8 @@ def test_split_with_deepspeed_backbone_equals_unsplit_and_plots(data: Path, tmp_
 
 @pytest.mark.slow
 def test_two_processes_over_mtls_reproduce_the_in_process_run(data: Path, tmp_path: Path) -> None:
-    pytest.importorskip("deepspeed", reason="party B's backbone runs under DeepSpeed (the deepspeed extra)")
+    from required import require_deepspeed
+    require_deepspeed()
     demo_mod.make_dev_certs(tmp_path / "certs", ["leader", "follower"])
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -113,7 +115,8 @@ def test_two_processes_over_mtls_reproduce_the_in_process_run(data: Path, tmp_pa
 
 @pytest.mark.slow
 def test_resume_with_deepspeed_backbone_continues_exactly(data: Path, tmp_path: Path) -> None:
-    pytest.importorskip("deepspeed", reason="party B's backbone runs under DeepSpeed (the deepspeed extra)")
+    from required import require_deepspeed
+    require_deepspeed()
     ds = pangu.TokenDataset(data, TINY.seq_length)
     base = dict(epochs=1, batch_size=4, lr=1e-3, log_every=100)
     full = [r["loss"] for r in pangu.train_local(TINY, ds, pangu.TrainConfig(**base, max_steps=12))]

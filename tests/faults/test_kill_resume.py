@@ -210,7 +210,8 @@ def _tensors(x: object) -> object:
 
 @pytest.mark.slow
 def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pangu_workdir: Path) -> None:
-    pytest.importorskip("deepspeed", reason="party B's backbone runs under DeepSpeed (the deepspeed extra)")
+    from required import require_deepspeed
+    require_deepspeed()
     d = pangu_workdir
     ref = d / "ref"
     codes = finish(start(pangu_files(d, ref, resume=False)), timeout=300)
