@@ -4,9 +4,15 @@ The follower (bottom MLP) and the leader (top MLP + loss) train over mutual TLS,
 other only through a fault proxy run by this script. While they train, the script injects random
 faults: flipped bytes in flight, connections cut for a moment, delays. At the end it checks that the
 final parameters equal those of a fault-free run of the same seed (bit for bit) and prints steps/s,
-the faults injected and that every one was survived. Not part of CI (it runs for minutes).
+the faults injected, how many HIT (a flipped byte in a live stream, a cut that closed a live
+connection) and that every one was survived. Not part of CI at full length (it runs for minutes).
 
-    python benchmarks/soak.py --steps 10000 [--seal] [--json]
+Faults come at random times (``--seed``), or with ``--fault-every-bytes N`` at traffic positions:
+each proxy's next fault (flipped byte and cut in turn) lands after 0.5N..1.5N (drawn from the seed)
+more bytes of its stream, so every fault hits and a short run surely meets some of each kind (the
+smoke test in tests/test_benchmarks.py). ``--json`` prints one JSON object with every count.
+
+    python benchmarks/soak.py --steps 10000 [--seal] [--json] [--fault-every-bytes 200000]
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def party(a: argparse.Namespace) -> None:
     os._exit(0)
 
 
-def run(steps: int, certs: str, seal: bool, faults: bool, seed: int) -> dict[str, Any]:
+def run(steps: int, certs: str, seal: bool, faults: bool, seed: int, every_bytes: int = 0) -> dict[str, Any]:
     from splitlink.util import free_ports
     from faultproxy import FaultProxy
 
@@ -105,9 +111,29 @@ def run(steps: int, certs: str, seal: bool, faults: bool, seed: int) -> dict[str
                 proxy.delay_s = 0.0
             injected[kind] += 1
 
+    def byte_injector() -> None:
+        # Per proxy, faults alternate (to the leader: a flipped byte first; to the follower: a cut first) at
+        # positions drawn from one generator per proxy, so where they land does not depend on thread timing.
+        rngs = [random.Random(f"{seed}/{i}") for i in range(2)]
+        turn = [0, 1]
+        while not stop.wait(0.005):
+            for i, proxy in enumerate((to_leader, to_follower)):
+                if proxy.corrupt_after is not None or proxy.cut_after is not None:
+                    continue  # the armed fault has not landed yet
+                at = proxy.forwarded + rngs[i].randint(every_bytes // 2, every_bytes * 3 // 2)
+                if turn[i] % 2 == 0:
+                    proxy.corrupt_after = at
+                    injected["corrupt"] += 1
+                else:
+                    proxy.cut_seconds = rngs[i].uniform(0.05, 0.3)
+                    proxy.cut_after = at
+                    injected["cut"] += 1
+                turn[i] += 1
+
     t0 = time.perf_counter()
+    thread = threading.Thread(target=byte_injector if every_bytes else injector, daemon=True)
     if faults:
-        threading.Thread(target=injector, daemon=True).start()
+        thread.start()
     out, loop, growth = {}, 0.0, {}
     for role, p in procs.items():
         stdout, _ = p.communicate(timeout=7200)
@@ -120,11 +146,18 @@ def run(steps: int, certs: str, seal: bool, faults: bool, seed: int) -> dict[str
         growth[role] = res["rss_growth_mib"]
     wall = time.perf_counter() - t0
     stop.set()
-    corrupted = to_leader.corrupted + to_follower.corrupted
-    to_leader.close()
-    to_follower.close()
-    return {"wall_s": wall, "train_s": loop, "steps_per_s": steps / loop, "rss_growth_mib": growth, "faults": injected, "bytes_corrupted": corrupted,
-            "params": out}
+    if faults:
+        thread.join()
+    proxies = (to_leader, to_follower)
+    # armed but never reached before the run ended (traffic-position schedule): not injected
+    injected["corrupt"] -= sum(p.corrupt_after is not None for p in proxies) if every_bytes else 0
+    injected["cut"] -= sum(p.cut_after is not None for p in proxies)
+    hits = {"bytes_corrupted": sum(p.corrupted for p in proxies), "cuts_hit": sum(p.cuts_hit for p in proxies),
+            "connections": sum(p.connections for p in proxies), "bytes_forwarded": sum(p.forwarded for p in proxies)}
+    for p in proxies:
+        p.close()
+    return {"wall_s": wall, "train_s": loop, "steps_per_s": steps / loop, "rss_growth_mib": growth, "faults": injected,
+            **hits, "params": out}
 
 
 def main() -> None:
@@ -132,6 +165,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--seal", action="store_true", help="AES-GCM sealing on top of TLS")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fault-every-bytes", type=int, default=0, metavar="N",
+                    help="faults at traffic positions, about every N bytes per direction (default: at random times)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--party", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -146,7 +181,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_dev_certs(tmp, ["leader", "follower"])
         clean = run(a.steps, tmp, a.seal, faults=False, seed=a.seed)
-        faulty = run(a.steps, tmp, a.seal, faults=True, seed=a.seed)
+        faulty = run(a.steps, tmp, a.seal, faults=True, seed=a.seed, every_bytes=a.fault_every_bytes)
     same = clean["params"] == faulty["params"]
     result = {"steps": a.steps, "seal": a.seal, "fault_free": clean, "with_faults": faulty, "params_equal": same}
     if a.json:
@@ -158,7 +193,8 @@ def main() -> None:
               f"{clean['steps_per_s']:.0f} steps/s")
         print(f"with faults: {faulty['train_s']:.1f} s training, {faulty['steps_per_s']:.0f} steps/s; injected {sum(f.values())} "
               f"faults ({f['corrupt']} corrupted bytes armed, {faulty['bytes_corrupted']} hit a stream; {f['cut']} "
-              f"connection cuts; {f['delay']} delay bursts), all survived")
+              f"connection cuts, {faulty['cuts_hit']} closed a live connection; {f['delay']} delay bursts; "
+              f"{faulty['connections']} connections in all), all survived")
         g = faulty["rss_growth_mib"]
         print(f"resident memory from step {a.steps // 10} to the last, under faults: leader {g['leader']:+.1f} MiB, "
               f"follower {g['follower']:+.1f} MiB")

@@ -9,7 +9,13 @@ the step rates. The full run takes minutes; CI runs a short one (tests/test_benc
 much more often than a process takes to start (~2 s) mostly hit processes still starting, and the
 run then makes little progress.
 
+Kills come at random times (``--kill-every``, ``--seed``), or with ``--kill-at-steps`` when the
+leader's log shows training has reached each given step since the previous kill (a deterministic
+schedule: every kill lands on a running pair, so a short run surely has its kills and rejoins).
+``--json`` prints one JSON object with every count (kills, rejoins, both-restarts).
+
     python benchmarks/soak_restarts.py --steps 10000 --kill-every 8 [--json]
+    python benchmarks/soak_restarts.py --steps 150 --ckpt-every 25 --kill-at-steps 50,100 --log-every 5 --json
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ import yaml
 MODEL = {"vocab_size": 5000, "emb_dim": 8, "deep_layers": [16]}
 
 
-def run_files(d: Path, out: Path, steps: int, every: int, rows_per_batch: int, peer_timeout: float) -> dict[str, Path]:
+def run_files(d: Path, out: Path, steps: int, every: int, rows_per_batch: int, peer_timeout: float,
+              log_every: int = 100) -> dict[str, Path]:
     from splitlink.examples import demo
 
-    files = demo.write_run_files(d, epochs=10_000, batch_size=rows_per_batch, vocab_size=5000, log_every=100,
+    files = demo.write_run_files(d, epochs=10_000, batch_size=rows_per_batch, vocab_size=5000, log_every=log_every,
                                  progress=False, model=MODEL, ckpt_every=every, max_steps=steps)
     out.mkdir(parents=True, exist_ok=True)
     for role, f in files.items():
@@ -50,6 +57,18 @@ def run_files(d: Path, out: Path, steps: int, every: int, rows_per_batch: int, p
 def start(f: Path, role: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "splitlink", "train", role, "--config", str(f)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "a"))
+
+
+def logged_step(text: str) -> int:
+    """The highest global step in leader log lines ``epoch E step I/N wide_loss: ...`` (0 if none)."""
+    best = 0
+    for line in text.splitlines():
+        if "wide_loss" not in line or " step " not in line:
+            continue
+        epoch = int(line.split("epoch ")[1].split()[0])
+        i, n = (int(x) for x in line.split(" step ")[1].split()[0].split("/"))
+        best = max(best, epoch * n + i)
+    return best
 
 
 def final_state(out: Path, steps: int) -> dict[str, str]:
@@ -78,15 +97,17 @@ def final_state(out: Path, steps: int) -> dict[str, str]:
 
 
 def run(d: Path, name: str, steps: int, every: int, batch: int, kill_every: float, seed: int,
-        peer_timeout: float) -> dict[str, Any]:
+        peer_timeout: float, kill_at: tuple[int, ...] = (), log_every: int = 100) -> dict[str, Any]:
     out = d / name
-    files = run_files(d, out, steps, every, batch, peer_timeout)
+    files = run_files(d, out, steps, every, batch, peer_timeout, log_every)
     procs = {role: start(files[role], role, out / f"{role}.err") for role in ("follower", "leader")}
     rng = random.Random(seed)
     kills = {"leader": 0, "follower": 0}
     both_restarted = 0
     t0 = time.perf_counter()
-    next_kill = t0 + rng.uniform(0.5, 1.5) * kill_every if kill_every else float("inf")
+    next_kill = t0 + rng.uniform(0.5, 1.5) * kill_every if kill_every and not kill_at else float("inf")
+    targets = list(kill_at)
+    log_from = 0  # leader.log offset at the last kill: progress counts only what was logged after it
 
     def resume(role: str) -> subprocess.Popen:
         return start(files[role].with_name(files[role].stem + ".resume.yaml"), role, out / f"{role}.err")
@@ -108,18 +129,26 @@ def run(d: Path, name: str, steps: int, every: int, batch: int, kill_every: floa
             errs = {role: (out / f"{role}.err").read_text()[-3000:] for role in procs}
             raise RuntimeError(f"run {name}: the {r} failed after {kills} kills: {codes}\n{errs}")
         now = time.perf_counter()
-        if now >= next_kill and all(c is None for c in codes.values()):
+        due = now >= next_kill
+        if targets and (out / "leader.log").exists():
+            with open(out / "leader.log") as fh:
+                fh.seek(log_from)
+                due = logged_step(fh.read()) >= targets[0]
+        if due and all(c is None for c in codes.values()):
+            if targets:
+                targets.pop(0)
+                log_from = (out / "leader.log").stat().st_size
             victim = rng.choice(("leader", "follower"))
             procs[victim].send_signal(signal.SIGKILL)
             procs[victim].wait(30)
             kills[victim] += 1
             procs[victim] = resume(victim)
-            next_kill = now + rng.uniform(0.5, 1.5) * kill_every
+            next_kill = now + rng.uniform(0.5, 1.5) * kill_every if kill_every and not kill_at else float("inf")
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     log = (out / "leader.log").read_text() + (out / "follower.log").read_text()
     rejoins = log.count("going back to the newest common checkpoint")
-    return {"wall_s": wall, "steps_per_s": steps / wall, "kills": kills, "rejoins": rejoins,
+    return {"wall_s": wall, "steps_per_s": steps / wall, "kills": kills, "kill_targets_missed": targets, "rejoins": rejoins,
             "both_restarted_after_peer_finished": both_restarted, "final": final_state(out, steps)}
 
 
@@ -129,6 +158,10 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--kill-every", type=float, default=8.0, help="mean seconds between kills")
+    ap.add_argument("--kill-at-steps", default="", metavar="S1,S2,...",
+                    help="kill when the leader has logged step S1 (then S2 after that kill, ...) instead of at random "
+                         "times; give --log-every small enough to see them")
+    ap.add_argument("--log-every", type=int, default=100, help="the parties' log interval in steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peer-timeout", type=float, default=120.0,
                     help="seconds a party waits for its peer (a restarted peer must be back within it)")
@@ -136,14 +169,21 @@ def main() -> None:
     a = ap.parse_args()
     if a.steps % a.ckpt_every:
         ap.error("--steps must be a multiple of --ckpt-every (the final checkpoint is compared)")
+    try:
+        kill_at = tuple(int(x) for x in a.kill_at_steps.split(",") if x.strip())
+    except ValueError:
+        ap.error(f"--kill-at-steps {a.kill_at_steps!r}: give comma-separated step numbers, e.g. 50,100")
+    if any(not 0 < k < a.steps for k in kill_at):
+        ap.error(f"--kill-at-steps: every step must lie in 1..{a.steps - 1}")
     from splitlink.examples import demo
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         demo.make_dev_certs(d / "certs", ["leader", "follower"])
         demo.prepare_data(d, 20_000, seed=2, vocab_size=5000)
-        clean = run(d, "clean", a.steps, a.ckpt_every, a.batch, 0, a.seed, a.peer_timeout)
-        killed = run(d, "killed", a.steps, a.ckpt_every, a.batch, a.kill_every, a.seed, a.peer_timeout)
+        clean = run(d, "clean", a.steps, a.ckpt_every, a.batch, 0, a.seed, a.peer_timeout, log_every=a.log_every)
+        killed = run(d, "killed", a.steps, a.ckpt_every, a.batch, a.kill_every, a.seed, a.peer_timeout, kill_at,
+                     a.log_every)
     same = clean["final"] == killed["final"] and len(clean["final"]) == 3
     result = {"steps": a.steps, "ckpt_every": a.ckpt_every, "clean": clean, "killed": killed, "final_equal": same}
     if a.json:

@@ -1,7 +1,9 @@
 """Every benchmark runs end to end at its smallest setting and reports what it promises.
 
 No timing is asserted (the machines are shared and noisy): this keeps the benchmarks from rotting,
-and the soak runs still check their correctness claims (final state equal to the fault-free run).
+and the soak runs still check their correctness claims (final state equal to the fault-free run), and
+that the faults they claim to survive happened: the smoke settings use the deterministic schedules
+(faults at traffic positions, kills at logged steps), so the counts below are surely non-zero.
 """
 
 from __future__ import annotations
@@ -59,10 +61,21 @@ def check_step(d: dict[str, Any]) -> None:
 
 def check_soak(d: dict[str, Any]) -> None:
     assert d["params_equal"] is True
+    clean, faulty = d["fault_free"], d["with_faults"]
+    assert clean["bytes_corrupted"] == clean["cuts_hit"] == 0 and clean["connections"] == 2, clean
+    # faults were injected AND hit: a flipped byte in a live stream, a cut that closed a live connection
+    assert faulty["faults"]["corrupt"] >= 1 and faulty["bytes_corrupted"] >= 1, faulty
+    assert faulty["faults"]["cut"] >= 1 and faulty["cuts_hit"] >= 1, faulty
+    assert faulty["connections"] > 2, faulty  # the parties reconnected after the faults
 
 
 def check_soak_restarts(d: dict[str, Any]) -> None:
     assert d["final_equal"] is True
+    clean, killed = d["clean"], d["killed"]
+    assert sum(clean["kills"].values()) == 0 and clean["rejoins"] == 0, clean
+    assert killed["kill_targets_missed"] == [], killed
+    assert sum(killed["kills"].values()) == 1, killed  # --kill-at-steps 30: exactly one kill
+    assert killed["rejoins"] >= 1, killed  # the survivor went back to the common checkpoint and carried on
 
 
 CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
@@ -72,8 +85,11 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_channel.py", ["--repeat", "1"], check_channel),
     ("bench_psi.py", ["--sizes", "1000"], check_psi),
     ("bench_step.py", ["--steps", "2"], check_step),
-    ("soak.py", ["--steps", "40"], check_soak),
-    ("soak_restarts.py", ["--steps", "300", "--kill-every", "3", "--peer-timeout", "30"], check_soak_restarts),
+    # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
+    ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
+    # a restarted party must be back within --peer-timeout: process start takes long on a busy machine
+    ("soak_restarts.py", ["--steps", "60", "--ckpt-every", "20", "--kill-at-steps", "30", "--log-every", "5",
+                          "--peer-timeout", "120"], check_soak_restarts),
 ]
 
 

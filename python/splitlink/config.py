@@ -100,9 +100,14 @@ class DatasetSpec(_Strict):
 
 
 class HyperParameters(_Strict):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    is_eval: bool = False
+    """The training loop's settings. As in MindSpore Federated, the section and each key in it are optional
+    (defaults: epochs 1, batch_size 1, is_eval False); many scripts take epochs and batch size from their own
+    configuration. What is given must still be valid: unknown keys, wrong types and values < 1 are refused."""
+
+    # strict: YAML gives real integers and booleans; ``epochs: true`` or ``batch_size: 2.5`` is a mistake.
+    epochs: int = Field(default=1, ge=1, strict=True)
+    batch_size: int = Field(default=1, ge=1, strict=True)
+    is_eval: bool = Field(default=False, strict=True)
 
 
 class LabelDPSpec(_Strict):
@@ -134,7 +139,7 @@ class RootSpec(_Strict):
     opts: list[OptSpec] = Field(default_factory=list)
     grad_scalers: list[GradSpec] = Field(default_factory=list)
     dataset: DatasetSpec | None = None
-    hyper_parameters: HyperParameters
+    hyper_parameters: HyperParameters = Field(default_factory=HyperParameters)
     privacy: PrivacySpec | None = None
     ckpt_path: str = "./checkpoints"
     deepspeed: dict[str, Any] | str | None = None
@@ -282,6 +287,16 @@ def pydantic_problems(err: ValidationError, lines: YamlLines, root: type[BaseMod
             msg = f"{e['input']!r} is not allowed; {e['msg'].replace('Input should be', 'allowed:')}"
         elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
             msg = f"{e['input']!r} is out of range; allowed: {_range_text(loc, e['msg'], root)}"
+        elif kind in ("model_type", "model_attributes_type", "dict_type") and _model_at(loc, root) is not None:
+            sub = _model_at(loc, root)
+            assert sub is not None
+            req = [n for n, f in sub.model_fields.items() if f.is_required()]
+            opt = [n for n in sub.model_fields if n not in req]
+            keys = (f"keys {', '.join(req)}" + (f" (optional: {', '.join(opt)})" if opt else "") if req
+                    else f"the optional keys {', '.join(opt)}")
+            msg = f"wrong type ({type(e['input']).__name__} {e['input']!r}); expected a mapping with {keys}"
+            if not req:
+                msg += "; leave the section out for the defaults"
         elif kind.endswith("_type") or kind.endswith("_parsing") or kind == "model_type":
             msg = f"wrong type ({type(e['input']).__name__} {e['input']!r}); {e['msg'].replace('Input should be', 'expected')}"
         elif kind == "too_short":

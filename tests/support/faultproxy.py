@@ -2,7 +2,11 @@
 
 Bytes from the client (the sending party) to the server (the receiving party's gRPC server) can be
 corrupted (one byte flipped once the stream has carried ``corrupt_after`` bytes), delayed (per chunk),
-or the proxy can cut every connection and refuse new ones for a while (``cut(seconds)``).
+or the proxy can cut every connection and refuse new ones for a while (``cut(seconds)``, now, or once the
+stream has carried ``cut_after`` bytes: a cut that surely lands on a live connection).
+
+Counters: ``forwarded`` bytes, ``corrupted`` bytes flipped in a live stream, ``cuts`` made and
+``cuts_hit`` (those that closed at least one live connection), ``connections`` accepted.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ class FaultProxy:
         self.delay_s = 0.0
         self.forwarded = 0
         self.corrupted = 0
+        self.cut_after: int | None = None
+        self.cut_seconds = 0.1
+        self.cuts = 0
+        self.cuts_hit = 0
         self.connections = 0
         self._down_until = 0.0
         self._socks: list[socket.socket] = []
@@ -37,8 +45,19 @@ class FaultProxy:
 
     def cut(self, seconds: float) -> None:
         """Closes every connection now and refuses new ones for ``seconds``."""
+        self._drop_all(seconds, count=True)
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop_all(0, count=False)
+        self.listener.close()
+
+    def _drop_all(self, seconds: float, count: bool) -> None:
         with self._lock:
             self._down_until = time.monotonic() + seconds
+            if count:
+                self.cuts += 1
+                self.cuts_hit += any(s.fileno() != -1 for s in self._socks)  # a live connection
             for s in self._socks:
                 try:
                     s.shutdown(socket.SHUT_RDWR)
@@ -46,11 +65,6 @@ class FaultProxy:
                     pass
                 s.close()
             self._socks.clear()
-
-    def close(self) -> None:
-        self._closed = True
-        self.cut(0)
-        self.listener.close()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -96,6 +110,12 @@ class FaultProxy:
                             data = bytes(buf)
                             self.corrupt_after = None
                             self.corrupted += 1
+                        cut_now = self.cut_after is not None and self.cut_after < self.forwarded
+                        if cut_now:
+                            self.cut_after = None
+                    if cut_now:  # the chunk that crossed cut_after is dropped with the connection
+                        self.cut(self.cut_seconds)
+                        break
                 dst.sendall(data)
         except OSError:
             pass

@@ -65,6 +65,44 @@ def test_broken_yaml_gets_its_precise_error(name: str) -> None:
     assert str(CORPUS / name) in str(err)  # the message names the file
 
 
+def test_hyper_parameters_section_is_optional_as_in_mindspore() -> None:
+    # MindSpore Federated's schema marks hyper_parameters and each of its keys optional (epochs 1, batch_size 1,
+    # is_eval False); a file without the section loads with those defaults.
+    path = CORPUS / "valid" / "no_hyper_parameters.yaml"
+    assert not any(line.startswith("hyper_parameters") for line in path.read_text().splitlines())
+    d = FLYamlData(path)
+    assert (d.epochs, d.batch_size, d.is_eval) == (1, 1, False)
+    assert d.hyper_parameters.model_dump() == {"epochs": 1, "batch_size": 1, "is_eval": False}
+    assert d.role == "leader" and d.compress_configs()["follower_deep_embedding"].bit_num == 6
+
+
+@pytest.mark.parametrize(("section", "want"), [
+    ("hyper_parameters: {}\n", (1, 1, False)),
+    ("hyper_parameters:\n  batch_size: 64\n", (1, 64, False)),
+    ("hyper_parameters:\n  epochs: 3\n", (3, 1, False)),
+    ("hyper_parameters:\n  is_eval: true\n", (1, 1, True)),
+])
+def test_each_hyper_parameter_is_optional(tmp_path: Path, section: str, want: tuple[int, int, bool]) -> None:
+    (tmp_path / "h.yaml").write_text((CORPUS / "valid" / "no_hyper_parameters.yaml").read_text() + section)
+    d = FLYamlData(tmp_path / "h.yaml")
+    assert (d.epochs, d.batch_size, d.is_eval) == want
+
+
+@pytest.mark.parametrize(("section", "path", "fragment"), [
+    ("hyper_parameters:\n", "hyper_parameters", "leave the section out for the defaults"),
+    ("hyper_parameters:\n  epochs: true\n", "hyper_parameters.epochs", "wrong type (bool True); expected a valid integer"),
+    ("hyper_parameters:\n  batch_size: 2.5\n", "hyper_parameters.batch_size", "wrong type (float 2.5)"),
+    ("hyper_parameters:\n  epochs: 0\n", "hyper_parameters.epochs", "0 is out of range; allowed: an integer >= 1"),
+    ("hyper_parameters:\n  is_eval: maybe\n", "hyper_parameters.is_eval", "expected a valid boolean"),
+])
+def test_given_hyper_parameters_are_still_checked(tmp_path: Path, section: str, path: str, fragment: str) -> None:
+    (tmp_path / "h.yaml").write_text((CORPUS / "valid" / "no_hyper_parameters.yaml").read_text() + section)
+    with pytest.raises(YamlConfigError) as info:
+        FLYamlData(tmp_path / "h.yaml")
+    [problem] = info.value.problems
+    assert problem.path == path and fragment in problem.message, str(info.value)
+
+
 def test_all_problems_reported_at_once() -> None:
     with pytest.raises(YamlConfigError) as info:
         FLYamlData(CORPUS / "many_problems.yaml")
