@@ -306,8 +306,8 @@ class Frame:
 
     ``flat`` maps each key path (a tuple) to its tensor; ``codecs`` maps the paths of compressed
     tensors to their codec name (those tensors were decoded into their own memory, see
-    ``decode_pool``). ``buffer`` is
-    the memoryview the other tensors view; it stays alive as long as any of them does.
+    ``decode_pool``). ``buffer`` is the memoryview the other tensors view; it stays alive as long
+    as any of them does.
     """
 
     __slots__ = ("version", "sender", "seq", "step", "kind", "tensors", "flat", "nbytes", "buffer", "codecs")
