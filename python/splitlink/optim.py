@@ -16,7 +16,7 @@ equal up to rounding (the vectorised kernel may contract a multiply-add; ``tests
 and on CPU it is several times faster: ``benchmarks/bench_step.py`` prints an Adam step over a 1.6M-parameter
 MLP in torch's three implementations with cold caches (stepped in turns, as between a training step's
 forward and backward) and with warm caches (one optimizer stepped repeatedly); for-loop/fused there was
-about 3x cold and 6x warm on the 2-core development machines. ``fused: false`` (or ``foreach: ...``) in
+about 4x cold and 6x warm on the 2-core development machines. ``fused: false`` (or ``foreach: ...``) in
 ``hyper_parameters`` keeps torch's choice. For bf16/fp16 parameters the fused kernels compute in fp32
 and so give other numbers than torch's default: there they are used only when asked for (``fused: true``).
 """
