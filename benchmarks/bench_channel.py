@@ -4,10 +4,12 @@ For frames of 1 KiB, 1 MiB, 64 MiB and 1 GiB (one float32 tensor): throughput of
 ``send_tensors`` to a peer process that receives them, and the round-trip latency (p50/p99) of a
 1 KiB frame sent and echoed back. The baseline runs in the same run and the same process layout,
 both pairs up at once and every measurement alternating between them (so noise hits both alike):
-raw grpcio client-streaming RPCs with identity serializers, sending the same bytes in the same
-chunk size with the same TLS setting, into a receiver that only keeps the chunks (no assembly, no
-validation: an upper bound) and, for latency, echoes with a second RPC the way the communicator
-does. Also the receiving process's peak memory for a 1 GiB frame. ``--json`` prints JSON.
+raw grpcio with identity serializers, sending the same bytes with the same TLS setting in the best
+layout raw grpcio has for each size: one unary message when the bytes fit one chunk (as the
+communicator does), else a client-streaming RPC of the same chunk size; into a receiver that only
+keeps the message or chunks (no assembly, no validation: an upper bound) and, for latency, echoes
+with a second RPC the way the communicator does. Also the receiving process's peak memory for a
+1 GiB frame. ``--json`` prints JSON.
 """
 
 from __future__ import annotations
@@ -138,7 +140,14 @@ def raw_server(cfg: dict[str, Any], addr: str, party: str, on_frame: Any) -> grp
         on_frame(first, chunks)
         return b"OK"
 
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("raw.Bench", {"Send": grpc.stream_unary_rpc_method_handler(handle)}),))
+    def handle_one(msg: bytes, context: Any) -> bytes:
+        # One message: the 9-byte header, then the bytes (kept as they are, not copied).
+        on_frame(msg[:HEADER], [memoryview(msg)[HEADER:]])
+        return b"OK"
+
+    methods = {"Send": grpc.stream_unary_rpc_method_handler(handle),
+               "SendOne": grpc.unary_unary_rpc_method_handler(handle_one)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("raw.Bench", methods),))
     if cfg["tls"]:
         server.add_secure_port(addr, raw_creds(cfg, party, True))
     else:
@@ -147,28 +156,45 @@ def raw_server(cfg: dict[str, Any], addr: str, party: str, on_frame: Any) -> grp
     return server
 
 
-def raw_stub(cfg: dict[str, Any], addr: str, party_server: str, me: str) -> Any:
-    opts = [("grpc.max_receive_message_length", CHUNK + MiB), ("grpc.max_send_message_length", CHUNK + MiB)]
-    if cfg["tls"]:
-        ch = grpc.secure_channel(addr, raw_creds(cfg, me, False), options=opts + [("grpc.ssl_target_name_override", party_server)])
-    else:
-        ch = grpc.insecure_channel(addr, options=opts)
-    return ch, ch.stream_unary("/raw.Bench/Send")
+class RawStub:
+    """Sends bytes the way raw grpcio does it best for their size: bytes that fit one chunk as one
+    unary message (header and bytes joined, one copy, as the communicator's SendOne), larger ones as
+    a client-streaming RPC of CHUNK-sized pieces (as the communicator's Send)."""
+
+    def __init__(self, cfg: dict[str, Any], addr: str, party_server: str, me: str) -> None:
+        opts = [("grpc.max_receive_message_length", CHUNK + MiB), ("grpc.max_send_message_length", CHUNK + MiB)]
+        if cfg["tls"]:
+            self.channel = grpc.secure_channel(addr, raw_creds(cfg, me, False),
+                                               options=opts + [("grpc.ssl_target_name_override", party_server)])
+        else:
+            self.channel = grpc.insecure_channel(addr, options=opts)
+        self.stream = self.channel.stream_unary("/raw.Bench/Send")
+        self.one = self.channel.unary_unary("/raw.Bench/SendOne")
+
+    def __call__(self, data: memoryview, flag: bytes) -> None:
+        header = len(data).to_bytes(8, "little") + flag
+        if len(data) <= CHUNK:
+            self.one(b"".join((header, data)))
+        else:
+            self.stream(raw_chunks(header, data))
 
 
-def raw_chunks(data: memoryview, flag: bytes) -> Iterator[bytes]:
-    yield len(data).to_bytes(8, "little") + flag
+HEADER = 9  # 8-byte length and a 1-byte flag
+
+
+def raw_chunks(header: bytes, data: memoryview) -> Iterator[bytes]:
+    yield header
     for off in range(0, len(data), CHUNK):
         yield bytes(data[off : off + CHUNK])
 
 
 def raw_peer(cfg: dict[str, Any], ready: Any, results: Any) -> None:
-    _, stub = raw_stub(cfg, cfg["send_addr"], "sender", "receiver")
+    stub = RawStub(cfg, cfg["send_addr"], "sender", "receiver")
     done = threading.Event()
 
-    def on_frame(first: bytes, chunks: list[bytes]) -> None:
+    def on_frame(first: bytes, chunks: list[Any]) -> None:
         if first[8:9] == b"E":
-            stub(raw_chunks(memoryview(b"".join(chunks)), b"E"))
+            stub(memoryview(b"".join(chunks)), b"E")
         elif first[8:9] == b"S":
             done.set()
 
@@ -192,31 +218,31 @@ class RawSide:
         self.proc.start()
         if not self.ready.wait(60):
             raise RuntimeError(f"the raw gRPC peer process did not start (exit code {self.proc.exitcode})")
-        self.channel, self.stub = raw_stub(cfg, cfg["recv_addr"], "receiver", "sender")
+        self.stub = RawStub(cfg, cfg["recv_addr"], "receiver", "sender")
         self.data: dict[int, memoryview] = {}
 
     def prepare(self, size: int) -> None:
         from splitlink import wire
 
         self.data = {size: memoryview(wire.pack({"x": torch.ones(size // 4)}, sender="sender", pool=None))}
-        self.stub(raw_chunks(self.data[size], b"N"))
+        self.stub(self.data[size], b"N")
 
     def send(self, size: int) -> float:
         t0 = time.perf_counter()
-        self.stub(raw_chunks(self.data[size], b"N"))
+        self.stub(self.data[size], b"N")
         return time.perf_counter() - t0
 
     def rtt(self) -> float:
         t0 = time.perf_counter()
-        self.stub(raw_chunks(memoryview(bytes(1024)), b"E"))
+        self.stub(memoryview(bytes(1024)), b"E")
         self.echoes.get(timeout=10)
         return time.perf_counter() - t0
 
     def close(self) -> dict[str, Any]:
         try:
-            self.stub(raw_chunks(memoryview(b""), b"S"))
+            self.stub(memoryview(b""), b"S")
         finally:
-            self.channel.close()
+            self.stub.channel.close()
             self.server.stop(0)
             self.proc.join(30)
         return {}

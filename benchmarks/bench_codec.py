@@ -4,8 +4,16 @@ For a 64 MiB float32 random-normal tensor and a realistic activation (GELU of a 
 layer's output, 64 MiB), per codec and bit width: encode and decode GB/s (of float32 input, steady
 state: preallocated outputs, median of repeated runs), compressed size ratio, max and RMS error.
 splitlink runs on one thread (the fair comparison with NumPy) and on all cores. Baselines in the
-same run: a plain NumPy 8-bit and 4-bit min-max (below), NumPy float16 casting, zstandard level 1
-and lz4 on the raw floats (lossless references). ``--json`` prints JSON.
+same run: a plain NumPy 8-bit and 4-bit min-max (below) writing into preallocated ``out=``
+buffers like the kernels do (the fair baseline), and the same allocating its outputs on every
+call (as it is usually written); NumPy float16 casting, zstandard level 1 and lz4 on the raw
+floats (lossless references).
+
+Then what a user of the public API gets, in this (default) process: ``wire.pack(...,
+compress=min_max 8-bit)``, ``wire.unpack(frame).tensors["x"]`` and a sum of the result, against
+the same round trip in naive NumPy (allocating, as users write it, one thread), timed in turns;
+and ``wire.unpack`` of the compressed frame against the decode kernel alone into a preallocated
+tensor (both on all cores). ``--json`` prints JSON.
 """
 
 from __future__ import annotations
@@ -17,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import median_time
+from _common import interleaved_medians, median_time
 
-from splitlink import CompressConfig, _core
+from splitlink import CompressConfig, _core, wire
 
 MiB = 1 << 20
 F32 = 1  # wire dtype code of float32
@@ -46,6 +54,41 @@ def np_minmax_decode(enc: tuple[float, float, np.ndarray], bits: int, n: int) ->
         codes[1::2] = q >> 4
         q = codes
     return q.astype(np.float32) * np.float32(scale) + np.float32(lo)
+
+
+class NumpyMinMaxOut:
+    """The same NumPy min-max, every step written into buffers allocated once (``out=``): what the
+    kernels are measured with (preallocated outputs), so no page faults in either. Same operations
+    in the same order as the allocating version, so the same results."""
+
+    def __init__(self, n: int, bits: int) -> None:
+        self.bits = bits
+        self.tmp = np.zeros(n, dtype=np.float32)
+        self.codes = np.zeros(n, dtype=np.uint8)
+        self.packed = np.zeros(n // 2, dtype=np.uint8) if bits == 4 else self.codes
+        self.out = np.zeros(n, dtype=np.float32)
+
+    def encode(self, x: np.ndarray) -> tuple[float, float, np.ndarray]:
+        lo, hi = float(x.min()), float(x.max())
+        scale = (hi - lo) / ((1 << self.bits) - 1) if hi > lo else 1.0
+        np.subtract(x, lo, out=self.tmp)
+        np.divide(self.tmp, scale, out=self.tmp)
+        np.rint(self.tmp, out=self.tmp)
+        np.copyto(self.codes, self.tmp, casting="unsafe")
+        if self.bits == 4:
+            np.left_shift(self.codes[1::2], 4, out=self.packed)
+            np.bitwise_or(self.packed, self.codes[0::2], out=self.packed)
+        return lo, scale, self.packed
+
+    def decode(self, enc: tuple[float, float, np.ndarray]) -> np.ndarray:
+        lo, scale, q = enc
+        if self.bits == 4:
+            np.bitwise_and(q, 0x0F, out=self.codes[0::2])
+            np.right_shift(q, 4, out=self.codes[1::2])
+            q = self.codes
+        np.multiply(q, np.float32(scale), out=self.out)
+        np.add(self.out, np.float32(lo), out=self.out)
+        return self.out
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -103,12 +146,21 @@ def measure_baselines(x: np.ndarray, repeat: int) -> dict[str, dict[str, float]]
     out: dict[str, dict[str, float]] = {}
     n = x.size
     for bits in (8, 4):
+        fair = NumpyMinMaxOut(n, bits)
+        enc = fair.encode(x)
+        te = median_time(lambda: fair.encode(x), repeat)
+        td = median_time(lambda: fair.decode(enc), repeat)
+        mx, rms = errors(x, fair.decode(enc))
+        out[f"numpy min_max {bits}-bit"] = {
+            "encode_gbps_1t": x.nbytes / te / 1e9, "decode_gbps_1t": x.nbytes / td / 1e9,
+            "encode_s_1t": te, "decode_s_1t": td, "ratio": x.nbytes / (enc[2].nbytes + 8), "max_err": mx, "rms_err": rms,
+        }
         enc = np_minmax_encode(x, bits)
         te = median_time(lambda: np_minmax_encode(x, bits), repeat)
         td = median_time(lambda: np_minmax_decode(enc, bits, n), repeat)
         y = np_minmax_decode(enc, bits, n)
         mx, rms = errors(x, y)
-        out[f"numpy min_max {bits}-bit"] = {
+        out[f"numpy min_max {bits}-bit alloc"] = {
             "encode_gbps_1t": x.nbytes / te / 1e9, "decode_gbps_1t": x.nbytes / td / 1e9,
             "encode_s_1t": te, "decode_s_1t": td, "ratio": x.nbytes / (enc[2].nbytes + 8), "max_err": mx, "rms_err": rms,
         }
@@ -152,6 +204,33 @@ def measure_baselines(x: np.ndarray, repeat: int) -> dict[str, dict[str, float]]
     return out
 
 
+def measure_api(x: np.ndarray, repeat: int) -> dict[str, float]:
+    """The public API's round trip against naive NumPy, and unpack against the decode kernel, in
+    this process as it is (no allocator tuning): steady state, timed in turns."""
+    t = torch.from_numpy(x)
+    cfg = {"x": CompressConfig("min_max", bit_num=8)}
+
+    def api_round_trip() -> float:
+        frame = wire.pack({"x": t}, compress=cfg)
+        return float(wire.unpack(frame).tensors["x"].sum())
+
+    def numpy_round_trip() -> float:
+        return float(np_minmax_decode(np_minmax_encode(x, 8), 8, x.size).sum())
+
+    frame = wire.pack({"x": t}, compress=cfg, pool=None)
+    mv = memoryview(frame)
+    ((_, code, _, offset, length, spec),) = _core.wire.decode_header(mv)[7]
+    dst = np.zeros_like(x)  # mapped, as the kernel rows above measure it
+    times = interleaved_medians({
+        "api_round_trip": api_round_trip,
+        "numpy_round_trip": numpy_round_trip,
+        "pack": lambda: wire.pack({"x": t}, compress=cfg),
+        "unpack": lambda: wire.unpack(frame).tensors["x"],
+        "decode_kernel": lambda: _core.codec.decode(spec, code, mv, offset, length, dst, "x"),
+    }, repeat)
+    return {f"{k}_ms": v * 1e3 for k, v in times.items()}
+
+
 def targets(codecs: dict[str, dict[str, float]], base: dict[str, dict[str, float]]) -> dict[str, float]:
     def rt(row: dict[str, float]) -> float:
         return row["encode_s_1t"] + row["decode_s_1t"]
@@ -159,12 +238,14 @@ def targets(codecs: dict[str, dict[str, float]], base: dict[str, dict[str, float
     m8 = codecs["min_max 8-bit"]
     return {
         "minmax8_vs_numpy_1t": rt(base["numpy min_max 8-bit"]) / rt(m8),
+        "minmax8_vs_numpy_alloc_1t": rt(base["numpy min_max 8-bit alloc"]) / rt(m8),
         "minmax8_encode_gbps_1t": m8["encode_gbps_1t"],
         "minmax8_encode_vs_two_pass_bound_1t": m8["encode_gbps_1t"] / (base["one read pass (numpy max)"]["encode_gbps_1t"] / 2),
         "minmax8_block_encode_gbps_1t": codecs["min_max 8-bit block 256"]["encode_gbps_1t"],
         "minmax4_time_vs_8bit_1t": rt(codecs["min_max 4-bit"]) / rt(m8),
         "minmax2_time_vs_8bit_1t": rt(codecs["min_max 2-bit"]) / rt(m8),
         "minmax4_vs_numpy4_1t": rt(base["numpy min_max 4-bit"]) / rt(codecs["min_max 4-bit"]),
+        "minmax4_vs_numpy4_alloc_1t": rt(base["numpy min_max 4-bit alloc"]) / rt(codecs["min_max 4-bit"]),
         "fp16_vs_numpy_cast_1t": rt(base["numpy float16 cast"]) / rt(codecs["fp16"]),
     }
 
@@ -178,7 +259,11 @@ def main() -> None:
     for name, x in inputs().items():
         codecs = measure_codecs(x, args.repeat)
         base = measure_baselines(x, args.repeat)
-        report["inputs"][name] = {"codecs": codecs, "baselines": base, "targets": targets(codecs, base)}
+        api = measure_api(x, args.repeat)
+        t = targets(codecs, base)
+        t["api_round_trip_vs_numpy_alloc"] = api["numpy_round_trip_ms"] / api["api_round_trip_ms"]
+        t["unpack_vs_decode_kernel"] = api["unpack_ms"] / api["decode_kernel_ms"]
+        report["inputs"][name] = {"codecs": codecs, "baselines": base, "api": api, "targets": t}
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -194,13 +279,21 @@ def main() -> None:
             print(f"{cname:<27}{row['encode_gbps_1t']:>12.2f}{row['decode_gbps_1t']:>12.2f}{enc_all:>13}{dec_all:>13}"
                   f"{row['ratio']:>8.2f}{row['max_err']:>11.3g}{row['rms_err']:>11.3g}")
         t = r["targets"]
-        print(f"min_max 8-bit encode+decode vs NumPy (1 thread): {t['minmax8_vs_numpy_1t']:.1f}x (target >= 5x)")
+        print(f"min_max 8-bit encode+decode vs NumPy with out= buffers (1 thread): {t['minmax8_vs_numpy_1t']:.1f}x "
+              f"(target >= 5x); vs NumPy allocating: {t['minmax8_vs_numpy_alloc_1t']:.1f}x")
         print(f"min_max 8-bit encode on one core: {t['minmax8_encode_gbps_1t']:.2f} GB/s (target >= 4); "
               f"{t['minmax8_encode_vs_two_pass_bound_1t']:.2f} of this machine's two-read-pass bound; "
               f"one-pass blocked variant: {t['minmax8_block_encode_gbps_1t']:.2f} GB/s")
         print(f"4-bit / 2-bit time relative to 8-bit: {t['minmax4_time_vs_8bit_1t']:.2f} / "
-              f"{t['minmax2_time_vs_8bit_1t']:.2f} (target <= 1.5); 4-bit vs NumPy 4-bit: {t['minmax4_vs_numpy4_1t']:.1f}x")
+              f"{t['minmax2_time_vs_8bit_1t']:.2f} (target <= 1.5); 4-bit vs NumPy 4-bit: {t['minmax4_vs_numpy4_1t']:.1f}x "
+              f"(allocating: {t['minmax4_vs_numpy4_alloc_1t']:.1f}x)")
         print(f"fp16 encode+decode vs NumPy float16 cast (1 thread): {t['fp16_vs_numpy_cast_1t']:.1f}x (target >= 3x)")
+        a = r["api"]
+        print(f"public API, this default process, {report['threads']} threads: pack {a['pack_ms']:.2f} ms, unpack "
+              f"{a['unpack_ms']:.2f} ms, round trip + sum {a['api_round_trip_ms']:.2f} ms; naive NumPy (allocating, "
+              f"1 thread) {a['numpy_round_trip_ms']:.2f} ms: {t['api_round_trip_vs_numpy_alloc']:.1f}x (target >= 5x)")
+        print(f"unpack of the compressed frame / decode kernel into a preallocated tensor ({a['decode_kernel_ms']:.2f} ms): "
+              f"{t['unpack_vs_decode_kernel']:.2f} (target <= 1.5)")
 
 
 if __name__ == "__main__":

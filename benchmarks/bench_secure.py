@@ -29,8 +29,9 @@ MiB = 1 << 20
 def measure_cipher(cipher: str, size: int, repeat: int) -> dict[str, float]:
     key = secure.Key(bytes(range(32)))
     # The tensor lives in the same kind of memory as frames (64-byte aligned, transparent huge pages
-    # advised), so that fused-vs-seal-alone compares the fusion, not page sizes: read from torch's
-    # own 4 KiB pages the same fused pack+seal is ~10% slower here (TLB misses; "fused torch mem").
+    # advised), so that fused-vs-seal-alone compares the fusion, not page sizes. The same fused
+    # pack+seal reading torch's own 4 KiB pages (TLB misses) is printed beside it ("tensor in torch's
+    # own 4 KiB pages"); how much slower that is depends on how fast the cipher is.
     x_torch = torch.randn(size // 4)
     x = torch.frombuffer(wire.FrameBuffer(size), dtype=torch.float32)
     x.copy_(x_torch)
@@ -82,7 +83,7 @@ def measure_masking(n_floats: int, repeat: int) -> dict[str, float]:
     ctr_s = _core.secure.openssl_ctr_reference(2 * nbytes, max(3, repeat // 2))
     out["ctr_reference_gbps"] = 2 * nbytes / ctr_s / 1e9
     out["mask_keystream_bound_gbps"] = out["ctr_reference_gbps"] / 2
-    # Steady state: outputs preallocated and reused (first touch of fresh memory runs at ~2 GB/s here).
+    # Steady state: outputs preallocated and reused (writing fresh memory is bound by page faults).
     y_out = torch.empty(x.shape, dtype=torch.int64)
     x_out = torch.empty(x.shape, dtype=torch.float32)
     for label, threads in (("1t", 1), ("all", 0)):

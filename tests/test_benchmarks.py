@@ -27,10 +27,13 @@ def positive(x: Any) -> bool:
 
 def check_wire(d: dict[str, Any]) -> None:
     assert d["scenarios"] and all(isinstance(v, dict) and v for v in d["scenarios"].values())
+    assert all(positive(sc["ratios"]["speedup_1thread_vs_pickle protocol 5"]) for sc in d["scenarios"].values())
 
 
 def check_codec(d: dict[str, Any]) -> None:
     assert set(d["inputs"]) == {"normal", "gelu_activation"}
+    for r in d["inputs"].values():
+        assert positive(r["targets"]["api_round_trip_vs_numpy_alloc"]) and positive(r["targets"]["unpack_vs_decode_kernel"])
 
 
 def check_secure(d: dict[str, Any]) -> None:
@@ -52,6 +55,7 @@ def check_psi(d: dict[str, Any]) -> None:
 
 def check_step(d: dict[str, Any]) -> None:
     assert len(d["adam_step_ms"]) == 3 and all(positive(v) for v in d["adam_step_ms"].values())
+    assert d["adam_step_warm_ms"].keys() == d["adam_step_ms"].keys() and all(positive(v) for v in d["adam_step_warm_ms"].values())
     assert len(d["results"]) == 2
     for rows in d["results"].values():
         assert set(rows) == {"mlp-big", "mlp-tiny", "gpt-big", "gpt-tiny"}

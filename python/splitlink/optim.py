@@ -13,8 +13,10 @@ Optimizers built from YAML take torch's fused implementation (one kernel per par
 of a dozen tensor operations per parameter) where torch has one for the class and every parameter is
 fp32/fp64 on a device it supports. It computes the update torch's default implementation computes,
 equal up to rounding (the vectorised kernel may contract a multiply-add; ``tests/training/test_optim.py``),
-and on CPU it is 3-6x faster (an Adam step of a 1.6M-parameter MLP: 1.1 ms against 3.9-4.7 ms with cold
-caches, 0.56 ms against 3.6 ms warm; a quarter of the whole training step; ``benchmarks/bench_step.py``). ``fused: false`` (or ``foreach: ...``) in
+and on CPU it is several times faster: ``benchmarks/bench_step.py`` prints an Adam step over a 1.6M-parameter
+MLP in torch's three implementations with cold caches (stepped in turns, as between a training step's
+forward and backward) and with warm caches (one optimizer stepped repeatedly); for-loop/fused there was
+about 4x cold and 6x warm on the 2-core development machines. ``fused: false`` (or ``foreach: ...``) in
 ``hyper_parameters`` keeps torch's choice. For bf16/fp16 parameters the fused kernels compute in fp32
 and so give other numbers than torch's default: there they are used only when asked for (``fused: true``).
 """

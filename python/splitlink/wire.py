@@ -21,8 +21,13 @@ Memory:
   not be written to; pass ``copy=True`` to get tensors that own their memory. A tensor whose
   data is not aligned to its element size in memory (possible only for frames that other
   encoders produced, or buffers sliced at odd offsets) is copied.
-* Compressed tensors (``pack(..., compress=...)``) are decoded into fresh tensors of their
-  original dtype and shape; the frame header says how, so ``unpack`` needs no configuration.
+* Compressed tensors (``pack(..., compress=...)``) are decoded into tensors of their original
+  dtype and shape that own their memory (the frame header says how, so ``unpack`` needs no
+  configuration). Decoding into freshly allocated memory is bound by page faults (a fresh 64 MiB
+  tensor costs more to fault in than to decode), so tensors of 64 KiB and more are decoded into
+  memory from a second pool (``decode_pool()``): a buffer goes back to it when the last tensor
+  (or view, or NumPy array) using it dies, and is never handed out while one lives.
+  ``unpack(..., pool=None)`` allocates fresh tensors instead.
 * Malformed frames raise ``splitlink.errors.WireError`` naming the problem and its byte offset.
 """
 
@@ -52,6 +57,7 @@ __all__ = [
     "packed_size",
     "unpack",
     "default_pool",
+    "decode_pool",
     "WIRE_VERSION",
     "SUPPORTED_DTYPES",
 ]
@@ -82,12 +88,24 @@ _CODE_BY_NUMPY = {n: c for c, _, n in _DTYPES if n is not None}
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(t for _, t, _ in _DTYPES)
 
 _DEFAULT_POOL = BufferPool()
+# Memory for decoded (compressed) tensors. Bounded: at most 16 buffers and 1 GiB are kept, free or
+# in use; beyond that a decoded tensor gets a buffer the pool does not keep (freed with the tensor).
+_DECODE_POOL = BufferPool(max_buffers=16, max_bytes=1 << 30)
+# Smaller decoded tensors come from torch's allocator: malloc serves them from memory it already
+# has mapped, and they would take pool slots that large tensors need.
+_DECODE_POOL_MIN_BYTES = 64 << 10
 _USE_DEFAULT: Any = object()
 
 
 def default_pool() -> Any:
     """The pool ``pack`` draws frame buffers from unless told otherwise."""
     return _DEFAULT_POOL
+
+
+def decode_pool() -> Any:
+    """The pool ``unpack`` draws the memory of decoded (compressed) tensors from unless told
+    otherwise. ``decode_pool().clear()`` lets its memory go once no tensor uses it."""
+    return _DECODE_POOL
 
 
 def _name(path: tuple[str, ...]) -> str:
@@ -287,8 +305,9 @@ class Frame:
     """A decoded frame: header fields and ``tensors`` (the nested mapping as sent).
 
     ``flat`` maps each key path (a tuple) to its tensor; ``codecs`` maps the paths of compressed
-    tensors to their codec name (those tensors were decoded into their own memory). ``buffer`` is
-    the memoryview the other tensors view; it stays alive as long as any of them does.
+    tensors to their codec name (those tensors were decoded into their own memory, see
+    ``decode_pool``). ``buffer`` is the memoryview the other tensors view; it stays alive as long
+    as any of them does.
     """
 
     __slots__ = ("version", "sender", "seq", "step", "kind", "tensors", "flat", "nbytes", "buffer", "codecs")
@@ -334,17 +353,34 @@ def _byte_view(mv: memoryview) -> torch.Tensor:
     return torch.frombuffer(mv, dtype=torch.uint8)
 
 
-def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None) -> Frame:
+def _decode_target(shape: tuple[int, ...], dtype: torch.dtype, pool: Any) -> tuple[torch.Tensor, Any]:
+    """(tensor of ``shape``/``dtype`` that owns its memory, writable buffer of its bytes for the
+    decoder). Large tensors view a pooled buffer; the tensor's storage holds a reference to it, so
+    the pool hands the buffer out again only after the tensor and all its views are gone."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if pool is not None and nbytes >= _DECODE_POOL_MIN_BYTES:
+        buf = pool.acquire(nbytes)
+        return torch.frombuffer(buf, dtype=dtype).view(shape), buf
+    t = torch.empty(shape, dtype=dtype)
+    return t, (t.view(torch.int16) if dtype == torch.bfloat16 else t).numpy()
+
+
+def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, pool: Any = _USE_DEFAULT) -> Frame:
     """Decodes a frame. Tensors view ``buffer`` (zero-copy) unless ``copy=True``.
 
+    Compressed tensors are decoded into memory of their own, drawn from ``pool`` for tensors of
+    64 KiB and more (default: ``decode_pool()``; ``None``: freshly allocated tensors).
     Raises ``WireError`` for a malformed frame, before any tensor is created. With ``opener`` (a
     ``splitlink.secure.Opener``) the buffer is a sealed frame: it is authenticated and decrypted
     into a pooled buffer (one pass), which the returned tensors then view; any failure raises
     ``CryptoError`` naming sender and seq.
     """
+    decode_into = _DECODE_POOL if pool is _USE_DEFAULT else pool
+    if decode_into is not None and not isinstance(decode_into, BufferPool):
+        raise TypeError(f"pool must be a splitlink.wire.BufferPool or None, got {type(pool).__name__}")
     if opener is not None:
         plain, sender, seq, step, kind = opener.open(buffer)
-        frame = unpack(plain, copy=copy)
+        frame = unpack(plain, copy=copy, pool=decode_into)
         if (frame.sender, frame.seq, frame.step, frame.kind) != (sender, seq, step, kind):
             raise CryptoError(
                 f"frame from '{sender}' seq {seq}: the sealed frame's header differs from its authenticated routing "
@@ -367,10 +403,10 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None) -> 
     for path, code, shape, offset, length, spec in descs:
         dtype = _TORCH_BY_CODE[code]
         if spec[0] != 0:
-            # Compressed: decode into a fresh tensor of the original dtype and shape.
-            t = torch.empty(shape, dtype=dtype)
-            target = (t.view(torch.int16) if dtype == torch.bfloat16 else t).numpy()
+            # Compressed: decode into a tensor of the original dtype and shape with memory of its own.
+            t, target = _decode_target(shape, dtype, decode_into)
             _core.codec.decode(spec, code, mv, offset, length, target, _name(path))
+            del target
             codecs[path] = codec_name(spec[0])
         elif length == 0:
             t = torch.empty(shape, dtype=dtype)
