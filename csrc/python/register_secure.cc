@@ -15,6 +15,7 @@
 #include "register.h"
 #include "splitlink/errors.h"
 #include "splitlink/secure/aead.h"
+#include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
 

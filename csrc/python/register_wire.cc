@@ -16,7 +16,7 @@
 #include "register.h"
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
-#include "splitlink/secure/aead.h"
+#include "splitlink/secure/sealed.h"
 #include "splitlink/wire/frame.h"
 
 namespace py = pybind11;
@@ -112,7 +112,7 @@ class FrameChunks {
   wire::FrameLayout layout_;
   size_t chunk_size_;
   py::object prefix_;
-  std::vector<secure::Span> spans_;
+  std::vector<Span> spans_;
 };
 
 py::tuple decode(const py::object& buffer) {
@@ -207,7 +207,7 @@ void register_wire(py::module_ m) {
             uint8_t* plain = base + sl.ciphertext_offset;
             layout.write_prefix(a.meta, a.inputs, plain, layout.size(), threads);
             s.seal_segments(sl, a.meta, layout.size(), base, nullptr, threads,
-                            [&](uint64_t b, uint64_t e, std::vector<secure::Span>& list) {
+                            [&](uint64_t b, uint64_t e, std::vector<Span>& list) {
                               layout.spans(a.inputs, plain, b, e, list);
                             });
           }

@@ -10,7 +10,7 @@
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
 #include "splitlink/wire/frame.h"
-#include "splitlink/wire/pbio.h"
+#include "../core/wire/pbio.h"
 
 namespace splitlink::wire {
 namespace {

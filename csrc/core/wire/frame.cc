@@ -8,15 +8,15 @@
 #include <sstream>
 #include <string>
 
+#include "splitlink/buffer.h"
 #include "splitlink/errors.h"
 #include "splitlink/memcopy.h"
 #include "splitlink/parallel.h"
-#include "splitlink/wire/pbio.h"
+#include "pbio.h"
+#include "strings.h"
 
 namespace splitlink::wire {
 namespace {
-
-constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
 // For error messages: names come from the peer, and a NUL or other control byte in one would
 // cut the message short (C strings) or garble a log line.
