@@ -18,7 +18,7 @@ AlignedBuffer::AlignedBuffer(size_t capacity) : capacity_(capacity) {
   if (capacity == 0) return;
   if (capacity >= kMmapThreshold) {
     // Round up to whole huge pages so the kernel can back the range with 2 MiB pages.
-    const size_t len = (capacity + kHugePage - 1) & ~(kHugePage - 1);
+    const size_t len = align_up(capacity, kHugePage);
     void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE

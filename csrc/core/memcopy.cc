@@ -3,17 +3,14 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#define SPLITLINK_HAVE_SSE2 1
-#endif
+#include "platform/simd.h"
 
 namespace splitlink {
 
 void stream_copy(void* dst, const void* src, size_t n, bool always) {
   // Below this the data likely stays in cache for whoever reads it next; memcpy is better.
   constexpr size_t kStreamThreshold = size_t{256} << 10;
-#ifdef SPLITLINK_HAVE_SSE2
+#ifdef SPLITLINK_SIMD_X86
   if (n >= kStreamThreshold || (always && n >= 64)) {
     auto* d = static_cast<uint8_t*>(dst);
     const auto* s = static_cast<const uint8_t*>(src);

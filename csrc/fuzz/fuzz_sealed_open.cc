@@ -12,6 +12,7 @@
 
 #include "splitlink/errors.h"
 #include "splitlink/secure/aead.h"
+#include "splitlink/secure/sealed.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace sec = splitlink::secure;

@@ -21,8 +21,6 @@ struct FrameBuffer {
   explicit FrameBuffer(size_t capacity) : mem(capacity) {}
 };
 
-inline constexpr size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
 // Keeps frame buffers for reuse. A buffer is free when the pool holds the only reference to its
 // Python object: memoryviews, numpy arrays and torch tensors that view it all hold a reference,
 // so a buffer is never handed out again while anything can still see its memory.

@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "../core/cpu.h"
+#include "../core/platform/cpu.h"
 #include "register.h"
 #include "splitlink/errors.h"
 #include "splitlink/parallel.h"

@@ -13,8 +13,10 @@
 #include "frame_buffer.h"
 #include "py_buffer.h"
 #include "register.h"
+#include "sealing.h"
 #include "splitlink/errors.h"
 #include "splitlink/secure/aead.h"
+#include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
 
@@ -151,20 +153,7 @@ void register_secure(py::module_ m) {
       .def("seal", [](secure::Sealer& s, const py::object& frame, const py::object& pool, unsigned threads) {
         PyBuffer in(frame, PyBUF_SIMPLE, "frame");
         const wire::FrameHeader h = wire::decode_header(in.data(), in.size());
-        if (h.meta.sender != s.sender()) {
-          throw py::value_error("frame sender '" + h.meta.sender + "' does not match the sealer's '" + s.sender() + "'");
-        }
-        const secure::SealedLayout L = secure::plan_sealed(h.meta, s.cipher(), s.segment_size(), in.size());
-        py::object out = new_frame_buffer(pool, L.total);
-        uint8_t* base = out.cast<FrameBuffer&>().mem.data();
-        s.claim(h.meta.seq);
-        {
-          // Safe without the GIL: `out` is ours until returned and `frame` is pinned by its export.
-          py::gil_scoped_release nogil;
-          secure::write_sealed_header(L, h.meta, s.cipher(), s.segment_size(), in.size(), base);
-          s.seal_segments(L, h.meta, in.size(), base, in.data(), threads);
-        }
-        return out;
+        return seal_frame(s, h.meta, in.size(), pool, threads, in.data());
       }, py::arg("frame"), py::arg("pool") = py::none(), py::arg("threads") = 0);
 
   py::class_<secure::Opener>(m, "Opener")

@@ -14,9 +14,10 @@
 #include "frame_buffer.h"
 #include "py_buffer.h"
 #include "register.h"
+#include "sealing.h"
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
-#include "splitlink/secure/aead.h"
+#include "splitlink/secure/sealed.h"
 #include "splitlink/wire/frame.h"
 
 namespace py = pybind11;
@@ -112,7 +113,7 @@ class FrameChunks {
   wire::FrameLayout layout_;
   size_t chunk_size_;
   py::object prefix_;
-  std::vector<secure::Span> spans_;
+  std::vector<Span> spans_;
 };
 
 py::tuple decode(const py::object& buffer) {
@@ -192,26 +193,14 @@ void register_wire(py::module_ m) {
         if (!sealer.is_none()) {
           // Pack and seal in one pass: the header, gaps and codec outputs are written where the
           // ciphertext goes, and each segment is encrypted straight from the tensors' memory.
-          secure::Sealer& s = sealer.cast<secure::Sealer&>();
-          if (a.meta.sender != s.sender()) {
-            throw py::value_error("sender '" + a.meta.sender + "' does not match the sealer's sender '" + s.sender() + "'");
-          }
-          const secure::SealedLayout sl = secure::plan_sealed(a.meta, s.cipher(), s.segment_size(), layout.size());
-          py::object frame = new_frame_buffer(pool, sl.total);
-          uint8_t* base = frame.cast<FrameBuffer&>().mem.data();
-          s.claim(a.meta.seq);
-          {
-            // Safe without the GIL: `frame` is ours until returned; inputs are pinned by Py_buffer.
-            py::gil_scoped_release nogil;
-            secure::write_sealed_header(sl, a.meta, s.cipher(), s.segment_size(), layout.size(), base);
-            uint8_t* plain = base + sl.ciphertext_offset;
-            layout.write_prefix(a.meta, a.inputs, plain, layout.size(), threads);
-            s.seal_segments(sl, a.meta, layout.size(), base, nullptr, threads,
-                            [&](uint64_t b, uint64_t e, std::vector<secure::Span>& list) {
-                              layout.spans(a.inputs, plain, b, e, list);
-                            });
-          }
-          return frame;
+          uint8_t* prefix = nullptr;  // where write_prefix wrote (the ciphertext region)
+          return seal_frame(
+              sealer.cast<secure::Sealer&>(), a.meta, layout.size(), pool, threads, nullptr,
+              [&](uint8_t* ct) {
+                prefix = ct;
+                layout.write_prefix(a.meta, a.inputs, ct, layout.size(), threads);
+              },
+              [&](uint64_t b, uint64_t e, std::vector<Span>& list) { layout.spans(a.inputs, prefix, b, e, list); });
         }
         if (!out.is_none()) {
           PyBuffer dst(out, PyBUF_WRITABLE, "out");

@@ -13,7 +13,7 @@
 
 #include "../core/codec/bits.h"
 #include "../core/codec/elem.h"
-#include "../core/cpu.h"
+#include "../core/platform/cpu.h"
 #include "splitlink/codec/codec.h"
 #include "splitlink/errors.h"
 #include "splitlink/secure/mask.h"

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "../core/wire/pbio.h"  // private to the core: the tests forge frames with it
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
 #include "splitlink/wire/frame.h"
-#include "splitlink/wire/pbio.h"
 
 namespace splitlink::wire {
 namespace {

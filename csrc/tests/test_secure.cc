@@ -10,6 +10,7 @@
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
 #include "splitlink/secure/aead.h"
+#include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
 

@@ -5,10 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#define SPLITLINK_SIMD_BITS 1
-#endif
+#include "../platform/simd.h"
 
 namespace splitlink::codec::detail {
 
@@ -41,7 +38,7 @@ inline uint64_t load_le(const uint8_t* p, unsigned n) {
 
 inline void store_le(uint8_t* p, uint64_t v, unsigned n) { std::memcpy(p, &v, n); }
 
-#ifdef SPLITLINK_SIMD_BITS
+#ifdef SPLITLINK_SIMD_X86
 // One packing stage: 16-bit lanes (a | b << 8) with a, b < 2^s become bytes (a | b << s); two
 // input vectors give one output vector. Stages with s = b, 2b, 4b pack b-bit codes into bytes.
 inline __m128i pack_stage(__m128i v0, __m128i v1, int s) {
@@ -108,7 +105,7 @@ inline uint64_t unpack_codes_simd(const uint8_t* in, uint64_t n, uint8_t* codes)
 template <unsigned B>
 inline void pack_codes_t(const uint8_t* codes, uint64_t n, uint8_t* out) {
   uint64_t i = 0;
-#ifdef SPLITLINK_SIMD_BITS
+#ifdef SPLITLINK_SIMD_X86
   if constexpr (B == 1 || B == 2 || B == 4) {
     i = pack_codes_simd<B>(codes, n, out);
     out += i / 8 * B;
@@ -129,7 +126,7 @@ inline void pack_codes_t(const uint8_t* codes, uint64_t n, uint8_t* out) {
 template <unsigned B>
 inline void unpack_codes_t(const uint8_t* in, uint64_t n, uint8_t* codes) {
   uint64_t i = 0;
-#ifdef SPLITLINK_SIMD_BITS
+#ifdef SPLITLINK_SIMD_X86
   if constexpr (B == 1 || B == 2 || B == 4) {
     i = unpack_codes_simd<B>(in, n, codes);
     in += i / 8 * B;

@@ -15,10 +15,18 @@ namespace {
 // Codes are at most 8 bits and sizes are computed as numel * bits: keep that far from overflow.
 constexpr uint64_t kMaxCodedNumel = uint64_t{1} << 56;
 
-[[noreturn]] void reject(bool from_wire, const std::string& msg) {
-  if (from_wire) throw WireError(msg + " (the frame is corrupt or from an incompatible splitlink)");
-  throw CodecError(msg);
-}
+// SL_CHECK for codec parameters: they come from the caller (CodecError) or from a peer's frame
+// (WireError, saying so). Used inside validate(), which has `from_wire` and `name` in scope.
+#define SL_CHECK_SPEC(cond, msg)                                                         \
+  do {                                                                                   \
+    if (from_wire) {                                                                     \
+      SL_CHECK(cond, WireError,                                                          \
+               "tensor '" << name << "': " << msg                                       \
+                          << " (the frame is corrupt or from an incompatible splitlink)"); \
+    } else {                                                                             \
+      SL_CHECK(cond, CodecError, "tensor '" << name << "': " << msg);                    \
+    }                                                                                    \
+  } while (false)
 
 bool is_int_or_bool(DType dt) { return !is_floating(dt) && dt != DType::kUnspecified; }
 
@@ -37,50 +45,39 @@ const char* codec_name(CodecType t) {
 }
 
 void validate(const CodecSpec& s, DType dt, uint64_t numel, const std::string& name, bool from_wire) {
-  const char* cname = codec_name(s.type);
-  auto fail = [&](const std::string& what) { reject(from_wire, "tensor '" + name + "': " + cname + " " + what); };
-  if (static_cast<uint32_t>(s.type) > kMaxCodecType) {
-    reject(from_wire, "tensor '" + name + "': unknown codec type " + std::to_string(static_cast<uint32_t>(s.type)));
-  }
+  SL_CHECK_SPEC(static_cast<uint32_t>(s.type) <= kMaxCodecType, "unknown codec type " << static_cast<uint32_t>(s.type));
   if (s.type == CodecType::kNone) return;
-  if (numel > kMaxCodedNumel) fail("supports at most 2^56 elements per tensor");
+  const char* cname = codec_name(s.type);
+  SL_CHECK_SPEC(numel <= kMaxCodedNumel, cname << " supports at most 2^56 elements per tensor");
   auto check_bits = [&](uint32_t bits, const char* field, uint32_t lo) {
-    if (bits < lo || bits > 8) {
-      fail(std::string("needs ") + field + " in " + std::to_string(lo) + "..8, got " + std::to_string(bits));
-    }
+    SL_CHECK_SPEC(bits >= lo && bits <= 8, cname << " needs " << field << " in " << lo << "..8, got " << bits);
   };
   auto check_block = [&] {
-    if (s.block_size % 8 != 0) {
-      fail("block_size must be 0 (one block) or a multiple of 8, got " + std::to_string(s.block_size));
-    }
+    SL_CHECK_SPEC(s.block_size % 8 == 0,
+                  cname << " block_size must be 0 (one block) or a multiple of 8, got " << s.block_size);
   };
   switch (s.type) {
     case CodecType::kMinMax:
-      if (!is_floating(dt)) {
-        fail(std::string("needs a floating-point tensor, got ") + dtype_name(dt) + "; use bit_pack for integers and bools");
-      }
+      SL_CHECK_SPEC(is_floating(dt), cname << " needs a floating-point tensor, got " << dtype_name(dt)
+                                           << "; use bit_pack for integers and bools");
       check_bits(s.bit_num, "bit_num", 1);
       check_block();
       return;
     case CodecType::kBitPack:
-      if (!is_int_or_bool(dt)) {
-        fail(std::string("packs integer and bool tensors, got ") + dtype_name(dt) + "; use min_max, fp16 or bf16 for floats");
-      }
+      SL_CHECK_SPEC(is_int_or_bool(dt), cname << " packs integer and bool tensors, got " << dtype_name(dt)
+                                              << "; use min_max, fp16 or bf16 for floats");
       check_bits(s.bit_num, "bit_num", 1);
       return;
     case CodecType::kFp16:
     case CodecType::kBf16:
-      if (dt != DType::kFloat32 && dt != DType::kFloat64) {
-        fail(std::string("downcasts float32 and float64 tensors, got ") + dtype_name(dt));
-      }
+      SL_CHECK_SPEC(dt == DType::kFloat32 || dt == DType::kFloat64,
+                    cname << " downcasts float32 and float64 tensors, got " << dtype_name(dt));
       return;
     case CodecType::kTopK:
-      if (dt != DType::kFloat32 && dt != DType::kFloat16 && dt != DType::kBFloat16) {
-        fail(std::string("ranks float32, float16 and bfloat16 tensors, got ") + dtype_name(dt));
-      }
-      if (s.topk_count > numel) {
-        fail("keeps k=" + std::to_string(s.topk_count) + " values of a tensor with " + std::to_string(numel) + " elements");
-      }
+      SL_CHECK_SPEC(dt == DType::kFloat32 || dt == DType::kFloat16 || dt == DType::kBFloat16,
+                    cname << " ranks float32, float16 and bfloat16 tensors, got " << dtype_name(dt));
+      SL_CHECK_SPEC(s.topk_count <= numel,
+                    cname << " keeps k=" << s.topk_count << " values of a tensor with " << numel << " elements");
       if (s.value_bits != 0) check_bits(s.value_bits, "value_bit_num", 1);
       check_block();
       return;
@@ -88,6 +85,8 @@ void validate(const CodecSpec& s, DType dt, uint64_t numel, const std::string& n
       return;
   }
 }
+
+#undef SL_CHECK_SPEC
 
 uint64_t encoded_size(const CodecSpec& s, DType dt, uint64_t numel) {
   switch (s.type) {

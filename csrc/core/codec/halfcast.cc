@@ -2,24 +2,19 @@
 // time; the wheel is built for baseline x86-64), else the bit-exact software conversion.
 #include <algorithm>
 
-#include "../cpu.h"
+#include "../platform/simd.h"
 #include "codecs.h"
 #include "elem.h"
 #include "kernels.h"
 #include "splitlink/parallel.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define SPLITLINK_F16C_DISPATCH 1
-#endif
 
 namespace splitlink::codec::detail {
 namespace {
 
 constexpr uint64_t kChunk = uint64_t{1} << 18;
 
-#ifdef SPLITLINK_F16C_DISPATCH
-__attribute__((target("avx,f16c"))) void f32_to_f16_hw(const float* s, uint16_t* d, uint64_t n) {
+#ifdef SPLITLINK_SIMD_X86
+SPLITLINK_TARGET_F16C void f32_to_f16_hw(const float* s, uint16_t* d, uint64_t n) {
   uint64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     _mm_prefetch(reinterpret_cast<const char*>(s + i + kPrefetchFloats), _MM_HINT_T0);
@@ -29,7 +24,7 @@ __attribute__((target("avx,f16c"))) void f32_to_f16_hw(const float* s, uint16_t*
   for (; i < n; ++i) d[i] = f32_to_f16(s[i]);
 }
 
-__attribute__((target("avx,f16c"))) void f16_to_f32_hw(const uint16_t* s, float* d, uint64_t n) {
+SPLITLINK_TARGET_F16C void f16_to_f32_hw(const uint16_t* s, float* d, uint64_t n) {
   uint64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
@@ -37,10 +32,8 @@ __attribute__((target("avx,f16c"))) void f16_to_f32_hw(const uint16_t* s, float*
   for (; i < n; ++i) d[i] = f16_to_f32(s[i]);
 }
 
-bool has_f16c() { return cpu::has_f16c(); }
-
 // bf16: the scalar f32_to_bf16's integer rounding (nearest, ties to even; NaN kept quiet), 16 at a time.
-__attribute__((target("avx2"))) inline __m256i bf16_bits_avx2(__m256i x) {
+SPLITLINK_TARGET_AVX2 inline __m256i bf16_bits_avx2(__m256i x) {
   const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
   const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7FFF)), lsb), 16);
@@ -48,7 +41,7 @@ __attribute__((target("avx2"))) inline __m256i bf16_bits_avx2(__m256i x) {
   return _mm256_blendv_epi8(rounded, quieted, nan);
 }
 
-__attribute__((target("avx2"))) void f32_to_bf16_avx2(const float* s, uint16_t* d, uint64_t n) {
+SPLITLINK_TARGET_AVX2 void f32_to_bf16_avx2(const float* s, uint16_t* d, uint64_t n) {
   uint64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     _mm_prefetch(reinterpret_cast<const char*>(s + i + kPrefetchFloats), _MM_HINT_T0);
@@ -60,8 +53,6 @@ __attribute__((target("avx2"))) void f32_to_bf16_avx2(const float* s, uint16_t* 
   }
   for (; i < n; ++i) d[i] = f32_to_bf16(s[i]);
 }
-
-bool has_avx2() { return cpu::has_avx2(); }
 #endif
 
 }  // namespace
@@ -72,12 +63,12 @@ void half_encode(bool bf16, DType dt, const void* src, uint64_t numel, uint16_t*
     const uint64_t b = c * kChunk, e = std::min(numel, b + kChunk);
     if (dt == DType::kFloat32) {
       const float* s = static_cast<const float*>(src);
-#ifdef SPLITLINK_F16C_DISPATCH
-      if (!bf16 && has_f16c()) {
+#ifdef SPLITLINK_SIMD_X86
+      if (!bf16 && cpu::has_f16c()) {
         f32_to_f16_hw(s + b, dst + b, e - b);
         return;
       }
-      if (bf16 && has_avx2()) {
+      if (bf16 && cpu::has_avx2()) {
         f32_to_bf16_avx2(s + b, dst + b, e - b);
         return;
       }
@@ -101,8 +92,8 @@ void half_decode(bool bf16, DType dt, const uint16_t* src, uint64_t numel, void*
     const uint64_t b = c * kChunk, e = std::min(numel, b + kChunk);
     if (dt == DType::kFloat32) {
       float* d = static_cast<float*>(dst);
-#ifdef SPLITLINK_F16C_DISPATCH
-      if (!bf16 && has_f16c()) {
+#ifdef SPLITLINK_SIMD_X86
+      if (!bf16 && cpu::has_f16c()) {
         f16_to_f32_hw(src + b, d + b, e - b);
         return;
       }

@@ -4,12 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "../cpu.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define SPLITLINK_X86 1
-#endif
+#include "../platform/simd.h"
 
 namespace splitlink::codec::detail {
 namespace {
@@ -30,7 +25,7 @@ Range scan_scalar(const float* x, uint64_t n, Range r) {
   return r;
 }
 
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
 Range scan_sse2(const float* x, uint64_t n) {
   Range r{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), false};
   __m128 lo0 = _mm_set1_ps(r.lo), lo1 = lo0, hi0 = _mm_set1_ps(r.hi), hi1 = hi0, bad = _mm_setzero_ps();
@@ -58,7 +53,7 @@ Range scan_sse2(const float* x, uint64_t n) {
   return scan_scalar(x + i, n - i, r);
 }
 
-__attribute__((target("avx2"))) Range scan_avx2(const float* x, uint64_t n) {
+SPLITLINK_TARGET_AVX2 Range scan_avx2(const float* x, uint64_t n) {
   Range r{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), false};
   __m256 lo0 = _mm256_set1_ps(r.lo), lo1 = lo0, hi0 = _mm256_set1_ps(r.hi), hi1 = hi0, bad = _mm256_setzero_ps();
   const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
@@ -101,7 +96,7 @@ void quantize_sse2(const float* x, uint64_t n, float lo, float inv, float levels
   for (; i < n; ++i) codes[i] = quantize_one(x[i], lo, inv, levels);
 }
 
-__attribute__((target("avx2"))) void quantize_avx2(const float* x, uint64_t n, float lo, float inv, float levels,
+SPLITLINK_TARGET_AVX2 void quantize_avx2(const float* x, uint64_t n, float lo, float inv, float levels,
                                                    uint8_t* codes, bool stream) {
   const __m256 vlo = _mm256_set1_ps(lo), vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f);
   const __m256 vmax = _mm256_set1_ps(levels), zero = _mm256_setzero_ps();
@@ -131,7 +126,7 @@ __attribute__((target("avx2"))) void quantize_avx2(const float* x, uint64_t n, f
   for (; i < n; ++i) codes[i] = quantize_one(x[i], lo, inv, levels);
 }
 
-__attribute__((target("avx2"))) void dequantize_avx2(const uint8_t* codes, uint64_t n, float lo, float scale,
+SPLITLINK_TARGET_AVX2 void dequantize_avx2(const uint8_t* codes, uint64_t n, float lo, float scale,
                                                      float* out, bool stream) {
   const __m256 vlo = _mm256_set1_ps(lo), vs = _mm256_set1_ps(scale);
   uint64_t i = 0;
@@ -160,7 +155,7 @@ __attribute__((target("avx2"))) void dequantize_avx2(const uint8_t* codes, uint6
 }  // namespace
 
 Range scan_f32(const float* x, uint64_t n) {
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
   return cpu::has_avx2() ? scan_avx2(x, n) : scan_sse2(x, n);
 #else
   return scan_scalar(x, n, {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), false});
@@ -168,7 +163,7 @@ Range scan_f32(const float* x, uint64_t n) {
 }
 
 void quantize_f32(const float* x, uint64_t n, float lo, float inv, float levels, uint8_t* codes, bool stream) {
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
   if (cpu::has_avx2()) {
     quantize_avx2(x, n, lo, inv, levels, codes, stream);
   } else {
@@ -181,7 +176,7 @@ void quantize_f32(const float* x, uint64_t n, float lo, float inv, float levels,
 }
 
 void dequantize_f32(const uint8_t* codes, uint64_t n, float lo, float scale, float* out, bool stream) {
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
   if (cpu::has_avx2()) {
     dequantize_avx2(codes, n, lo, scale, out, stream);
     return;

@@ -8,16 +8,16 @@
 #include <cstring>
 #include <utility>
 
-#include "../secure/evp.h"
+#include "../platform/evp.h"
 #include "splitlink/errors.h"
 #include "splitlink/parallel.h"
 
 namespace splitlink::psi {
 namespace {
 
-using secure::detail::openssl_error;
-using secure::detail::Pkey;
-using secure::detail::PkeyCtx;
+using openssl::openssl_error;
+using openssl::Pkey;
+using openssl::PkeyCtx;
 
 constexpr size_t kChunk = 128;  // ids per task: large enough to amortise the context set-up
 

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <utility>
 
-#include "evp.h"
+#include "../platform/evp.h"
 #include "splitlink/errors.h"
 
 namespace splitlink::secure {
@@ -27,17 +27,17 @@ void put_lp(std::vector<uint8_t>& v, const std::string& s) {
 }  // namespace
 
 X25519KeyPair X25519KeyPair::generate() {
-  detail::PkeyCtx ctx(EVP_PKEY_CTX_new_from_name(nullptr, "X25519", nullptr));
-  SL_CHECK(ctx && EVP_PKEY_keygen_init(ctx.get()) == 1, CryptoError, "X25519 keygen init failed: " << detail::openssl_error());
+  openssl::PkeyCtx ctx(EVP_PKEY_CTX_new_from_name(nullptr, "X25519", nullptr));
+  SL_CHECK(ctx && EVP_PKEY_keygen_init(ctx.get()) == 1, CryptoError, "X25519 keygen init failed: " << openssl::openssl_error());
   EVP_PKEY* p = nullptr;
-  SL_CHECK(EVP_PKEY_generate(ctx.get(), &p) == 1, CryptoError, "X25519 key generation failed: " << detail::openssl_error());
+  SL_CHECK(EVP_PKEY_generate(ctx.get(), &p) == 1, CryptoError, "X25519 key generation failed: " << openssl::openssl_error());
   return X25519KeyPair(p);
 }
 
 X25519KeyPair X25519KeyPair::from_private(const uint8_t* key, size_t len) {
   SL_CHECK(len == kX25519Bytes, InvalidArgument, "an X25519 private key is 32 bytes, got " << len);
   EVP_PKEY* p = EVP_PKEY_new_raw_private_key_ex(nullptr, "X25519", nullptr, key, len);
-  SL_CHECK(p != nullptr, CryptoError, "invalid X25519 private key: " << detail::openssl_error());
+  SL_CHECK(p != nullptr, CryptoError, "invalid X25519 private key: " << openssl::openssl_error());
   return X25519KeyPair(p);
 }
 
@@ -55,7 +55,7 @@ std::array<uint8_t, kX25519Bytes> X25519KeyPair::public_key() const {
   std::array<uint8_t, kX25519Bytes> out{};
   size_t len = out.size();
   SL_CHECK(EVP_PKEY_get_raw_public_key(as_pkey(pkey_), out.data(), &len) == 1 && len == out.size(), CryptoError,
-           "reading the X25519 public key failed: " << detail::openssl_error());
+           "reading the X25519 public key failed: " << openssl::openssl_error());
   return out;
 }
 
@@ -63,32 +63,32 @@ SecretKey X25519KeyPair::private_key() const {
   SecretKey k;
   size_t len = kX25519Bytes;
   SL_CHECK(EVP_PKEY_get_raw_private_key(as_pkey(pkey_), k.mutable_data(), &len) == 1 && len == kX25519Bytes,
-           CryptoError, "reading the X25519 private key failed: " << detail::openssl_error());
+           CryptoError, "reading the X25519 private key failed: " << openssl::openssl_error());
   return k;
 }
 
 SecretKey X25519KeyPair::exchange(const uint8_t* peer_public, size_t len) const {
   SL_CHECK(len == kX25519Bytes, CryptoError, "an X25519 public key is 32 bytes, got " << len);
-  detail::Pkey peer(EVP_PKEY_new_raw_public_key_ex(nullptr, "X25519", nullptr, peer_public, len));
-  SL_CHECK(peer != nullptr, CryptoError, "invalid X25519 public key: " << detail::openssl_error());
-  detail::PkeyCtx ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, as_pkey(pkey_), nullptr));
+  openssl::Pkey peer(EVP_PKEY_new_raw_public_key_ex(nullptr, "X25519", nullptr, peer_public, len));
+  SL_CHECK(peer != nullptr, CryptoError, "invalid X25519 public key: " << openssl::openssl_error());
+  openssl::PkeyCtx ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, as_pkey(pkey_), nullptr));
   SL_CHECK(ctx && EVP_PKEY_derive_init(ctx.get()) == 1 && EVP_PKEY_derive_set_peer(ctx.get(), peer.get()) == 1,
-           CryptoError, "X25519 derive setup failed: " << detail::openssl_error());
+           CryptoError, "X25519 derive setup failed: " << openssl::openssl_error());
   SecretKey out;
   size_t outlen = kX25519Bytes;
   // OpenSSL fails the derivation when the shared secret is all zero (a low-order peer point).
   SL_CHECK(EVP_PKEY_derive(ctx.get(), out.mutable_data(), &outlen) == 1 && outlen == kX25519Bytes, CryptoError,
-           "X25519 key agreement failed (invalid or low-order peer public key): " << detail::openssl_error());
+           "X25519 key agreement failed (invalid or low-order peer public key): " << openssl::openssl_error());
   return out;
 }
 
 void hkdf_sha256(const uint8_t* ikm, size_t ikm_len, const uint8_t* salt, size_t salt_len, const uint8_t* info,
                  size_t info_len, uint8_t* out, size_t out_len) {
   EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
-  SL_CHECK(kdf != nullptr, CryptoError, "OpenSSL has no HKDF: " << detail::openssl_error());
+  SL_CHECK(kdf != nullptr, CryptoError, "OpenSSL has no HKDF: " << openssl::openssl_error());
   EVP_KDF_CTX* ctx = EVP_KDF_CTX_new(kdf);
   EVP_KDF_free(kdf);
-  SL_CHECK(ctx != nullptr, CryptoError, "EVP_KDF_CTX_new failed: " << detail::openssl_error());
+  SL_CHECK(ctx != nullptr, CryptoError, "EVP_KDF_CTX_new failed: " << openssl::openssl_error());
   char digest[] = "SHA256";
   OSSL_PARAM params[5];
   size_t n = 0;
@@ -99,7 +99,7 @@ void hkdf_sha256(const uint8_t* ikm, size_t ikm_len, const uint8_t* salt, size_t
   params[n++] = OSSL_PARAM_construct_end();
   const int ok = EVP_KDF_derive(ctx, out, out_len, params);
   EVP_KDF_CTX_free(ctx);
-  SL_CHECK(ok == 1, CryptoError, "HKDF-SHA256 failed: " << detail::openssl_error());
+  SL_CHECK(ok == 1, CryptoError, "HKDF-SHA256 failed: " << openssl::openssl_error());
 }
 
 namespace {

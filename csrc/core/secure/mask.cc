@@ -5,16 +5,11 @@
 #include <cstring>
 #include <vector>
 
-#include "../cpu.h"
-#include "evp.h"
+#include "../platform/evp.h"
+#include "../platform/simd.h"
 #include "splitlink/errors.h"
 #include "splitlink/memcopy.h"
 #include "splitlink/parallel.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define SPLITLINK_X86 1
-#endif
 
 namespace splitlink::secure {
 namespace {
@@ -27,15 +22,15 @@ constexpr uint64_t kMaxElements = uint64_t{1} << 33;  // 2^32 AES blocks of 16 b
 // the given sign, in blocks. Each element consumes 8 keystream bytes.
 class Keystream {
  public:
-  Keystream(const SecretKey& key, uint64_t stream_id, uint64_t first_element) : ctx_(detail::new_ctx()) {
+  Keystream(const SecretKey& key, uint64_t stream_id, uint64_t first_element) : ctx_(openssl::new_ctx()) {
     uint8_t iv[16] = {0};
     for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(stream_id >> (8 * i));
     const uint64_t block = first_element / 2;  // two elements per 16-byte AES block
     for (int i = 0; i < 4; ++i) iv[15 - i] = static_cast<uint8_t>(block >> (8 * i));
     // AES-128 (the first 16 bytes of the 32-byte pair key, itself an HKDF output): 128-bit
     // security, and 10 rounds instead of 14 make the keystream, the cost of masking, ~1.4x faster.
-    SL_CHECK(EVP_EncryptInit_ex2(ctx_.get(), detail::fetch_cipher("AES-128-CTR"), key.data(), iv, nullptr) == 1,
-             CryptoError, "AES-128-CTR init failed: " << detail::openssl_error());
+    SL_CHECK(EVP_EncryptInit_ex2(ctx_.get(), openssl::fetch_cipher("AES-128-CTR"), key.data(), iv, nullptr) == 1,
+             CryptoError, "AES-128-CTR init failed: " << openssl::openssl_error());
   }
   // Fills out[0, n) (n even) with the next keystream words.
   void next(uint64_t* out, uint64_t n) {
@@ -43,11 +38,11 @@ class Keystream {
     int outl = 0;
     SL_CHECK(EVP_EncryptUpdate(ctx_.get(), reinterpret_cast<uint8_t*>(out), &outl, reinterpret_cast<uint8_t*>(out),
                                static_cast<int>(n * 8)) == 1,
-             CryptoError, "AES-128-CTR failed: " << detail::openssl_error());
+             CryptoError, "AES-128-CTR failed: " << openssl::openssl_error());
   }
 
  private:
-  detail::CipherCtx ctx_;
+  openssl::CipherCtx ctx_;
 };
 
 // Fixed point by the magic-number trick: for |d| < 2^51, the bits of d + 1.5 * 2^52 minus the bits
@@ -65,10 +60,10 @@ inline uint64_t to_fixed_one(float x, double scale, bool& bad) {
   return bits - kMagicBits;
 }
 
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
 // Same arithmetic as the scalar loop (multiply, then add the rounding constant), 8 at a time.
 // Returns whether any value was out of range or not finite.
-__attribute__((target("avx2"))) bool to_fixed_avx2(const float* x, uint64_t n, double scale, uint64_t* y) {
+SPLITLINK_TARGET_AVX2 bool to_fixed_avx2(const float* x, uint64_t n, double scale, uint64_t* y) {
   const __m256d vs = _mm256_set1_pd(scale), magic = _mm256_set1_pd(kMagic);
   const __m256d limit = _mm256_set1_pd(kFixedLimit);
   const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
@@ -92,7 +87,7 @@ __attribute__((target("avx2"))) bool to_fixed_avx2(const float* x, uint64_t n, d
 
 // round(x * scale) as ring elements; returns whether any |x * scale| >= 2^51 or is not finite.
 bool to_fixed(const float* x, uint64_t n, double scale, uint64_t* y) {
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
   if (cpu::has_avx2()) return to_fixed_avx2(x, n, scale, y);
 #endif
   bool out = false;
@@ -110,8 +105,8 @@ inline float from_fixed_one(uint64_t v, double inv) {
   return static_cast<float>((d - kMagic) * inv);
 }
 
-#ifdef SPLITLINK_X86
-__attribute__((target("avx2"))) void from_fixed_avx2(const uint64_t* v, uint64_t n, double inv, float* x) {
+#ifdef SPLITLINK_SIMD_X86
+SPLITLINK_TARGET_AVX2 void from_fixed_avx2(const uint64_t* v, uint64_t n, double inv, float* x) {
   const __m256i magic_bits = _mm256_set1_epi64x(static_cast<long long>(kMagicBits));
   const __m256d magic = _mm256_set1_pd(kMagic), vi = _mm256_set1_pd(inv);
   uint64_t i = 0;
@@ -125,7 +120,7 @@ __attribute__((target("avx2"))) void from_fixed_avx2(const uint64_t* v, uint64_t
 #endif
 
 void from_fixed(const uint64_t* v, uint64_t n, double inv, float* x) {
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
   if (cpu::has_avx2()) return from_fixed_avx2(v, n, inv, x);
 #endif
   for (uint64_t i = 0; i < n; ++i) x[i] = from_fixed_one(v[i], inv);

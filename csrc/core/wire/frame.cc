@@ -8,15 +8,15 @@
 #include <sstream>
 #include <string>
 
+#include "splitlink/buffer.h"
 #include "splitlink/errors.h"
 #include "splitlink/memcopy.h"
 #include "splitlink/parallel.h"
-#include "splitlink/wire/pbio.h"
+#include "pbio.h"
+#include "strings.h"
 
 namespace splitlink::wire {
 namespace {
-
-constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
 // For error messages: names come from the peer, and a NUL or other control byte in one would
 // cut the message short (C strings) or garble a log line.
@@ -340,6 +340,185 @@ void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& t
   parallel_for(pieces.size(), [&](size_t k) { stream_copy(pieces[k].dst, pieces[k].src, pieces[k].len); }, threads);
 }
 
+namespace {
+
+// Decoding, one helper per message of frame.proto: Frame (decode_header), Tensor
+// (read_tensor_desc) and Codec (read_codec), then the checks that need a whole descriptor
+// (check_tensor_desc) or every descriptor (check_slots).
+
+void expect_wire_type(uint32_t wt, pb::WireType want, const char* name, size_t at) {
+  SL_CHECK(wt == want, WireError,
+           "field '" << name << "' at byte " << at << " has protobuf wire type " << wt << ", expected " << want
+                     << " (not a splitlink frame, or corrupt)");
+}
+
+// message Codec, content [r.pos(), r.end()) of the descriptor at byte `desc_at`.
+void read_codec(pb::Reader& c, size_t desc_at, CodecSpec* out) {
+  size_t cseen[field::kValueBits + 1];
+  std::fill(std::begin(cseen), std::end(cseen), kNotSeen);
+  while (!c.done()) {
+    const size_t cat = c.pos();
+    uint32_t cwt = 0;
+    const uint32_t cf = c.field_tag(&cwt);
+    if (cf <= field::kValueBits) {
+      static const char* const kNames[] = {"", "codec.type", "codec.bit_num", "codec.block_size", "codec.topk_count",
+                                           "codec.value_bits"};
+      once(&cseen[cf], kNames[cf], cf, cat, desc_at);
+    }
+    auto small = [&](const char* what) {
+      expect_wire_type(cwt, pb::kVarint, what, cat);
+      const uint64_t v = c.varint(what);
+      SL_CHECK(v <= 0xFFFFFFFFu, WireError, what << " " << v << " at byte " << cat << " is out of range");
+      return static_cast<uint32_t>(v);
+    };
+    if (cf == field::kCodecType) {
+      const uint32_t v = small("codec.type");
+      SL_CHECK(v <= codec::kMaxCodecType, WireError,
+               "tensor descriptor at byte " << desc_at << " uses unknown codec type " << v
+                                            << "; the sender may run a newer splitlink");
+      out->type = static_cast<CodecType>(v);
+    } else if (cf == field::kBitNum) {
+      out->bit_num = small("codec.bit_num");
+    } else if (cf == field::kValueBits) {
+      out->value_bits = small("codec.value_bits");
+    } else if (cf == field::kBlockSize) {
+      expect_wire_type(cwt, pb::kVarint, "codec.block_size", cat);
+      out->block_size = c.varint("codec.block_size");
+    } else if (cf == field::kTopKCount) {
+      expect_wire_type(cwt, pb::kVarint, "codec.topk_count", cat);
+      out->topk_count = c.varint("codec.topk_count");
+    } else {
+      c.skip(static_cast<pb::WireType>(cwt), cf, cat);
+    }
+  }
+}
+
+// message Tensor, content data[b, e). Field-level checks only; check_tensor_desc does the rest.
+TensorDesc read_tensor_desc(const uint8_t* data, size_t b, size_t e) {
+  TensorDesc d;
+  size_t tseen[field::kCodec + 1];
+  std::fill(std::begin(tseen), std::end(tseen), kNotSeen);
+  pb::Reader t(data, b, e);
+  while (!t.done()) {
+    const size_t tat = t.pos();
+    uint32_t twt = 0;
+    const uint32_t tf = t.field_tag(&twt);
+    switch (tf) {
+      case field::kPath: {
+        expect_wire_type(twt, pb::kLen, "tensor.path", tat);
+        SL_CHECK(d.path.size() < kMaxPathDepth, WireError,
+                 "tensor descriptor at byte " << b << " nests deeper than " << kMaxPathDepth << " levels");
+        d.path.push_back(read_string(t, "tensor.path"));
+        SL_CHECK(!d.path.back().empty(), WireError, "tensor descriptor at byte " << b << " has an empty key");
+        break;
+      }
+      case field::kDType: {
+        expect_wire_type(twt, pb::kVarint, "tensor.dtype", tat);
+        once(&tseen[tf], "tensor.dtype", tf, tat, b);
+        const uint64_t v = t.varint("tensor.dtype");
+        SL_CHECK(is_valid_dtype(v), WireError,
+                 "tensor descriptor at byte " << b << " has unknown dtype " << v << " (known: 1.." << kMaxDType
+                                              << "); the sender may run a newer splitlink");
+        d.dtype = static_cast<DType>(v);
+        break;
+      }
+      case field::kShape: {
+        // Packed (the encoder's form) or one varint per dimension (also valid protobuf).
+        auto push_dim = [&](uint64_t v) {
+          SL_CHECK(d.shape.size() < kMaxNdim, WireError,
+                   "tensor descriptor at byte " << b << " has more than " << kMaxNdim << " dimensions");
+          SL_CHECK(v <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), WireError,
+                   "tensor descriptor at byte " << b << " has dimension " << v << ", beyond int64");
+          d.shape.push_back(static_cast<int64_t>(v));
+        };
+        if (twt == pb::kLen) {
+          auto [sb, se] = t.len_delimited("tensor.shape");
+          pb::Reader s(data, sb, se);
+          while (!s.done()) push_dim(s.varint("tensor.shape"));
+        } else {
+          expect_wire_type(twt, pb::kVarint, "tensor.shape", tat);
+          push_dim(t.varint("tensor.shape"));
+        }
+        break;
+      }
+      case field::kOffset:
+        expect_wire_type(twt, pb::kVarint, "tensor.offset", tat);
+        once(&tseen[tf], "tensor.offset", tf, tat, b);
+        d.offset = t.varint("tensor.offset");
+        break;
+      case field::kLength:
+        expect_wire_type(twt, pb::kVarint, "tensor.length", tat);
+        once(&tseen[tf], "tensor.length", tf, tat, b);
+        d.length = t.varint("tensor.length");
+        break;
+      case field::kCodec: {
+        expect_wire_type(twt, pb::kLen, "tensor.codec", tat);
+        once(&tseen[tf], "tensor.codec", tf, tat, b);
+        auto [cb, ce] = t.len_delimited("tensor.codec");
+        pb::Reader c(data, cb, ce);
+        read_codec(c, b, &d.codec);
+        break;
+      }
+      default:
+        t.skip(static_cast<pb::WireType>(twt), tf, tat);
+    }
+  }
+  return d;
+}
+
+// Tensor #i, whose descriptor starts at byte `at`: required fields, element count, codec, length,
+// alignment and bounds within the payload. Then makes d.offset relative to the frame start.
+void check_tensor_desc(TensorDesc& d, size_t i, size_t at, const FrameHeader& h) {
+  SL_CHECK(!d.path.empty(), WireError, "tensor #" << i << " (descriptor at byte " << at << ") has no name");
+  const std::string name = path_str(d.path);
+  SL_CHECK(d.dtype != DType::kUnspecified, WireError,
+           "tensor '" << name << "' (descriptor at byte " << at << ") has no dtype");
+  uint64_t numel = 0;
+  SL_CHECK(checked_numel(d.shape, &numel), WireError,
+           "tensor '" << name << "' (descriptor at byte " << at << ") has shape " << shape_str(d.shape)
+                      << " whose element count overflows int64");
+  d.numel = numel;
+  uint64_t nbytes = 0;
+  SL_CHECK(!__builtin_mul_overflow(numel, itemsize(d.dtype), &nbytes), WireError,
+           "tensor '" << name << "' (descriptor at byte " << at << ") has shape " << shape_str(d.shape)
+                      << " whose byte size overflows");
+  codec::validate(d.codec, d.dtype, numel, name, /*from_wire=*/true);
+  const uint64_t want = d.codec.is_none() ? nbytes : codec::encoded_size(d.codec, d.dtype, numel);
+  SL_CHECK(d.length == want, WireError,
+           "tensor '" << name << "' (descriptor at byte " << at << ") declares " << d.length << " bytes but shape "
+                      << shape_str(d.shape) << " of " << dtype_name(d.dtype) << " with codec "
+                      << codec::codec_name(d.codec.type) << " needs " << want);
+  SL_CHECK(d.offset % kAlignment == 0, WireError,
+           "tensor '" << name << "' (descriptor at byte " << at << ") starts at payload offset " << d.offset
+                      << ", which is not a multiple of " << kAlignment);
+  SL_CHECK(d.offset <= h.payload_length && d.length <= h.payload_length - d.offset, WireError,
+           "tensor '" << name << "' (descriptor at byte " << at << ") spans payload bytes [" << d.offset << ", "
+                      << d.offset << "+" << d.length << ") but the payload has " << h.payload_length
+                      << " bytes (frame truncated?)");
+  d.offset += h.payload_offset;
+}
+
+// No two tensors' bytes overlap, and the names form a tree (unique, no tensor that is also a group).
+void check_slots(const FrameHeader& h) {
+  std::vector<std::pair<uint64_t, size_t>> spans;
+  spans.reserve(h.tensors.size());
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    if (h.tensors[i].length != 0) spans.emplace_back(h.tensors[i].offset, i);
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t k = 1; k < spans.size(); ++k) {
+    const TensorDesc& prev = h.tensors[spans[k - 1].second];
+    const TensorDesc& cur = h.tensors[spans[k].second];
+    SL_CHECK(prev.offset + prev.length <= cur.offset, WireError,
+             "tensors '" << path_str(prev.path) << "' and '" << path_str(cur.path) << "' overlap in the payload");
+  }
+  check_paths<WireError>(h.tensors.size(), [&](size_t i) -> const std::vector<std::string>& { return h.tensors[i].path; },
+                         "frame: ");
+}
+
+}  // namespace
+
+// message Frame.
 FrameHeader decode_header(const uint8_t* data, size_t size) {
   SL_CHECK(data != nullptr || size == 0, InvalidArgument, "null frame buffer");
   FrameHeader h;
@@ -351,12 +530,6 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
   size_t seen[field::kPayload + 1];
   std::fill(std::begin(seen), std::end(seen), kNotSeen);
 
-  auto expect_wt = [](uint32_t wt, pb::WireType want, const char* name, size_t at) {
-    SL_CHECK(wt == want, WireError,
-             "field '" << name << "' at byte " << at << " has protobuf wire type " << wt << ", expected " << want
-                       << " (not a splitlink frame, or corrupt)");
-  };
-
   pb::Reader r(data, 0, size);
   SL_CHECK(size > 0, WireError, "empty frame (0 bytes)");
   while (!r.done()) {
@@ -365,7 +538,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
     const uint32_t fnum = r.field_tag(&wt);
     switch (fnum) {
       case field::kVersion: {
-        expect_wt(wt, pb::kVarint, "version", at);
+        expect_wire_type(wt, pb::kVarint, "version", at);
         once(&seen[fnum], "version", fnum, at);
         const uint64_t v = r.varint("version");
         SL_CHECK(v <= std::numeric_limits<uint32_t>::max(), WireError, "version " << v << " at byte " << at << " is out of range");
@@ -373,140 +546,36 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         break;
       }
       case field::kSender:
-        expect_wt(wt, pb::kLen, "sender", at);
+        expect_wire_type(wt, pb::kLen, "sender", at);
         once(&seen[fnum], "sender", fnum, at);
         h.meta.sender = read_string(r, "sender");
         break;
       case field::kSeq:
-        expect_wt(wt, pb::kVarint, "seq", at);
+        expect_wire_type(wt, pb::kVarint, "seq", at);
         once(&seen[fnum], "seq", fnum, at);
         h.meta.seq = r.varint("seq");
         break;
       case field::kStep:
-        expect_wt(wt, pb::kVarint, "step", at);
+        expect_wire_type(wt, pb::kVarint, "step", at);
         once(&seen[fnum], "step", fnum, at);
         h.meta.step = static_cast<int64_t>(r.varint("step"));
         break;
       case field::kKind:
-        expect_wt(wt, pb::kLen, "kind", at);
+        expect_wire_type(wt, pb::kLen, "kind", at);
         once(&seen[fnum], "kind", fnum, at);
         h.meta.kind = read_string(r, "kind");
         break;
       case field::kTensors: {
-        expect_wt(wt, pb::kLen, "tensors", at);
+        expect_wire_type(wt, pb::kLen, "tensors", at);
         SL_CHECK(h.tensors.size() < kMaxTensors, WireError,
                  "frame declares more than " << kMaxTensors << " tensors (byte " << at << ")");
-        const auto span = r.len_delimited("a tensor descriptor");
-        const size_t b = span.first, e = span.second;  // named variables: lambdas below capture b
-        TensorDesc d;
-        size_t tseen[field::kCodec + 1];
-        std::fill(std::begin(tseen), std::end(tseen), kNotSeen);
-        pb::Reader t(data, b, e);
-        while (!t.done()) {
-          const size_t tat = t.pos();
-          uint32_t twt = 0;
-          const uint32_t tf = t.field_tag(&twt);
-          switch (tf) {
-            case field::kPath: {
-              expect_wt(twt, pb::kLen, "tensor.path", tat);
-              SL_CHECK(d.path.size() < kMaxPathDepth, WireError,
-                       "tensor descriptor at byte " << b << " nests deeper than " << kMaxPathDepth << " levels");
-              d.path.push_back(read_string(t, "tensor.path"));
-              SL_CHECK(!d.path.back().empty(), WireError, "tensor descriptor at byte " << b << " has an empty key");
-              break;
-            }
-            case field::kDType: {
-              expect_wt(twt, pb::kVarint, "tensor.dtype", tat);
-              once(&tseen[tf], "tensor.dtype", tf, tat, b);
-              const uint64_t v = t.varint("tensor.dtype");
-              SL_CHECK(is_valid_dtype(v), WireError,
-                       "tensor descriptor at byte " << b << " has unknown dtype " << v << " (known: 1.." << kMaxDType
-                                                    << "); the sender may run a newer splitlink");
-              d.dtype = static_cast<DType>(v);
-              break;
-            }
-            case field::kShape: {
-              auto push_dim = [&](uint64_t v) {
-                SL_CHECK(d.shape.size() < kMaxNdim, WireError,
-                         "tensor descriptor at byte " << b << " has more than " << kMaxNdim << " dimensions");
-                SL_CHECK(v <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), WireError,
-                         "tensor descriptor at byte " << b << " has dimension " << v << ", beyond int64");
-                d.shape.push_back(static_cast<int64_t>(v));
-              };
-              if (twt == pb::kLen) {
-                auto [sb, se] = t.len_delimited("tensor.shape");
-                pb::Reader s(data, sb, se);
-                while (!s.done()) push_dim(s.varint("tensor.shape"));
-              } else {
-                expect_wt(twt, pb::kVarint, "tensor.shape", tat);
-                push_dim(t.varint("tensor.shape"));
-              }
-              break;
-            }
-            case field::kOffset:
-              expect_wt(twt, pb::kVarint, "tensor.offset", tat);
-              once(&tseen[tf], "tensor.offset", tf, tat, b);
-              d.offset = t.varint("tensor.offset");
-              break;
-            case field::kLength:
-              expect_wt(twt, pb::kVarint, "tensor.length", tat);
-              once(&tseen[tf], "tensor.length", tf, tat, b);
-              d.length = t.varint("tensor.length");
-              break;
-            case field::kCodec: {
-              expect_wt(twt, pb::kLen, "tensor.codec", tat);
-              once(&tseen[tf], "tensor.codec", tf, tat, b);
-              auto [cb, ce] = t.len_delimited("tensor.codec");
-              pb::Reader c(data, cb, ce);
-              size_t cseen[field::kValueBits + 1];
-              std::fill(std::begin(cseen), std::end(cseen), kNotSeen);
-              while (!c.done()) {
-                const size_t cat = c.pos();
-                uint32_t cwt = 0;
-                const uint32_t cf = c.field_tag(&cwt);
-                if (cf <= field::kValueBits) {
-                  static const char* const kNames[] = {"", "codec.type", "codec.bit_num", "codec.block_size",
-                                                       "codec.topk_count", "codec.value_bits"};
-                  once(&cseen[cf], kNames[cf], cf, cat, b);
-                }
-                auto small = [&](const char* what) {
-                  expect_wt(cwt, pb::kVarint, what, cat);
-                  const uint64_t v = c.varint(what);
-                  SL_CHECK(v <= 0xFFFFFFFFu, WireError, what << " " << v << " at byte " << cat << " is out of range");
-                  return static_cast<uint32_t>(v);
-                };
-                if (cf == field::kCodecType) {
-                  const uint32_t v = small("codec.type");
-                  SL_CHECK(v <= codec::kMaxCodecType, WireError,
-                           "tensor descriptor at byte " << b << " uses unknown codec type " << v
-                                                        << "; the sender may run a newer splitlink");
-                  d.codec.type = static_cast<CodecType>(v);
-                } else if (cf == field::kBitNum) {
-                  d.codec.bit_num = small("codec.bit_num");
-                } else if (cf == field::kValueBits) {
-                  d.codec.value_bits = small("codec.value_bits");
-                } else if (cf == field::kBlockSize) {
-                  expect_wt(cwt, pb::kVarint, "codec.block_size", cat);
-                  d.codec.block_size = c.varint("codec.block_size");
-                } else if (cf == field::kTopKCount) {
-                  expect_wt(cwt, pb::kVarint, "codec.topk_count", cat);
-                  d.codec.topk_count = c.varint("codec.topk_count");
-                } else {
-                  c.skip(static_cast<pb::WireType>(cwt), cf, cat);
-                }
-              }
-              break;
-            }
-            default:
-              t.skip(static_cast<pb::WireType>(twt), tf, tat);
-          }
-        }
+        const auto [b, e] = r.len_delimited("a tensor descriptor");
+        h.tensors.push_back(read_tensor_desc(data, b, e));
         desc_pos.push_back(b);
-        h.tensors.push_back(std::move(d));
         break;
       }
       case field::kPayload: {
-        expect_wt(wt, pb::kLen, "payload", at);
+        expect_wire_type(wt, pb::kLen, "payload", at);
         once(&seen[fnum], "payload", fnum, at);
         auto [b, e] = r.len_delimited("payload");
         h.payload_offset = b;
@@ -515,7 +584,7 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         break;
       }
       case field::kPadding:
-        expect_wt(wt, pb::kLen, "padding", at);
+        expect_wire_type(wt, pb::kLen, "padding", at);
         once(&seen[fnum], "padding", fnum, at);
         (void)r.len_delimited("padding");  // content is meaningless filler
         break;
@@ -535,50 +604,8 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
            (have_payload ? "frame does not end with its payload field (field 15)" : "frame has no payload field (field 15)")
                << "; it is truncated, or was written by an encoder that omits or reorders it");
 
-  // Descriptor-level checks, then global ones (overlap, paths).
-  std::vector<std::pair<uint64_t, size_t>> spans;
-  spans.reserve(h.tensors.size());
-  for (size_t i = 0; i < h.tensors.size(); ++i) {
-    TensorDesc& d = h.tensors[i];
-    const size_t at = desc_pos[i];
-    SL_CHECK(!d.path.empty(), WireError, "tensor #" << i << " (descriptor at byte " << at << ") has no name");
-    const std::string name = path_str(d.path);
-    SL_CHECK(d.dtype != DType::kUnspecified, WireError,
-             "tensor '" << name << "' (descriptor at byte " << at << ") has no dtype");
-    uint64_t numel = 0;
-    SL_CHECK(checked_numel(d.shape, &numel), WireError,
-             "tensor '" << name << "' (descriptor at byte " << at << ") has shape " << shape_str(d.shape)
-                        << " whose element count overflows int64");
-    d.numel = numel;
-    uint64_t nbytes = 0;
-    SL_CHECK(!__builtin_mul_overflow(numel, itemsize(d.dtype), &nbytes), WireError,
-             "tensor '" << name << "' (descriptor at byte " << at << ") has shape " << shape_str(d.shape)
-                        << " whose byte size overflows");
-    codec::validate(d.codec, d.dtype, numel, name, /*from_wire=*/true);
-    const uint64_t want = d.codec.is_none() ? nbytes : codec::encoded_size(d.codec, d.dtype, numel);
-    SL_CHECK(d.length == want, WireError,
-             "tensor '" << name << "' (descriptor at byte " << at << ") declares " << d.length << " bytes but shape "
-                        << shape_str(d.shape) << " of " << dtype_name(d.dtype) << " with codec "
-                        << codec::codec_name(d.codec.type) << " needs " << want);
-    SL_CHECK(d.offset % kAlignment == 0, WireError,
-             "tensor '" << name << "' (descriptor at byte " << at << ") starts at payload offset " << d.offset
-                        << ", which is not a multiple of " << kAlignment);
-    SL_CHECK(d.offset <= h.payload_length && d.length <= h.payload_length - d.offset, WireError,
-             "tensor '" << name << "' (descriptor at byte " << at << ") spans payload bytes [" << d.offset << ", "
-                        << d.offset << "+" << d.length << ") but the payload has " << h.payload_length
-                        << " bytes (frame truncated?)");
-    if (d.length != 0) spans.emplace_back(d.offset, i);
-    d.offset += h.payload_offset;
-  }
-  std::sort(spans.begin(), spans.end());
-  for (size_t k = 1; k < spans.size(); ++k) {
-    const TensorDesc& prev = h.tensors[spans[k - 1].second];
-    const TensorDesc& cur = h.tensors[spans[k].second];
-    SL_CHECK(prev.offset + prev.length <= cur.offset, WireError,
-             "tensors '" << path_str(prev.path) << "' and '" << path_str(cur.path) << "' overlap in the payload");
-  }
-  check_paths<WireError>(h.tensors.size(), [&](size_t i) -> const std::vector<std::string>& { return h.tensors[i].path; },
-                         "frame: ");
+  for (size_t i = 0; i < h.tensors.size(); ++i) check_tensor_desc(h.tensors[i], i, desc_pos[i], h);
+  check_slots(h);
   return h;
 }
 

@@ -1,4 +1,4 @@
-// Owned, 64-byte aligned byte buffers for frames.
+// Bytes in memory: owned, 64-byte aligned buffers for frames, and views of bytes owned elsewhere.
 //
 // Large buffers are backed by anonymous mmap and advised for transparent huge pages, which cuts
 // the first-touch page-fault cost that dominates writing into fresh memory; callers keep and
@@ -9,6 +9,16 @@
 #include <cstdint>
 
 namespace splitlink {
+
+// `v` rounded up to a multiple of `a` (a > 0).
+constexpr size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+// A run of bytes that lives somewhere else (e.g. a tensor's own memory): lets a writer encrypt
+// or copy a message straight from its pieces without first gathering them into one buffer.
+struct Span {
+  const uint8_t* src;
+  size_t len;
+};
 
 class AlignedBuffer {
  public:

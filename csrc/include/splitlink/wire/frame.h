@@ -18,7 +18,6 @@
 
 #include "splitlink/codec/codec.h"
 #include "splitlink/dtype.h"
-#include "splitlink/wire/pbio.h"
 
 namespace splitlink::wire {
 
@@ -159,8 +158,5 @@ std::string printable(std::string_view s);
 
 // Validates UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
 bool is_valid_utf8(std::string_view s);
-
-// Reads a length-delimited string field (at most kMaxStringBytes, valid UTF-8) or throws WireError.
-std::string read_string(pb::Reader& r, const char* what);
 
 }  // namespace splitlink::wire

@@ -1,4 +1,4 @@
-// RAII around OpenSSL EVP objects and error reporting. Internal to the core.
+// OpenSSL helpers: RAII around EVP objects, error text, cached cipher fetches. Internal to the core.
 #pragma once
 
 #include <openssl/err.h>
@@ -9,7 +9,7 @@
 
 #include "splitlink/errors.h"
 
-namespace splitlink::secure::detail {
+namespace splitlink::openssl {
 
 struct CtxFree {
   void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
@@ -47,4 +47,4 @@ inline CipherCtx new_ctx() {
 // (fetching on every init costs a provider lookup).
 const EVP_CIPHER* fetch_cipher(const char* name);
 
-}  // namespace splitlink::secure::detail
+}  // namespace splitlink::openssl

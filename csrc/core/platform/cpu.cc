@@ -7,9 +7,10 @@
 
 #include "splitlink/errors.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "simd.h"
+
+#ifdef SPLITLINK_SIMD_X86
 #include <cpuid.h>
-#define SPLITLINK_X86 1
 #endif
 
 namespace splitlink::cpu {
@@ -22,7 +23,7 @@ constexpr const char* kAllowed =
 
 unsigned detect() {
   unsigned m = 0;
-#ifdef SPLITLINK_X86
+#ifdef SPLITLINK_SIMD_X86
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
   if (((c >> 25) & 1) && ((c >> 1) & 1)) m |= kAesni;

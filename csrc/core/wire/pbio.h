@@ -3,12 +3,14 @@
 // The frame encoder writes protobuf bytes directly from tensor memory, and the decoder reads
 // them without a protobuf runtime, so both need only these primitives. The reader never reads
 // past its end: every length is checked against the bytes remaining, without overflow.
+// Internal to the core (the frame and sealed-frame codecs, and the C++ tests that forge frames).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <utility>
 
 #include "splitlink/errors.h"
 

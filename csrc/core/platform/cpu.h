@@ -1,5 +1,6 @@
-// Run-time CPU feature checks. The wheel is built for baseline x86-64; hot loops have AVX2/F16C
-// variants compiled with target attributes and chosen at each call from the features in force.
+// Run-time CPU feature checks. Internal to the core. The wheel is built for baseline x86-64; hot
+// loops have AVX2/F16C variants compiled with target attributes (simd.h) and chosen at each call
+// from the features in force.
 //
 // The features in force are the ones the CPU (and OS) support, limited by the environment
 // variable SPLITLINK_CPU_FEATURES, read once at first use: a comma-separated list of the features
