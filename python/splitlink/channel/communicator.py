@@ -62,7 +62,7 @@ from splitlink.channel.identity import CertificateIdentityInterceptor
 from splitlink.channel.inbox import Inbox
 from splitlink.channel.keys import KeySession
 from splitlink.channel.protocol import ProtocolError
-from splitlink.channel.retry import RetryGaveUp, RetryPolicy, transient
+from splitlink.channel.retry import RetryGaveUp, RetryPolicy
 from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CryptoError, SplitlinkError
 
