@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitlink import ServerConfig, VerticalFederatedCommunicator, wire
-from splitlink.channel import _ANNOUNCE_REQ, _HEADER, _MAGIC
+from splitlink.channel.protocol import ANNOUNCEMENT as _ANNOUNCE_REQ, MAGIC as _MAGIC, STREAM_HEADER as _HEADER
 from splitlink.util import free_ports
 
 SERVICE = "/splitlink.v1.Transport"

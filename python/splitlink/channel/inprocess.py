@@ -1,0 +1,81 @@
+"""The communicator API inside one process: parties are objects sharing a hub, not processes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from splitlink import wire
+from splitlink.channel.config import ServerConfig
+from splitlink.channel.inbox import Inbox
+from splitlink.channel.protocol import check_kind
+from splitlink.codec import CompressConfig, ErrorFeedback
+
+__all__ = ["InProcessCommunicator"]
+
+
+class InProcessCommunicator:
+    """The communicator API inside one process (the seed's run_*_local scripts).
+
+    Tensors pass by reference, or with ``through_codecs=True`` through the real pack/unpack path
+    (compression included), to study compression effects without processes. Create one per party
+    with a shared ``hub`` dict.
+    """
+
+    def __init__(
+        self,
+        http_server_config: ServerConfig,
+        remote_server_config: ServerConfig | Sequence[ServerConfig],
+        compress_configs: Mapping[str, CompressConfig] | None = None,
+        *,
+        hub: dict[str, Any],
+        through_codecs: bool = False,
+    ) -> None:
+        remotes = [remote_server_config] if isinstance(remote_server_config, ServerConfig) else list(remote_server_config)
+        self.me = http_server_config.server_name
+        self.peers = [r.server_name for r in remotes]
+        self.compress_configs = dict(compress_configs or {})
+        self.through_codecs = through_codecs
+        self._hub = hub
+        self._feedback = {p: ErrorFeedback() for p in self.peers}
+        hub.setdefault("queues", {})
+        for p in self.peers:
+            hub["queues"].setdefault((p, self.me), Inbox(p, 1 << 30, 1 << 62))
+            hub["queues"].setdefault((self.me, p), Inbox(self.me, 1 << 30, 1 << 62))
+
+    def launch(self) -> InProcessCommunicator:
+        return self
+
+    def shutdown(self) -> None:
+        for p in self.peers:
+            self._hub["queues"][(self.me, p)].close()
+
+    def __enter__(self) -> InProcessCommunicator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
+                     kind: str = "tensors") -> None:
+        if target_server_name not in self.peers:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        inbox = self._hub["queues"][(self.me, target_server_name)]
+        if self.through_codecs:
+            payload: Any = wire.pack(tensors, sender=self.me, step=step or 0, kind=kind, compress=self.compress_configs,
+                                     error_feedback=self._feedback[target_server_name])
+        else:
+            payload = (kind, tensors)
+        inbox.append(payload)
+
+    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
+        if target_server_name not in self.peers:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
+        if self.through_codecs:
+            frame = wire.unpack(payload)
+            check_kind(frame.kind, kind, target_server_name)
+            return frame.tensors
+        got_kind, tensors = payload
+        check_kind(got_kind, kind, target_server_name)
+        return tensors  # type: ignore[no-any-return]
