@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
 import warnings
 from collections import OrderedDict
@@ -157,6 +158,91 @@ def _in_engine() -> Any:
     environment present (ZeRO-3 reads LOCAL_RANK on every forward, not only at initialisation)."""
     with _quiet_deepspeed(), own_group_env():
         yield
+
+
+def _roots(outs: Mapping[str, torch.Tensor], terms: Sequence[Term],
+           grads_out: Mapping[Term, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(output, the sum of its terms' sens) for each output the terms name."""
+    summed: dict[str, torch.Tensor] = {}
+    for t in terms:
+        summed[t[0]] = summed[t[0]] + grads_out[t] if t[0] in summed else grads_out[t]
+    return [(outs[n], g) for n, g in summed.items()]
+
+
+def _vjp_past_engine_hooks(roots: list[tuple[torch.Tensor, torch.Tensor]], wrt: list[torch.Tensor],
+                           retain_graph: bool) -> list[torch.Tensor | None]:
+    """``torch.autograd.grad`` of the outputs of a DeepSpeed engine's forward, each weighted by its given
+    gradient, as plain autograd computes it.
+
+    The engine hooks every output of its forward: a backward that is not its own ``engine.backward``
+    gets the output's gradient divided by gradient_accumulation_steps there (DeepSpeed 0.19's
+    ``_backward_prologue_per_tensor``, for users who call ``loss.backward()``). A hook registered after
+    the engine's runs after it and puts the given gradient back."""
+    handles = [out.register_hook(lambda _seen, g=g: g) for out, g in roots]
+    try:
+        return list(torch.autograd.grad([o for o, _ in roots], wrt, [g for _, g in roots],
+                                        retain_graph=retain_graph, allow_unused=True))
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _EngineScaleProbe:
+    """Measures how a DeepSpeed engine's backward scaled the gradients it propagated, instead of assuming it.
+
+    The objective reads each output through a view (``views``). A hook on the objective (``watch``) sees
+    the scalar the engine's loss handling multiplied it by (1/gradient_accumulation_steps, the fp16 loss
+    scale); a hook on each view and one on the output behind it, registered after the engine's own, see the
+    output's gradient before and after the engine's per-output hooks (DeepSpeed leaves it as it is under
+    engine.backward, but says so only in its code). ``unscale()`` is then the factor that turns the
+    gradients that reached the inputs into the plain vector-Jacobian products."""
+
+    def __init__(self, outs: Mapping[str, torch.Tensor], names: set[str]) -> None:
+        self.views: dict[str, torch.Tensor] = {}
+        self.objective_grad: float | None = None
+        self.hook_ratio = 1.0
+        self._before: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        for n in sorted(names):
+            out = outs[n]
+            view = out.view_as(out)
+            self.views[n] = view
+            self._handles.append(view.register_hook(lambda g, n=n: self._seen_before(n, g)))
+            self._handles.append(out.register_hook(lambda g, n=n: self._seen_after(n, g)))
+
+    def watch(self, objective: torch.Tensor) -> None:
+        self._handles.append(objective.register_hook(self._seen_objective))
+
+    def _seen_objective(self, g: torch.Tensor) -> None:
+        self.objective_grad = float(g)
+
+    def _seen_before(self, n: str, g: torch.Tensor) -> None:
+        self._before[n] = g
+
+    def _seen_after(self, n: str, g: torch.Tensor) -> None:
+        before = self._before.pop(n, None)
+        if before is None or torch.equal(before, g):
+            return
+        b = before.double()
+        norm = float((b * b).sum())
+        ratio = float((g.double() * b).sum()) / norm if norm > 0 else 1.0
+        if math.isfinite(ratio) and ratio != 0.0:
+            if self.hook_ratio != 1.0 and abs(ratio / self.hook_ratio - 1.0) > 1e-2:
+                raise RuntimeError(f"the DeepSpeed engine scaled its outputs' gradients by different factors "
+                                   f"({self.hook_ratio:g}, {ratio:g}); FLModel cannot unscale the input "
+                                   "gradients it sends upstream")
+            self.hook_ratio = ratio
+
+    def unscale(self) -> float:
+        """1 / (everything the engine multiplied the input gradients by); NaN if it overflowed."""
+        m = (self.objective_grad if self.objective_grad is not None else math.nan) * self.hook_ratio
+        return 1.0 / m if math.isfinite(m) and m != 0.0 else math.nan
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._before.clear()
 
 
 def init_deepspeed_runtime() -> Any:
@@ -368,6 +454,18 @@ class FLModel:
         self.engine = engine
         self.optimizers = [optimizer]
         self._gas = int(engine.gradient_accumulation_steps())
+        # DeepSpeed 0.19's engine.backward applies the fp16 loss scale only through a ZeRO optimizer (or
+        # torch autocast's scaler); its plain fp16 optimizers (ZeRO stage 0) divide by it all the same in
+        # their step (deepspeedai/DeepSpeed#8393). FLModel then scales the loss itself; every step
+        # checks what the engine did (_check_fp16_scaling) and switches if a DeepSpeed scales after all.
+        self._prescale_fp16 = False
+        if engine.fp16_enabled() and getattr(engine, "torch_autocast_z0_gradscaler", None) is None:
+            try:
+                from deepspeed.runtime.base_optimizer import ZeROOptimizer
+            except ImportError:  # another DeepSpeed: the first step's check decides
+                pass
+            else:
+                self._prescale_fp16 = not isinstance(engine.optimizer, ZeROOptimizer)
         dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else None
         self._engine_dtype = dtype
 
@@ -609,42 +707,58 @@ class FLModel:
         scalers = [c for c in self._consumers if c.kind == "scaler"]
         input_grads: dict[int, torch.Tensor | None] = {}
         same = all(set(c.terms) == set(opt_c.terms) for c in scalers)
-        if scalers and not same:
-            # The scalers' terms differ from the optimizer's: their input gradients first, graph retained.
-            for c in scalers:
-                wrt = self._wrt(c, inputs)
-                live = [t for t in c.terms if outs[t[0]].requires_grad]
-                if wrt and live:
-                    res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
-                                              retain_graph=True, allow_unused=True)
-                    input_grads.update({id(x): g for x, g in zip(wrt, res)})
         live = [t for t in opt_c.terms if outs[t[0]].requires_grad]
-        objective = sum((outs[t[0]] * grads_out[t]).sum() for t in live)
         ls = opt_c.loss_scale
+        fp16 = bool(engine.fp16_enabled())
+        amp_scale = self._fp16_scale() if fp16 else 1.0
+        differentiable = bool(live)
+        # The input gradients of a one-pass backward come out of engine.backward scaled by whatever the
+        # engine did (1/gradient_accumulation_steps, the fp16 loss scale, its hooks): measured, then undone.
+        probe = _EngineScaleProbe(outs, {t[0] for t in live}) if scalers and same and differentiable else None
+        src = probe.views if probe is not None else outs
+        objective: Any = sum((src[t[0]] * grads_out[t]).sum() for t in live)
+        if probe is not None:
+            probe.watch(objective)
         if ls != 1.0:
             objective = objective / ls
-        # engine.backward divides by gradient_accumulation_steps and, under fp16, multiplies by its
-        # dynamic loss scale: undo both for the input gradients sent upstream.
-        amp_scale = 1.0
-        fp16 = bool(engine.fp16_enabled())
-        if fp16:
-            amp_scale = self._fp16_scale()
-        differentiable = isinstance(objective, torch.Tensor) and objective.requires_grad
+        prescaled = fp16 and differentiable and self._prescale_fp16 and amp_scale != 1.0
+        if prescaled:
+            # DeepSpeed 0.19's engine.backward leaves the loss unscaled for its non-ZeRO fp16 optimizers,
+            # whose step divides by the loss scale all the same (deepspeedai/DeepSpeed#8393): scaled
+            # here, in fp32 as their own backward does.
+            objective = objective.float() * amp_scale
         # Under fp16 the graph is kept until the input gradients are known to be finite (freeing it
-        # during backward lowers no peak: the activations are all alive when backward starts).
-        keep_graph = fp16 and scalers and same and differentiable
-        with _in_engine():
-            if differentiable:
-                engine.backward(objective, retain_graph=keep_graph)
-            engine.step()
+        # during backward lowers no peak: the activations are all alive when backward starts); scalers
+        # with terms of their own differentiate it after the engine's backward.
+        keep_graph = differentiable and bool(scalers) and (fp16 or not same)
+        try:
+            with _in_engine():
+                if differentiable:
+                    engine.backward(objective, retain_graph=keep_graph)
+                if scalers and not same:
+                    # After engine.backward, whose output hooks begin the engine's backward bookkeeping once
+                    # per forward; and before the step changes the weights the graph saved.
+                    for c in scalers:
+                        wrt = self._wrt(c, inputs)
+                        c_live = [t for t in c.terms if outs[t[0]].requires_grad]
+                        if wrt and c_live:
+                            res = _vjp_past_engine_hooks(_roots(outs, c_live, grads_out), wrt, retain_graph=True)
+                            input_grads.update({id(x): g for x, g in zip(wrt, res)})
+                engine.step()
+        finally:
+            if probe is not None:
+                probe.remove()
         if scalers and same:
-            factor = ls * self._gas / amp_scale
             wrt = [x for c in scalers for x in self._wrt(c, inputs)]
             grads = [x.grad for x in wrt]
             for x in wrt:
                 x.grad = None
-            if keep_graph and not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                grads, factor = self._input_grads_after_overflow(objective, wrt, ls)
+            factor = probe.unscale() if probe is not None else 1.0
+            if probe is not None and fp16:
+                self._check_fp16_scaling(probe, amp_scale / (ls * self._gas), prescaled)
+            if keep_graph and not (math.isfinite(factor)
+                                   and all(g is None or bool(torch.isfinite(g).all()) for g in grads)):
+                grads, factor = self._input_grads_after_overflow(_roots(outs, live, grads_out), wrt)
             for x, g in zip(wrt, grads):
                 if g is not None and factor != 1.0:
                     # unscaled in fp32: an fp16 gradient divided by the loss scale in fp16 would
@@ -653,23 +767,46 @@ class FLModel:
                 input_grads[id(x)] = g
         return input_grads
 
+    def _check_fp16_scaling(self, probe: _EngineScaleProbe, expected: float, prescaled: bool) -> None:
+        """The engine should have multiplied the objective by its fp16 loss scale / accumulation steps
+        (``expected``, which also divides by the optimizer's loss_scale). Where it did not, or did so on top of FLModel's
+        own scaling, the parameter gradients of this step were off by the loss scale: FLModel switches
+        its scaling for the next steps (the input gradients sent upstream are right either way)."""
+        got = probe.objective_grad
+        if got is None or not math.isfinite(got) or got == 0.0 or expected <= 0.0:
+            return
+        off = math.log2(got / expected)
+        if abs(off) < 0.5:
+            return
+        if off < 0 and not prescaled:
+            self._prescale_fp16 = True
+        elif off > 0 and prescaled:
+            self._prescale_fp16 = False
+        else:
+            return
+        log.warning("%s: the DeepSpeed engine's backward scaled the loss by %g, not by its fp16 loss scale / "
+                    "gradient_accumulation_steps (%g): this step's parameter gradients were off by that ratio; "
+                    "FLModel %s the loss scale itself from now on", self.name, got, expected,
+                    "applies" if self._prescale_fp16 else "no longer applies")
+
     def _fp16_scale(self) -> float:
         opt = self.engine.optimizer
         return float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", 1.0)))
 
-    def _input_grads_after_overflow(self, objective: torch.Tensor, wrt: list[torch.Tensor],
-                                    ls: float) -> tuple[list[torch.Tensor | None], float]:
-        """The fp16 backward overflowed: the engine skipped its step and lowered its loss scale, as
-        DeepSpeed does, but the peers still need this batch's input gradients, and the scaled ones are
-        inf/NaN. Differentiates the kept graph again, for the inputs only, at the engine's new scale
-        (halved further while it still overflows); returns (gradients, factor that unscales them)."""
+    def _input_grads_after_overflow(self, roots: list[tuple[torch.Tensor, torch.Tensor]],
+                                    wrt: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], float]:
+        """The fp16 backward overflowed: the engine skipped its step (or will at the accumulation boundary)
+        and lowered its loss scale, as DeepSpeed does, but the peers still need this batch's input
+        gradients, and the scaled ones are inf/NaN. Differentiates the kept graph again, for the inputs
+        only, at the engine's loss scale (halved further while it still overflows); returns (gradients,
+        factor that unscales them)."""
         scale = max(self._fp16_scale(), 1.0)
         while True:
-            grads = list(torch.autograd.grad(objective * scale, wrt, retain_graph=scale > 1.0, allow_unused=True))
+            grads = _vjp_past_engine_hooks([(out, g * scale) for out, g in roots], wrt, retain_graph=scale > 1.0)
             if scale <= 1.0 or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                log.info("%s: fp16 overflow; the engine skipped its step, input gradients recomputed at loss "
+                log.info("%s: fp16 overflow; the engine skips its step, input gradients recomputed at loss "
                          "scale %g", self.name, scale)
-                return grads, ls / scale
+                return grads, 1.0 / scale
             scale = max(scale / 2, 1.0)
 
     @torch.no_grad()
