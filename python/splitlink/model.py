@@ -169,80 +169,85 @@ def _roots(outs: Mapping[str, torch.Tensor], terms: Sequence[Term],
     return [(outs[n], g) for n, g in summed.items()]
 
 
-def _vjp_past_engine_hooks(roots: list[tuple[torch.Tensor, torch.Tensor]], wrt: list[torch.Tensor],
-                           retain_graph: bool) -> list[torch.Tensor | None]:
-    """``torch.autograd.grad`` of the outputs of a DeepSpeed engine's forward, each weighted by its given
-    gradient, as plain autograd computes it.
+def _hooked_tensors(result: Any) -> list[torch.Tensor]:
+    """The tensors of an engine forward's result that DeepSpeed hooks: those with a grad_fn, in
+    tensors, tuples, lists and mappings, as its register_output_backward_hooks finds them."""
+    found: dict[int, torch.Tensor] = {}
+    stack = [result]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            if x.grad_fn is not None:
+                found[id(x)] = x
+        elif isinstance(x, (tuple, list)):
+            stack.extend(x)
+        elif isinstance(x, Mapping):
+            stack.extend(x.values())
+    return list(found.values())
 
-    The engine hooks every output of its forward: a backward that is not its own ``engine.backward``
-    gets the output's gradient divided by gradient_accumulation_steps there (DeepSpeed 0.19's
-    ``_backward_prologue_per_tensor``, for users who call ``loss.backward()``). A hook registered after
-    the engine's runs after it and puts the given gradient back."""
-    handles = [out.register_hook(lambda _seen, g=g: g) for out, g in roots]
-    try:
-        return list(torch.autograd.grad([o for o, _ in roots], wrt, [g for _, g in roots],
-                                        retain_graph=retain_graph, allow_unused=True))
-    finally:
-        for h in handles:
-            h.remove()
 
+class _EngineOutputHooks:
+    """Hooks on the tensors a DeepSpeed engine's forward returned, registered after the engine's own
+    there, so they run after them.
 
-class _EngineScaleProbe:
-    """Measures how a DeepSpeed engine's backward scaled the gradients it propagated, instead of assuming it.
+    DeepSpeed 0.19 hooks every output of its forward with ``_backward_prologue_per_tensor``, which
+    leaves the gradient as it is under ``engine.backward`` and divides it by gradient_accumulation_steps
+    in any other backward (for users who call ``loss.backward()``). These hooks ask that same function
+    what it does in the running backward (``ratio``, 1 if the engine has no such function) and, with
+    ``undo``, divide it out again: a backward of FLModel's own through the engine's outputs then gives
+    the plain vector-Jacobian products."""
 
-    The objective reads each output through a view (``views``). A hook on the objective (``watch``) sees
-    the scalar the engine's loss handling multiplied it by (1/gradient_accumulation_steps, the fp16 loss
-    scale); a hook on each view and one on the output behind it, registered after the engine's own, see the
-    output's gradient before and after the engine's per-output hooks (DeepSpeed leaves it as it is under
-    engine.backward, but says so only in its code). ``unscale()`` is then the factor that turns the
-    gradients that reached the inputs into the plain vector-Jacobian products."""
+    def __init__(self, engine: Any, tensors: list[torch.Tensor], undo: bool) -> None:
+        self._fn = getattr(engine, "_backward_prologue_per_tensor", None)
+        self._undo = undo
+        self.ratio = 1.0
+        self._handles = [t.register_hook(self._seen) for t in tensors] if self._fn is not None else []
 
-    def __init__(self, outs: Mapping[str, torch.Tensor], names: set[str]) -> None:
-        self.views: dict[str, torch.Tensor] = {}
-        self.objective_grad: float | None = None
-        self.hook_ratio = 1.0
-        self._before: dict[str, torch.Tensor] = {}
-        self._handles: list[Any] = []
-        for n in sorted(names):
-            out = outs[n]
-            view = out.view_as(out)
-            self.views[n] = view
-            self._handles.append(view.register_hook(lambda g, n=n: self._seen_before(n, g)))
-            self._handles.append(out.register_hook(lambda g, n=n: self._seen_after(n, g)))
-
-    def watch(self, objective: torch.Tensor) -> None:
-        self._handles.append(objective.register_hook(self._seen_objective))
-
-    def _seen_objective(self, g: torch.Tensor) -> None:
-        self.objective_grad = float(g)
-
-    def _seen_before(self, n: str, g: torch.Tensor) -> None:
-        self._before[n] = g
-
-    def _seen_after(self, n: str, g: torch.Tensor) -> None:
-        before = self._before.pop(n, None)
-        if before is None or torch.equal(before, g):
-            return
-        b = before.double()
-        norm = float((b * b).sum())
-        ratio = float((g.double() * b).sum()) / norm if norm > 0 else 1.0
-        if math.isfinite(ratio) and ratio != 0.0:
-            if self.hook_ratio != 1.0 and abs(ratio / self.hook_ratio - 1.0) > 1e-2:
-                raise RuntimeError(f"the DeepSpeed engine scaled its outputs' gradients by different factors "
-                                   f"({self.hook_ratio:g}, {ratio:g}); FLModel cannot unscale the input "
-                                   "gradients it sends upstream")
-            self.hook_ratio = ratio
-
-    def unscale(self) -> float:
-        """1 / (everything the engine multiplied the input gradients by); NaN if it overflowed."""
-        m = (self.objective_grad if self.objective_grad is not None else math.nan) * self.hook_ratio
-        return 1.0 / m if math.isfinite(m) and m != 0.0 else math.nan
+    def _seen(self, g: torch.Tensor) -> torch.Tensor | None:
+        assert self._fn is not None
+        probe = torch.ones((), dtype=torch.float64)
+        r = self._fn(probe)
+        self.ratio = 1.0 if r is None else float(r)
+        if self._undo and self.ratio != 1.0 and math.isfinite(self.ratio) and self.ratio != 0.0:
+            return g / self.ratio
+        return None
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self._before.clear()
+
+
+def _vjp_past_engine_hooks(engine: Any, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]],
+                           wrt: list[torch.Tensor], retain_graph: bool) -> list[torch.Tensor | None]:
+    """``torch.autograd.grad`` of the roots (outputs of a DeepSpeed engine's forward, or computed from
+    them), each weighted by its given gradient, as plain autograd computes it: the engine's per-output
+    hooks on ``hooked`` undone (_EngineOutputHooks)."""
+    hooks = _EngineOutputHooks(engine, hooked, undo=True)
+    try:
+        return list(torch.autograd.grad([o for o, _ in roots], wrt, [g for _, g in roots],
+                                        retain_graph=retain_graph, allow_unused=True))
+    finally:
+        hooks.remove()
+
+
+class _ObjectiveGrad:
+    """The gradient a backward gives a scalar objective: what a DeepSpeed engine's backward multiplied
+    it by (1/gradient_accumulation_steps, the fp16 loss scale), measured. Read after the backward (a
+    read inside it would wait for the device)."""
+
+    def __init__(self, objective: torch.Tensor) -> None:
+        self._g: torch.Tensor | None = None
+        self._handle = objective.register_hook(self._seen)
+
+    def _seen(self, g: torch.Tensor) -> None:
+        self._g = g.detach()
+
+    def value(self) -> float | None:
+        return None if self._g is None else float(self._g)
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 def init_deepspeed_runtime() -> Any:
@@ -558,7 +563,8 @@ class FLModel:
         if self.embedding_dp is not None:
             outs = [self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
                     for n, o in zip(self._out_names, outs)]
-        self._pending = {"originals": originals, "inputs": inputs, "outputs": outs}
+        self._pending = {"originals": originals, "inputs": inputs, "outputs": outs,
+                         "hooked": _hooked_tensors(result) if self.engine is not None else []}
         return OrderedDict(zip(self._out_names, outs))
 
     def _same_batch(self, local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> bool:
@@ -602,7 +608,7 @@ class FLModel:
         originals = dict(zip(self._in_names, pending["originals"]))
         grads_out = {t: self._sens(t, outs[t[0]], sens) for t in self._terms}
         if self.engine is not None:
-            input_grads = self._backward_deepspeed(outs, inputs, grads_out)
+            input_grads = self._backward_deepspeed(outs, inputs, grads_out, pending["hooked"])
         else:
             input_grads = self._backward_plain(outs, inputs, grads_out)
         scaled = self._scale_results(inputs, input_grads, originals)
@@ -701,7 +707,8 @@ class FLModel:
         return input_grads
 
     def _backward_deepspeed(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
-                            grads_out: dict[Term, torch.Tensor]) -> dict[int, torch.Tensor | None]:
+                            grads_out: dict[Term, torch.Tensor],
+                            hooked: list[torch.Tensor]) -> dict[int, torch.Tensor | None]:
         engine = self.engine
         opt_c = next(c for c in self._consumers if c.kind == "opt")
         scalers = [c for c in self._consumers if c.kind == "scaler"]
@@ -712,13 +719,13 @@ class FLModel:
         fp16 = bool(engine.fp16_enabled())
         amp_scale = self._fp16_scale() if fp16 else 1.0
         differentiable = bool(live)
-        # The input gradients of a one-pass backward come out of engine.backward scaled by whatever the
-        # engine did (1/gradient_accumulation_steps, the fp16 loss scale, its hooks): measured, then undone.
-        probe = _EngineScaleProbe(outs, {t[0] for t in live}) if scalers and same and differentiable else None
-        src = probe.views if probe is not None else outs
-        objective: Any = sum((src[t[0]] * grads_out[t]).sum() for t in live)
-        if probe is not None:
-            probe.watch(objective)
+        objective: Any = sum((outs[t[0]] * grads_out[t]).sum() for t in live)
+        # The input gradients of the one pass come out of engine.backward multiplied by whatever the
+        # engine did (1/gradient_accumulation_steps, the fp16 loss scale, its per-output hooks): measured
+        # during the backward, divided out after it.
+        measure = scalers and same and differentiable
+        seen_obj = _ObjectiveGrad(objective) if measure else None
+        seen_hooks = _EngineOutputHooks(engine, hooked, undo=False) if measure else None
         if ls != 1.0:
             objective = objective / ls
         prescaled = fp16 and differentiable and self._prescale_fp16 and amp_scale != 1.0
@@ -737,28 +744,33 @@ class FLModel:
                     engine.backward(objective, retain_graph=keep_graph)
                 if scalers and not same:
                     # After engine.backward, whose output hooks begin the engine's backward bookkeeping once
-                    # per forward; and before the step changes the weights the graph saved.
+                    # per forward (ZeRO refuses or breaks a backward before it); before the step changes
+                    # the weights the graph saved.
                     for c in scalers:
                         wrt = self._wrt(c, inputs)
                         c_live = [t for t in c.terms if outs[t[0]].requires_grad]
                         if wrt and c_live:
-                            res = _vjp_past_engine_hooks(_roots(outs, c_live, grads_out), wrt, retain_graph=True)
+                            res = _vjp_past_engine_hooks(engine, hooked, _roots(outs, c_live, grads_out), wrt,
+                                                         retain_graph=True)
                             input_grads.update({id(x): g for x, g in zip(wrt, res)})
                 engine.step()
         finally:
-            if probe is not None:
-                probe.remove()
-        if scalers and same:
+            for seen in (seen_obj, seen_hooks):
+                if seen is not None:
+                    seen.remove()
+        if seen_obj is not None and seen_hooks is not None:
             wrt = [x for c in scalers for x in self._wrt(c, inputs)]
             grads = [x.grad for x in wrt]
             for x in wrt:
                 x.grad = None
-            factor = probe.unscale() if probe is not None else 1.0
-            if probe is not None and fp16:
-                self._check_fp16_scaling(probe, amp_scale / (ls * self._gas), prescaled)
+            g_obj = seen_obj.value()
+            m = math.nan if g_obj is None else g_obj * seen_hooks.ratio
+            factor = 1.0 / m if math.isfinite(m) and m != 0.0 else math.nan
+            if fp16:
+                self._check_fp16_scaling(g_obj, amp_scale / (ls * self._gas), prescaled)
             if keep_graph and not (math.isfinite(factor)
                                    and all(g is None or bool(torch.isfinite(g).all()) for g in grads)):
-                grads, factor = self._input_grads_after_overflow(_roots(outs, live, grads_out), wrt)
+                grads, factor = self._input_grads_after_overflow(hooked, _roots(outs, live, grads_out), wrt)
             for x, g in zip(wrt, grads):
                 if g is not None and factor != 1.0:
                     # unscaled in fp32: an fp16 gradient divided by the loss scale in fp16 would
@@ -767,12 +779,12 @@ class FLModel:
                 input_grads[id(x)] = g
         return input_grads
 
-    def _check_fp16_scaling(self, probe: _EngineScaleProbe, expected: float, prescaled: bool) -> None:
-        """The engine should have multiplied the objective by its fp16 loss scale / accumulation steps
-        (``expected``, which also divides by the optimizer's loss_scale). Where it did not, or did so on top of FLModel's
-        own scaling, the parameter gradients of this step were off by the loss scale: FLModel switches
-        its scaling for the next steps (the input gradients sent upstream are right either way)."""
-        got = probe.objective_grad
+    def _check_fp16_scaling(self, got: float | None, expected: float, prescaled: bool) -> None:
+        """The engine's backward should have multiplied the objective (before the optimizer's loss_scale
+        divides it) by its fp16 loss scale / accumulation steps / loss_scale (``expected``); it multiplied
+        it by ``got``. Where it did not scale, or did so on top of FLModel's own scaling, this step's
+        parameter gradients were off by the loss scale: FLModel switches its scaling for the next steps
+        (the input gradients sent upstream are right either way)."""
         if got is None or not math.isfinite(got) or got == 0.0 or expected <= 0.0:
             return
         off = math.log2(got / expected)
@@ -784,25 +796,26 @@ class FLModel:
             self._prescale_fp16 = False
         else:
             return
-        log.warning("%s: the DeepSpeed engine's backward scaled the loss by %g, not by its fp16 loss scale / "
-                    "gradient_accumulation_steps (%g): this step's parameter gradients were off by that ratio; "
-                    "FLModel %s the loss scale itself from now on", self.name, got, expected,
+        log.warning("%s: the DeepSpeed engine's backward multiplied the loss by %g, not by its fp16 loss scale "
+                    "/ gradient_accumulation_steps (%g): this step's parameter gradients were off by that "
+                    "ratio; FLModel %s the loss scale itself from now on", self.name, got, expected,
                     "applies" if self._prescale_fp16 else "no longer applies")
 
     def _fp16_scale(self) -> float:
         opt = self.engine.optimizer
         return float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", 1.0)))
 
-    def _input_grads_after_overflow(self, roots: list[tuple[torch.Tensor, torch.Tensor]],
+    def _input_grads_after_overflow(self, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]],
                                     wrt: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], float]:
         """The fp16 backward overflowed: the engine skipped its step (or will at the accumulation boundary)
         and lowered its loss scale, as DeepSpeed does, but the peers still need this batch's input
         gradients, and the scaled ones are inf/NaN. Differentiates the kept graph again, for the inputs
-        only, at the engine's loss scale (halved further while it still overflows); returns (gradients,
-        factor that unscales them)."""
+        only, at the engine's loss scale (halved further while it still overflows), its per-output hooks
+        undone; returns (gradients, factor that unscales them)."""
         scale = max(self._fp16_scale(), 1.0)
         while True:
-            grads = _vjp_past_engine_hooks([(out, g * scale) for out, g in roots], wrt, retain_graph=scale > 1.0)
+            grads = _vjp_past_engine_hooks(self.engine, hooked, [(out, g * scale) for out, g in roots], wrt,
+                                           retain_graph=scale > 1.0)
             if scale <= 1.0 or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
                 log.info("%s: fp16 overflow; the engine skips its step, input gradients recomputed at loss "
                          "scale %g", self.name, scale)
