@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
 import warnings
 from collections import OrderedDict
@@ -157,6 +158,96 @@ def _in_engine() -> Any:
     environment present (ZeRO-3 reads LOCAL_RANK on every forward, not only at initialisation)."""
     with _quiet_deepspeed(), own_group_env():
         yield
+
+
+def _roots(outs: Mapping[str, torch.Tensor], terms: Sequence[Term],
+           grads_out: Mapping[Term, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(output, the sum of its terms' sens) for each output the terms name."""
+    summed: dict[str, torch.Tensor] = {}
+    for t in terms:
+        summed[t[0]] = summed[t[0]] + grads_out[t] if t[0] in summed else grads_out[t]
+    return [(outs[n], g) for n, g in summed.items()]
+
+
+def _hooked_tensors(result: Any) -> list[torch.Tensor]:
+    """The tensors of an engine forward's result that DeepSpeed hooks: those with a grad_fn, in
+    tensors, tuples, lists and mappings, as its register_output_backward_hooks finds them."""
+    found: dict[int, torch.Tensor] = {}
+    stack = [result]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            if x.grad_fn is not None:
+                found[id(x)] = x
+        elif isinstance(x, (tuple, list)):
+            stack.extend(x)
+        elif isinstance(x, Mapping):
+            stack.extend(x.values())
+    return list(found.values())
+
+
+class _EngineOutputHooks:
+    """Hooks on the tensors a DeepSpeed engine's forward returned, registered after the engine's own
+    there, so they run after them.
+
+    DeepSpeed 0.19 hooks every output of its forward with ``_backward_prologue_per_tensor``, which
+    leaves the gradient as it is under ``engine.backward`` and divides it by gradient_accumulation_steps
+    in any other backward (for users who call ``loss.backward()``). These hooks ask that same function
+    what it does in the running backward (``ratio``, 1 if the engine has no such function) and, with
+    ``undo``, divide it out again: a backward of FLModel's own through the engine's outputs then gives
+    the plain vector-Jacobian products."""
+
+    def __init__(self, engine: Any, tensors: list[torch.Tensor], undo: bool) -> None:
+        self._fn = getattr(engine, "_backward_prologue_per_tensor", None)
+        self._undo = undo
+        self.ratio = 1.0
+        self._handles = [t.register_hook(self._seen) for t in tensors] if self._fn is not None else []
+
+    def _seen(self, g: torch.Tensor) -> torch.Tensor | None:
+        assert self._fn is not None
+        probe = torch.ones((), dtype=torch.float64)
+        r = self._fn(probe)
+        self.ratio = 1.0 if r is None else float(r)
+        if self._undo and self.ratio != 1.0 and math.isfinite(self.ratio) and self.ratio != 0.0:
+            return g / self.ratio
+        return None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def _vjp_past_engine_hooks(engine: Any, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]],
+                           wrt: list[torch.Tensor], retain_graph: bool) -> list[torch.Tensor | None]:
+    """``torch.autograd.grad`` of the roots (outputs of a DeepSpeed engine's forward, or computed from
+    them), each weighted by its given gradient, as plain autograd computes it: the engine's per-output
+    hooks on ``hooked`` undone (_EngineOutputHooks)."""
+    hooks = _EngineOutputHooks(engine, hooked, undo=True)
+    try:
+        return list(torch.autograd.grad([o for o, _ in roots], wrt, [g for _, g in roots],
+                                        retain_graph=retain_graph, allow_unused=True))
+    finally:
+        hooks.remove()
+
+
+class _ObjectiveGrad:
+    """The gradient a backward gives a scalar objective: what a DeepSpeed engine's backward multiplied
+    it by (1/gradient_accumulation_steps, the fp16 loss scale), measured. Read after the backward (a
+    read inside it would wait for the device)."""
+
+    def __init__(self, objective: torch.Tensor) -> None:
+        self._g: torch.Tensor | None = None
+        self._handle = objective.register_hook(self._seen)
+
+    def _seen(self, g: torch.Tensor) -> None:
+        self._g = g.detach()
+
+    def value(self) -> float | None:
+        return None if self._g is None else float(self._g)
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 def init_deepspeed_runtime() -> Any:
@@ -368,6 +459,18 @@ class FLModel:
         self.engine = engine
         self.optimizers = [optimizer]
         self._gas = int(engine.gradient_accumulation_steps())
+        # DeepSpeed 0.19's engine.backward applies the fp16 loss scale only through a ZeRO optimizer (or
+        # torch autocast's scaler); its plain fp16 optimizers (ZeRO stage 0) divide by it all the same in
+        # their step (deepspeedai/DeepSpeed#8393). FLModel then scales the loss itself; every step
+        # checks what the engine did (_check_fp16_scaling) and switches if a DeepSpeed scales after all.
+        self._prescale_fp16 = False
+        if engine.fp16_enabled() and getattr(engine, "torch_autocast_z0_gradscaler", None) is None:
+            try:
+                from deepspeed.runtime.base_optimizer import ZeROOptimizer
+            except ImportError:  # another DeepSpeed: the first step's check decides
+                pass
+            else:
+                self._prescale_fp16 = not isinstance(engine.optimizer, ZeROOptimizer)
         dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else None
         self._engine_dtype = dtype
 
@@ -460,7 +563,8 @@ class FLModel:
         if self.embedding_dp is not None:
             outs = [self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
                     for n, o in zip(self._out_names, outs)]
-        self._pending = {"originals": originals, "inputs": inputs, "outputs": outs}
+        self._pending = {"originals": originals, "inputs": inputs, "outputs": outs,
+                         "hooked": _hooked_tensors(result) if self.engine is not None else []}
         return OrderedDict(zip(self._out_names, outs))
 
     def _same_batch(self, local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> bool:
@@ -504,7 +608,7 @@ class FLModel:
         originals = dict(zip(self._in_names, pending["originals"]))
         grads_out = {t: self._sens(t, outs[t[0]], sens) for t in self._terms}
         if self.engine is not None:
-            input_grads = self._backward_deepspeed(outs, inputs, grads_out)
+            input_grads = self._backward_deepspeed(outs, inputs, grads_out, pending["hooked"])
         else:
             input_grads = self._backward_plain(outs, inputs, grads_out)
         scaled = self._scale_results(inputs, input_grads, originals)
@@ -603,48 +707,70 @@ class FLModel:
         return input_grads
 
     def _backward_deepspeed(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
-                            grads_out: dict[Term, torch.Tensor]) -> dict[int, torch.Tensor | None]:
+                            grads_out: dict[Term, torch.Tensor],
+                            hooked: list[torch.Tensor]) -> dict[int, torch.Tensor | None]:
         engine = self.engine
         opt_c = next(c for c in self._consumers if c.kind == "opt")
         scalers = [c for c in self._consumers if c.kind == "scaler"]
         input_grads: dict[int, torch.Tensor | None] = {}
         same = all(set(c.terms) == set(opt_c.terms) for c in scalers)
-        if scalers and not same:
-            # The scalers' terms differ from the optimizer's: their input gradients first, graph retained.
-            for c in scalers:
-                wrt = self._wrt(c, inputs)
-                live = [t for t in c.terms if outs[t[0]].requires_grad]
-                if wrt and live:
-                    res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
-                                              retain_graph=True, allow_unused=True)
-                    input_grads.update({id(x): g for x, g in zip(wrt, res)})
         live = [t for t in opt_c.terms if outs[t[0]].requires_grad]
-        objective = sum((outs[t[0]] * grads_out[t]).sum() for t in live)
         ls = opt_c.loss_scale
+        fp16 = bool(engine.fp16_enabled())
+        amp_scale = self._fp16_scale() if fp16 else 1.0
+        differentiable = bool(live)
+        objective: Any = sum((outs[t[0]] * grads_out[t]).sum() for t in live)
+        # The input gradients of the one pass come out of engine.backward multiplied by whatever the
+        # engine did (1/gradient_accumulation_steps, the fp16 loss scale, its per-output hooks): measured
+        # during the backward, divided out after it.
+        measure = scalers and same and differentiable
+        seen_obj = _ObjectiveGrad(objective) if measure else None
+        seen_hooks = _EngineOutputHooks(engine, hooked, undo=False) if measure else None
         if ls != 1.0:
             objective = objective / ls
-        # engine.backward divides by gradient_accumulation_steps and, under fp16, multiplies by its
-        # dynamic loss scale: undo both for the input gradients sent upstream.
-        amp_scale = 1.0
-        fp16 = bool(engine.fp16_enabled())
-        if fp16:
-            amp_scale = self._fp16_scale()
-        differentiable = isinstance(objective, torch.Tensor) and objective.requires_grad
+        prescaled = fp16 and differentiable and self._prescale_fp16 and amp_scale != 1.0
+        if prescaled:
+            # DeepSpeed 0.19's engine.backward leaves the loss unscaled for its non-ZeRO fp16 optimizers,
+            # whose step divides by the loss scale all the same (deepspeedai/DeepSpeed#8393): scaled
+            # here, in fp32 as their own backward does.
+            objective = objective.float() * amp_scale
         # Under fp16 the graph is kept until the input gradients are known to be finite (freeing it
-        # during backward lowers no peak: the activations are all alive when backward starts).
-        keep_graph = fp16 and scalers and same and differentiable
-        with _in_engine():
-            if differentiable:
-                engine.backward(objective, retain_graph=keep_graph)
-            engine.step()
-        if scalers and same:
-            factor = ls * self._gas / amp_scale
+        # during backward lowers no peak: the activations are all alive when backward starts); scalers
+        # with terms of their own differentiate it after the engine's backward.
+        keep_graph = differentiable and bool(scalers) and (fp16 or not same)
+        try:
+            with _in_engine():
+                if differentiable:
+                    engine.backward(objective, retain_graph=keep_graph)
+                if scalers and not same:
+                    # After engine.backward, whose output hooks begin the engine's backward bookkeeping once
+                    # per forward (ZeRO refuses or breaks a backward before it); before the step changes
+                    # the weights the graph saved.
+                    for c in scalers:
+                        wrt = self._wrt(c, inputs)
+                        c_live = [t for t in c.terms if outs[t[0]].requires_grad]
+                        if wrt and c_live:
+                            res = _vjp_past_engine_hooks(engine, hooked, _roots(outs, c_live, grads_out), wrt,
+                                                         retain_graph=True)
+                            input_grads.update({id(x): g for x, g in zip(wrt, res)})
+                engine.step()
+        finally:
+            for seen in (seen_obj, seen_hooks):
+                if seen is not None:
+                    seen.remove()
+        if seen_obj is not None and seen_hooks is not None:
             wrt = [x for c in scalers for x in self._wrt(c, inputs)]
             grads = [x.grad for x in wrt]
             for x in wrt:
                 x.grad = None
-            if keep_graph and not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                grads, factor = self._input_grads_after_overflow(objective, wrt, ls)
+            g_obj = seen_obj.value()
+            m = math.nan if g_obj is None else g_obj * seen_hooks.ratio
+            factor = 1.0 / m if math.isfinite(m) and m != 0.0 else math.nan
+            if fp16:
+                self._check_fp16_scaling(g_obj, amp_scale / (ls * self._gas), prescaled)
+            if keep_graph and not (math.isfinite(factor)
+                                   and all(g is None or bool(torch.isfinite(g).all()) for g in grads)):
+                grads, factor = self._input_grads_after_overflow(hooked, _roots(outs, live, grads_out), wrt)
             for x, g in zip(wrt, grads):
                 if g is not None and factor != 1.0:
                     # unscaled in fp32: an fp16 gradient divided by the loss scale in fp16 would
@@ -653,23 +779,47 @@ class FLModel:
                 input_grads[id(x)] = g
         return input_grads
 
+    def _check_fp16_scaling(self, got: float | None, expected: float, prescaled: bool) -> None:
+        """The engine's backward should have multiplied the objective (before the optimizer's loss_scale
+        divides it) by its fp16 loss scale / accumulation steps / loss_scale (``expected``); it multiplied
+        it by ``got``. Where it did not scale, or did so on top of FLModel's own scaling, this step's
+        parameter gradients were off by the loss scale: FLModel switches its scaling for the next steps
+        (the input gradients sent upstream are right either way)."""
+        if got is None or not math.isfinite(got) or got == 0.0 or expected <= 0.0:
+            return
+        off = math.log2(got / expected)
+        if abs(off) < 0.5:
+            return
+        if off < 0 and not prescaled:
+            self._prescale_fp16 = True
+        elif off > 0 and prescaled:
+            self._prescale_fp16 = False
+        else:
+            return
+        log.warning("%s: the DeepSpeed engine's backward multiplied the loss by %g, not by its fp16 loss scale "
+                    "/ gradient_accumulation_steps (%g): this step's parameter gradients were off by that "
+                    "ratio; FLModel %s the loss scale itself from now on", self.name, got, expected,
+                    "applies" if self._prescale_fp16 else "no longer applies")
+
     def _fp16_scale(self) -> float:
         opt = self.engine.optimizer
         return float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", 1.0)))
 
-    def _input_grads_after_overflow(self, objective: torch.Tensor, wrt: list[torch.Tensor],
-                                    ls: float) -> tuple[list[torch.Tensor | None], float]:
-        """The fp16 backward overflowed: the engine skipped its step and lowered its loss scale, as
-        DeepSpeed does, but the peers still need this batch's input gradients, and the scaled ones are
-        inf/NaN. Differentiates the kept graph again, for the inputs only, at the engine's new scale
-        (halved further while it still overflows); returns (gradients, factor that unscales them)."""
+    def _input_grads_after_overflow(self, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]],
+                                    wrt: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], float]:
+        """The fp16 backward overflowed: the engine skipped its step (or will at the accumulation boundary)
+        and lowered its loss scale, as DeepSpeed does, but the peers still need this batch's input
+        gradients, and the scaled ones are inf/NaN. Differentiates the kept graph again, for the inputs
+        only, at the engine's loss scale (halved further while it still overflows), its per-output hooks
+        undone; returns (gradients, factor that unscales them)."""
         scale = max(self._fp16_scale(), 1.0)
         while True:
-            grads = list(torch.autograd.grad(objective * scale, wrt, retain_graph=scale > 1.0, allow_unused=True))
+            grads = _vjp_past_engine_hooks(self.engine, hooked, [(out, g * scale) for out, g in roots], wrt,
+                                           retain_graph=scale > 1.0)
             if scale <= 1.0 or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                log.info("%s: fp16 overflow; the engine skipped its step, input gradients recomputed at loss "
+                log.info("%s: fp16 overflow; the engine skips its step, input gradients recomputed at loss "
                          "scale %g", self.name, scale)
-                return grads, ls / scale
+                return grads, 1.0 / scale
             scale = max(scale / 2, 1.0)
 
     @torch.no_grad()
