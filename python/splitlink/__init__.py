@@ -12,6 +12,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below imports on first use
+    from splitlink import codec, errors, optim, privacy, psi, secure, wire
+    from splitlink.channel import InProcessCommunicator, ServerConfig, SSLConfig, VerticalFederatedCommunicator
+    from splitlink.codec import CompressConfig, ErrorFeedback
+    from splitlink.config import FLYamlData
+    from splitlink.errors import (
+        CheckpointError,
+        CodecError,
+        CryptoError,
+        PeerClosedError,
+        PeerRestartedError,
+        PeerUnavailableError,
+        SplitlinkError,
+        WireError,
+        YamlConfigError,
+    )
+    from splitlink.model import FLModel
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
@@ -70,21 +88,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_ATTRS) | _SUBMODULES)
 
-
-if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
-    from splitlink import codec, errors, optim, privacy, psi, secure, wire
-    from splitlink.channel import InProcessCommunicator, ServerConfig, SSLConfig, VerticalFederatedCommunicator
-    from splitlink.codec import CompressConfig, ErrorFeedback
-    from splitlink.config import FLYamlData
-    from splitlink.errors import (
-        CheckpointError,
-        CodecError,
-        CryptoError,
-        PeerClosedError,
-        PeerRestartedError,
-        PeerUnavailableError,
-        SplitlinkError,
-        WireError,
-        YamlConfigError,
-    )
-    from splitlink.model import FLModel
