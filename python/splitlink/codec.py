@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CompressConfig", "ErrorFeedback", "COMPRESS_TYPES"]
 
@@ -176,6 +177,8 @@ class ErrorFeedback:
 
     def prepare(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tensor to encode = x + residual, buffer the encoder writes the new residual into)."""
+        import torch  # here, not at module level: splitlink.config imports this module and stays torch-free
+
         if x.dtype != torch.float32:
             raise ValueError(f"error feedback needs a float32 tensor; '{name}' is {x.dtype}")
         r = self.residuals.get(name)
@@ -199,4 +202,6 @@ class ErrorFeedback:
         return {k: v.clone() for k, v in self.residuals.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        import torch
+
         self.residuals = {k: v.clone().to(torch.float32) for k, v in state.items()}

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitlink.codec import COMPRESS_TYPES, CompressConfig
+from splitlink.errors import Problem, YamlConfigError
 
 __all__ = ["FLYamlData", "YamlConfigError", "Problem"]
 
@@ -143,27 +144,6 @@ class RootSpec(_Strict):
     privacy: PrivacySpec | None = None
     ckpt_path: str = "./checkpoints"
     deepspeed: dict[str, Any] | str | None = None
-
-
-class Problem(typing.NamedTuple):
-    line: int | None  # 1-based
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        return f"{where}{self.path or '<top level>'}: {self.message}"
-
-
-class YamlConfigError(ValueError):
-    """Everything wrong with one YAML file, each problem with its line and key path."""
-
-    def __init__(self, source: str, problems: list[Problem]) -> None:
-        self.source = source
-        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.path))
-        n = len(self.problems)
-        lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"invalid splitlink config {source} ({n} problem{'s' if n != 1 else ''}):\n{lines}")
 
 
 def _path_str(loc: Loc) -> str:

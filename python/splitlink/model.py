@@ -43,6 +43,7 @@ from torch import nn
 
 from splitlink.codec import CompressConfig
 from splitlink.config import FLYamlData
+from splitlink.errors import CheckpointError
 from splitlink.optim import build_optimizer, optimizer_kwargs, resolve_optimizer
 from splitlink.privacy import GaussianEmbeddingDP, LabelDP, SignEmbeddingDP
 from splitlink.util import atomic_write, free_ports, fsync_dir
@@ -53,10 +54,6 @@ log = logging.getLogger("splitlink.model")
 
 Term = tuple[str, Union[float, str]]  # (output name, sens)
 CKPT_FORMAT = "splitlink.FLModel/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded into this model (wrong network, corrupt or missing file)."""
 
 
 class _WithLoss(nn.Module):

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from splitlink.errors import HyperParameterError
+
 __all__ = ["FTRL", "build_optimizer", "register_optimizer", "resolve_optimizer", "optimizer_kwargs"]
 
 _REGISTRY: dict[str, type[torch.optim.Optimizer]] = {}
@@ -52,12 +54,6 @@ def resolve_optimizer(name: str) -> type[torch.optim.Optimizer]:
     raise ValueError(f"unknown optimizer {name!r}; use a torch.optim class ({', '.join(known)}), "
                      f"one registered with splitlink.optim.register_optimizer ({', '.join(sorted(_REGISTRY)) or 'none yet'}), "
                      "or pass optimizers= to FLModel")
-
-
-class HyperParameterError(TypeError):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 def optimizer_kwargs(cls: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> tuple[dict[str, Any], float]:

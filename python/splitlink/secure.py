@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from splitlink import _core
+from splitlink.buffers import default_pool
 from splitlink.errors import CryptoError
 
 __all__ = [
@@ -168,8 +169,6 @@ class Sealer:
 
     def seal(self, frame: Any, *, pool: Any = None, threads: int = 0) -> Any:
         """Seals an encoded frame (from ``wire.pack``) into a new buffer."""
-        from splitlink.wire import default_pool
-
         return self._native.seal(frame, default_pool() if pool is None else pool, threads)
 
     def __repr__(self) -> str:
@@ -195,8 +194,6 @@ class Opener:
 
     def open(self, sealed: Any, *, pool: Any = None, threads: int = 0) -> tuple[Any, str, int, int, str]:
         """(plain frame buffer, sender, seq, step, kind); ``CryptoError`` on any failure."""
-        from splitlink.wire import default_pool
-
         return self._native.open(sealed, default_pool() if pool is None else pool, threads)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:

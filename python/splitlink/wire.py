@@ -42,6 +42,9 @@ import numpy as np
 import torch
 
 from splitlink import _core
+# The pools live in splitlink.buffers (below wire and secure); wire re-exports them.
+from splitlink.buffers import DECODE_POOL_MIN_BYTES as _DECODE_POOL_MIN_BYTES
+from splitlink.buffers import BufferPool, FrameBuffer, decode_pool, default_pool
 from splitlink.codec import CompressConfig, ErrorFeedback, codec_name
 from splitlink.errors import CryptoError
 
@@ -63,8 +66,6 @@ __all__ = [
 ]
 
 WIRE_VERSION: int = _core.wire.WIRE_VERSION
-FrameBuffer = _core.wire.FrameBuffer
-BufferPool = _core.wire.BufferPool
 
 TensorLike = Union[torch.Tensor, np.ndarray]
 TensorTree = Mapping[str, Any]  # values: TensorLike or a nested TensorTree
@@ -87,25 +88,7 @@ _TORCH_BY_CODE = {c: t for c, t, _ in _DTYPES}
 _CODE_BY_NUMPY = {n: c for c, _, n in _DTYPES if n is not None}
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(t for _, t, _ in _DTYPES)
 
-_DEFAULT_POOL = BufferPool()
-# Memory for decoded (compressed) tensors. Bounded: at most 16 buffers and 1 GiB are kept, free or
-# in use; beyond that a decoded tensor gets a buffer the pool does not keep (freed with the tensor).
-_DECODE_POOL = BufferPool(max_buffers=16, max_bytes=1 << 30)
-# Smaller decoded tensors come from torch's allocator: malloc serves them from memory it already
-# has mapped, and they would take pool slots that large tensors need.
-_DECODE_POOL_MIN_BYTES = 64 << 10
 _USE_DEFAULT: Any = object()
-
-
-def default_pool() -> Any:
-    """The pool ``pack`` draws frame buffers from unless told otherwise."""
-    return _DEFAULT_POOL
-
-
-def decode_pool() -> Any:
-    """The pool ``unpack`` draws the memory of decoded (compressed) tensors from unless told
-    otherwise. ``decode_pool().clear()`` lets its memory go once no tensor uses it."""
-    return _DECODE_POOL
 
 
 def _name(path: tuple[str, ...]) -> str:
@@ -273,7 +256,7 @@ def _pack_inputs(tensors: TensorTree, compress: Mapping[str, CompressConfig] | N
     """The native encoder's items and the pool to draw from (the module's unless given)."""
     if seq < 0:
         raise ValueError(f"seq must be >= 0, got {seq}")
-    return _items(tensors, compress, error_feedback, seq), (_DEFAULT_POOL if pool is _USE_DEFAULT else pool)
+    return _items(tensors, compress, error_feedback, seq), (default_pool() if pool is _USE_DEFAULT else pool)
 
 
 def pack_chunks(
@@ -375,7 +358,7 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, poo
     into a pooled buffer (one pass), which the returned tensors then view; any failure raises
     ``CryptoError`` naming sender and seq.
     """
-    decode_into = _DECODE_POOL if pool is _USE_DEFAULT else pool
+    decode_into = decode_pool() if pool is _USE_DEFAULT else pool
     if decode_into is not None and not isinstance(decode_into, BufferPool):
         raise TypeError(f"pool must be a splitlink.wire.BufferPool or None, got {type(pool).__name__}")
     if opener is not None:
