@@ -785,15 +785,17 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
         return (_ACK_OK if inbox.put(incarnation, seq, buf) else _ACK_DUP) + mine
 
-    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
+    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
+                with_kind: bool = False) -> Any:
         """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
 
-        With ``kind``, a frame of another kind is a protocol error (ValueError naming both)."""
+        With ``kind``, a frame of another kind is a protocol error (ValueError naming both). With
+        ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind)."""
         if target_server_name not in self._inboxes:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         frame = wire.unpack(self._inboxes[target_server_name].get(timeout))
         _check_kind(frame.kind, kind, target_server_name)
-        return frame.tensors
+        return (frame.kind, frame.tensors) if with_kind else frame.tensors
 
 
 def _check_kind(got: str, want: str | None, peer: str) -> None:
@@ -859,14 +861,14 @@ class InProcessCommunicator:
             payload = (kind, tensors)
         inbox.append(payload)
 
-    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
+    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
+                with_kind: bool = False) -> Any:
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         if self.through_codecs:
             frame = wire.unpack(payload)
-            _check_kind(frame.kind, kind, target_server_name)
-            return frame.tensors
+            payload = (frame.kind, frame.tensors)
         got_kind, tensors = payload
         _check_kind(got_kind, kind, target_server_name)
-        return tensors  # type: ignore[no-any-return]
+        return (got_kind, tensors) if with_kind else tensors
