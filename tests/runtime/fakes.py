@@ -44,7 +44,7 @@ class FakeModel:
         return self._file(step)
 
 
-class SimpleParty(Party):
+class SimpleParty(Party[TrainOptions]):
     """Two fake sub-networks; the per-step math adds 1 to each weight."""
 
     def __init__(self, comm: Any, train: TrainOptions, directory: Path) -> None:

@@ -267,7 +267,7 @@ def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra:
     return FLYamlData(raw)
 
 
-class PartyA(Party):
+class PartyA(Party[TrainConfig]):
     """Embedding + Head, holds the text."""
 
     role, peer = "leader", "follower"
@@ -277,7 +277,7 @@ class PartyA(Party):
     def __init__(self, cfg: PanguConfig, data: TokenDataset, comm: Any, train: TrainConfig,
                  eval_data: TokenDataset | None = None) -> None:
         super().__init__(comm, train)
-        self.cfg, self.data, self.train, self.eval_data = cfg, data, train, eval_data
+        self.cfg, self.data, self.eval_data = cfg, data, eval_data
         torch.manual_seed(train.seed)
         self.embedding = EmbeddingNet(cfg)
         torch.manual_seed(train.seed + 2)
@@ -356,7 +356,7 @@ class PartyA(Party):
         return self.history
 
 
-class PartyB(Party):
+class PartyB(Party[TrainConfig]):
     """The Transformer backbone (the computing centre). It serves party A's frames by their kind:
     "tensors" (a training step), "eval" (a batch in eval mode), "done"; it needs no schedule."""
 
@@ -366,7 +366,7 @@ class PartyB(Party):
 
     def __init__(self, cfg: PanguConfig, comm: Any, train: TrainConfig, total_steps: int | None = None) -> None:
         super().__init__(comm, train)
-        self.cfg, self.train = cfg, train
+        self.cfg = cfg
         torch.manual_seed(train.seed + 1)
         self.backbone = BackboneNet(cfg)
         self.model = FLModel(_yaml("backbone.yaml", train, drop_deepspeed=not train.deepspeed), self.backbone)
@@ -449,7 +449,7 @@ def train_unsplit(cfg: PanguConfig, data: TokenDataset, train: TrainConfig) -> l
     return history
 
 
-def make_party(cfg: RunConfig) -> Party:
+def make_party(cfg: RunConfig) -> Party[TrainConfig]:
     """The party of a ``pangu_alpha`` run file: party A is the leader (holds the text), party B the follower."""
     overrides = {k: v for k, v in cfg.pangu.model_dump().items() if k != "config" and v is not None}
     model_cfg = dataclasses.replace(CONFIGS[cfg.pangu.config], **overrides)

@@ -141,13 +141,13 @@ def _ids_digest(ids: np.ndarray) -> torch.Tensor:
                             dtype=torch.uint8)
 
 
-class _WideDeepParty(Party):
+class _WideDeepParty(Party[TrainConfig]):
     keep_checkpoints = 3
     logger = log
 
     def __init__(self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: TrainConfig) -> None:
         super().__init__(comm, train)
-        self.data, self.cfg, self.train = data, model_cfg, train
+        self.data, self.cfg = data, model_cfg
         torch.manual_seed(train.seed + (0 if self.role == "leader" else 1))
         self.build()
         n = len(data)

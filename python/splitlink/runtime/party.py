@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -79,7 +79,12 @@ def ride_through_restarts(who: str, agree: Callable[[bool], object], train: Call
             rejoin = True
 
 
-class Party:
+O = TypeVar("O", bound="TrainOptions")
+
+
+class Party(Generic[O]):
+    """A party; ``O`` is the scenario's options dataclass (a :class:`TrainOptions`)."""
+
     role: ClassVar[str] = ""               # this party's name on the channel
     peer: ClassVar[str] = ""               # the peer's
     label: ClassVar[str] = ""              # in log lines and errors (default: role)
@@ -88,7 +93,7 @@ class Party:
     keep_checkpoints: ClassVar[int | None] = None  # keep the newest N steps (None: all)
     logger: ClassVar[logging.Logger] = log
 
-    def __init__(self, comm: Any, train: TrainOptions) -> None:
+    def __init__(self, comm: Any, train: O) -> None:
         self.comm, self.train = comm, train
         self.step = 0
         self.models: dict[str, Any] = {}   # name -> FLModel, in load order
@@ -235,7 +240,7 @@ class Party:
         return ride_through_restarts(self.name, self.agree, self.train_loop)
 
 
-def agree_locally(*parties: Party) -> None:
+def agree_locally(*parties: Party[Any]) -> None:
     """The resume agreement of parties that share one process (in-process communicators): every
     party offers, then every party settles, in the order given (each load sets the process's torch
     RNG state, so the last one's wins)."""

@@ -31,7 +31,7 @@ class Scenario:
     """A scenario: how to build a party of it from a run file, and what its run file must give."""
 
     name: str
-    make_party: Callable[[RunConfig], Party]       # the party the run file names, communicator not yet set
+    make_party: Callable[[RunConfig], Party[Any]]  # the party the run file names, communicator not yet set
     needs_data: Callable[[str], bool] = _every_party  # whether this party ("leader"/"follower") must give `data`
     summary: str = ""
     demo: Callable[..., Any] | None = None          # ``splitlink demo``, for the scenario that has one
