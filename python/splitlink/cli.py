@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from splitlink.errors import SplitlinkError
 
+DEMO_SCENARIO = "criteo_wide_deep"  # `splitlink demo` runs this scenario's demo
+
 
 def _certs(args: argparse.Namespace) -> int:
     from splitlink.certs import make_dev_certs
@@ -23,7 +25,8 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from splitlink.examples.runner import load_run_config, run_party
+    from splitlink.runtime.launch import run_party
+    from splitlink.runtime.run_config import load_run_config
 
     cfg = load_run_config(args.config)
     if cfg.party != args.party:
@@ -36,9 +39,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from splitlink.examples.demo import run_demo
+    from splitlink.runtime import registry
 
-    run_demo(args.workdir, rows=args.rows, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    demo = registry.get(DEMO_SCENARIO).demo
+    assert demo is not None, f"the {DEMO_SCENARIO} scenario has no demo"
+    demo(args.workdir, rows=args.rows, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     return 0
 
 
@@ -93,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     train = sub.add_parser("train", help="run one party of a scenario from a run file",
-                           description="Runs one party (leader or follower) of a seed scenario as described by its "
-                                       "run file: addresses, TLS, data, model and training options. See "
-                                       "splitlink.examples.runner for the format; `splitlink demo` writes two.")
+                           description="Runs one party (leader or follower) of a scenario as described by its "
+                                       "run file: scenario, addresses, TLS, data, model and training options. See "
+                                       "splitlink.runtime.run_config for the format; `splitlink demo` writes two.")
     train.add_argument("party", choices=["leader", "follower"], help="which party this process is")
     train.add_argument("--config", required=True, help="the party's run file (YAML)")
     train.set_defaults(func=_train)

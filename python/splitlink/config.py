@@ -452,6 +452,30 @@ def _cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) ->
     return out
 
 
+def read_yaml_text(path: Path, what: str) -> str:
+    """The text of a YAML file; a missing file or one that is not UTF-8 is named as ``what``."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise YamlConfigError(str(path), [Problem(None, "", f"not UTF-8 text ({e})")]) from None
+
+
+def parse_yaml_document(text: str, source: str) -> tuple[Any, YamlLines]:
+    """``yaml.safe_load`` of ``text`` plus its node tree for line numbers; invalid YAML is one
+    ``YamlConfigError`` naming ``source`` and the line. The one reader of FLYamlData and run files."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        msg = f"not valid YAML: {getattr(e, 'problem', None) or e}"
+        raise YamlConfigError(source, [Problem(line, "", msg)]) from None
+    return raw, YamlLines(node)
+
+
 class FLYamlData:
     """One party's sub-network, parsed from a YAML file (or a YAML string / mapping) and validated.
 
@@ -467,24 +491,11 @@ class FLYamlData:
             source, raw_text, base = str(yaml_path), text, Path.cwd()
         else:
             p = Path(yaml_path)
-            try:
-                raw_text = p.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise FileNotFoundError(f"splitlink config {str(p)!r} does not exist") from None
-            except UnicodeDecodeError as e:
-                raise YamlConfigError(str(p), [Problem(None, "", f"not UTF-8 text ({e})")]) from None
+            raw_text = read_yaml_text(p, "splitlink config")
             source, base = str(p), p.resolve().parent
         self.source = source
         self.base_dir = base
-        try:
-            node = yaml.compose(raw_text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(raw_text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            msg = f"not valid YAML: {getattr(e, 'problem', None) or e}"
-            raise YamlConfigError(source, [Problem(line, "", msg)]) from None
-        lines = YamlLines(node)
+        raw, lines = parse_yaml_document(raw_text, source)
         problems = list(lines.problems)
         if not isinstance(raw, Mapping):
             problems.append(Problem(lines.line(()), "", f"the document must be a mapping with keys {', '.join(RootSpec.model_fields)}; got {type(raw).__name__}"))

@@ -486,15 +486,17 @@ class VerticalFederatedCommunicator:
         status = protocol.ACK_OK if inbox.put(head.incarnation, seq, buf) else protocol.ACK_DUP
         return protocol.Ack(status, self._incarnation).encode()
 
-    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
+    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
+                with_kind: bool = False) -> Any:
         """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
 
-        With ``kind``, a frame of another kind is a protocol error (ValueError naming both)."""
+        With ``kind``, a frame of another kind is a protocol error (ValueError naming both). With
+        ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind)."""
         if target_server_name not in self._inboxes:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         frame = wire.unpack(self._inboxes[target_server_name].get(timeout))
         protocol.check_kind(frame.kind, kind, target_server_name)
-        return frame.tensors
+        return (frame.kind, frame.tensors) if with_kind else frame.tensors
 
 
 def _status(error: BaseException) -> str:

@@ -68,14 +68,15 @@ class InProcessCommunicator:
             payload = (kind, tensors)
         inbox.append(payload)
 
-    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None) -> dict[str, Any]:
+    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
+                with_kind: bool = False) -> Any:
+        """As ``VerticalFederatedCommunicator.receive``."""
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         if self.through_codecs:
             frame = wire.unpack(payload)
-            check_kind(frame.kind, kind, target_server_name)
-            return frame.tensors
+            payload = (frame.kind, frame.tensors)
         got_kind, tensors = payload
         check_kind(got_kind, kind, target_server_name)
-        return tensors  # type: ignore[no-any-return]
+        return (got_kind, tensors) if with_kind else tensors

@@ -202,7 +202,7 @@ def leader_only_auc(workdir: str | os.PathLike[str], run_file: str | os.PathLike
     columns alone. The baseline a split model must beat to show it learns from the follower's features.
     Both parties run in this process (the in-process communicator, no compression: constants)."""
     from splitlink.examples import wide_deep
-    from splitlink.examples.runner import load_run_config
+    from splitlink.runtime.run_config import load_run_config
 
     wd = Path(workdir)
     cfg = load_run_config(run_file)

@@ -20,11 +20,11 @@ position rather than from the hidden state, and logits through the tied word emb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from splitlink.checkpoint import Manifest, ride_through_restarts
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.model import FLModel
+from splitlink.runtime.party import Party, TrainOptions, agree_locally
+from splitlink.runtime.registry import Scenario, register
+from splitlink.runtime.run_config import RunConfig
+from splitlink.runtime.schedule import Schedule
 
 __all__ = ["PanguConfig", "CONFIGS", "EmbeddingNet", "BackboneNet", "HeadNet", "TokenDataset", "preprocess_corpus",
            "stdlib_corpus", "PartyA", "PartyB", "train_local", "train_unsplit"]
@@ -240,22 +243,12 @@ class TokenDataset:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int | None = None
-    batch_size: int | None = None
-    seed: int = 0
+class TrainConfig(TrainOptions):
     log_every: int = 10
-    max_steps: int | None = None
     compress: bool = False          # the YAML's codecs on hidden states and their gradients
     embedding_dp: bool = False
     deepspeed: bool = True          # party B's backbone under DeepSpeed (the YAML's config)
-    ckpt_every: int = 0
-    ckpt_dir: str | None = None
-    resume: bool = False
     lr: float | None = None
-    metrics_path: str | None = None
-    peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
-    run_id: str = "run"                 # checkpoints of one run: both parties must use the same
 
 
 def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra: dict[str, Any] | None = None) -> FLYamlData:
@@ -274,19 +267,17 @@ def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra:
     return FLYamlData(raw)
 
 
-def _rows(n: int, batch: int, seed: int, epoch: int) -> list[np.ndarray]:
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return [order[i:i + batch] for i in range(0, n - batch + 1, batch)]  # full batches only
-
-
-class PartyA:
+class PartyA(Party[TrainConfig]):
     """Embedding + Head, holds the text."""
 
     role, peer = "leader", "follower"
+    label, peer_label, manifest_tag = "party A", "party B", "A"
+    logger = log
 
     def __init__(self, cfg: PanguConfig, data: TokenDataset, comm: Any, train: TrainConfig,
                  eval_data: TokenDataset | None = None) -> None:
-        self.cfg, self.data, self.comm, self.train, self.eval_data = cfg, data, comm, train, eval_data
+        super().__init__(comm, train)
+        self.cfg, self.data, self.eval_data = cfg, data, eval_data
         torch.manual_seed(train.seed)
         self.embedding = EmbeddingNet(cfg)
         torch.manual_seed(train.seed + 2)
@@ -295,61 +286,37 @@ class PartyA:
                                               "delta": 1e-5, "seed": train.seed}}} if train.embedding_dp else None
         self.emb_model = FLModel(_yaml("embedding.yaml", train, extra=extra), self.embedding)
         self.head_model = FLModel(_yaml("head.yaml", train), self.head)
-        self.batch_size = train.batch_size or self.emb_model.yaml.batch_size
-        self.epochs = train.epochs or self.emb_model.yaml.epochs
-        self.steps_per_epoch = len(data) // self.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(data)} sequences are fewer than one batch of {self.batch_size}")
-        self.total = self.epochs * self.steps_per_epoch
-        if train.max_steps:
-            self.total = min(self.total, train.max_steps)
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
+        self.models.update(embedding=self.emb_model, head=self.head_model)
+        self.schedule = _schedule(len(data), train)
+        self.batch_size, self.steps_per_epoch = self.schedule.batch_size, self.schedule.steps_per_epoch
+        self.total = self.schedule.total_steps
+        self.local_peer: PartyB | None = None  # train_local: party B in this process, stepped in turn
 
     def compress_configs(self) -> dict[str, Any]:
         if not self.train.compress:
             return {"attention_mask": self.emb_model.get_compress_configs()["attention_mask"]}
         return {**self.emb_model.get_compress_configs(), **self.head_model.get_compress_configs()}
 
-    def schedule(self) -> Iterator[tuple[int, np.ndarray]]:
-        step = self.step
-        while step < self.total:
-            epoch, first = divmod(step, self.steps_per_epoch)
-            for rows in _rows(len(self.data), self.batch_size, self.train.seed, epoch)[first:]:
-                if step >= self.total:
-                    return
-                yield epoch, rows
-                step += 1
-
     def forward(self, rows: np.ndarray) -> None:
         self._batch = self.data.batch(rows)
         e = self.emb_model.forward_one_step(self._batch)
         self._word_table = e["word_table"]
-        self.comm.send_tensors(self.peer, {"embedding_table": e["embedding_table"],
-                                           "attention_mask": e["attention_mask"]}, step=self.step)
+        self.send({"embedding_table": e["embedding_table"], "attention_mask": e["attention_mask"]}, step=self.step)
 
     def head_step(self) -> float:
-        hidden = self.comm.receive(self.peer, self.train.peer_timeout)
+        hidden = self.receive()
         local = {"input_ids": self._batch["input_ids"], "position_id": self._batch["position_id"],
                  "attention_mask": self._batch["attention_mask"], "word_table": self._word_table}
         out = self.head_model.forward_one_step(local, hidden)
         scale = self.head_model.backward_one_step(local, hidden)["output"]
         self._word_grad = scale["word_table"]
-        self.comm.send_tensors(self.peer, {"output": {"hidden_states": scale["hidden_states"]}}, step=self.step)
+        self.send({"output": {"hidden_states": scale["hidden_states"]}}, step=self.step)
         return float(out["output"].detach())
 
     def backward(self) -> None:
-        bb_scale = self.comm.receive(self.peer, self.train.peer_timeout)  # {"hidden_states": {"embedding_table": g}}
+        bb_scale = self.receive()  # {"hidden_states": {"embedding_table": g}}
         self.emb_model.backward_one_step(self._batch, sens={**bb_scale, "output": {"word_table": self._word_grad}})
-        self.step += 1
-        if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
-            self.save()
-
-    def save(self) -> None:
-        for m in (self.emb_model, self.head_model):
-            m.step = self.step
-            m.save_ckpt()
-        self.manifest().record(self.step)  # both of A's sub-networks are durable at this step
+        self.advance()
 
     @torch.no_grad()
     def evaluate(self, max_batches: int = 20) -> float:
@@ -360,149 +327,87 @@ class PartyA:
         for i in range(n):
             b = self.eval_data.batch(np.arange(i * self.batch_size, (i + 1) * self.batch_size))
             e = self.emb_model.eval_one_step(b)
-            self.comm.send_tensors(self.peer, {"eval": {"embedding_table": e["embedding_table"],
-                                                        "attention_mask": e["attention_mask"]}})
-            hidden = self.comm.receive(self.peer, self.train.peer_timeout)["hidden_states"]
+            self.send({"embedding_table": e["embedding_table"], "attention_mask": e["attention_mask"]}, kind="eval")
+            hidden = self.receive(kind="eval")["hidden_states"]
             losses.append(float(self.head(hidden, b["input_ids"], e["word_table"], b["position_id"], b["attention_mask"])))
         return float(np.mean(losses)) if losses else float("nan")
 
-    def record(self, **row: Any) -> None:
-        self.history.append(row)
-        if self.train.metrics_path:
-            with open(self.train.metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-    def manifest(self) -> Manifest:
-        return Manifest(Path(self.train.ckpt_dir) if self.train.ckpt_dir else self.emb_model.yaml.ckpt_path,
-                        f"{self.train.run_id}.A")
-
-    def checkpoint_steps(self) -> list[int]:
-        a, b = set(self.emb_model.checkpoint_steps()), set(self.head_model.checkpoint_steps())
-        return self.manifest().steps(lambda s: s in a and s in b)
-
-    def restore(self, step: int) -> None:
-        for m in (self.emb_model, self.head_model):
-            m.load_ckpt(step=step)
-        self.step = step
-        log.info("party A: resumed at step %d", step)
-
-    def agree_resume(self, rejoin: bool = False) -> None:
-        """Sends the steps A holds checkpoints for; B answers with the newest step both hold (or -1).
-        ``rejoin``: B restarted; A goes back to that step whatever ``resume`` says."""
-        mine = self.checkpoint_steps() if self.train.resume or rejoin else []
-        self.comm.send_tensors(self.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64)})
-        step = int(self.comm.receive(self.peer, self.train.peer_timeout)["resume_step"])
-        if step >= 0:
-            self.restore(step)
-        elif rejoin:
-            raise RuntimeError("party A: party B restarted, but the parties hold no common checkpoint to continue from "
-                               "(was it restarted with resume: true?); restart both parties with resume")
-        elif self.train.resume:
-            log.warning("party A: --resume but no checkpoint step both parties hold; starting from step 0")
-
-    def run(self) -> list[dict[str, Any]]:
-        """Trains to the end. If party B's process is replaced (crashed, restarted with resume), both go
-        back to their newest common checkpoint and continue; this process keeps running."""
-        if self.train.ckpt_every and self.step == 0 and not self.checkpoint_steps():
-            self.save()  # step 0: a party killed before the first periodic checkpoint can still rejoin
-        return ride_through_restarts("party A", self.agree_resume, self._train)
-
-    def _train(self) -> list[dict[str, Any]]:
+    def train_loop(self) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        for epoch, rows in self.schedule():
+        b = self.local_peer
+        for epoch, rows in self.schedule.steps(self.step):
             self.forward(rows)
+            if b is not None:
+                b.forward()
             loss = self.head_step()
+            if b is not None:
+                b.backward()
             self.backward()
             self.record(kind="train", epoch=epoch, step=self.step, loss=loss, seconds=time.perf_counter() - t0)
             if self.step % self.train.log_every == 0 or self.step == self.total:
-                log.info("epoch %d step %d/%d loss: %.6f", epoch, (self.step - 1) % self.steps_per_epoch + 1,
+                log.info("epoch %d step %d/%d loss: %.6f", epoch, self.schedule.in_epoch(self.step),
                          self.steps_per_epoch, loss)
-            if self.eval_data is not None and (self.step % self.steps_per_epoch == 0 or self.step == self.total):
+            if self.eval_data is not None and b is None and self.schedule.epoch_done(self.step):
                 ev = self.evaluate()
                 log.info("epoch %d eval loss: %.6f (perplexity %.1f)", epoch, ev, float(np.exp(ev)))
                 self.record(kind="eval", epoch=epoch, step=self.step, loss=ev, seconds=time.perf_counter() - t0)
-        self.comm.send_tensors(self.peer, {"done": torch.ones(1)})
+        if b is None:
+            self.send({}, kind="done")  # party B serves until told
         return self.history
 
 
-class PartyB:
-    """The Transformer backbone (the computing centre)."""
+class PartyB(Party[TrainConfig]):
+    """The Transformer backbone (the computing centre). It serves party A's frames by their kind:
+    "tensors" (a training step), "eval" (a batch in eval mode), "done"; it needs no schedule."""
 
     role, peer = "follower", "leader"
+    label, peer_label, manifest_tag = "party B", "party A", "B"
+    logger = log
 
     def __init__(self, cfg: PanguConfig, comm: Any, train: TrainConfig, total_steps: int | None = None) -> None:
-        self.cfg, self.comm, self.train = cfg, comm, train
+        super().__init__(comm, train)
+        self.cfg = cfg
         torch.manual_seed(train.seed + 1)
         self.backbone = BackboneNet(cfg)
         self.model = FLModel(_yaml("backbone.yaml", train, drop_deepspeed=not train.deepspeed), self.backbone)
-        self.step = 0
+        self.models["backbone"] = self.model
         self.total = total_steps
 
     def compress_configs(self) -> dict[str, Any]:
         return self.model.get_compress_configs() if self.train.compress else {}
 
     def forward(self, got: dict[str, Any] | None = None) -> None:
-        self._remote = got if got is not None else self.comm.receive(self.peer, self.train.peer_timeout)
+        self._remote = got if got is not None else self.receive()
         out = self.model.forward_one_step(None, self._remote)
-        self.comm.send_tensors(self.peer, {"hidden_states": out["hidden_states"]}, step=self.step)
+        self.send({"hidden_states": out["hidden_states"]}, step=self.step)
 
     def backward(self) -> None:
-        sens = self.comm.receive(self.peer, self.train.peer_timeout)
+        sens = self.receive()
         scale = self.model.backward_one_step(None, self._remote, sens=sens)
-        self.comm.send_tensors(self.peer, {"hidden_states": {"embedding_table": scale["hidden_states"]["embedding_table"]}},
-                               step=self.step)
-        self.step += 1
-        if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
-            self.save()
+        self.send({"hidden_states": {"embedding_table": scale["hidden_states"]["embedding_table"]}}, step=self.step)
+        self.advance()
 
-    def save(self) -> None:
-        self.model.step = self.step
-        self.model.save_ckpt()
-        self.manifest().record(self.step)
-
-    def manifest(self) -> Manifest:
-        return Manifest(Path(self.train.ckpt_dir) if self.train.ckpt_dir else self.model.yaml.ckpt_path,
-                        f"{self.train.run_id}.B")
-
-    def checkpoint_steps(self) -> list[int]:
-        present = set(self.model.checkpoint_steps())
-        return self.manifest().steps(lambda s: s in present)
-
-    def restore(self, step: int) -> None:
-        self.model.load_ckpt(step=step)
-        self.step = step
-        log.info("party B: resumed at step %d", step)
-
-    def answer_resume(self, rejoin: bool = False) -> None:
-        theirs = set(self.comm.receive(self.peer, self.train.peer_timeout)["ckpt_steps"].tolist())
-        common = sorted(theirs & set(self.checkpoint_steps())) if self.train.resume or rejoin else []
-        step = common[-1] if common else -1
-        if step >= 0:
-            self.restore(step)
-        self.comm.send_tensors(self.peer, {"resume_step": torch.tensor(step)})
-        if step < 0 and rejoin:
-            hint = " (was it restarted with resume: true?)" if not theirs else ""
-            raise RuntimeError(f"party B: party A restarted, but the parties hold no common checkpoint to continue "
-                               f"from{hint}; restart both parties with resume")
-
-    def run(self) -> None:
-        """Serves steps until party A says it is done (party B does not need to know the schedule). If
-        party A's process is replaced, both go back to their newest common checkpoint and continue."""
-        if self.train.ckpt_every and self.step == 0 and not self.checkpoint_steps():
-            self.save()  # step 0: a party killed before the first periodic checkpoint can still rejoin
-        ride_through_restarts("party B", self.answer_resume, self._serve)
-
-    def _serve(self) -> None:
+    def train_loop(self) -> None:
         while True:
-            got = self.comm.receive(self.peer, self.train.peer_timeout)
-            if "done" in got:
+            kind, got = self.receive_any()
+            if kind == "done":
                 return
-            if "eval" in got:
-                out = self.model.eval_one_step(None, got["eval"])
-                self.comm.send_tensors(self.peer, {"hidden_states": out["hidden_states"]})
-                continue
-            self.forward(got)
-            self.backward()
+            if kind == "eval":
+                out = self.model.eval_one_step(None, got)
+                self.send({"hidden_states": out["hidden_states"]}, kind="eval")
+            elif kind == "tensors":
+                self.forward(got)
+                self.backward()
+            else:
+                raise ValueError(f"party B: party A sent a {kind!r} frame; expected 'tensors', 'eval' or 'done' "
+                                 "(is it running the same program?)")
+
+
+def _schedule(n_rows: int, train: TrainConfig) -> Schedule:
+    """Party A's schedule: full batches only, epochs and batch size by default from embedding.yaml."""
+    ref = FLYamlData(YAMLS / "embedding.yaml")
+    return Schedule(n_rows, train.batch_size or ref.batch_size, seed=train.seed, epochs=train.epochs or ref.epochs,
+                    max_steps=train.max_steps, drop_last=True)
 
 
 def train_local(cfg: PanguConfig, data: TokenDataset, train: TrainConfig, *,
@@ -516,23 +421,9 @@ def train_local(cfg: PanguConfig, data: TokenDataset, train: TrainConfig, *,
     b = PartyB(cfg, None, train)
     a.comm = InProcessCommunicator(a_cfg, b_cfg, a.compress_configs(), hub=hub, through_codecs=through_codecs)
     b.comm = InProcessCommunicator(b_cfg, a_cfg, b.compress_configs(), hub=hub, through_codecs=through_codecs)
-    mine = a.checkpoint_steps() if train.resume else []
-    a.comm.send_tensors(a.peer, {"ckpt_steps": torch.tensor(mine, dtype=torch.int64)})
-    b.answer_resume()
-    step = int(a.comm.receive(a.peer, a.train.peer_timeout)["resume_step"])
-    if step >= 0:
-        a.restore(step)
-    t0 = time.perf_counter()
-    for epoch, rows in a.schedule():
-        a.forward(rows)
-        b.forward()
-        loss = a.head_step()
-        b.backward()
-        a.backward()
-        a.record(kind="train", epoch=epoch, step=a.step, loss=loss, seconds=time.perf_counter() - t0)
-        if a.step % train.log_every == 0 or a.step == a.total:
-            log.info("epoch %d step %d/%d loss: %.6f", epoch, (a.step - 1) % a.steps_per_epoch + 1, a.steps_per_epoch, loss)
-    return a.history
+    agree_locally(b, a)  # B loads first, as party B answered first in the seed's driver
+    a.local_peer = b
+    return a.train_loop()
 
 
 def train_unsplit(cfg: PanguConfig, data: TokenDataset, train: TrainConfig) -> list[dict[str, Any]]:
@@ -546,25 +437,36 @@ def train_unsplit(cfg: PanguConfig, data: TokenDataset, train: TrainConfig) -> l
     ref = FLYamlData(YAMLS / "embedding.yaml").opts[0].hyper_parameters
     lr = train.lr if train.lr is not None else ref["learning_rate"]
     opt = torch.optim.AdamW([*emb.parameters(), *bb.parameters(), *head.parameters()], lr=lr, eps=ref.get("eps", 1e-8))
-    a = PartyA.__new__(PartyA)  # reuse the schedule
-    a.data, a.train, a.step = data, train, 0
-    a.batch_size = train.batch_size or FLYamlData(YAMLS / "embedding.yaml").batch_size
-    a.steps_per_epoch = len(data) // a.batch_size
-    a.total = (train.epochs or FLYamlData(YAMLS / "embedding.yaml").epochs) * a.steps_per_epoch
-    if train.max_steps:
-        a.total = min(a.total, train.max_steps)
     history = []
-    for epoch, rows in a.schedule():
+    for step, (epoch, rows) in enumerate(_schedule(len(data), train).steps(), start=1):
         b = data.batch(rows)
         x, table, mask = emb(b["input_ids"], b["position_id"], b["attention_mask"])
         loss = head(bb(x, mask), b["input_ids"], table, b["position_id"], mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        a.step += 1
-        history.append({"kind": "train", "epoch": epoch, "step": a.step, "loss": float(loss.detach())})
+        history.append({"kind": "train", "epoch": epoch, "step": step, "loss": float(loss.detach())})
     return history
 
+
+def make_party(cfg: RunConfig) -> Party[TrainConfig]:
+    """The party of a ``pangu_alpha`` run file: party A is the leader (holds the text), party B the follower."""
+    overrides = {k: v for k, v in cfg.pangu.model_dump().items() if k != "config" and v is not None}
+    model_cfg = dataclasses.replace(CONFIGS[cfg.pangu.config], **overrides)
+    train = cfg.train.options(TrainConfig)
+    if cfg.party == "leader":
+        assert cfg.data is not None
+        data = TokenDataset(cfg.data, model_cfg.seq_length)
+        if data.vocab_size > model_cfg.vocab_size:
+            raise ValueError(f"the tokenizer of {cfg.data} has {data.vocab_size} tokens but the model's vocabulary "
+                             f"is {model_cfg.vocab_size}; set pangu.vocab_size")
+        eval_data = TokenDataset(cfg.eval_data, model_cfg.seq_length) if cfg.eval_data else None
+        return PartyA(model_cfg, data, None, train, eval_data)
+    return PartyB(model_cfg, None, train)
+
+
+SCENARIO = register(Scenario("pangu_alpha", make_party, needs_data=lambda party: party == "leader",
+                             summary="Pangu-alpha GPT: party A (embedding + head) + party B (backbone)"))
 
 
 def plot_losses(split: list[float], unsplit: list[float], out: str | os.PathLike[str], title: str) -> Path:

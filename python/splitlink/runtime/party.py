@@ -1,0 +1,250 @@
+"""One party of a split: what every scenario's party shares, so a scenario only adds networks, data and
+the per-step math.
+
+A :class:`Party` owns
+
+* its sub-networks' **checkpoint set** (``self.models`` -> :class:`~splitlink.runtime.checkpoints.CheckpointSet`:
+  all saved as one step, every ``ckpt_every`` steps, and step 0 at the start of a fresh run);
+* the **resume agreement** with its peer: both send the steps they hold complete checkpoints for
+  (a ``resume:<run_id>`` frame) and both load the newest step in both lists, so neither needs the other's
+  answer; a scenario can add a ``hello`` frame exchanged first (Wide&Deep: a digest of the sample ids);
+* **restart ride-through**: when the communicator reports that the peer's process was replaced
+  (``PeerRestartedError``), the party agrees again and reloads that step in this process (DeepSpeed
+  engines included, through ``FLModel.load_ckpt``), and trains on (:func:`ride_through_restarts`);
+* the **schedule** of its data (:class:`~splitlink.runtime.schedule.Schedule`, from (seed, epoch));
+* **metrics** (:class:`~splitlink.runtime.metrics.Metrics`) and log lines prefixed with its name;
+* **control messages by frame kind**: ``send(tensors, kind=...)``, ``receive(kind=...)`` (a frame of
+  another kind is a protocol error) and ``receive_any()`` -> (kind, tensors) for a party that
+  dispatches on the kind (Pangu's party B serves "tensors" steps, "eval" batches and "done").
+
+A subclass sets ``role``/``peer`` (the names on the channel), fills ``self.models`` and implements
+:meth:`train_loop`; :meth:`run` does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+
+from splitlink.runtime.checkpoints import CheckpointSet, newest_common_step
+from splitlink.runtime.metrics import Metrics
+from splitlink.runtime.schedule import Schedule
+
+__all__ = ["TrainOptions", "Party", "ride_through_restarts", "agree_locally", "RESUME_KIND", "HELLO_KIND"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HELLO_KIND = "hello"
+RESUME_KIND = "resume"  # the frame's kind is "resume:<run_id>"
+
+
+@dataclass
+class TrainOptions:
+    """The training options every scenario shares (scenarios subclass it with their own)."""
+
+    epochs: int | None = None          # default: the first sub-network's YAML (hyper_parameters)
+    batch_size: int | None = None
+    seed: int = 0
+    log_every: int = 100
+    max_steps: int | None = None       # stop early (tests)
+    ckpt_every: int = 0                # 0: no periodic checkpoints
+    ckpt_dir: str | None = None        # default: the first sub-network's YAML ckpt_path
+    resume: bool = False
+    metrics_path: str | None = None    # one JSON line per recorded row
+    peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
+    run_id: str = "run"                # checkpoints of one run: both parties must use the same
+
+
+def ride_through_restarts(who: str, agree: Callable[[bool], object], train: Callable[[], T]) -> T:
+    """Runs ``agree(False)`` (the start-up agreement on the step to resume from), then ``train()``.
+    When the communicator raises ``PeerRestartedError`` (the peer crashed and was restarted with
+    resume), runs ``agree(True)`` (both go back to their newest common checkpoint) and trains on, so
+    this process keeps running and ends where an uninterrupted run would. ``agree(True)`` must fail
+    with a clear error when there is no common checkpoint."""
+    from splitlink.channel import PeerRestartedError
+
+    rejoin = False
+    while True:
+        try:
+            agree(rejoin)
+            return train()
+        except PeerRestartedError as e:
+            log.warning("%s: %s: going back to the newest common checkpoint", who, e)
+            rejoin = True
+
+
+O = TypeVar("O", bound="TrainOptions")
+
+
+class Party(Generic[O]):
+    """A party; ``O`` is the scenario's options dataclass (a :class:`TrainOptions`)."""
+
+    role: ClassVar[str] = ""               # this party's name on the channel
+    peer: ClassVar[str] = ""               # the peer's
+    label: ClassVar[str] = ""              # in log lines and errors (default: role)
+    peer_label: ClassVar[str] = ""         # the peer in messages (default: "the <peer>")
+    manifest_tag: ClassVar[str | None] = None  # manifest id "<run_id>.<tag>" (parties sharing a directory)
+    keep_checkpoints: ClassVar[int | None] = None  # keep the newest N steps (None: all)
+    logger: ClassVar[logging.Logger] = log
+
+    def __init__(self, comm: Any, train: O) -> None:
+        self.comm, self.train = comm, train
+        self.step = 0
+        self.models: dict[str, Any] = {}   # name -> FLModel, in load order
+        self.metrics = Metrics(train.metrics_path)
+        self._checkpoints: CheckpointSet | None = None
+        self._offered: list[int] = []
+
+    # ---- names, logging, metrics ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.label or self.role
+
+    @property
+    def peer_name(self) -> str:
+        return self.peer_label or f"the {self.peer}"
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.metrics.history
+
+    def record(self, **row: Any) -> None:
+        self.metrics.record(**row)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.logger.info("%s: " + msg, self.name, *args)
+
+    # ---- data -----------------------------------------------------------------------------------
+    def make_schedule(self, n_rows: int, *, drop_last: bool = False) -> Schedule:
+        """The schedule over ``n_rows`` training rows; epochs and batch size default to the first
+        sub-network's YAML."""
+        first = next(iter(self.models.values()))
+        return Schedule(n_rows, self.train.batch_size or first.yaml.batch_size, seed=self.train.seed,
+                        epochs=self.train.epochs or first.yaml.epochs, max_steps=self.train.max_steps,
+                        drop_last=drop_last)
+
+    # ---- control messages -------------------------------------------------------------------------
+    def send(self, tensors: Mapping[str, Any], *, kind: str = "tensors", step: int | None = None) -> None:
+        self.comm.send_tensors(self.peer, tensors, step=step, kind=kind)
+
+    def receive(self, kind: str | None = None) -> dict[str, Any]:
+        """The peer's next frame; with ``kind``, a frame of another kind is a protocol error."""
+        got: dict[str, Any] = self.comm.receive(self.peer, self.train.peer_timeout, kind=kind)
+        return got
+
+    def receive_any(self) -> tuple[str, dict[str, Any]]:
+        """The peer's next frame as (kind, tensors)."""
+        kind, tensors = self.comm.receive(self.peer, self.train.peer_timeout, with_kind=True)
+        return str(kind), tensors
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> CheckpointSet:
+        if self._checkpoints is None:
+            if not self.models:
+                raise RuntimeError(f"{type(self).__name__}: fill self.models before using checkpoints")
+            first = next(iter(self.models.values()))
+            root = Path(self.train.ckpt_dir) if self.train.ckpt_dir else first.yaml.ckpt_path
+            tag = f"{self.train.run_id}.{self.manifest_tag}" if self.manifest_tag else self.train.run_id
+            self._checkpoints = CheckpointSet(self.models, root, tag, keep=self.keep_checkpoints)
+        return self._checkpoints
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps this party recorded as complete (every sub-network durable) whose files are still there."""
+        return self.checkpoints.steps()
+
+    def save(self) -> None:
+        self.checkpoints.save(self.step)
+
+    def restore(self, step: int) -> None:
+        self.checkpoints.load(step)
+        self.step = step
+        self.info("resumed at step %d", step)
+
+    def save_start(self) -> None:
+        """A fresh run with periodic checkpoints first writes step 0 (the seeded initial state), so a party
+        killed before the first periodic checkpoint still has a step to rejoin its peer at."""
+        if self.train.ckpt_every and self.step == 0 and not self.checkpoint_steps():
+            self.save()
+
+    def advance(self) -> None:
+        """One step done: count it, and checkpoint every ``ckpt_every`` steps."""
+        self.step += 1
+        if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
+            self.save()
+
+    # ---- the resume agreement ----------------------------------------------------------------------
+    def hello(self) -> Mapping[str, Any] | None:
+        """Tensors both parties exchange (kind "hello") before agreeing, or None (no hello frame)."""
+        return None
+
+    def check_hello(self, theirs: Mapping[str, Any]) -> None:
+        """Raises if the peer's hello shows the parties cannot train together."""
+
+    def offer(self, rejoin: bool = False) -> None:
+        """Sends the hello and the steps this party holds complete checkpoints for (none unless resuming
+        or rejoining a restarted peer)."""
+        hello = self.hello()
+        if hello is not None:
+            self.send(hello, kind=HELLO_KIND)
+        self._offered = self.checkpoint_steps() if self.train.resume or rejoin else []
+        self.send({"steps": torch.tensor(self._offered, dtype=torch.int64)}, kind=f"{RESUME_KIND}:{self.train.run_id}")
+
+    def settle(self, rejoin: bool = False) -> int:
+        """Receives the peer's offer and loads the newest step both hold. ``rejoin``: the peer restarted;
+        this party goes back to that step whatever ``resume`` says, and fails if there is none."""
+        if self.hello() is not None:
+            self.check_hello(self.receive(kind=HELLO_KIND))
+        kind, got = self.receive_any()
+        prefix = f"{RESUME_KIND}:"
+        if not kind.startswith(prefix):
+            raise ValueError(f"{self.name}: expected the resume offer of {self.peer_name} but got a {kind!r} frame: "
+                             "the parties are at different stages of the protocol (is the peer running the same program?)")
+        peer_run = kind[len(prefix):]
+        if peer_run != self.train.run_id:
+            raise RuntimeError(f"{self.name}: this party runs {self.train.run_id!r} but {self.peer_name} runs "
+                               f"{peer_run!r}; give both the same run_id")
+        peer_steps = [int(s) for s in got["steps"].tolist()]
+        common = newest_common_step(self._offered, peer_steps)
+        if common is not None:
+            self.restore(common)
+        elif rejoin:
+            hint = f" (was {self.peer_name} restarted with resume: true?)" if not peer_steps else ""
+            raise RuntimeError(f"{self.name}: {self.peer_name} restarted, but the parties hold no common checkpoint "
+                               f"to continue from{hint}; restart both parties with resume")
+        elif self.train.resume:
+            self.logger.warning("%s: --resume but no checkpoint step both parties hold; starting from step 0", self.name)
+        return self.step
+
+    def agree(self, rejoin: bool = False) -> int:
+        """The resume agreement with the peer (over a communicator whose sends do not wait for the peer's
+        receive, as both of splitlink's do); returns the step to continue from."""
+        self.offer(rejoin)
+        return self.settle(rejoin)
+
+    # ---- the run ----------------------------------------------------------------------------------
+    def train_loop(self) -> Any:
+        """Trains from ``self.step`` to the end (the scenario's steps)."""
+        raise NotImplementedError
+
+    def run(self) -> Any:
+        """Trains to the end. If the peer's process is replaced (crashed, restarted with resume), both go
+        back to their newest common checkpoint and continue; this process keeps running."""
+        self.save_start()
+        return ride_through_restarts(self.name, self.agree, self.train_loop)
+
+
+def agree_locally(*parties: Party[Any]) -> None:
+    """The resume agreement of parties that share one process (in-process communicators): every
+    party offers, then every party settles, in the order given (each load sets the process's torch
+    RNG state, so the last one's wins)."""
+    for p in parties:
+        p.offer()
+    for p in parties:
+        p.settle()

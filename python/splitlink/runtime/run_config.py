@@ -1,0 +1,171 @@
+"""The run file of ``splitlink train leader|follower --config run.yaml``: one party of a scenario.
+
+A run file says which scenario and party this process is, where it listens, where its peer is, how
+TLS is set up, where its data is and how to train. Example (the leader of the Wide&Deep demo)::
+
+    scenario: criteo_wide_deep
+    party: leader
+    address: 127.0.0.1:6666          # this party's gRPC server
+    peer_address: 127.0.0.1:6667     # the peer's
+    enable_ssl: true
+    ssl:
+      server_cert_path: certs/leader.server.p12
+      client_cert_path: certs/leader.client.p12
+      ca_cert_path: certs/ca.crt
+      server_password: splitlink
+      client_password: splitlink
+    data: data/leader.npz            # this party's columns (the leader's include the labels)
+    threads: 1
+    model: {vocab_size: 50000, emb_dim: 16, deep_layers: [128, 64]}
+    train: {epochs: 3, batch_size: 500, log_every: 50, ckpt_every: 100, metrics_path: leader_metrics.jsonl}
+
+Relative paths are relative to the run file. Every problem with the file is reported at once, with its
+line, by the YAML error reporter of :mod:`splitlink.config` (the one the model YAML uses). The
+scenario is looked up in :mod:`splitlink.runtime.registry`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from splitlink.config import Problem, YamlConfigError, YamlLines, parse_yaml_document, pydantic_problems, read_yaml_text
+from splitlink.runtime import registry
+
+__all__ = ["RunConfig", "SSLSection", "TrainSection", "WideDeepSection", "PanguSection", "load_run_config",
+           "ssl_section"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class SSLSection(_Strict):
+    server_cert_path: str
+    client_cert_path: str
+    ca_cert_path: str
+    server_password: str | None = None
+    client_password: str | None = None
+    server_key_path: str | None = None
+    client_key_path: str | None = None
+    crl_path: str | None = None
+
+
+class WideDeepSection(_Strict):
+    vocab_size: int = Field(default=200_000, ge=2)
+    emb_dim: int = Field(default=80, ge=1)
+    deep_layers: list[int] = Field(default_factory=lambda: [1024, 512, 256, 128], min_length=1)
+    l2_coef: float = Field(default=8e-5, ge=0)
+    init_std: float = Field(default=0.01, gt=0)
+
+
+class PanguSection(_Strict):
+    config: Literal["tiny", "350M", "2.6B"] = "tiny"
+    vocab_size: int | None = Field(default=None, ge=2)
+    hidden_size: int | None = Field(default=None, ge=1)
+    num_layers: int | None = Field(default=None, ge=1)
+    num_heads: int | None = Field(default=None, ge=1)
+    seq_length: int | None = Field(default=None, ge=2)
+
+
+class TrainSection(_Strict):
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    eval_fraction: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+    log_every: int = Field(default=100, ge=1)
+    ckpt_every: int = Field(default=0, ge=0)
+    ckpt_dir: str | None = None
+    resume: bool = False
+    compress: bool | None = None    # default per scenario: Wide&Deep on (the YAML's codecs), Pangu off
+    label_dp: bool = False
+    embedding_dp: bool = False
+    max_steps: int | None = Field(default=None, ge=1)
+    metrics_path: str | None = None
+    progress: bool = True
+    deepspeed: bool = True          # pangu_alpha: party B's backbone under DeepSpeed
+    lr: float | None = Field(default=None, gt=0)
+    peer_timeout: float | None = Field(default=None, gt=0)
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    def options(self, cls: type[Any]) -> Any:
+        """The given fields as the scenario's TrainOptions dataclass ``cls`` (unset ones: its defaults)."""
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in self.model_dump().items() if k in fields and v is not None})
+
+
+class RunConfig(_Strict):
+    scenario: str                   # a name in splitlink.runtime.registry
+    party: Literal["leader", "follower"]
+    address: str
+    peer_address: str
+    enable_ssl: bool = True
+    ssl: SSLSection | None = None
+    seal: bool = False
+    data: str | None = None         # pangu_alpha: only party A (the leader) holds data
+    eval_data: str | None = None    # pangu_alpha: held-out token data for party A's eval loss
+    threads: int | None = Field(default=None, ge=1)
+    keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (splitlink.util.keep_freed_memory)
+    model: WideDeepSection = Field(default_factory=WideDeepSection)
+    pangu: PanguSection = Field(default_factory=PanguSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    log_file: str | None = None
+
+
+_PATH_KEYS = {("data",), ("eval_data",), ("log_file",), ("train", "ckpt_dir"), ("train", "metrics_path"),
+              *(("ssl", k) for k in SSLSection.model_fields if k.endswith("_path"))}
+
+
+def _read_yaml(p: Path, what: str) -> tuple[Any, YamlLines]:
+    return parse_yaml_document(read_yaml_text(p, what), str(p))
+
+
+def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
+    """The run file at ``path``, validated; relative paths in it made absolute (relative to the file)."""
+    p = Path(path)
+    raw, lines = _read_yaml(p, "run file")
+    if not isinstance(raw, dict):
+        raise YamlConfigError(str(p), [*lines.problems, Problem(1, "", "the run file must be a mapping")])
+    problems = list(lines.problems)
+    scenario = raw.get("scenario")
+    known = registry.names()
+    if isinstance(scenario, str) and scenario not in known:
+        problems.append(Problem(lines.line(("scenario",)), "scenario",
+                                f"{scenario!r} is not a known scenario; known: {', '.join(known)}"))
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(pydantic_problems(e, lines, RunConfig))
+        raise YamlConfigError(str(p), problems) from None
+    if cfg.enable_ssl and cfg.ssl is None:
+        problems.append(Problem(lines.line(("enable_ssl",)), "ssl",
+                                "missing: enable_ssl is true, so give ssl.server_cert_path, client_cert_path, ca_cert_path"))
+    if cfg.data is None and cfg.scenario in known and registry.get(cfg.scenario).needs_data(cfg.party):
+        problems.append(Problem(lines.line(()), "data", "missing: this party's data (a path)"))
+    if problems:
+        raise YamlConfigError(str(p), problems)
+    base = p.resolve().parent
+    data = cfg.model_dump()
+    for keys in _PATH_KEYS:
+        d: Any = data
+        for k in keys[:-1]:
+            d = d.get(k) if isinstance(d, dict) else None
+        if isinstance(d, dict) and isinstance(d.get(keys[-1]), str) and not os.path.isabs(d[keys[-1]]):
+            d[keys[-1]] = str(base / d[keys[-1]])
+    return RunConfig.model_validate(data)
+
+
+def ssl_section(server_cert: str | None, client_cert: str | None, ca_cert: str | None,
+                server_password: str | None = None, client_password: str | None = None) -> dict[str, Any]:
+    """The ``ssl`` section of a run file from the seed scripts' positional arguments (absolute paths)."""
+    given = {"server_cert": server_cert, "client_cert": client_cert, "ca_cert": ca_cert}
+    missing = [n for n, v in given.items() if not v]
+    if missing:
+        raise ValueError(f"enable_ssl is True, so give {', '.join(missing)} (see --help), or enable_ssl False on "
+                         "loopback addresses")
+    return {"server_cert_path": os.path.abspath(str(server_cert)), "client_cert_path": os.path.abspath(str(client_cert)),
+            "ca_cert_path": os.path.abspath(str(ca_cert)), "server_password": server_password,
+            "client_password": client_password}
