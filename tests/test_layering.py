@@ -329,10 +329,19 @@ def test_check_finds_stale_allowances_and_unknown_modules(tmp_path: Path) -> Non
 
 # --- what importing a module loads, in a fresh interpreter ---
 
+def _imported_splitlink_path(env: dict[str, str]) -> str:
+    """PYTHONPATH for a child that imports the same splitlink this process did (installed, or a
+    staged build), not the source tree, which has no compiled _core."""
+    import splitlink
+
+    installed = str(Path(splitlink.__file__).resolve().parents[1])
+    return os.pathsep.join(filter(None, [installed, env.get("PYTHONPATH")]))
+
+
 def _loaded_after(statement: str, candidates: list[str]) -> list[str]:
     code = f"import sys\n{statement}\nprint(' '.join(m for m in {candidates!r} if m in sys.modules))"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT.parent), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = _imported_splitlink_path(env)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
@@ -377,7 +386,7 @@ def test_every_public_name_resolves() -> None:
         print("ok", len(splitlink.__all__))
         """)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT.parent), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = _imported_splitlink_path(env)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok ")
