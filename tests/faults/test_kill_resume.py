@@ -31,6 +31,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+# peer_timeout is also how long a party waits for its peer to come up. Runs that must simply finish
+# get a generous one (a busy machine can take 20 s to import DeepSpeed); only the survivor that must
+# give up on a killed peer gets a short one.
 def run_files(d: Path, ckpt: Path, resume: bool, peer_timeout: float = 8.0, every: int = EVERY) -> dict[str, Path]:
     files = demo_mod.write_run_files(d, epochs=1, batch_size=90, vocab_size=5000, log_every=1, progress=False,
                                      model=MODEL, ckpt_every=every, max_steps=STEPS)
@@ -93,7 +96,7 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
     checkpoint of the initial state every fresh run writes)."""
     ref = workdir / "ref"
     if not ref.exists():
-        codes = finish(start(run_files(workdir, ref, resume=False)))
+        codes = finish(start(run_files(workdir, ref, resume=False, peer_timeout=120.0)))
         assert codes == {"follower": 0, "leader": 0}
     expected = final_state(ref)
     assert len(expected) == 3  # leader bottom, leader top, follower bottom
@@ -123,7 +126,7 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
         assert codes[survivor] != 0, case  # it noticed: no frame from the peer within peer_timeout, a clear error
         err = ERRORS[survivor]
         assert victim in err and ("within" in err or "unavailable" in err), (case, err)
-        codes = finish(start(run_files(workdir, run, resume=True)))
+        codes = finish(start(run_files(workdir, run, resume=True, peer_timeout=120.0)))
     else:
         assert procs[victim].wait(30) == -signal.SIGKILL, case
         procs[victim].stderr.close()  # type: ignore[union-attr]
@@ -219,7 +222,7 @@ def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pan
     require_deepspeed()
     d = pangu_workdir
     ref = d / "ref"
-    codes = finish(start(pangu_files(d, ref, resume=False)), timeout=300)
+    codes = finish(start(pangu_files(d, ref, resume=False, peer_timeout=120.0)), timeout=300)
     assert codes == {"follower": 0, "leader": 0}, ERRORS
     expected, expected_losses = pangu_final_state(ref), pangu_losses(ref)
     assert sorted(expected_losses) == list(range(1, PANGU_STEPS + 1))
@@ -249,7 +252,7 @@ def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pan
             assert codes[victim] == -signal.SIGKILL
             assert codes[survivor] != 0
             assert victim in ERRORS[survivor], ERRORS[survivor]
-            codes = finish(start(pangu_files(d, run, resume=True)), timeout=300)
+            codes = finish(start(pangu_files(d, run, resume=True, peer_timeout=120.0)), timeout=300)
         else:
             assert procs[victim].wait(30) == -signal.SIGKILL
             procs[victim].stderr.close()  # type: ignore[union-attr]
