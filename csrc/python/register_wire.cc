@@ -32,7 +32,7 @@ struct PackArgs {
 };
 
 // items: sequence of (path: tuple[str, ...], dtype: int, shape: tuple[int, ...], data: buffer,
-//                     codec: spec tuple or None, residual: writable float32 buffer or None)
+//                     codec: CodecSpec or None, residual: writable float32 buffer or None)
 PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq, int64_t step, std::string kind) {
   PackArgs a;
   a.meta.sender = std::move(sender);
@@ -52,7 +52,7 @@ PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq
     a.views.emplace_back(item[3], PyBUF_C_CONTIGUOUS, "tensor data");
     t.data = a.views.back().data();
     t.nbytes = a.views.back().size();
-    t.codec = spec_from_tuple(item[4]);
+    t.codec = spec_from_object(item[4]);
     if (!item[5].is_none()) {
       a.views.emplace_back(item[5], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "residual");
       t.residual = reinterpret_cast<float*>(a.views.back().mutable_data());
@@ -116,7 +116,47 @@ class FrameChunks {
   std::vector<Span> spans_;
 };
 
-py::tuple decode(const py::object& buffer) {
+// A decoded header as Python sees it (`_core.wire.FrameHeader`, `_core.wire.TensorDesc`): read-only,
+// named fields; paths, shapes and the descriptors are built once, at decode, as Python tuples.
+struct PyTensorDesc {
+  py::tuple path;
+  uint32_t dtype = 0;
+  py::tuple shape;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  codec::CodecSpec codec;
+};
+
+struct PyFrameHeader {
+  wire::FrameMeta meta;
+  uint64_t payload_offset = 0;
+  uint64_t payload_length = 0;
+  py::tuple tensors;  // of PyTensorDesc
+};
+
+py::tuple desc_fields(const PyTensorDesc& d) {
+  return py::make_tuple(d.path, d.dtype, d.shape, d.offset, d.length, d.codec);
+}
+
+py::tuple header_fields(const PyFrameHeader& h) {
+  return py::make_tuple(h.meta.version, h.meta.sender, h.meta.seq, h.meta.step, h.meta.kind, h.payload_offset,
+                        h.payload_length, h.tensors);
+}
+
+std::string repr(const PyTensorDesc& d) {
+  return "TensorDesc(path=" + std::string(py::repr(d.path)) + ", dtype=" + dtype_name(static_cast<DType>(d.dtype)) +
+         ", shape=" + std::string(py::repr(d.shape)) + ", offset=" + std::to_string(d.offset) +
+         ", length=" + std::to_string(d.length) + ", codec=" + codec::codec_name(d.codec.type) + ")";
+}
+
+std::string repr(const PyFrameHeader& h) {
+  return "FrameHeader(version=" + std::to_string(h.meta.version) + ", sender=" + std::string(py::repr(py::str(h.meta.sender))) +
+         ", seq=" + std::to_string(h.meta.seq) + ", step=" + std::to_string(h.meta.step) +
+         ", kind=" + std::string(py::repr(py::str(h.meta.kind))) + ", payload_offset=" + std::to_string(h.payload_offset) +
+         ", payload_length=" + std::to_string(h.payload_length) + ", tensors=" + std::to_string(py::len(h.tensors)) + ")";
+}
+
+PyFrameHeader decode(const py::object& buffer) {
   PyBuffer view(buffer, PyBUF_SIMPLE, "frame");
   wire::FrameHeader h;
   try {
@@ -127,16 +167,53 @@ py::tuple decode(const py::object& buffer) {
     }
     throw;
   }
-  py::list descs;
-  for (const auto& d : h.tensors) {
-    py::tuple path(d.path.size());
-    for (size_t k = 0; k < d.path.size(); ++k) path[k] = py::str(d.path[k]);
-    py::tuple shape(d.shape.size());
-    for (size_t k = 0; k < d.shape.size(); ++k) shape[k] = py::int_(d.shape[k]);
-    descs.append(py::make_tuple(path, static_cast<uint32_t>(d.dtype), shape, d.offset, d.length, spec_to_tuple(d.codec)));
+  PyFrameHeader out;
+  out.meta = std::move(h.meta);
+  out.payload_offset = h.payload_offset;
+  out.payload_length = h.payload_length;
+  out.tensors = py::tuple(h.tensors.size());
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    const wire::TensorDesc& d = h.tensors[i];
+    PyTensorDesc pd;
+    pd.path = py::tuple(d.path.size());
+    for (size_t k = 0; k < d.path.size(); ++k) pd.path[k] = py::str(d.path[k]);
+    pd.shape = py::tuple(d.shape.size());
+    for (size_t k = 0; k < d.shape.size(); ++k) pd.shape[k] = py::int_(d.shape[k]);
+    pd.dtype = static_cast<uint32_t>(d.dtype);
+    pd.offset = d.offset;
+    pd.length = d.length;
+    pd.codec = d.codec;
+    out.tensors[i] = py::cast(std::move(pd));
   }
-  return py::make_tuple(h.meta.version, h.meta.sender, h.meta.seq, h.meta.step, h.meta.kind, h.payload_offset,
-                        h.payload_length, descs);
+  return out;
+}
+
+void bind_header_types(py::module_& m) {
+  py::class_<PyTensorDesc> desc(m, "TensorDesc",
+                                "One tensor of a decoded frame header (read-only). offset and length are bytes from "
+                                "the frame's start; codec says how the bytes are encoded (type 0: raw).");
+  desc.def_property_readonly("path", [](const PyTensorDesc& d) { return d.path; }, "Names from the outermost group in.")
+      .def_readonly("dtype", &PyTensorDesc::dtype, "Element type code (a value of DTYPES).")
+      .def_property_readonly("shape", [](const PyTensorDesc& d) { return d.shape; })
+      .def_readonly("offset", &PyTensorDesc::offset)
+      .def_readonly("length", &PyTensorDesc::length)
+      .def_readonly("codec", &PyTensorDesc::codec, "The tensor's CodecSpec.")
+      .def("__repr__", [](const PyTensorDesc& d) { return repr(d); });
+  add_sequence_protocol(desc, 6, desc_fields);
+
+  py::class_<PyFrameHeader> header(m, "FrameHeader",
+                                   "A validated frame header (read-only): routing fields, where the payload lies and "
+                                   "one TensorDesc per tensor.");
+  header.def_property_readonly("version", [](const PyFrameHeader& h) { return h.meta.version; })
+      .def_property_readonly("sender", [](const PyFrameHeader& h) { return h.meta.sender; })
+      .def_property_readonly("seq", [](const PyFrameHeader& h) { return h.meta.seq; })
+      .def_property_readonly("step", [](const PyFrameHeader& h) { return h.meta.step; })
+      .def_property_readonly("kind", [](const PyFrameHeader& h) { return h.meta.kind; })
+      .def_readonly("payload_offset", &PyFrameHeader::payload_offset)
+      .def_readonly("payload_length", &PyFrameHeader::payload_length)
+      .def_property_readonly("tensors", [](const PyFrameHeader& h) { return h.tensors; }, "tuple of TensorDesc.")
+      .def("__repr__", [](const PyFrameHeader& h) { return repr(h); });
+  add_sequence_protocol(header, 8, header_fields);
 }
 
 }  // namespace
@@ -147,6 +224,10 @@ void register_wire(py::module_ m) {
   m.attr("MAX_TENSORS") = wire::kMaxTensors;
   m.attr("MAX_NDIM") = wire::kMaxNdim;
   m.attr("MAX_PATH_DEPTH") = wire::kMaxPathDepth;
+  py::dict dtypes;
+  for (uint32_t c = 1; c <= kMaxDType; ++c) dtypes[py::str(dtype_name(static_cast<DType>(c)))] = c;
+  m.attr("DTYPES") = dtypes;  // name -> frame.proto `enum DType` code
+  bind_header_types(m);
 
   py::class_<FrameBuffer>(m, "FrameBuffer", py::buffer_protocol(),
                           "An encoded frame in 64-byte aligned memory owned by this object. Supports the buffer "
@@ -246,8 +327,7 @@ void register_wire(py::module_ m) {
       py::arg("chunk_size"), py::arg("threads") = 0);
 
   m.def("decode_header", &decode, py::arg("buffer"),
-        "Validates a frame and returns (version, sender, seq, step, kind, payload_offset, payload_length, "
-        "[(path, dtype, shape, offset, length, codec_spec), ...]) with offsets from the frame start.");
+        "Validates a frame's header and returns it as a FrameHeader; offsets are from the frame start.");
 }
 
 }  // namespace splitlink::py_util

@@ -45,7 +45,7 @@ from splitlink import _core
 # The pools live in splitlink.buffers (below wire and secure); wire re-exports them.
 from splitlink.buffers import DECODE_POOL_MIN_BYTES as _DECODE_POOL_MIN_BYTES
 from splitlink.buffers import BufferPool, FrameBuffer, decode_pool, default_pool
-from splitlink.codec import CompressConfig, ErrorFeedback, codec_name
+from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CryptoError
 
 if TYPE_CHECKING:
@@ -378,19 +378,20 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, poo
         if not mv.c_contiguous:
             raise ValueError("unpack() needs a C-contiguous buffer")
         mv = mv.cast("B")
-    version, sender, seq, step, kind, _, _, descs = _core.wire.decode_header(mv)
+    header = _core.wire.decode_header(mv)
     base: torch.Tensor | None = None
     tensors: dict[str, Any] = {}
     flat: dict[tuple[str, ...], torch.Tensor] = {}
     codecs: dict[tuple[str, ...], str] = {}
-    for path, code, shape, offset, length, spec in descs:
-        dtype = _TORCH_BY_CODE[code]
-        if spec[0] != 0:
+    for desc in header.tensors:
+        path, shape, offset, length, spec = desc.path, desc.shape, desc.offset, desc.length, desc.codec
+        dtype = _TORCH_BY_CODE[desc.dtype]
+        if spec.type != 0:
             # Compressed: decode into a tensor of the original dtype and shape with memory of its own.
             t, target = _decode_target(shape, dtype, decode_into)
-            _core.codec.decode(spec, code, mv, offset, length, target, _name(path))
+            _core.codec.decode(spec, desc.dtype, mv, offset, length, target, _name(path))
             del target
-            codecs[path] = codec_name(spec[0])
+            codecs[path] = spec.name
         elif length == 0:
             t = torch.empty(shape, dtype=dtype)
         else:
@@ -405,4 +406,4 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, poo
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = t
-    return Frame(version, sender, seq, step, kind, tensors, flat, mv, codecs)
+    return Frame(header.version, header.sender, header.seq, header.step, header.kind, tensors, flat, mv, codecs)

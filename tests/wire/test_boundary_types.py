@@ -1,0 +1,99 @@
+"""The C++/Python boundary passes named, read-only types (FrameHeader, TensorDesc, CodecSpec)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from splitlink import _core, wire
+from splitlink.codec import CompressConfig
+
+
+def _frame() -> bytes:
+    tensors = {"g": {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)}, "ids": np.arange(5, dtype=np.int64)}
+    return bytes(wire.pack(tensors, sender="leader", seq=9, step=-2, kind="fwd",
+                           compress={"g/w": CompressConfig("min_max", bit_num=4)}))
+
+
+def test_frame_header_fields_are_named_and_match_the_frame() -> None:
+    buf = _frame()
+    h = _core.wire.decode_header(buf)
+    assert isinstance(h, _core.wire.FrameHeader)
+    assert (h.version, h.sender, h.seq, h.step, h.kind) == (wire.WIRE_VERSION, "leader", 9, -2, "fwd")
+    assert 0 < h.payload_offset and h.payload_offset + h.payload_length <= len(buf)
+    assert isinstance(h.tensors, tuple) and len(h.tensors) == 2
+    w, ids = h.tensors
+    assert isinstance(w, _core.wire.TensorDesc)
+    assert (w.path, w.dtype, w.shape) == (("g", "w"), _core.wire.DTYPES["float32"], (3, 4))
+    assert (ids.path, ids.dtype, ids.shape) == (("ids",), _core.wire.DTYPES["int64"], (5,))
+    assert ids.length == 5 * 8 and ids.codec.type == 0 and ids.codec.name == "no_compress"
+    assert w.codec.name == "min_max" and w.codec.type == _core.codec.CODEC_TYPES["min_max"] and w.codec.bit_num == 4
+    # The raw tensor's bytes are where its descriptor says.
+    assert buf[ids.offset : ids.offset + ids.length] == np.arange(5, dtype=np.int64).tobytes()
+    frame = wire.unpack(buf)
+    assert (frame.sender, frame.seq, frame.step, frame.kind) == (h.sender, h.seq, h.step, h.kind)
+
+
+@pytest.mark.parametrize("field", ["sender", "seq", "tensors", "payload_offset"])
+def test_frame_header_is_read_only(field: str) -> None:
+    h = _core.wire.decode_header(_frame())
+    with pytest.raises(AttributeError):
+        setattr(h, field, getattr(h, field))
+
+
+def test_tensor_desc_and_codec_spec_are_read_only() -> None:
+    d = _core.wire.decode_header(_frame()).tensors[0]
+    for obj, field in ((d, "offset"), (d, "path"), (d, "codec"), (d.codec, "bit_num"), (d.codec, "type")):
+        with pytest.raises(AttributeError):
+            setattr(obj, field, getattr(obj, field))
+
+
+def test_reprs_name_the_fields() -> None:
+    h = _core.wire.decode_header(_frame())
+    assert repr(h) == (f"FrameHeader(version={wire.WIRE_VERSION}, sender='leader', seq=9, step=-2, kind='fwd', "
+                       f"payload_offset={h.payload_offset}, payload_length={h.payload_length}, tensors=2)")
+    d = h.tensors[1]
+    assert repr(d) == f"TensorDesc(path=('ids',), dtype=int64, shape=(5,), offset={d.offset}, length=40, codec=no_compress)"
+    assert repr(h.tensors[0].codec) == ("CodecSpec(type=min_max, bit_num=4, block_size=0, topk_count=0, value_bits=0, "
+                                        "stochastic=False, seed=0)")
+
+
+def test_codec_spec_from_compress_config() -> None:
+    spec = CompressConfig("topk", k=3, value_bit_num=8, block_size=16).spec(10)
+    assert isinstance(spec, _core.codec.CodecSpec)
+    assert (spec.type, spec.topk_count, spec.value_bits, spec.block_size) == (_core.codec.CODEC_TYPES["topk"], 3, 8, 16)
+    assert spec == _core.codec.CodecSpec(spec.type, topk_count=3, value_bits=8, block_size=16)
+    assert spec != _core.codec.CodecSpec(spec.type, topk_count=4, value_bits=8, block_size=16)
+    assert hash(spec) == hash(_core.codec.CodecSpec(spec.type, topk_count=3, value_bits=8, block_size=16))
+    seeded = CompressConfig("min_max", stochastic=True, seed=5)
+    assert seeded.spec(8, seq=1, name="a").seed != seeded.spec(8, seq=2, name="a").seed  # fresh stream per frame
+
+
+def test_codec_spec_rejects_unknown_types_and_positional_parameters() -> None:
+    with pytest.raises(ValueError, match="unknown codec type 99; codes are the values of splitlink._core.codec.CODEC_TYPES"):
+        _core.codec.CodecSpec(99)
+    with pytest.raises(TypeError):
+        _core.codec.CodecSpec(1, 8)  # parameters are keyword-only
+
+
+def test_bindings_refuse_a_tuple_as_codec_spec() -> None:
+    x = np.ones(8, dtype=np.float32)
+    with pytest.raises(TypeError, match=r"codec spec must be a splitlink._core.codec.CodecSpec or None, got tuple "
+                                        r"\(CompressConfig.spec\(\) makes one\)"):
+        _core.codec.encoded_size((1, 8, 0, 0, 0, False, 0), 1, x.size)
+    item = (("x",), 1, (8,), x, (1, 8, 0, 0, 0, False, 0), None)
+    with pytest.raises(TypeError, match="codec spec must be a splitlink._core.codec.CodecSpec"):
+        _core.wire.packed_size([item], "", 0, 0, "")
+
+
+def test_named_types_still_unpack_like_the_tuples_they_replace() -> None:
+    # Callers written against the positional tuples keep working while they move to the names.
+    h = _core.wire.decode_header(_frame())
+    version, sender, seq, step, kind, payload_offset, payload_length, descs = h
+    assert (version, sender, seq, step, kind, payload_offset, payload_length, descs) == (
+        h.version, h.sender, h.seq, h.step, h.kind, h.payload_offset, h.payload_length, h.tensors)
+    path, dtype, shape, offset, length, spec = descs[1]
+    assert (path, dtype, shape, offset, length, spec) == (("ids",), 8, (5,), descs[1].offset, 40, descs[1].codec)
+    assert len(h) == 8 and len(descs[1]) == 6 and len(spec) == 7 and h[1] == "leader" and h[-1] is h.tensors
+    assert tuple(descs[0].codec) == (1, 4, 0, 0, 0, False, 0) and descs[0].codec[0] == 1
