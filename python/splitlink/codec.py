@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CompressConfig", "ErrorFeedback", "COMPRESS_TYPES"]
 
-COMPRESS_TYPES: dict[str, int] = {"no_compress": 0, "min_max": 1, "bit_pack": 2, "fp16": 3, "bf16": 4, "topk": 5}
+# name -> frame.proto `enum CodecType` code, as the core defines them
+COMPRESS_TYPES: dict[str, int] = dict(_core.codec.CODEC_TYPES)
 _NAMES = {v: k for k, v in COMPRESS_TYPES.items()}
 
 _PARAMS: dict[str, set[str]] = {

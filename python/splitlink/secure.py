@@ -63,7 +63,7 @@ __all__ = [
     "CryptoError",
 ]
 
-CIPHERS: dict[str, int] = {"aes-256-gcm": 1, "chacha20-poly1305": 2}
+CIPHERS: dict[str, int] = dict(_core.secure.CIPHERS)  # name -> the core's cipher code
 Key = _core.secure.Key
 DEFAULT_SEGMENT: int = _core.secure.DEFAULT_SEGMENT
 

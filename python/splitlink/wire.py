@@ -70,18 +70,11 @@ WIRE_VERSION: int = _core.wire.WIRE_VERSION
 TensorLike = Union[torch.Tensor, np.ndarray]
 TensorTree = Mapping[str, Any]  # values: TensorLike or a nested TensorTree
 
-# (wire code, torch dtype, numpy dtype or None). Codes are frame.proto's `enum DType`.
-_DTYPES: tuple[tuple[int, torch.dtype, Any], ...] = (
-    (1, torch.float32, np.dtype(np.float32)),
-    (2, torch.float64, np.dtype(np.float64)),
-    (3, torch.float16, np.dtype(np.float16)),
-    (4, torch.bfloat16, None),
-    (5, torch.int8, np.dtype(np.int8)),
-    (6, torch.int16, np.dtype(np.int16)),
-    (7, torch.int32, np.dtype(np.int32)),
-    (8, torch.int64, np.dtype(np.int64)),
-    (9, torch.uint8, np.dtype(np.uint8)),
-    (10, torch.bool, np.dtype(np.bool_)),
+# (wire code, torch dtype, numpy dtype or None), from the core's table of frame.proto's `enum DType`
+# (name -> code); the names are torch's and numpy's dtype names (numpy has no bfloat16).
+_DTYPES: tuple[tuple[int, torch.dtype, Any], ...] = tuple(
+    (code, getattr(torch, name), None if name == "bfloat16" else np.dtype(name))
+    for name, code in _core.wire.DTYPES.items()
 )
 _CODE_BY_TORCH = {t: c for c, t, _ in _DTYPES}
 _TORCH_BY_CODE = {c: t for c, t, _ in _DTYPES}

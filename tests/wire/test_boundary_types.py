@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +100,31 @@ def test_named_types_still_unpack_like_the_tuples_they_replace() -> None:
     assert (path, dtype, shape, offset, length, spec) == (("ids",), 8, (5,), descs[1].offset, 40, descs[1].codec)
     assert len(h) == 8 and len(descs[1]) == 6 and len(spec) == 7 and h[1] == "leader" and h[-1] is h.tensors
     assert tuple(descs[0].codec) == (1, 4, 0, 0, 0, False, 0) and descs[0].codec[0] == 1
+
+
+def _proto_enum(name: str) -> dict[str, int]:
+    """``enum <name>`` of protos/splitlink/v1/frame.proto as {lower-case name: value}, UNSPECIFIED left out."""
+    text = (Path(__file__).resolve().parents[2] / "protos" / "splitlink" / "v1" / "frame.proto").read_text()
+    body = re.search(r"enum " + name + r" \{(.*?)\}", text, re.S)
+    assert body is not None, f"frame.proto has no enum {name}"
+    return {k.lower(): int(v) for k, v in re.findall(r"^\s*([A-Z0-9_]+) = (\d+);", body.group(1), re.M)
+            if not k.endswith("UNSPECIFIED")}
+
+
+def test_the_core_exports_the_wire_enums_of_frame_proto() -> None:
+    assert _core.wire.DTYPES == _proto_enum("DType")
+    assert _core.codec.CODEC_TYPES == _proto_enum("CodecType")
+    assert {k.replace("-", "_"): v for k, v in _core.secure.CIPHERS.items()} == _proto_enum("Cipher")
+
+
+def test_python_tables_are_the_cores() -> None:
+    from splitlink import codec, secure
+
+    assert codec.COMPRESS_TYPES == _core.codec.CODEC_TYPES
+    assert secure.CIPHERS == _core.secure.CIPHERS
+    assert {code: str(t).removeprefix("torch.") for code, t, _ in wire._DTYPES} == {
+        code: name for name, code in _core.wire.DTYPES.items()}
+    # Every dtype the core knows round-trips through a frame as the torch dtype of that name.
+    for name in _core.wire.DTYPES:
+        t = torch.zeros(3, dtype=getattr(torch, name))
+        assert wire.unpack(wire.pack({"t": t})).tensors["t"].dtype == t.dtype
