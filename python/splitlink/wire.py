@@ -59,6 +59,9 @@ __all__ = [
     "pack",
     "packed_size",
     "unpack",
+    "peek_header",
+    "FrameHeader",
+    "TensorDesc",
     "default_pool",
     "decode_pool",
     "WIRE_VERSION",
@@ -66,6 +69,9 @@ __all__ = [
 ]
 
 WIRE_VERSION: int = _core.wire.WIRE_VERSION
+# A decoded frame header and its tensor descriptors (read-only, from the native core); see peek_header.
+FrameHeader = _core.wire.FrameHeader
+TensorDesc = _core.wire.TensorDesc
 
 TensorLike = Union[torch.Tensor, np.ndarray]
 TensorTree = Mapping[str, Any]  # values: TensorLike or a nested TensorTree
@@ -341,6 +347,28 @@ def _decode_target(shape: tuple[int, ...], dtype: torch.dtype, pool: Any) -> tup
     return t, (t.view(torch.int16) if dtype == torch.bfloat16 else t).numpy()
 
 
+def _byte_view_of(buffer: Any, caller: str) -> memoryview:
+    """``buffer`` as a flat memoryview of bytes (no copy)."""
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise TypeError(f"{caller}() needs a bytes-like object (buffer protocol), got {type(buffer).__name__}") from None
+    if mv.ndim != 1 or mv.itemsize != 1:
+        if not mv.c_contiguous:
+            raise ValueError(f"{caller}() needs a C-contiguous buffer")
+        mv = mv.cast("B")
+    return mv
+
+
+def peek_header(buffer: Any) -> FrameHeader:
+    """The header of the frame in ``buffer`` (bytes-like), validated as ``unpack`` validates it, without
+    creating any tensor: a read-only ``FrameHeader`` with ``version``, ``sender``, ``seq``, ``step``,
+    ``kind``, ``payload_offset``, ``payload_length`` and ``tensors`` (one ``TensorDesc`` each: ``path``,
+    ``dtype`` code, ``shape``, ``offset``, ``length``, ``codec``). Raises ``WireError`` for a malformed
+    frame (and names a sealed one as such)."""
+    return _core.wire.decode_header(_byte_view_of(buffer, "peek_header"))
+
+
 def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, pool: Any = _USE_DEFAULT) -> Frame:
     """Decodes a frame. Tensors view ``buffer`` (zero-copy) unless ``copy=True``.
 
@@ -363,14 +391,7 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, poo
                 f"fields (inner sender={frame.sender!r} seq={frame.seq} step={frame.step} kind={frame.kind!r})"
             )
         return frame
-    try:
-        mv = memoryview(buffer)
-    except TypeError:
-        raise TypeError(f"unpack() needs a bytes-like object (buffer protocol), got {type(buffer).__name__}") from None
-    if mv.ndim != 1 or mv.itemsize != 1:
-        if not mv.c_contiguous:
-            raise ValueError("unpack() needs a C-contiguous buffer")
-        mv = mv.cast("B")
+    mv = _byte_view_of(buffer, "unpack")
     header = _core.wire.decode_header(mv)
     base: torch.Tensor | None = None
     tensors: dict[str, Any] = {}

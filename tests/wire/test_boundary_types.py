@@ -128,3 +128,43 @@ def test_python_tables_are_the_cores() -> None:
     for name in _core.wire.DTYPES:
         t = torch.zeros(3, dtype=getattr(torch, name))
         assert wire.unpack(wire.pack({"t": t})).tensors["t"].dtype == t.dtype
+
+
+def test_peek_header_reads_the_header_unpack_reads() -> None:
+    buf = _frame()
+    h = wire.peek_header(buf)
+    assert isinstance(h, wire.FrameHeader) and wire.FrameHeader is _core.wire.FrameHeader
+    frame = wire.unpack(buf)
+    assert (h.version, h.sender, h.seq, h.step, h.kind) == (frame.version, frame.sender, frame.seq, frame.step,
+                                                            frame.kind)
+    assert [d.path for d in h.tensors] == list(frame.flat)
+    assert {d.path: d.codec.name for d in h.tensors if d.codec.type} == frame.codecs
+    # Any bytes-like object, including a C-contiguous array of more than one dimension.
+    assert wire.peek_header(np.frombuffer(buf, dtype=np.uint8).reshape(1, -1)).sender == "leader"
+    assert wire.peek_header(bytearray(buf)).seq == 9 and wire.peek_header(memoryview(buf)).kind == "fwd"
+
+
+def test_peek_header_validates_like_unpack() -> None:
+    from splitlink.errors import WireError
+
+    bad = bytearray(_frame())
+    bad[0:2] = b"\x08\x07"  # version 7
+    with pytest.raises(WireError) as peeked:
+        wire.peek_header(bad)
+    with pytest.raises(WireError) as unpacked:
+        wire.unpack(bad)
+    assert str(peeked.value) == str(unpacked.value)
+    with pytest.raises(WireError):
+        wire.peek_header(_frame()[:-1])  # a payload cut short is caught from the header's lengths
+    with pytest.raises(TypeError, match=r"peek_header\(\) needs a bytes-like object \(buffer protocol\), got str"):
+        wire.peek_header("frame")
+
+
+def test_peek_header_names_a_sealed_frame() -> None:
+    from splitlink import secure
+    from splitlink.errors import WireError
+
+    key = secure.Key(bytes(range(32)))
+    sealed = bytes(wire.pack({"x": torch.ones(4)}, sender="a", sealer=secure.Sealer(key, "a")))
+    with pytest.raises(WireError, match="this is a sealed frame"):
+        wire.peek_header(sealed)
