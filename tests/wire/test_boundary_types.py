@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -168,3 +169,47 @@ def test_peek_header_names_a_sealed_frame() -> None:
     sealed = bytes(wire.pack({"x": torch.ones(4)}, sender="a", sealer=secure.Sealer(key, "a")))
     with pytest.raises(WireError, match="this is a sealed frame"):
         wire.peek_header(sealed)
+
+
+def _stub_names(body: list[ast.stmt]) -> dict[str, ast.stmt]:
+    names: dict[str, ast.stmt] = {}
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names[node.name] = node
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names[node.target.id] = node
+        elif isinstance(node, ast.Assign):
+            names.update((t.id, node) for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _public(names: object) -> set[str]:
+    return {n for n in names if not n.startswith("_")}  # type: ignore[attr-defined]
+
+
+def test_core_stub_names_what_the_compiled_module_has() -> None:
+    # python/splitlink/_core.pyi describes the extension (submodules as classes): every public name of
+    # _core, of its submodules and of their classes is in the stub, and the stub names nothing else.
+    stub = ast.parse((Path(wire.__file__).parent / "_core.pyi").read_text())
+    top = _stub_names(stub.body)
+    problems = []
+    submodules = [n for n in _public(vars(_core)) if type(getattr(_core, n)) is type(_core)]
+    assert sorted(submodules) == ["codec", "psi", "secure", "wire"]
+    stub_top = {n for n, node in top.items() if not n.startswith("_") or isinstance(node, ast.FunctionDef)}
+    runtime_top = _public(vars(_core)) | {"_raise_native_error"}
+    problems += [f"_core.{n}: missing from the stub" for n in runtime_top - stub_top]
+    problems += [f"_core.{n}: in the stub, not in the module" for n in stub_top - runtime_top]
+    for sub in submodules:
+        module = getattr(_core, sub)
+        node = top.get(sub)
+        assert isinstance(node, ast.ClassDef), f"the stub has no class standing for _core.{sub}"
+        members = _stub_names(node.body)
+        problems += [f"_core.{sub}.{n}: missing from the stub" for n in _public(vars(module)) - set(members)]
+        problems += [f"_core.{sub}.{n}: in the stub, not in the module" for n in _public(members) - _public(vars(module))]
+        for name, member in members.items():
+            if isinstance(member, ast.ClassDef) and hasattr(module, name):
+                cls = getattr(module, name)
+                have, declared = _public(vars(cls)), _public(_stub_names(member.body))
+                problems += [f"_core.{sub}.{name}.{n}: missing from the stub" for n in have - declared]
+                problems += [f"_core.{sub}.{name}.{n}: in the stub, not in the class" for n in declared - have]
+    assert problems == []
