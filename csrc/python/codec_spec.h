@@ -21,6 +21,13 @@ inline codec::CodecSpec spec_from_object(const pybind11::handle& obj) {
   return obj.cast<const codec::CodecSpec&>();
 }
 
+// _core.codec.NO_CODEC: the spec of every uncompressed tensor in a decoded header, one shared
+// immutable object (set by register_codec, referenced for the life of the process).
+inline PyObject*& no_codec_object() {
+  static PyObject* obj = nullptr;
+  return obj;
+}
+
 // Field values in declaration order: what the class's sequence protocol (len, index, unpacking)
 // yields, for callers written against the tuple it replaced.
 inline pybind11::tuple spec_fields(const codec::CodecSpec& s) {

@@ -66,6 +66,10 @@ void bind_codec_spec(py::module_& m) {
     types[py::str(codec::codec_name(static_cast<codec::CodecType>(t)))] = t;
   }
   m.attr("CODEC_TYPES") = types;
+  // The spec of every uncompressed tensor in a decoded header (one shared immutable object).
+  py::object none = py::cast(codec::CodecSpec{});
+  m.attr("NO_CODEC") = none;
+  no_codec_object() = none.release().ptr();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -116,47 +117,53 @@ class FrameChunks {
   std::vector<Span> spans_;
 };
 
-// A decoded header as Python sees it (`_core.wire.FrameHeader`, `_core.wire.TensorDesc`): read-only,
-// named fields; paths, shapes and the descriptors are built once, at decode, as Python tuples.
-struct PyTensorDesc {
-  py::tuple path;
-  uint32_t dtype = 0;
-  py::tuple shape;
-  uint64_t offset = 0;
-  uint64_t length = 0;
-  codec::CodecSpec codec;
-};
+// A decoded header as Python sees it: `_core.wire.FrameHeader` and `_core.wire.TensorDesc` are
+// struct sequences (like os.stat_result): read-only named fields that are also tuples, built in
+// one pass at decode. Attribute access is a C member read, as cheap as indexing the tuples these
+// types replace (pybind11 properties cost several times more per access on the unpack hot path).
+PyStructSequence_Field kDescFields[] = {
+    {"path", "names from the outermost group in (tuple of str)"},
+    {"dtype", "element type code (a value of DTYPES)"},
+    {"shape", "tuple of int"},
+    {"offset", "bytes from the frame's start to the tensor's bytes"},
+    {"length", "bytes the tensor occupies in the frame (encoded size when compressed)"},
+    {"codec", "the tensor's splitlink._core.codec.CodecSpec (type 0: raw bytes)"},
+    {nullptr, nullptr}};
+PyStructSequence_Desc kDescDesc = {
+    "splitlink._core.wire.TensorDesc", "One tensor of a decoded frame header (read-only named tuple).", kDescFields, 6};
 
-struct PyFrameHeader {
-  wire::FrameMeta meta;
-  uint64_t payload_offset = 0;
-  uint64_t payload_length = 0;
-  py::tuple tensors;  // of PyTensorDesc
-};
+PyStructSequence_Field kHeaderFields[] = {
+    {"version", "wire version"},
+    {"sender", "sending party"},
+    {"seq", "sender's sequence number"},
+    {"step", "training step"},
+    {"kind", "application-defined frame kind"},
+    {"payload_offset", "bytes from the frame's start to the payload"},
+    {"payload_length", "payload bytes"},
+    {"tensors", "tuple of TensorDesc"},
+    {nullptr, nullptr}};
+PyStructSequence_Desc kHeaderDesc = {
+    "splitlink._core.wire.FrameHeader",
+    "A validated frame header (read-only named tuple): routing fields, where the payload lies and one TensorDesc "
+    "per tensor.",
+    kHeaderFields, 8};
 
-py::tuple desc_fields(const PyTensorDesc& d) {
-  return py::make_tuple(d.path, d.dtype, d.shape, d.offset, d.length, d.codec);
+PyTypeObject* g_desc_type = nullptr;    // owned by the module (its attribute)
+PyTypeObject* g_header_type = nullptr;
+PyObject* g_no_codec = nullptr;         // _core.codec.NO_CODEC, shared by uncompressed tensors (immutable)
+
+py::object new_struct(PyTypeObject* type) {
+  PyObject* o = PyStructSequence_New(type);
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
 }
 
-py::tuple header_fields(const PyFrameHeader& h) {
-  return py::make_tuple(h.meta.version, h.meta.sender, h.meta.seq, h.meta.step, h.meta.kind, h.payload_offset,
-                        h.payload_length, h.tensors);
+// Sets item i of a fresh struct sequence to `value` (a reference is stolen from the object).
+void set_item(const py::object& s, Py_ssize_t i, py::object value) {
+  PyStructSequence_SetItem(s.ptr(), i, value.release().ptr());
 }
 
-std::string repr(const PyTensorDesc& d) {
-  return "TensorDesc(path=" + std::string(py::repr(d.path)) + ", dtype=" + dtype_name(static_cast<DType>(d.dtype)) +
-         ", shape=" + std::string(py::repr(d.shape)) + ", offset=" + std::to_string(d.offset) +
-         ", length=" + std::to_string(d.length) + ", codec=" + codec::codec_name(d.codec.type) + ")";
-}
-
-std::string repr(const PyFrameHeader& h) {
-  return "FrameHeader(version=" + std::to_string(h.meta.version) + ", sender=" + std::string(py::repr(py::str(h.meta.sender))) +
-         ", seq=" + std::to_string(h.meta.seq) + ", step=" + std::to_string(h.meta.step) +
-         ", kind=" + std::string(py::repr(py::str(h.meta.kind))) + ", payload_offset=" + std::to_string(h.payload_offset) +
-         ", payload_length=" + std::to_string(h.payload_length) + ", tensors=" + std::to_string(py::len(h.tensors)) + ")";
-}
-
-PyFrameHeader decode(const py::object& buffer) {
+py::object decode(const py::object& buffer) {
   PyBuffer view(buffer, PyBUF_SIMPLE, "frame");
   wire::FrameHeader h;
   try {
@@ -167,53 +174,43 @@ PyFrameHeader decode(const py::object& buffer) {
     }
     throw;
   }
-  PyFrameHeader out;
-  out.meta = std::move(h.meta);
-  out.payload_offset = h.payload_offset;
-  out.payload_length = h.payload_length;
-  out.tensors = py::tuple(h.tensors.size());
+  py::tuple descs(h.tensors.size());
   for (size_t i = 0; i < h.tensors.size(); ++i) {
     const wire::TensorDesc& d = h.tensors[i];
-    PyTensorDesc pd;
-    pd.path = py::tuple(d.path.size());
-    for (size_t k = 0; k < d.path.size(); ++k) pd.path[k] = py::str(d.path[k]);
-    pd.shape = py::tuple(d.shape.size());
-    for (size_t k = 0; k < d.shape.size(); ++k) pd.shape[k] = py::int_(d.shape[k]);
-    pd.dtype = static_cast<uint32_t>(d.dtype);
-    pd.offset = d.offset;
-    pd.length = d.length;
-    pd.codec = d.codec;
-    out.tensors[i] = py::cast(std::move(pd));
+    py::tuple path(d.path.size());
+    for (size_t k = 0; k < d.path.size(); ++k) path[k] = py::str(d.path[k]);
+    py::tuple shape(d.shape.size());
+    for (size_t k = 0; k < d.shape.size(); ++k) shape[k] = py::int_(d.shape[k]);
+    py::object desc = new_struct(g_desc_type);
+    set_item(desc, 0, std::move(path));
+    set_item(desc, 1, py::int_(static_cast<uint32_t>(d.dtype)));
+    set_item(desc, 2, std::move(shape));
+    set_item(desc, 3, py::int_(d.offset));
+    set_item(desc, 4, py::int_(d.length));
+    set_item(desc, 5, d.codec.is_none() ? py::reinterpret_borrow<py::object>(g_no_codec) : py::cast(d.codec));
+    descs[i] = std::move(desc);
   }
+  py::object out = new_struct(g_header_type);
+  set_item(out, 0, py::int_(h.meta.version));
+  set_item(out, 1, py::str(h.meta.sender));
+  set_item(out, 2, py::int_(h.meta.seq));
+  set_item(out, 3, py::int_(h.meta.step));
+  set_item(out, 4, py::str(h.meta.kind));
+  set_item(out, 5, py::int_(h.payload_offset));
+  set_item(out, 6, py::int_(h.payload_length));
+  set_item(out, 7, std::move(descs));
   return out;
 }
 
 void bind_header_types(py::module_& m) {
-  py::class_<PyTensorDesc> desc(m, "TensorDesc",
-                                "One tensor of a decoded frame header (read-only). offset and length are bytes from "
-                                "the frame's start; codec says how the bytes are encoded (type 0: raw).");
-  desc.def_property_readonly("path", [](const PyTensorDesc& d) { return d.path; }, "Names from the outermost group in.")
-      .def_readonly("dtype", &PyTensorDesc::dtype, "Element type code (a value of DTYPES).")
-      .def_property_readonly("shape", [](const PyTensorDesc& d) { return d.shape; })
-      .def_readonly("offset", &PyTensorDesc::offset)
-      .def_readonly("length", &PyTensorDesc::length)
-      .def_readonly("codec", &PyTensorDesc::codec, "The tensor's CodecSpec.")
-      .def("__repr__", [](const PyTensorDesc& d) { return repr(d); });
-  add_sequence_protocol(desc, 6, desc_fields);
-
-  py::class_<PyFrameHeader> header(m, "FrameHeader",
-                                   "A validated frame header (read-only): routing fields, where the payload lies and "
-                                   "one TensorDesc per tensor.");
-  header.def_property_readonly("version", [](const PyFrameHeader& h) { return h.meta.version; })
-      .def_property_readonly("sender", [](const PyFrameHeader& h) { return h.meta.sender; })
-      .def_property_readonly("seq", [](const PyFrameHeader& h) { return h.meta.seq; })
-      .def_property_readonly("step", [](const PyFrameHeader& h) { return h.meta.step; })
-      .def_property_readonly("kind", [](const PyFrameHeader& h) { return h.meta.kind; })
-      .def_readonly("payload_offset", &PyFrameHeader::payload_offset)
-      .def_readonly("payload_length", &PyFrameHeader::payload_length)
-      .def_property_readonly("tensors", [](const PyFrameHeader& h) { return h.tensors; }, "tuple of TensorDesc.")
-      .def("__repr__", [](const PyFrameHeader& h) { return repr(h); });
-  add_sequence_protocol(header, 8, header_fields);
+  g_desc_type = PyStructSequence_NewType(&kDescDesc);
+  if (g_desc_type == nullptr) throw py::error_already_set();
+  m.attr("TensorDesc") = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(g_desc_type));
+  g_header_type = PyStructSequence_NewType(&kHeaderDesc);
+  if (g_header_type == nullptr) throw py::error_already_set();
+  m.attr("FrameHeader") = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(g_header_type));
+  g_no_codec = no_codec_object();  // module.cc registers codec first
+  if (g_no_codec == nullptr) throw std::logic_error("register_codec must run before register_wire");
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ class codec:
     """tensor codecs on raw buffers"""
 
     CODEC_TYPES: ClassVar[dict[str, int]]  # codec name -> frame.proto `enum CodecType` code
+    NO_CODEC: ClassVar[CodecSpec]  # the spec of every uncompressed tensor in a decoded header (shared)
 
     class CodecSpec:
         """How one tensor is encoded (read-only)."""
@@ -80,9 +81,14 @@ class wire:
     MAX_PATH_DEPTH: ClassVar[int]
     DTYPES: ClassVar[dict[str, int]]  # dtype name -> frame.proto `enum DType` code
 
-    class TensorDesc:
-        """One tensor of a decoded frame header (read-only)."""
+    # FrameHeader and TensorDesc are struct sequences (like os.stat_result): read-only named fields
+    # that are also tuples of those fields, in this order.
+    class TensorDesc(tuple[Any, ...]):
+        """One tensor of a decoded frame header (read-only named tuple)."""
 
+        n_fields: ClassVar[int]
+        n_sequence_fields: ClassVar[int]
+        n_unnamed_fields: ClassVar[int]
         @property
         def path(self) -> tuple[str, ...]: ...
         @property
@@ -95,13 +101,13 @@ class wire:
         def length(self) -> int: ...
         @property
         def codec(self) -> codec.CodecSpec: ...
-        def __len__(self) -> int: ...
-        def __getitem__(self, index: int) -> Any: ...
-        def __iter__(self) -> Iterator[Any]: ...
 
-    class FrameHeader:
-        """A validated frame header (read-only)."""
+    class FrameHeader(tuple[Any, ...]):
+        """A validated frame header (read-only named tuple)."""
 
+        n_fields: ClassVar[int]
+        n_sequence_fields: ClassVar[int]
+        n_unnamed_fields: ClassVar[int]
         @property
         def version(self) -> int: ...
         @property
@@ -118,9 +124,6 @@ class wire:
         def payload_length(self) -> int: ...
         @property
         def tensors(self) -> tuple[wire.TensorDesc, ...]: ...
-        def __len__(self) -> int: ...
-        def __getitem__(self, index: int) -> Any: ...
-        def __iter__(self) -> Iterator[Any]: ...
 
     class FrameBuffer:
         """An encoded frame in 64-byte aligned memory owned by this object (buffer protocol)."""

@@ -88,6 +88,7 @@ _CODE_BY_NUMPY = {n: c for c, _, n in _DTYPES if n is not None}
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(t for _, t, _ in _DTYPES)
 
 _USE_DEFAULT: Any = object()
+_NO_CODEC = _core.codec.NO_CODEC
 
 
 def _name(path: tuple[str, ...]) -> str:
@@ -398,12 +399,12 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, poo
     flat: dict[tuple[str, ...], torch.Tensor] = {}
     codecs: dict[tuple[str, ...], str] = {}
     for desc in header.tensors:
-        path, shape, offset, length, spec = desc.path, desc.shape, desc.offset, desc.length, desc.codec
-        dtype = _TORCH_BY_CODE[desc.dtype]
-        if spec.type != 0:
+        path, code, shape, offset, length, spec = desc.path, desc.dtype, desc.shape, desc.offset, desc.length, desc.codec
+        dtype = _TORCH_BY_CODE[code]
+        if spec is not _NO_CODEC and spec.type != 0:  # identity first: the uncompressed tensors' shared spec
             # Compressed: decode into a tensor of the original dtype and shape with memory of its own.
             t, target = _decode_target(shape, dtype, decode_into)
-            _core.codec.decode(spec, desc.dtype, mv, offset, length, target, _name(path))
+            _core.codec.decode(spec, code, mv, offset, length, target, _name(path))
             del target
             codecs[path] = spec.name
         elif length == 0:

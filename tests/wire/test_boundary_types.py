@@ -55,10 +55,14 @@ def test_tensor_desc_and_codec_spec_are_read_only() -> None:
 
 def test_reprs_name_the_fields() -> None:
     h = _core.wire.decode_header(_frame())
-    assert repr(h) == (f"FrameHeader(version={wire.WIRE_VERSION}, sender='leader', seq=9, step=-2, kind='fwd', "
-                       f"payload_offset={h.payload_offset}, payload_length={h.payload_length}, tensors=2)")
     d = h.tensors[1]
-    assert repr(d) == f"TensorDesc(path=('ids',), dtype=int64, shape=(5,), offset={d.offset}, length=40, codec=no_compress)"
+    desc = (f"splitlink._core.wire.TensorDesc(path=('ids',), dtype=8, shape=(5,), offset={d.offset}, length=40, "
+            "codec=CodecSpec(type=no_compress, bit_num=0, block_size=0, topk_count=0, value_bits=0, stochastic=False, "
+            "seed=0))")
+    assert repr(d) == desc
+    assert repr(h) == (f"splitlink._core.wire.FrameHeader(version={wire.WIRE_VERSION}, sender='leader', seq=9, step=-2, "
+                       f"kind='fwd', payload_offset={h.payload_offset}, payload_length={h.payload_length}, "
+                       f"tensors=({h.tensors[0]!r}, {desc}))")
     assert repr(h.tensors[0].codec) == ("CodecSpec(type=min_max, bit_num=4, block_size=0, topk_count=0, value_bits=0, "
                                         "stochastic=False, seed=0)")
 
@@ -213,3 +217,9 @@ def test_core_stub_names_what_the_compiled_module_has() -> None:
                 problems += [f"_core.{sub}.{name}.{n}: missing from the stub" for n in have - declared]
                 problems += [f"_core.{sub}.{name}.{n}: in the stub, not in the class" for n in declared - have]
     assert problems == []
+
+
+def test_uncompressed_tensors_share_the_no_codec_spec() -> None:
+    w, ids = _core.wire.decode_header(_frame()).tensors
+    assert ids.codec is _core.codec.NO_CODEC and w.codec is not _core.codec.NO_CODEC
+    assert _core.codec.NO_CODEC == _core.codec.CodecSpec(0) and _core.codec.NO_CODEC.name == "no_compress"
