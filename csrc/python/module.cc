@@ -16,8 +16,8 @@ namespace py = pybind11;
 PYBIND11_MODULE(_core, m) {
   m.doc() = "splitlink native core (private; use the splitlink package)";
   splitlink::py_util::register_errors(m);
+  splitlink::py_util::register_codec(m.def_submodule("codec", "tensor codecs on raw buffers"));  // before wire: its TensorDesc holds a CodecSpec
   splitlink::py_util::register_wire(m.def_submodule("wire", "frame encoding and decoding"));
-  splitlink::py_util::register_codec(m.def_submodule("codec", "tensor codecs on raw buffers"));
   splitlink::py_util::register_secure(m.def_submodule("secure", "AEAD, key agreement and masking"));
   splitlink::py_util::register_psi(m.def_submodule("psi", "ECDH private set intersection primitives"));
 

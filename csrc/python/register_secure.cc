@@ -64,6 +64,11 @@ void register_secure(py::module_ m) {
   m.attr("TAG_BYTES") = secure::kTagBytes;
   m.attr("DEFAULT_SEGMENT") = secure::kDefaultSegment;
   m.attr("FIXED_LIMIT") = secure::kFixedLimit;
+  py::dict ciphers;  // name -> code, the `cipher` argument of the functions below
+  for (Cipher c : {Cipher::kAes256Gcm, Cipher::kChaCha20Poly1305}) {
+    ciphers[py::str(secure::cipher_name(c))] = static_cast<uint32_t>(c);
+  }
+  m.attr("CIPHERS") = ciphers;
 
   py::class_<SecretKey>(m, "Key", "32 secret bytes held in native memory, wiped when freed, never printed.")
       .def(py::init([](const py::object& b) { return key_from(b); }), py::arg("key_bytes"))

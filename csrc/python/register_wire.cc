@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,7 @@ struct PackArgs {
 };
 
 // items: sequence of (path: tuple[str, ...], dtype: int, shape: tuple[int, ...], data: buffer,
-//                     codec: spec tuple or None, residual: writable float32 buffer or None)
+//                     codec: CodecSpec or None, residual: writable float32 buffer or None)
 PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq, int64_t step, std::string kind) {
   PackArgs a;
   a.meta.sender = std::move(sender);
@@ -52,7 +53,7 @@ PackArgs parse_items(const py::sequence& items, std::string sender, uint64_t seq
     a.views.emplace_back(item[3], PyBUF_C_CONTIGUOUS, "tensor data");
     t.data = a.views.back().data();
     t.nbytes = a.views.back().size();
-    t.codec = spec_from_tuple(item[4]);
+    t.codec = spec_from_object(item[4]);
     if (!item[5].is_none()) {
       a.views.emplace_back(item[5], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "residual");
       t.residual = reinterpret_cast<float*>(a.views.back().mutable_data());
@@ -116,7 +117,53 @@ class FrameChunks {
   std::vector<Span> spans_;
 };
 
-py::tuple decode(const py::object& buffer) {
+// A decoded header as Python sees it: `_core.wire.FrameHeader` and `_core.wire.TensorDesc` are
+// struct sequences (like os.stat_result): read-only named fields that are also tuples, built in
+// one pass at decode. Attribute access is a C member read, as cheap as indexing the tuples these
+// types replace (pybind11 properties cost several times more per access on the unpack hot path).
+PyStructSequence_Field kDescFields[] = {
+    {"path", "names from the outermost group in (tuple of str)"},
+    {"dtype", "element type code (a value of DTYPES)"},
+    {"shape", "tuple of int"},
+    {"offset", "bytes from the frame's start to the tensor's bytes"},
+    {"length", "bytes the tensor occupies in the frame (encoded size when compressed)"},
+    {"codec", "the tensor's splitlink._core.codec.CodecSpec (type 0: raw bytes)"},
+    {nullptr, nullptr}};
+PyStructSequence_Desc kDescDesc = {
+    "splitlink._core.wire.TensorDesc", "One tensor of a decoded frame header (read-only named tuple).", kDescFields, 6};
+
+PyStructSequence_Field kHeaderFields[] = {
+    {"version", "wire version"},
+    {"sender", "sending party"},
+    {"seq", "sender's sequence number"},
+    {"step", "training step"},
+    {"kind", "application-defined frame kind"},
+    {"payload_offset", "bytes from the frame's start to the payload"},
+    {"payload_length", "payload bytes"},
+    {"tensors", "tuple of TensorDesc"},
+    {nullptr, nullptr}};
+PyStructSequence_Desc kHeaderDesc = {
+    "splitlink._core.wire.FrameHeader",
+    "A validated frame header (read-only named tuple): routing fields, where the payload lies and one TensorDesc "
+    "per tensor.",
+    kHeaderFields, 8};
+
+PyTypeObject* g_desc_type = nullptr;    // owned by the module (its attribute)
+PyTypeObject* g_header_type = nullptr;
+PyObject* g_no_codec = nullptr;         // _core.codec.NO_CODEC, shared by uncompressed tensors (immutable)
+
+py::object new_struct(PyTypeObject* type) {
+  PyObject* o = PyStructSequence_New(type);
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
+}
+
+// Sets item i of a fresh struct sequence to `value` (a reference is stolen from the object).
+void set_item(const py::object& s, Py_ssize_t i, py::object value) {
+  PyStructSequence_SetItem(s.ptr(), i, value.release().ptr());
+}
+
+py::object decode(const py::object& buffer) {
   PyBuffer view(buffer, PyBUF_SIMPLE, "frame");
   wire::FrameHeader h;
   try {
@@ -127,16 +174,43 @@ py::tuple decode(const py::object& buffer) {
     }
     throw;
   }
-  py::list descs;
-  for (const auto& d : h.tensors) {
+  py::tuple descs(h.tensors.size());
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    const wire::TensorDesc& d = h.tensors[i];
     py::tuple path(d.path.size());
     for (size_t k = 0; k < d.path.size(); ++k) path[k] = py::str(d.path[k]);
     py::tuple shape(d.shape.size());
     for (size_t k = 0; k < d.shape.size(); ++k) shape[k] = py::int_(d.shape[k]);
-    descs.append(py::make_tuple(path, static_cast<uint32_t>(d.dtype), shape, d.offset, d.length, spec_to_tuple(d.codec)));
+    py::object desc = new_struct(g_desc_type);
+    set_item(desc, 0, std::move(path));
+    set_item(desc, 1, py::int_(static_cast<uint32_t>(d.dtype)));
+    set_item(desc, 2, std::move(shape));
+    set_item(desc, 3, py::int_(d.offset));
+    set_item(desc, 4, py::int_(d.length));
+    set_item(desc, 5, d.codec.is_none() ? py::reinterpret_borrow<py::object>(g_no_codec) : py::cast(d.codec));
+    descs[i] = std::move(desc);
   }
-  return py::make_tuple(h.meta.version, h.meta.sender, h.meta.seq, h.meta.step, h.meta.kind, h.payload_offset,
-                        h.payload_length, descs);
+  py::object out = new_struct(g_header_type);
+  set_item(out, 0, py::int_(h.meta.version));
+  set_item(out, 1, py::str(h.meta.sender));
+  set_item(out, 2, py::int_(h.meta.seq));
+  set_item(out, 3, py::int_(h.meta.step));
+  set_item(out, 4, py::str(h.meta.kind));
+  set_item(out, 5, py::int_(h.payload_offset));
+  set_item(out, 6, py::int_(h.payload_length));
+  set_item(out, 7, std::move(descs));
+  return out;
+}
+
+void bind_header_types(py::module_& m) {
+  g_desc_type = PyStructSequence_NewType(&kDescDesc);
+  if (g_desc_type == nullptr) throw py::error_already_set();
+  m.attr("TensorDesc") = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(g_desc_type));
+  g_header_type = PyStructSequence_NewType(&kHeaderDesc);
+  if (g_header_type == nullptr) throw py::error_already_set();
+  m.attr("FrameHeader") = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(g_header_type));
+  g_no_codec = no_codec_object();  // module.cc registers codec first
+  if (g_no_codec == nullptr) throw std::logic_error("register_codec must run before register_wire");
 }
 
 }  // namespace
@@ -147,6 +221,10 @@ void register_wire(py::module_ m) {
   m.attr("MAX_TENSORS") = wire::kMaxTensors;
   m.attr("MAX_NDIM") = wire::kMaxNdim;
   m.attr("MAX_PATH_DEPTH") = wire::kMaxPathDepth;
+  py::dict dtypes;
+  for (uint32_t c = 1; c <= kMaxDType; ++c) dtypes[py::str(dtype_name(static_cast<DType>(c)))] = c;
+  m.attr("DTYPES") = dtypes;  // name -> frame.proto `enum DType` code
+  bind_header_types(m);
 
   py::class_<FrameBuffer>(m, "FrameBuffer", py::buffer_protocol(),
                           "An encoded frame in 64-byte aligned memory owned by this object. Supports the buffer "
@@ -246,8 +324,7 @@ void register_wire(py::module_ m) {
       py::arg("chunk_size"), py::arg("threads") = 0);
 
   m.def("decode_header", &decode, py::arg("buffer"),
-        "Validates a frame and returns (version, sender, seq, step, kind, payload_offset, payload_length, "
-        "[(path, dtype, shape, offset, length, codec_spec), ...]) with offsets from the frame start.");
+        "Validates a frame's header and returns it as a FrameHeader; offsets are from the frame start.");
 }
 
 }  // namespace splitlink::py_util

@@ -37,12 +37,15 @@ import hashlib
 import math
 from typing import TYPE_CHECKING, Any
 
+from splitlink import _core
+
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["CompressConfig", "ErrorFeedback", "COMPRESS_TYPES"]
 
-COMPRESS_TYPES: dict[str, int] = {"no_compress": 0, "min_max": 1, "bit_pack": 2, "fp16": 3, "bf16": 4, "topk": 5}
+# name -> frame.proto `enum CodecType` code, as the core defines them
+COMPRESS_TYPES: dict[str, int] = dict(_core.codec.CODEC_TYPES)
 _NAMES = {v: k for k, v in COMPRESS_TYPES.items()}
 
 _PARAMS: dict[str, set[str]] = {
@@ -122,8 +125,8 @@ class CompressConfig:
         assert self.ratio is not None
         return min(numel, math.ceil(self.ratio * numel))
 
-    def spec(self, numel: int, seq: int = 0, name: str = "") -> tuple[int, int, int, int, int, bool, int]:
-        """The native codec spec for a tensor of ``numel`` elements.
+    def spec(self, numel: int, seq: int = 0, name: str = "") -> _core.codec.CodecSpec:
+        """The native codec spec (``_core.codec.CodecSpec``) for a tensor of ``numel`` elements.
 
         The stochastic-rounding stream is derived from (seed, seq, name), so every frame and
         tensor gets fresh, reproducible randomness.
@@ -134,7 +137,8 @@ class CompressConfig:
         if self.stochastic:
             digest = hashlib.blake2b(f"{self.seed}/{seq}/{name}".encode(), digest_size=8).digest()
             seed = int.from_bytes(digest, "little")
-        return (t, self.bit_num, self.block_size, k, self.value_bit_num, self.stochastic, seed)
+        return _core.codec.CodecSpec(t, bit_num=self.bit_num, block_size=self.block_size, topk_count=k,
+                                     value_bits=self.value_bit_num, stochastic=self.stochastic, seed=seed)
 
     def __repr__(self) -> str:
         fields = [repr(self.compress_type)]

@@ -63,7 +63,7 @@ __all__ = [
     "CryptoError",
 ]
 
-CIPHERS: dict[str, int] = {"aes-256-gcm": 1, "chacha20-poly1305": 2}
+CIPHERS: dict[str, int] = dict(_core.secure.CIPHERS)  # name -> the core's cipher code
 Key = _core.secure.Key
 DEFAULT_SEGMENT: int = _core.secure.DEFAULT_SEGMENT
 
@@ -90,7 +90,7 @@ class KeyPair:
 
     __slots__ = ("_kp",)
 
-    def __init__(self, native: Any) -> None:
+    def __init__(self, native: _core.secure.X25519KeyPair) -> None:
         self._kp = native
 
     @classmethod
@@ -194,7 +194,7 @@ class Opener:
 
     def open(self, sealed: Any, *, pool: Any = None, threads: int = 0) -> tuple[Any, str, int, int, str]:
         """(plain frame buffer, sender, seq, step, kind); ``CryptoError`` on any failure."""
-        return self._native.open(sealed, default_pool() if pool is None else pool, threads)  # type: ignore[no-any-return]
+        return self._native.open(sealed, default_pool() if pool is None else pool, threads)
 
     def __repr__(self) -> str:
         return f"Opener(peer={self.peer!r}, cipher={self.cipher!r}, last_seq={self.last_seq})"

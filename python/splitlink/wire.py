@@ -45,7 +45,7 @@ from splitlink import _core
 # The pools live in splitlink.buffers (below wire and secure); wire re-exports them.
 from splitlink.buffers import DECODE_POOL_MIN_BYTES as _DECODE_POOL_MIN_BYTES
 from splitlink.buffers import BufferPool, FrameBuffer, decode_pool, default_pool
-from splitlink.codec import CompressConfig, ErrorFeedback, codec_name
+from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CryptoError
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ __all__ = [
     "pack",
     "packed_size",
     "unpack",
+    "peek_header",
+    "FrameHeader",
+    "TensorDesc",
     "default_pool",
     "decode_pool",
     "WIRE_VERSION",
@@ -66,22 +69,18 @@ __all__ = [
 ]
 
 WIRE_VERSION: int = _core.wire.WIRE_VERSION
+# A decoded frame header and its tensor descriptors (read-only, from the native core); see peek_header.
+FrameHeader = _core.wire.FrameHeader
+TensorDesc = _core.wire.TensorDesc
 
 TensorLike = Union[torch.Tensor, np.ndarray]
 TensorTree = Mapping[str, Any]  # values: TensorLike or a nested TensorTree
 
-# (wire code, torch dtype, numpy dtype or None). Codes are frame.proto's `enum DType`.
-_DTYPES: tuple[tuple[int, torch.dtype, Any], ...] = (
-    (1, torch.float32, np.dtype(np.float32)),
-    (2, torch.float64, np.dtype(np.float64)),
-    (3, torch.float16, np.dtype(np.float16)),
-    (4, torch.bfloat16, None),
-    (5, torch.int8, np.dtype(np.int8)),
-    (6, torch.int16, np.dtype(np.int16)),
-    (7, torch.int32, np.dtype(np.int32)),
-    (8, torch.int64, np.dtype(np.int64)),
-    (9, torch.uint8, np.dtype(np.uint8)),
-    (10, torch.bool, np.dtype(np.bool_)),
+# (wire code, torch dtype, numpy dtype or None), from the core's table of frame.proto's `enum DType`
+# (name -> code); the names are torch's and numpy's dtype names (numpy has no bfloat16).
+_DTYPES: tuple[tuple[int, torch.dtype, Any], ...] = tuple(
+    (code, getattr(torch, name), None if name == "bfloat16" else np.dtype(name))
+    for name, code in _core.wire.DTYPES.items()
 )
 _CODE_BY_TORCH = {t: c for c, t, _ in _DTYPES}
 _TORCH_BY_CODE = {c: t for c, t, _ in _DTYPES}
@@ -89,6 +88,7 @@ _CODE_BY_NUMPY = {n: c for c, _, n in _DTYPES if n is not None}
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(t for _, t, _ in _DTYPES)
 
 _USE_DEFAULT: Any = object()
+_NO_CODEC = _core.codec.NO_CODEC
 
 
 def _name(path: tuple[str, ...]) -> str:
@@ -348,6 +348,28 @@ def _decode_target(shape: tuple[int, ...], dtype: torch.dtype, pool: Any) -> tup
     return t, (t.view(torch.int16) if dtype == torch.bfloat16 else t).numpy()
 
 
+def _byte_view_of(buffer: Any, caller: str) -> memoryview:
+    """``buffer`` as a flat memoryview of bytes (no copy)."""
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise TypeError(f"{caller}() needs a bytes-like object (buffer protocol), got {type(buffer).__name__}") from None
+    if mv.ndim != 1 or mv.itemsize != 1:
+        if not mv.c_contiguous:
+            raise ValueError(f"{caller}() needs a C-contiguous buffer")
+        mv = mv.cast("B")
+    return mv
+
+
+def peek_header(buffer: Any) -> FrameHeader:
+    """The header of the frame in ``buffer`` (bytes-like), validated as ``unpack`` validates it, without
+    creating any tensor: a read-only ``FrameHeader`` with ``version``, ``sender``, ``seq``, ``step``,
+    ``kind``, ``payload_offset``, ``payload_length`` and ``tensors`` (one ``TensorDesc`` each: ``path``,
+    ``dtype`` code, ``shape``, ``offset``, ``length``, ``codec``). Raises ``WireError`` for a malformed
+    frame (and names a sealed one as such)."""
+    return _core.wire.decode_header(_byte_view_of(buffer, "peek_header"))
+
+
 def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, pool: Any = _USE_DEFAULT) -> Frame:
     """Decodes a frame. Tensors view ``buffer`` (zero-copy) unless ``copy=True``.
 
@@ -370,27 +392,21 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, poo
                 f"fields (inner sender={frame.sender!r} seq={frame.seq} step={frame.step} kind={frame.kind!r})"
             )
         return frame
-    try:
-        mv = memoryview(buffer)
-    except TypeError:
-        raise TypeError(f"unpack() needs a bytes-like object (buffer protocol), got {type(buffer).__name__}") from None
-    if mv.ndim != 1 or mv.itemsize != 1:
-        if not mv.c_contiguous:
-            raise ValueError("unpack() needs a C-contiguous buffer")
-        mv = mv.cast("B")
-    version, sender, seq, step, kind, _, _, descs = _core.wire.decode_header(mv)
+    mv = _byte_view_of(buffer, "unpack")
+    header = _core.wire.decode_header(mv)
     base: torch.Tensor | None = None
     tensors: dict[str, Any] = {}
     flat: dict[tuple[str, ...], torch.Tensor] = {}
     codecs: dict[tuple[str, ...], str] = {}
-    for path, code, shape, offset, length, spec in descs:
+    for desc in header.tensors:
+        path, code, shape, offset, length, spec = desc.path, desc.dtype, desc.shape, desc.offset, desc.length, desc.codec
         dtype = _TORCH_BY_CODE[code]
-        if spec[0] != 0:
+        if spec is not _NO_CODEC and spec.type != 0:  # identity first: the uncompressed tensors' shared spec
             # Compressed: decode into a tensor of the original dtype and shape with memory of its own.
             t, target = _decode_target(shape, dtype, decode_into)
             _core.codec.decode(spec, code, mv, offset, length, target, _name(path))
             del target
-            codecs[path] = codec_name(spec[0])
+            codecs[path] = spec.name
         elif length == 0:
             t = torch.empty(shape, dtype=dtype)
         else:
@@ -405,4 +421,4 @@ def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, poo
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = t
-    return Frame(version, sender, seq, step, kind, tensors, flat, mv, codecs)
+    return Frame(header.version, header.sender, header.seq, header.step, header.kind, tensors, flat, mv, codecs)

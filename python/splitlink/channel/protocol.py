@@ -153,10 +153,10 @@ def decode_incarnation(buf: Any) -> int | None:
 def frame_origin(frame: Any) -> tuple[str, int]:
     """(sender, seq) from the header of an assembled frame, to match against its stream header."""
     try:
-        header = wire._core.wire.decode_header(frame)
+        header = wire.peek_header(frame)
     except WireError as e:
         raise ProtocolError(f"malformed frame: {e}") from None
-    return header[1], header[2]
+    return header.sender, header.seq
 
 
 def claimed_party(method: str, first: Any) -> str | None:
