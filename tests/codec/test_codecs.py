@@ -297,3 +297,18 @@ def test_large_tensors_take_the_streaming_path_and_stay_within_bounds(bits: int)
     out = backing[3 : 3 + x.numel()]  # 12 bytes past a 64-byte boundary at most: not 32-aligned
     _core.codec.decode(spec, 1, enc, 0, enc.size, out)
     assert np.array_equal(out, y.numpy())
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_min_max_range_too_narrow_for_an_inverse_is_a_constant_block(bits: int, stochastic: bool) -> None:
+    # hi - lo inside the subnormal range: 1/scale overflows float32. Found by the ASan+UBSan build
+    # (hypothesis data): the inverse was inf, (x - lo) * inf NaN for x == lo, and the float-to-int
+    # conversion undefined (scalar) or code `levels` (AVX2). Such a block now decodes to lo everywhere.
+    lo = np.float32(-1.67316242e-38)
+    a = np.array([lo, np.nextafter(lo, np.float32(1)), lo, np.float32(-1.6e-38)] * 6, dtype=np.float32)
+    cfg = CompressConfig("min_max", bit_num=bits, block_size=24, stochastic=stochastic, seed=7) if stochastic \
+        else CompressConfig("min_max", bit_num=bits, block_size=24)
+    y = roundtrip(torch.from_numpy(a.copy()), cfg).numpy()
+    assert np.all(y == lo), y
+    assert np.abs(y.astype(np.float64) - a).max() <= float(a.max()) - float(a.min()) < 1e-36

@@ -59,7 +59,13 @@ Params params_for(const Range& r, unsigned bits, const std::string& name) {
   // variant); adding +0 makes both +0. Decoded values do not change (lo + 0 * scale is +0 either way).
   p.lo = r.lo + 0.0f;
   p.scale = static_cast<float>(scale);
-  p.inv = scale > 0 ? static_cast<float>(1.0 / scale) : 0.0f;
+  // A range so narrow that 1/scale overflows float32 (hi - lo below ~levels * 2.9e-39, inside the
+  // subnormal range) is quantized as a constant block: every code 0, decoded error <= hi - lo
+  // (< 1e-36). An infinite inverse made (x - lo) * inv NaN for x == lo (0 * inf): an undefined
+  // float-to-int conversion in the scalar path and code `levels` in the AVX2 one (found by the
+  // ASan+UBSan build of _core running the codec property tests).
+  const double inv = scale > 0 ? 1.0 / scale : 0.0;
+  p.inv = inv <= static_cast<double>(std::numeric_limits<float>::max()) ? static_cast<float>(inv) : 0.0f;
   return p;
 }
 
