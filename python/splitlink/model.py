@@ -768,6 +768,12 @@ class FLModel:
             if keep_graph and not (math.isfinite(factor)
                                    and all(g is None or bool(torch.isfinite(g).all()) for g in grads)):
                 grads, factor = self._input_grads_after_overflow(hooked, _roots(outs, live, grads_out), wrt)
+            if not math.isfinite(factor):
+                raise RuntimeError(
+                    f"{self.name}: could not measure how DeepSpeed scaled the backward (objective gradient "
+                    f"{g_obj!r}, per-output ratio {seen_hooks.ratio!r}), so the gradients for the peers cannot be "
+                    "unscaled; this happens when the engine's backward does not pass through the objective "
+                    "(a DeepSpeed version splitlink does not know?). Nothing was sent.")
             for x, g in zip(wrt, grads):
                 if g is not None and factor != 1.0:
                     # unscaled in fp32: an fp16 gradient divided by the loss scale in fp16 would

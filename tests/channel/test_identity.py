@@ -114,6 +114,24 @@ def test_a_stream_reaches_the_handler_whole_after_the_check() -> None:
     assert len(received) == 2  # the impostor's stream never reached the handler
 
 
+def test_methods_the_check_cannot_read_are_refused() -> None:
+    # Fail closed: a unary method the transport does not have, and kinds of method (unary-stream,
+    # stream-stream) from which no claim can be read, never reach their handler.
+    reached = []
+    interceptor = CertificateIdentityInterceptor(protocol.claimed_party, set())
+    unary = interceptor.intercept_service(
+        lambda d: grpc.unary_unary_rpc_method_handler(lambda r, c: reached.append(r)), Details("/x.Y/Call"))
+    with pytest.raises(Aborted):
+        unary.unary_unary(header("follower"), FakeContext(follower_cert()))
+    for make, call in ((grpc.unary_stream_rpc_method_handler, "unary_stream"),
+                       (grpc.stream_stream_rpc_method_handler, "stream_stream")):
+        wrapped = interceptor.intercept_service(lambda d, make=make: make(lambda r, c: reached.append(r)),
+                                                Details(protocol.SEND))
+        with pytest.raises(Aborted):
+            getattr(wrapped, call)(header("follower"), FakeContext(follower_cert()))
+    assert reached == []
+
+
 def test_unknown_methods_stay_unknown() -> None:
     interceptor = CertificateIdentityInterceptor(protocol.claimed_party, set())
     assert interceptor.intercept_service(lambda d: None, Details("/splitlink.v1.Transport/Nope")) is None

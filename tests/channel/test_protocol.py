@@ -81,7 +81,8 @@ def test_claimed_party_reads_each_methods_first_message() -> None:
     assert protocol.claimed_party(protocol.ANNOUNCE, Announcement("c", 1).encode()) == "c"
     assert protocol.claimed_party(protocol.HELLO, Hello("d", bytes(32)).encode()) == "d"
     assert protocol.claimed_party(protocol.SEND, b"junk") is None
-    assert protocol.claimed_party("/other.Service/Call", Announcement("c", 1).encode()) is None
+    with pytest.raises(KeyError, match="not a method of the transport service"):
+        protocol.claimed_party("/other.Service/Call", Announcement("c", 1).encode())
 
 
 def _layouts() -> dict[str, str]:

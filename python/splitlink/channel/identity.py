@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 def certificate_names(context: grpc.ServicerContext) -> set[str]:
     """The names the client's certificate gives its holder: common name and subject alternative names."""
     auth = context.auth_context()
-    names = {v.decode() for v in auth.get("x509_common_name", [])}
-    names |= {v.decode() for v in auth.get("x509_subject_alternative_name", [])}
+    names = {v.decode("utf-8", "replace") for v in auth.get("x509_common_name", [])}
+    names |= {v.decode("utf-8", "replace") for v in auth.get("x509_subject_alternative_name", [])}
     return names
 
 
@@ -35,7 +35,7 @@ class CertificateIdentityInterceptor(grpc.ServerInterceptor):
     the call's first request message claims to come from.
 
     ``claimed_party(method, first_message)`` reads the claim (None: the message is malformed, and the
-    handler refuses it with the reason); ``revoked`` holds the CRL's serial numbers. ``me`` names this
+    handler refuses it with the reason; LookupError: a method it does not know, refused here); ``revoked`` holds the CRL's serial numbers. ``me`` names this
     party in log lines."""
 
     def __init__(self, claimed_party: Callable[[str, Any], str | None], revoked: set[int], me: str = "") -> None:
@@ -71,7 +71,16 @@ class CertificateIdentityInterceptor(grpc.ServerInterceptor):
 
             return grpc.stream_unary_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
                                                         response_serializer=handler.response_serializer)
-        return handler  # the transport has no other kinds of methods
+        # Fail closed: a kind of method the identity check cannot read a claim from is refused.
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{method}: no certificate identity check exists for this kind of method; refused")
+
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
+                                                        response_serializer=handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
+                                                     response_serializer=handler.response_serializer)
 
     def _check(self, method: str, first: Any, context: grpc.ServicerContext) -> None:
         names = certificate_names(context)
@@ -81,7 +90,10 @@ class CertificateIdentityInterceptor(grpc.ServerInterceptor):
             for pem in context.auth_context().get("x509_pem_cert", []):
                 if x509.load_pem_x509_certificate(pem).serial_number in self._revoked:
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {sorted(names)} is revoked (CRL)")
-        claimed = self._claimed_party(method, first)
+        try:
+            claimed = self._claimed_party(method, first)
+        except LookupError:  # a method the check does not know: fail closed
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method}: no certificate identity check for this method")
         if claimed is None:
             return
         if claimed not in names:

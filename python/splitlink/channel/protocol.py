@@ -161,7 +161,8 @@ def frame_origin(frame: Any) -> tuple[str, int]:
 
 def claimed_party(method: str, first: Any) -> str | None:
     """The party that the first request message of ``method`` claims to come from; None when the
-    message is malformed (the handler refuses it with the reason)."""
+    message is malformed (the handler refuses it with the reason); KeyError for a method the
+    transport does not have (the identity check refuses the call)."""
     try:
         if method in (SEND, SEND_ONE):
             return StreamHeader.decode(first)[0].sender
@@ -171,7 +172,7 @@ def claimed_party(method: str, first: Any) -> str | None:
             return Hello.decode(first).sender
     except ProtocolError:
         return None
-    return None
+    raise KeyError(f"{method}: not a method of the transport service")
 
 
 def check_kind(got: str, want: str | None, peer: str) -> None:
