@@ -1,281 +1,47 @@
-"""FLModel: runs one party's sub-network forward and backward, as its YAML describes.
-
-``forward_one_step`` keeps the autograd graph; ``backward_one_step`` runs ONE backward pass over it that
-yields every optimizer's parameter gradients and the input gradients the grad scalers return (MindSpore
-re-runs the forward pass once per gradient operation), then steps the optimizers.
-
-Semantics (MindSpore Federated's, PyTorch-native):
-
-* The network's ``forward`` takes the train_net inputs in YAML order and returns its outputs in YAML
-  order (a tensor, a tuple/list, or a mapping by output name).
-* Every input is detached from whatever graph produced it (each FLModel owns its graph; another
-  FLModel in the same process gets gradients through the grad scale, as a remote party would). Inputs
-  that a grad scaler differentiates are leaf tensors requiring grad.
-* ``opts[i].grads``: each names an output and a sens. The optimizer's parameter gradient is the sum over
-  its grads of the vector-Jacobian product of the output with the sens, divided by the optimizer's
-  ``loss_scale``. A numeric sens is a constant tensor of the output's shape; a string sens ``s`` takes
-  ``sens[s][output_name]`` from the ``sens`` argument (the grad scale a peer sent).
-* ``grad_scalers``: each returns ``{output_name: OrderedDict{input_name: gradient}}`` with the same
-  vector-Jacobian product taken with respect to its inputs (not divided by any loss scale: the peer's
-  optimizer divides). Integer inputs (token ids, masks) get zero gradients, as in MindSpore.
-* One pass: when every optimizer and grad scaler uses the same (output, sens) terms, or when the terms
-  one uses do not reach the tensors another differentiates (checked on the autograd graph at the first
-  step), one backward pass over the sum of all terms gives each its exact gradient. Otherwise each
-  distinct set of terms gets its own pass over the retained graph.
-"""
+"""FLModel, the facade (see :mod:`splitlink.model` for the semantics)."""
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from splitlink.codec import CompressConfig
 from splitlink.config import FLYamlData
 from splitlink.errors import CheckpointError
+from splitlink.model import checkpoint_io
+from splitlink.model.engine import (
+    EngineOutputHooks,
+    ObjectiveGrad,
+    hooked_tensors,
+    in_engine,
+    initialize_engine,
+    vjp_past_engine_hooks,
+)
+from splitlink.model.graph import (
+    Consumer,
+    Term,
+    WithLoss,
+    as_tensor,
+    forward_arity,
+    reachable,
+    weighted_roots,
+)
 from splitlink.optim import build_optimizer, optimizer_kwargs, resolve_optimizer
 from splitlink.privacy import GaussianEmbeddingDP, LabelDP, SignEmbeddingDP
-from splitlink.util import atomic_write, free_ports, fsync_dir
 
 __all__ = ["FLModel", "CheckpointError"]
 
 log = logging.getLogger("splitlink.model")
 
-Term = tuple[str, Union[float, str]]  # (output name, sens)
-CKPT_FORMAT = "splitlink.FLModel/1"
-
-
-class _WithLoss(nn.Module):
-    """network + loss_fn: the last train_net input is the target given to the loss."""
-
-    def __init__(self, network: nn.Module, loss_fn: Any, n_net_inputs: int, keep_outputs: bool) -> None:
-        super().__init__()
-        self.network = network
-        self.loss_fn = loss_fn
-        self.n = n_net_inputs
-        self.keep_outputs = keep_outputs
-
-    def forward(self, *xs: Any) -> Any:
-        y = self.network(*xs[: self.n])
-        ys = tuple(y) if isinstance(y, (tuple, list)) else (y,)
-        loss = self.loss_fn(*ys, *xs[self.n:])
-        return (*ys, loss) if self.keep_outputs else loss
-
-
-def _as_tensor(name: str, value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    if isinstance(value, (int, float, bool, list, tuple)):
-        return torch.as_tensor(value)
-    raise TypeError(f"input {name!r} is a {type(value).__name__}; give a torch.Tensor or numpy array")
-
-
-def _forward_arity(module: nn.Module) -> int | None:
-    """Positional parameters of ``module.forward``, or None when it takes *args."""
-    try:
-        params = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    n = 0
-    for p in params:
-        if p.kind == p.VAR_POSITIONAL:
-            return None
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            n += 1
-    return n
-
-
-def _reachable(out: torch.Tensor) -> set[int]:
-    """ids of the leaf tensors (parameters, inputs) the autograd graph of ``out`` reaches."""
-    if out.grad_fn is None:
-        return {id(out)} if out.requires_grad else set()
-    found: set[int] = set()
-    seen: set[Any] = set()
-    stack = [out.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        var = getattr(fn, "variable", None)
-        if var is not None:
-            found.add(id(var))
-        stack.extend(nxt for nxt, _ in fn.next_functions)
-    return found
-
-
-
-@contextlib.contextmanager
-def _quiet_deepspeed() -> Any:
-    """DeepSpeed's import and engine touch deprecated torch APIs (torch.jit, ZeRO collectives): their
-    Deprecation/FutureWarnings are DeepSpeed's business, not the user's, and must not break runs that
-    turn warnings into errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
-
-
-# The environment of a one-process group splitlink made up (no launcher): set only while DeepSpeed
-# reads it, so child processes (the other party, a launcher) never inherit a rank and port as if they
-# had been launched into this group.
-_OWN_GROUP_ENV: dict[str, str] = {}
-
-
-@contextlib.contextmanager
-def own_group_env() -> Any:
-    saved = {k: os.environ.get(k) for k in _OWN_GROUP_ENV}
-    os.environ.update(_OWN_GROUP_ENV)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _in_engine() -> Any:
-    """Around every call into a DeepSpeed engine: its deprecation noise silenced, and the made-up group's
-    environment present (ZeRO-3 reads LOCAL_RANK on every forward, not only at initialisation)."""
-    with _quiet_deepspeed(), own_group_env():
-        yield
-
-
-def _roots(outs: Mapping[str, torch.Tensor], terms: Sequence[Term],
-           grads_out: Mapping[Term, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(output, the sum of its terms' sens) for each output the terms name."""
-    summed: dict[str, torch.Tensor] = {}
-    for t in terms:
-        summed[t[0]] = summed[t[0]] + grads_out[t] if t[0] in summed else grads_out[t]
-    return [(outs[n], g) for n, g in summed.items()]
-
-
-def _hooked_tensors(result: Any) -> list[torch.Tensor]:
-    """The tensors of an engine forward's result that DeepSpeed hooks: those with a grad_fn, in
-    tensors, tuples, lists and mappings, as its register_output_backward_hooks finds them."""
-    found: dict[int, torch.Tensor] = {}
-    stack = [result]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, torch.Tensor):
-            if x.grad_fn is not None:
-                found[id(x)] = x
-        elif isinstance(x, (tuple, list)):
-            stack.extend(x)
-        elif isinstance(x, Mapping):
-            stack.extend(x.values())
-    return list(found.values())
-
-
-class _EngineOutputHooks:
-    """Hooks on the tensors a DeepSpeed engine's forward returned, registered after the engine's own
-    there, so they run after them.
-
-    DeepSpeed 0.19 hooks every output of its forward with ``_backward_prologue_per_tensor``, which
-    leaves the gradient as it is under ``engine.backward`` and divides it by gradient_accumulation_steps
-    in any other backward (for users who call ``loss.backward()``). These hooks ask that same function
-    what it does in the running backward (``ratio``, 1 if the engine has no such function) and, with
-    ``undo``, divide it out again: a backward of FLModel's own through the engine's outputs then gives
-    the plain vector-Jacobian products."""
-
-    def __init__(self, engine: Any, tensors: list[torch.Tensor], undo: bool) -> None:
-        self._fn = getattr(engine, "_backward_prologue_per_tensor", None)
-        self._undo = undo
-        self.ratio = 1.0
-        self._handles = [t.register_hook(self._seen) for t in tensors] if self._fn is not None else []
-
-    def _seen(self, g: torch.Tensor) -> torch.Tensor | None:
-        assert self._fn is not None
-        probe = torch.ones((), dtype=torch.float64)
-        r = self._fn(probe)
-        self.ratio = 1.0 if r is None else float(r)
-        if self._undo and self.ratio != 1.0 and math.isfinite(self.ratio) and self.ratio != 0.0:
-            return g / self.ratio
-        return None
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-
-def _vjp_past_engine_hooks(engine: Any, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]],
-                           wrt: list[torch.Tensor], retain_graph: bool) -> list[torch.Tensor | None]:
-    """``torch.autograd.grad`` of the roots (outputs of a DeepSpeed engine's forward, or computed from
-    them), each weighted by its given gradient, as plain autograd computes it: the engine's per-output
-    hooks on ``hooked`` undone (_EngineOutputHooks)."""
-    hooks = _EngineOutputHooks(engine, hooked, undo=True)
-    try:
-        return list(torch.autograd.grad([o for o, _ in roots], wrt, [g for _, g in roots],
-                                        retain_graph=retain_graph, allow_unused=True))
-    finally:
-        hooks.remove()
-
-
-class _ObjectiveGrad:
-    """The gradient a backward gives a scalar objective: what a DeepSpeed engine's backward multiplied
-    it by (1/gradient_accumulation_steps, the fp16 loss scale), measured. Read after the backward (a
-    read inside it would wait for the device)."""
-
-    def __init__(self, objective: torch.Tensor) -> None:
-        self._g: torch.Tensor | None = None
-        self._handle = objective.register_hook(self._seen)
-
-    def _seen(self, g: torch.Tensor) -> None:
-        self._g = g.detach()
-
-    def value(self) -> float | None:
-        return None if self._g is None else float(self._g)
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-def init_deepspeed_runtime() -> Any:
-    """Imports DeepSpeed for this machine (CPU or CUDA) and joins or creates its process group.
-
-    Without a launcher (no RANK in the environment) this process becomes a group of one on 127.0.0.1.
-    """
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    with _quiet_deepspeed():
-        import deepspeed
-        import deepspeed.ops
-
-    # The shared-memory collectives would be JIT-compiled (~45 s of g++) for nothing on one process.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not torch.distributed.is_initialized():
-        if "RANK" not in os.environ:
-            _OWN_GROUP_ENV.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_ports(1)[0]), RANK="0", WORLD_SIZE="1",
-                                  LOCAL_RANK="0")
-        with own_group_env():
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
-    return deepspeed
-
-
-class _Consumer:
-    """An optimizer or a grad scaler: the terms it needs and what it differentiates."""
-
-    def __init__(self, kind: str, index: int, terms: list[Term], loss_scale: float = 1.0,
-                 inputs: tuple[str, ...] = ()) -> None:
-        self.kind, self.index, self.terms, self.loss_scale = kind, index, terms, loss_scale
-        self.inputs = inputs  # a grad scaler's input names, in YAML order
 
 
 class FLModel:
@@ -315,18 +81,18 @@ class FLModel:
         self.network = network
         self.metrics = metrics
         if loss_fn is not None:
-            self.train_network: nn.Module = _WithLoss(network, loss_fn, len(self._in_names) - 1,
+            self.train_network: nn.Module = WithLoss(network, loss_fn, len(self._in_names) - 1,
                                                       keep_outputs=len(self._out_names) > 1)
-            arity, expected, what = _forward_arity(network), len(self._in_names) - 1, "network (loss_fn takes the last input)"
+            arity, expected, what = forward_arity(network), len(self._in_names) - 1, "network (loss_fn takes the last input)"
         else:
             self.train_network = network
-            arity, expected, what = _forward_arity(network), len(self._in_names), "network"
+            arity, expected, what = forward_arity(network), len(self._in_names), "network"
         if arity is not None and arity != expected:
             raise ValueError(f"{self.yaml.source}: model.train_net {self.name!r} lists {expected} input(s) for the "
                              f"{what} ({', '.join(self._in_names)}) but {type(network).__name__}.forward takes {arity}")
         self.eval_network = eval_network if eval_network is not None else network
 
-        self._consumers: list[_Consumer] = []
+        self._consumers: list[Consumer] = []
         self.step = 0
         self._pending: dict[str, Any] | None = None
         self._one_pass: bool | None = None
@@ -344,7 +110,7 @@ class FLModel:
         self.optimizers = self._build_optimizers(optimizers)
         self._scaler_inputs = {i.name for s in y.grad_scalers for i in s.inputs}
         for k, sc in enumerate(y.grad_scalers):
-            self._consumers.append(_Consumer("scaler", k, [(sc.output.name, sc.sens)],
+            self._consumers.append(Consumer("scaler", k, [(sc.output.name, sc.sens)],
                                              inputs=tuple(i.name for i in sc.inputs)))
         self._terms: list[Term] = list(OrderedDict.fromkeys(t for c in self._consumers for t in c.terms))
         self._same_terms = len({tuple(sorted(map(str, c.terms))) for c in self._consumers}) <= 1
@@ -390,7 +156,7 @@ class FLModel:
                                  "give one per opts entry, in order")
             for j, (opt, spec) in enumerate(zip(opts, specs)):
                 _, ls = optimizer_kwargs(type(opt), {k: v for k, v in spec.hyper_parameters.items() if k == "loss_scale"})
-                self._consumers.append(_Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
+                self._consumers.append(Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
             self._opt_params = [[p for g in o.param_groups for p in g["params"]] for o in opts]
             return opts
         named = [(n, p) for n, p in self.train_network.named_parameters() if p.requires_grad]
@@ -427,49 +193,23 @@ class FLModel:
             kwargs, ls = optimizer_kwargs(cls, spec.hyper_parameters)
             opts.append(build_optimizer(cls, params, kwargs))
             self._opt_params.append(params)
-            self._consumers.append(_Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
+            self._consumers.append(Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
         return opts
 
     def _init_deepspeed(self, cfg: dict[str, Any]) -> None:
         if len(self.optimizers) != 1:
             raise ValueError(f"{self.yaml.source}: a DeepSpeed engine takes one optimizer; the YAML's opts lists "
                              f"{len(self.optimizers)}")
-        deepspeed = init_deepspeed_runtime()
-        # Traps: DeepSpeed clips gradients at 1.0 unless told otherwise, and prints every 10 steps.
-        cfg.setdefault("gradient_clipping", 0.0)
-        cfg.setdefault("steps_per_print", 1 << 30)
-        zero = cfg.get("zero_optimization")
-        if isinstance(zero, Mapping) and int(zero.get("stage", 0)) == 3:
-            # ZeRO-3's memory-efficient linear replaces torch.nn.functional.linear for the whole process
-            # (and never restores it): every other model in it, another party's sub-network included,
-            # would then compute through DeepSpeed's function. Off unless the config asks for it.
-            cfg["zero_optimization"] = {**zero, "memory_efficient_linear": zero.get("memory_efficient_linear", False)}
-        if "train_batch_size" not in cfg and "train_micro_batch_size_per_gpu" not in cfg:
-            cfg["train_micro_batch_size_per_gpu"] = self.yaml.batch_size
         selected = {id(p) for p in self._opt_params[0]}
         for p in self.train_network.parameters():
             if id(p) not in selected:
                 p.requires_grad_(False)  # not the optimizer's: DeepSpeed must not own or update it
-        with _quiet_deepspeed(), own_group_env():
-            engine, optimizer, _, _ = deepspeed.initialize(model=self.train_network, optimizer=self.optimizers[0],
-                                                           config=cfg)
-        self.engine = engine
-        self.optimizers = [optimizer]
-        self._gas = int(engine.gradient_accumulation_steps())
-        # DeepSpeed 0.19's engine.backward applies the fp16 loss scale only through a ZeRO optimizer (or
-        # torch autocast's scaler); its plain fp16 optimizers (ZeRO stage 0) divide by it all the same in
-        # their step (deepspeedai/DeepSpeed#8393). FLModel then scales the loss itself; every step
-        # checks what the engine did (_check_fp16_scaling) and switches if a DeepSpeed scales after all.
-        self._prescale_fp16 = False
-        if engine.fp16_enabled() and getattr(engine, "torch_autocast_z0_gradscaler", None) is None:
-            try:
-                from deepspeed.runtime.base_optimizer import ZeROOptimizer
-            except ImportError:  # another DeepSpeed: the first step's check decides
-                pass
-            else:
-                self._prescale_fp16 = not isinstance(engine.optimizer, ZeROOptimizer)
-        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else None
-        self._engine_dtype = dtype
+        e = initialize_engine(self.train_network, self.optimizers[0], cfg, micro_batch_size=self.yaml.batch_size)
+        self.engine = e.engine
+        self.optimizers = [e.optimizer]
+        self._gas = e.gradient_accumulation_steps
+        self._prescale_fp16 = e.prescale_fp16
+        self._engine_dtype = e.dtype
 
     # Inputs and outputs -------------------------------------------------------------------------
     @staticmethod
@@ -492,7 +232,7 @@ class FLModel:
                            f"data batches (they hold: {', '.join(map(str, batch)) or 'nothing'})") from None
 
     def _prepare(self, name: str, value: Any) -> torch.Tensor:
-        t = value if type(value) is torch.Tensor else _as_tensor(name, value)
+        t = value if type(value) is torch.Tensor else as_tensor(name, value)
         wants_grad = name in self._scaler_inputs
         if t.requires_grad or wants_grad:
             t = t.detach()  # this sub-network's graph starts here
@@ -552,7 +292,7 @@ class FLModel:
         if not module.training:  # train() walks every submodule: not on each step
             module.train()
         if self.engine is not None:
-            with _in_engine():
+            with in_engine():
                 result = module(*inputs)
         else:
             result = module(*inputs)
@@ -561,7 +301,7 @@ class FLModel:
             outs = [self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
                     for n, o in zip(self._out_names, outs)]
         self._pending = {"originals": originals, "inputs": inputs, "outputs": outs,
-                         "hooked": _hooked_tensors(result) if self.engine is not None else []}
+                         "hooked": hooked_tensors(result) if self.engine is not None else []}
         return OrderedDict(zip(self._out_names, outs))
 
     def _same_batch(self, local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> bool:
@@ -584,7 +324,7 @@ class FLModel:
         if not isinstance(inner, Mapping) or name not in inner:
             keys = ", ".join(map(repr, inner)) if isinstance(inner, Mapping) else type(inner).__name__
             raise KeyError(f"{self.yaml.source}: sens[{s!r}] has no tensor for output {name!r} (it holds {keys})")
-        g = _as_tensor(f"sens[{s!r}][{name!r}]", inner[name])
+        g = as_tensor(f"sens[{s!r}][{name!r}]", inner[name])
         if tuple(g.shape) != tuple(out.shape):
             raise ValueError(f"sens[{s!r}][{name!r}] has shape {tuple(g.shape)} but output {name!r} has shape "
                              f"{tuple(out.shape)}")
@@ -612,13 +352,13 @@ class FLModel:
         self.step += 1
         return scaled
 
-    def _wrt(self, c: _Consumer, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def _wrt(self, c: Consumer, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         if c.kind == "opt":
             return [p for p in self._opt_params[c.index] if p.requires_grad]
         return [x for x in map(inputs.__getitem__, c.inputs) if x.requires_grad]
 
     def _check_one_pass(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> bool:
-        reach = {t: _reachable(outs[t[0]]) for t in self._terms}
+        reach = {t: reachable(outs[t[0]]) for t in self._terms}
         for c in self._consumers:
             mine = {id(x) for x in self._wrt(c, inputs)}
             for t in self._terms:
@@ -628,14 +368,14 @@ class FLModel:
                     return False
         return True
 
-    def _groups(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> list[tuple[list[Term], list[_Consumer]]]:
+    def _groups(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> list[tuple[list[Term], list[Consumer]]]:
         if self._same_terms:
             return [(self._terms, self._consumers)]
         if self._one_pass is None or self.recheck_graph:
             self._one_pass = self._check_one_pass(outs, inputs)
         if self._one_pass:
             return [(self._terms, self._consumers)]
-        groups: dict[tuple[Term, ...], list[_Consumer]] = OrderedDict()
+        groups: dict[tuple[Term, ...], list[Consumer]] = OrderedDict()
         for c in self._consumers:
             groups.setdefault(tuple(c.terms), []).append(c)
         return [(list(k), v) for k, v in groups.items()]
@@ -721,8 +461,8 @@ class FLModel:
         # engine did (1/gradient_accumulation_steps, the fp16 loss scale, its per-output hooks): measured
         # during the backward, divided out after it.
         measure = scalers and same and differentiable
-        seen_obj = _ObjectiveGrad(objective) if measure else None
-        seen_hooks = _EngineOutputHooks(engine, hooked, undo=False) if measure else None
+        seen_obj = ObjectiveGrad(objective) if measure else None
+        seen_hooks = EngineOutputHooks(engine, hooked, undo=False) if measure else None
         if ls != 1.0:
             objective = objective / ls
         prescaled = fp16 and differentiable and self._prescale_fp16 and amp_scale != 1.0
@@ -736,7 +476,7 @@ class FLModel:
         # with terms of their own differentiate it after the engine's backward.
         keep_graph = differentiable and bool(scalers) and (fp16 or not same)
         try:
-            with _in_engine():
+            with in_engine():
                 if differentiable:
                     engine.backward(objective, retain_graph=keep_graph)
                 if scalers and not same:
@@ -747,7 +487,7 @@ class FLModel:
                         wrt = self._wrt(c, inputs)
                         c_live = [t for t in c.terms if outs[t[0]].requires_grad]
                         if wrt and c_live:
-                            res = _vjp_past_engine_hooks(engine, hooked, _roots(outs, c_live, grads_out), wrt,
+                            res = vjp_past_engine_hooks(engine, hooked, weighted_roots(outs, c_live, grads_out), wrt,
                                                          retain_graph=True)
                             input_grads.update({id(x): g for x, g in zip(wrt, res)})
                 engine.step()
@@ -767,7 +507,7 @@ class FLModel:
                 self._check_fp16_scaling(g_obj, amp_scale / (ls * self._gas), prescaled)
             if keep_graph and not (math.isfinite(factor)
                                    and all(g is None or bool(torch.isfinite(g).all()) for g in grads)):
-                grads, factor = self._input_grads_after_overflow(hooked, _roots(outs, live, grads_out), wrt)
+                grads, factor = self._input_grads_after_overflow(hooked, weighted_roots(outs, live, grads_out), wrt)
             if not math.isfinite(factor):
                 raise RuntimeError(
                     f"{self.name}: could not measure how DeepSpeed scaled the backward (objective gradient "
@@ -817,7 +557,7 @@ class FLModel:
         undone; returns (gradients, factor that unscales them)."""
         scale = max(self._fp16_scale(), 1.0)
         while True:
-            grads = _vjp_past_engine_hooks(self.engine, hooked, [(out, g * scale) for out, g in roots], wrt,
+            grads = vjp_past_engine_hooks(self.engine, hooked, [(out, g * scale) for out, g in roots], wrt,
                                            retain_graph=scale > 1.0)
             if scale <= 1.0 or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
                 log.info("%s: fp16 overflow; the engine skips its step, input gradients recomputed at loss "
@@ -833,7 +573,7 @@ class FLModel:
         names = [i.name for i in self.yaml.eval_net_ins]
         out_names = [o.name for o in self.yaml.eval_net_outs]
         net = "eval_net" if self.yaml.eval_net else "train_net"
-        inputs = [_as_tensor(n, v).detach() for n, v in zip(names, self._gather(batch, names, net))]
+        inputs = [as_tensor(n, v).detach() for n, v in zip(names, self._gather(batch, names, net))]
         if self.engine is not None and self._engine_dtype is not None:
             inputs = [x.to(self._engine_dtype) if x.is_floating_point() else x for x in inputs]
         elif self._compute_dtype is not None:  # a peer's activations in this network's precision, as in training
@@ -842,7 +582,7 @@ class FLModel:
         module: Any = self.eval_network
         with contextlib.ExitStack() as stack:
             if self.engine is not None:
-                stack.enter_context(_in_engine())
+                stack.enter_context(in_engine())
                 if module is self.train_network:
                     module = self.engine  # ZeRO-3 gathers its partitioned parameters in its forward
                 elif self.engine.zero_optimization_stage() == 3:
@@ -877,7 +617,7 @@ class FLModel:
 
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "format": CKPT_FORMAT, "net": self.name, "role": self.yaml.role, "step": self.step,
+            "format": checkpoint_io.CKPT_FORMAT, "net": self.name, "role": self.yaml.role, "step": self.step,
             "model": self.train_network.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "rng": {"torch": torch.get_rng_state()},
@@ -898,40 +638,31 @@ class FLModel:
         ``path``: a directory (default ``<ckpt_path>/<train_net name>``) that receives
         ``step-<step>.pt``, or a file path ending in ``.pt``. The file is written to a temporary name,
         fsynced and renamed, so a crash never leaves a corrupt newest checkpoint. ``keep`` removes all but
-        the newest ``keep`` checkpoints of the directory.
+        the newest ``keep`` checkpoints of the directory. Under DeepSpeed the checkpoint is its
+        directory ``step-<step>/`` (sharded by the engine's ranks).
         """
         if self.engine is not None:
-            return self._save_deepspeed(self._ckpt_dir(path))
-        target = Path(path) if path is not None and str(path).endswith(".pt") else self._ckpt_dir(path) / f"step-{self.step:010d}.pt"
-        state = self._state()
-        atomic_write(target, lambda fh: torch.save(state, fh), binary=True)
-        if keep is not None:
-            for old in self._list_ckpts(target.parent)[:-keep] if keep > 0 else []:
-                old.unlink(missing_ok=True)
+            client: dict[str, Any] = {"splitlink_step": self.step, "rng_torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                client["rng_cuda"] = torch.cuda.get_rng_state_all()
+            if self.embedding_dp is not None:
+                client["embedding_dp"] = self.embedding_dp.state_dict()
+            return checkpoint_io.save_deepspeed(self.engine, self._ckpt_dir(path), self.step, client)
+        if path is not None and str(path).endswith(".pt"):
+            target = Path(path)
+        else:
+            target = self._ckpt_dir(path) / f"{checkpoint_io.step_name(self.step)}.pt"
+        checkpoint_io.write_state(target, self._state(), keep=keep)
         log.info("%s: checkpoint step %d -> %s", self.name, self.step, target)
         return target
-
-    @staticmethod
-    def _list_ckpts(directory: Path) -> list[Path]:
-        found = []
-        for p in directory.glob("step-*.pt"):
-            with contextlib.suppress(ValueError):
-                found.append((int(p.stem.split("-", 1)[1]), p))
-        return [p for _, p in sorted(found)]
 
     def checkpoint_steps(self, path: str | os.PathLike[str] | None = None) -> list[int]:
         """Steps of the complete checkpoints in ``path`` (default ``<ckpt_path>/<train_net name>``), ascending."""
         d = self._ckpt_dir(path)
         if not d.is_dir():
             return []
-        if self.engine is None:
-            return [int(p.stem.split("-", 1)[1]) for p in self._list_ckpts(d)]
-        steps = []
-        for p in d.glob("step-*"):
-            with contextlib.suppress(ValueError):
-                if p.is_dir():
-                    steps.append(int(p.name.split("-", 1)[1]))
-        return sorted(steps)
+        found = checkpoint_io.list_step_files(d) if self.engine is None else checkpoint_io.list_step_dirs(d)
+        return [checkpoint_io.step_of(p) for p in found]
 
     def load_ckpt(self, path: str | os.PathLike[str] | None = None, phase: str = "train", *,
                   step: int | None = None) -> Path:
@@ -943,42 +674,35 @@ class FLModel:
         if phase not in ("train", "eval"):
             raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
         if step is not None:
-            path = self._ckpt_dir(path) / (f"step-{step:010d}" if self.engine is not None else f"step-{step:010d}.pt")
+            name = checkpoint_io.step_name(step)
+            path = self._ckpt_dir(path) / (name if self.engine is not None else f"{name}.pt")
             if not path.exists():
                 raise CheckpointError(f"no checkpoint of step {step} ({path})")
         if self.engine is not None:
-            return self._load_deepspeed(self._ckpt_dir(path), phase)
-        p = Path(path) if path is not None else self._ckpt_dir(None)
-        if p.is_dir():
-            found = self._list_ckpts(p)
-            if not found:
-                raise CheckpointError(f"no checkpoint (step-*.pt) in {p}")
-            p = found[-1]
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint {p} does not exist")
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file: say which, and why
-            raise CheckpointError(f"checkpoint {p} cannot be read ({type(e).__name__}: {e})") from None
-        if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-            raise CheckpointError(f"{p} is not a splitlink FLModel checkpoint (format {CKPT_FORMAT})")
+            tag_dir, client = checkpoint_io.load_deepspeed(self.engine, self._ckpt_dir(path), phase)
+            if phase == "train" and client:
+                self.step = int(client.get("splitlink_step", self.step))
+                self._restore_rng(client.get("rng_torch"), client.get("rng_cuda"))
+                if self.embedding_dp is not None and "embedding_dp" in client:
+                    self.embedding_dp.load_state_dict(client["embedding_dp"])
+            self._pending = None
+            return tag_dir
+        state = checkpoint_io.read_state(Path(path) if path is not None else self._ckpt_dir(None))
+        p: Path = state["_path"]
         if phase == "eval":
-            target_state = state.get("eval_model", state["model"]) if "eval_model" in state else state["model"]
             module = self.eval_network if "eval_model" in state else self.train_network
-            self._load_module(module, target_state, p)
+            checkpoint_io.load_module(module, state.get("eval_model", state["model"]), p)
             return p
-        self._load_module(self.train_network, state["model"], p)
+        checkpoint_io.load_module(self.train_network, state["model"], p)
         if "eval_model" in state:
-            self._load_module(self.eval_network, state["eval_model"], p)
+            checkpoint_io.load_module(self.eval_network, state["eval_model"], p)
         if len(state["optimizers"]) != len(self.optimizers):
             raise CheckpointError(f"{p} holds {len(state['optimizers'])} optimizer state(s); this model has "
                                   f"{len(self.optimizers)}")
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
         self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._restore_rng(state["rng"]["torch"], state["rng"].get("cuda"))
         if self.embedding_dp is not None and "embedding_dp" in state:
             self.embedding_dp.load_state_dict(state["embedding_dp"])
         self._pending = None
@@ -986,73 +710,8 @@ class FLModel:
         return p
 
     @staticmethod
-    def _load_module(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
-        own = module.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-        if missing or unexpected or shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing from the checkpoint: {', '.join(missing)}")
-            if unexpected:
-                parts.append(f"not in this network: {', '.join(unexpected)}")
-            if shapes:
-                parts.append("different shapes: " + ", ".join(
-                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes))
-            raise CheckpointError(f"checkpoint {source} is of a different network ({type(module).__name__}): "
-                                  + "; ".join(parts))
-        module.load_state_dict(state)
-
-    def _save_deepspeed(self, directory: Path) -> Path:
-        import torch.distributed as dist
-
-        directory.mkdir(parents=True, exist_ok=True)
-        tag = f"step-{self.step:010d}"
-        tmp_tag = f".tmp-{tag}"
-        client = {"splitlink_step": self.step, "rng_torch": torch.get_rng_state()}
-        if self.embedding_dp is not None:
-            client["embedding_dp"] = self.embedding_dp.state_dict()
-        with _in_engine():
-            self.engine.save_checkpoint(str(directory), tag=tmp_tag, client_state=client, save_latest=False)
-        if dist.is_initialized():
-            dist.barrier()
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            for f in (directory / tmp_tag).rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            final = directory / tag
-            if final.exists():
-                import shutil
-
-                shutil.rmtree(final)
-            os.replace(directory / tmp_tag, final)
-            fsync_dir(directory)
-        if dist.is_initialized():
-            dist.barrier()
-        return directory / tag
-
-    def _load_deepspeed(self, directory: Path, phase: str) -> Path:
-        if directory.name.startswith("step-"):
-            tag_dir = directory
-        else:
-            tags = sorted(p for p in directory.glob("step-*") if p.is_dir())
-            if not tags:
-                raise CheckpointError(f"no DeepSpeed checkpoint (step-*/) in {directory}")
-            tag_dir = tags[-1]
-        with _in_engine():
-            load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                                            load_optimizer_states=phase == "train",
-                                                            load_lr_scheduler_states=phase == "train",
-                                                            load_module_strict=True)
-        if load_path is None:
-            raise CheckpointError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
-        if phase == "train" and client:
-            self.step = int(client.get("splitlink_step", self.step))
-            if "rng_torch" in client:
-                torch.set_rng_state(client["rng_torch"])
-            if self.embedding_dp is not None and "embedding_dp" in client:
-                self.embedding_dp.load_state_dict(client["embedding_dp"])
-        self._pending = None
-        return tag_dir
+    def _restore_rng(cpu: torch.Tensor | None, cuda: Any) -> None:
+        if cpu is not None:
+            torch.set_rng_state(cpu)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
