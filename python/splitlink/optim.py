@@ -96,7 +96,7 @@ def build_optimizer(cls: type[torch.optim.Optimizer], params: list[torch.nn.Para
     if (wants_default and "fused" in inspect.signature(cls.__init__).parameters and params
             and all(p.dtype in _FUSED_DTYPES and not p.is_sparse for p in params)):
         try:
-            return cls(params, fused=True, **kwargs)
+            return cls(params, fused=True, **kwargs)  # type: ignore[call-arg]  # cls is a subclass that takes it
         except (RuntimeError, ValueError, TypeError):  # this device or option has no fused kernel
             pass
     return cls(params, **kwargs)

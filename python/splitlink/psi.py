@@ -27,6 +27,7 @@ restarted run skips the buckets both parties finished.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import hmac
 import json
@@ -67,6 +68,10 @@ def _as_bytes(ids: Sequence[Any]) -> list[bytes]:
         else:
             raise TypeError(f"id {i} is a {type(v).__name__}; ids are str or bytes (convert numbers with str())")
     return out
+
+
+def _dump_ids(ids: list[str], fh: Any) -> None:
+    json.dump({"ids": ids}, fh)
 
 
 def _send(comm: Any, peer: str, tensors: dict[str, Any]) -> None:
@@ -218,7 +223,7 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
             serial = [v if isinstance(v, str) else v.decode("latin-1") for v in ordered]
             if any(isinstance(v, bytes) for v in ordered):
                 raise TypeError("state_dir stores ids as text; give str ids (or no state_dir)")
-            atomic_write(state / f"bucket-{b:06d}.json", lambda fh, ids=serial: json.dump({"ids": ids}, fh))
+            atomic_write(state / f"bucket-{b:06d}.json", functools.partial(_dump_ids, serial))
         result.extend(ordered)
         log.info("PSI bucket %d/%d: %d of %d ids in the intersection", b + 1, buckets, len(ordered), len(members))
     return result

@@ -13,14 +13,15 @@ from typing import IO, Any
 __all__ = ["atomic_write", "fsync_dir", "free_ports", "keep_freed_memory"]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], object], *, binary: bool = False) -> Path:
     """Writes ``path`` so that a crash never leaves a partial file: ``write(fh)`` fills a temporary
     file beside it, which is fsynced, renamed over ``path``, and the directory fsynced."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{target.name}.{os.getpid()}")
     try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
+        fh: IO[Any]
+        with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -80,7 +80,7 @@ def _model_at(loc: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
         if model is None or part not in model.model_fields:
             return None
         model = _field_model(model.model_fields[part].annotation)
-    return model
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
 def _describe_allowed(loc: Loc, root: type[BaseModel]) -> str:

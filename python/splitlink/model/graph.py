@@ -71,7 +71,7 @@ def reachable(out: torch.Tensor) -> set[int]:
         var = getattr(fn, "variable", None)
         if var is not None:
             found.add(id(var))
-        stack.extend(nxt for nxt, _ in fn.next_functions)
+        stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
     return found
 
 
