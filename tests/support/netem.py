@@ -62,7 +62,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -70,8 +69,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from faultproxy import FaultProxy  # noqa: E402
+from faultproxy import FaultProxy
 
 __all__ = ["Profile", "PROFILES", "NetemError", "NetnsUnavailable", "Netns", "EmulatedLink", "netns_support"]
 
@@ -449,18 +447,25 @@ class EmulatedLink:
         self.close()
 
     # -- self-check
-    def self_check(self, *, bulk_bytes: int | None = None, pings: int = 20) -> dict[str, Any]:
-        """Measures RTT and rate through the emulated path with a raw TCP probe (a→b); raises
-        NetemError if either misses the profile by more than ``tolerance``. Returns the figures."""
-        p = self.profile
-        if bulk_bytes is None:  # ~0.25 s at the profile's rate, at least 4 MiB, at most 256 MiB
-            bulk_bytes = int(min(max(p.rate_bit_s / 8 * 0.25, 4 << 20), 256 << 20))
+    def self_check(self, *, bulk_bytes: int | None = None, pings: int = 15,
+                   expect: Profile | None = None) -> dict[str, Any]:
+        """Measures RTT (median of ``pings`` round trips of one byte) and rate (median of three transfers
+        of ``bulk_bytes``) through the emulated path with a raw TCP probe (a to b); raises
+        NetemError if either misses ``expect`` (default: the link's profile) by more than ``tolerance``.
+        Returns the figures."""
+        p = expect or self.profile
+        if bulk_bytes is None:  # ~0.1 s at the profile's rate, at least 4 MiB, at most 128 MiB
+            bulk_bytes = int(min(max(p.rate_bit_s / 8 * 0.1, 4 << 20), 128 << 20))
+        if bulk_bytes < 1 << 20:
+            raise ValueError(f"bulk_bytes must be at least 1 MiB (a quarter of it outlasts the shaper's burst), not {bulk_bytes}")
         (port,) = self.free_ports(1)
         server = self.call(lambda: _ProbeServer(port))
         try:
             dial = self.route(port, client=self.a)
             rtt = self.call(lambda: _ping(dial, pings))
-            rate = self.call(lambda: _bulk(dial, server, bulk_bytes), timeout=120)
+            # median of three: a thread of this process (the proxy's, the probe's) stalled by a busy host
+            # slows one transfer, not the link
+            rate = statistics.median(self.call(lambda: _bulk(dial, server, bulk_bytes), timeout=120) for _ in range(3))
         finally:
             server.close()
         host = self._host_rate(bulk_bytes) if rate < p.rate_bit_s * (1 - self.tolerance) else None
@@ -509,7 +514,8 @@ class EmulatedLink:
 
 class _ProbeServer:
     """Echoes 1-byte pings ('p'); for a bulk transfer ('b' + 8-byte length) receives the bytes and
-    reports the seconds between the first and the last byte's arrival as a float64."""
+    reports the seconds from when a quarter of them had arrived to the last byte's arrival, and the
+    bytes received by then (the steady rate: the shaper's initial burst and the delay are left out)."""
 
     def __init__(self, port: int) -> None:
         self.sock = socket.socket()
@@ -539,14 +545,15 @@ class _ProbeServer:
                     continue
                 (n,) = struct.unpack("!Q", _recv_exact(conn, 8))
                 buf = bytearray(1 << 20)
-                got = conn.recv_into(buf)
-                t_first, first = time.perf_counter(), got
+                got, t_mark, at_mark = 0, 0.0, 0
                 while got < n:
                     k = conn.recv_into(buf, min(len(buf), n - got))
                     if not k:
                         return
                     got += k
-                conn.sendall(struct.pack("!dQ", time.perf_counter() - t_first, first))
+                    if not at_mark and got >= n // 4:  # the shaper's burst is spent by now
+                        t_mark, at_mark = time.perf_counter(), got
+                conn.sendall(struct.pack("!dQ", time.perf_counter() - t_mark, at_mark))
         except OSError:
             return
         finally:
