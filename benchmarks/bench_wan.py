@@ -48,8 +48,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
-from netem import PROFILES, EmulatedLink, netns_support  # noqa: E402
-from split_runs import make_certs, pangu_run, run_split, wide_deep_run  # noqa: E402
+from netem import PROFILES, EmulatedLink, netns_support
+from split_runs import make_certs, pangu_run, run_split, wide_deep_run
 
 # (c)/(d): the pipelined variants. The pipelining work (issue 19 item 2) sets this to a function that
 # returns a run spec (split_runs.wide_deep_run / pangu_run) with the run file's pipeline setting for m

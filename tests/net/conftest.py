@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from netem import NetnsUnavailable, Netns, netns_support
+from netem import Netns, NetnsUnavailable, netns_support
 
 
 @pytest.fixture(scope="session")

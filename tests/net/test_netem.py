@@ -134,7 +134,6 @@ def test_two_process_mtls_split_through_wan_ends_exactly_as_on_loopback(tmp_path
     (both peer addresses through the delay line, htb-shaped). The link changes timing only: every
     step's loss and both parties' final checkpoints are equal bit for bit."""
     from split_runs import load_state, make_certs, run_split, same_state, wide_deep_run
-
     from splitlink.examples import demo
 
     certs = make_certs(tmp_path / "certs")

@@ -22,7 +22,6 @@ from typing import Any
 
 import yaml
 from netem import EmulatedLink
-
 from splitlink.certs import make_dev_certs
 from splitlink.util import free_ports
 
