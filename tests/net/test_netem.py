@@ -152,3 +152,12 @@ def test_two_process_mtls_split_through_wan_ends_exactly_as_on_loopback(tmp_path
         a, b = load_state(plain.ckpt_dirs[role]), load_state(wan.ckpt_dirs[role])
         assert any(name.endswith("step-0000000006.pt") for name in a), sorted(a)   # the final state is there
         assert same_state(a, b) == [], role
+
+
+def test_missing_tools_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from netem import NetnsUnavailable, netns_support
+
+    monkeypatch.setenv("PATH", str(tmp_path))   # an empty directory: no ip, tc or nsenter
+    assert "needs the tools ip, tc, nsenter on PATH" in (netns_support() or "")
+    with pytest.raises(NetnsUnavailable, match="needs the tools ip, tc, nsenter"):
+        Netns()
