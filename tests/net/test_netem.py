@@ -47,14 +47,23 @@ def test_self_check_fails_a_link_that_misses_its_profile() -> None:
 
 
 def test_wire_bytes_count_each_direction() -> None:
+    from netem import _bulk, _ProbeServer
+
+    n = 4 << 20
     with EmulatedLink(PROFILES["metro"]) as link:
-        before = link.wire_bytes()
-        link.self_check(bulk_bytes=4 << 20)     # three bulk transfers follower -> leader, pings both ways
-        after = link.wire_bytes()
+        (port,) = link.free_ports(1)
+        server = link.call(lambda: _ProbeServer(port))
+        try:
+            dial = link.route(port, client="follower")
+            before = link.wire_bytes()
+            link.call(lambda: _bulk(dial, server, n))   # n bytes follower -> leader
+            after = link.wire_bytes()
+        finally:
+            server.close()
     up = after["follower->leader"] - before["follower->leader"]
     down = after["leader->follower"] - before["leader->follower"]
-    assert 3 * (4 << 20) < up < 3 * (4 << 20) * 1.1   # three transfers, plus TCP/IP headers (a few %)
-    assert 0 < down < 1 << 20                  # acknowledgements and pongs only
+    assert n < up < n * 1.1          # payload plus TCP/IP headers (a few %)
+    assert 0 < down < n // 10        # acknowledgements and the probe's reply only
 
 
 def test_an_exception_leaves_no_namespace_and_no_process() -> None:

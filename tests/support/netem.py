@@ -25,9 +25,11 @@ Profiles (:data:`PROFILES`): LAN 10 Gbit/s 0.2 ms RTT, metro 1 Gbit/s 5 ms, WAN 
 
 Self-check (:meth:`EmulatedLink.self_check`): a raw TCP ping-pong through the emulated path (median RTT)
 and a bulk transfer (rate between the receiver's first and last byte). A figure that misses the profile by
-more than ``tolerance`` (20%) fails the check, on either side where the emulation imposes it; a limit the
-host cannot reach even unshaped (the rate of a plain loopback socket pair in the namespace, measured the
-same way) is only checked from below against what the host reached.
+more than ``tolerance`` (20%) fails the check, on either side where the emulation imposes it. A rate the
+host cannot clearly exceed even unshaped (a plain loopback socket pair in the namespace, measured in turns
+with the shaped path so that the load of the moment falls on both) is reported as host-limited and
+checked against what the host reached instead (LAN's 10 Gbit/s on a busy 2-core machine: measured
+7-10 Gbit/s shaped and unshaped alike).
 
 Not emulated: the delay line and netem leave the parties' TCP windows as on loopback, so a real long path
 whose windows cap its rate (bandwidth-delay product over the socket buffers) is slower than this emulation.
@@ -458,17 +460,27 @@ class EmulatedLink:
             bulk_bytes = int(min(max(p.rate_bit_s / 8 * 0.1, 4 << 20), 128 << 20))
         if bulk_bytes < 1 << 20:
             raise ValueError(f"bulk_bytes must be at least 1 MiB (a quarter of it outlasts the shaper's burst), not {bulk_bytes}")
-        (port,) = self.free_ports(1)
+        port, plain_port = self.free_ports(2)
         server = self.call(lambda: _ProbeServer(port))
+        plain = self.call(lambda: _ProbeServer(plain_port))   # unrouted: unshaped, undelayed
+        host = None
         try:
             dial = self.route(port, client=self.a)
             rtt = self.call(lambda: _ping(dial, pings))
             # median of three: a thread of this process (the proxy's, the probe's) stalled by a busy host
             # slows one transfer, not the link
             rate = statistics.median(self.call(lambda: _bulk(dial, server, bulk_bytes), timeout=120) for _ in range(3))
+            if rate < p.rate_bit_s * (1 - self.tolerance):
+                # Slow: the shaper, or a host that cannot do the profile's rate at all? Shaped and unshaped
+                # transfers in turns, so the load of the moment falls on both alike.
+                shaped, unshaped = [], []
+                for _ in range(5):
+                    shaped.append(self.call(lambda: _bulk(dial, server, bulk_bytes), timeout=120))
+                    unshaped.append(self.call(lambda: _bulk(f"127.0.0.1:{plain_port}", plain, bulk_bytes), timeout=120))
+                rate, host = statistics.median(shaped), statistics.median(unshaped)
         finally:
             server.close()
-        host = self._host_rate(bulk_bytes) if rate < p.rate_bit_s * (1 - self.tolerance) else None
+            plain.close()
         report: dict[str, Any] = {"profile": p.name, "delay_mode": self.delay_mode, "rtt_ms": rtt * 1e3,
                                   "rate_bit_s": rate, "host_rate_bit_s": host,
                                   "target_rtt_ms": p.rtt_s * 1e3, "target_rate_bit_s": p.rate_bit_s}
@@ -483,31 +495,22 @@ class EmulatedLink:
         if rate > p.rate_bit_s * (1 + tol):
             problems.append(f"rate {rate / 1e6:.0f} Mbit/s is over the profile's {p.rate_bit_s / 1e6:.0f} Mbit/s by "
                             f"more than {tol:.0%}: the shaper does not hold")
-        if rate < p.rate_bit_s * (1 - tol):
-            assert host is not None
-            if host < p.rate_bit_s * (1 - tol):  # the host cannot do the profile's rate even unshaped
-                report["rate_note"] = (f"host-limited: an unshaped loopback socket pair reaches "
-                                       f"{host / 1e9:.2f} Gbit/s < the profile's {p.rate_bit_s / 1e9:g} Gbit/s")
-                if rate < host * (1 - tol) and self.delay_mode != "proxy":
-                    problems.append(f"rate {rate / 1e6:.0f} Mbit/s is under what the host reaches unshaped "
-                                    f"({host / 1e6:.0f} Mbit/s) by more than {tol:.0%}")
-            else:
-                problems.append(f"rate {rate / 1e6:.0f} Mbit/s is under the profile's {p.rate_bit_s / 1e6:.0f} Mbit/s "
-                                f"by more than {tol:.0%} (an unshaped loopback pair reaches {host / 1e6:.0f} Mbit/s)")
+        if host is not None and host < p.rate_bit_s * (1 + tol):
+            # The host cannot clearly exceed the profile's rate even unshaped: the shaper is not what binds,
+            # so the check is against what the host reached alongside (a user-space delay line may cost more).
+            report["rate_note"] = (f"host-limited: an unshaped loopback socket pair reaches {host / 1e9:.2f} Gbit/s, "
+                                   f"not clearly above the profile's {p.rate_bit_s / 1e9:g} Gbit/s")
+            if rate < host * (1 - tol) and self.delay_mode != "proxy":
+                problems.append(f"rate {rate / 1e6:.0f} Mbit/s is under what the host reaches unshaped "
+                                f"({host / 1e6:.0f} Mbit/s) by more than {tol:.0%}")
+        elif rate < p.rate_bit_s * (1 - tol):
+            problems.append(f"rate {rate / 1e6:.0f} Mbit/s is under the profile's {p.rate_bit_s / 1e6:.0f} Mbit/s "
+                            f"by more than {tol:.0%} (an unshaped loopback pair reaches {(host or 0) / 1e6:.0f} Mbit/s)")
         report["ok"] = not problems
         if problems:
             raise NetemError(f"the emulated link misses {p.describe()} ({self.delay_mode} delay): " + "; ".join(problems)
                              + f"\nmeasured: {report}")
         return report
-
-    def _host_rate(self, nbytes: int) -> float:
-        """Rate of a plain, unclassified loopback socket pair in the namespace (what the host can do)."""
-        (port,) = self.free_ports(1)
-        server = self.call(lambda: _ProbeServer(port))
-        try:
-            return self.call(lambda: _bulk(f"127.0.0.1:{port}", server, nbytes), timeout=120)
-        finally:
-            server.close()
 
 
 # ---- the raw TCP probe ----------------------------------------------------------------------------------
