@@ -1,0 +1,260 @@
+"""Split training over emulated networks: step time vs bandwidth and latency (issue 19).
+
+Each party is its own process (``splitlink train leader|follower``), over mutual TLS as in production,
+both inside a private network namespace whose loopback is shaped per direction by htb to the profile's
+rate, with the profile's RTT added by a delay line (or netem where the kernel has it) in both peer
+paths (tests/support/netem.py; each link is self-checked with a raw TCP probe first: RTT and rate within
+20% of the profile). Profiles: LAN 10 Gbit/s 0.2 ms RTT (no delay line: loopback is faster), metro
+1 Gbit/s 5 ms, WAN 1 Gbit/s 20 ms, thin WAN 100 Mbit/s 40 ms, long-haul 1 Gbit/s 200 ms.
+
+Models: Wide&Deep at the Criteo YAML's batch (16000 rows; the demo's synthetic Criteo-like data, a
+smaller model than the seed's so that a step fits a 2-core machine), Pangu tiny (hidden 128, 2 layers,
+seq 64) and small (hidden 256, 4 layers, seq 128), batch 8, without DeepSpeed.
+
+Variants per profile:
+  (a) sequential fp32: every exchanged tensor as float32;
+  (b) sequential, compressed: the YAML's codecs on activations and gradients (min_max, 6 bits on
+      Wide&Deep's embeddings and Pangu's head input and gradients, 8 bits on Pangu's backbone output);
+  (c) pipelined, m = 2, 4, 8 micro-batches and (d) pipelined + the codecs: not built yet (issue 19 item 2);
+      the hook :data:`PIPELINE` takes their run settings when they are; until then their rows print
+      "not built yet" and no figure.
+
+Baselines in the same run: the same model in one process (Pangu: unsplit, plain PyTorch with the same
+seeds and AdamW settings; Wide&Deep: both parties in one process over the in-process communicator, no
+network, the repository has no unsplit Wide&Deep), one thread like each party; and the LAN split (a).
+Reported per row: median step time over the steps after the first two (warm-up), samples/s, the ratios
+to both baselines, bytes on the wire per step each way (IP bytes on the shaped legs, from htb's
+counters: TLS records, HTTP/2 framing, TCP/IP headers and acknowledgements included, averaged over the
+run, connection set-up included) and the training loss after the fixed number of steps (the cost of
+compression in accuracy next to its gain in time).
+
+``--quick``: LAN, WAN, thin WAN; 8 steps each (<= 10 min on 2 cores). ``--json`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
+from netem import PROFILES, EmulatedLink, netns_support
+from split_runs import make_certs, pangu_run, run_split, wide_deep_run
+
+# (c)/(d): the pipelined variants. The pipelining work (issue 19 item 2) sets this to a function that
+# returns a run spec (split_runs.wide_deep_run / pangu_run) with the run file's pipeline setting for m
+# micro-batches; None: not built, and their rows say so instead of giving figures.
+PIPELINE: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
+MICRO_BATCHES = (2, 4, 8)
+
+WD_MODEL = {"vocab_size": 50_000, "emb_dim": 16, "deep_layers": [256, 128]}
+WD_BATCH = 16_000   # the Criteo YAMLs' batch_size
+PANGU = {
+    "pangu-tiny": {"config": "tiny", "vocab_size": 1024, "seq_length": 64},
+    "pangu-small": {"config": "tiny", "vocab_size": 1024, "hidden_size": 256, "num_layers": 4, "num_heads": 4,
+                    "seq_length": 128},
+}
+PANGU_BATCH = 8
+VARIANTS = {"fp32": False, "codecs": True}   # name -> the run's train.compress
+
+
+def prepare(work: Path) -> dict[str, Any]:
+    """Data for every model: Wide&Deep's two parties' columns, Pangu's token corpus."""
+    from splitlink.examples import demo, pangu
+
+    wd_dir = work / "wd"
+    wd_dir.mkdir(parents=True, exist_ok=True)
+    demo.prepare_data(wd_dir, 2 * WD_BATCH, seed=1, vocab_size=WD_MODEL["vocab_size"])
+    corpus = pangu.stdlib_corpus(work / "corpus", max_bytes=600_000)
+    tokens = pangu.preprocess_corpus(corpus, work / "tokens", vocab_size=1024)
+    return {"wd": wd_dir, "tokens": tokens}
+
+
+def spec_for(model: str, data: dict[str, Any], steps: int, compress: bool) -> dict[str, Any]:
+    if model == "wide-deep":
+        return wide_deep_run(data["wd"], model=WD_MODEL, batch_size=WD_BATCH, steps=steps, compress=compress)
+    return pangu_run(data["tokens"], pangu=PANGU[model], batch_size=PANGU_BATCH, steps=steps, compress=compress)
+
+
+def batch_of(model: str) -> int:
+    return WD_BATCH if model == "wide-deep" else PANGU_BATCH
+
+
+def one_process(model: str, data: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The same model trained in this process, one thread: per-step times and the final loss."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if model == "wide-deep":
+            from splitlink.examples import criteo
+            from splitlink.examples import wide_deep as wd
+
+            cfg = wd.WideDeepConfig(vocab_size=WD_MODEL["vocab_size"], emb_dim=WD_MODEL["emb_dim"],
+                                    deep_layers=tuple(WD_MODEL["deep_layers"]))
+            L = criteo.load_party(data["wd"] / "leader.npz", "leader")
+            F = criteo.load_party(data["wd"] / "follower.npz", "follower")
+            hist = wd.train_local(L, F, cfg, wd.TrainConfig(epochs=1000, batch_size=WD_BATCH, max_steps=steps,
+                                                            log_every=1, compress=False, progress=False, seed=0,
+                                                            eval_fraction=0.0))
+            rows = [r for r in hist if r["kind"] == "train"]
+            secs = [r["seconds"] for r in rows]
+            return {"what": "in-process split (no network)", "step_s": [b - a for a, b in zip(secs, secs[1:])],
+                    "loss": rows[-1]["wide_loss"]}
+        return pangu_unsplit(model, data, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pangu_unsplit(model: str, data: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Pangu unsplit in plain PyTorch (as splitlink.examples.pangu.train_unsplit, timed per step)."""
+    from splitlink.config import FLYamlData
+    from splitlink.examples import pangu
+    from splitlink.runtime.schedule import Schedule
+
+    over = {k: v for k, v in PANGU[model].items() if k != "config"}
+    cfg = dataclasses.replace(pangu.CONFIGS[PANGU[model]["config"]], **over)
+    ds = pangu.TokenDataset(data["tokens"], cfg.seq_length)
+    torch.manual_seed(0)
+    emb = pangu.EmbeddingNet(cfg)
+    torch.manual_seed(2)
+    head = pangu.HeadNet(cfg)
+    torch.manual_seed(1)
+    bb = pangu.BackboneNet(cfg)
+    ref = FLYamlData(pangu.YAMLS / "embedding.yaml").opts[0].hyper_parameters
+    opt = torch.optim.AdamW([*emb.parameters(), *bb.parameters(), *head.parameters()], lr=1e-3,
+                            eps=ref.get("eps", 1e-8))
+    times, loss_v = [], float("nan")
+    for _, rows in Schedule(len(ds), PANGU_BATCH, seed=0, epochs=1000, max_steps=steps, drop_last=True).steps():
+        t0 = time.perf_counter()
+        b = ds.batch(rows)
+        x, table, mask = emb(b["input_ids"], b["position_id"], b["attention_mask"])
+        loss = head(bb(x, mask), b["input_ids"], table, b["position_id"], mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_v = float(loss.detach())
+        times.append(time.perf_counter() - t0)
+    return {"what": "unsplit, plain PyTorch", "step_s": times[1:], "loss": loss_v}
+
+
+def median_after_warmup(step_s: list[float], skip: int = 2) -> float:
+    return statistics.median(step_s[skip:] if len(step_s) > skip else step_s)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="LAN, WAN and thin WAN, 8 steps (<= 10 min on 2 cores)")
+    ap.add_argument("--profiles", nargs="+", choices=list(PROFILES), help="default: all (--quick: lan wan thin-wan)")
+    ap.add_argument("--models", nargs="+", choices=["wide-deep", *PANGU], default=["wide-deep", *PANGU])
+    ap.add_argument("--steps", type=int, help="training steps per run (default 12, --quick 8); the first two "
+                                              "are warm-up, left out of the medians")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ap.add_argument("--workdir", help="keep data, run files and logs here (default: a temporary directory)")
+    args = ap.parse_args()
+    profiles = args.profiles or (["lan", "wan", "thin-wan"] if args.quick else list(PROFILES))
+    if "lan" not in profiles:
+        profiles = ["lan", *profiles]   # the LAN split is a baseline of every row
+    steps = args.steps or (8 if args.quick else 12)
+    if steps < 4:
+        ap.error("--steps must be at least 4 (two warm-up steps, then the measured ones)")
+    why = netns_support()
+    if why:
+        sys.exit(f"bench_wan: {why}")
+
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench_wan-")
+    work = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    t_start = time.monotonic()
+    data = prepare(work)
+    certs = make_certs(work / "certs")
+
+    baselines = {}
+    for model in args.models:
+        b = one_process(model, data, steps)
+        b["step_ms"] = median_after_warmup(b["step_s"], skip=1) * 1e3
+        b["samples_s"] = batch_of(model) / (b["step_ms"] / 1e3)
+        baselines[model] = b
+        log(f"one process {model}: {b['step_ms']:.1f} ms/step")
+
+    checks, rows = {}, []
+    for prof in profiles:
+        with EmulatedLink(PROFILES[prof]) as link:
+            checks[prof] = link.self_check()
+            log(f"link {prof}: {checks[prof]}")
+            for model in args.models:
+                for variant, compress in VARIANTS.items():
+                    spec = spec_for(model, data, steps, compress)
+                    run = run_split(work / "runs" / f"{prof}-{model}-{variant}", spec, certs=certs, link=link)
+                    step_s = run.median_step_s(skip=2)
+                    rows.append({"profile": prof, "model": model, "variant": variant, "step_ms": step_s * 1e3,
+                                 "samples_s": batch_of(model) / step_s, "loss": run.losses[-1],
+                                 "wire_mb_per_step": {k: v / steps / 1e6 for k, v in run.wire_bytes.items()},
+                                 "steps": len(run.losses)})
+                    log(f"{prof} {model} {variant}: {step_s * 1e3:.1f} ms/step, wire {run.wire_bytes}")
+                for m in MICRO_BATCHES:
+                    for variant in ("fp32", "codecs"):
+                        name = f"pipelined m={m}" + (" + codecs" if variant == "codecs" else "")
+                        if PIPELINE is None:
+                            rows.append({"profile": prof, "model": model, "variant": name, "status": "not built yet"})
+                            continue
+                        spec = PIPELINE(spec_for(model, data, steps, VARIANTS[variant]), m)
+                        run = run_split(work / "runs" / f"{prof}-{model}-pipe{m}-{variant}", spec, certs=certs,
+                                        link=link)
+                        step_s = run.median_step_s(skip=2)
+                        rows.append({"profile": prof, "model": model, "variant": name, "step_ms": step_s * 1e3,
+                                     "samples_s": batch_of(model) / step_s, "loss": run.losses[-1],
+                                     "wire_mb_per_step": {k: v / steps / 1e6 for k, v in run.wire_bytes.items()},
+                                     "steps": len(run.losses)})
+    lan = {r["model"]: r["samples_s"] for r in rows if r["profile"] == "lan" and r["variant"] == "fp32"}
+    for r in rows:
+        if "samples_s" in r:
+            r["vs_one_process"] = r["samples_s"] / baselines[r["model"]]["samples_s"]
+            r["vs_lan_split"] = r["samples_s"] / lan[r["model"]]
+    out = {"steps": steps, "threads_per_party": 1, "seconds": time.monotonic() - t_start, "links": checks,
+           "one_process": {k: {kk: v for kk, v in b.items() if kk != "step_s"} for k, b in baselines.items()},
+           "rows": rows}
+    if tmp is not None:
+        tmp.cleanup()
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    print_table(out)
+
+
+def print_table(out: dict[str, Any]) -> None:
+    print(f"split training over emulated links: {out['steps']} steps per run, medians after 2 warm-up steps, "
+          f"1 thread per party, mutual TLS ({out['seconds']:.0f} s)")
+    print("\nlinks (self-check, raw TCP probe):")
+    for name, c in out["links"].items():
+        note = c.get("rtt_note", "") or c.get("rate_note", "")
+        print(f"  {PROFILES[name].describe():34s} measured RTT {c['rtt_ms']:8.3f} ms, rate "
+              f"{c['rate_bit_s'] / 1e6:8.0f} Mbit/s  [{c['delay_mode']}] {note}")
+    print("\none process (baseline):")
+    for m, b in out["one_process"].items():
+        print(f"  {m:12s} {b['step_ms']:9.1f} ms/step {b['samples_s']:10.0f} samples/s  loss {b['loss']:.4f}  ({b['what']})")
+    hdr = (f"\n{'model':12s} {'profile':9s} {'variant':22s} {'ms/step':>9s} {'samples/s':>10s} {'x 1-proc':>8s} "
+           f"{'x LAN':>6s} {'MB/step up':>10s} {'down':>7s} {'loss':>8s}")
+    print(hdr)
+    for r in sorted(out["rows"], key=lambda r: (r["model"], list(PROFILES).index(r["profile"]))):
+        if "status" in r:
+            print(f"{r['model']:12s} {r['profile']:9s} {r['variant']:22s} {r['status']}")
+            continue
+        up, down = list(r["wire_mb_per_step"].values())
+        print(f"{r['model']:12s} {r['profile']:9s} {r['variant']:22s} {r['step_ms']:9.1f} {r['samples_s']:10.0f} "
+              f"{r['vs_one_process']:8.2f} {r['vs_lan_split']:6.2f} {up:10.2f} {down:7.2f} {r['loss']:8.4f}")
+    print("\nup: follower -> leader (Wide&Deep: follower's embeddings; Pangu: party B's hidden states), down: "
+          "the other way; x LAN: samples/s over the LAN split's (fp32) in this run")
+
+
+if __name__ == "__main__":
+    main()
