@@ -189,3 +189,14 @@ def test_a_rank_of_a_paired_a_trains_on_its_slice_of_every_global_batch() -> Non
         assert e0 == e1 == e and np.array_equal(np.concatenate([a, b]), rows)
     with pytest.raises(ValueError, match="not a multiple"):
         ranks.RankSlicedSchedule(s, 0, 3)
+
+
+def test_the_launch_script_of_party_b_over_ranks_has_help() -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "examples/splitnn_pangu_alpha/run_pangu_train_follower_ranks.sh"
+    out = subprocess.run(["bash", str(script), "--help"], env={**os.environ, "PYTHON": sys.executable},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "NPROC" in out.stdout and "--ranks" in out.stdout, out.stderr

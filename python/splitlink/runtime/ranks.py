@@ -337,12 +337,23 @@ def intersect_over_group(steps: list[int]) -> list[int]:
 
 
 def ensure_process_group() -> None:
-    """Joins the launcher's process group (gloo on CPU, NCCL on GPUs) if nothing has yet; for a party
-    whose models do not start DeepSpeed (party A in paired mode)."""
+    """Joins the launcher's process group (gloo on CPU, NCCL on GPUs) if nothing has yet, before
+    DeepSpeed (which then uses it).
+
+    The keys go under a prefix naming the launcher's restart count: torchrun keeps one key-value
+    store for all the restarts of a group, and a restarted group that registered its addresses under
+    the same keys as the killed one read the dead ranks' addresses (gloo: "connectFullMesh failed ...
+    Connection refused" in the first new_group of the restarted group)."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return
+    from torch.distributed import PrefixStore, rendezvous  # type: ignore[attr-defined]
+
+    store, rank, world = next(rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                            store=PrefixStore(f"splitlink/attempt-{attempt}", store), rank=rank, world_size=world)
 
 
 def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> list[Any]:
@@ -356,14 +367,15 @@ def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> list[Any]:
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if world == 1 or not params:
             return
-        flat = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+        flat = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])
         dist.all_reduce(flat)
         flat.div_(world)
         off = 0
         for p in params:
-            n = p.grad.numel()  # type: ignore[union-attr]
-            p.grad.copy_(flat[off:off + n].view_as(p.grad))  # type: ignore[union-attr]
-            off += n
+            g = p.grad
+            assert g is not None
+            g.copy_(flat[off:off + g.numel()].view_as(g))
+            off += g.numel()
 
     return [o.register_step_pre_hook(hook) for o in optimizers]
 
@@ -434,16 +446,14 @@ def _run(cfg: RunConfig, group: RankGroup) -> int:
     setup_process(cfg, _rank_file(cfg.log_file, group.rank))
     plan = channel_plan(cfg, group)
     who = f"{cfg.party} {plan.me[0]}"
-    if group.launched and cfg.party == "leader":
-        ensure_process_group()  # A's ranks (paired) average their sub-networks' gradients over their own group
-    party = registry.get(cfg.scenario).make_party(cfg)
+    if group.launched:
+        ensure_process_group()  # before DeepSpeed, which joins it
+    party: Any = registry.get(cfg.scenario).make_party(cfg)
     party.group = group
     if group.launched:
-        if any(getattr(m, "engine", None) is None for m in party.models.values()):
-            ensure_process_group()
-            for m in party.models.values():
-                if getattr(m, "engine", None) is None:
-                    average_gradients(m.optimizers)
+        for m in party.models.values():
+            if getattr(m, "engine", None) is None:  # replicas without DeepSpeed (A's ranks when paired)
+                average_gradients(m.optimizers)
         if group.rank != 0:
             party.metrics = Metrics(_rank_file(party.train.metrics_path, group.rank))
         if cfg.party == "leader":  # paired: rank r trains on slice r of every global batch
