@@ -48,7 +48,10 @@ multi-rank group does not ride through a peer's restart in-process: a rank could
 collective its partner will never join, so it exits with an error and the launcher
 (``torchrun --max-restarts``) restarts the whole group, which resumes from the agreed step. Party A
 in scatter mode (one process) rides through the restart of B's group: when one rank reports a new
-process, it waits until every rank has (the launcher restarts them all) and agrees again.
+process, it waits until every rank has (the launcher restarts them all) and agrees again. When party A
+is the one restarted (with resume), B's ranks exit on learning it and the launcher restarts them too
+(one of its ``--max-restarts``). A launched rank joins its process group itself, before DeepSpeed, under
+a key prefix naming the launcher's restart count (:func:`ensure_process_group`).
 """
 
 from __future__ import annotations
