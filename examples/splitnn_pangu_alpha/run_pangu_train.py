@@ -38,13 +38,32 @@ def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--metrics", default=None, help="party A: append JSON lines of losses here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ranks", default=None, metavar="MODE:N",
+                    help="party B over N ranks started by torchrun: scatter:N (party A one process) or paired:N "
+                         "(party A over N ranks too); give both parties the same value")
+    ap.add_argument("--follower-addresses", default=None, metavar="H:P,H:P,...",
+                    help="every rank of party B, in rank order (default: party B's address, port + rank)")
+    ap.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="party B's ZeRO stage")
 
 
 def train_section(a: argparse.Namespace) -> dict:
     return {"epochs": a.epochs, "batch_size": a.batch_size, "max_steps": a.max_steps, "lr": a.lr,
             "log_every": a.log_every, "compress": a.compress, "embedding_dp": a.embedding_dp,
             "deepspeed": not a.no_deepspeed, "ckpt_every": a.ckpt_every, "seed": a.seed,
-            "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics}
+            "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics,
+            "zero_stage": a.zero_stage}
+
+
+def ranks_section(a: argparse.Namespace) -> dict | None:
+    if a.ranks is None:
+        return None
+    mode, _, n = a.ranks.partition(":")
+    if mode not in ("scatter", "paired") or not n.isdigit():
+        raise ValueError(f"--ranks takes scatter:N or paired:N, got {a.ranks!r}")
+    out: dict = {"mode": mode, "world_size": int(n)}
+    if a.follower_addresses:
+        out["follower_addresses"] = a.follower_addresses.split(",")
+    return out
 
 
 def ssl_args(ap: argparse.ArgumentParser) -> None:
@@ -87,6 +106,12 @@ def main(argv: list[str]) -> int:
     cfg_dict: dict = {"scenario": "pangu_alpha", "party": a.role, "address": a.local_address,
                       "peer_address": a.peer_address, "enable_ssl": ssl, "threads": a.threads,
                       "pangu": {"config": a.config}, "train": train_section(a)}
+    try:
+        if ranks_section(a) is not None:
+            cfg_dict["ranks"] = ranks_section(a)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if a.role == "leader":
         cfg_dict["data"] = os.path.abspath(a.train_data)
         if a.eval_data != "-":

@@ -249,6 +249,7 @@ class TrainConfig(TrainOptions):
     embedding_dp: bool = False
     deepspeed: bool = True          # party B's backbone under DeepSpeed (the YAML's config)
     lr: float | None = None
+    zero_stage: int | None = None   # party B: the DeepSpeed config's ZeRO stage instead of the YAML's
 
 
 def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra: dict[str, Any] | None = None) -> FLYamlData:
@@ -257,6 +258,8 @@ def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra:
     ds = data.deepspeed_config()
     raw.pop("deepspeed", None)
     if ds is not None and not drop_deepspeed:
+        if train.zero_stage is not None:
+            ds = {**ds, "zero_optimization": {**ds.get("zero_optimization", {}), "stage": train.zero_stage}}
         raw["deepspeed"] = ds
     if train.ckpt_dir is not None:
         raw["ckpt_path"] = str(Path(train.ckpt_dir).resolve())
@@ -382,9 +385,14 @@ class PartyB(Party[TrainConfig]):
         self.send({"hidden_states": out["hidden_states"]}, step=self.step)
 
     def backward(self) -> None:
+        # sens_scale: 1, or B's world size for a rank fed by a scattering party A (splitlink.runtime.ranks:
+        # DeepSpeed averages the ranks' gradients, the global-batch mean needs their sum).
+        k = self.sens_scale
         sens = self.receive()
-        scale = self.model.backward_one_step(None, self._remote, sens=sens)
-        self.send({"hidden_states": {"embedding_table": scale["hidden_states"]["embedding_table"]}}, step=self.step)
+        if k != 1.0:
+            sens = {s: {n: g * k for n, g in inner.items()} for s, inner in sens.items()}
+        g = self.model.backward_one_step(None, self._remote, sens=sens)["hidden_states"]["embedding_table"]
+        self.send({"hidden_states": {"embedding_table": g / k if k != 1.0 else g}}, step=self.step)
         self.advance()
 
     def train_loop(self) -> None:

@@ -84,10 +84,11 @@ class CheckpointSet:
     ``keep``: keep only the newest ``keep`` steps of every model (None: keep all).
     ``extra_state``: every step also holds a JSON mapping (``save(step, extra=...)``, returned by
     ``load``); a step counts only when its extra state is there too.
+    ``rank``: this process's rank in a party over several processes sharing ``directory`` (None: one process).
     """
 
     def __init__(self, models: Mapping[str, Checkpointable], directory: str | os.PathLike[str], manifest_id: str, *,
-                 keep: int | None = None, extra_state: bool = False) -> None:
+                 keep: int | None = None, extra_state: bool = False, rank: int | None = None) -> None:
         if not models:
             raise ValueError("a checkpoint set needs at least one model")
         if keep is not None and keep < 1:
@@ -96,6 +97,10 @@ class CheckpointSet:
         self.manifest = Manifest(directory, manifest_id)
         self.keep = keep
         self.extra_state = extra_state
+        # One rank of a party over several processes (splitlink.runtime.ranks): every rank saves the
+        # models sharded over the ranks (DeepSpeed's save is collective); rank 0 alone writes the
+        # replicated ones, the extra state and the manifest (the directory is shared by the ranks).
+        self.rank = rank
 
     def _extra_path(self, step: int) -> Path:
         return self.manifest.directory / f"state-{self.manifest.run_id}" / f"step-{step:010d}.json"
@@ -112,9 +117,13 @@ class CheckpointSet:
             raise ValueError("this checkpoint set holds extra state: pass extra=... to save()")
         if not self.extra_state and extra is not None:
             raise ValueError("this checkpoint set was made without extra_state=True; it cannot save extra state")
+        primary = self.rank is None or self.rank == 0
         for m in self.models.values():
-            m.step = step
-            m.save_ckpt(keep=self.keep)
+            if primary or getattr(m, "engine", None) is not None:
+                m.step = step
+                m.save_ckpt(keep=self.keep)
+        if not primary:
+            return
         if extra is not None:
             text = json.dumps(dict(extra))  # fails here, before anything is recorded, if not JSON-serialisable
             atomic_write(self._extra_path(step), lambda fh: fh.write(text))

@@ -21,17 +21,11 @@ def run_party(cfg: RunConfig) -> int:
     """Trains this party to the end; returns a process exit code."""
     from splitlink.channel import ServerConfig, SSLConfig, VerticalFederatedCommunicator
 
-    handlers: list[logging.Handler] = [BarAwareHandler()]
-    if cfg.log_file:
-        Path(cfg.log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(cfg.log_file))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s", handlers=handlers, force=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.keep_freed_memory:
-        from splitlink.util import keep_freed_memory
+    if cfg.ranks is not None:  # a party over several processes: names, slices, exit (splitlink.runtime.ranks)
+        from splitlink.runtime import ranks
 
-        log.debug("glibc keeps freed memory: %s", keep_freed_memory())
+        return ranks.run_rank_party(cfg)
+    setup_process(cfg)
     peer = "follower" if cfg.party == "leader" else "leader"
     ssl = SSLConfig(**cfg.ssl.model_dump()) if cfg.ssl is not None else None
     party = registry.get(cfg.scenario).make_party(cfg)
@@ -45,3 +39,20 @@ def run_party(cfg: RunConfig) -> int:
         party.run()
     log.info("%s: finished at step %d", cfg.party, party.step)
     return 0
+
+
+def setup_process(cfg: RunConfig, log_file: str | None = None) -> None:
+    """Logging (to stderr and ``log_file``, default the run file's), threads, glibc's freed memory."""
+    log_file = log_file if log_file is not None else cfg.log_file
+    handlers: list[logging.Handler] = [BarAwareHandler()]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s", handlers=handlers, force=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:
+        from splitlink.util import keep_freed_memory
+
+        log.debug("glibc keeps freed memory: %s", keep_freed_memory())
+

@@ -100,6 +100,17 @@ class Party(Generic[O]):
         self.metrics = Metrics(train.metrics_path)
         self._checkpoints: CheckpointSet | None = None
         self._offered: list[int] = []
+        self.group: Any = None  # splitlink.runtime.ranks.RankGroup: this party runs over several processes
+
+    @property
+    def sens_scale(self) -> float:
+        """What received gradients are multiplied by before the backward (1 but for party B's ranks in
+        scatter mode, see :mod:`splitlink.runtime.ranks`)."""
+        return float(self.group.sens_scale) if self.group is not None else 1.0
+
+    @property
+    def launched_rank(self) -> bool:
+        return self.group is not None and self.group.launched
 
     # ---- names, logging, metrics ------------------------------------------------------------------
     @property
@@ -152,12 +163,19 @@ class Party(Generic[O]):
             first = next(iter(self.models.values()))
             root = Path(self.train.ckpt_dir) if self.train.ckpt_dir else first.yaml.ckpt_path
             tag = f"{self.train.run_id}.{self.manifest_tag}" if self.manifest_tag else self.train.run_id
-            self._checkpoints = CheckpointSet(self.models, root, tag, keep=self.keep_checkpoints)
+            self._checkpoints = CheckpointSet(self.models, root, tag, keep=self.keep_checkpoints,
+                                              rank=self.group.rank if self.launched_rank else None)
         return self._checkpoints
 
     def checkpoint_steps(self) -> list[int]:
-        """Steps this party recorded as complete (every sub-network durable) whose files are still there."""
-        return self.checkpoints.steps()
+        """Steps this party recorded as complete (every sub-network durable) whose files are still there;
+        over several processes, those every rank holds (a collective: every rank asks together)."""
+        steps = self.checkpoints.steps()
+        if self.launched_rank:
+            from splitlink.runtime.ranks import intersect_over_group
+
+            steps = intersect_over_group(steps)
+        return steps
 
     def save(self) -> None:
         self.checkpoints.save(self.step)
@@ -237,6 +255,11 @@ class Party(Generic[O]):
         """Trains to the end. If the peer's process is replaced (crashed, restarted with resume), both go
         back to their newest common checkpoint and continue; this process keeps running."""
         self.save_start()
+        if self.launched_rank:
+            # One rank of a group never rides through a peer's restart: a rank could be blocked in a
+            # collective the others will not join. It fails; the launcher restarts the whole group.
+            self.agree(False)
+            return self.train_loop()
         return ride_through_restarts(self.name, self.agree, self.train_loop)
 
 

@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from splitlink.config import Problem, YamlConfigError, YamlLines, parse_yaml_document, pydantic_problems, read_yaml_text
 from splitlink.runtime import registry
 
-__all__ = ["RunConfig", "SSLSection", "TrainSection", "WideDeepSection", "PanguSection", "load_run_config",
-           "ssl_section"]
+__all__ = ["RunConfig", "SSLSection", "TrainSection", "WideDeepSection", "PanguSection", "RanksSection",
+           "load_run_config", "ssl_section"]
 
 
 class _Strict(BaseModel):
@@ -71,6 +71,17 @@ class PanguSection(_Strict):
     seq_length: int | None = Field(default=None, ge=2)
 
 
+class RanksSection(_Strict):
+    """A party over several processes (:mod:`splitlink.runtime.ranks`): party B's ranks, and in
+    ``paired`` mode party A's too. Without address lists rank r listens on the base address's port + r
+    (one machine); over several machines list every rank's ``host:port`` in rank order."""
+
+    mode: Literal["scatter", "paired"]
+    world_size: int = Field(ge=1, le=4096)
+    follower_addresses: list[str] | None = None   # party B's ranks (default: address/peer_address port + rank)
+    leader_addresses: list[str] | None = None     # paired mode: party A's ranks
+
+
 class TrainSection(_Strict):
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
@@ -87,6 +98,7 @@ class TrainSection(_Strict):
     metrics_path: str | None = None
     progress: bool = True
     deepspeed: bool = True          # pangu_alpha: party B's backbone under DeepSpeed
+    zero_stage: int | None = Field(default=None, ge=0, le=3)  # pangu_alpha: override the YAML's ZeRO stage
     lr: float | None = Field(default=None, gt=0)
     peer_timeout: float | None = Field(default=None, gt=0)
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -112,6 +124,7 @@ class RunConfig(_Strict):
     model: WideDeepSection = Field(default_factory=WideDeepSection)
     pangu: PanguSection = Field(default_factory=PanguSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    ranks: RanksSection | None = None  # a party over several processes (splitlink.runtime.ranks)
     log_file: str | None = None
 
 
@@ -145,6 +158,7 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
                                 "missing: enable_ssl is true, so give ssl.server_cert_path, client_cert_path, ca_cert_path"))
     if cfg.data is None and cfg.scenario in known and registry.get(cfg.scenario).needs_data(cfg.party):
         problems.append(Problem(lines.line(()), "data", "missing: this party's data (a path)"))
+    problems.extend(_ranks_problems(cfg, lines))
     if problems:
         raise YamlConfigError(str(p), problems)
     base = p.resolve().parent
@@ -156,6 +170,40 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
         if isinstance(d, dict) and isinstance(d.get(keys[-1]), str) and not os.path.isabs(d[keys[-1]]):
             d[keys[-1]] = str(base / d[keys[-1]])
     return RunConfig.model_validate(data)
+
+
+def _ranks_problems(cfg: RunConfig, lines: YamlLines) -> list[Problem]:
+    r = cfg.ranks
+    if r is None:
+        return []
+    out = []
+    for key, given in (("follower_addresses", r.follower_addresses), ("leader_addresses", r.leader_addresses)):
+        if given is None:
+            continue
+        if len(given) != r.world_size:
+            out.append(Problem(lines.line(("ranks", key)), f"ranks.{key}",
+                               f"lists {len(given)} address(es) but ranks.world_size is {r.world_size}: one per rank"))
+        bad = [a for a in given if not _is_host_port(a)]
+        if bad:
+            out.append(Problem(lines.line(("ranks", key)), f"ranks.{key}", f"not host:port: {', '.join(map(repr, bad))}"))
+        if len(set(given)) != len(given):
+            out.append(Problem(lines.line(("ranks", key)), f"ranks.{key}", "two ranks cannot share an address"))
+    if r.leader_addresses is not None and r.mode != "paired":
+        out.append(Problem(lines.line(("ranks", "leader_addresses")), "ranks.leader_addresses",
+                           "only paired mode runs party A over ranks; in scatter mode party A is one process at 'address'"))
+    if cfg.train.batch_size is not None and cfg.train.batch_size % r.world_size:
+        out.append(Problem(lines.line(("train", "batch_size")), "train.batch_size",
+                           f"the global batch {cfg.train.batch_size} is cut into ranks.world_size={r.world_size} equal "
+                           "slices: make it a multiple"))
+    if r.mode == "paired" and cfg.party == "leader" and cfg.eval_data is not None:
+        out.append(Problem(lines.line(("eval_data",)), "eval_data",
+                           "paired mode has no evaluation yet (every A rank would evaluate alone); drop eval_data"))
+    return out
+
+
+def _is_host_port(a: str) -> bool:
+    host, sep, port = a.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def ssl_section(server_cert: str | None, client_cert: str | None, ca_cert: str | None,
