@@ -193,7 +193,7 @@ def _gradient_defence_problems(raw: Mapping[str, Any], privacy: Mapping[str, Any
                                                       "without one, the batch's mean per-sample norm)")
     if mv is not None and raw.get("role") != "leader":
         add(("privacy", "marvell"), "Marvell noise protects the labels the leader holds; only role: leader may set it")
-    if isinstance(mv, Mapping):
+    if isinstance(mv, Mapping) and raw.get("role") == "leader":
         gt = _get(raw, "model", "eval_net", "gt")
         if not isinstance(gt, str):
             add(("privacy", "marvell"), "Marvell noise needs model.eval_net.gt to name the (binary) label input")
@@ -201,7 +201,7 @@ def _gradient_defence_problems(raw: Mapping[str, Any], privacy: Mapping[str, Any
             add(("model", "eval_net", "gt"),
                 f"Marvell noise reads the labels from {gt!r}, which is not an input of model.train_net "
                 f"(inputs: {', '.join(train_ins)})")
-    if gn is None and mv is None:
+    if gn is None and (mv is None or raw.get("role") != "leader"):
         return
     remote = [i.get("name") for i in _get(raw, "model", "train_net", "inputs") or []
               if isinstance(i, Mapping) and i.get("source") == "remote"]
