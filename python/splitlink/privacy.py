@@ -287,7 +287,8 @@ class GradientNormDefence:
             target = self.norm if self.norm is not None else float(norms[nonzero].mean()) if bool(nonzero.any()) else 0.0
             factor = torch.where(nonzero, target / norms.clamp(min=1e-300), torch.zeros_like(norms))
         else:
-            target = self.norm if self.norm is not None else float(torch.quantile(norms.reshape(-1), float(self.quantile)))
+            q = self.quantile if self.quantile is not None else 1.0  # (clip has norm or quantile: __init__)
+            target = self.norm if self.norm is not None else float(torch.quantile(norms.reshape(-1), q))
             factor = torch.where(norms > target, target / norms.clamp(min=1e-300), torch.ones_like(norms))
         self.last_target = float(target)
         return _unflatten_rows(flat * factor, layout, grads)

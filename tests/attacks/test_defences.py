@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from splitlink.attacks import direction_attack, norm_attack
 from splitlink.privacy import GradientNormDefence, MarvellNoise
 
@@ -176,7 +175,7 @@ def test_auc_bound_matches_theory() -> None:
 def test_marvell_solution_beats_the_obvious_allocations() -> None:
     """The solver's optimum is no worse than spending the budget isotropically or only along the axis."""
     m = MarvellNoise(1.0, seed=0)
-    kw = dict(delta_sq=2.0, u=0.05, v=0.2, dim=17)
+    kw = {"delta_sq": 2.0, "u": 0.05, "v": 0.2, "dim": 17}
     sol = m.solve(p=0.25, **kw)
     d, p = 17, 0.25
     iso = sol.budget / d

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from splitlink.config import FLYamlData
 from splitlink.errors import YamlConfigError
 from splitlink.examples import YAML_DIR
 from splitlink.model import FLModel
 from splitlink.privacy import GradientNormDefence, MarvellNoise
+from torch import nn
 
 LEADER_TOP = (YAML_DIR / "criteo" / "leader_top.yaml").read_text()
 FOLLOWER = (YAML_DIR / "criteo" / "follower_bottom.yaml").read_text()

@@ -15,9 +15,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from splitlink.attacks import CutTap
-from splitlink.attacks.audit import Defence, default_defences, evaluate_tap, format_table, get_target, plot_tradeoff
+from splitlink.attacks.audit import (
+    Defence,
+    default_defences,
+    evaluate_tap,
+    format_table,
+    get_target,
+    plot_tradeoff,
+)
 from splitlink.examples import wide_deep as wd
 
 EPOCHS, BATCH = 2, 500
@@ -104,7 +110,7 @@ def test_cli_audit_smoke(tmp_path: Path) -> None:
     png = tmp_path / "plot.png"
     cmd = [sys.executable, "-m", "splitlink", "audit", "--quick", "--only", "grad_norm", "--rows", "1000", "--epochs",
            "1", "--batch-size", "450", "--aux", "100", "--known", "20", "--json", "--plot", str(png)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["rows"]
     assert [(r["defence"], r["strength"]) for r in rows] == [("none", "-"), ("grad_norm", "normalize"),
@@ -113,6 +119,6 @@ def test_cli_audit_smoke(tmp_path: Path) -> None:
         assert 0 <= r["test_auc"] <= 1 and 0.5 <= r["norm_auc"] <= 1 and r["step_ms"] > 0
     assert rows[0]["test_auc_cost"] == 0 and np.isfinite(rows[1]["test_auc_cost"])
     assert png.read_bytes()[:4] == b"\x89PNG"
-    bad = subprocess.run([sys.executable, "-m", "splitlink", "audit", "--only", "nonsense"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "splitlink", "audit", "--only", "nonsense"], check=False, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "unknown defence(s) nonsense" in bad.stderr

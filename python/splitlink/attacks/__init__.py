@@ -22,9 +22,28 @@ registered scenario with each defence and tabulates the attacks (``splitlink aud
 
 from __future__ import annotations
 
-from splitlink.attacks.embeddings import feature_inversion, model_completion, onehot_targets
-from splitlink.attacks.gradients import attack_auc, direction_attack, direction_scores, norm_attack, norm_scores
+from splitlink.attacks.embeddings import (
+           feature_inversion,
+           model_completion,
+           onehot_targets,
+)
+from splitlink.attacks.gradients import (
+           attack_auc,
+           direction_attack,
+           direction_scores,
+           norm_attack,
+           norm_scores,
+)
 from splitlink.attacks.tap import CutTap
 
-__all__ = ["CutTap", "attack_auc", "norm_scores", "norm_attack", "direction_scores", "direction_attack",
-           "model_completion", "feature_inversion", "onehot_targets"]
+__all__ = [
+           "CutTap",
+           "attack_auc",
+           "direction_attack",
+           "direction_scores",
+           "feature_inversion",
+           "model_completion",
+           "norm_attack",
+           "norm_scores",
+           "onehot_targets",
+]

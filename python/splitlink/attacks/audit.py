@@ -35,12 +35,27 @@ from typing import Any
 
 import numpy as np
 
-from splitlink.attacks.embeddings import feature_inversion, model_completion, onehot_targets
+from splitlink.attacks.embeddings import (
+    feature_inversion,
+    model_completion,
+    onehot_targets,
+)
 from splitlink.attacks.gradients import direction_attack, leak_auc, norm_attack
 from splitlink.attacks.tap import CutTap, TapRecord
 
-__all__ = ["Defence", "AuditTarget", "register_target", "get_target", "target_names", "default_defences",
-           "evaluate_tap", "run_audit", "format_table", "plot_tradeoff", "TABLE_COLUMNS"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "AuditTarget",
+    "Defence",
+    "default_defences",
+    "evaluate_tap",
+    "format_table",
+    "get_target",
+    "plot_tradeoff",
+    "register_target",
+    "run_audit",
+    "target_names",
+]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 
 from splitlink.attacks.gradients import attack_auc, per_sample
 
-__all__ = ["model_completion", "feature_inversion", "onehot_targets"]
+__all__ = ["feature_inversion", "model_completion", "onehot_targets"]
 
 
 def _split(n: int, known: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,7 +22,8 @@ def _split(n: int, known: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _standardise(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
     mu, sd = x[fit].mean(0), x[fit].std(0)
-    return (x - mu) / np.where(sd > 0, sd, 1.0)
+    out: np.ndarray = (x - mu) / np.where(sd > 0, sd, 1.0)
+    return out
 
 
 def model_completion(embeddings: Any, labels: Any, *, known: int = 40, seed: int = 0, weight_decay: float = 1e-2,
@@ -54,10 +55,10 @@ def model_completion(embeddings: Any, labels: Any, *, known: int = 40, seed: int
         opt.zero_grad()
         z = xs[fit_t] @ w + b
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt[fit_t]) + weight_decay * w.dot(w)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
-    opt.step(closure)
+    opt.step(closure)  # type: ignore[no-untyped-call]
     with torch.no_grad():
         z = (xs @ w + b).numpy()
     pred = z[rest] > 0

@@ -9,8 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["attack_auc", "leak_auc", "per_sample", "norm_scores", "norm_attack", "direction_scores",
-           "direction_attack"]
+__all__ = [
+    "attack_auc",
+    "direction_attack",
+    "direction_scores",
+    "leak_auc",
+    "norm_attack",
+    "norm_scores",
+    "per_sample",
+]
 
 
 def attack_auc(labels: Any, scores: Any) -> float:
@@ -50,7 +57,8 @@ def per_sample(grads: Mapping[str, Any] | Sequence[Any] | Any) -> np.ndarray:
 
 def norm_scores(grads: Any) -> np.ndarray:
     """Norm attack: each sample's gradient L2 norm (higher: more likely positive)."""
-    return np.linalg.norm(per_sample(grads), axis=1)
+    out: np.ndarray = np.linalg.norm(per_sample(grads), axis=1)
+    return out
 
 
 def norm_attack(grads: Any, labels: Any) -> float:
@@ -62,7 +70,8 @@ def _cos(g: np.ndarray, ref: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(g, axis=1) * np.linalg.norm(ref)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (g @ ref) / n
-    return np.nan_to_num(out, nan=0.0)
+    res: np.ndarray = np.nan_to_num(out, nan=0.0)
+    return res
 
 
 def direction_scores(grads: Any, reference: int | None = None) -> np.ndarray:

@@ -399,8 +399,13 @@ def _audit_prepare(workdir: Path, rows: int, seed: int, tsv: str | None = None) 
 def _audit_train(data: tuple[PartyData, PartyData], defence: Any, tap: Any, *, epochs: int, batch_size: int,
                  seed: int) -> dict[str, Any]:
     leader, follower = data
+    fp = defence.follower_privacy
+    if fp and isinstance(fp.get("embedding_dp"), dict) and fp["embedding_dp"].get("mechanism") == "gaussian":
+        # the accountant counts releases per sample: one per epoch over the training rows
+        n_train = len(follower) - int(round(len(follower) * TrainConfig.eval_fraction))
+        fp = {**fp, "embedding_dp": {"num_samples": n_train, **fp["embedding_dp"]}}
     train = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, log_every=1, progress=False, compress=False,
-                        lr_scale=AUDIT_LR_SCALE, leader_privacy=defence.leader_privacy, follower_privacy=defence.follower_privacy)
+                        lr_scale=AUDIT_LR_SCALE, leader_privacy=defence.leader_privacy, follower_privacy=fp)
     hist = train_local(leader, follower, AUDIT_MODEL, train, tap=tap)
     t = [r["seconds"] for r in hist if r["kind"] == "train"]
     evals = [r["auc"] for r in hist if r["kind"] == "eval"]

@@ -152,7 +152,8 @@ class FLModel:
                                                  quantile=priv.grad_norm.quantile)
         if priv and priv.marvell:
             self.marvell = MarvellNoise(priv.marvell.scale, seed=priv.marvell.seed)
-            self._marvell_label = y.eval_net_gt
+            assert y.eval_net_gt is not None  # (checked with the YAML)
+            self._marvell_label: str = y.eval_net_gt
 
     # Construction -------------------------------------------------------------------------------
     def _build_optimizers(self, given: Any) -> list[torch.optim.Optimizer]:
