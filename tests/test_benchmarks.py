@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,16 @@ def check_soak_restarts(d: dict[str, Any]) -> None:
     assert killed["rejoins"] >= 1, killed  # the survivor went back to the common checkpoint and carried on
 
 
+def check_leakage(d: dict[str, Any]) -> None:
+    assert [(r["defence"], r["strength"]) for r in d["rows"]] == [("none", "-"), ("marvell", "scale 1"),
+                                                                  ("marvell", "scale 4")]
+    for r in d["rows"]:
+        assert 0 <= r["test_auc"] <= 1 and 0.5 <= r["norm_auc"] <= 1 and 0.5 <= r["direction_auc"] <= 1
+        assert positive(r["step_ms"]) and positive(r["step_ratio"])
+    assert {"no_defence_norm_auc", "best_ok"} <= set(d["targets"])
+    assert Path(d["plot"]).read_bytes()[:4] == b"\x89PNG"
+
+
 CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_wire.py", ["--repeat", "1", "--warmup", "0"], check_wire),
     ("bench_codec.py", ["--repeat", "1"], check_codec),
@@ -89,6 +100,8 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_channel.py", ["--repeat", "1"], check_channel),
     ("bench_psi.py", ["--sizes", "1000"], check_psi),
     ("bench_step.py", ["--steps", "2"], check_step),
+    ("bench_leakage.py", ["--quick", "--rows", "1000", "--epochs", "1", "--batch-size", "450", "--only", "marvell",
+                          "--plot", str(Path(tempfile.gettempdir()) / "splitlink-bench-leakage-smoke.png")], check_leakage),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
     # a restarted party must be back within --peer-timeout: process start takes long on a busy machine

@@ -159,6 +159,9 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
             ):
                 add(("privacy", "embedding_dp"), "embedding DP applies to outputs with destination: remote, and train_net has none")
 
+    if isinstance(privacy, Mapping):
+        _gradient_defence_problems(raw, privacy, train_ins, add)
+
     ds = raw.get("deepspeed")
     if isinstance(ds, str):
         p = Path(ds) if os.path.isabs(ds) else base_dir / ds
@@ -174,3 +177,37 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
     if isinstance(ds, (str, Mapping)) and isinstance(opts, list) and len(opts) > 1:
         add(("deepspeed",), "a DeepSpeed engine has one optimizer; opts lists several")
     return out
+
+
+def _gradient_defence_problems(raw: Mapping[str, Any], privacy: Mapping[str, Any], train_ins: list[str] | None,
+                               add: Any) -> None:
+    """privacy.grad_norm and privacy.marvell act on the gradients this party sends for remote inputs."""
+    gn, mv = privacy.get("grad_norm"), privacy.get("marvell")
+    if isinstance(gn, Mapping):
+        mode = gn.get("mode")
+        if mode == "clip" and (gn.get("norm") is None) == (gn.get("quantile") is None):
+            add(("privacy", "grad_norm"), "mode: clip needs exactly one of norm (an absolute L2 norm) or quantile "
+                                          "(of the batch's per-sample norms, e.g. 0.5)")
+        if mode == "normalize" and gn.get("quantile") is not None:
+            add(("privacy", "grad_norm", "quantile"), "applies to mode: clip only (normalize takes an optional norm; "
+                                                      "without one, the batch's mean per-sample norm)")
+    if mv is not None and raw.get("role") != "leader":
+        add(("privacy", "marvell"), "Marvell noise protects the labels the leader holds; only role: leader may set it")
+    if isinstance(mv, Mapping) and raw.get("role") == "leader":
+        gt = _get(raw, "model", "eval_net", "gt")
+        if not isinstance(gt, str):
+            add(("privacy", "marvell"), "Marvell noise needs model.eval_net.gt to name the (binary) label input")
+        elif train_ins is not None and gt not in train_ins:
+            add(("model", "eval_net", "gt"),
+                f"Marvell noise reads the labels from {gt!r}, which is not an input of model.train_net "
+                f"(inputs: {', '.join(train_ins)})")
+    if gn is None and (mv is None or raw.get("role") != "leader"):
+        return
+    remote = [i.get("name") for i in _get(raw, "model", "train_net", "inputs") or []
+              if isinstance(i, Mapping) and i.get("source") == "remote"]
+    scaled = {n for sc in raw.get("grad_scalers") or [] if isinstance(sc, Mapping) for _, n in _names(sc.get("inputs"))}
+    if train_ins is not None and not any(n in scaled for n in remote):
+        key = "grad_norm" if gn is not None else "marvell"
+        add(("privacy", key), "gradient defences act on the gradients sent back for inputs with source: remote, and "
+                              "no grad_scalers entry returns the gradient of one "
+                              f"(remote inputs: {', '.join(map(str, remote)) or 'none'})")

@@ -97,9 +97,27 @@ class EmbeddingDPSpec(_Strict):
     releases: int | None = Field(default=None, ge=1)
 
 
+class GradNormSpec(_Strict):
+    """Per-sample clipping or normalisation of the gradients sent for remote inputs (privacy.GradientNormDefence)."""
+
+    mode: Literal["normalize", "clip"]
+    norm: float | None = Field(default=None, gt=0)
+    quantile: float | None = Field(default=None, gt=0, le=1)
+
+
+class MarvellSpec(_Strict):
+    """Optimised per-class gradient noise with power budget ``scale * ||mean_pos - mean_neg||^2``
+    (privacy.MarvellNoise); binary labels from model.eval_net.gt."""
+
+    scale: float = Field(gt=0)
+    seed: int | None = Field(default=None, ge=0)
+
+
 class PrivacySpec(_Strict):
     label_dp: LabelDPSpec | None = None
     embedding_dp: EmbeddingDPSpec | None = None
+    grad_norm: GradNormSpec | None = None
+    marvell: MarvellSpec | None = None
 
 
 class RootSpec(_Strict):

@@ -63,6 +63,10 @@ class TrainConfig(TrainOptions):
     label_dp: bool = False
     embedding_dp: bool = False
     progress: bool = True
+    # privacy sections merged into the YAMLs (validated as YAML: splitlink audit's defences)
+    leader_privacy: dict[str, Any] | None = None    # leader top (label_dp, grad_norm, marvell)
+    follower_privacy: dict[str, Any] | None = None  # follower bottom (embedding_dp)
+    lr_scale: float = 1.0  # multiplies every YAML learning_rate (the audit's short runs train at 10x)
 
 
 class WideDeepModel(nn.Module):
@@ -144,6 +148,7 @@ def _ids_digest(ids: np.ndarray) -> torch.Tensor:
 class _WideDeepParty(Party[TrainConfig]):
     keep_checkpoints = 3
     logger = log
+    tap: Any = None  # a splitlink.attacks.CutTap: sees what this party receives across the cut
 
     def __init__(self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: TrainConfig) -> None:
         super().__init__(comm, train)
@@ -158,11 +163,18 @@ class _WideDeepParty(Party[TrainConfig]):
     def build(self) -> None:
         raise NotImplementedError
 
-    def _yaml(self, name: str) -> FLYamlData:
+    def _yaml(self, name: str, privacy: Mapping[str, Any] | None = None) -> FLYamlData:
         data = FLYamlData(YAMLS / name)
-        if self.train.ckpt_dir is not None:
+        if self.train.ckpt_dir is not None or privacy is not None or self.train.lr_scale != 1.0:
             raw = dict(data.raw)
-            raw["ckpt_path"] = str(Path(self.train.ckpt_dir).resolve())
+            if self.train.lr_scale != 1.0:
+                raw["opts"] = [{**o, "hyper_parameters": {**o.get("hyper_parameters", {}), "learning_rate":
+                                o.get("hyper_parameters", {}).get("learning_rate", 1e-3) * self.train.lr_scale}}
+                               for o in raw.get("opts") or []]
+            if self.train.ckpt_dir is not None:
+                raw["ckpt_path"] = str(Path(self.train.ckpt_dir).resolve())
+            if privacy is not None:
+                raw["privacy"] = {**(raw.get("privacy") or {}), **privacy}
             data = FLYamlData(raw)
         return data
 
@@ -199,15 +211,19 @@ class Follower(_WideDeepParty):
     def build(self) -> None:
         name = "follower_bottom_embedding_dp.yaml" if self.train.embedding_dp else "follower_bottom.yaml"
         self.net = WideDeepModel(len(FOLLOWER_FIELDS), self.cfg)
-        self.models["bottom"] = FLModel(self._yaml(name), self.net, eval_network=_BottomEval(self.net))
+        self.models["bottom"] = FLModel(self._yaml(name, self.train.follower_privacy), self.net,
+                                        eval_network=_BottomEval(self.net))
 
     def forward(self, idx: np.ndarray) -> None:
         self._batch = self.features(idx, "0")
+        self._rows = idx
         out = self.models["bottom"].forward_one_step(self._batch)
         self.send({k: out[k] for k in ("follower_wide_embedding", "follower_deep_embedding")}, step=self.step)
 
     def backward(self) -> None:
         scale = self.receive()
+        if self.tap is not None:
+            self.tap.gradients(self.step, self.step // self.steps_per_epoch, self._rows, scale["loss"])
         self.models["bottom"].backward_one_step(self._batch, sens=scale)
         self.advance()
 
@@ -235,7 +251,8 @@ class Leader(_WideDeepParty):
         top_yaml = "leader_top_label_dp.yaml" if self.train.label_dp else "leader_top.yaml"
         self.models["bottom"] = FLModel(self._yaml("leader_bottom.yaml"), self.bottom_net,
                                         eval_network=_BottomEval(self.bottom_net))
-        self.models["top"] = FLModel(self._yaml(top_yaml), self.top_net, eval_network=_TopEval(self.top_net))
+        self.models["top"] = FLModel(self._yaml(top_yaml, self.train.leader_privacy), self.top_net,
+                                     eval_network=_TopEval(self.top_net))
         self.local_peer: Follower | None = None  # train_local: the follower in this process, stepped in turn
 
     def train_step(self, idx: np.ndarray) -> tuple[float, float]:
@@ -244,6 +261,8 @@ class Leader(_WideDeepParty):
         feats = self.features(idx, "")
         mine = bottom.forward_one_step(feats)
         theirs = self.receive()
+        if self.tap is not None:
+            self.tap.embeddings(self.step, self.step // self.steps_per_epoch, idx, theirs)
         batch = {"leader_wide_embedding": mine["leader_wide_embedding"],
                  "leader_deep_embedding": mine["leader_deep_embedding"],
                  "label": torch.from_numpy(np.ascontiguousarray(self.data.labels[idx])).unsqueeze(1),
@@ -310,8 +329,9 @@ class Leader(_WideDeepParty):
 
 
 def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: WideDeepConfig, train: TrainConfig,
-                *, through_codecs: bool = False) -> list[dict[str, Any]]:
-    """Both parties in one process over the in-process communicator, steps interleaved."""
+                *, through_codecs: bool = False, tap: Any = None) -> list[dict[str, Any]]:
+    """Both parties in one process over the in-process communicator, steps interleaved. ``tap`` (a
+    :class:`splitlink.attacks.CutTap`) records what each party receives across the cut."""
     from splitlink.channel import InProcessCommunicator, ServerConfig
 
     hub: dict[str, Any] = {}
@@ -323,6 +343,7 @@ def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: Wid
     follower.comm = InProcessCommunicator(fc, lc, follower.compress_configs(), hub=hub, through_codecs=through_codecs)
     agree_locally(leader, follower)
     leader.local_peer = follower
+    leader.tap = follower.tap = tap
     return leader.train_loop()
 
 
@@ -350,3 +371,54 @@ def _demo(*args: Any, **kwargs: Any) -> Any:
 
 SCENARIO = register(Scenario("criteo_wide_deep", make_party, summary="Wide&Deep on Criteo, leader + follower",
                              demo=_demo))
+
+
+# The leakage audit (splitlink audit, benchmarks/bench_leakage.py): how to train this scenario for it.
+AUDIT_MODEL = WideDeepConfig(vocab_size=5000, emb_dim=8, deep_layers=(32, 16))
+AUDIT_LR_SCALE = 10.0  # the YAML's Adam learning rate (3.5e-4) is for 20 epochs of 45M rows; audits run 2-3 short epochs
+
+
+def _audit_prepare(workdir: Path, rows: int, seed: int, tsv: str | None = None) -> tuple[PartyData, PartyData]:
+    from splitlink.examples import criteo
+    from splitlink.examples.demo import prepare_data
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if tsv is None:
+        prepare_data(workdir, rows, seed=seed, vocab_size=AUDIT_MODEL.vocab_size)
+        return load_party(workdir / "leader.npz", "leader"), load_party(workdir / "follower.npz", "follower")
+    pre = criteo.preprocess(tsv, workdir / "preprocessed", vocab_size=AUDIT_MODEL.vocab_size)
+    parts = []
+    for role in ("leader", "follower"):
+        p = load_party(pre, role)
+        n = min(rows, len(p))
+        parts.append(PartyData(p.sample_ids[:n], p.ids[:n], p.wts[:n], None if p.labels is None else p.labels[:n]))
+    return parts[0], parts[1]
+
+
+def _audit_train(data: tuple[PartyData, PartyData], defence: Any, tap: Any, *, epochs: int, batch_size: int,
+                 seed: int) -> dict[str, Any]:
+    leader, follower = data
+    fp = defence.follower_privacy
+    if fp and isinstance(fp.get("embedding_dp"), dict) and fp["embedding_dp"].get("mechanism") == "gaussian":
+        # the accountant counts releases per sample: one per epoch over the training rows
+        n_train = len(follower) - int(round(len(follower) * TrainConfig.eval_fraction))
+        fp = {**fp, "embedding_dp": {"num_samples": n_train, **fp["embedding_dp"]}}
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, log_every=1, progress=False, compress=False,
+                        lr_scale=AUDIT_LR_SCALE, leader_privacy=defence.leader_privacy, follower_privacy=fp)
+    hist = train_local(leader, follower, AUDIT_MODEL, train, tap=tap)
+    t = [r["seconds"] for r in hist if r["kind"] == "train"]
+    evals = [r["auc"] for r in hist if r["kind"] == "eval"]
+    return {"test_auc": evals[-1] if evals else math.nan, "step_seconds": list(np.diff([0.0, *t]))}
+
+
+def _register_audit() -> None:
+    from splitlink.attacks.audit import AuditTarget, register_target
+
+    register_target(AuditTarget(
+        "criteo_wide_deep", prepare=_audit_prepare, train=_audit_train,
+        labels=lambda d: np.asarray(d[0].labels), follower_features=lambda d: np.asarray(d[1].ids),
+        summary="Wide&Deep on synthetic Criteo (or a Criteo-format TSV), leader holds the labels"))
+
+
+_register_audit()

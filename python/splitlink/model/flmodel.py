@@ -36,7 +36,7 @@ from splitlink.model.graph import (
     weighted_roots,
 )
 from splitlink.optim import build_optimizer, optimizer_kwargs, resolve_optimizer
-from splitlink.privacy import GaussianEmbeddingDP, LabelDP, SignEmbeddingDP
+from splitlink.privacy import GaussianEmbeddingDP, GradientNormDefence, LabelDP, MarvellNoise, SignEmbeddingDP
 
 __all__ = ["FLModel", "CheckpointError"]
 
@@ -144,6 +144,16 @@ class FLModel:
                                                         noise_multiplier=e.noise_multiplier, eps=e.eps,
                                                         releases=e.releases or y.epochs, num_samples=num, seed=e.seed)
             log.info("%s: embedding DP (%s) on %s", self.name, e.mechanism, ", ".join(sorted(self._remote_outs)))
+        # Gradient defences on what is sent back for remote inputs (privacy.grad_norm, then privacy.marvell).
+        self.grad_norm: GradientNormDefence | None = None
+        self.marvell: MarvellNoise | None = None
+        if priv and priv.grad_norm:
+            self.grad_norm = GradientNormDefence(priv.grad_norm.mode, norm=priv.grad_norm.norm,
+                                                 quantile=priv.grad_norm.quantile)
+        if priv and priv.marvell:
+            self.marvell = MarvellNoise(priv.marvell.scale, seed=priv.marvell.seed)
+            assert y.eval_net_gt is not None  # (checked with the YAML)
+            self._marvell_label: str = y.eval_net_gt
 
     # Construction -------------------------------------------------------------------------------
     def _build_optimizers(self, given: Any) -> list[torch.optim.Optimizer]:
@@ -349,7 +359,25 @@ class FLModel:
         else:
             input_grads = self._backward_plain(outs, inputs, grads_out)
         scaled = self._scale_results(inputs, input_grads, originals)
+        if self.grad_norm is not None or self.marvell is not None:
+            scaled = self._defend_sent_grads(scaled, inputs)
         self.step += 1
+        return scaled
+
+    def _defend_sent_grads(self, scaled: dict[str, OrderedDict[str, torch.Tensor]],
+                           inputs: dict[str, torch.Tensor]) -> dict[str, OrderedDict[str, torch.Tensor]]:
+        """privacy.grad_norm then privacy.marvell on the gradients of the remote inputs (what the peers get);
+        the gradients of local inputs stay exact."""
+        for entry in scaled.values():
+            names = [n for n in entry if n in self._remote_ins]
+            if not names:
+                continue
+            grads = [entry[n] for n in names]
+            if self.grad_norm is not None:
+                grads = self.grad_norm(grads)
+            if self.marvell is not None:
+                grads = self.marvell(grads, inputs[self._marvell_label])
+            entry.update(zip(names, grads))
         return scaled
 
     def _wrt(self, c: Consumer, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
