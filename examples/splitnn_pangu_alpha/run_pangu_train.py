@@ -38,13 +38,17 @@ def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--metrics", default=None, help="party A: append JSON lines of losses here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto",
+                    help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu); "
+                         "local: party A's")
 
 
 def train_section(a: argparse.Namespace) -> dict:
     return {"epochs": a.epochs, "batch_size": a.batch_size, "max_steps": a.max_steps, "lr": a.lr,
             "log_every": a.log_every, "compress": a.compress, "embedding_dp": a.embedding_dp,
             "deepspeed": not a.no_deepspeed, "ckpt_every": a.ckpt_every, "seed": a.seed,
-            "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics}
+            "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics,
+            "device": a.device}
 
 
 def ssl_args(ap: argparse.ArgumentParser) -> None:
@@ -71,6 +75,7 @@ def main(argv: list[str]) -> int:
     loc = sub.add_parser("local", help="both parties in one process")
     loc.add_argument("train_data")
     options(loc)
+    loc.add_argument("--device-b", default=None, help="party B's device (default: --device)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
     if a.role == "local":
@@ -78,7 +83,7 @@ def main(argv: list[str]) -> int:
         data = pangu.TokenDataset(a.train_data, cfg.seq_length)
         cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, data.vocab_size))
         train = pangu.TrainConfig(**{k: v for k, v in train_section(a).items()})
-        hist = pangu.train_local(cfg, data, train)
+        hist = pangu.train_local(cfg, data, train, device_b=a.device_b)
         if a.metrics:
             with open(a.metrics, "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in hist)
