@@ -66,7 +66,7 @@ class PinnedPool:
         return -1 if count is None else int(count(buf.untyped_storage()._cdata))
 
     def _free(self, e: list[Any]) -> bool:
-        return e[1] >= 0 and self._uses(e[0]) == e[1]
+        return bool(e[1] >= 0 and self._uses(e[0]) == e[1])
 
     @staticmethod
     def pins() -> bool:

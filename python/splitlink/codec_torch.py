@@ -18,6 +18,7 @@ for bf16 rounding, and the counter-based uniform of stochastic rounding in 64-bi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -43,7 +44,7 @@ def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
     return (z >> k) & ((1 << (64 - k)) - 1)
 
 
-def supports(spec: object, dtype: torch.dtype) -> bool:
+def supports(spec: Any, dtype: torch.dtype) -> bool:
     """Whether ``encode``/``decode`` cover this ``CodecSpec`` for tensors of ``dtype`` (what they do not
     cover goes through the C++ codecs)."""
     t = getattr(spec, "type", None)
@@ -56,7 +57,7 @@ def supports(spec: object, dtype: torch.dtype) -> bool:
     return False
 
 
-def _check(spec: object, dtype: torch.dtype, numel: int, name: str) -> None:
+def _check(spec: Any, dtype: torch.dtype, numel: int, name: str) -> None:
     if not supports(spec, dtype):
         raise CodecError(f"tensor '{name}': codec {getattr(spec, 'name', spec)!r} on {dtype} is not implemented in "
                          "torch ops; use the C++ codec (splitlink._core.codec)")
@@ -68,7 +69,7 @@ def _dtype_code(dtype: torch.dtype) -> int:
     return int(_core.wire.DTYPES[str(dtype).removeprefix("torch.")])
 
 
-def encoded_size(spec: object, dtype: torch.dtype, numel: int, name: str = "tensor") -> int:
+def encoded_size(spec: Any, dtype: torch.dtype, numel: int, name: str = "tensor") -> int:
     return int(_core.codec.encoded_size(spec, _dtype_code(dtype), numel, name))
 
 
@@ -275,23 +276,23 @@ def _topk_decode(payload: torch.Tensor, n: int, dtype: torch.dtype, k: int, valu
     return out
 
 
-def encode(spec: object, x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+def encode(spec: Any, x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     """The C++ codec's payload for tensor ``x`` (flattened in C order) under ``spec`` (a
     ``CodecSpec``), as a uint8 tensor on ``x``'s device. Raises ``CodecError`` where the C++ does."""
     x = x.detach().reshape(-1)
     _check(spec, x.dtype, x.numel(), name)
-    t = spec.type  # type: ignore[attr-defined]
+    t = spec.type
     if t == _MINMAX:
-        out = _minmax_encode(x, spec.bit_num, spec.block_size, spec.stochastic, spec.seed, name)  # type: ignore[attr-defined]
+        out = _minmax_encode(x, spec.bit_num, spec.block_size, spec.stochastic, spec.seed, name)
     elif t in (_FP16, _BF16):
         out = _from_bits16(_to_half_bits(x, t == _BF16), torch.int16).view(torch.uint8).reshape(-1)
     else:
-        out = _topk_encode(x, spec.topk_count, spec.value_bits, spec.block_size, spec.stochastic,  # type: ignore[attr-defined]
-                           spec.seed, name)  # type: ignore[attr-defined]
+        out = _topk_encode(x, spec.topk_count, spec.value_bits, spec.block_size, spec.stochastic,
+                           spec.seed, name)
     return out
 
 
-def decode(spec: object, payload: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...],
+def decode(spec: Any, payload: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...],
            name: str = "tensor") -> torch.Tensor:
     """The tensor the C++ codec decodes from ``payload`` (uint8 tensor, any device; the result is on
     the same device). Raises ``CodecError`` for a payload of the wrong size or corrupt content."""
@@ -301,13 +302,13 @@ def decode(spec: object, payload: torch.Tensor, dtype: torch.dtype, shape: tuple
     if payload.dtype != torch.uint8 or payload.dim() != 1:
         raise TypeError(f"tensor '{name}': the payload must be a 1-D uint8 tensor, got {payload.dtype} {tuple(payload.shape)}")
     if payload.numel() != want:
-        raise CodecError(f"tensor '{name}': {spec.name} data is {payload.numel()} bytes, expected {want}")  # type: ignore[attr-defined]
-    t = spec.type  # type: ignore[attr-defined]
+        raise CodecError(f"tensor '{name}': {spec.name} data is {payload.numel()} bytes, expected {want}")
+    t = spec.type
     if t == _MINMAX:
-        v = _store(_minmax_decode(payload, n, spec.bit_num, spec.block_size, name), dtype)  # type: ignore[attr-defined]
+        v = _store(_minmax_decode(payload, n, spec.bit_num, spec.block_size, name), dtype)
     elif t in (_FP16, _BF16):
         h = payload.clone().view(torch.int16).to(torch.int64) & 0xFFFF
         v = _from_half_bits(h, t == _BF16).to(dtype)
     else:
-        v = _topk_decode(payload, n, dtype, spec.topk_count, spec.value_bits, spec.block_size, name)  # type: ignore[attr-defined]
+        v = _topk_decode(payload, n, dtype, spec.topk_count, spec.value_bits, spec.block_size, name)
     return v.view(shape)

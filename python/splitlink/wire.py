@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 import torch
@@ -118,7 +118,7 @@ def _flatten(tree: TensorTree, prefix: tuple[str, ...] = ()) -> Iterator[tuple[t
             yield path, value
 
 
-def _host_buffer(path: tuple[str, ...], value: Any, staged: list[torch.device]) -> tuple[int, tuple[int, ...], Any]:
+def _host_buffer(path: tuple[str, ...], value: Any) -> tuple[int, tuple[int, ...], Any]:
     """(dtype code, shape, C-contiguous host object with the buffer protocol) for one tensor."""
     if isinstance(value, torch.Tensor):
         t = value
@@ -132,14 +132,7 @@ def _host_buffer(path: tuple[str, ...], value: Any, staged: list[torch.device]) 
         t = t.detach()
         if t.is_neg():
             t = t.resolve_neg()
-        if t.device.type == "cuda":
-            # One device-to-host copy into pinned memory (also makes it contiguous); the caller
-            # synchronizes once for all tensors.
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            staged.append(t.device)
-            t = host
-        elif t.device.type != "cpu":
+        if t.device.type != "cpu":  # (frames of device tensors take the device path: _pack_device)
             t = t.to("cpu")
         if not t.is_contiguous():
             t = t.contiguous()  # copies: frames hold C-contiguous data
@@ -178,7 +171,6 @@ def _items(
     error_feedback: ErrorFeedback | None = None,
     seq: int = 0,
 ) -> list[tuple[Any, ...]]:
-    staged: list[torch.device] = []
     items = []
     for path, value in _flatten(tensors):
         config = _config_for(compress, path)
@@ -193,13 +185,11 @@ def _items(
                 value = torch.from_numpy(value)
             value, residual_t = error_feedback.prepare(_name(path), value)
             residual = residual_t.numpy()
-        code, shape, buf = _host_buffer(path, value, staged)
+        code, shape, buf = _host_buffer(path, value)
         spec = None
         if config is not None and config.compress_type != "no_compress":
             spec = config.spec(math.prod(shape), seq, _name(path))
         items.append((path, code, shape, buf, spec, residual))
-    for device in set(staged):
-        torch.cuda.current_stream(device).synchronize()
     return items
 
 
@@ -248,6 +238,10 @@ def pack(
     writable buffer of at least ``packed_size(...)`` bytes) the frame is written there and a
     memoryview of the written bytes is returned. ``threads`` caps the threads used to copy large
     tensors (0: all available).
+
+    Frames holding CUDA tensors are built on the device path (module docstring): compressed on the
+    GPU, one device-to-host copy per tensor into a pinned pooled buffer; the result is then a NumPy
+    uint8 array over that buffer (buffer protocol, like a ``FrameBuffer``).
     """
     if _on_device(tensors):
         if out is not None and pool is not _USE_DEFAULT:
@@ -572,14 +566,14 @@ class _DevicePlan:
                     spec = config.spec(numel, seq, name)
                 if plan_only:
                     src, where = None, "device"
-                elif spec is not None and codec_torch.supports(spec, t.dtype):
+                elif spec is not None and t.device.type in ("cuda", "cpu") and codec_torch.supports(spec, t.dtype):
                     src, where = codec_torch.encode(spec, t, name), "device"
                 elif spec is not None:  # a codec the GPU path does not cover: on the host
-                    src, where = _host_buffer(path, t.to("cpu"), [])[2], "host_codec"
+                    src, where = _host_buffer(path, t.to("cpu"))[2], "host_codec"
                 else:
                     src, where = t.contiguous().reshape(-1).view(torch.uint8), "device"
             else:
-                code, shape, src = _host_buffer(path, value, [])
+                code, shape, src = _host_buffer(path, value)
                 nbytes = src.nbytes
                 spec = None
                 if config is not None and config.compress_type != "no_compress":
@@ -590,7 +584,7 @@ class _DevicePlan:
             proxies.append((path, code, shape, nbytes, spec))
         # The C++ encoder validates the tensors (names, shapes, codec parameters) and sizes the frame
         # from placeholders of the right size that it never reads; the header written here must agree.
-        placeholder = memoryview(np.empty(largest, dtype=np.uint8))
+        placeholder = memoryview(cast(Any, np.empty(largest, dtype=np.uint8)))
         native = int(_core.wire.packed_size([(p, c, sh, placeholder[:nb], sp, None) for p, c, sh, nb, sp in proxies],
                                             sender, seq, step, kind))
         self.lengths = [int(_core.codec.encoded_size(sp, c, math.prod(sh), _name(p))) if sp is not None else nb
@@ -626,22 +620,27 @@ def _pack_device(tensors: TensorTree, compress: Mapping[str, CompressConfig] | N
     cursor = 0
     devices = set()
     pinned = _is_pinned(frame)
-    for (path, code, shape, src, spec, where, residual), off, length in zip(plan.entries, plan.offsets, plan.lengths):
-        payload_np[cursor:off] = 0  # gaps: a reused buffer must not leak an older frame's bytes
-        cursor = off + length
-        if length == 0:
-            continue
-        if where == "device":
-            frame[h + off : h + off + length].copy_(src, non_blocking=pinned)  # waits for src's stream in order
-            devices.add(src.device)
-        elif where == "host":
-            payload_np[off : off + length] = np.frombuffer(memoryview(src).cast("B"), dtype=np.uint8)
-        else:
-            _core.codec.encode(spec, code, src, payload_np[off : off + length], _name(path), residual)
-    payload_np[cursor:] = 0
-    for d in devices:
-        if d.type == "cuda":
-            torch.cuda.current_stream(d).synchronize()  # the frame is complete before anyone reads it
+    try:
+        for (path, code, shape, src, spec, where, residual), off, length in zip(plan.entries, plan.offsets, plan.lengths):
+            payload_np[cursor:off] = 0  # gaps: a reused buffer must not leak an older frame's bytes
+            cursor = off + length
+            if length == 0:
+                continue
+            if where == "device":
+                # On the current stream, after the kernels that produced src (or encoded it) there.
+                frame[h + off : h + off + length].copy_(src, non_blocking=pinned)
+                devices.add(src.device)
+            elif where == "host":
+                payload_np[off : off + length] = np.frombuffer(memoryview(src).cast("B"), dtype=np.uint8)
+            else:
+                _core.codec.encode(spec, code, src, payload_np[off : off + length], _name(path), residual)
+        payload_np[cursor:] = 0
+    finally:
+        # The frame is complete before anyone reads it; on an error, no copy into the buffer is still
+        # running when the pool hands it out again.
+        for d in devices:
+            if d.type == "cuda":
+                torch.cuda.current_stream(d).synchronize()
     if out is not None:
         return memoryview(out).cast("B")[: plan.total]
     return frame_np
@@ -678,7 +677,8 @@ def _unpack_device(mv: memoryview, header: Any, device: torch.device) -> Frame:
     base = _byte_view(mv)
     p0, plen = header.payload_offset, header.payload_length
     src = base[p0 : p0 + plen]
-    if device.type != "cpu" and not _is_pinned(src):
+    staged_here = device.type != "cpu" and not _is_pinned(src)
+    if staged_here:
         staged = pinned_pool().acquire(plen)  # pinned where CUDA is available, never on a CPU-only machine
         staged.copy_(src)
         src = staged
@@ -686,6 +686,10 @@ def _unpack_device(mv: memoryview, header: Any, device: torch.device) -> Frame:
     on_dev = torch.empty(plen, dtype=torch.uint8, device=device)
     if plen:
         on_dev.copy_(src, non_blocking=pinned)
+        if staged_here and pinned and device.type == "cuda":
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record(torch.cuda.current_stream(device))
+            pinned_pool().record(src, done)  # the staging buffer is not handed out before the copy ends
     tensors: dict[str, Any] = {}
     flat: dict[tuple[str, ...], torch.Tensor] = {}
     codecs: dict[tuple[str, ...], str] = {}

@@ -9,7 +9,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -242,7 +242,7 @@ class FLModel:
 
     def _prepare(self, name: str, value: Any, device: torch.device | None = None) -> torch.Tensor:
         t = value if type(value) is torch.Tensor else as_tensor(name, value)
-        t = to_device(t, self.device if device is None else device)
+        t = cast(torch.Tensor, to_device(t, self.device if device is None else device))
         wants_grad = name in self._scaler_inputs
         if t.requires_grad or wants_grad:
             t = t.detach()  # this sub-network's graph starts here
