@@ -73,7 +73,8 @@ gpu-check:
 	$(GPU_PY) -c "import torch, splitlink._core as c; print('torch', torch.__version__, 'cuda', torch.cuda.is_available()); print(c.build_info())"
 	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_native_errors.py tests/wire/test_malformed.py \
 	  tests/codec/test_codecs.py tests/secure tests/psi/test_psi.py tests/channel/test_transport_input.py
-	$(GPU_PY) -m pytest -q -p no:cacheprovider -m gpu tests
+	$(GPU_PY) -m pytest -q -p no:cacheprovider -rfEs -m gpu tests
+	$(GPU_PY) benchmarks/bench_gpu.py --quick
 
 clean:
 	rm -rf build dist

@@ -36,6 +36,22 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(e)) from None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: skipped, with the reason, where torch sees no GPU (they run on a
+    GPU machine through ``make gpu-check``)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); run `make gpu-check` "
+                                   "on a GPU machine")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     names = required()
     return f"{ENV}: {', '.join(sorted(names)) if names else 'nothing (optional dependencies may skip)'}"

@@ -64,6 +64,15 @@ def check_step(d: dict[str, Any]) -> None:
             assert all(positive(r[k]) for k in ("split_ms", "central_ms", "manual_ms", "central_default_ms", "ratio"))
 
 
+def check_gpu_smoke(d: dict[str, Any]) -> None:
+    # The CPU smoke run of bench_gpu.py: every path ran and reported (figures meaningless on a CPU).
+    ms = d["results"]["fp32"]["step_ms"]
+    assert set(ms) == {"central", "central_ds", "split_ref", "split_ds", "split_pack", "split_pack_8bit",
+                       "two_process", "two_process_8bit"} and all(positive(v) for v in ms.values())
+    assert all(positive(v) for v in d["results"]["fp32"]["ratios"].values())
+    assert all(positive(v) for v in d["exchange"].values())
+
+
 def check_soak(d: dict[str, Any]) -> None:
     assert d["params_equal"] is True
     clean, faulty = d["fault_free"], d["with_faults"]
@@ -102,6 +111,7 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_step.py", ["--steps", "2"], check_step),
     ("bench_leakage.py", ["--quick", "--rows", "1000", "--epochs", "1", "--batch-size", "450", "--only", "marvell",
                           "--plot", str(Path(tempfile.gettempdir()) / "splitlink-bench-leakage-smoke.png")], check_leakage),
+    ("bench_gpu.py", ["--device", "cpu", "--quick", "--steps", "1", "--warmup", "1", "--dtypes", "fp32"], check_gpu_smoke),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
     # a restarted party must be back within --peer-timeout: process start takes long on a busy machine

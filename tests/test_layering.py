@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     # 0: foundations, import nothing of splitlink but each other and the native core
     "_core": 0, "errors": 0, "buffers": 0, "util": 0, "protos": 0,
     # 1: frames, codecs, sealing, certificates
-    "wire": 1, "codec": 1, "secure": 1, "certs": 1,
+    "wire": 1, "codec": 1, "codec_torch": 1, "secure": 1, "certs": 1,
     # 2: transport and private set intersection
     "channel": 2, "psi": 2,
     # 3: the training library

@@ -44,6 +44,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--embedding-dp", action="store_true", help="follower: sign randomized response on embeddings")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for this process")
     ap.add_argument("--metrics", default=None, help="leader: append JSON lines of losses and AUC here")
+    ap.add_argument("--device", default="auto",
+                    help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
     return ap.parse_args(argv)
 
 
@@ -57,7 +59,7 @@ def main(argv: list[str]) -> int:
         "train": {"epochs": a.epochs, "batch_size": a.batch_size, "log_every": a.log_every, "ckpt_every": a.ckpt_every,
                   "ckpt_dir": os.path.abspath(os.path.join(a.ckpt_dir, a.party)), "resume": a.resume,
                   "compress": not a.no_compress, "label_dp": a.label_dp, "embedding_dp": a.embedding_dp,
-                  "metrics_path": a.metrics},
+                  "metrics_path": a.metrics, "device": a.device},
     }
     if ssl:
         try:

@@ -44,6 +44,9 @@ def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--follower-addresses", default=None, metavar="H:P,H:P,...",
                     help="every rank of party B, in rank order (default: party B's address, port + rank)")
     ap.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="party B's ZeRO stage")
+    ap.add_argument("--device", default="auto",
+                    help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu); "
+                         "local: party A's")
 
 
 def train_section(a: argparse.Namespace) -> dict:
@@ -51,7 +54,7 @@ def train_section(a: argparse.Namespace) -> dict:
             "log_every": a.log_every, "compress": a.compress, "embedding_dp": a.embedding_dp,
             "deepspeed": not a.no_deepspeed, "ckpt_every": a.ckpt_every, "seed": a.seed,
             "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics,
-            "zero_stage": a.zero_stage}
+            "zero_stage": a.zero_stage, "device": a.device}
 
 
 def ranks_section(a: argparse.Namespace) -> dict | None:
@@ -90,6 +93,7 @@ def main(argv: list[str]) -> int:
     loc = sub.add_parser("local", help="both parties in one process")
     loc.add_argument("train_data")
     options(loc)
+    loc.add_argument("--device-b", default=None, help="party B's device (default: --device)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
     if a.role == "local":
@@ -97,7 +101,7 @@ def main(argv: list[str]) -> int:
         data = pangu.TokenDataset(a.train_data, cfg.seq_length)
         cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, data.vocab_size))
         train = pangu.TrainConfig(**{k: v for k, v in train_section(a).items()})
-        hist = pangu.train_local(cfg, data, train)
+        hist = pangu.train_local(cfg, data, train, device_b=a.device_b)
         if a.metrics:
             with open(a.metrics, "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in hist)

@@ -17,6 +17,7 @@ STEPS = 12
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float, what: str) -> None:
+    a = a.to(b.device)  # a GPU party's parameters against the CPU reference
     scale = max(float(b.abs().max()), 1e-12)
     err = float((a - b).abs().max()) / scale
     assert err <= rel, f"{what}: max relative difference {err:.3g} > {rel:g}"
@@ -24,7 +25,7 @@ def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float, what: str) ->
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|, computed in fp32."""
-    return float((a.float() - b).abs().max()) / max(float(b.abs().max()), 1e-30)
+    return float((a.float().to(b.device) - b).abs().max()) / max(float(b.abs().max()), 1e-30)
 
 
 def central_mlp(parts, three: bool, steps: int):
@@ -194,8 +195,8 @@ def test_tiny_gpt_backbone_under_deepspeed_zero_equals_central(stage: int) -> No
         # ZeRO-3 gathers parameters in its own forward; eval_one_step runs through it.
         x = torch.randn(4, 16, 32)
         got = fb.eval_one_step(None, {"embedding_table": x})["hidden_states"]
-        with torch.no_grad():
-            want = backbone.eval()(x)
+        with torch.no_grad():  # on the engine's device (cuda on a GPU machine), as the engine computes
+            want = backbone.to(got.device).eval()(x.to(got.device))
         assert torch.equal(got, want)
     else:
         backbone = fb.engine.module

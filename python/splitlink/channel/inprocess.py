@@ -69,14 +69,24 @@ class InProcessCommunicator:
         inbox.append(payload)
 
     def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-                with_kind: bool = False) -> Any:
-        """As ``VerticalFederatedCommunicator.receive``."""
+                with_kind: bool = False, device: Any = None) -> Any:
+        """As ``VerticalFederatedCommunicator.receive``. ``device`` (e.g. ``"cuda:0"``) places the
+        tensors there: through the codecs, the frame is unpacked onto it (``wire.unpack(device=)``);
+        by reference, each tensor is moved (``.to(device)``, a no-op for one already there)."""
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         if self.through_codecs:
-            frame = wire.unpack(payload)
+            frame = wire.unpack(payload, device=device)
             payload = (frame.kind, frame.tensors)
+        elif device is not None:
+            payload = (payload[0], _moved(payload[1], device))
         got_kind, tensors = payload
         check_kind(got_kind, kind, target_server_name)
         return (got_kind, tensors) if with_kind else tensors
+
+
+def _moved(tree: Any, device: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _moved(v, device) for k, v in tree.items()}
+    return tree.to(device) if hasattr(tree, "to") and hasattr(tree, "device") else tree

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.model import FLModel
+from splitlink.model.device import resolve_device, to_device
 from splitlink.runtime.party import Party, TrainOptions, agree_locally
 from splitlink.runtime.registry import Scenario, register
 from splitlink.runtime.run_config import RunConfig
@@ -281,10 +282,11 @@ class PartyA(Party[TrainConfig]):
                  eval_data: TokenDataset | None = None) -> None:
         super().__init__(comm, train)
         self.cfg, self.data, self.eval_data = cfg, data, eval_data
+        dev = self.device
         torch.manual_seed(train.seed)
-        self.embedding = EmbeddingNet(cfg)
+        self.embedding = EmbeddingNet(cfg).to(dev)  # initialised on the CPU (same weights on any device)
         torch.manual_seed(train.seed + 2)
-        self.head = HeadNet(cfg)
+        self.head = HeadNet(cfg).to(dev)
         extra = {"privacy": {"embedding_dp": {"mechanism": "gaussian", "clip_norm": 1.0, "noise_multiplier": 1.0,
                                               "delta": 1e-5, "seed": train.seed}}} if train.embedding_dp else None
         self.emb_model = FLModel(_yaml("embedding.yaml", train, extra=extra), self.embedding)
@@ -332,7 +334,9 @@ class PartyA(Party[TrainConfig]):
             e = self.emb_model.eval_one_step(b)
             self.send({"embedding_table": e["embedding_table"], "attention_mask": e["attention_mask"]}, kind="eval")
             hidden = self.receive(kind="eval")["hidden_states"]
-            losses.append(float(self.head(hidden, b["input_ids"], e["word_table"], b["position_id"], b["attention_mask"])))
+            dev = self.emb_model.device
+            losses.append(float(self.head(to_device(hidden, dev), to_device(b["input_ids"], dev), e["word_table"],
+                                          to_device(b["position_id"], dev), to_device(b["attention_mask"], dev))))
         return float(np.mean(losses)) if losses else float("nan")
 
     def train_loop(self) -> list[dict[str, Any]]:
@@ -370,8 +374,12 @@ class PartyB(Party[TrainConfig]):
     def __init__(self, cfg: PanguConfig, comm: Any, train: TrainConfig, total_steps: int | None = None) -> None:
         super().__init__(comm, train)
         self.cfg = cfg
+        dev = self.device
+        if train.deepspeed and dev.type == "cpu" and torch.cuda.is_available():
+            raise ValueError("party B: under DeepSpeed the backbone runs on DeepSpeed's accelerator (cuda on this "
+                             "machine); pass --no-deepspeed (train.deepspeed: false) to run it on the cpu")
         torch.manual_seed(train.seed + 1)
-        self.backbone = BackboneNet(cfg)
+        self.backbone = BackboneNet(cfg).to(dev)  # under DeepSpeed its engine places it (engine.device)
         self.model = FLModel(_yaml("backbone.yaml", train, drop_deepspeed=not train.deepspeed), self.backbone)
         self.models["backbone"] = self.model
         self.total = total_steps
@@ -419,14 +427,15 @@ def _schedule(n_rows: int, train: TrainConfig) -> Schedule:
 
 
 def train_local(cfg: PanguConfig, data: TokenDataset, train: TrainConfig, *,
-                through_codecs: bool = False) -> list[dict[str, Any]]:
-    """Party A and party B in one process (in-process communicator), the seed's run_pangu_train_local."""
+                through_codecs: bool = False, device_b: str | None = None) -> list[dict[str, Any]]:
+    """Party A and party B in one process (in-process communicator), the seed's run_pangu_train_local.
+    Party A runs on ``train.device``, party B on ``device_b`` (default: the same)."""
     from splitlink.channel import InProcessCommunicator, ServerConfig
 
     hub: dict[str, Any] = {}
     a_cfg, b_cfg = ServerConfig("leader", "127.0.0.1:1"), ServerConfig("follower", "127.0.0.1:2")
     a = PartyA(cfg, data, None, train)
-    b = PartyB(cfg, None, train)
+    b = PartyB(cfg, None, train if device_b is None else dataclasses.replace(train, device=device_b))
     a.comm = InProcessCommunicator(a_cfg, b_cfg, a.compress_configs(), hub=hub, through_codecs=through_codecs)
     b.comm = InProcessCommunicator(b_cfg, a_cfg, b.compress_configs(), hub=hub, through_codecs=through_codecs)
     agree_locally(b, a)  # B loads first, as party B answered first in the seed's driver
@@ -436,18 +445,19 @@ def train_local(cfg: PanguConfig, data: TokenDataset, train: TrainConfig, *,
 
 def train_unsplit(cfg: PanguConfig, data: TokenDataset, train: TrainConfig) -> list[dict[str, Any]]:
     """The same model trained in one piece (same seeds, same AdamW settings): the reference curve."""
+    dev = resolve_device(train.device)
     torch.manual_seed(train.seed)
-    emb = EmbeddingNet(cfg)
+    emb = EmbeddingNet(cfg).to(dev)
     torch.manual_seed(train.seed + 2)
-    head = HeadNet(cfg)
+    head = HeadNet(cfg).to(dev)
     torch.manual_seed(train.seed + 1)
-    bb = BackboneNet(cfg)
+    bb = BackboneNet(cfg).to(dev)
     ref = FLYamlData(YAMLS / "embedding.yaml").opts[0].hyper_parameters
     lr = train.lr if train.lr is not None else ref["learning_rate"]
     opt = torch.optim.AdamW([*emb.parameters(), *bb.parameters(), *head.parameters()], lr=lr, eps=ref.get("eps", 1e-8))
     history = []
     for step, (epoch, rows) in enumerate(_schedule(len(data), train).steps(), start=1):
-        b = data.batch(rows)
+        b = {k: v.to(dev) for k, v in data.batch(rows).items()}
         x, table, mask = emb(b["input_ids"], b["position_id"], b["attention_mask"])
         loss = head(bb(x, mask), b["input_ids"], table, b["position_id"], mask)
         opt.zero_grad(set_to_none=True)

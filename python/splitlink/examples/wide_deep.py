@@ -18,6 +18,7 @@ itself as ``criteo_wide_deep`` (:mod:`splitlink.runtime.registry`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -210,7 +211,7 @@ class Follower(_WideDeepParty):
 
     def build(self) -> None:
         name = "follower_bottom_embedding_dp.yaml" if self.train.embedding_dp else "follower_bottom.yaml"
-        self.net = WideDeepModel(len(FOLLOWER_FIELDS), self.cfg)
+        self.net = WideDeepModel(len(FOLLOWER_FIELDS), self.cfg).to(self.device)  # initialised on the CPU
         self.models["bottom"] = FLModel(self._yaml(name, self.train.follower_privacy), self.net,
                                         eval_network=_BottomEval(self.net))
 
@@ -246,8 +247,8 @@ class Leader(_WideDeepParty):
     def build(self) -> None:
         assert self.data.labels is not None, "the leader's data must hold the labels"
         deep_dim = self.cfg.deep_layers[-1]
-        self.bottom_net = WideDeepModel(len(LEADER_FIELDS), self.cfg)
-        self.top_net = LeaderTopNet(deep_dim)
+        self.bottom_net = WideDeepModel(len(LEADER_FIELDS), self.cfg).to(self.device)  # initialised on the CPU
+        self.top_net = LeaderTopNet(deep_dim).to(self.device)
         top_yaml = "leader_top_label_dp.yaml" if self.train.label_dp else "leader_top.yaml"
         self.models["bottom"] = FLModel(self._yaml("leader_bottom.yaml"), self.bottom_net,
                                         eval_network=_BottomEval(self.bottom_net))
@@ -285,7 +286,7 @@ class Leader(_WideDeepParty):
             mine = self.models["bottom"].eval_one_step(self.features(idx, ""))
             theirs = self.receive(kind="eval")
             out = self.models["top"].eval_one_step(dict(mine), theirs)
-            probs.append(out["pred_probs"].reshape(-1).numpy())
+            probs.append(out["pred_probs"].reshape(-1).cpu().numpy())
             labels.append(np.asarray(self.data.labels[idx]))
         return auc(np.concatenate(labels), np.concatenate(probs)) if probs else math.nan
 
@@ -329,8 +330,10 @@ class Leader(_WideDeepParty):
 
 
 def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: WideDeepConfig, train: TrainConfig,
-                *, through_codecs: bool = False, tap: Any = None) -> list[dict[str, Any]]:
-    """Both parties in one process over the in-process communicator, steps interleaved. ``tap`` (a
+                *, through_codecs: bool = False, tap: Any = None,
+                follower_device: str | None = None) -> list[dict[str, Any]]:
+    """Both parties in one process over the in-process communicator, steps interleaved. The leader
+    runs on ``train.device``, the follower on ``follower_device`` (default: the same). ``tap`` (a
     :class:`splitlink.attacks.CutTap`) records what each party receives across the cut."""
     from splitlink.channel import InProcessCommunicator, ServerConfig
 
@@ -338,7 +341,8 @@ def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: Wid
     lc = ServerConfig("leader", "127.0.0.1:1")
     fc = ServerConfig("follower", "127.0.0.1:2")
     leader = Leader(leader_data, None, model_cfg, train)
-    follower = Follower(follower_data, None, model_cfg, train)
+    follower = Follower(follower_data, None, model_cfg,
+                        train if follower_device is None else dataclasses.replace(train, device=follower_device))
     leader.comm = InProcessCommunicator(lc, fc, leader.compress_configs(), hub=hub, through_codecs=through_codecs)
     follower.comm = InProcessCommunicator(fc, lc, follower.compress_configs(), hub=hub, through_codecs=through_codecs)
     agree_locally(leader, follower)

@@ -9,7 +9,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from splitlink.codec import CompressConfig
 from splitlink.config import FLYamlData
 from splitlink.errors import CheckpointError
 from splitlink.model import checkpoint_io
+from splitlink.model.device import module_device, to_device
 from splitlink.model.engine import (
     EngineOutputHooks,
     ObjectiveGrad,
@@ -241,8 +242,17 @@ class FLModel:
             raise KeyError(f"{self.yaml.source}: model.{net} input(s) {', '.join(map(repr, missing))} missing from the "
                            f"data batches (they hold: {', '.join(map(str, batch)) or 'nothing'})") from None
 
-    def _prepare(self, name: str, value: Any) -> torch.Tensor:
+    @property
+    def device(self) -> torch.device:
+        """Where this party computes: its DeepSpeed engine's device, else its network's (first
+        parameter's). Batches and a peer's tensors are moved here; outputs and grad scales are here."""
+        if self.engine is not None:
+            return torch.device(self.engine.device)
+        return module_device(self.train_network)
+
+    def _prepare(self, name: str, value: Any, device: torch.device | None = None) -> torch.Tensor:
         t = value if type(value) is torch.Tensor else as_tensor(name, value)
+        t = cast(torch.Tensor, to_device(t, self.device if device is None else device))
         wants_grad = name in self._scaler_inputs
         if t.requires_grad or wants_grad:
             t = t.detach()  # this sub-network's graph starts here
@@ -291,7 +301,8 @@ class FLModel:
         batch = self._merge(local_data_batch, remote_data_batch)
         originals = self._gather(batch, self._in_names, "train_net")
         self._check_remote(originals)
-        inputs = [self._prepare(n, v) for n, v in zip(self._in_names, originals)]
+        device = self.device
+        inputs = [self._prepare(n, v, device) for n, v in zip(self._in_names, originals)]
         if self.label_dp is not None and self._label_name in self._in_names:
             if self._id_key not in batch:
                 raise KeyError(f"{self.yaml.source}: label DP randomises each label once per sample id, and the batch "
@@ -601,7 +612,8 @@ class FLModel:
         names = [i.name for i in self.yaml.eval_net_ins]
         out_names = [o.name for o in self.yaml.eval_net_outs]
         net = "eval_net" if self.yaml.eval_net else "train_net"
-        inputs = [as_tensor(n, v).detach() for n, v in zip(names, self._gather(batch, names, net))]
+        device = module_device(self.eval_network) if self.engine is None else self.device
+        inputs = [to_device(as_tensor(n, v).detach(), device) for n, v in zip(names, self._gather(batch, names, net))]
         if self.engine is not None and self._engine_dtype is not None:
             inputs = [x.to(self._engine_dtype) if x.is_floating_point() else x for x in inputs]
         elif self._compute_dtype is not None:  # a peer's activations in this network's precision, as in training

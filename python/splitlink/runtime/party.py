@@ -59,6 +59,7 @@ class TrainOptions:
     metrics_path: str | None = None    # one JSON line per recorded row
     peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
     run_id: str = "run"                # checkpoints of one run: both parties must use the same
+    device: str | None = None          # where this party computes: cpu, cuda, cuda:N; None/auto: cuda if available
 
 
 def ride_through_restarts(who: str, agree: Callable[[bool], object], train: Callable[[], T]) -> T:
@@ -111,6 +112,14 @@ class Party(Generic[O]):
     @property
     def launched_rank(self) -> bool:
         return self.group is not None and self.group.launched
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` this party's networks run on (``train.device``; default: cuda when
+        available, else cpu)."""
+        from splitlink.model.device import resolve_device
+
+        return resolve_device(self.train.device)
 
     # ---- names, logging, metrics ------------------------------------------------------------------
     @property

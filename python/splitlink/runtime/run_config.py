@@ -102,6 +102,7 @@ class TrainSection(_Strict):
     lr: float | None = Field(default=None, gt=0)
     peer_timeout: float | None = Field(default=None, gt=0)
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    device: str | None = Field(default=None, pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # this party's; default auto
 
     def options(self, cls: type[Any]) -> Any:
         """The given fields as the scenario's TrainOptions dataclass ``cls`` (unset ones: its defaults)."""
