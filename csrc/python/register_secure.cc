@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "frame_buffer.h"
@@ -19,6 +20,7 @@
 #include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
+#include "splitlink/secure/shamir.h"
 
 namespace py = pybind11;
 
@@ -223,6 +225,29 @@ void register_secure(py::module_ m) {
     secure::unmask_decode(reinterpret_cast<const uint64_t*>(in.data()), dst.size() / 4, frac_bits, s, stream_id,
                           reinterpret_cast<float*>(dst.mutable_data()), threads);
   });
+
+  m.attr("SHAMIR_PRIME") = secure::shamir::kPrime;
+  m.def("shamir_split", [](const py::object& secret, unsigned threshold, const std::vector<uint32_t>& xs) {
+    PyBuffer s(secret, PyBUF_SIMPLE, "secret");
+    auto shares = secure::shamir::split(s.data(), s.size(), threshold, xs);
+    py::list out;
+    for (const auto& sh : shares) out.append(to_bytes(sh.data(), sh.size()));
+    return out;
+  }, py::arg("secret"), py::arg("threshold"), py::arg("xs"),
+     "One share per holder coordinate in xs; any `threshold` of them reconstruct the secret.");
+  m.def("shamir_combine", [](const py::list& shares, unsigned threshold) {
+    std::vector<std::vector<uint8_t>> v;
+    for (const auto& sh : shares) v.push_back(bytes_of(py::reinterpret_borrow<py::object>(sh), "share"));
+    auto secret = secure::shamir::combine(v, threshold);
+    py::bytes out = to_bytes(secret.data(), secret.size());
+    OPENSSL_cleanse(secret.data(), secret.size());
+    return out;
+  }, py::arg("shares"), py::arg("threshold"), "The secret from the first `threshold` shares (Lagrange at 0).");
+  m.def("shamir_share_x", [](const py::object& share) {
+    PyBuffer s(share, PyBUF_SIMPLE, "share");
+    return secure::shamir::share_x(s.data(), s.size());
+  }, py::arg("share"));
+  m.def("shamir_share_bytes", &secure::shamir::share_bytes, py::arg("secret_len"));
 
   m.def("openssl_ctr_reference", [](size_t size, unsigned iterations) {
     // AES-128-CTR keystream speed of the linked OpenSSL (the masks' PRG), one context, same
