@@ -172,7 +172,7 @@ class SecAggConfig:
             raise SecAggError(
                 f"the sum of {n} clients' quantised values can reach {n} x {self.levels} = {n * self.levels} "
                 f"(bits = {self.bits}), beyond the ring's signed range 2^{self.ring_bits - 1}-1 = {limit}: it would "
-                f"overflow; lower bits to at most {int(math.log2(limit // n + 1))} or use ring_bits = 64")
+                f"overflow; lower bits to at most {min(24, (limit // n + 1).bit_length())} or use ring_bits = 64")
         if n > (1 << 14):
             raise SecAggError(f"at most {1 << 14} clients per round (the clipped-value count must not overflow), got {n}")
 
@@ -293,8 +293,8 @@ def _open(data: object, stage: int, plan: _Plan, sender: str, recipient: str, wh
     if got_round != plan.round_id:
         raise SecAggError(f"{what}: message of round {got_round}, this is round {plan.round_id} (a replay or a late message)")
     if got_stage != stage:
-        raise SecAggError(f"{what}: a {_STAGE_NAMES.get(got_stage, f'stage {got_stage}')} message where a "
-                          f"{_STAGE_NAMES[stage]} message is expected")
+        raise SecAggError(f"{what}: a message of stage '{_STAGE_NAMES.get(got_stage, got_stage)}' where stage "
+                          f"'{_STAGE_NAMES[stage]}' is expected")
     got_sender, got_recipient = r.name(), r.name()
     if got_sender != sender:
         raise SecAggError(f"{what}: the message says it is from '{got_sender}', it came from '{sender}'")
