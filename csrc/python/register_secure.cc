@@ -20,6 +20,7 @@
 #include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
+#include "splitlink/secure/quantise.h"
 #include "splitlink/secure/shamir.h"
 
 namespace py = pybind11;
@@ -248,6 +249,25 @@ void register_secure(py::module_ m) {
     return secure::shamir::share_x(s.data(), s.size());
   }, py::arg("share"));
   m.def("shamir_share_bytes", &secure::shamir::share_bytes, py::arg("secret_len"));
+
+  m.def("stochastic_quantise", [](const py::object& x, double clip, double levels, const py::object& key,
+                                  const py::object& out, unsigned threads) {
+    PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
+    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+    auto k = bytes_of(key, "rounding key");
+    if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
+    if (in.size() % 4 != 0 || dst.size() < in.size()) throw py::value_error("x must be float32 and out float32 at least as long");
+    uint64_t clipped = 0;
+    {
+      // Safe without the GIL: both buffers are pinned by their exports; the key was copied.
+      py::gil_scoped_release nogil;
+      clipped = secure::stochastic_quantise(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels,
+                                            k.data(), reinterpret_cast<float*>(dst.mutable_data()), threads);
+    }
+    OPENSSL_cleanse(k.data(), k.size());
+    return clipped;
+  }, py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("out"), py::arg("threads") = 0,
+     "Stochastic rounding of float32 x into out[:len(x)] (exact float32 integers); returns the clipped count.");
 
   m.def("openssl_ctr_reference", [](size_t size, unsigned iterations) {
     // AES-128-CTR keystream speed of the linked OpenSSL (the masks' PRG), one context, same

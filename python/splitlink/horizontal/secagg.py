@@ -46,8 +46,9 @@ is the complete graph, i.e. classic SecAgg. Each client's secrets are shared amo
 neighbours and itself), so the threshold must satisfy (k+1)/2 < t <= k+1: more than half, so that a
 server that lies about who dropped cannot collect both secrets of one client from honest holders.
 
-Randomness: keys and seeds from the OS / OpenSSL; stochastic rounding from a torch generator seeded
-with ``rounding_seed`` (reproducible) or with 63 random bits.
+Randomness: keys and seeds from the OS / OpenSSL; stochastic rounding (native, one pass) from an
+AES-128-CTR keystream keyed by SHA-256 of ``rounding_seed`` (reproducible, whatever the thread
+count) or by 16 random bytes.
 
 Secrets of a round (the self-mask seed and the mask private key) pass through Python ``bytes``
 while they are split; they live for one round only.
@@ -89,7 +90,6 @@ _TRAILER = 4  # magic, round low 32 bits, round high 32 bits, client index
 _EXTRA = 2  # clipped count: low 16 bits, high bits
 _KEY = 32
 _NONCE = bytes(12)  # every share key encrypts exactly one message
-_CHUNK = 1 << 18  # elements per quantisation step (fixed: the rounding stream depends on it)
 _MAX_SUBSETS = 4096  # t-subsets tried per secret when shares disagree
 _SHARE_BYTES = _core.secure.shamir_share_bytes(_KEY)
 
@@ -331,43 +331,27 @@ def _flat_f32(update: torch.Tensor) -> torch.Tensor:
     return update.detach().to(device="cpu", dtype=torch.float32).contiguous().view(-1)
 
 
-def _quantise_into(x: torch.Tensor, config: SecAggConfig, gen: torch.Generator, out: torch.Tensor) -> int:
-    """Stochastic rounding of clip(x) * scale into out[:len(x)] (float32 integers); returns the clipped count."""
-    c, levels = float(config.clip), float(config.levels)
-    scale = config.scale
-    n = x.numel()
-    f = torch.empty(min(n, _CHUNK), dtype=torch.float32)
-    u = torch.empty_like(f)
-    k = torch.empty(f.shape, dtype=torch.bool)
-    clipped = 0
-    for a in range(0, n, _CHUNK):
-        b = min(n, a + _CHUNK)
-        m = b - a
-        xs, o, fm, um, km = x[a:b], out[a:b], f[:m], u[:m], k[:m]
-        torch.abs(xs, out=fm)
-        top = float(fm.max())
-        if not math.isfinite(top):
-            bad = int(torch.nonzero(~torch.isfinite(xs))[0, 0]) + a
-            raise SecAggError(f"the update holds a non-finite value ({float(x[bad])}) at flat index {bad}; "
-                              "secure aggregation needs finite updates")
-        if top > c:
-            torch.gt(fm, c, out=km)
-            clipped += int(km.sum())
-        torch.clamp(xs, -c, c, out=o)
-        o.mul_(scale).clamp_(-levels, levels)
-        torch.floor(o, out=fm)
-        o.sub_(fm)  # fractional part in [0, 1), exact
-        torch.rand(m, generator=gen, out=um)
-        torch.lt(um, o, out=km)  # round up with probability = fractional part
-        torch.add(fm, km, out=o)
-    return clipped
+def _rounding_key(seed: int) -> bytes:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise SecAggError(f"rounding_seed must be an integer in [0, 2^64), got {seed!r}")
+    return hashlib.sha256(b"splitlink secagg rounding" + seed.to_bytes(8, "little")).digest()[:16]
+
+
+def _quantise_into(x: torch.Tensor, config: SecAggConfig, key: bytes, out: torch.Tensor, threads: int = 0) -> int:
+    """Stochastic rounding of clip(x) * scale into out[:len(x)] (float32 integers); returns the clipped count.
+    Native, one pass; the rounding randomness is AES-128-CTR under ``key`` (reproducible)."""
+    try:
+        return int(_core.secure.stochastic_quantise(x.numpy(), float(config.clip), float(config.levels), key,
+                                                    out.numpy(), threads))
+    except ValueError as e:
+        raise SecAggError(str(e).split(" [")[0]) from None
 
 
 def quantise(update: torch.Tensor, config: SecAggConfig, *, seed: int) -> tuple[torch.Tensor, int]:
     """(int64 quantised update, flat; clipped count): what a ``SecAggClient`` with ``rounding_seed=seed`` adds."""
     x = _flat_f32(update)
     out = torch.empty(x.numel(), dtype=torch.float32)
-    clipped = _quantise_into(x, config, torch.Generator().manual_seed(seed), out)
+    clipped = _quantise_into(x, config, _rounding_key(seed), out)
     return out.to(torch.int64), clipped
 
 
@@ -395,7 +379,7 @@ class SecAggClient:
         self.round_id = round_id
         self.threads = threads
         self.clipped: int | None = None  # values clipped in this client's update (after masked_input)
-        self._seed = rounding_seed if rounding_seed is not None else secrets.randbits(63)
+        self._rounding_key = secrets.token_bytes(16) if rounding_seed is None else _rounding_key(rounding_seed)
         self._stage = 0
         self._cipher_kp = KeyPair.generate()
         self._mask_priv = secrets.token_bytes(_KEY)
@@ -485,8 +469,7 @@ class SecAggClient:
         x = _flat_f32(update)
         n = x.numel()
         buf = torch.empty(n + _EXTRA, dtype=torch.float32)
-        gen = torch.Generator().manual_seed(self._seed)
-        self.clipped = _quantise_into(x, cfg, gen, buf)
+        self.clipped = _quantise_into(x, cfg, self._rounding_key, buf, self.threads)
         buf[n] = float(self.clipped & 0xFFFF)
         buf[n + 1] = float(self.clipped >> 16)
         streams = [(_core.secure.derive_mask_key(self._mask_kp._kp, self._adverts[v].mask_pub, me, v, p.session_id),
