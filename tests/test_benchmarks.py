@@ -63,6 +63,15 @@ def check_step(d: dict[str, Any]) -> None:
             assert all(positive(r[k]) for k in ("split_ms", "central_ms", "manual_ms", "central_default_ms", "ratio"))
 
 
+def check_secagg(d: dict[str, Any]) -> None:
+    (rows,) = d["results"].values()
+    assert set(rows) == {"k=2 (SecAgg)"}
+    r = rows["k=2 (SecAgg)"]
+    assert all(positive(r[k]) for k in ("mask_s", "setup_s", "unmask_s", "plain_fedavg_s"))
+    # bytes, not time: keys and shares add well under 10% to a 1M-float update
+    assert 1.0 < r["ratios"]["traffic_vs_plain"] < 1.1
+
+
 def check_soak(d: dict[str, Any]) -> None:
     assert d["params_equal"] is True
     clean, faulty = d["fault_free"], d["with_faults"]
@@ -88,6 +97,7 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_secure.py", ["--repeat", "1"], check_secure),
     ("bench_channel.py", ["--repeat", "1"], check_channel),
     ("bench_psi.py", ["--sizes", "1000"], check_psi),
+    ("bench_secagg.py", ["--quick", "--clients", "3", "--repeat", "1"], check_secagg),
     ("bench_step.py", ["--steps", "2"], check_step),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),

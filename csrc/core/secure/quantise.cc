@@ -16,6 +16,35 @@ namespace {
 constexpr uint64_t kChunk = uint64_t{1} << 16;  // elements per task (a multiple of 4: whole AES blocks)
 constexpr uint64_t kBlock = 4096;               // elements per keystream refill (16 KiB, L1)
 
+// Branch-free and without libm calls: the clamps send NaN to -levels (comparisons with NaN are
+// false), so every conversion is defined; returns whether any input was not finite.
+bool quantise_block(const float* __restrict x, uint64_t m, double clip, double levels, double scale,
+                    const uint32_t* __restrict u, float* __restrict q, uint64_t& clipped) {
+  bool bad = false;
+  uint64_t count = 0;
+  for (uint64_t j = 0; j < m; ++j) {
+    const double xv = x[j];
+    const double a = std::fabs(xv);
+    bad |= !(a <= 3.5e38);
+    count += a > clip;
+    double v = xv * scale;
+    v = v > -levels ? v : -levels;
+    v = v < levels ? v : levels;
+    // floor and fraction without branches: f > 0, so truncation is floor. Adding 2^24 rounds v
+    // to a multiple of 2^-28 (a bias below 2^-28 of a step); frac is then exact.
+    const double f = v + 16777216.0;
+    const int64_t fi = static_cast<int64_t>(f);
+    const double frac = f - static_cast<double>(fi);  // [0, 1)
+    // round up when (word >> 1) < frac * 2^31: probability frac (to 2^-31), as integer arithmetic
+    const int64_t thresh = static_cast<int64_t>(frac * 2147483648.0);
+    const int64_t w = static_cast<int64_t>(u[j] >> 1);
+    const int64_t up = static_cast<int64_t>(static_cast<uint64_t>(w - thresh) >> 63);
+    q[j] = static_cast<float>(fi - 16777216 + up);
+  }
+  clipped += count;
+  return bad;
+}
+
 }  // namespace
 
 uint64_t stochastic_quantise(const float* x, uint64_t n, double clip, double levels, const uint8_t* key16, float* q,
@@ -46,16 +75,7 @@ uint64_t stochastic_quantise(const float* x, uint64_t n, double clip, double lev
       SL_CHECK(EVP_EncryptUpdate(ctx.get(), reinterpret_cast<uint8_t*>(u), &outl, reinterpret_cast<uint8_t*>(u),
                                  static_cast<int>(words * 4)) == 1,
                CryptoError, "AES-128-CTR failed: " << openssl::openssl_error());
-      bool bad = false;
-      for (uint64_t j = 0; j < m; ++j) {
-        const double xv = x[k + j];
-        bad |= !std::isfinite(xv);
-        count += std::fabs(xv) > clip;
-        const double v = std::min(std::max(xv * scale, -levels), levels);
-        const double fl = std::floor(v);
-        // u < frac  <=>  word < frac * 2^32 (both sides exact in double)
-        q[k + j] = static_cast<float>(fl + (static_cast<double>(u[j]) < (v - fl) * 4294967296.0 ? 1.0 : 0.0));
-      }
+      const bool bad = quantise_block(x + k, m, clip, levels, scale, u, q + k, count);
       if (bad) {
         for (uint64_t j = 0; j < m; ++j) {
           if (!std::isfinite(x[k + j])) {
