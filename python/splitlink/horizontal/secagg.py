@@ -19,9 +19,11 @@ Protocol (one round; every message is ``bytes`` or, for the masked input, a 1-D 
 2. ``masked_input(update, shares_for_me) -> tensor``: the update is clipped to [-clip, clip] and
    stochastically rounded to integers in [-(2^(bits-1)-1), 2^(bits-1)-1]; two extra elements carry
    the number of clipped values (low 16 bits, high bits), so the server learns only the round's total;
-   the client adds, in Z/2^64 by the native one-pass masker (AES-128-CTR keystreams), +-PRG(pairwise
-   key) for every neighbour it received shares from and +PRG(self key); the result is reduced to the
-   ring Z/2^ring_bits. Four clear trailer words (magic, round id low/high, client index) let the
+   the client adds +-PRG(pairwise key) for every neighbour it received shares from and +PRG(self key),
+   AES-128-CTR keystreams of the keys ``splitlink.secure`` derives for its pairwise masks. In Z/2^32
+   rounding and masking are one native pass (``_core.secure.quantise_mask32``, 32-bit keystream
+   words); in Z/2^64 the update is rounded natively and masked by the existing 64-bit masker
+   (``PairwiseMasker``'s ``mask_encode`` with frac_bits = 0). Four clear trailer words (magic, round id low/high, client index) let the
    server refuse a tensor from another round or client. ``receive_masked`` collects them.
 3. ``unmask(survivors, dropped) -> bytes``: the server announces who sent a masked input
    (``unmask_request()``); each survivor reveals, for every client whose shares it holds, the share
@@ -30,8 +32,8 @@ Protocol (one round; every message is ``bytes`` or, for the masked input, a 1-D 
 4. ``SecAggServer.result() -> (sum, report)``: the server reconstructs each survivor's self-mask seed
    (checked against its commitment) and each dropped client's mask key (checked against its
    advertised public key); with more than t shares it tries other t-subsets if one is inconsistent.
-   It removes the self masks and the dropped clients' pairwise masks with their surviving
-   neighbours in one native pass, sums in the ring, and decodes ``sum * clip / (2^(bits-1)-1)``.
+   It sums the masked inputs and removes the self masks and the dropped clients' pairwise masks with
+   their surviving neighbours in one native pass (``ring32_add_masks``; Z/2^64: ``mask_encode``), and decodes ``sum * clip / (2^(bits-1)-1)``.
    ``exact_sum()`` gives the integer sum of the quantised updates (exact; tests compare it).
 
 Ring and quantisation: ``ring_bits=32`` (default) sends 4 bytes per element, as many as the
@@ -468,22 +470,29 @@ class SecAggClient:
             self._held[sender] = (bs, ks)
         x = _flat_f32(update)
         n = x.numel()
-        buf = torch.empty(n + _EXTRA, dtype=torch.float32)
-        self.clipped = _quantise_into(x, cfg, self._rounding_key, buf, self.threads)
-        buf[n] = float(self.clipped & 0xFFFF)
-        buf[n + 1] = float(self.clipped >> 16)
         streams = [(_core.secure.derive_mask_key(self._mask_kp._kp, self._adverts[v].mask_pub, me, v, p.session_id),
                     1 if me < v else -1) for v in sorted(shares_for_me)]
         streams.append((p.self_key(self._self_seed), 1))
         dtype = _ring_dtype(cfg)
         out = torch.empty(n + _EXTRA + _TRAILER, dtype=dtype)
-        if dtype == torch.int64:
-            wide = out[: n + _EXTRA]
-        else:
-            wide = torch.empty(n + _EXTRA, dtype=torch.int64)
-        _core.secure.mask_encode(buf.numpy(), 0, streams, 0, wide.numpy(), f"{me}'s update", self.threads)
         if dtype == torch.int32:
-            np.copyto(_unsigned(out[: n + _EXTRA]), _unsigned(wide), casting="unsafe")  # mod 2^32
+            # one native pass: stochastic rounding, pairwise and self masks, in Z/2^32
+            try:
+                self.clipped = int(_core.secure.quantise_mask32(x.numpy(), float(cfg.clip), float(cfg.levels),
+                                                                self._rounding_key, streams, 0, out[:n].numpy(),
+                                                                self.threads))
+            except ValueError as e:
+                raise SecAggError(str(e).split(" [")[0]) from None
+            limbs = np.array([self.clipped & 0xFFFF, self.clipped >> 16], dtype=np.uint32)
+            _core.secure.ring32_add_masks([limbs], streams, 0, n, _unsigned(out[n:n + _EXTRA]), self.threads)
+        else:
+            # Z/2^64: quantise to exact float32 integers, then the native 64-bit masker (frac_bits = 0)
+            buf = torch.empty(n + _EXTRA, dtype=torch.float32)
+            self.clipped = _quantise_into(x, cfg, self._rounding_key, buf, self.threads)
+            buf[n] = float(self.clipped & 0xFFFF)
+            buf[n + 1] = float(self.clipped >> 16)
+            _core.secure.mask_encode(buf.numpy(), 0, streams, 0, out[: n + _EXTRA].numpy(), f"{me}'s update",
+                                     self.threads)
         trailer = [_TRAILER_MAGIC, p.round_id & 0xFFFFFFFF, p.round_id >> 32, p.index[me]]
         _unsigned(out[n + _EXTRA:])[:] = trailer
         return out
@@ -753,18 +762,18 @@ class SecAggServer:
                     key = _core.secure.derive_mask_key(kp._kp, self._adverts[w].mask_pub, v, w, p.session_id)
                     streams.append((key, -1 if w < v else 1))
         n = int(self._numel or 0)
-        zeros = torch.zeros(n + _EXTRA, dtype=torch.float32)
-        corr = torch.empty(n + _EXTRA, dtype=torch.int64)
-        _core.secure.mask_encode(zeros.numpy(), 0, streams, 0, corr.numpy(), "correction", self.threads)
-        del zeros
-        if cfg.ring_bits == 64:
-            acc = _unsigned(corr)
-        else:
+        if cfg.ring_bits == 32:  # one native pass: the survivors' sum and every mask to remove
             acc = np.empty(n + _EXTRA, dtype=np.uint32)
-            np.copyto(acc, _unsigned(corr), casting="unsafe")  # mod 2^32
-            del corr
-        for u in survivors:
-            np.add(acc, _unsigned(self._masked[u])[: n + _EXTRA], out=acc)
+            _core.secure.ring32_add_masks([_unsigned(self._masked[u])[: n + _EXTRA] for u in survivors], streams, 0, 0,
+                                          acc, self.threads)
+        else:
+            zeros = torch.zeros(n + _EXTRA, dtype=torch.float32)
+            corr = torch.empty(n + _EXTRA, dtype=torch.int64)
+            _core.secure.mask_encode(zeros.numpy(), 0, streams, 0, corr.numpy(), "correction", self.threads)
+            del zeros
+            acc = _unsigned(corr)
+            for u in survivors:
+                np.add(acc, _unsigned(self._masked[u])[: n + _EXTRA], out=acc)
         signed = acc.view(np.int32 if cfg.ring_bits == 32 else np.int64)
         self._sum = signed
         clipped = int(signed[n]) + (int(signed[n + 1]) << 16)
