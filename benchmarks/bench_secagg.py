@@ -33,7 +33,6 @@ import time
 from typing import Any
 
 import torch
-
 from splitlink.horizontal.secagg import SecAggClient, SecAggConfig, SecAggServer
 
 M = 1_000_000

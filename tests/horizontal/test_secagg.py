@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from splitlink.horizontal.secagg import (
     SecAggClient,
     SecAggConfig,
@@ -254,7 +253,7 @@ def test_replays_late_and_misdirected_messages_are_refused() -> None:
         server.receive_unmask("a", resp)
     for n in "bc":
         server.receive_unmask(n, new[n].unmask(survivors, dropped))
-    total, _ = server.result()
+    server.result()
     assert torch.equal(server.exact_sum(), torch.full((8,), 3 * cfg.levels, dtype=torch.int64))
     with pytest.raises(SecAggError, match="already computed"):
         server.result()
@@ -343,8 +342,9 @@ def test_stochastic_rounding_is_reproducible_unbiased_and_within_one_step() -> N
 
 
 @pytest.mark.parametrize(("kwargs", "n", "message"), [
-    ({"bits": 24, "neighbours": 4}, 300, r"300 x 8388607 = 2516582100 \(bits = 24\), beyond the ring's signed range 2\^31-1 = "
-                        r"2147483647: it would overflow; lower bits to at most 23 or use ring_bits = 64"),
+    ({"bits": 24, "neighbours": 4}, 300, (r"300 x 8388607 = 2516582100 \(bits = 24\), beyond the ring's signed range "
+                                          r"2\^31-1 = 2147483647: it would overflow; lower bits to at most 23 or use "
+                                          r"ring_bits = 64")),
     ({"threshold": 2}, 5, r"threshold 2 is invalid for neighbourhoods of 4.*3 <= t <= 5"),
     ({"threshold": 6}, 5, r"threshold 6 is invalid"),
     ({"neighbours": 5}, 5, r"neighbours = 5 but there are only 4 other clients"),

@@ -10,7 +10,6 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from splitlink import _core, secure
 
 S = _core.secure

@@ -71,14 +71,22 @@ import torch
 
 from splitlink import _core
 from splitlink.errors import CryptoError, SplitlinkError
-from splitlink.secure import CIPHERS, Key, KeyPair, aead_decrypt, aead_encrypt, derive_session_keys, hkdf_sha256
+from splitlink.secure import (
+    CIPHERS,
+    Key,
+    KeyPair,
+    aead_decrypt,
+    aead_encrypt,
+    derive_session_keys,
+    hkdf_sha256,
+)
 
 __all__ = [
-    "SecAggConfig",
     "SecAggClient",
-    "SecAggServer",
-    "SecAggReport",
+    "SecAggConfig",
     "SecAggError",
+    "SecAggReport",
+    "SecAggServer",
     "harary_neighbours",
     "quantise",
 ]
