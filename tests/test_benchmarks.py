@@ -73,6 +73,15 @@ def check_gpu_smoke(d: dict[str, Any]) -> None:
     assert all(positive(v) for v in d["exchange"].values())
 
 
+def check_secagg(d: dict[str, Any]) -> None:
+    (rows,) = d["results"].values()
+    assert set(rows) == {"k=2 (SecAgg)"}
+    r = rows["k=2 (SecAgg)"]
+    assert all(positive(r[k]) for k in ("mask_s", "setup_s", "unmask_s", "plain_fedavg_s"))
+    # bytes, not time: keys and shares add well under 10% to a 1M-float update
+    assert 1.0 < r["ratios"]["traffic_vs_plain"] < 1.1
+
+
 def check_soak(d: dict[str, Any]) -> None:
     assert d["params_equal"] is True
     clean, faulty = d["fault_free"], d["with_faults"]
@@ -108,6 +117,7 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_secure.py", ["--repeat", "1"], check_secure),
     ("bench_channel.py", ["--repeat", "1"], check_channel),
     ("bench_psi.py", ["--sizes", "1000"], check_psi),
+    ("bench_secagg.py", ["--quick", "--clients", "3", "--repeat", "1"], check_secagg),
     ("bench_step.py", ["--steps", "2"], check_step),
     ("bench_leakage.py", ["--quick", "--rows", "1000", "--epochs", "1", "--batch-size", "450", "--only", "marvell",
                           "--plot", str(Path(tempfile.gettempdir()) / "splitlink-bench-leakage-smoke.png")], check_leakage),

@@ -38,8 +38,8 @@ LAYERS: dict[str, int] = {
     "channel": 2, "psi": 2,
     # 3: the training library
     "config": 3, "optim": 3, "privacy": 3, "model": 3,
-    # 4: the party runtime; the leakage attacks (they read what a party receives through the library)
-    "checkpoint": 4, "runtime": 4, "attacks": 4,
+    # 4: the party runtime; horizontal FL; the leakage attacks (they read what a party receives through the library)
+    "checkpoint": 4, "runtime": 4, "horizontal": 4, "attacks": 4,
     # 5: applications: the command line and the scenarios
     "cli": 5, "__main__": 5, "examples": 5,
     # 6: the package itself (``splitlink/__init__.py``): a facade that nothing inside imports

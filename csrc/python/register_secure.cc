@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "frame_buffer.h"
@@ -19,6 +20,8 @@
 #include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
+#include "splitlink/secure/quantise.h"
+#include "splitlink/secure/shamir.h"
 
 namespace py = pybind11;
 
@@ -223,6 +226,87 @@ void register_secure(py::module_ m) {
     secure::unmask_decode(reinterpret_cast<const uint64_t*>(in.data()), dst.size() / 4, frac_bits, s, stream_id,
                           reinterpret_cast<float*>(dst.mutable_data()), threads);
   });
+
+  m.attr("SHAMIR_PRIME") = secure::shamir::kPrime;
+  m.def("shamir_split", [](const py::object& secret, unsigned threshold, const std::vector<uint32_t>& xs) {
+    PyBuffer s(secret, PyBUF_SIMPLE, "secret");
+    auto shares = secure::shamir::split(s.data(), s.size(), threshold, xs);
+    py::list out;
+    for (const auto& sh : shares) out.append(to_bytes(sh.data(), sh.size()));
+    return out;
+  }, py::arg("secret"), py::arg("threshold"), py::arg("xs"),
+     "One share per holder coordinate in xs; any `threshold` of them reconstruct the secret.");
+  m.def("shamir_combine", [](const py::list& shares, unsigned threshold) {
+    std::vector<std::vector<uint8_t>> v;
+    for (const auto& sh : shares) v.push_back(bytes_of(py::reinterpret_borrow<py::object>(sh), "share"));
+    auto secret = secure::shamir::combine(v, threshold);
+    py::bytes out = to_bytes(secret.data(), secret.size());
+    OPENSSL_cleanse(secret.data(), secret.size());
+    return out;
+  }, py::arg("shares"), py::arg("threshold"), "The secret from the first `threshold` shares (Lagrange at 0).");
+  m.def("shamir_share_x", [](const py::object& share) {
+    PyBuffer s(share, PyBUF_SIMPLE, "share");
+    return secure::shamir::share_x(s.data(), s.size());
+  }, py::arg("share"));
+  m.def("shamir_share_bytes", &secure::shamir::share_bytes, py::arg("secret_len"));
+
+  m.def("stochastic_quantise", [](const py::object& x, double clip, double levels, const py::object& key,
+                                  const py::object& out, unsigned threads) {
+    PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
+    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+    auto k = bytes_of(key, "rounding key");
+    if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
+    if (in.size() % 4 != 0 || dst.size() < in.size()) throw py::value_error("x must be float32 and out float32 at least as long");
+    uint64_t clipped = 0;
+    {
+      // Safe without the GIL: both buffers are pinned by their exports; the key was copied.
+      py::gil_scoped_release nogil;
+      clipped = secure::stochastic_quantise(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels,
+                                            k.data(), reinterpret_cast<float*>(dst.mutable_data()), threads);
+    }
+    OPENSSL_cleanse(k.data(), k.size());
+    return clipped;
+  }, py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("out"), py::arg("threads") = 0,
+     "Stochastic rounding of float32 x into out[:len(x)] (exact float32 integers); returns the clipped count.");
+
+  m.def("quantise_mask32", [](const py::object& x, double clip, double levels, const py::object& key,
+                              const py::list& streams, uint64_t stream_id, const py::object& out, unsigned threads) {
+    PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
+    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+    auto k = bytes_of(key, "rounding key");
+    if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
+    if (in.size() % 4 != 0 || dst.size() < in.size()) throw py::value_error("x must be float32 and out 32-bit, at least as long");
+    const auto s = streams_of(streams);
+    uint64_t clipped = 0;
+    {
+      // Safe without the GIL: both buffers are pinned by their exports; keys were copied.
+      py::gil_scoped_release nogil;
+      clipped = secure::quantise_mask32(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels, k.data(),
+                                        s, stream_id, reinterpret_cast<uint32_t*>(dst.mutable_data()), threads);
+    }
+    OPENSSL_cleanse(k.data(), k.size());
+    return clipped;
+  }, py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("streams"), py::arg("stream_id"),
+     py::arg("out"), py::arg("threads") = 0, "Stochastic rounding and 32-bit ring masks in one pass; the clipped count.");
+  m.def("ring32_add_masks", [](const py::list& ys, const py::list& streams, uint64_t stream_id, uint64_t first,
+                               const py::object& out, unsigned threads) {
+    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+    if (dst.size() % 4 != 0) throw py::value_error("out must hold 32-bit ring elements");
+    std::vector<PyBuffer> views;
+    views.reserve(py::len(ys));
+    std::vector<const uint32_t*> ptrs;
+    for (const auto& y : ys) {
+      views.emplace_back(y, PyBUF_C_CONTIGUOUS, "ring tensor");
+      if (views.back().size() != dst.size()) throw py::value_error("every ring tensor must have out's length");
+      ptrs.push_back(reinterpret_cast<const uint32_t*>(views.back().data()));
+    }
+    const auto s = streams_of(streams);
+    // Safe without the GIL: all buffers are pinned by their exports; keys were copied.
+    py::gil_scoped_release nogil;
+    secure::ring32_add_masks(ptrs, dst.size() / 4, s, stream_id, first, reinterpret_cast<uint32_t*>(dst.mutable_data()),
+                             threads);
+  }, py::arg("ys"), py::arg("streams"), py::arg("stream_id"), py::arg("first"), py::arg("out"), py::arg("threads") = 0,
+     "out = sum of ys + sum of sign * keystream from element `first` (mod 2^32), one pass.");
 
   m.def("openssl_ctr_reference", [](size_t size, unsigned iterations) {
     // AES-128-CTR keystream speed of the linked OpenSSL (the masks' PRG), one context, same
