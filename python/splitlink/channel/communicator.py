@@ -11,6 +11,18 @@
 * **Streaming.** A frame travels as a client-streaming RPC of ``chunk_size`` pieces (4 MiB by
   default, the best measured here), so frames beyond protobuf's 2 GiB limit work and no base64 is
   involved. The receiver writes chunks straight into one pooled buffer; tensors view it.
+* **Parallel streams.** A frame above ``parallel_threshold`` (8 MiB) is split into ``streams``
+  contiguous byte ranges of whole chunks, sent at once as ``SendRange`` calls, each on its own
+  connection (``connections=True``: TLS of each on its own core) or all on one HTTP/2 connection.
+  Chunks are made from tensor memory as each call consumes them, so packing overlaps sending. The
+  receiver writes each range at its offset into one pooled buffer and queues the frame when all
+  ranges arrived; ranges are validated and retried one by one (``splitlink.channel.assembly``).
+  ``streams`` defaults to one per two cores, at most 4; ``streams=1`` sends every frame as one
+  stream (and talks to peers older than transport 1.1).
+* **Asynchronous sends, posted receives.** ``isend`` returns a ``Work`` (``wait()``,
+  ``is_completed()``) and packs and sends on a background thread per peer, in order, with at most
+  ``max_inflight`` frames pending per peer (the next ``isend`` blocks); ``flush()`` waits for them and
+  ``shutdown()`` flushes first. ``irecv`` posts a receive ahead (``splitlink.channel.work``).
 * **Exactly once.** Every frame carries (sender, sender incarnation, seq); the incarnation is
   random per process, so a restarted sender's sequence numbers are not taken for duplicates. A
   sender retries on UNAVAILABLE and
@@ -45,6 +57,7 @@ The messages on the wire are encoded and decoded in ``splitlink.channel.protocol
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -73,8 +86,11 @@ __all__ = ["VerticalFederatedCommunicator", "GrpcEndpoints", "MiB"]
 logger = logging.getLogger(__name__)
 
 MiB = 1 << 20
-# Streams (ranges) per large frame; measured in benchmarks/bench_channel.py.
-DEFAULT_STREAMS = 4
+# Streams (ranges) per large frame: one per two cores, at most 4. Measured (benchmarks/bench_channel.py,
+# 64 MiB frames over loopback, where both parties share the cores): on 2 cores parallel ranges are
+# slower than one stream (each stream's TLS and copies need a core on each side), so a 2-core machine
+# sends one stream; issue 17 measures the 16-core case.
+DEFAULT_STREAMS = max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 class _RekeyNeeded(Exception):
@@ -263,7 +279,7 @@ class VerticalFederatedCommunicator:
         endpoints = GrpcEndpoints(self.chunk_size, self.keepalive_s, pem)
         server, port = endpoints.server(self.me.server_address,
                                         grpc.method_handlers_generic_handler(protocol.SERVICE, methods),
-                                        workers=4 + (2 + self.streams) * len(self.peers), interceptors=interceptors)
+                                        workers=4 + (2 + max(self.streams, 8)) * len(self.peers), interceptors=interceptors)
         if port == 0:
             raise OSError(f"cannot listen on {self.me.server_address} for '{self.me.server_name}' (address in use?)")
         server.start()
