@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitlink import ServerConfig, VerticalFederatedCommunicator, wire
+from splitlink.channel.assembly import MAX_RANGES
 from splitlink.channel.protocol import ANNOUNCEMENT as _ANNOUNCE_REQ, MAGIC as _MAGIC, STREAM_HEADER as _HEADER
+from splitlink.channel.protocol import RANGE_HEADER as _RANGE, RANGE_MAGIC as _RANGE_MAGIC
 from splitlink.util import free_ports
 
 SERVICE = "/splitlink.v1.Transport"
@@ -130,9 +132,6 @@ def test_a_peer_answering_in_another_protocol_is_a_clear_error() -> None:
 
 
 # ---- SendRange: a frame in byte ranges (transport 1.1) --------------------------------------------
-
-from splitlink.channel.assembly import MAX_RANGES  # noqa: E402
-from splitlink.channel.protocol import RANGE_HEADER as _RANGE, RANGE_MAGIC as _RANGE_MAGIC  # noqa: E402
 
 
 def rheader(seq: int, total: int, offset: int, length: int, sender: bytes = b"leader", incarnation: int = 7) -> bytes:
