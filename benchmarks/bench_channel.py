@@ -9,7 +9,13 @@ layout raw grpcio has for each size: one unary message when the bytes fit one ch
 communicator does), else a client-streaming RPC of the same chunk size; into a receiver that only
 keeps the message or chunks (no assembly, no validation: an upper bound) and, for latency, echoes
 with a second RPC the way the communicator does. Also the receiving process's peak memory for a
-1 GiB frame. ``--json`` prints JSON.
+1 GiB frame.
+
+Parallel streams: 64 MiB frames (TLS and plaintext) sent by the communicator in parallel byte ranges
+(``streams`` > 1, one connection per stream, and all streams on one connection), by the
+communicator with one stream (``streams=1``), and by raw grpcio with ONE client-streaming RPC (the
+baseline above), all in the same run, alternating. ``--parallel-only`` runs just that comparison.
+``--json`` prints JSON.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ def peak_rss_kib() -> int:
 def sl_peer(cfg: dict[str, Any], ready: Any, results: Any) -> None:
     me, other = ServerConfig("receiver", cfg["recv_addr"]), ServerConfig("sender", cfg["send_addr"])
     comm = VerticalFederatedCommunicator(me, other, enable_ssl=cfg["tls"], ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "receiver"),
-                                         max_queue_bytes=4 << 30).launch()
+                                         max_queue_bytes=4 << 30, **cfg.get("comm", {})).launch()
     ready.set()
     base = peak_rss_kib()
     while True:
@@ -90,7 +96,8 @@ class SplitlinkSide:
             raise RuntimeError(f"the splitlink peer process did not start (exit code {self.proc.exitcode})")
         me, other = ServerConfig("sender", cfg["send_addr"]), ServerConfig("receiver", cfg["recv_addr"])
         self.comm = VerticalFederatedCommunicator(me, other, enable_ssl=cfg["tls"],
-                                                  ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "sender")).launch()
+                                                  ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "sender"),
+                                                  **cfg.get("comm", {})).launch()
         self.frames: dict[int, dict[str, torch.Tensor]] = {}
 
     def prepare(self, size: int) -> None:
@@ -101,6 +108,15 @@ class SplitlinkSide:
         t0 = time.perf_counter()
         self.comm.send_tensors("receiver", self.frames[size])
         return time.perf_counter() - t0
+
+    def isend(self, size: int) -> tuple[float, float]:
+        """(seconds until isend returned, seconds until the frame was accepted): how long the
+        caller's thread is held, against the whole send."""
+        t0 = time.perf_counter()
+        work = self.comm.isend("receiver", self.frames[size])
+        t1 = time.perf_counter()
+        work.wait()
+        return t1 - t0, time.perf_counter() - t0
 
     def rtt(self) -> float:
         t0 = time.perf_counter()
@@ -241,6 +257,11 @@ class RawSide:
     def close(self) -> dict[str, Any]:
         try:
             self.stub(memoryview(b""), b"S")
+        except grpc.RpcError as e:
+            # The peer stops its server as soon as it reads the stop message, which may cancel the
+            # call before it answers.
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
         finally:
             self.stub.channel.close()
             self.server.stop(0)
@@ -279,14 +300,76 @@ def measure(cfg_sl: dict[str, Any], cfg_raw: dict[str, Any], repeat: int) -> tup
     return out["splitlink"], out["raw_grpc"]
 
 
+def measure_parallel(cfgs: dict[str, dict[str, Any]], size: int, repeat: int) -> dict[str, float]:
+    """Median GB/s of ``size``-byte frames for each side (``raw_grpc`` or a communicator configuration),
+    all pairs up at once, measurements alternating between them."""
+    sides: dict[str, Any] = {k: (RawSide(c) if k == "raw_grpc" else SplitlinkSide(c)) for k, c in cfgs.items()}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    held: list[tuple[float, float]] = []
+    try:
+        for side in sides.values():
+            side.prepare(size)
+        for _ in range(repeat):
+            for k, side in sides.items():
+                times[k].append(side.send(size))
+        default = next(s for k, s in sides.items() if "connections" in k)
+        held = [default.isend(size) for _ in range(repeat)]
+    finally:
+        for side in sides.values():
+            side.close()
+    out = {k: size / statistics.median(t) / 1e9 for k, t in times.items()}
+    out["isend_returns_ms"] = statistics.median(h for h, _ in held) * 1e3
+    out["isend_accepted_ms"] = statistics.median(w for _, w in held) * 1e3
+    return out
+
+
+def parallel_report(certs: str, tls: bool, repeat: int, streams: int) -> dict[str, Any]:
+    variants = {"raw_grpc": None, "splitlink_1_stream": {"streams": 1},
+                f"splitlink_{streams}_streams_{streams}_connections": {"streams": streams, "connections": True},
+                f"splitlink_{streams}_streams_1_connection": {"streams": streams, "connections": False}}
+    ports = free_ports(2 * len(variants))
+    cfgs = {k: {"tls": tls, "certs": certs, "send_addr": f"127.0.0.1:{ports[2 * i]}",
+                "recv_addr": f"127.0.0.1:{ports[2 * i + 1]}", **({"comm": v} if v is not None else {})}
+            for i, (k, v) in enumerate(variants.items())}
+    gbps = measure_parallel(cfgs, 64 * MiB, repeat)
+    held = {k: gbps.pop(k) for k in ("isend_returns_ms", "isend_accepted_ms")}
+    return {"64MiB_GBps": gbps, "ratio_vs_raw_grpc_1_stream": {k: v / gbps["raw_grpc"] for k, v in gbps.items()},
+            "parallel_isend_ms": held}
+
+
+def print_parallel(report: dict[str, Any]) -> None:
+    print(f"64 MiB frames, parallel byte ranges vs ONE raw grpcio stream, same run ({os.cpu_count()} cores); "
+          "GB/s (median) and ratio to raw")
+    for mode, r in report.items():
+        for who, gbps in r["64MiB_GBps"].items():
+            print(f"{mode:<10}{who:<40}{gbps:>9.3f}{r['ratio_vs_raw_grpc_1_stream'][who]:>9.2f}x")
+        h = r["parallel_isend_ms"]
+        print(f"{'':<10}isend of a 64 MiB frame returns in {h['isend_returns_ms']:.2f} ms; "
+              f"accepted by the peer after {h['isend_accepted_ms']:.1f} ms")
+    print("target (issue 17, 16 cores, TLS): parallel >= 3 x one raw grpcio stream\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--parallel-only", action="store_true", help="only the 64 MiB parallel-streams comparison")
+    ap.add_argument("--streams", type=int, default=4, help="streams of the parallel rows (default 4)")
     args = ap.parse_args()
+    streams = args.streams
     report: dict[str, Any] = {}
+    parallel: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as certs:
         make_dev_certs(certs, ["sender", "receiver"])
+        for tls in (True, False):
+            parallel["tls" if tls else "plaintext"] = parallel_report(certs, tls, args.repeat, streams)
+        if args.parallel_only:
+            if args.json:
+                json.dump({"parallel": parallel}, sys.stdout, indent=2)
+                print()
+            else:
+                print_parallel(parallel)
+            return
         for tls in (False, True):
             mode = "tls" if tls else "plaintext"
             p = free_ports(4)
@@ -296,10 +379,12 @@ def main() -> None:
             report[mode] = {"splitlink": ours, "raw_grpc": raw,
                             "ratios": {**{k: ours[k] / raw[k] for k in SIZES},
                                        "rtt_p50": ours["rtt_p50_ms"] / raw["rtt_p50_ms"]}}
+    report["parallel"] = parallel
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
         return
+    print_parallel(report.pop("parallel"))
     print("two processes on 127.0.0.1, 4 MiB chunks; throughput in GB/s (median), latency of a 1 KiB frame echoed back\n")
     print(f"{'mode':<10}{'who':<11}" + "".join(f"{k:>9}" for k in SIZES) + f"{'rtt p50 ms':>12}{'rtt p99 ms':>12}")
     for mode, r in report.items():

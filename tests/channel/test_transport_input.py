@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitlink import ServerConfig, VerticalFederatedCommunicator, wire
+from splitlink.channel.assembly import MAX_RANGES
 from splitlink.channel.protocol import ANNOUNCEMENT as _ANNOUNCE_REQ, MAGIC as _MAGIC, STREAM_HEADER as _HEADER
+from splitlink.channel.protocol import RANGE_HEADER as _RANGE, RANGE_MAGIC as _RANGE_MAGIC
 from splitlink.util import free_ports
 
 SERVICE = "/splitlink.v1.Transport"
@@ -124,6 +126,132 @@ def test_a_peer_answering_in_another_protocol_is_a_clear_error() -> None:
         for tensors in ({"x": torch.ones(4)}, {"x": torch.ones(1 << 16)}):  # SendOne, then a streamed frame
             with pytest.raises(PeerUnavailableError, match="'follower' at 127.0.0.1:.* not a splitlink acknowledgement"):
                 leader.send_tensors("follower", tensors)
+    finally:
+        leader.shutdown()
+        server.stop(0)
+
+
+# ---- SendRange: a frame in byte ranges (transport 1.1) --------------------------------------------
+
+
+def rheader(seq: int, total: int, offset: int, length: int, sender: bytes = b"leader", incarnation: int = 7) -> bytes:
+    """A range header of the fixture's sender process (incarnation 7, as ``header``)."""
+    return _RANGE.pack(_RANGE_MAGIC, incarnation, 0, seq, 0, total, offset, length, len(sender)) + sender
+
+
+def send_range(channel: grpc.Channel, chunks: list[bytes]) -> bytes:
+    return bytes(channel.stream_unary(f"{SERVICE}/SendRange")(iter(chunks), timeout=10))
+
+
+def big_frame(seq: int, n: int = 5000) -> tuple[bytes, torch.Tensor]:
+    x = torch.arange(float(n))
+    return bytes(wire.pack({"x": x}, sender="leader", seq=seq)), x
+
+
+def test_ranges_assemble_in_any_order_and_a_repeated_range_is_written_once(receiver) -> None:  # type: ignore[no-untyped-def]
+    comm, channel, _ = receiver
+    f, x = big_frame(100)
+    a, b = 7000, 13000
+    # out of order: the last range first, the middle one last
+    assert send_range(channel, [rheader(100, len(f), b, len(f) - b), f[b:]]).startswith(b"PART")
+    # the same range again (a retry): taken once, the frame is not completed by double counting
+    assert send_range(channel, [rheader(100, len(f), b, len(f) - b), f[b:]]).startswith(b"PART")
+    assert send_range(channel, [rheader(100, len(f), 0, a), f[:a]]).startswith(b"PART")
+    with pytest.raises(TimeoutError):
+        comm.receive("leader", timeout=0.05)  # incomplete: nothing delivered
+    assert send_range(channel, [rheader(100, len(f), a, b - a), f[a : a + 2000], f[a + 2000 : b]]).startswith(b"OK")
+    assert torch.equal(comm.receive("leader", timeout=5)["x"], x)
+    # a range of a frame already delivered: DUP, nothing delivered again
+    assert send_range(channel, [rheader(100, len(f), 0, a), f[:a]]).startswith(b"DUP")
+    with pytest.raises(TimeoutError):
+        comm.receive("leader", timeout=0.05)
+
+
+def _range_cases(seq: int, f: bytes) -> dict[str, tuple[list[list[bytes]], grpc.StatusCode]]:
+    """name -> (calls before the bad one, all answered PART; the bad call), expected status."""
+    n = len(f)
+    return {
+        "empty stream": ([[]], grpc.StatusCode.INVALID_ARGUMENT),
+        "whole-frame header on SendRange": ([[header(total=n, seq=seq), f]], grpc.StatusCode.INVALID_ARGUMENT),
+        "range past the frame's end": ([[rheader(seq, n, n - 10, 20), b"x" * 20]], grpc.StatusCode.INVALID_ARGUMENT),
+        "offset near 2**64": ([[rheader(seq, n, (1 << 64) - 4, 8), b"x" * 8]], grpc.StatusCode.INVALID_ARGUMENT),
+        "empty range": ([[rheader(seq, n, 0, 0)]], grpc.StatusCode.INVALID_ARGUMENT),
+        "frame above max_frame_bytes": ([[rheader(seq, 2 << 20, 0, 10), b"x" * 10]], grpc.StatusCode.RESOURCE_EXHAUSTED),
+        "unknown sender": ([[rheader(seq, n, 0, 10, sender=b"mallory"), b"x" * 10]], grpc.StatusCode.PERMISSION_DENIED),
+        "range longer than declared": ([[rheader(seq, n, 0, 100), f[:100], f[100:101]]], grpc.StatusCode.INVALID_ARGUMENT),
+        "range shorter than declared": ([[rheader(seq, n, 0, 100), f[:99]]], grpc.StatusCode.INVALID_ARGUMENT),
+        "overlapping ranges": ([[rheader(seq, n, 0, 100), f[:100]], [rheader(seq, n, 50, 100), f[50:150]]],
+                               grpc.StatusCode.INVALID_ARGUMENT),
+        "ranges declaring different frame sizes": ([[rheader(seq, n, 0, 100), f[:100]],
+                                                    [rheader(seq, n + 1, 100, 100), f[100:200]]],
+                                                   grpc.StatusCode.INVALID_ARGUMENT),
+        "too many ranges": ([[rheader(seq, n, i, 1), f[i : i + 1]] for i in range(MAX_RANGES)]
+                            + [[rheader(seq, n, MAX_RANGES, 1), f[MAX_RANGES : MAX_RANGES + 1]]],
+                            grpc.StatusCode.RESOURCE_EXHAUSTED),
+        "assembled bytes are not a frame": ([[rheader(seq, n, 0, n // 2), bytes(n // 2)],
+                                            [rheader(seq, n, n // 2, n - n // 2), bytes(n - n // 2)]],
+                                           grpc.StatusCode.INVALID_ARGUMENT),
+        "assembled frame of another seq": ([[rheader(seq, n, 0, n // 2), big_frame(seq + 1)[0][: n // 2]],
+                                           [rheader(seq, n, n // 2, n - n // 2), big_frame(seq + 1)[0][n // 2 :]]],
+                                          grpc.StatusCode.INVALID_ARGUMENT),
+    }
+
+
+def test_malicious_ranges_are_refused_and_never_reach_the_application(receiver) -> None:  # type: ignore[no-untyped-def]
+    comm, channel, _ = receiver
+    names = list(_range_cases(0, big_frame(0)[0]))
+    for i, name in enumerate(names):
+        seq = 200 + i  # a fresh frame per case (a newer seq abandons the previous case's partial frame)
+        f = big_frame(seq)[0]
+        calls, code = _range_cases(seq, f)[name]
+        for chunks in calls[:-1]:
+            assert send_range(channel, chunks).startswith(b"PART"), name
+        with pytest.raises(grpc.RpcError) as err:
+            send_range(channel, calls[-1])
+        assert err.value.code() == code, (name, err.value)
+        assert err.value.details(), name
+        with pytest.raises(TimeoutError):
+            comm.receive("leader", timeout=0.01)
+    # the channel still takes honest frames, whole and in ranges
+    f, x = big_frame(300)
+    assert send_range(channel, [rheader(300, len(f), 0, 4096), f[:4096]]).startswith(b"PART")
+    assert send_range(channel, [rheader(300, len(f), 4096, len(f) - 4096), f[4096:]]).startswith(b"OK")
+    assert torch.equal(comm.receive("leader", timeout=5)["x"], x)
+
+
+def test_an_older_range_after_a_newer_frame_is_refused(receiver) -> None:  # type: ignore[no-untyped-def]
+    comm, channel, _ = receiver
+    f = big_frame(401)[0]
+    assert send_range(channel, [rheader(401, len(f), 0, 100), f[:100]]).startswith(b"PART")
+    with pytest.raises(grpc.RpcError) as err:  # seq 400 is older than the frame in assembly
+        send_range(channel, [rheader(400, len(f), 0, 100), f[:100]])
+    assert err.value.code() == grpc.StatusCode.ABORTED and "superseded" in err.value.details()
+    with pytest.raises(TimeoutError):
+        comm.receive("leader", timeout=0.01)
+
+
+def test_a_peer_without_ranges_is_a_clear_error() -> None:
+    """A 1.1 sender and a 1.0 receiver (no SendRange): the sender says to upgrade or use streams=1."""
+    from concurrent import futures
+
+    from splitlink import PeerUnavailableError
+    from splitlink.channel.protocol import Ack
+
+    lp, fp = free_ports(2)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handlers = {"SendOne": grpc.unary_unary_rpc_method_handler(lambda req, ctx: Ack(b"OK", 5).encode()),
+                "Send": grpc.stream_unary_rpc_method_handler(lambda it, ctx: [None for _ in it] and Ack(b"OK", 5).encode()),
+                "Announce": grpc.unary_unary_rpc_method_handler(lambda req, ctx: struct.pack("<Q", 5))}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("splitlink.v1.Transport", handlers),))
+    server.add_insecure_port(f"127.0.0.1:{fp}")
+    server.start()
+    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
+                                           ServerConfig("follower", f"127.0.0.1:{fp}"), chunk_size=1 << 16,
+                                           parallel_threshold=1 << 17, streams=2).launch()
+    try:
+        leader.send_tensors("follower", {"x": torch.ones(1 << 10)})  # small: one message, as before
+        with pytest.raises(PeerUnavailableError, match="older splitlink.*streams=1"):
+            leader.send_tensors("follower", {"x": torch.ones(1 << 16)})
     finally:
         leader.shutdown()
         server.stop(0)

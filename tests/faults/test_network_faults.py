@@ -187,3 +187,62 @@ def test_sender_killed_mid_send_delivers_nothing_partial_and_its_restart_is_anno
     finally:
         leader.shutdown()
         proxy.close()
+
+
+# ---- large frames in parallel byte ranges (SendRange) through the same faults ---------------------
+
+
+def parallel_parties(certs: Path, connections: bool) -> tuple[VerticalFederatedCommunicator, VerticalFederatedCommunicator,
+                                                              FaultProxy]:
+    """As ``parties``, but the follower sends its 1 MiB frames as 4 parallel ranges of 256 KiB chunks."""
+    lp, fp = free_port(), free_port()
+    proxy = FaultProxy(lp)
+    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
+                                           ServerConfig("follower", f"127.0.0.1:{fp}"), enable_ssl=True,
+                                           ssl_config=ssl_for(certs, "leader"), retry_deadline=20)
+    follower = VerticalFederatedCommunicator(ServerConfig("follower", f"127.0.0.1:{fp}"),
+                                             ServerConfig("leader", proxy.address), enable_ssl=True,
+                                             ssl_config=ssl_for(certs, "follower"), retry_deadline=20,
+                                             chunk_size=256 << 10, parallel_threshold=512 << 10, streams=4,
+                                             connections=connections)
+    return leader.launch(), follower.launch(), proxy
+
+
+@pytest.mark.parametrize("connections", [True, False], ids=["connection-per-stream", "one-connection"])
+def test_parallel_ranges_survive_cut_connections_exactly_once_in_order(certs: Path, connections: bool) -> None:
+    leader, follower, proxy = parallel_parties(certs, connections)
+    try:
+        sent = frames(10)
+        got: list[dict] = []
+        t = threading.Thread(target=lambda: got.extend(receive_all(leader, len(sent))))
+        t.start()
+        works = []
+        for i, f in enumerate(sent):
+            if i in (3, 7):
+                proxy.cut(0.5)  # every connection dropped mid-frame, new ones refused for half a second
+            works.append(follower.isend("leader", f))
+        for w in works:
+            w.wait(60)
+        t.join(60)
+        assert proxy.connections >= 3
+        assert_exact(got, sent, leader)
+    finally:
+        follower.shutdown()
+        leader.shutdown()
+        proxy.close()
+
+
+def test_parallel_ranges_corrupted_in_flight_are_resent(certs: Path) -> None:
+    leader, follower, proxy = parallel_parties(certs, connections=True)
+    try:
+        sent = frames(4)
+        follower.send_tensors("leader", sent[0])
+        proxy.corrupt_after = proxy.forwarded + 600_000  # inside the second frame's ranges
+        for f in sent[1:]:
+            follower.send_tensors("leader", f)
+        assert proxy.corrupted == 1
+        assert_exact(receive_all(leader, 4), sent, leader)
+    finally:
+        follower.shutdown()
+        leader.shutdown()
+        proxy.close()

@@ -6,6 +6,8 @@
 * ``retry``: the one retry/backoff policy every repeated call uses.
 * ``keys``: session keys for sealed frames (X25519 agreement per peer).
 * ``inbox``: the bounded, exactly-once receive queue of one peer, and its restarts.
+* ``assembly``: frames that arrive as byte ranges over parallel calls, assembled in one buffer.
+* ``work``: ``Work`` (what ``isend``/``irecv`` return) and the per-peer queues behind them.
 * ``identity``: the certificate identity check, a gRPC server interceptor.
 * ``communicator``: ``VerticalFederatedCommunicator`` (gRPC) and the one place that creates its
   servers and channels (``GrpcEndpoints``).
@@ -19,6 +21,7 @@ from splitlink.channel.communicator import VerticalFederatedCommunicator
 from splitlink.channel.config import ServerConfig, SSLConfig
 from splitlink.channel.errors import PeerClosedError, PeerRestartedError, PeerUnavailableError
 from splitlink.channel.inprocess import InProcessCommunicator
+from splitlink.channel.work import FrameNotSentError, Work
 
 __all__ = [
     "ServerConfig",
@@ -28,4 +31,6 @@ __all__ = [
     "PeerUnavailableError",
     "PeerClosedError",
     "PeerRestartedError",
+    "Work",
+    "FrameNotSentError",
 ]

@@ -11,6 +11,18 @@
 * **Streaming.** A frame travels as a client-streaming RPC of ``chunk_size`` pieces (4 MiB by
   default, the best measured here), so frames beyond protobuf's 2 GiB limit work and no base64 is
   involved. The receiver writes chunks straight into one pooled buffer; tensors view it.
+* **Parallel streams.** A frame above ``parallel_threshold`` (8 MiB) is split into ``streams``
+  contiguous byte ranges of whole chunks, sent at once as ``SendRange`` calls, each on its own
+  connection (``connections=True``: TLS of each on its own core) or all on one HTTP/2 connection.
+  Chunks are made from tensor memory as each call consumes them, so packing overlaps sending. The
+  receiver writes each range at its offset into one pooled buffer and queues the frame when all
+  ranges arrived; ranges are validated and retried one by one (``splitlink.channel.assembly``).
+  ``streams`` defaults to one per two cores, at most 4; ``streams=1`` sends every frame as one
+  stream (and talks to peers older than transport 1.1).
+* **Asynchronous sends, posted receives.** ``isend`` returns a ``Work`` (``wait()``,
+  ``is_completed()``) and packs and sends on a background thread per peer, in order, with at most
+  ``max_inflight`` frames pending per peer (the next ``isend`` blocks); ``flush()`` waits for them and
+  ``shutdown()`` flushes first. ``irecv`` posts a receive ahead (``splitlink.channel.work``).
 * **Exactly once.** Every frame carries (sender, sender incarnation, seq); the incarnation is
   random per process, so a restarted sender's sequence numbers are not taken for duplicates. A
   sender retries on UNAVAILABLE and
@@ -45,6 +57,7 @@ The messages on the wire are encoded and decoded in ``splitlink.channel.protocol
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,10 +72,12 @@ from splitlink.channel import protocol
 from splitlink.channel.config import ServerConfig, SSLConfig, is_loopback, revoked_serials
 from splitlink.channel.errors import PeerRestartedError, PeerUnavailableError
 from splitlink.channel.identity import CertificateIdentityInterceptor
+from splitlink.channel.assembly import Assembler, RangeRefused
 from splitlink.channel.inbox import Inbox
 from splitlink.channel.keys import KeySession
 from splitlink.channel.protocol import ProtocolError
 from splitlink.channel.retry import RetryGaveUp, RetryPolicy
+from splitlink.channel.work import ReceiveQueue, SendQueue, Work
 from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CryptoError, SplitlinkError
 
@@ -71,6 +86,11 @@ __all__ = ["VerticalFederatedCommunicator", "GrpcEndpoints", "MiB"]
 logger = logging.getLogger(__name__)
 
 MiB = 1 << 20
+# Streams (ranges) per large frame: one per two cores, at most 4. Measured (benchmarks/bench_channel.py,
+# 64 MiB frames over loopback, where both parties share the cores): on 2 cores parallel ranges are
+# slower than one stream (each stream's TLS and copies need a core on each side), so a 2-core machine
+# sends one stream; issue 17 measures the 16-core case.
+DEFAULT_STREAMS = max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 class _RekeyNeeded(Exception):
@@ -126,13 +146,18 @@ class GrpcEndpoints:
             return server, server.add_secure_port(address, creds)
         return server, server.add_insecure_port(address)
 
-    def channel(self, address: str, peer: str) -> grpc.Channel:
-        """A channel to the party ``peer`` at ``address`` (connects lazily)."""
+    def channel(self, address: str, peer: str, connection: int = 0) -> grpc.Channel:
+        """A channel to the party ``peer`` at ``address`` (connects lazily). Channels of different
+        ``connection`` numbers have connections (and TLS sessions) of their own: gRPC shares one
+        connection between channels of equal options unless told to keep a pool per channel."""
+        options = self.options()
+        if connection:
+            options += [("grpc.use_local_subchannel_pool", 1), ("splitlink.connection", connection)]
         if self.pem is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=self.pem["ca"], private_key=self.pem["client_key"],
                                                  certificate_chain=self.pem["client_cert"])
-            return grpc.secure_channel(address, creds, options=self.options() + [("grpc.ssl_target_name_override", peer)])
-        return grpc.insecure_channel(address, options=self.options())
+            return grpc.secure_channel(address, creds, options=options + [("grpc.ssl_target_name_override", peer)])
+        return grpc.insecure_channel(address, options=options)
 
 
 class VerticalFederatedCommunicator:
@@ -156,6 +181,10 @@ class VerticalFederatedCommunicator:
         seal: bool = False,
         cipher: str | None = None,
         min_bandwidth: float = 4 * MiB,
+        streams: int | None = None,
+        parallel_threshold: int = 8 * MiB,
+        connections: bool = True,
+        max_inflight: int = 2,
     ) -> None:
         remotes = [remote_server_config] if isinstance(remote_server_config, ServerConfig) else list(remote_server_config)
         if not remotes:
@@ -175,6 +204,19 @@ class VerticalFederatedCommunicator:
                 )
         if not MiB // 16 <= chunk_size <= 512 * MiB:
             raise ValueError(f"chunk_size must be 64 KiB..512 MiB, got {chunk_size}")
+        if streams is None:
+            streams = DEFAULT_STREAMS
+        if not 1 <= streams <= 64:
+            raise ValueError(f"streams must be 1..64 parallel streams per large frame, got {streams}")
+        if parallel_threshold < chunk_size:
+            raise ValueError(f"parallel_threshold ({parallel_threshold}) must be >= chunk_size ({chunk_size}): "
+                             "frames are split into ranges of whole chunks")
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1 frame per peer, got {max_inflight}")
+        self.streams = streams
+        self.parallel_threshold = parallel_threshold
+        self.connections = connections
+        self.max_inflight = max_inflight
         self.me = http_server_config
         self.peers = {r.server_name: r for r in remotes}
         self.enable_ssl = enable_ssl
@@ -197,6 +239,11 @@ class VerticalFederatedCommunicator:
         self._hello_stubs: dict[str, Any] = {}
         self._announce_stubs: dict[str, Any] = {}
         self._one_stubs: dict[str, Any] = {}
+        self._range_stubs: dict[str, list[Any]] = {}
+        self._assembler = Assembler()
+        self._range_pool: futures.ThreadPoolExecutor | None = None
+        self._sends = {name: SendQueue(name, max_inflight, self._send_now, f"splitlink-isend-{name}") for name in self.peers}
+        self._receives = {name: ReceiveQueue(name, f"splitlink-irecv-{name}") for name in self.peers}
         # Frames in flight are reused once released (fresh memory is first touched at ~2 GB/s here,
         # reused memory copied at 6-17 GB/s); the pool may keep what the receive queue may hold, so a
         # steady stream of 1 GiB frames reuses its buffers too (the pool's own default keeps 1 GiB).
@@ -217,6 +264,7 @@ class VerticalFederatedCommunicator:
             raise RuntimeError("launch() was already called")
         methods = {"Send": grpc.stream_unary_rpc_method_handler(self._handle),
                    "SendOne": grpc.unary_unary_rpc_method_handler(self._handle_one),
+                   "SendRange": grpc.stream_unary_rpc_method_handler(self._handle_range),
                    "Announce": grpc.unary_unary_rpc_method_handler(self._announced)}
         if self.seal:
             self._keys.start()
@@ -231,11 +279,14 @@ class VerticalFederatedCommunicator:
         endpoints = GrpcEndpoints(self.chunk_size, self.keepalive_s, pem)
         server, port = endpoints.server(self.me.server_address,
                                         grpc.method_handlers_generic_handler(protocol.SERVICE, methods),
-                                        workers=4 + 2 * len(self.peers), interceptors=interceptors)
+                                        workers=4 + (2 + max(self.streams, 8)) * len(self.peers), interceptors=interceptors)
         if port == 0:
             raise OSError(f"cannot listen on {self.me.server_address} for '{self.me.server_name}' (address in use?)")
         server.start()
         self._server = server
+        if self.streams > 1:
+            self._range_pool = futures.ThreadPoolExecutor(self.streams * len(self.peers),
+                                                          thread_name_prefix="splitlink-range")
         for name, cfg in self.peers.items():
             channel = endpoints.channel(cfg.server_address, name)
             self._channels[name] = channel
@@ -243,13 +294,37 @@ class VerticalFederatedCommunicator:
             self._one_stubs[name] = channel.unary_unary(protocol.SEND_ONE)
             self._hello_stubs[name] = channel.unary_unary(protocol.HELLO)
             self._announce_stubs[name] = channel.unary_unary(protocol.ANNOUNCE)
+            if self.streams > 1:
+                # One connection per stream (TLS of each on its own core), or all streams on the one
+                # connection (HTTP/2 multiplexing); see bench_channel.py for which is faster.
+                extra = [endpoints.channel(cfg.server_address, name, i) for i in range(1, self.streams)] \
+                    if self.connections else []
+                self._channels.update({f"{name}#{i}": c for i, c in enumerate(extra, 1)})
+                self._range_stubs[name] = [c.stream_unary(protocol.SEND_RANGE) for c in [channel] + extra]
             threading.Thread(target=self._announce, args=(name,), name=f"splitlink-announce-{name}", daemon=True).start()
         logger.info("[%s] listening on %s (%s)", self.me.server_name, self.me.server_address,
                     "mutual TLS" if self.enable_ssl else "plaintext, loopback")
         return self
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until every ``isend`` frame was accepted by its peer; raises the first error nobody saw."""
+        for sends in self._sends.values():
+            sends.flush(timeout)
+
     def shutdown(self, grace: float = 2.0) -> None:
+        """Waits (up to ``retry_deadline``) for ``isend`` frames still in flight, then closes."""
+        if self._server is not None and not self._closed.is_set():
+            for sends in self._sends.values():
+                try:
+                    sends.flush(self.retry_deadline)
+                except Exception as e:  # noqa: BLE001 - shutting down: report, do not raise
+                    logger.warning("[%s] frames to '%s' not delivered at shutdown: %s", self.me.server_name,
+                                   sends.peer, e)
         self._closed.set()
+        for sends in self._sends.values():
+            sends.close()
+        if self._range_pool is not None:
+            self._range_pool.shutdown(wait=False)
         for inbox in self._inboxes.values():
             inbox.close()
         for channel in self._channels.values():
@@ -288,11 +363,33 @@ class VerticalFederatedCommunicator:
         """Sends a (nested) mapping of tensors; returns once the peer accepted it into its queue.
 
         ``kind`` labels the frame (authenticated with it when sealed), e.g. ``"psi"`` for set
-        intersection messages; ``receive(..., kind=...)`` checks it."""
-        if target_server_name not in self.peers:
-            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        intersection messages; ``receive(..., kind=...)`` checks it. Frames still in flight from
+        ``isend`` go first (order is kept per peer)."""
+        self._check_send(target_server_name)
+        sends = self._sends[target_server_name]
+        if sends.pending:
+            sends.flush()
+        sends.raise_unseen_error()
+        self._send_now(target_server_name, tensors, step, kind)
+
+    def isend(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
+              kind: str = "tensors") -> Work:
+        """``send_tensors`` without waiting: returns a ``Work`` whose ``wait()`` returns once the peer
+        accepted the frame (or raises why not). A background thread packs and sends; frames to a peer
+        go in the order of the calls. At most ``max_inflight`` frames per peer are pending: the next
+        call blocks until one is accepted. Do not modify the tensors before ``wait()`` returns."""
+        self._check_send(target_server_name)
+        return self._sends[target_server_name].submit(target_server_name, tensors, step, kind)
+
+    def _check_send(self, peer: str) -> None:
+        if peer not in self.peers:
+            raise ValueError(f"unknown peer {peer!r}; peers: {', '.join(self.peers)}")
         if self._server is None:
             raise RuntimeError("call launch() before send_tensors()")
+        if self._closed.is_set():
+            raise RuntimeError("the communicator was shut down")
+
+    def _send_now(self, target_server_name: str, tensors: Mapping[str, Any], step: int | None, kind: str) -> None:
         with self._send_locks[target_server_name]:
             for attempt in range(3):
                 self._seq[target_server_name] += 1
@@ -346,6 +443,8 @@ class VerticalFederatedCommunicator:
     def _send_frame(self, peer: str, seq: int, step: int, frame: Any) -> None:
         inbox = self._inboxes[peer]
         total = frame.nbytes
+        if total > self.parallel_threshold and peer in self._range_stubs:
+            return self._send_ranges(peer, seq, step, frame)
         header = protocol.StreamHeader(self.me.server_name, self._incarnation, inbox.told or 0, seq, step, total).encode()
         timeout = self.attempt_timeout(total)
 
@@ -372,16 +471,89 @@ class VerticalFederatedCommunicator:
             if self.seal and e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
                 raise _RekeyNeeded(_status(e)) from None
             raise PeerUnavailableError(f"{self._where(peer)} refused frame seq {seq}: {_status(e)}") from None
+        self._acknowledged(peer, seq, [ack])
+
+    def _acknowledged(self, peer: str, seq: int, acks: Sequence[bytes]) -> None:
+        """Handles the answers to a frame's call(s): one per call; ranges answer PART but the last."""
+        inbox = self._inboxes[peer]
         try:
-            answer = protocol.Ack.decode(ack)
+            answers = [protocol.Ack.decode(ack) for ack in acks]
         except ProtocolError as e:
             raise PeerUnavailableError(f"{self._where(peer)} {e}: is it running the same splitlink version?") from None
+        final = [a for a in answers if a.status != protocol.ACK_PART]
+        if not final:
+            raise PeerUnavailableError(f"{self._where(peer)} stored every range of frame seq {seq} but never "
+                                       "completed it: is it running the same splitlink version?")
+        answer = next((a for a in final if a.status == protocol.ACK_STALE), final[0])
         if answer.status == protocol.ACK_STALE:
             inbox.acknowledge(answer.incarnation)
             raise PeerRestartedError(peer, f"frame seq {seq} was meant for its previous process")
         inbox.learn(answer.incarnation)
         if answer.status == protocol.ACK_DUP:
             logger.info("[%s] frame seq %d to '%s' was already delivered (retry)", self.me.server_name, seq, peer)
+
+    def _ranges(self, total: int) -> list[tuple[int, int]]:
+        """(offset, length) of the ranges a frame of ``total`` bytes is sent in: whole chunks, split as
+        evenly as the chunk count allows over ``streams`` ranges."""
+        chunks = -(-total // self.chunk_size)
+        parts = min(self.streams, chunks)
+        bounds = [chunks * i // parts * self.chunk_size for i in range(parts)] + [total]
+        return [(bounds[i], min(bounds[i + 1], total) - bounds[i]) for i in range(parts)]
+
+    def _send_ranges(self, peer: str, seq: int, step: int, frame: Any) -> None:
+        """Sends ``frame`` as parallel ``SendRange`` calls, one per range, each on its own stream (and
+        connection, with ``connections=True``); chunks are produced as the call consumes them, so
+        packing overlaps sending; each range is retried on its own; the receiver assembles them."""
+        inbox = self._inboxes[peer]
+        total = frame.nbytes
+        timeout = self.attempt_timeout(total)
+        chunk_lock = threading.Lock()  # FrameChunks.chunk is not safe to call from several threads at once
+        stubs = self._range_stubs[peer]
+        meant_for = inbox.told or 0
+
+        def chunks(offset: int, length: int) -> Iterator[bytes]:
+            yield protocol.RangeHeader(self.me.server_name, self._incarnation, meant_for, seq, step, total,
+                                       offset, length).encode()
+            for off in range(offset, offset + length, self.chunk_size):
+                if isinstance(frame, memoryview):  # a sealed frame
+                    yield bytes(frame[off : min(off + self.chunk_size, offset + length)])
+                else:
+                    with chunk_lock:
+                        piece = frame.chunk(off // self.chunk_size)
+                    yield piece
+
+        def send_range(index: int, offset: int, length: int) -> bytes:
+            stub = stubs[index % len(stubs)]
+            return self._retry().call(
+                lambda: bytes(stub(chunks(offset, length), wait_for_ready=False, timeout=timeout)),
+                stop=self._closed, on_retry=lambda n, e, d: logger.warning(
+                    "[%s] range %d of frame seq %d to '%s' failed (%s); retry %d in %.2f s", self.me.server_name,
+                    index, seq, peer, _status(e).partition(":")[0], n, d))
+
+        assert self._range_pool is not None
+        pending = [self._range_pool.submit(send_range, i, o, n) for i, (o, n) in enumerate(self._ranges(total))]
+        acks: list[bytes] = []
+        errors: list[BaseException] = []
+        for f in pending:
+            try:
+                acks.append(f.result())
+            except BaseException as e:  # noqa: BLE001 - the first error is raised below
+                errors.append(e)
+        if errors:
+            e = errors[0]
+            if isinstance(e, RetryGaveUp):
+                raise PeerUnavailableError(f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
+                                           f"({e.attempts} attempts; last: {_status(e.last)})") from None
+            if isinstance(e, grpc.RpcError):
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    raise PeerUnavailableError(
+                        f"{self._where(peer)} does not accept frames in parallel ranges ({_status(e)}): it runs an "
+                        "older splitlink. Upgrade it, or pass streams=1 to this party's communicator") from None
+                if self.seal and e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise _RekeyNeeded(_status(e)) from None
+                raise PeerUnavailableError(f"{self._where(peer)} refused frame seq {seq}: {_status(e)}") from None
+            raise e
+        self._acknowledged(peer, seq, acks)
 
     def _announce(self, peer: str) -> None:
         """Tells ``peer`` which process this is (and learns which process it is), retrying until it
@@ -469,6 +641,11 @@ class VerticalFederatedCommunicator:
         if pos != total:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame of {pos} bytes, declared {total}")
         del view
+        return self._deliver(sender, head.incarnation, seq, buf, context)
+
+    def _deliver(self, sender: str, incarnation: int, seq: int, buf: Any, context: grpc.ServicerContext) -> bytes:
+        """A complete frame from the network: opened (sealed), checked against its stream header, queued."""
+        inbox = self._inboxes[sender]
         if self.seal:
             opener = self._keys.opener(sender)
             if opener is None:
@@ -483,8 +660,62 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if origin != (sender, seq):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
-        status = protocol.ACK_OK if inbox.put(head.incarnation, seq, buf) else protocol.ACK_DUP
+        status = protocol.ACK_OK if inbox.put(incarnation, seq, buf) else protocol.ACK_DUP
         return protocol.Ack(status, self._incarnation).encode()
+
+    def _handle_range(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """One range of a frame sent in parallel ranges (``SendRange``); see ``assembly``."""
+        try:
+            head = protocol.RangeHeader.decode(next(request_iterator))
+        except StopIteration:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+        except ProtocolError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        sender, seq, total = head.sender, head.seq, head.total
+        if sender not in self._inboxes:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {sender!r}")
+        if total > self.max_frame_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {total} bytes exceeds max_frame_bytes")
+        inbox = self._inboxes[sender]
+        if head.meant_for not in (0, self._incarnation):
+            for _ in request_iterator:  # drain: meant for this party's previous process
+                pass
+            inbox.see(head.incarnation)
+            return protocol.Ack(protocol.ACK_STALE, self._incarnation).encode()
+        if inbox.is_duplicate(head.incarnation, seq):
+            for _ in request_iterator:  # drain: the frame was delivered (a retried range)
+                pass
+            return protocol.Ack(protocol.ACK_DUP, self._incarnation).encode()
+        token: object | None = None
+        assembly = None
+        try:
+            assembly = self._assembler.begin(sender, head.incarnation, seq, total, context.is_active,
+                                             inbox.wait_for_room, self._pool.acquire)
+            token = assembly.claim(head.offset, head.length)
+            if token is None:
+                for _ in request_iterator:  # drain: this range already arrived (a retried range)
+                    pass
+                return protocol.Ack(protocol.ACK_PART, self._incarnation).encode()
+            pos = 0
+            for chunk in request_iterator:
+                end = pos + len(chunk)
+                if end > head.length:
+                    raise RangeRefused("INVALID_ARGUMENT", f"range longer than its declared {head.length} bytes")
+                assembly.write(head.offset, token, pos, chunk)
+                pos = end
+            if pos != head.length:
+                raise RangeRefused("INVALID_ARGUMENT", f"range of {pos} bytes, declared {head.length}")
+            complete = assembly.finish(head.offset, token)
+            token = None
+        except RangeRefused as e:
+            context.abort(getattr(grpc.StatusCode, e.code), str(e))
+        finally:
+            if token is not None and assembly is not None:
+                assembly.release(head.offset, token)  # failed: the range is free for the sender's retry
+        if not complete:
+            return protocol.Ack(protocol.ACK_PART, self._incarnation).encode()
+        self._assembler.finish(sender, assembly)
+        return self._deliver(sender, head.incarnation, seq, assembly.buf, context)
 
     def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
                 with_kind: bool = False) -> Any:
@@ -494,8 +725,24 @@ class VerticalFederatedCommunicator:
         ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind)."""
         if target_server_name not in self._inboxes:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        frame = wire.unpack(self._inboxes[target_server_name].get(timeout))
-        protocol.check_kind(frame.kind, kind, target_server_name)
+        posted = self._receives[target_server_name]
+        if posted.pending:  # receives posted ahead take the frames first
+            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind).wait()
+        return self._receive_now(target_server_name, timeout, kind, with_kind)
+
+    def irecv(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
+              with_kind: bool = False) -> Work:
+        """Posts a receive ahead: a ``Work`` whose ``wait()`` returns what ``receive`` would (or raises
+        its error). Posted receives take the peer's frames in the order they were posted, and frames
+        are unpacked on a background thread."""
+        if target_server_name not in self._inboxes:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        return self._receives[target_server_name].post(
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind))
+
+    def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool) -> Any:
+        frame = wire.unpack(self._inboxes[peer].get(timeout))
+        protocol.check_kind(frame.kind, kind, peer)
         return (frame.kind, frame.tensors) if with_kind else frame.tensors
 
 

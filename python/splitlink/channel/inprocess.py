@@ -9,6 +9,7 @@ from splitlink import wire
 from splitlink.channel.config import ServerConfig
 from splitlink.channel.inbox import Inbox
 from splitlink.channel.protocol import check_kind
+from splitlink.channel.work import ReceiveQueue, Work
 from splitlink.codec import CompressConfig, ErrorFeedback
 
 __all__ = ["InProcessCommunicator"]
@@ -20,6 +21,10 @@ class InProcessCommunicator:
     Tensors pass by reference, or with ``through_codecs=True`` through the real pack/unpack path
     (compression included), to study compression effects without processes. Create one per party
     with a shared ``hub`` dict.
+
+    ``isend``/``irecv``/``flush`` work as the gRPC communicator's: a send is complete as soon as the
+    frame is in the peer's queue (immediately here, so ``isend`` returns a completed ``Work``);
+    posted receives take frames in the order they were posted.
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class InProcessCommunicator:
         self.through_codecs = through_codecs
         self._hub = hub
         self._feedback = {p: ErrorFeedback() for p in self.peers}
+        self._receives = {p: ReceiveQueue(p, f"splitlink-irecv-{p}") for p in self.peers}
         hub.setdefault("queues", {})
         for p in self.peers:
             hub["queues"].setdefault((p, self.me), Inbox(p, 1 << 30, 1 << 62))
@@ -68,6 +74,24 @@ class InProcessCommunicator:
             payload = (kind, tensors)
         inbox.append(payload)
 
+    def isend(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
+              kind: str = "tensors") -> Work:
+        """As ``VerticalFederatedCommunicator.isend``; the frame is queued at once (an error is raised
+        by ``wait()``, as there)."""
+        work = Work(f"isend to '{target_server_name}'")
+        try:
+            self.send_tensors(target_server_name, tensors, step=step, kind=kind)
+        except ValueError:
+            raise  # a bad argument, not a failed send: raised at the call, as by the gRPC communicator
+        except Exception as e:  # noqa: BLE001 - handed to the application by wait()
+            work._resolve(error=e)
+        else:
+            work._resolve(None)
+        return work
+
+    def flush(self, timeout: float | None = None) -> None:
+        """As ``VerticalFederatedCommunicator.flush`` (nothing is ever in flight here)."""
+
     def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
                 with_kind: bool = False, device: Any = None) -> Any:
         """As ``VerticalFederatedCommunicator.receive``. ``device`` (e.g. ``"cuda:0"``) places the
@@ -75,6 +99,19 @@ class InProcessCommunicator:
         by reference, each tensor is moved (``.to(device)``, a no-op for one already there)."""
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        if self._receives[target_server_name].pending:  # receives posted ahead take the frames first
+            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind).wait()
+        return self._receive_now(target_server_name, timeout, kind, with_kind)
+
+    def irecv(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
+              with_kind: bool = False) -> Work:
+        """As ``VerticalFederatedCommunicator.irecv``."""
+        if target_server_name not in self.peers:
+            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
+        return self._receives[target_server_name].post(
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind))
+
+    def _receive_now(self, target_server_name: str, timeout: float | None, kind: str | None, with_kind: bool) -> Any:
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         if self.through_codecs:
             frame = wire.unpack(payload, device=device)

@@ -19,14 +19,18 @@ from splitlink import wire
 from splitlink.errors import WireError
 
 __all__ = [
-    "SERVICE", "SEND", "SEND_ONE", "HELLO", "ANNOUNCE", "MAGIC", "STREAM_HEADER", "ANNOUNCEMENT", "INCARNATION",
-    "PUBLIC_KEY_BYTES", "ProtocolError", "StreamHeader", "Announcement", "Hello", "Ack", "ACK_OK", "ACK_DUP",
-    "ACK_STALE", "encode_incarnation", "decode_incarnation", "frame_origin", "claimed_party", "check_kind",
+    "SERVICE", "SEND", "SEND_ONE", "SEND_RANGE", "HELLO", "ANNOUNCE", "MAGIC", "RANGE_MAGIC", "STREAM_HEADER",
+    "RANGE_HEADER", "ANNOUNCEMENT", "INCARNATION", "PUBLIC_KEY_BYTES", "ProtocolError", "StreamHeader", "RangeHeader",
+    "Announcement", "Hello", "Ack", "ACK_OK", "ACK_DUP", "ACK_STALE", "ACK_PART", "encode_incarnation",
+    "decode_incarnation", "frame_origin", "claimed_party", "check_kind",
 ]
 
 SERVICE = "splitlink.v1.Transport"
 SEND = f"/{SERVICE}/Send"  # client stream: a StreamHeader, then the frame in chunks
 SEND_ONE = f"/{SERVICE}/SendOne"  # a frame that fits one chunk: StreamHeader and frame in one message
+# client stream: a RangeHeader, then the bytes [offset, offset + length) of a frame; the ranges of one
+# frame travel as parallel calls and the receiver assembles them (added in transport version 1.1)
+SEND_RANGE = f"/{SERVICE}/SendRange"
 HELLO = f"/{SERVICE}/Hello"  # X25519 public keys, when frames are sealed
 ANNOUNCE = f"/{SERVICE}/Announce"  # which process a party is (sent at launch)
 
@@ -34,11 +38,16 @@ MAGIC = b"SLC2"
 # magic, sender incarnation, receiver incarnation the frame is meant for (0: not known yet), seq, step,
 # total bytes, sender name length; the sender's name follows.
 STREAM_HEADER = struct.Struct("<4sQQQQQH")
+# The same fields as STREAM_HEADER, then the range's offset and length in the frame; its own magic, so
+# no receiver can take a range for a whole frame or the reverse.
+RANGE_MAGIC = b"SLR1"
+RANGE_HEADER = struct.Struct("<4sQQQQQQQH")
 ANNOUNCEMENT = struct.Struct("<4sQH")  # magic, incarnation, name length; the name follows
 _NAME_LEN = struct.Struct("<H")  # Hello: name length; the name and the public key follow
 INCARNATION = struct.Struct("<Q")
 PUBLIC_KEY_BYTES = 32  # X25519
 ACK_OK, ACK_DUP, ACK_STALE = b"OK", b"DUP", b"STALE"
+ACK_PART = b"PART"  # SendRange only: the range is stored, the frame is not complete yet
 _U64 = 0xFFFFFFFFFFFFFFFF
 
 
@@ -76,6 +85,38 @@ class StreamHeader:
         if end > len(buf):
             raise ProtocolError("chunk header longer than the message")
         return cls(_name(buf[STREAM_HEADER.size : end]), incarnation, meant_for, seq, step, total), end
+
+
+@dataclass(frozen=True)
+class RangeHeader:
+    """First message of a ``SendRange`` stream: which frame (as ``StreamHeader``) and which of its bytes
+    follow. Decoding checks the range lies inside the frame (0 < length, offset + length <= total)."""
+
+    sender: str
+    incarnation: int
+    meant_for: int
+    seq: int
+    step: int
+    total: int  # bytes of the whole frame
+    offset: int  # where this range starts in the frame
+    length: int  # bytes of this range (the stream's further messages, concatenated)
+
+    def encode(self) -> bytes:
+        name = self.sender.encode()
+        return RANGE_HEADER.pack(RANGE_MAGIC, self.incarnation, self.meant_for, self.seq, self.step & _U64, self.total,
+                                 self.offset, self.length, len(name)) + name
+
+    @classmethod
+    def decode(cls, buf: Any) -> RangeHeader:
+        if len(buf) < RANGE_HEADER.size or bytes(buf[:4]) != RANGE_MAGIC:
+            what = "a whole-frame header" if bytes(buf[:4]) == MAGIC else "not a splitlink range header"
+            raise ProtocolError(f"range stream starts with {what} (expected magic {RANGE_MAGIC!r})")
+        _, incarnation, meant_for, seq, step, total, offset, length, name_len = RANGE_HEADER.unpack_from(buf)
+        if RANGE_HEADER.size + name_len != len(buf):
+            raise ProtocolError("range header length does not match its name length")
+        if length == 0 or offset + length > total:
+            raise ProtocolError(f"range [{offset}, {offset + length}) is empty or outside the {total}-byte frame")
+        return cls(_name(buf[RANGE_HEADER.size :]), incarnation, meant_for, seq, step, total, offset, length)
 
 
 @dataclass(frozen=True)
@@ -123,8 +164,9 @@ class Hello:
 
 @dataclass(frozen=True)
 class Ack:
-    """Answer to ``Send``/``SendOne``: OK (queued), DUP (already had it) or STALE (meant for this party's
-    previous process), then the receiver's incarnation."""
+    """Answer to ``Send``/``SendOne``/``SendRange``: OK (queued), DUP (already had it), STALE (meant for
+    this party's previous process) or, to ``SendRange`` only, PART (range stored, frame incomplete),
+    then the receiver's incarnation."""
 
     status: bytes
     incarnation: int
@@ -135,7 +177,7 @@ class Ack:
     @classmethod
     def decode(cls, buf: Any) -> Ack:
         status = bytes(buf[: -INCARNATION.size])
-        if len(buf) <= INCARNATION.size or status not in (ACK_OK, ACK_DUP, ACK_STALE):
+        if len(buf) <= INCARNATION.size or status not in (ACK_OK, ACK_DUP, ACK_STALE, ACK_PART):
             raise ProtocolError(f"answered {bytes(buf[:16])!r}, not a splitlink acknowledgement")
         return cls(status, INCARNATION.unpack(buf[-INCARNATION.size :])[0])
 
@@ -166,6 +208,8 @@ def claimed_party(method: str, first: Any) -> str | None:
     try:
         if method in (SEND, SEND_ONE):
             return StreamHeader.decode(first)[0].sender
+        if method == SEND_RANGE:
+            return RangeHeader.decode(first).sender
         if method == ANNOUNCE:
             return Announcement.decode(first).sender
         if method == HELLO:

@@ -1,0 +1,174 @@
+"""Frames that arrive as byte ranges over parallel ``SendRange`` calls, assembled in one buffer.
+
+A sender splits a large frame into a few contiguous ranges and sends them at once over several
+HTTP/2 streams (or connections). The receiver writes each range's chunks at their offset in ONE
+pooled buffer of the frame's declared size (no second copy) and delivers the frame when every byte
+has arrived exactly once.
+
+Network input is checked before anything is written: a range must lie inside the frame (decoding
+checks ``0 < length`` and ``offset + length <= total``), must agree with the frame's declared size,
+must not overlap another range of the frame (a repeat of the very same range is a retry: the newest
+attempt takes it over and the older one stops writing), and a frame takes at most ``MAX_RANGES``
+ranges. Each sender has at most one frame in assembly (a sender sends one frame at a time; a newer
+seq abandons an older, incomplete one), so a peer can make this party hold at most one frame of
+``max_frame_bytes`` beyond its bounded receive queue. Once a frame is complete (or abandoned) no
+write reaches its buffer any more, so a late or hostile writer cannot change a delivered frame.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Assembly", "Assembler", "RangeRefused", "MAX_RANGES"]
+
+MAX_RANGES = 256  # per frame; senders use one range per stream (a handful)
+
+
+class RangeRefused(Exception):
+    """A range that cannot be taken; ``code`` is the gRPC status name to answer with."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Assembly:
+    """One frame being assembled: its buffer (allocated once the receive queue has room) and which
+    ranges are written (``done``) or being written (``owners``: offset -> (length, attempt))."""
+
+    def __init__(self, incarnation: int, seq: int, total: int) -> None:
+        self.incarnation = incarnation
+        self.seq = seq
+        self.total = total
+        self.buf: Any = None
+        self.view: memoryview | None = None
+        self.done: dict[int, int] = {}
+        self.owners: dict[int, tuple[int, object]] = {}
+        self.received = 0
+        self.closed = False  # complete or abandoned: nothing is written any more
+        self.lock = threading.Lock()
+
+    def claim(self, offset: int, length: int) -> object | None:
+        """A token to write range [offset, offset + length), or None when that range is already written
+        (a retry of a range that arrived). Raises ``RangeRefused`` for an overlap or too many ranges."""
+        end = offset + length
+        with self.lock:
+            if self.closed:
+                raise RangeRefused("ABORTED", f"frame seq {self.seq} is no longer being assembled")
+            if self.done.get(offset) == length:
+                return None
+            for o, n in list(self.done.items()) + [(o, n) for o, (n, _) in self.owners.items()]:
+                if (o, n) != (offset, length) and o < end and offset < o + n:
+                    raise RangeRefused("INVALID_ARGUMENT",
+                                       f"range [{offset}, {end}) overlaps range [{o}, {o + n}) of frame seq {self.seq}")
+            if offset not in self.owners and len(self.done) + len(self.owners) >= MAX_RANGES:
+                raise RangeRefused("RESOURCE_EXHAUSTED", f"frame seq {self.seq} sent in more than {MAX_RANGES} ranges")
+            token = object()
+            self.owners[offset] = (length, token)  # a repeat of an unfinished range takes it over (retry)
+            return token
+
+    def write(self, offset: int, token: object, pos: int, chunk: Any) -> None:
+        """Writes ``chunk`` at ``pos`` bytes into the range; the caller checked pos + len <= length."""
+        with self.lock:
+            owner = self.owners.get(offset)
+            if self.closed or owner is None or owner[1] is not token:
+                raise RangeRefused("ABORTED", f"range at {offset} of frame seq {self.seq} was taken over by a retry")
+            assert self.view is not None
+            start = offset + pos
+            self.view[start : start + len(chunk)] = chunk
+
+    def finish(self, offset: int, token: object) -> bool:
+        """The range is complete; True when it completed the frame (the caller delivers it)."""
+        with self.lock:
+            owner = self.owners.get(offset)
+            if self.closed or owner is None or owner[1] is not token:
+                raise RangeRefused("ABORTED", f"range at {offset} of frame seq {self.seq} was taken over by a retry")
+            del self.owners[offset]
+            self.done[offset] = owner[0]
+            self.received += owner[0]
+            if self.received == self.total:  # ranges never overlap, so every byte was written once
+                self.closed = True
+                self.view = None
+                return True
+            return False
+
+    def release(self, offset: int, token: object) -> None:
+        """The attempt writing this range failed: the range is free for a retry."""
+        with self.lock:
+            owner = self.owners.get(offset)
+            if owner is not None and owner[1] is token:
+                del self.owners[offset]
+
+    def abandon(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.view = None
+
+
+class Assembler:
+    """The frames in assembly, one per sender at most."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, Assembly] = {}
+        self._cond = threading.Condition()
+
+    def begin(self, sender: str, incarnation: int, seq: int, total: int, alive: Callable[[], bool],
+              reserve: Callable[[int, Callable[[], bool]], bool], acquire: Callable[[int], Any]) -> Assembly:
+        """The assembly of frame (sender, incarnation, seq), created when this is its first range:
+        ``reserve(total, alive)`` waits for room in the receive queue, ``acquire(total)`` gives the buffer."""
+        with self._cond:
+            a = self._current.get(sender)
+            if a is not None and (a.incarnation, a.seq) == (incarnation, seq):
+                if a.total != total:
+                    raise RangeRefused("INVALID_ARGUMENT", f"range declares a {total}-byte frame, "
+                                                           f"but frame seq {seq} was declared {a.total} bytes")
+                while a.buf is None and not a.closed:
+                    if not alive():
+                        raise RangeRefused("CANCELLED", "sender went away while the queue was full")
+                    self._cond.wait(0.2)
+                if a.closed:
+                    raise RangeRefused("ABORTED", f"frame seq {seq} is no longer being assembled")
+                return a
+            if a is not None and a.incarnation == incarnation and seq < a.seq:
+                raise RangeRefused("ABORTED", f"frame seq {seq} was superseded by seq {a.seq}")
+            if a is not None:
+                a.abandon()  # the sender moved on (gave up on it) or restarted
+            a = Assembly(incarnation, seq, total)
+            self._current[sender] = a
+            self._cond.notify_all()
+        try:
+            if not reserve(total, alive):
+                raise RangeRefused("CANCELLED", "sender went away while the queue was full")
+            buf = acquire(total)
+        except BaseException:
+            self.finish(sender, a)
+            raise
+        with self._cond:
+            with a.lock:
+                if not a.closed:
+                    a.buf, a.view = buf, memoryview(buf)
+            self._cond.notify_all()
+            if a.closed:
+                raise RangeRefused("ABORTED", f"frame seq {seq} was superseded")
+        return a
+
+    def finish(self, sender: str, a: Assembly) -> None:
+        """``a`` is complete (or failed to start): no longer the sender's frame in assembly."""
+        with self._cond:
+            if self._current.get(sender) is a:
+                del self._current[sender]
+            a.abandon()  # no more writes (a complete frame's buffer stays with its receiver)
+            self._cond.notify_all()
+
+    def drop(self, sender: str) -> None:
+        with self._cond:
+            a = self._current.pop(sender, None)
+            if a is not None:
+                a.abandon()
+            self._cond.notify_all()
+
+    def pending(self, sender: str) -> Assembly | None:
+        with self._cond:
+            return self._current.get(sender)

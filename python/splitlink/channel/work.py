@@ -1,0 +1,200 @@
+"""Asynchronous sends and posted receives, as ``torch.distributed.isend``/``irecv`` users know them.
+
+``isend`` returns a ``Work`` at once; a background thread per peer packs and sends the frames in the
+order they were submitted. At most ``max_inflight`` frames per peer are queued or on the wire: the
+next ``isend`` blocks until one of them is accepted by the peer (back-pressure). As with
+``torch.distributed.isend``, the tensors must not be modified until ``wait()`` returns (the frame
+is packed from their memory while it is sent).
+
+An error surfaces on the failed frame's ``wait()``, and on the next ``isend``/``send_tensors``/
+``flush`` if nobody waited for it. Frames submitted after a failed one and before the error was seen
+are not sent (the peer would see a gap in the conversation); they fail with ``FrameNotSentError``.
+
+``irecv`` posts a receive ahead: its ``Work.wait()`` returns the tensors of the frame it took. Posted
+receives take frames in the order they were posted (one background thread per peer).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+from splitlink.errors import SplitlinkError
+
+__all__ = ["Work", "SendQueue", "ReceiveQueue", "FrameNotSentError"]
+
+
+class FrameNotSentError(SplitlinkError):
+    """An ``isend`` frame was not sent because an earlier frame to the same peer failed."""
+
+
+class Work:
+    """A pending ``isend``/``irecv``: ``wait()`` blocks until it is done and returns its result (None
+    for a send, the tensors for a receive) or raises its error."""
+
+    __slots__ = ("_future", "_on_error_seen", "what")
+
+    def __init__(self, what: str, on_error_seen: Callable[[Work], None] | None = None) -> None:
+        self._future: futures.Future[Any] = futures.Future()
+        self._on_error_seen = on_error_seen
+        self.what = what
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The result; raises the operation's error, or ``TimeoutError`` if not done within ``timeout`` s."""
+        try:
+            return self._future.result(timeout)
+        except futures.TimeoutError:
+            raise TimeoutError(f"{self.what} not done within {timeout} s") from None
+        except BaseException:
+            if self._on_error_seen is not None:
+                self._on_error_seen(self)
+            raise
+
+    def is_completed(self) -> bool:
+        return self._future.done()
+
+    def exception(self) -> BaseException | None:
+        """The error of a completed operation (None: succeeded or not done yet)."""
+        return self._future.exception(0) if self._future.done() else None
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._future.done() else ("failed" if self._future.exception(0) else "done")
+        return f"Work({self.what}, {state})"
+
+    def _resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        if error is not None:
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(result)
+
+
+class SendQueue:
+    """One peer's asynchronous sends: in submission order, at most ``max_inflight`` at a time."""
+
+    def __init__(self, peer: str, max_inflight: int, send: Callable[..., None], thread_name: str) -> None:
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        self.peer = peer
+        self._send = send
+        self._slots = threading.Semaphore(max_inflight)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._failed: Work | None = None  # the first failed frame whose error nobody has seen yet
+        self._thread_name = thread_name
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._pending
+
+    def submit(self, *args: Any) -> Work:
+        """Queues a frame; blocks while ``max_inflight`` frames are queued or on the wire."""
+        self.raise_unseen_error()
+        self._slots.acquire()
+        work = Work(f"isend to '{self.peer}'", self._seen)
+        with self._cond:
+            if self._closed:
+                self._slots.release()
+                raise RuntimeError(f"isend to '{self.peer}' after shutdown()")
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+                self._thread.start()
+        self._queue.put((work, args))
+        return work
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until every submitted frame was accepted by the peer or failed; raises an error nobody saw."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pending == 0, timeout):
+                raise TimeoutError(f"{self._pending} frame(s) to '{self.peer}' still in flight after {timeout} s")
+        self.raise_unseen_error()
+
+    def raise_unseen_error(self) -> None:
+        with self._cond:
+            failed, self._failed = self._failed, None
+        if failed is not None:
+            error = failed.exception()
+            assert error is not None
+            raise error
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(None)
+
+    def _seen(self, work: Work) -> None:
+        with self._cond:
+            if self._failed is work:
+                self._failed = None
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            work, args = item
+            try:
+                with self._cond:
+                    failed = self._failed
+                if failed is not None:
+                    raise FrameNotSentError(f"not sent: an earlier frame to '{self.peer}' failed "
+                                            f"({failed.exception()}); wait() on it or send again to continue")
+                self._send(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the application by wait()
+                with self._cond:
+                    if self._failed is None and not isinstance(e, FrameNotSentError):
+                        self._failed = work
+                work._resolve(error=e)
+            else:
+                work._resolve(None)
+            finally:
+                self._slots.release()
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+
+class ReceiveQueue:
+    """One peer's posted receives, served in the order they were posted."""
+
+    def __init__(self, peer: str, thread_name: str) -> None:
+        self.peer = peer
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._thread_name = thread_name
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._pending
+
+    def post(self, receive: Callable[[], Any]) -> Work:
+        work = Work(f"irecv from '{self.peer}'")
+        with self._cond:
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+                self._thread.start()
+        self._queue.put((work, receive))
+        return work
+
+    def _run(self) -> None:
+        while True:
+            work, receive = self._queue.get()
+            try:
+                work._resolve(receive())
+            except BaseException as e:  # noqa: BLE001 - handed to the application by wait()
+                work._resolve(error=e)
+            finally:
+                with self._cond:
+                    self._pending -= 1
