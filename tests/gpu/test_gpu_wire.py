@@ -147,3 +147,25 @@ def test_in_process_receive_onto_the_device_both_ways() -> None:
     assert torch.equal(got.cpu(), ref)
     cb.send_tensors("a", {"h": got})  # and back: a GPU tensor to a CPU receiver
     assert torch.equal(ca.receive("b")["h"], wire.unpack(wire.pack({"h": ref}, compress=cfg)).tensors["h"])
+
+
+def test_grpc_receive_and_irecv_onto_the_device() -> None:
+    """The gRPC communicator (plaintext on loopback here) places received frames on the device, posted
+    receives included; the codecs are decoded there and give the CPU receiver's tensor."""
+    from splitlink.channel import VerticalFederatedCommunicator
+    from splitlink.util import free_ports
+
+    pa, pb = free_ports(2)
+    a, b = ServerConfig("a", f"127.0.0.1:{pa}"), ServerConfig("b", f"127.0.0.1:{pb}")
+    cfg = {"h": CompressConfig("min_max", bit_num=8)}
+    with VerticalFederatedCommunicator(a, b, compress_configs=cfg, enable_ssl=False) as ca, \
+            VerticalFederatedCommunicator(b, a, compress_configs=cfg, enable_ssl=False) as cb:
+        h = torch.randn(64, 256)
+        ca.send_tensors("b", {"h": h})
+        got = cb.receive("a", timeout=60, device="cuda:0")["h"]
+        ca.send_tensors("b", {"h": h})
+        posted = cb.irecv("a", timeout=60, device="cuda:0").wait()["h"]
+        ca.send_tensors("b", {"h": h})
+        ref = cb.receive("a", timeout=60)["h"]
+    assert got.is_cuda and posted.is_cuda and not ref.is_cuda
+    assert torch.equal(got.cpu(), ref) and torch.equal(posted.cpu(), ref)

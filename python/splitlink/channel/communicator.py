@@ -718,30 +718,34 @@ class VerticalFederatedCommunicator:
         return self._deliver(sender, head.incarnation, seq, assembly.buf, context)
 
     def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-                with_kind: bool = False) -> Any:
+                with_kind: bool = False, device: Any = None) -> Any:
         """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
 
         With ``kind``, a frame of another kind is a protocol error (ValueError naming both). With
-        ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind)."""
+        ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind).
+        ``device`` (e.g. ``"cuda:0"``) places the tensors there: the payload is copied to the device
+        once from pinned memory and decoded there (``wire.unpack(device=)``); ``None`` keeps the
+        zero-copy CPU tensors that view the received bytes."""
         if target_server_name not in self._inboxes:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         posted = self._receives[target_server_name]
         if posted.pending:  # receives posted ahead take the frames first
-            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind).wait()
-        return self._receive_now(target_server_name, timeout, kind, with_kind)
+            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind, device=device).wait()
+        return self._receive_now(target_server_name, timeout, kind, with_kind, device)
 
     def irecv(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-              with_kind: bool = False) -> Work:
+              with_kind: bool = False, device: Any = None) -> Work:
         """Posts a receive ahead: a ``Work`` whose ``wait()`` returns what ``receive`` would (or raises
         its error). Posted receives take the peer's frames in the order they were posted, and frames
         are unpacked on a background thread."""
         if target_server_name not in self._inboxes:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         return self._receives[target_server_name].post(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind))
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device))
 
-    def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool) -> Any:
-        frame = wire.unpack(self._inboxes[peer].get(timeout))
+    def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool,
+                     device: Any = None) -> Any:
+        frame = wire.unpack(self._inboxes[peer].get(timeout), device=device)
         protocol.check_kind(frame.kind, kind, peer)
         return (frame.kind, frame.tensors) if with_kind else frame.tensors
 

@@ -100,18 +100,19 @@ class InProcessCommunicator:
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         if self._receives[target_server_name].pending:  # receives posted ahead take the frames first
-            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind).wait()
-        return self._receive_now(target_server_name, timeout, kind, with_kind)
+            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind, device=device).wait()
+        return self._receive_now(target_server_name, timeout, kind, with_kind, device)
 
     def irecv(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-              with_kind: bool = False) -> Work:
+              with_kind: bool = False, device: Any = None) -> Work:
         """As ``VerticalFederatedCommunicator.irecv``."""
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         return self._receives[target_server_name].post(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind))
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device))
 
-    def _receive_now(self, target_server_name: str, timeout: float | None, kind: str | None, with_kind: bool) -> Any:
+    def _receive_now(self, target_server_name: str, timeout: float | None, kind: str | None, with_kind: bool,
+                     device: Any = None) -> Any:
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         if self.through_codecs:
             frame = wire.unpack(payload, device=device)

@@ -155,13 +155,19 @@ class Party(Generic[O]):
 
     def receive(self, kind: str | None = None) -> dict[str, Any]:
         """The peer's next frame; with ``kind``, a frame of another kind is a protocol error."""
-        got: dict[str, Any] = self.comm.receive(self.peer, self.train.peer_timeout, kind=kind)
+        got: dict[str, Any] = self.comm.receive(self.peer, self.train.peer_timeout, kind=kind, **self._placement())
         return got
 
     def receive_any(self) -> tuple[str, dict[str, Any]]:
         """The peer's next frame as (kind, tensors)."""
-        kind, tensors = self.comm.receive(self.peer, self.train.peer_timeout, with_kind=True)
+        kind, tensors = self.comm.receive(self.peer, self.train.peer_timeout, with_kind=True, **self._placement())
         return str(kind), tensors
+
+    def _placement(self) -> dict[str, Any]:
+        """On an accelerator, received frames are unpacked straight onto it (one copy of the payload from
+        pinned memory, codecs decoded there); on the CPU they stay zero-copy views of the received bytes."""
+        device = self.device
+        return {"device": device} if device.type != "cpu" else {}
 
     # ---- checkpoints ------------------------------------------------------------------------------
     @property

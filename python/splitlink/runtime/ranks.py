@@ -207,8 +207,9 @@ class AliasComm:
     def send_tensors(self, peer: str, tensors: Mapping[str, Any], *, step: int | None = None, kind: str = "tensors") -> None:
         self.comm.send_tensors(self._name(peer), tensors, step=step, kind=kind)
 
-    def receive(self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False) -> Any:
-        return self.comm.receive(self._name(peer), timeout, kind=kind, with_kind=with_kind)
+    def receive(self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False,
+                **placement: Any) -> Any:
+        return self.comm.receive(self._name(peer), timeout, kind=kind, with_kind=with_kind, **placement)
 
 
 def _split(tensors: Mapping[str, Any], n: int, kind: str) -> list[dict[str, Any]]:
@@ -307,9 +308,10 @@ class ScatterComm:
         it = iter(parts)
         self._each(lambda r: self.comm.send_tensors(r, next(it), step=step, kind=kind))
 
-    def receive(self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False) -> Any:
+    def receive(self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False,
+                **placement: Any) -> Any:
         self._check(peer)
-        got = self._each(lambda r: self.comm.receive(r, timeout, kind=kind, with_kind=True))
+        got = self._each(lambda r: self.comm.receive(r, timeout, kind=kind, with_kind=True, **placement))
         kinds = {k for k, _ in got}
         if len(kinds) != 1:
             raise ValueError(f"the ranks of party B sent frames of different kinds ({', '.join(sorted(kinds))}) at the "
