@@ -1,0 +1,1 @@
+"""Horizontal federated learning: FedAvg rounds, secure aggregation, PEFT adapters."""
