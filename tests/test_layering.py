@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     # 3: the training library
     "config": 3, "optim": 3, "privacy": 3, "model": 3,
     # 4: the party runtime
-    "checkpoint": 4, "runtime": 4,
+    "checkpoint": 4, "runtime": 4, "horizontal": 4,
     # 5: applications: the command line and the scenarios
     "cli": 5, "__main__": 5, "examples": 5,
     # 6: the package itself (``splitlink/__init__.py``): a facade that nothing inside imports
