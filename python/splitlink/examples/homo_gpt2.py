@@ -138,3 +138,61 @@ def write_job(workdir: Path, clients: list[str], ports: list[int], *, mode: str 
     path = workdir / "job.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
+
+
+def prepare(workdir: str | Path, *, clients: int = 2, mode: str = "lora", non_iid: bool = False, epochs: int = 3,
+            max_len: int = 64, seed: int = 0, enable_ssl: bool = True, **job: Any) -> Path:
+    """Writes the clients' data (``<name>.npz``), the held-out rows (``eval.npz``), the union of the clients'
+    rows (``union.npz``, for the central baseline), certificates and ``job.yaml`` under ``workdir``."""
+    from splitlink.certs import make_dev_certs
+    from splitlink.util import free_ports
+
+    w = Path(workdir)
+    w.mkdir(parents=True, exist_ok=True)
+    names = ["guest"] + [f"host{i}" if clients > 2 else "host" for i in range(1, clients)]
+    parts, held = make_splits(clients, max_len=max_len, seed=seed, non_iid=non_iid)
+    for n, p in zip(names, parts):
+        np.savez(w / f"{n}.npz", **p)
+    np.savez(w / "eval.npz", **held)
+    np.savez(w / "union.npz", **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    if enable_ssl:
+        make_dev_certs(w / "certs", ["arbiter", *names])
+    model = {"vocab_size": VOCAB, "n_positions": max_len, "n_embd": 64, "n_layer": 2, "n_head": 4,
+             "num_labels": len(FAMILIES)}
+    return write_job(w, names, free_ports(clients + 1), mode=mode, epochs=epochs, enable_ssl=enable_ssl, seed=seed,
+                     model=model, **job)
+
+
+def central_baseline(job_path: str | Path) -> dict[str, float]:
+    """The same model, options and epochs trained in one place on the union of the clients' rows
+    (a one-client federation: FedAvg of one is plain training); held-out loss and accuracy."""
+    from splitlink.horizontal.job import build_trainer, load_job, load_npz, make_aggregator
+    from splitlink.horizontal.rounds import LocalTransport
+
+    cfg = load_job(job_path)
+    w = Path(cfg.source).parent
+    one = cfg.model_copy(update={"clients": [cfg.clients[0].model_copy(update={"data": str(w / "union.npz")})],
+                                 "fed_args": cfg.fed_args.model_copy(update={"min_clients": 1, "clients_per_round": None}),
+                                 "checkpoint": cfg.checkpoint.model_copy(update={"every": 0}), "metrics_path": None})
+    t = build_trainer(one, one.clients[0].name)
+    make_aggregator(one, LocalTransport({t.name: t})).run()
+    return t.evaluate(load_npz(str(w / "eval.npz")))
+
+
+def run_processes(job_path: str | Path, *, timeout: float = 1800) -> dict[str, Any]:
+    """``splitlink fl`` for the aggregator and every client, each its own process; their JSON summaries."""
+    import json
+    import subprocess
+    import sys
+
+    from splitlink.horizontal.job import load_job
+
+    cfg = load_job(job_path)
+    cmds = {cfg.aggregator.name: ["aggregator"], **{c.name: ["client", "--name", c.name] for c in cfg.clients}}
+    procs = {n: subprocess.Popen([sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job_path)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n, c in cmds.items()}
+    outs = {n: p.communicate(timeout=timeout) for n, p in procs.items()}
+    for n, p in procs.items():
+        if p.returncode != 0:
+            raise RuntimeError(f"splitlink fl ({n}) failed:\n{outs[n][1][-3000:]}")
+    return {n: json.loads(o[0].strip().splitlines()[-1]) for n, o in outs.items()}
