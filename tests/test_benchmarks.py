@@ -82,6 +82,14 @@ def check_soak_restarts(d: dict[str, Any]) -> None:
     assert killed["rejoins"] >= 1, killed  # the survivor went back to the common checkpoint and carried on
 
 
+def check_horizontal(d: dict[str, Any]) -> None:
+    modes = d["peft"]["modes"]
+    assert set(modes) >= {"full", "lora", "ia3"} and modes["full"]["param_fraction"] == 1.0
+    for m in ("lora", "ia3"):
+        assert 0 < modes[m]["param_fraction"] < 1 and modes[m]["bytes_per_round"] < modes["full"]["bytes_per_round"]
+    assert all(positive(r["epoch_s"]) and positive(r["epoch_ratio_vs_full"]) for r in modes.values())
+
+
 CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_wire.py", ["--repeat", "1", "--warmup", "0"], check_wire),
     ("bench_codec.py", ["--repeat", "1"], check_codec),
@@ -89,6 +97,7 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_channel.py", ["--repeat", "1"], check_channel),
     ("bench_psi.py", ["--sizes", "1000"], check_psi),
     ("bench_step.py", ["--steps", "2"], check_step),
+    ("bench_horizontal.py", ["--quick", "--repeat", "1"], check_horizontal),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
     # a restarted party must be back within --peer-timeout: process start takes long on a busy machine
