@@ -2,7 +2,7 @@
 """The whole Homo-NN GPT-2 example on this machine: prepare, the aggregator and the clients as processes
 over mutual TLS (``splitlink fl``), then the same model trained centrally on the union of the clients' rows.
 
-    python run_all.py --workdir ./homo_gpt2 [--clients 2] [--mode lora|ia3|full] [--non-iid] [--epochs 3]
+    python run_all.py --workdir ./homo_gpt2 [--clients 2] [--mode lora|ia3|full] [--non-iid] [--epochs 8]
 
 Prints held-out accuracy of every client's final (global) model and of the central model.
 """
@@ -22,11 +22,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--mode", choices=["lora", "ia3", "full"], default="lora")
     ap.add_argument("--non-iid", action="store_true")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=None, help="default: 1e-3 full fine-tuning, 5e-3 adapters")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=None, help="default: 3e-3 full fine-tuning, 1e-2 adapters")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    lr = a.lr or (1e-3 if a.mode == "full" else 5e-3)
+    lr = a.lr or (3e-3 if a.mode == "full" else 1e-2)
     job = prepare(a.workdir, clients=a.clients, mode=a.mode, non_iid=a.non_iid, epochs=a.epochs, seed=a.seed, lr=lr)
     t0 = time.perf_counter()
     out = run_processes(job)

@@ -135,7 +135,10 @@ def test_deepspeed_config_of_the_seed_resolves() -> None:
             "fp16": {"enabled": False}, "zero_optimization": {"stage": 2, "allgather_partitions": True}}
     cfg = resolve_deepspeed_config(seed, LocalOptions(batch_size=8, lr=1e-3))
     assert cfg["train_batch_size"] == 16 and cfg["gradient_clipping"] == 0.0
-    assert cfg["scheduler"]["params"] == {"warmup_min_lr": 0, "warmup_max_lr": 1e-3, "warmup_num_steps": 0}
+    assert cfg["scheduler"]["params"] == {"warmup_min_lr": 0}  # absent values: DeepSpeed's defaults, as under FATE
+    auto = {**seed, "scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": "auto", "warmup_num_steps": "auto"}}}
+    assert resolve_deepspeed_config(auto, LocalOptions(lr=1e-3))["scheduler"]["params"] == {
+        "warmup_max_lr": 1e-3, "warmup_num_steps": 1}
     with pytest.raises(ValueError, match="zero_optimization.reduce_bucket_size"):
         resolve_deepspeed_config({**seed, "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}, LocalOptions())
 

@@ -94,11 +94,12 @@ def resolve_deepspeed_config(config: Mapping[str, Any], opts: LocalOptions) -> d
     sched = cfg.get("scheduler")
     if isinstance(sched, Mapping):
         params = dict(sched.get("params", {}))
-        params.setdefault("warmup_max_lr", opts.lr)
-        params.setdefault("warmup_num_steps", opts.warmup_steps)
+        # Absent values keep DeepSpeed's defaults (as under FATE/HF); "auto" ones follow the training
+        # options (DeepSpeed 0.19 wants at least one warm-up step).
         for k, v in list(params.items()):
             if v == auto:
-                params[k] = {"warmup_min_lr": 0.0, "warmup_max_lr": opts.lr, "warmup_num_steps": opts.warmup_steps}.get(k, v)
+                params[k] = {"warmup_min_lr": 0.0, "warmup_max_lr": opts.lr,
+                             "warmup_num_steps": max(1, opts.warmup_steps)}.get(k, v)
         cfg["scheduler"] = {**sched, "params": params}
     left = [p for p in _auto_paths(cfg)]
     if left:
