@@ -17,7 +17,6 @@ import os
 import sys
 
 import torch
-
 from splitlink.horizontal.job import load_job, run_aggregator, run_client
 
 

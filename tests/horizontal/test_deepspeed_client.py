@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-
 from required import require_deepspeed
-from splitlink.horizontal.adapters import AdapterSpec, GPT2Spec, build_classifier, exchanged_names
+from splitlink.horizontal.adapters import (
+    AdapterSpec,
+    GPT2Spec,
+    build_classifier,
+    exchanged_names,
+)
 from splitlink.horizontal.client import LocalOptions, LocalTrainer
 
 SPEC = GPT2Spec(vocab_size=260, n_positions=16, n_embd=16, n_layer=1, n_head=2, num_labels=2)
@@ -43,7 +49,7 @@ def test_deepspeed_zero2_client() -> None:
     g0 = t.get_state()
     s1, n, loss = t.train_round(0, g0)
     s2, _, _ = t.train_round(1, s1)
-    assert n == 32 and loss == loss
+    assert n == 32 and math.isfinite(loss)
     assert t.engine is not None and t.engine.zero_optimization_stage() == 2
     assert any(not torch.equal(s2[k], g0[k]) for k in g0)
     # 2) ZeRO-2 with plain SGD equals the torch client, and set_state reaches ZeRO's fp32 master copy:

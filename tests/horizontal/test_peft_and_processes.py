@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from splitlink.certs import make_dev_certs
 from splitlink.channel import InProcessCommunicator, ServerConfig
 from splitlink.errors import YamlConfigError
@@ -158,7 +157,7 @@ def test_three_processes_over_mtls_reproduce_the_in_process_run(tmp_path: Path) 
     outs = {n: p.communicate(timeout=240) for n, p in procs.items()}
     for n, p in procs.items():
         assert p.returncode == 0, f"{n}: {outs[n][1][-3000:]}"
-    ref, trainers, history = _in_process(job)
+    ref, _, history = _in_process(job)
     for n in cmds:
         got = torch.load(tmp_path / f"{n}.pt", weights_only=True)
         assert set(got) == set(ref)

@@ -8,14 +8,25 @@ from collections.abc import Mapping
 
 import pytest
 import torch
-from torch import nn
-
 from splitlink.channel import InProcessCommunicator, ServerConfig
-from splitlink.horizontal.aggregator import ClientUpdate, FedAvg, ServerOptimizer, SecureAggregationNotWired, \
-    make_strategy, weighted_mean
+from splitlink.horizontal.aggregator import (
+    ClientUpdate,
+    FedAvg,
+    SecureAggregationNotWired,
+    ServerOptimizer,
+    make_strategy,
+    weighted_mean,
+)
 from splitlink.horizontal.client import LocalOptions, LocalTrainer
-from splitlink.horizontal.rounds import Aggregator, ClientParty, LocalTransport, NetworkTransport, RoundError, \
-    RoundOptions
+from splitlink.horizontal.rounds import (
+    Aggregator,
+    ClientParty,
+    LocalTransport,
+    NetworkTransport,
+    RoundError,
+    RoundOptions,
+)
+from torch import nn
 
 
 def mse(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -198,7 +209,7 @@ def _quiet(fn: object) -> None:
 def test_deadline_and_min_clients_name_late_and_failed_clients() -> None:
     torch.set_num_threads(1)
     parts = {f"c{i}": data(20 + i, 6) for i in range(3)}
-    mk = lambda: {k: trainer(k, d) for k, d in parts.items()}  # noqa: E731
+    mk = lambda: {k: trainer(k, d) for k, d in parts.items()}
     with pytest.raises(RoundError, match=r"round 1: only 1 of 3 .*0.5 s round deadline.*min_clients is 2.*late.*: c2.*failed: c1 \(ZeroDivisionError"):
         _net_run(mk(), RoundOptions(rounds=2, min_clients=2, round_deadline=0.5), silent={"c2"}, broken={"c1"})
     agg = _net_run(mk(), RoundOptions(rounds=2, min_clients=2, round_deadline=0.5), silent={"c2"})

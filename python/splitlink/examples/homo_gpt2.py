@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FAMILIES", "docstring_corpus", "encode", "make_splits", "write_job"]
+__all__ = ["FAMILIES", "docstring_corpus", "encode", "make_splits", "write_job", "prepare", "central_baseline",
+           "run_processes", "SCENARIO"]
 
 FAMILIES = ("asyncio", "email", "unittest", "xml")
 PAD, EOT = 0, 257
@@ -90,9 +91,10 @@ def make_splits(n_clients: int, *, max_len: int = 64, seed: int = 0, non_iid: bo
     ev, tr = order[:n_eval], order[n_eval:]
     held = {**{k: v[ev] for k, v in enc.items()}, "labels": y[ev]}
     if non_iid:
-        # client i gets 80% of its rows from families (i, i+1) mod 4 and the rest spread evenly
+        # client i prefers families (2i, 2i+1) mod 4: 80% of their rows are shared among the clients that
+        # prefer them, the rest spread evenly
         k = len(FAMILIES)
-        pref = np.array([[0.8 / 2 if (f - i) % k in (0, 1) else 0.2 / (k - 2) for f in range(k)] for i in range(n_clients)])
+        pref = np.array([[0.8 / 2 if (f - 2 * i) % k in (0, 1) else 0.2 / (k - 2) for f in range(k)] for i in range(n_clients)])
         share = pref / pref.sum(0, keepdims=True)  # per family: the fraction of its rows each client gets
         owner = np.empty(len(tr), dtype=np.int64)
         for f in range(k):
@@ -152,9 +154,9 @@ def prepare(workdir: str | Path, *, clients: int = 2, mode: str = "lora", non_ii
     names = ["guest"] + [f"host{i}" if clients > 2 else "host" for i in range(1, clients)]
     parts, held = make_splits(clients, max_len=max_len, seed=seed, non_iid=non_iid)
     for n, p in zip(names, parts):
-        np.savez(w / f"{n}.npz", **p)
-    np.savez(w / "eval.npz", **held)
-    np.savez(w / "union.npz", **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        np.savez(w / f"{n}.npz", **p)  # type: ignore[arg-type]
+    np.savez(w / "eval.npz", **held)  # type: ignore[arg-type]
+    np.savez(w / "union.npz", **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})  # type: ignore[arg-type]
     if enable_ssl:
         make_dev_certs(w / "certs", ["arbiter", *names])
     model = {"vocab_size": VOCAB, "n_positions": max_len, "n_embd": 64, "n_layer": 2, "n_head": 4,
@@ -166,7 +168,12 @@ def prepare(workdir: str | Path, *, clients: int = 2, mode: str = "lora", non_ii
 def central_baseline(job_path: str | Path) -> dict[str, float]:
     """The same model, options and epochs trained in one place on the union of the clients' rows
     (a one-client federation: FedAvg of one is plain training); held-out loss and accuracy."""
-    from splitlink.horizontal.job import build_trainer, load_job, load_npz, make_aggregator
+    from splitlink.horizontal.job import (
+        build_trainer,
+        load_job,
+        load_npz,
+        make_aggregator,
+    )
     from splitlink.horizontal.rounds import LocalTransport
 
     cfg = load_job(job_path)
@@ -176,7 +183,8 @@ def central_baseline(job_path: str | Path) -> dict[str, float]:
                                  "checkpoint": cfg.checkpoint.model_copy(update={"every": 0}), "metrics_path": None})
     t = build_trainer(one, one.clients[0].name)
     make_aggregator(one, LocalTransport({t.name: t})).run()
-    return t.evaluate(load_npz(str(w / "eval.npz")))
+    result: dict[str, float] = t.evaluate(load_npz(str(w / "eval.npz")))
+    return result
 
 
 def run_processes(job_path: str | Path, *, timeout: float = 1800) -> dict[str, Any]:
@@ -196,3 +204,24 @@ def run_processes(job_path: str | Path, *, timeout: float = 1800) -> dict[str, A
         if p.returncode != 0:
             raise RuntimeError(f"splitlink fl ({n}) failed:\n{outs[n][1][-3000:]}")
     return {n: json.loads(o[0].strip().splitlines()[-1]) for n, o in outs.items()}
+
+
+def _not_a_split(cfg: Any) -> Any:
+    raise ValueError("homo_gpt2 is a horizontal federation (an aggregator and N clients), not a two-party split: "
+                     "describe it in a job file and run `splitlink fl aggregator --job job.yaml` and "
+                     "`splitlink fl client --job job.yaml --name <client>` (examples/homo_gpt2/prepare.py writes one)")
+
+
+def _demo(workdir: str | Path, **kw: Any) -> dict[str, Any]:
+    job = prepare(workdir, **{k: v for k, v in kw.items() if k in ("clients", "mode", "non_iid", "epochs", "seed")})
+    return {"federated": run_processes(job), "central": central_baseline(job)}
+
+
+def _scenario() -> Any:
+    from splitlink.runtime.registry import Scenario
+
+    return Scenario("homo_gpt2", make_party=_not_a_split, needs_data=lambda party: False,
+                    summary="FATE Homo-NN GPT-2: FedAvg over mTLS with LoRA/IA3 adapters (splitlink fl)", demo=_demo)
+
+
+SCENARIO = _scenario()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["GPT2Spec", "AdapterSpec", "build_classifier", "exchanged_names", "parameter_fraction"]
+__all__ = ["AdapterSpec", "GPT2Spec", "build_classifier", "exchanged_names", "parameter_fraction"]
 
 
 @dataclass
@@ -50,7 +50,7 @@ def build_classifier(spec: GPT2Spec, adapter: AdapterSpec | None = None, *, seed
         warnings.simplefilter("ignore", FutureWarning)
         from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    cfg = GPT2Config(vocab_size=spec.vocab_size, n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
+    cfg = GPT2Config(  # type: ignore[call-arg]  # PretrainedConfig's **kwargsvocab_size=spec.vocab_size, n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
                      n_head=spec.n_head, num_labels=spec.num_labels, pad_token_id=spec.pad_token_id,
                      bos_token_id=spec.vocab_size - 1, eos_token_id=spec.vocab_size - 1,
                      resid_pdrop=spec.dropout, embd_pdrop=spec.dropout, attn_pdrop=spec.dropout,
@@ -58,7 +58,7 @@ def build_classifier(spec: GPT2Spec, adapter: AdapterSpec | None = None, *, seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model: nn.Module = GPT2ForSequenceClassification(cfg)
-    model.config.pad_token_id = spec.pad_token_id
+    model.config.pad_token_id = spec.pad_token_id  # type: ignore[union-attr]
     if adapter is None or adapter.type == "none":
         return model
     with warnings.catch_warnings():

@@ -26,8 +26,15 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["ClientUpdate", "Strategy", "FedAvg", "ServerOptimizer", "weighted_mean", "make_strategy",
-           "SecureAggregationNotWired"]
+__all__ = [
+    "ClientUpdate",
+    "FedAvg",
+    "SecureAggregationNotWired",
+    "ServerOptimizer",
+    "Strategy",
+    "make_strategy",
+    "weighted_mean",
+]
 
 State = dict[str, torch.Tensor]
 

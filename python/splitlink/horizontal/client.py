@@ -28,7 +28,7 @@ from torch import nn
 
 from splitlink.runtime.schedule import Schedule
 
-__all__ = ["LocalOptions", "LocalTrainer", "resolve_deepspeed_config", "classifier_loss", "seed_of"]
+__all__ = ["LocalOptions", "LocalTrainer", "classifier_loss", "resolve_deepspeed_config", "seed_of"]
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -186,7 +186,11 @@ class LocalTrainer:
 
     # ---- training ---------------------------------------------------------------------------------
     def _init_deepspeed(self) -> None:
-        from splitlink.model import _quiet_deepspeed, init_deepspeed_runtime, own_group_env
+        from splitlink.model import (
+            _quiet_deepspeed,
+            init_deepspeed_runtime,
+            own_group_env,
+        )
 
         cfg = resolve_deepspeed_config(self.opts.deepspeed or {}, self.opts)
         ds_opt = cfg.pop("optimizer", None)
@@ -230,7 +234,7 @@ class LocalTrainer:
                     optimizer.zero_grad(set_to_none=True)
                     loss = self.loss_fn(self.model, batch)
                     total = loss + self._prox(params, anchor)
-                    total.backward()
+                    total.backward()  # type: ignore[no-untyped-call]
                     if self.opts.max_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_([params[k] for k in self.exchanged], self.opts.max_grad_norm)
                     optimizer.step()

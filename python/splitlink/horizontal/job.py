@@ -44,9 +44,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from splitlink.config import Problem, YamlConfigError, parse_yaml_document, pydantic_problems, read_yaml_text
+from splitlink.config import (
+    Problem,
+    YamlConfigError,
+    parse_yaml_document,
+    pydantic_problems,
+    read_yaml_text,
+)
 
-__all__ = ["JobConfig", "load_job", "run_aggregator", "run_client", "build_trainer", "make_round_options"]
+__all__ = ["JobConfig", "build_trainer", "load_job", "make_round_options", "run_aggregator", "run_client"]
 
 log = logging.getLogger("splitlink.fl")
 

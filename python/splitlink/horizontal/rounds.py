@@ -46,8 +46,21 @@ from splitlink.runtime.checkpoints import CheckpointSet
 from splitlink.runtime.metrics import Metrics
 from splitlink.util import atomic_write
 
-__all__ = ["RoundOptions", "RoundError", "Aggregator", "ClientParty", "NetworkTransport", "LocalTransport",
-           "StateFile", "base_digest", "state_bytes", "TRAIN", "UPDATE", "ERROR", "DONE"]
+__all__ = [
+    "DONE",
+    "ERROR",
+    "TRAIN",
+    "UPDATE",
+    "Aggregator",
+    "ClientParty",
+    "LocalTransport",
+    "NetworkTransport",
+    "RoundError",
+    "RoundOptions",
+    "StateFile",
+    "base_digest",
+    "state_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +394,7 @@ class ClientParty:
                     raise ValueError("the frozen base weights differ from the aggregator's (same model config, seed "
                                      "and pretrained weights on every party?)")
                 state, n, loss = self.trainer.train_round(r, _clone(t["state"]))
-            except Exception as e:  # noqa: BLE001 - the aggregator names this client and the reason
+            except Exception as e:
                 log.exception("client %s: round %d failed", self.trainer.name, r + 1)
                 msg = f"{type(e).__name__}: {e}"[:2000].encode()
                 self.comm.send_tensors(self.aggregator, {"round": torch.tensor(r), "message": _bytes_tensor(msg)},
