@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_medians  # noqa: E402
+from _common import interleaved_medians
 
 MODES = ("full", "lora", "ia3")
 
@@ -44,7 +44,6 @@ def _model(size: str, mode: str) -> Any:
 def bench_peft(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
-
     from splitlink.horizontal.adapters import exchanged_names, parameter_fraction
     from splitlink.horizontal.client import LocalOptions, LocalTrainer
     from splitlink.horizontal.rounds import state_bytes
