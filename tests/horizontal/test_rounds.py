@@ -217,6 +217,26 @@ def test_deadline_and_min_clients_name_late_and_failed_clients() -> None:
     assert [r["clients"] for r in agg.history] == [["c0", "c1"], ["c0", "c1"]]
 
 
+def test_a_late_answer_is_dropped_in_the_next_round() -> None:
+    torch.set_num_threads(1)
+    parts = {f"c{i}": data(50 + i, 6) for i in range(2)}
+    trainers = {k: trainer(k, d) for k, d in parts.items()}
+    slow = trainers["c1"]
+    real = slow.train_round
+
+    def late_in_round_0(r: int, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, float]:
+        import time
+
+        if r == 0:
+            time.sleep(3.0)  # answers round 1 after its 2 s deadline, while round 2 waits (2 s - 4 s)
+        return real(r, state)
+
+    slow.train_round = late_in_round_0  # type: ignore[method-assign]
+    agg = _net_run(trainers, RoundOptions(rounds=2, min_clients=1, round_deadline=2.0))
+    assert [r["late"] for r in agg.history] == [["c1"], []]
+    assert [r["clients"] for r in agg.history] == [["c0"], ["c0", "c1"]]
+
+
 def test_network_rounds_equal_local_rounds_bitwise() -> None:
     torch.set_num_threads(1)
     parts = {f"c{i}": data(30 + i, 5 + i) for i in range(3)}
