@@ -294,7 +294,7 @@ def make_aggregator(cfg: JobConfig, transport: Any) -> Any:
                       digest=base_digest(model, names))
 
 
-def _communicator(cfg: JobConfig, me: PartySection, peers: list[PartySection]) -> Any:
+def _communicator(cfg: JobConfig, me: PartySection, peers: list[PartySection], retry: float | None = None) -> Any:
     from splitlink.channel import ServerConfig, SSLConfig, VerticalFederatedCommunicator
 
     ssl = None
@@ -306,7 +306,7 @@ def _communicator(cfg: JobConfig, me: PartySection, peers: list[PartySection]) -
                         client_password=cfg.ssl.password)
     return VerticalFederatedCommunicator(ServerConfig(me.name, me.address), [ServerConfig(p.name, p.address) for p in peers],
                                          enable_ssl=cfg.enable_ssl, ssl_config=ssl,
-                                         retry_deadline=min(cfg.client_timeout, 600.0))
+                                         retry_deadline=retry or min(cfg.client_timeout, 600.0))
 
 
 def _setup(cfg: JobConfig) -> None:
@@ -322,7 +322,8 @@ def run_aggregator(cfg: JobConfig) -> Any:
     from splitlink.horizontal.rounds import NetworkTransport
 
     _setup(cfg)
-    with _communicator(cfg, cfg.aggregator, list(cfg.clients)) as comm:
+    # a client that cannot be reached within the round deadline fails that round (named), not the federation
+    with _communicator(cfg, cfg.aggregator, list(cfg.clients), retry=cfg.fed_args.round_deadline) as comm:
         agg = make_aggregator(cfg, NetworkTransport(comm))
         agg.run()
     return agg

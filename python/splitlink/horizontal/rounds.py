@@ -140,12 +140,21 @@ class NetworkTransport:
 
     def __init__(self, comm: Any) -> None:
         self.comm = comm
+        self._unreachable: dict[str, str] = {}
 
     def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes) -> int:
+        from splitlink.channel import PeerClosedError, PeerUnavailableError
+
         msg = {"round": torch.tensor(round_, dtype=torch.int64), "digest": _bytes_tensor(digest), "state": dict(state)}
+        self._unreachable = {}
+        sent = 0
         for c in clients:
-            self.comm.send_tensors(c, msg, kind=TRAIN, step=round_)
-        return state_bytes(state) * len(clients)
+            try:
+                self.comm.send_tensors(c, msg, kind=TRAIN, step=round_)
+                sent += 1
+            except (PeerUnavailableError, PeerClosedError) as e:  # a client that is down fails this round only
+                self._unreachable[c] = f"unreachable ({type(e).__name__}: {e})"
+        return state_bytes(state) * sent
 
     def collect(self, round_: int, clients: Sequence[str], deadline: float | None) -> Collected:
         from splitlink.channel import PeerClosedError, PeerRestartedError
@@ -153,6 +162,9 @@ class NetworkTransport:
         out = Collected()
         end = None if deadline is None else time.monotonic() + deadline
         for c in clients:
+            if c in self._unreachable:
+                out.failed[c] = self._unreachable[c]
+                continue
             while True:
                 timeout = None if end is None else max(end - time.monotonic(), 1e-3)
                 try:
