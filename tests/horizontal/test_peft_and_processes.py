@@ -90,6 +90,8 @@ def test_only_adapters_cross_the_wire_and_the_base_never_changes(tmp_path: Path,
     agg.run()
     for th in threads:
         th.join(60)
+    cfg_model = trainers["guest"].model.config
+    assert (cfg_model.n_embd, cfg_model.n_layer, cfg_model.vocab_size) == (16, 1, 260)  # the job's sizes, not GPT-2's
     names = set(trainers["guest"].exchanged)
     adapter_key = "lora_" if mode == "lora" else "ia3_"
     assert names and all(adapter_key in k or ".score." in k for k in names)

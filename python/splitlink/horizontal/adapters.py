@@ -50,7 +50,9 @@ def build_classifier(spec: GPT2Spec, adapter: AdapterSpec | None = None, *, seed
         warnings.simplefilter("ignore", FutureWarning)
         from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    cfg = GPT2Config(  # type: ignore[call-arg]  # PretrainedConfig's **kwargsvocab_size=spec.vocab_size, n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
+    # (the ignore: PretrainedConfig takes its fields as **kwargs)
+    cfg = GPT2Config(vocab_size=spec.vocab_size,  # type: ignore[call-arg]
+                     n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
                      n_head=spec.n_head, num_labels=spec.num_labels, pad_token_id=spec.pad_token_id,
                      bos_token_id=spec.vocab_size - 1, eos_token_id=spec.vocab_size - 1,
                      resid_pdrop=spec.dropout, embd_pdrop=spec.dropout, attn_pdrop=spec.dropout,
