@@ -111,6 +111,14 @@ def check_leakage(d: dict[str, Any]) -> None:
     assert Path(d["plot"]).read_bytes()[:4] == b"\x89PNG"
 
 
+def check_horizontal(d: dict[str, Any]) -> None:
+    modes = d["peft"]["modes"]
+    assert set(modes) >= {"full", "lora", "ia3"} and modes["full"]["param_fraction"] == 1.0
+    for m in ("lora", "ia3"):
+        assert 0 < modes[m]["param_fraction"] < 1 and modes[m]["bytes_per_round"] < modes["full"]["bytes_per_round"]
+    assert all(positive(r["epoch_s"]) and positive(r["epoch_ratio_vs_full"]) for r in modes.values())
+
+
 CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_wire.py", ["--repeat", "1", "--warmup", "0"], check_wire),
     ("bench_codec.py", ["--repeat", "1"], check_codec),
@@ -122,6 +130,7 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_leakage.py", ["--quick", "--rows", "1000", "--epochs", "1", "--batch-size", "450", "--only", "marvell",
                           "--plot", str(Path(tempfile.gettempdir()) / "splitlink-bench-leakage-smoke.png")], check_leakage),
     ("bench_gpu.py", ["--device", "cpu", "--quick", "--steps", "1", "--warmup", "1", "--dtypes", "fp32"], check_gpu_smoke),
+    ("bench_horizontal.py", ["--quick", "--repeat", "1"], check_horizontal),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
     # a restarted party must be back within --peer-timeout: process start takes long on a busy machine

@@ -106,6 +106,30 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fl(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from splitlink.horizontal.job import load_job, run_aggregator, run_client
+
+    cfg = load_job(args.job)
+    if args.role == "aggregator":
+        agg = run_aggregator(cfg)
+        state, summary = agg.state, {"role": "aggregator", "rounds": agg.round, "history": agg.history}
+    else:
+        if not args.name:
+            raise ValueError(f"splitlink fl client needs --name (one of: {', '.join(c.name for c in cfg.clients)})")
+        party, result = run_client(cfg, args.name)
+        state, summary = party.final, {"role": "client", "name": args.name, "rounds": party.rounds, "eval": result}
+    if args.save_state:
+        torch.save(state, args.save_state)
+    print(json.dumps(summary, default=str))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # without interpreter teardown: torch/gloo can abort at exit after a finished run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitlink", description="Split learning across organisations over mutual TLS.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -183,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--plot", help="write the trade-off plot (test AUC vs attack AUC) to this PNG")
     aud.add_argument("--json", action="store_true", help="print the rows as JSON")
     aud.set_defaults(func=_audit)
+    fl = sub.add_parser("fl", help="run the aggregator or a client of a horizontal FL job (FedAvg rounds)",
+                        description="Runs one party of a horizontal federated learning job file (see "
+                                    "splitlink.horizontal.job): the aggregator (FATE's arbiter) or a client "
+                                    "(FATE's guest/host), over gRPC with mutual TLS.")
+    fl.add_argument("role", choices=["aggregator", "client"], help="which role this process plays")
+    fl.add_argument("--job", required=True, help="the federation's job file (YAML)")
+    fl.add_argument("--name", help="the client's name in the job file (clients only)")
+    fl.add_argument("--save-state", help="write the final global state (the exchanged tensors) here (torch.save)")
+    fl.set_defaults(func=_fl)
     return parser
 
 

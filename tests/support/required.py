@@ -21,6 +21,8 @@ ENV = "SPLITLINK_TEST_REQUIRE"
 # name -> how to install it
 KNOWN: dict[str, str] = {
     "deepspeed": "the deepspeed extra: pip install splitlink[deepspeed]",
+    "transformers": "the horizontal extra: pip install splitlink[horizontal]",
+    "peft": "the horizontal extra: pip install splitlink[horizontal]",
 }
 
 
