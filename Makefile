@@ -22,7 +22,7 @@ demo: install
 
 # Every test: Python suites, C++ suites (plain and ASan+UBSan) and the libFuzzer run.
 test: install native
-	SPLITLINK_TEST_REQUIRE=deepspeed $(PY) -m pytest --native-build=$(NATIVE)
+	SPLITLINK_TEST_REQUIRE=deepspeed,transformers,peft $(PY) -m pytest --native-build=$(NATIVE)
 
 sysdeps:
 	@scripts/install-system-deps.sh core

@@ -4,7 +4,6 @@ and a federation of three processes over mutual TLS that reproduces the in-proce
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,12 +149,10 @@ def test_three_processes_over_mtls_reproduce_the_in_process_run(tmp_path: Path) 
     ports = free_ports(3)
     make_dev_certs(tmp_path / "certs", ["arbiter", "guest", "host"])
     job = _job(tmp_path, "lora", ssl=True, ports=ports)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "python"),
-                                                         os.environ.get("PYTHONPATH", "")])}
     cmds = {"arbiter": ["aggregator"], "guest": ["client", "--name", "guest"], "host": ["client", "--name", "host"]}
     procs = {n: subprocess.Popen([sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job), "--save-state",
                                   str(tmp_path / f"{n}.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=env) for n, c in cmds.items()}
+                                 text=True) for n, c in cmds.items()}
     outs = {n: p.communicate(timeout=240) for n, p in procs.items()}
     for n, p in procs.items():
         assert p.returncode == 0, f"{n}: {outs[n][1][-3000:]}"

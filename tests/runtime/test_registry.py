@@ -47,7 +47,9 @@ def test_run_file_with_an_unknown_scenario_names_line_and_choices(tmp_path: Path
     f.write_text("party: leader\naddress: a\npeer_address: b\nenable_ssl: false\ndata: d\nscenario: wide\n")
     with pytest.raises(YamlConfigError) as info:
         load_run_config(f)
-    assert "line 6: scenario: 'wide' is not a known scenario; known: criteo_wide_deep, pangu_alpha" in str(info.value)
+    # other tests of the session may have registered scenarios of their own: the built-in ones must be listed
+    assert "line 6: scenario: 'wide' is not a known scenario; known: criteo_wide_deep, " in str(info.value)
+    assert ", pangu_alpha" in str(info.value)
 
 
 def test_run_file_data_requirement_comes_from_the_scenario(tmp_path: Path) -> None:
