@@ -15,7 +15,8 @@ import argparse
 import os
 import sys
 
-from splitlink.examples.runner import RunConfig, run_party, ssl_section
+from splitlink.runtime.launch import run_party
+from splitlink.runtime.run_config import RunConfig, ssl_section
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -19,7 +19,8 @@ import os
 import sys
 
 from splitlink.examples import pangu
-from splitlink.examples.runner import RunConfig, run_party, ssl_section
+from splitlink.runtime.launch import run_party
+from splitlink.runtime.run_config import RunConfig, ssl_section
 
 
 def options(ap: argparse.ArgumentParser) -> None:

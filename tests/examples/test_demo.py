@@ -8,11 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.examples import demo as demo_mod
-from splitlink.examples.runner import load_run_config
+from splitlink.runtime.run_config import load_run_config
 
 # Reduced from the demo's defaults (60,000 rows, 3 epochs, vocabulary 50,000) to keep the test short.
 # Seed 1 is the demo's default.

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from splitlink.config import YamlConfigError
 from splitlink.examples import criteo
 from splitlink.examples import demo as demo_mod
-from splitlink.util import free_ports
 from splitlink.examples import wide_deep as wd
-from splitlink.examples.runner import load_run_config
-from splitlink.config import YamlConfigError
+from splitlink.runtime.run_config import load_run_config
+from splitlink.util import free_ports
 
 TINY = wd.WideDeepConfig(vocab_size=5000, emb_dim=8, deep_layers=(32, 16))
 
