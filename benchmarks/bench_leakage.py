@@ -54,20 +54,23 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 strengths per defence, 20000 rows, 2 epochs")
+    ap.add_argument("--quick", action="store_true", help="2-3 strengths per defence, 20000 rows, 2 epochs")
     ap.add_argument("--rows", type=int, help="samples (default: 20000 quick, 40000 otherwise)")
     ap.add_argument("--epochs", type=int, help="epochs per run (default: 2 quick, 3 otherwise)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--seeds", type=int, default=1, help="runs per setting, seeds 0..N-1 (numbers: medians)")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--only", nargs="+", metavar="DEFENCE", help="only these defences (and the baseline)")
+    ap.add_argument("--marvell-scales", nargs="+", type=float, metavar="SCALE",
+                    help="Marvell power budgets (x ||mean gradient difference||^2) to run (default: 1 4 8 quick, "
+                         "0.25 1 4 8 otherwise)")
     ap.add_argument("--tsv", help="a Criteo-format TSV instead of synthetic data")
     ap.add_argument("--plot", default="leakage_tradeoff.png", help="PNG of test AUC vs attack AUC ('' for none)")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
     rows_n = args.rows or (20_000 if args.quick else 40_000)
     epochs = args.epochs or (2 if args.quick else 3)
-    defences = audit.default_defences(args.quick)
+    defences = audit.default_defences(args.quick, marvell_scales=args.marvell_scales)
     if args.only:
         defences = [d for d in defences if d.name == "none" or d.name in args.only]
     target = audit.get_target("criteo_wide_deep")
