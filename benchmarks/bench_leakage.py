@@ -54,7 +54,7 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2-3 strengths per defence, 20000 rows, 2 epochs")
+    ap.add_argument("--quick", action="store_true", help="2 strengths per defence, 20000 rows, 2 epochs")
     ap.add_argument("--rows", type=int, help="samples (default: 20000 quick, 40000 otherwise)")
     ap.add_argument("--epochs", type=int, help="epochs per run (default: 2 quick, 3 otherwise)")
     ap.add_argument("--batch-size", type=int, default=500)
@@ -62,7 +62,7 @@ def main() -> int:
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--only", nargs="+", metavar="DEFENCE", help="only these defences (and the baseline)")
     ap.add_argument("--marvell-scales", nargs="+", type=float, metavar="SCALE",
-                    help="Marvell power budgets (x ||mean gradient difference||^2) to run (default: 1 4 8 quick, "
+                    help="Marvell power budgets (x ||mean gradient difference||^2) to run (default: 1 4 quick, "
                          "0.25 1 4 8 otherwise)")
     ap.add_argument("--tsv", help="a Criteo-format TSV instead of synthetic data")
     ap.add_argument("--plot", default="leakage_tradeoff.png", help="PNG of test AUC vs attack AUC ('' for none)")
