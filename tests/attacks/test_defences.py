@@ -240,3 +240,19 @@ def test_marvell_models_per_class_spread_in_principal_directions() -> None:
     q = norm_attack([noisy_spread.unsqueeze(1)], y)
     assert max(q, 1 - q) < 0.6
     assert sol.power <= sol.budget * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("rows, dims", [(2, (1,)), (2, (1, 6)), (5, (1,)), (40, (3, 2))])
+def test_marvell_small_batches_and_widths(rows: int, dims: tuple[int, ...]) -> None:
+    """One sample per class, a 1-dimensional gradient, fewer samples than modelled directions: finite noise
+    of the budget's power, the basis never larger than the gradient."""
+    g = torch.Generator().manual_seed(rows)
+    grads = [torch.randn(rows, d, generator=g) for d in dims]
+    y = torch.tensor([1.0, 0.0] * (rows // 2) + [1.0] * (rows % 2))
+    m = MarvellNoise(2.0, seed=1)
+    out = m(grads, y)
+    sol = m.last
+    assert sol is not None and sol.dim == sum(dims) and sum(sol.mult) == sol.dim
+    assert len(sol.mult) <= min(sol.dim, 1 + 4 + 1)
+    assert all(torch.isfinite(t).all() for t in out)
+    assert sol.power == pytest.approx(sol.budget, rel=1e-4)
