@@ -61,13 +61,16 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=1, help="runs per setting, seeds 0..N-1 (numbers: medians)")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--only", nargs="+", metavar="DEFENCE", help="only these defences (and the baseline)")
+    ap.add_argument("--marvell-scales", nargs="+", type=float, metavar="SCALE",
+                    help="Marvell power budgets (x ||mean gradient difference||^2) to run (default: 1 4 quick, "
+                         "0.25 1 4 8 otherwise)")
     ap.add_argument("--tsv", help="a Criteo-format TSV instead of synthetic data")
     ap.add_argument("--plot", default="leakage_tradeoff.png", help="PNG of test AUC vs attack AUC ('' for none)")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
     rows_n = args.rows or (20_000 if args.quick else 40_000)
     epochs = args.epochs or (2 if args.quick else 3)
-    defences = audit.default_defences(args.quick)
+    defences = audit.default_defences(args.quick, marvell_scales=args.marvell_scales)
     if args.only:
         defences = [d for d in defences if d.name == "none" or d.name in args.only]
     target = audit.get_target("criteo_wide_deep")

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["LabelDP", "SignEmbeddingDP", "GaussianEmbeddingDP", "GradientNormDefence", "MarvellNoise", "MarvellSolution"]
+__all__ = ["GaussianEmbeddingDP", "GradientNormDefence", "LabelDP", "MarvellNoise", "MarvellSolution", "SignEmbeddingDP"]
 
 log = logging.getLogger("splitlink.privacy")
 
@@ -296,118 +296,197 @@ class GradientNormDefence:
 
 @dataclass(frozen=True)
 class MarvellSolution:
-    """The noise covariances of one batch: per class k (1 positive, 0 negative), variance ``lam_k`` along the
-    difference of the class means and ``gam_k`` in each of the ``dim - 1`` orthogonal directions."""
+    """The noise covariances of one batch, in the batch's modelled basis: entry 0 is the unit vector along the
+    difference of the class means, entries 1..r the top principal directions of the within-class spread
+    orthogonal to it, the last entry (when ``r < dim - 1``) each of the remaining ``dim - 1 - r`` dimensions.
+    ``noise1[j]`` / ``noise0[j]``: the noise variance positives / negatives get along entry j (per dimension
+    for the last); ``mult[j]``: how many dimensions entry j covers."""
 
-    lam1: float
-    lam0: float
-    gam1: float
-    gam0: float
+    noise1: tuple[float, ...]
+    noise0: tuple[float, ...]
+    mult: tuple[int, ...]
     dim: int
     positive_rate: float
-    power: float            # expected noise power per sample, p (lam1 + (d-1) gam1) + (1-p) (lam0 + (d-1) gam0)
+    power: float            # expected noise power per sample, p sum_j mult_j noise1_j + (1 - p) sum_j mult_j noise0_j
     budget: float           # the power constraint P = scale * ||mean_pos - mean_neg||^2
     sum_kl: float           # KL(P1||P0) + KL(P0||P1) of the noisy Gaussian models at the solution
     auc_bound: float        # the bound on any attacker's AUC this sum-KL implies (see MarvellNoise)
+    linear_auc: float       # the AUC of the best linear score under the model (see MarvellNoise)
+
+    @property
+    def lam1(self) -> float:
+        """Positives' noise variance along the class-mean difference."""
+        return self.noise1[0]
+
+    @property
+    def lam0(self) -> float:
+        """Negatives' noise variance along the class-mean difference."""
+        return self.noise0[0]
+
+    def class_power(self, k: int) -> float:
+        """E||noise||^2 of a class-k sample (k = 1 positive, 0 negative)."""
+        return float(sum(m * n for m, n in zip(self.mult, self.noise1 if k else self.noise0)))
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
 class MarvellNoise:
     """Marvell-style optimised gradient noise (Li et al., "Label Leakage and Protection in Two-party Split
-    Learning", ICLR 2022), two-Gaussian variant, per batch.
+    Learning", ICLR 2022), per batch, with per-class covariances modelled in a low-dimensional basis.
 
     Model: the per-sample gradients of class k (k = 1 positive, 0 negative) are Gaussian with the batch's
-    class mean ``mu_k`` and isotropic variance (``v`` positives, ``u`` negatives, per dimension, estimated
-    from the batch). Each sample of class k gets zero-mean Gaussian noise of covariance
-    ``Sigma_k = lam_k D D^T + gam_k (I - D D^T)``, D the unit vector along ``mu_1 - mu_0`` (the optimum of
-    the problem below has this form: everything it depends on is symmetric about that axis). The four
-    variances minimise the symmetrised KL divergence between the noisy class distributions,
+    class mean ``mu_k`` and a class covariance that is diagonal in the basis ``D, u_1..u_r, rest``: D the unit
+    vector along ``mu_1 - mu_0`` (length ``delta``), u_1..u_r the top ``r = directions`` principal directions
+    of the batch's within-class deviations orthogonal to D, and the remaining ``dim - 1 - r`` dimensions
+    isotropic. Each class's variances along D and each u_j, and its mean variance per remaining dimension,
+    are estimated from the batch. A class-k sample gets zero-mean Gaussian noise whose covariance is diagonal
+    in the same basis (variances ``noise_k[j]``). The variances minimise the symmetrised KL divergence between
+    the noisy class distributions, which separates over the basis:
 
-        KL(N(mu_1, vI + Sigma_1) || N(mu_0, uI + Sigma_0)) + KL(N(mu_0, uI + Sigma_0) || N(mu_1, vI + Sigma_1)),
+        sum_KL = 1/2 sum_j mult_j (a1_j / a0_j + a0_j / a1_j - 2) + 1/2 delta^2 (1 / a1_D + 1 / a0_D),
+        a_k_j = (class k's data variance + noise variance) along entry j,
 
-    under the power budget ``p tr(Sigma_1) + (1 - p) tr(Sigma_0) <= P`` with ``P = scale * ||mu_1 - mu_0||^2``
-    (``p`` the batch's positive rate), solved by SLSQP over the four variances (deterministic starts).
+    under the power budget ``p tr(Sigma_1) + (1 - p) tr(Sigma_0) <= P`` with ``P = scale * delta^2`` (``p`` the
+    batch's positive rate), solved by SLSQP (deterministic starts). So ``scale`` is the expected noise power
+    per sample in units of the squared distance between the class means: ``scale = 1`` adds, on average, as
+    much noise energy per sample as the squared gap the noise must hide.
 
-    Leakage bound targeted (under that Gaussian model): for any scoring function an attacker applies to a
-    received gradient, ``AUC <= 1/2 + TV - TV^2/2`` where TV is the total variation distance between the
-    two noisy class distributions (Li et al., Thm. 1), and by Pinsker's inequality applied to each direction
-    ``TV <= sqrt(min(KL_10, KL_01) / 2) <= sqrt(sum_KL / 4)``. ``last.auc_bound`` reports that bound for the
-    latest batch. The bound is only as good as the Gaussian model of the gradients; the attacks in
+    Leakage bounds (under that Gaussian model, per batch):
+
+    * any scoring function: ``AUC <= 1/2 + TV - TV^2/2`` with TV the total variation distance between the two
+      noisy class distributions (Li et al., Thm. 1), and by Pinsker ``TV <= sqrt(sum_KL / 4)``
+      (``last.auc_bound``);
+    * linear scores ``w . g`` (what the direction attacks amount to: cosine similarity to a reference gradient
+      is, up to the per-sample norm, a projection on the reference): the model makes D the best projection,
+      with ``AUC = Phi(delta / sqrt(a1_D + a0_D))`` (``last.linear_auc``). Noise orthogonal to D cannot lower
+      this: only the noise variance along D can, so hiding the direction to ``AUC <= 0.6`` needs
+      ``a1_D + a0_D >= 15.6 delta^2``, i.e. ``scale`` of about 8 when split evenly between the classes.
+
+    The bounds are only as good as the Gaussian model of the gradients; the attacks in
     :mod:`splitlink.attacks` measure what actually leaks.
 
     A batch with a single class has no class-mean difference: its samples get isotropic noise of the power
     of the latest two-class batch (none on the very first batches, with a warning).
     """
 
-    def __init__(self, scale: float, *, seed: int | None = None) -> None:
+    def __init__(self, scale: float, *, seed: int | None = None, directions: int = 4) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"Marvell scale (power budget / ||mean gradient difference||^2) must be a finite "
                              f"number > 0, got {scale!r}")
+        if isinstance(directions, bool) or not isinstance(directions, int) or directions < 0:
+            raise ValueError(f"Marvell directions (principal directions modelled per class) must be an integer "
+                             f">= 0, got {directions!r}")
         self.scale = float(scale)
+        self.directions = directions
         self.generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
         self.last: MarvellSolution | None = None
         self._warned = False
 
     @staticmethod
-    def sum_kl(lam1: float, lam0: float, gam1: float, gam0: float, *, delta_sq: float, u: float, v: float,
-               dim: int) -> float:
-        a1, a0, b1, b0 = v + lam1, u + lam0, v + gam1, u + gam0
-        out = (a1 / a0 + a0 / a1 - 2.0) + delta_sq * (1.0 / a0 + 1.0 / a1)
-        if dim > 1:
-            out += (dim - 1) * (b1 / b0 + b0 / b1 - 2.0)
-        return 0.5 * out
+    def sum_kl(noise1: Any, noise0: Any, *, var1: Any, var0: Any, mult: Any, delta_sq: float) -> float:
+        """The symmetrised KL of the model (entry 0 is the mean-difference axis; see the class docstring)."""
+        a1 = np.asarray(var1, dtype=np.float64) + np.asarray(noise1, dtype=np.float64)
+        a0 = np.asarray(var0, dtype=np.float64) + np.asarray(noise0, dtype=np.float64)
+        m = np.asarray(mult, dtype=np.float64)
+        return float(0.5 * (m @ (a1 / a0 + a0 / a1 - 2.0)) + 0.5 * delta_sq * (1.0 / a0[0] + 1.0 / a1[0]))
 
     @staticmethod
     def auc_bound_of(sum_kl: float) -> float:
         tv = min(1.0, math.sqrt(max(sum_kl, 0.0) / 4.0))
         return 0.5 + tv - tv * tv / 2.0
 
-    def solve(self, *, delta_sq: float, u: float, v: float, p: float, dim: int) -> MarvellSolution:
-        """The noise variances for one batch (see the class docstring)."""
+    @staticmethod
+    def linear_auc_of(delta_sq: float, a1: float, a0: float) -> float:
+        """AUC of the projection on the mean difference for class variances a1, a0 along it."""
+        return _normal_cdf(math.sqrt(delta_sq / (a1 + a0))) if a1 + a0 > 0 else (1.0 if delta_sq > 0 else 0.5)
+
+    def solve(self, *, delta_sq: float, var1: Any, var0: Any, mult: Any, p: float) -> MarvellSolution:
+        """The noise variances for one batch: ``var1`` / ``var0`` the classes' data variances per modelled
+        entry (0: the mean-difference axis), ``mult`` the dimensions each entry covers (see the class docstring)."""
         from scipy.optimize import minimize
 
+        mult_a = np.asarray(mult, dtype=np.float64)
+        n = mult_a.size
+        if not (len(var1) == len(var0) == n and n >= 1 and mult_a[0] == 1):
+            raise ValueError("Marvell solve: var1, var0 and mult need one entry per modelled direction, "
+                             "the first (the mean-difference axis) covering one dimension")
+        dim = int(mult_a.sum())
         budget = self.scale * delta_sq
         # Work in units of the budget; a floor on the data variances keeps the ratios finite (a class of
         # one sample has variance 0).
         unit = budget if budget > 0 else 1.0
         floor = 1e-12
-        uu, vv, dd = max(u / unit, floor), max(v / unit, floor), delta_sq / unit
-        m = dim - 1
+        v1 = np.maximum(np.asarray(var1, dtype=np.float64) / unit, floor)
+        v0 = np.maximum(np.asarray(var0, dtype=np.float64) / unit, floor)
+        dd = delta_sq / unit
 
         def f(x: np.ndarray) -> float:
-            lam1, lam0, gam1, gam0 = np.maximum(x, 0.0)
-            return self.sum_kl(lam1, lam0, gam1, gam0, delta_sq=dd, u=uu, v=vv, dim=dim)
+            x = np.maximum(x, 0.0)
+            return self.sum_kl(x[:n], x[n:], var1=v1, var0=v0, mult=mult_a, delta_sq=dd)
 
         def jac(x: np.ndarray) -> np.ndarray:
-            lam1, lam0, gam1, gam0 = np.maximum(x, 0.0)
-            a1, a0, b1, b0 = vv + lam1, uu + lam0, vv + gam1, uu + gam0
-            return 0.5 * np.array([1 / a0 - (a0 + dd) / a1**2, 1 / a1 - (a1 + dd) / a0**2,
-                                   m * (1 / b0 - b0 / b1**2), m * (1 / b1 - b1 / b0**2)])
+            x = np.maximum(x, 0.0)
+            a1, a0 = v1 + x[:n], v0 + x[n:]
+            e = np.zeros(n)
+            e[0] = dd
+            return 0.5 * np.concatenate([mult_a * (1 / a0 - (a0 + e) / a1**2), mult_a * (1 / a1 - (a1 + e) / a0**2)])
 
-        cost = np.array([p, 1 - p, m * p, m * (1 - p)])
+        cost = np.concatenate([p * mult_a, (1 - p) * mult_a])
 
         def used(x: np.ndarray) -> float:
             return float(cost @ x)
 
         cons = [{"type": "ineq", "fun": lambda x: 1.0 - used(x), "jac": lambda x: -cost}]
-        bounds = [(0.0, None)] * 2 + [(0.0, None if m > 0 else 0.0)] * 2
-        starts = [np.array([1.0, 1.0, 0.0, 0.0])]
-        if m > 0:
-            starts.append(np.array([0.5, 0.5, 0.5 / m, 0.5 / m]))
+        bounds = [(0.0, None) if mult_a[j % n] > 0 else (0.0, 0.0) for j in range(2 * n)]
+        axis_only = np.zeros(2 * n)
+        axis_only[0] = axis_only[n] = 1.0
+        starts = [axis_only]
+        if dim > 1:  # half along the axis, half spread evenly over the other dimensions
+            spread = np.where(mult_a > 0, 0.5 / max(dim - 1, 1), 0.0)
+            spread[0] = 0.5
+            starts.append(np.concatenate([spread, spread]))
+            # each class topped up to the other's data variance off the axis, the rest along it
+            match = np.concatenate([np.maximum(v0 - v1, 0.0), np.maximum(v1 - v0, 0.0)])
+            match[0] = match[n] = 0.0
+            if used(match) < 1.0:
+                match[0] = match[n] = 1.0 - used(match)
+                starts.append(match)
         best: np.ndarray | None = None
         for x0 in starts:
             res = minimize(f, x0, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
-                           options={"ftol": 1e-12, "maxiter": 200})
+                           options={"ftol": 1e-12, "maxiter": 300})
             x = np.maximum(res.x, 0.0)
             if used(x) > 1.0:  # SLSQP may overshoot its constraint by its tolerance
                 x = x / used(x)
             if best is None or f(x) < f(best):
                 best = x
         assert best is not None
-        lam1, lam0, gam1, gam0 = (float(t) * unit for t in best)
-        kl = self.sum_kl(lam1, lam0, gam1, gam0, delta_sq=delta_sq, u=max(u, floor * unit), v=max(v, floor * unit),
-                         dim=dim)
-        power = p * (lam1 + m * gam1) + (1 - p) * (lam0 + m * gam0)
-        return MarvellSolution(lam1, lam0, gam1, gam0, dim, p, power, budget, kl, self.auc_bound_of(kl))
+        noise1 = tuple(float(t) * unit for t in best[:n])
+        noise0 = tuple(float(t) * unit for t in best[n:])
+        data1, data0 = v1 * unit, v0 * unit
+        kl = self.sum_kl(noise1, noise0, var1=data1, var0=data0, mult=mult_a, delta_sq=delta_sq)
+        power = p * float(mult_a @ np.asarray(noise1)) + (1 - p) * float(mult_a @ np.asarray(noise0))
+        lin = self.linear_auc_of(delta_sq, float(data1[0] + noise1[0]), float(data0[0] + noise0[0]))
+        return MarvellSolution(noise1, noise0, tuple(int(m) for m in mult_a), dim, p, power, budget, kl,
+                               self.auc_bound_of(kl), lin)
+
+    def _basis(self, dev: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+        """(r, dim) orthonormal rows: the top principal directions of the deviations ``dev`` orthogonal to ``axis``."""
+        rows, dim = dev.shape
+        r = min(self.directions, dim - 1, rows)
+        if r <= 0:
+            return dev.new_zeros((0, dim))
+        perp = dev - (dev @ axis).unsqueeze(1) * axis
+        _, s, vh = torch.linalg.svd(perp, full_matrices=False)
+        r = min(r, int((s > s[0] * 1e-9).sum()) if s.numel() and float(s[0]) > 0 else 0)
+        basis = vh[:r]
+        # re-orthogonalise against the axis (the SVD leaves rounding-level components along it)
+        basis = basis - (basis @ axis).unsqueeze(1) * axis
+        q, _ = torch.linalg.qr(basis.T)
+        out: torch.Tensor = q.T[:r]
+        return out
 
     def __call__(self, grads: list[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
         flat, layout = _flatten_rows(grads)
@@ -424,16 +503,35 @@ class MarvellNoise:
             mu1, mu0 = flat[pos].mean(0), flat[~pos].mean(0)
             diff = mu1 - mu0
             delta_sq = float(diff.dot(diff))
-            v = float(((flat[pos] - mu1) ** 2).sum(1).mean()) / dim
-            u = float(((flat[~pos] - mu0) ** 2).sum(1).mean()) / dim
-            sol = self.solve(delta_sq=delta_sq, u=u, v=v, p=n_pos / rows, dim=dim)
+            if delta_sq > 0:
+                axis = diff / math.sqrt(delta_sq)
+            else:  # identical class means: nothing along an axis to hide; any unit vector serves
+                axis = torch.zeros_like(diff)
+                axis[0] = 1.0
+            dev = flat - torch.where(pos.unsqueeze(1), mu1, mu0)
+            pcs = self._basis(dev, axis)
+            basis = torch.cat([axis.unsqueeze(0), pcs])             # (1 + r, dim), orthonormal
+            proj = dev @ basis.T                                     # per-sample coordinates
+            rest = dev.pow(2).sum(1) - proj.pow(2).sum(1)            # squared norm outside the basis
+            m_rest = dim - basis.shape[0]
+            var1 = proj[pos].pow(2).mean(0).tolist()
+            var0 = proj[~pos].pow(2).mean(0).tolist()
+            mult = [1] * basis.shape[0]
+            if m_rest > 0:
+                var1.append(float(rest[pos].clamp(min=0).mean()) / m_rest)
+                var0.append(float(rest[~pos].clamp(min=0).mean()) / m_rest)
+                mult.append(m_rest)
+            sol = self.solve(delta_sq=delta_sq, var1=var1, var0=var0, mult=mult, p=n_pos / rows)
             self.last = sol
-            axis = diff / math.sqrt(delta_sq) if delta_sq > 0 else torch.zeros_like(diff)
-            along = z @ axis
-            ortho = z - along.unsqueeze(1) * axis
-            lam = torch.where(pos, sol.lam1, sol.lam0).to(torch.float64).unsqueeze(1)
-            gam = torch.where(pos, sol.gam1, sol.gam0).to(torch.float64).unsqueeze(1)
-            noise = lam.sqrt() * along.unsqueeze(1) * axis + gam.sqrt() * ortho
+            zc = z @ basis.T
+            z_rest = z - zc @ basis
+            k = basis.shape[0]
+            sd1 = torch.tensor(sol.noise1, dtype=torch.float64, device=flat.device).sqrt()
+            sd0 = torch.tensor(sol.noise0, dtype=torch.float64, device=flat.device).sqrt()
+            sd = torch.where(pos.unsqueeze(1), sd1, sd0)              # (rows, entries)
+            noise = (zc * sd[:, :k]) @ basis
+            if m_rest > 0:
+                noise = noise + sd[:, k:] * z_rest
         elif self.last is not None:
             noise = z * math.sqrt(self.last.power / dim)
         else:
@@ -445,8 +543,15 @@ class MarvellNoise:
         return _unflatten_rows(flat + noise, layout, grads)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "last": None if self.last is None else asdict(self.last)}
+        last = None
+        if self.last is not None:
+            last = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.last).items()}
+        return {"generator": self.generator.get_state(), "last": last}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        self.last = None if state.get("last") is None else MarvellSolution(**state["last"])
+        last: dict[str, Any] | None = state.get("last")
+        if last is not None:
+            fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in last.items()}
+            last = fields
+        self.last = None if last is None else MarvellSolution(**last)

@@ -110,9 +110,10 @@ def target_names() -> list[str]:
         return sorted(_targets)
 
 
-def default_defences(quick: bool = False) -> list[Defence]:
-    """No defence, then each defence at 2 (``quick``) or 3 strengths, weakest first."""
-    marvell = (1.0, 4.0) if quick else (0.25, 1.0, 4.0)
+def default_defences(quick: bool = False, *, marvell_scales: Sequence[float] | None = None) -> list[Defence]:
+    """No defence, then each defence at 2 (``quick``) or 3 strengths, weakest first; ``marvell_scales``
+    replaces Marvell's default power budgets (see :class:`splitlink.privacy.MarvellNoise`)."""
+    marvell = tuple(marvell_scales) if marvell_scales is not None else (1.0, 4.0) if quick else (0.25, 1.0, 4.0, 8.0)
     clip_q = (0.5,) if quick else (0.5, 0.1)
     label_eps = (3.0, 1.0) if quick else (3.0, 1.0, 0.5)
     emb_sigma = (0.25, 1.0) if quick else (0.25, 1.0, 2.0)

@@ -670,6 +670,8 @@ class FLModel:
                 state["eval_model"] = self.eval_network.state_dict()
         if self.embedding_dp is not None:
             state["embedding_dp"] = self.embedding_dp.state_dict()
+        if self.marvell is not None:
+            state["marvell"] = self.marvell.state_dict()
         return state
 
     def save_ckpt(self, path: str | os.PathLike[str] | None = None, *, keep: int | None = None) -> Path:
@@ -687,6 +689,8 @@ class FLModel:
                 client["rng_cuda"] = torch.cuda.get_rng_state_all()
             if self.embedding_dp is not None:
                 client["embedding_dp"] = self.embedding_dp.state_dict()
+            if self.marvell is not None:
+                client["marvell"] = self.marvell.state_dict()
             return checkpoint_io.save_deepspeed(self.engine, self._ckpt_dir(path), self.step, client)
         if path is not None and str(path).endswith(".pt"):
             target = Path(path)
@@ -725,6 +729,8 @@ class FLModel:
                 self._restore_rng(client.get("rng_torch"), client.get("rng_cuda"))
                 if self.embedding_dp is not None and "embedding_dp" in client:
                     self.embedding_dp.load_state_dict(client["embedding_dp"])
+                if self.marvell is not None and "marvell" in client:
+                    self.marvell.load_state_dict(client["marvell"])
             self._pending = None
             return tag_dir
         state = checkpoint_io.read_state(Path(path) if path is not None else self._ckpt_dir(None))
@@ -745,6 +751,8 @@ class FLModel:
         self._restore_rng(state["rng"]["torch"], state["rng"].get("cuda"))
         if self.embedding_dp is not None and "embedding_dp" in state:
             self.embedding_dp.load_state_dict(state["embedding_dp"])
+        if self.marvell is not None and "marvell" in state:
+            self.marvell.load_state_dict(state["marvell"])
         self._pending = None
         log.info("%s: resumed from %s (step %d)", self.name, p, self.step)
         return p
