@@ -13,7 +13,7 @@ PYMOD_DEFS = -DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR="$$($(PY) -m py
 # On the GPU machine (see ../shared/gpu/README.md: `bash .gpu/on-device.sh make gpu-check`): its own python3.
 GPU_PY ?= python3
 
-.PHONY: demo test install native bench bench-cpp sysdeps sysdeps-dev clean gpu-check
+.PHONY: demo test install native lint bench bench-cpp sysdeps sysdeps-dev clean gpu-check
 
 # The main job: Wide&Deep split between two processes over mutual TLS (certificates, synthetic
 # Criteo data, training, AUC, loss plot), all under ./splitlink-demo.
@@ -61,6 +61,13 @@ bench: install
 	$(PY) benchmarks/bench_codec.py
 	$(PY) benchmarks/bench_secure.py
 	$(PY) benchmarks/bench_channel.py
+
+# Static checks: ruff's lint rules and mypy --strict over the package (with the _core stub), and the
+# C++ sources against .clang-format (configured in pyproject.toml / .clang-format).
+lint: $(VENV)/.deps
+	$(PY) -m ruff check python tests benchmarks examples
+	$(PY) -m mypy
+	$(VENV)/bin/clang-format --dry-run --Werror $$(git ls-files 'csrc/*.cc' 'csrc/*.h' 2>/dev/null || find csrc -name '*.cc' -o -name '*.h')
 
 bench-cpp: $(VENV)/.deps sysdeps-dev
 	$(CMAKE) -S . -B build/bench $(CMAKE_GEN) -DSPLITLINK_BUILD_PYTHON=OFF -DSPLITLINK_BUILD_BENCHMARKS=ON >/dev/null

@@ -17,21 +17,49 @@ using codec::CodecType;
 CodecSpec spec_for(int id, uint64_t numel) {
   CodecSpec s;
   switch (id) {
-    case 0: s.type = CodecType::kMinMax; s.bit_num = 8; break;
-    case 1: s.type = CodecType::kMinMax; s.bit_num = 4; break;
-    case 2: s.type = CodecType::kMinMax; s.bit_num = 2; break;
-    case 3: s.type = CodecType::kMinMax; s.bit_num = 8; s.block_size = 256; break;
-    case 4: s.type = CodecType::kMinMax; s.bit_num = 8; s.stochastic = true; s.seed = 1; break;
-    case 5: s.type = CodecType::kFp16; break;
-    case 6: s.type = CodecType::kBf16; break;
-    case 7: s.type = CodecType::kTopK; s.topk_count = numel / 100; break;
-    case 8: s.type = CodecType::kBitPack; s.bit_num = 4; break;
+    case 0:
+      s.type = CodecType::kMinMax;
+      s.bit_num = 8;
+      break;
+    case 1:
+      s.type = CodecType::kMinMax;
+      s.bit_num = 4;
+      break;
+    case 2:
+      s.type = CodecType::kMinMax;
+      s.bit_num = 2;
+      break;
+    case 3:
+      s.type = CodecType::kMinMax;
+      s.bit_num = 8;
+      s.block_size = 256;
+      break;
+    case 4:
+      s.type = CodecType::kMinMax;
+      s.bit_num = 8;
+      s.stochastic = true;
+      s.seed = 1;
+      break;
+    case 5:
+      s.type = CodecType::kFp16;
+      break;
+    case 6:
+      s.type = CodecType::kBf16;
+      break;
+    case 7:
+      s.type = CodecType::kTopK;
+      s.topk_count = numel / 100;
+      break;
+    case 8:
+      s.type = CodecType::kBitPack;
+      s.bit_num = 4;
+      break;
   }
   return s;
 }
 
 const char* kNames[] = {"min_max8", "min_max4", "min_max2", "min_max8_block256", "min_max8_stochastic",
-                        "fp16", "bf16", "topk1pct", "bit_pack4"};
+                        "fp16",     "bf16",     "topk1pct", "bit_pack4"};
 
 struct Input {
   std::vector<float> f;

@@ -40,7 +40,8 @@ inline pybind11::tuple spec_fields(const codec::CodecSpec& s) {
 template <class T, class Fields>
 void add_sequence_protocol(pybind11::class_<T>& cls, size_t n, Fields fields) {
   cls.def("__len__", [n](const T&) { return n; })
-      .def("__getitem__", [fields](const T& self, const pybind11::object& i) { return fields(self).attr("__getitem__")(i); })
+      .def("__getitem__",
+           [fields](const T& self, const pybind11::object& i) { return fields(self).attr("__getitem__")(i); })
       .def("__iter__", [fields](const T& self) { return pybind11::iter(fields(self)); });
 }
 

@@ -101,7 +101,8 @@ class BufferPool {
 
 // A frame buffer of `size` bytes: from `pool` when it is a BufferPool, else freshly allocated.
 inline py::object new_frame_buffer(const py::object& pool, size_t size) {
-  py::object frame = pool.is_none() ? py::cast(std::make_unique<FrameBuffer>(size)) : pool.cast<BufferPool&>().acquire(size);
+  py::object frame =
+      pool.is_none() ? py::cast(std::make_unique<FrameBuffer>(size)) : pool.cast<BufferPool&>().acquire(size);
   frame.cast<FrameBuffer&>().size = size;
   return frame;
 }

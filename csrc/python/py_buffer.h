@@ -20,10 +20,9 @@ class PyBuffer {
     if (PyObject_GetBuffer(obj.ptr(), &view_, flags) != 0) {
       PyErr_Clear();
       const std::string type = py::str(py::type::handle_of(obj).attr("__name__"));
-      throw py::value_error(std::string(what) + " must be a C-contiguous" +
-                            ((flags & PyBUF_WRITABLE) ? " writable" : "") +
-                            " object supporting the buffer protocol (bytes, bytearray, memoryview, numpy array), got " +
-                            type);
+      throw py::value_error(
+          std::string(what) + " must be a C-contiguous" + ((flags & PyBUF_WRITABLE) ? " writable" : "") +
+          " object supporting the buffer protocol (bytes, bytearray, memoryview, numpy array), got " + type);
     }
     held_ = true;
   }

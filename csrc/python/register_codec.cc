@@ -28,7 +28,8 @@ void bind_codec_spec(py::module_& m) {
   cls.def(py::init([](uint32_t type, uint32_t bit_num, uint64_t block_size, uint64_t topk_count, uint32_t value_bits,
                       bool stochastic, uint64_t seed) {
             if (type > codec::kMaxCodecType) {
-              throw py::value_error("unknown codec type " + std::to_string(type) + "; codes are the values of "
+              throw py::value_error("unknown codec type " + std::to_string(type) +
+                                    "; codes are the values of "
                                     "splitlink._core.codec.CODEC_TYPES");
             }
             codec::CodecSpec s;
@@ -41,12 +42,14 @@ void bind_codec_spec(py::module_& m) {
             s.seed = seed;
             return s;
           }),
-          py::arg("type"), py::kw_only(), py::arg("bit_num") = 0, py::arg("block_size") = 0,
-          py::arg("topk_count") = 0, py::arg("value_bits") = 0, py::arg("stochastic") = false, py::arg("seed") = 0)
-      .def_property_readonly("type", [](const codec::CodecSpec& s) { return static_cast<uint32_t>(s.type); },
-                             "Codec type code (frame.proto `enum CodecType`; 0: uncompressed).")
-      .def_property_readonly("name", [](const codec::CodecSpec& s) { return std::string(codec::codec_name(s.type)); },
-                             "Codec name, a key of CODEC_TYPES.")
+          py::arg("type"), py::kw_only(), py::arg("bit_num") = 0, py::arg("block_size") = 0, py::arg("topk_count") = 0,
+          py::arg("value_bits") = 0, py::arg("stochastic") = false, py::arg("seed") = 0)
+      .def_property_readonly(
+          "type", [](const codec::CodecSpec& s) { return static_cast<uint32_t>(s.type); },
+          "Codec type code (frame.proto `enum CodecType`; 0: uncompressed).")
+      .def_property_readonly(
+          "name", [](const codec::CodecSpec& s) { return std::string(codec::codec_name(s.type)); },
+          "Codec name, a key of CODEC_TYPES.")
       .def_readonly("bit_num", &codec::CodecSpec::bit_num, "min_max, bit_pack: bits per value (1..8).")
       .def_readonly("block_size", &codec::CodecSpec::block_size, "min_max, topk values: values per block (0: one).")
       .def_readonly("topk_count", &codec::CodecSpec::topk_count, "topk: values kept.")
@@ -54,10 +57,11 @@ void bind_codec_spec(py::module_& m) {
       .def_readonly("stochastic", &codec::CodecSpec::stochastic, "Stochastic rounding (encoder only, not on the wire).")
       .def_readonly("seed", &codec::CodecSpec::seed, "Seed of the stochastic rounding stream (encoder only).")
       .def("__repr__", &repr)
-      .def("__eq__", [](const codec::CodecSpec& a, const py::object& b) -> py::object {
-        if (!py::isinstance<codec::CodecSpec>(b)) return py::reinterpret_borrow<py::object>(Py_NotImplemented);
-        return py::bool_(spec_fields(a).equal(spec_fields(b.cast<const codec::CodecSpec&>())));
-      })
+      .def("__eq__",
+           [](const codec::CodecSpec& a, const py::object& b) -> py::object {
+             if (!py::isinstance<codec::CodecSpec>(b)) return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+             return py::bool_(spec_fields(a).equal(spec_fields(b.cast<const codec::CodecSpec&>())));
+           })
       .def("__hash__", [](const codec::CodecSpec& s) { return py::hash(spec_fields(s)); });
   add_sequence_protocol(cls, 7, spec_fields);
 
@@ -99,7 +103,8 @@ void register_codec(py::module_ m) {
         PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
         const uint64_t need = codec::encoded_size(s, dt, numel);
         if (dst.size() < need) {
-          throw py::value_error("out has " + std::to_string(dst.size()) + " bytes, encoding needs " + std::to_string(need));
+          throw py::value_error("out has " + std::to_string(dst.size()) + " bytes, encoding needs " +
+                                std::to_string(need));
         }
         float* res = nullptr;
         std::unique_ptr<PyBuffer> res_buf;

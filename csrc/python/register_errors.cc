@@ -46,8 +46,8 @@ void register_errors(py::module_& m) {
           if (kind == "base") SL_FAIL(Error, "test SplitlinkError");
           if (kind == "std") throw std::runtime_error("test std::runtime_error");
           if (kind == "bad_alloc") throw std::bad_alloc();
-          SL_FAIL(InvalidArgument, "unknown kind '" << kind
-                                                    << "'; use wire, codec, crypto, value, base, std or bad_alloc");
+          SL_FAIL(InvalidArgument,
+                  "unknown kind '" << kind << "'; use wire, codec, crypto, value, base, std or bad_alloc");
         };
         if (release_gil) {
           // Throwing while the GIL is released is what the heavy paths do; the guard's destructor
@@ -58,8 +58,7 @@ void register_errors(py::module_& m) {
           raise();
         }
       },
-      py::arg("kind"), py::arg("release_gil") = false,
-      "Raises the named native error from C++ (tests only).");
+      py::arg("kind"), py::arg("release_gil") = false, "Raises the named native error from C++ (tests only).");
 }
 
 }  // namespace splitlink::py_util

@@ -1,4 +1,6 @@
 // Bindings for AEAD sealing, X25519/HKDF key agreement and additive masking.
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -8,19 +10,16 @@
 #include <string>
 #include <vector>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
 #include "frame_buffer.h"
 #include "py_buffer.h"
 #include "register.h"
 #include "sealing.h"
 #include "splitlink/errors.h"
 #include "splitlink/secure/aead.h"
-#include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
 #include "splitlink/secure/quantise.h"
+#include "splitlink/secure/sealed.h"
 #include "splitlink/secure/shamir.h"
 
 namespace py = pybind11;
@@ -83,16 +82,24 @@ void register_secure(py::module_ m) {
 
   py::class_<secure::X25519KeyPair>(m, "X25519KeyPair")
       .def_static("generate", &secure::X25519KeyPair::generate)
-      .def_static("from_private_bytes", [](const py::object& b) {
-        auto v = bytes_of(b, "private key");
-        return secure::X25519KeyPair::from_private(v.data(), v.size());
-      })
-      .def("public_bytes", [](const secure::X25519KeyPair& k) { auto p = k.public_key(); return to_bytes(p.data(), p.size()); })
+      .def_static("from_private_bytes",
+                  [](const py::object& b) {
+                    auto v = bytes_of(b, "private key");
+                    return secure::X25519KeyPair::from_private(v.data(), v.size());
+                  })
+      .def("public_bytes",
+           [](const secure::X25519KeyPair& k) {
+             auto p = k.public_key();
+             return to_bytes(p.data(), p.size());
+           })
       .def("private_key", &secure::X25519KeyPair::private_key)
-      .def("exchange", [](const secure::X25519KeyPair& k, const py::object& peer) {
-        auto v = bytes_of(peer, "peer public key");
-        return k.exchange(v.data(), v.size());
-      }, py::arg("peer_public"))
+      .def(
+          "exchange",
+          [](const secure::X25519KeyPair& k, const py::object& peer) {
+            auto v = bytes_of(peer, "peer public key");
+            return k.exchange(v.data(), v.size());
+          },
+          py::arg("peer_public"))
       .def("__repr__", [](const secure::X25519KeyPair& k) {
         auto p = k.public_key();
         static const char* hex = "0123456789abcdef";
@@ -104,13 +111,16 @@ void register_secure(py::module_ m) {
         return "<X25519KeyPair public=" + s + "...>";
       });
 
-  m.def("hkdf_sha256", [](const py::object& ikm, const py::object& salt, const py::object& info, size_t length) {
-    auto i = bytes_of(ikm, "ikm"), s = bytes_of(salt, "salt"), f = bytes_of(info, "info");
-    if (length == 0 || length > 255 * 32) throw py::value_error("HKDF-SHA256 length must be 1..8160");
-    std::vector<uint8_t> out(length);
-    secure::hkdf_sha256(i.data(), i.size(), s.data(), s.size(), f.data(), f.size(), out.data(), length);
-    return to_bytes(out.data(), out.size());
-  }, py::arg("ikm"), py::arg("salt"), py::arg("info"), py::arg("length"));
+  m.def(
+      "hkdf_sha256",
+      [](const py::object& ikm, const py::object& salt, const py::object& info, size_t length) {
+        auto i = bytes_of(ikm, "ikm"), s = bytes_of(salt, "salt"), f = bytes_of(info, "info");
+        if (length == 0 || length > 255 * 32) throw py::value_error("HKDF-SHA256 length must be 1..8160");
+        std::vector<uint8_t> out(length);
+        secure::hkdf_sha256(i.data(), i.size(), s.data(), s.size(), f.data(), f.size(), out.data(), length);
+        return to_bytes(out.data(), out.size());
+      },
+      py::arg("ikm"), py::arg("salt"), py::arg("info"), py::arg("length"));
 
   m.def("aead_seal", [](uint32_t c, const SecretKey& key, const py::object& nonce, const py::object& aad,
                         const py::object& plaintext) {
@@ -118,31 +128,34 @@ void register_secure(py::module_ m) {
     if (n.size() != secure::kNonceBytes) throw py::value_error("nonce must be 12 bytes");
     PyBuffer p(plaintext, PyBUF_SIMPLE, "plaintext");
     std::vector<uint8_t> out(p.size() + secure::kTagBytes);
-    secure::aead_seal(cipher_of(c), key, n.data(), a.data(), a.size(), p.data(), p.size(), out.data(), out.data() + p.size());
+    secure::aead_seal(cipher_of(c), key, n.data(), a.data(), a.size(), p.data(), p.size(), out.data(),
+                      out.data() + p.size());
     return to_bytes(out.data(), out.size());
   });
-  m.def("aead_open", [](uint32_t c, const SecretKey& key, const py::object& nonce, const py::object& aad,
-                        const py::object& sealed) {
-    auto n = bytes_of(nonce, "nonce"), a = bytes_of(aad, "aad");
-    if (n.size() != secure::kNonceBytes) throw py::value_error("nonce must be 12 bytes");
-    PyBuffer s(sealed, PyBUF_SIMPLE, "ciphertext");
-    if (s.size() < secure::kTagBytes) throw CryptoError("ciphertext shorter than its 16-byte tag");
-    const size_t len = s.size() - secure::kTagBytes;
-    std::vector<uint8_t> out(len);
-    if (!secure::aead_open(cipher_of(c), key, n.data(), a.data(), a.size(), s.data(), len, out.data(), s.data() + len)) {
-      throw CryptoError("authentication failed: the message was tampered with or the key, nonce or AAD is wrong");
-    }
-    return to_bytes(out.data(), out.size());
-  });
+  m.def("aead_open",
+        [](uint32_t c, const SecretKey& key, const py::object& nonce, const py::object& aad, const py::object& sealed) {
+          auto n = bytes_of(nonce, "nonce"), a = bytes_of(aad, "aad");
+          if (n.size() != secure::kNonceBytes) throw py::value_error("nonce must be 12 bytes");
+          PyBuffer s(sealed, PyBUF_SIMPLE, "ciphertext");
+          if (s.size() < secure::kTagBytes) throw CryptoError("ciphertext shorter than its 16-byte tag");
+          const size_t len = s.size() - secure::kTagBytes;
+          std::vector<uint8_t> out(len);
+          if (!secure::aead_open(cipher_of(c), key, n.data(), a.data(), a.size(), s.data(), len, out.data(),
+                                 s.data() + len)) {
+            throw CryptoError("authentication failed: the message was tampered with or the key, nonce or AAD is wrong");
+          }
+          return to_bytes(out.data(), out.size());
+        });
 
-  m.def("derive_session_keys", [](const secure::X25519KeyPair& mine, const py::object& peer_public, const std::string& me,
-                                  const std::string& peer, const py::object& session_id, uint32_t c) {
-    auto pub = bytes_of(peer_public, "peer public key");
-    if (pub.size() != secure::kX25519Bytes) throw CryptoError("an X25519 public key is 32 bytes");
-    auto sid = bytes_of(session_id, "session_id");
-    secure::SessionKeys k = secure::derive_session_keys(mine, pub.data(), me, peer, sid, cipher_of(c));
-    return py::make_tuple(k.send, k.recv);
-  });
+  m.def("derive_session_keys",
+        [](const secure::X25519KeyPair& mine, const py::object& peer_public, const std::string& me,
+           const std::string& peer, const py::object& session_id, uint32_t c) {
+          auto pub = bytes_of(peer_public, "peer public key");
+          if (pub.size() != secure::kX25519Bytes) throw CryptoError("an X25519 public key is 32 bytes");
+          auto sid = bytes_of(session_id, "session_id");
+          secure::SessionKeys k = secure::derive_session_keys(mine, pub.data(), me, peer, sid, cipher_of(c));
+          return py::make_tuple(k.send, k.recv);
+        });
   m.def("derive_mask_key", [](const secure::X25519KeyPair& mine, const py::object& peer_public, const std::string& me,
                               const std::string& peer, const py::object& session_id) {
     auto pub = bytes_of(peer_public, "peer public key");
@@ -158,11 +171,14 @@ void register_secure(py::module_ m) {
            py::arg("cipher"), py::arg("key"), py::arg("sender"), py::arg("segment_size") = secure::kDefaultSegment)
       .def_property_readonly("sender", &secure::Sealer::sender)
       .def_property_readonly("segment_size", &secure::Sealer::segment_size)
-      .def("seal", [](secure::Sealer& s, const py::object& frame, const py::object& pool, unsigned threads) {
-        PyBuffer in(frame, PyBUF_SIMPLE, "frame");
-        const wire::FrameHeader h = wire::decode_header(in.data(), in.size());
-        return seal_frame(s, h.meta, in.size(), pool, threads, in.data());
-      }, py::arg("frame"), py::arg("pool") = py::none(), py::arg("threads") = 0);
+      .def(
+          "seal",
+          [](secure::Sealer& s, const py::object& frame, const py::object& pool, unsigned threads) {
+            PyBuffer in(frame, PyBUF_SIMPLE, "frame");
+            const wire::FrameHeader h = wire::decode_header(in.data(), in.size());
+            return seal_frame(s, h.meta, in.size(), pool, threads, in.data());
+          },
+          py::arg("frame"), py::arg("pool") = py::none(), py::arg("threads") = 0);
 
   py::class_<secure::Opener>(m, "Opener")
       .def(py::init([](uint32_t c, const SecretKey& key, std::string peer) {
@@ -171,30 +187,34 @@ void register_secure(py::module_ m) {
            py::arg("cipher"), py::arg("key"), py::arg("peer"))
       .def_property_readonly("peer", &secure::Opener::peer)
       .def_property_readonly("last_seq", &secure::Opener::last_seq)
-      .def("open", [](secure::Opener& o, const py::object& sealed, const py::object& pool, unsigned threads) {
-        PyBuffer in(sealed, PyBUF_SIMPLE, "sealed frame");
-        secure::SealedHeader h;
-        try {
-          h = secure::decode_sealed_header(in.data(), in.size());
-        } catch (const WireError& e) {
-          throw CryptoError(std::string("sealed frame from '") + o.peer() + "' rejected: " + e.what());
-        }
-        py::object out = new_frame_buffer(pool, h.plaintext_length);
-        FrameBuffer& fb = out.cast<FrameBuffer&>();
-        secure::SealedHeader opened;
-        {
-          // Safe without the GIL: `out` is ours and `sealed` is pinned; Opener locks its own state.
-          py::gil_scoped_release nogil;
-          opened = o.open(in.data(), in.size(), fb.mem.data(), fb.mem.capacity(), threads);
-        }
-        return py::make_tuple(out, opened.meta.sender, opened.meta.seq, opened.meta.step, opened.meta.kind);
-      }, py::arg("sealed"), py::arg("pool") = py::none(), py::arg("threads") = 0);
+      .def(
+          "open",
+          [](secure::Opener& o, const py::object& sealed, const py::object& pool, unsigned threads) {
+            PyBuffer in(sealed, PyBUF_SIMPLE, "sealed frame");
+            secure::SealedHeader h;
+            try {
+              h = secure::decode_sealed_header(in.data(), in.size());
+            } catch (const WireError& e) {
+              throw CryptoError(std::string("sealed frame from '") + o.peer() + "' rejected: " + e.what());
+            }
+            py::object out = new_frame_buffer(pool, h.plaintext_length);
+            FrameBuffer& fb = out.cast<FrameBuffer&>();
+            secure::SealedHeader opened;
+            {
+              // Safe without the GIL: `out` is ours and `sealed` is pinned; Opener locks its own state.
+              py::gil_scoped_release nogil;
+              opened = o.open(in.data(), in.size(), fb.mem.data(), fb.mem.capacity(), threads);
+            }
+            return py::make_tuple(out, opened.meta.sender, opened.meta.seq, opened.meta.step, opened.meta.kind);
+          },
+          py::arg("sealed"), py::arg("pool") = py::none(), py::arg("threads") = 0);
 
   m.def("mask_encode", [](const py::object& x, unsigned frac_bits, const py::list& streams, uint64_t stream_id,
                           const py::object& out, const std::string& name, unsigned threads) {
     PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
     PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
-    if (in.size() % 4 != 0 || dst.size() != in.size() * 2) throw py::value_error("x must be float32 and out int64 of the same length");
+    if (in.size() % 4 != 0 || dst.size() != in.size() * 2)
+      throw py::value_error("x must be float32 and out int64 of the same length");
     const auto s = streams_of(streams);
     // Safe without the GIL: both buffers are pinned by their exports; keys were copied.
     py::gil_scoped_release nogil;
@@ -208,7 +228,8 @@ void register_secure(py::module_ m) {
     PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
     for (const auto& y : ys) {
       views.emplace_back(y, PyBUF_C_CONTIGUOUS, "masked tensor");
-      if (views.back().size() != dst.size() * 2) throw py::value_error("every masked tensor must have out's length (int64 vs float32)");
+      if (views.back().size() != dst.size() * 2)
+        throw py::value_error("every masked tensor must have out's length (int64 vs float32)");
       ptrs.push_back(reinterpret_cast<const uint64_t*>(views.back().data()));
     }
     // Safe without the GIL: all buffers are pinned by their exports.
@@ -228,85 +249,107 @@ void register_secure(py::module_ m) {
   });
 
   m.attr("SHAMIR_PRIME") = secure::shamir::kPrime;
-  m.def("shamir_split", [](const py::object& secret, unsigned threshold, const std::vector<uint32_t>& xs) {
-    PyBuffer s(secret, PyBUF_SIMPLE, "secret");
-    auto shares = secure::shamir::split(s.data(), s.size(), threshold, xs);
-    py::list out;
-    for (const auto& sh : shares) out.append(to_bytes(sh.data(), sh.size()));
-    return out;
-  }, py::arg("secret"), py::arg("threshold"), py::arg("xs"),
-     "One share per holder coordinate in xs; any `threshold` of them reconstruct the secret.");
-  m.def("shamir_combine", [](const py::list& shares, unsigned threshold) {
-    std::vector<std::vector<uint8_t>> v;
-    for (const auto& sh : shares) v.push_back(bytes_of(py::reinterpret_borrow<py::object>(sh), "share"));
-    auto secret = secure::shamir::combine(v, threshold);
-    py::bytes out = to_bytes(secret.data(), secret.size());
-    OPENSSL_cleanse(secret.data(), secret.size());
-    return out;
-  }, py::arg("shares"), py::arg("threshold"), "The secret from the first `threshold` shares (Lagrange at 0).");
-  m.def("shamir_share_x", [](const py::object& share) {
-    PyBuffer s(share, PyBUF_SIMPLE, "share");
-    return secure::shamir::share_x(s.data(), s.size());
-  }, py::arg("share"));
+  m.def(
+      "shamir_split",
+      [](const py::object& secret, unsigned threshold, const std::vector<uint32_t>& xs) {
+        PyBuffer s(secret, PyBUF_SIMPLE, "secret");
+        auto shares = secure::shamir::split(s.data(), s.size(), threshold, xs);
+        py::list out;
+        for (const auto& sh : shares) out.append(to_bytes(sh.data(), sh.size()));
+        return out;
+      },
+      py::arg("secret"), py::arg("threshold"), py::arg("xs"),
+      "One share per holder coordinate in xs; any `threshold` of them reconstruct the secret.");
+  m.def(
+      "shamir_combine",
+      [](const py::list& shares, unsigned threshold) {
+        std::vector<std::vector<uint8_t>> v;
+        for (const auto& sh : shares) v.push_back(bytes_of(py::reinterpret_borrow<py::object>(sh), "share"));
+        auto secret = secure::shamir::combine(v, threshold);
+        py::bytes out = to_bytes(secret.data(), secret.size());
+        OPENSSL_cleanse(secret.data(), secret.size());
+        return out;
+      },
+      py::arg("shares"), py::arg("threshold"), "The secret from the first `threshold` shares (Lagrange at 0).");
+  m.def(
+      "shamir_share_x",
+      [](const py::object& share) {
+        PyBuffer s(share, PyBUF_SIMPLE, "share");
+        return secure::shamir::share_x(s.data(), s.size());
+      },
+      py::arg("share"));
   m.def("shamir_share_bytes", &secure::shamir::share_bytes, py::arg("secret_len"));
 
-  m.def("stochastic_quantise", [](const py::object& x, double clip, double levels, const py::object& key,
-                                  const py::object& out, unsigned threads) {
-    PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
-    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
-    auto k = bytes_of(key, "rounding key");
-    if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
-    if (in.size() % 4 != 0 || dst.size() < in.size()) throw py::value_error("x must be float32 and out float32 at least as long");
-    uint64_t clipped = 0;
-    {
-      // Safe without the GIL: both buffers are pinned by their exports; the key was copied.
-      py::gil_scoped_release nogil;
-      clipped = secure::stochastic_quantise(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels,
-                                            k.data(), reinterpret_cast<float*>(dst.mutable_data()), threads);
-    }
-    OPENSSL_cleanse(k.data(), k.size());
-    return clipped;
-  }, py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("out"), py::arg("threads") = 0,
-     "Stochastic rounding of float32 x into out[:len(x)] (exact float32 integers); returns the clipped count.");
+  m.def(
+      "stochastic_quantise",
+      [](const py::object& x, double clip, double levels, const py::object& key, const py::object& out,
+         unsigned threads) {
+        PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
+        PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+        auto k = bytes_of(key, "rounding key");
+        if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
+        if (in.size() % 4 != 0 || dst.size() < in.size())
+          throw py::value_error("x must be float32 and out float32 at least as long");
+        uint64_t clipped = 0;
+        {
+          // Safe without the GIL: both buffers are pinned by their exports; the key was copied.
+          py::gil_scoped_release nogil;
+          clipped = secure::stochastic_quantise(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels,
+                                                k.data(), reinterpret_cast<float*>(dst.mutable_data()), threads);
+        }
+        OPENSSL_cleanse(k.data(), k.size());
+        return clipped;
+      },
+      py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("out"), py::arg("threads") = 0,
+      "Stochastic rounding of float32 x into out[:len(x)] (exact float32 integers); returns the clipped count.");
 
-  m.def("quantise_mask32", [](const py::object& x, double clip, double levels, const py::object& key,
-                              const py::list& streams, uint64_t stream_id, const py::object& out, unsigned threads) {
-    PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
-    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
-    auto k = bytes_of(key, "rounding key");
-    if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
-    if (in.size() % 4 != 0 || dst.size() < in.size()) throw py::value_error("x must be float32 and out 32-bit, at least as long");
-    const auto s = streams_of(streams);
-    uint64_t clipped = 0;
-    {
-      // Safe without the GIL: both buffers are pinned by their exports; keys were copied.
-      py::gil_scoped_release nogil;
-      clipped = secure::quantise_mask32(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels, k.data(),
-                                        s, stream_id, reinterpret_cast<uint32_t*>(dst.mutable_data()), threads);
-    }
-    OPENSSL_cleanse(k.data(), k.size());
-    return clipped;
-  }, py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("streams"), py::arg("stream_id"),
-     py::arg("out"), py::arg("threads") = 0, "Stochastic rounding and 32-bit ring masks in one pass; the clipped count.");
-  m.def("ring32_add_masks", [](const py::list& ys, const py::list& streams, uint64_t stream_id, uint64_t first,
-                               const py::object& out, unsigned threads) {
-    PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
-    if (dst.size() % 4 != 0) throw py::value_error("out must hold 32-bit ring elements");
-    std::vector<PyBuffer> views;
-    views.reserve(py::len(ys));
-    std::vector<const uint32_t*> ptrs;
-    for (const auto& y : ys) {
-      views.emplace_back(y, PyBUF_C_CONTIGUOUS, "ring tensor");
-      if (views.back().size() != dst.size()) throw py::value_error("every ring tensor must have out's length");
-      ptrs.push_back(reinterpret_cast<const uint32_t*>(views.back().data()));
-    }
-    const auto s = streams_of(streams);
-    // Safe without the GIL: all buffers are pinned by their exports; keys were copied.
-    py::gil_scoped_release nogil;
-    secure::ring32_add_masks(ptrs, dst.size() / 4, s, stream_id, first, reinterpret_cast<uint32_t*>(dst.mutable_data()),
-                             threads);
-  }, py::arg("ys"), py::arg("streams"), py::arg("stream_id"), py::arg("first"), py::arg("out"), py::arg("threads") = 0,
-     "out = sum of ys + sum of sign * keystream from element `first` (mod 2^32), one pass.");
+  m.def(
+      "quantise_mask32",
+      [](const py::object& x, double clip, double levels, const py::object& key, const py::list& streams,
+         uint64_t stream_id, const py::object& out, unsigned threads) {
+        PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
+        PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+        auto k = bytes_of(key, "rounding key");
+        if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
+        if (in.size() % 4 != 0 || dst.size() < in.size())
+          throw py::value_error("x must be float32 and out 32-bit, at least as long");
+        const auto s = streams_of(streams);
+        uint64_t clipped = 0;
+        {
+          // Safe without the GIL: both buffers are pinned by their exports; keys were copied.
+          py::gil_scoped_release nogil;
+          clipped =
+              secure::quantise_mask32(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels, k.data(),
+                                      s, stream_id, reinterpret_cast<uint32_t*>(dst.mutable_data()), threads);
+        }
+        OPENSSL_cleanse(k.data(), k.size());
+        return clipped;
+      },
+      py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("streams"), py::arg("stream_id"),
+      py::arg("out"), py::arg("threads") = 0,
+      "Stochastic rounding and 32-bit ring masks in one pass; the clipped count.");
+  m.def(
+      "ring32_add_masks",
+      [](const py::list& ys, const py::list& streams, uint64_t stream_id, uint64_t first, const py::object& out,
+         unsigned threads) {
+        PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+        if (dst.size() % 4 != 0) throw py::value_error("out must hold 32-bit ring elements");
+        std::vector<PyBuffer> views;
+        views.reserve(py::len(ys));
+        std::vector<const uint32_t*> ptrs;
+        for (const auto& y : ys) {
+          views.emplace_back(y, PyBUF_C_CONTIGUOUS, "ring tensor");
+          if (views.back().size() != dst.size()) throw py::value_error("every ring tensor must have out's length");
+          ptrs.push_back(reinterpret_cast<const uint32_t*>(views.back().data()));
+        }
+        const auto s = streams_of(streams);
+        // Safe without the GIL: all buffers are pinned by their exports; keys were copied.
+        py::gil_scoped_release nogil;
+        secure::ring32_add_masks(ptrs, dst.size() / 4, s, stream_id, first,
+                                 reinterpret_cast<uint32_t*>(dst.mutable_data()), threads);
+      },
+      py::arg("ys"), py::arg("streams"), py::arg("stream_id"), py::arg("first"), py::arg("out"), py::arg("threads") = 0,
+      "out = sum of ys + sum of sign * keystream from element `first` (mod 2^32), one pass.");
 
   m.def("openssl_ctr_reference", [](size_t size, unsigned iterations) {
     // AES-128-CTR keystream speed of the linked OpenSSL (the masks' PRG), one context, same
@@ -322,7 +365,8 @@ void register_secure(py::module_ m) {
       int outl = 0;
       const auto t0 = std::chrono::steady_clock::now();
       for (size_t off = 0; off < size; off += size_t{1} << 20) {
-        EVP_EncryptUpdate(ctx, buf.data() + off, &outl, buf.data() + off, static_cast<int>(std::min(size - off, size_t{1} << 20)));
+        EVP_EncryptUpdate(ctx, buf.data() + off, &outl, buf.data() + off,
+                          static_cast<int>(std::min(size - off, size_t{1} << 20)));
       }
       times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }

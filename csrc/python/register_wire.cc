@@ -129,28 +129,27 @@ PyStructSequence_Field kDescFields[] = {
     {"length", "bytes the tensor occupies in the frame (encoded size when compressed)"},
     {"codec", "the tensor's splitlink._core.codec.CodecSpec (type 0: raw bytes)"},
     {nullptr, nullptr}};
-PyStructSequence_Desc kDescDesc = {
-    "splitlink._core.wire.TensorDesc", "One tensor of a decoded frame header (read-only named tuple).", kDescFields, 6};
+PyStructSequence_Desc kDescDesc = {"splitlink._core.wire.TensorDesc",
+                                   "One tensor of a decoded frame header (read-only named tuple).", kDescFields, 6};
 
-PyStructSequence_Field kHeaderFields[] = {
-    {"version", "wire version"},
-    {"sender", "sending party"},
-    {"seq", "sender's sequence number"},
-    {"step", "training step"},
-    {"kind", "application-defined frame kind"},
-    {"payload_offset", "bytes from the frame's start to the payload"},
-    {"payload_length", "payload bytes"},
-    {"tensors", "tuple of TensorDesc"},
-    {nullptr, nullptr}};
+PyStructSequence_Field kHeaderFields[] = {{"version", "wire version"},
+                                          {"sender", "sending party"},
+                                          {"seq", "sender's sequence number"},
+                                          {"step", "training step"},
+                                          {"kind", "application-defined frame kind"},
+                                          {"payload_offset", "bytes from the frame's start to the payload"},
+                                          {"payload_length", "payload bytes"},
+                                          {"tensors", "tuple of TensorDesc"},
+                                          {nullptr, nullptr}};
 PyStructSequence_Desc kHeaderDesc = {
     "splitlink._core.wire.FrameHeader",
     "A validated frame header (read-only named tuple): routing fields, where the payload lies and one TensorDesc "
     "per tensor.",
     kHeaderFields, 8};
 
-PyTypeObject* g_desc_type = nullptr;    // owned by the module (its attribute)
+PyTypeObject* g_desc_type = nullptr;  // owned by the module (its attribute)
 PyTypeObject* g_header_type = nullptr;
-PyObject* g_no_codec = nullptr;         // _core.codec.NO_CODEC, shared by uncompressed tensors (immutable)
+PyObject* g_no_codec = nullptr;  // _core.codec.NO_CODEC, shared by uncompressed tensors (immutable)
 
 py::object new_struct(PyTypeObject* type) {
   PyObject* o = PyStructSequence_New(type);
@@ -170,7 +169,8 @@ py::object decode(const py::object& buffer) {
     h = wire::decode_header(view.data(), view.size());
   } catch (const WireError& e) {
     if (secure::looks_sealed(view.data(), view.size())) {
-      throw WireError(std::string("this is a sealed frame: open it with unpack(..., opener=Opener(...)) (") + e.what() + ")");
+      throw WireError(std::string("this is a sealed frame: open it with unpack(..., opener=Opener(...)) (") + e.what() +
+                      ")");
     }
     throw;
   }
@@ -242,8 +242,9 @@ void register_wire(py::module_ m) {
       .def("__len__", [](const FrameBuffer& fb) { return fb.size; })
       .def_property_readonly("nbytes", [](const FrameBuffer& fb) { return fb.size; })
       .def_property_readonly("capacity", [](const FrameBuffer& fb) { return fb.mem.capacity(); })
-      .def_property_readonly("address", [](const FrameBuffer& fb) { return reinterpret_cast<uintptr_t>(fb.mem.data()); },
-                             "Address of the first byte (for alignment and zero-copy checks).")
+      .def_property_readonly(
+          "address", [](const FrameBuffer& fb) { return reinterpret_cast<uintptr_t>(fb.mem.data()); },
+          "Address of the first byte (for alignment and zero-copy checks).")
       .def("__repr__", [](const FrameBuffer& fb) { return "<FrameBuffer " + std::to_string(fb.size) + " bytes>"; });
 
   py::class_<BufferPool>(m, "BufferPool",
@@ -264,8 +265,8 @@ void register_wire(py::module_ m) {
 
   m.def(
       "pack",
-      [](const py::sequence& items, std::string sender, uint64_t seq, int64_t step, std::string kind,
-         py::object pool, py::object out, unsigned threads, py::object sealer) -> py::object {
+      [](const py::sequence& items, std::string sender, uint64_t seq, int64_t step, std::string kind, py::object pool,
+         py::object out, unsigned threads, py::object sealer) -> py::object {
         PackArgs a = parse_items(items, std::move(sender), seq, step, std::move(kind));
         const wire::FrameLayout layout = wire::FrameLayout::plan(a.meta, a.inputs);
         if (!sealer.is_none()) {

@@ -134,14 +134,44 @@ Data make_data(DType dt, const CodecSpec& spec, uint64_t n, uint32_t seed) {
 
 double value_at(DType dt, const std::vector<uint8_t>& b, uint64_t i) {
   switch (dt) {
-    case DType::kFloat32: { float f; std::memcpy(&f, &b[i * 4], 4); return f; }
-    case DType::kFloat64: { double f; std::memcpy(&f, &b[i * 8], 8); return f; }
-    case DType::kFloat16: { uint16_t h; std::memcpy(&h, &b[i * 2], 2); return detail::f16_to_f32(h); }
-    case DType::kBFloat16: { uint16_t h; std::memcpy(&h, &b[i * 2], 2); return detail::bf16_to_f32(h); }
-    case DType::kInt32: { int32_t x; std::memcpy(&x, &b[i * 4], 4); return x; }
-    case DType::kInt64: { int64_t x; std::memcpy(&x, &b[i * 8], 8); return static_cast<double>(x); }
-    case DType::kInt8: case DType::kBool: { int8_t x; std::memcpy(&x, &b[i], 1); return x; }
-    default: return NAN;
+    case DType::kFloat32: {
+      float f;
+      std::memcpy(&f, &b[i * 4], 4);
+      return f;
+    }
+    case DType::kFloat64: {
+      double f;
+      std::memcpy(&f, &b[i * 8], 8);
+      return f;
+    }
+    case DType::kFloat16: {
+      uint16_t h;
+      std::memcpy(&h, &b[i * 2], 2);
+      return detail::f16_to_f32(h);
+    }
+    case DType::kBFloat16: {
+      uint16_t h;
+      std::memcpy(&h, &b[i * 2], 2);
+      return detail::bf16_to_f32(h);
+    }
+    case DType::kInt32: {
+      int32_t x;
+      std::memcpy(&x, &b[i * 4], 4);
+      return x;
+    }
+    case DType::kInt64: {
+      int64_t x;
+      std::memcpy(&x, &b[i * 8], 8);
+      return static_cast<double>(x);
+    }
+    case DType::kInt8:
+    case DType::kBool: {
+      int8_t x;
+      std::memcpy(&x, &b[i], 1);
+      return x;
+    }
+    default:
+      return NAN;
   }
 }
 
@@ -152,7 +182,8 @@ struct Isa {
   unsigned mask;
 };
 const std::vector<Isa>& isas() {
-  static const std::vector<Isa> v = {{"scalar", 0}, {"f16c", cpu::kF16c}, {"avx2", cpu::kAvx2}, {"avx2_f16c", cpu::kAvx2 | cpu::kF16c}};
+  static const std::vector<Isa> v = {
+      {"scalar", 0}, {"f16c", cpu::kF16c}, {"avx2", cpu::kAvx2}, {"avx2_f16c", cpu::kAvx2 | cpu::kF16c}};
   return v;
 }
 
@@ -218,7 +249,8 @@ void check_round_trip(const Case& c, const Data& d, const std::vector<uint8_t>& 
         if (!keep[i]) {
           ASSERT_EQ(got, 0.0) << c.name << " i=" << i;
         } else {
-          ASSERT_LE(std::fabs(got - d.values[i]), step / 2 + std::fabs(d.values[i]) * 1e-2 * (c.dtype == DType::kBFloat16) + 1e-5)
+          ASSERT_LE(std::fabs(got - d.values[i]),
+                    step / 2 + std::fabs(d.values[i]) * 1e-2 * (c.dtype == DType::kBFloat16) + 1e-5)
               << c.name << " i=" << i;
         }
       }
@@ -284,10 +316,34 @@ TEST_P(CodecConformance, ConstantTensors) {
   std::vector<uint8_t> in(n * itemsize(c.dtype));
   for (uint64_t i = 0; i < n; ++i) {
     switch (itemsize(c.dtype)) {
-      case 4: { const float f = 1.5f; if (is_floating(c.dtype)) std::memcpy(&in[i * 4], &f, 4); else { int32_t x = -9; std::memcpy(&in[i * 4], &x, 4); } break; }
-      case 8: { const double f = 1.5; if (is_floating(c.dtype)) std::memcpy(&in[i * 8], &f, 8); else { int64_t x = -9; std::memcpy(&in[i * 8], &x, 8); } break; }
-      case 2: { const uint16_t h = c.dtype == DType::kFloat16 ? detail::f32_to_f16(1.5f) : detail::f32_to_bf16(1.5f); std::memcpy(&in[i * 2], &h, 2); break; }
-      case 1: in[i] = c.dtype == DType::kBool ? 1 : static_cast<uint8_t>(-9); break;
+      case 4: {
+        const float f = 1.5f;
+        if (is_floating(c.dtype))
+          std::memcpy(&in[i * 4], &f, 4);
+        else {
+          int32_t x = -9;
+          std::memcpy(&in[i * 4], &x, 4);
+        }
+        break;
+      }
+      case 8: {
+        const double f = 1.5;
+        if (is_floating(c.dtype))
+          std::memcpy(&in[i * 8], &f, 8);
+        else {
+          int64_t x = -9;
+          std::memcpy(&in[i * 8], &x, 8);
+        }
+        break;
+      }
+      case 2: {
+        const uint16_t h = c.dtype == DType::kFloat16 ? detail::f32_to_f16(1.5f) : detail::f32_to_bf16(1.5f);
+        std::memcpy(&in[i * 2], &h, 2);
+        break;
+      }
+      case 1:
+        in[i] = c.dtype == DType::kBool ? 1 : static_cast<uint8_t>(-9);
+        break;
     }
   }
   std::vector<uint8_t> enc(encoded_size(spec, c.dtype, n));
@@ -299,7 +355,8 @@ TEST_P(CodecConformance, ConstantTensors) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCodecs, CodecConformance, ::testing::Combine(::testing::ValuesIn(cases()), ::testing::ValuesIn(isas())),
+INSTANTIATE_TEST_SUITE_P(AllCodecs, CodecConformance,
+                         ::testing::Combine(::testing::ValuesIn(cases()), ::testing::ValuesIn(isas())),
                          [](const ::testing::TestParamInfo<std::tuple<Case, Isa>>& i) {
                            return std::get<0>(i.param).name + "_" + std::get<1>(i.param).name;
                          });
@@ -394,7 +451,6 @@ TEST(BitLayout, PackedBitsAreLsbFirstForEveryWidthAndLength) {
   }
 }
 
-
 // ---- Instruction-set variants: the same bits from every variant, and SPLITLINK_CPU_FEATURES ----
 
 float bits_f(uint32_t u) { return detail::u2f(u); }
@@ -403,15 +459,34 @@ float bits_f(uint32_t u) { return detail::u2f(u); }
 // rounding ties of fp16 / bf16 / the min_max grid, the ends of the range and, unless finite_only,
 // infinities and NaNs with quiet, signaling and negative payloads.
 std::vector<float> edge_values(bool finite_only) {
-  std::vector<float> v = {0.0f, -0.0f, bits_f(1), bits_f(0x80000001u), bits_f(0x007FFFFFu), std::numeric_limits<float>::min(),
-                          bits_f(0x33800000u) /* 2^-24: smallest fp16 subnormal */, bits_f(0x33000000u) /* 2^-25: tie to 0 */,
-                          bits_f(0x33C00000u) /* 1.5 * 2^-24: tie */, 1.0f + 1.0f / 2048 /* fp16 tie to even (down) */,
-                          1.0f + 3.0f / 2048 /* fp16 tie to even (up) */, bits_f(0x3F808000u) /* bf16 tie (down) */,
-                          bits_f(0x3F818000u) /* bf16 tie (up) */, 65504.0f, 65519.0f, 65520.0f /* fp16 overflow tie */, -65520.0f,
-                          0.5f, 1.5f, 2.5f, -2.5f, 1e30f, -1e30f, std::numeric_limits<float>::max(), std::numeric_limits<float>::lowest()};
+  std::vector<float> v = {0.0f,
+                          -0.0f,
+                          bits_f(1),
+                          bits_f(0x80000001u),
+                          bits_f(0x007FFFFFu),
+                          std::numeric_limits<float>::min(),
+                          bits_f(0x33800000u) /* 2^-24: smallest fp16 subnormal */,
+                          bits_f(0x33000000u) /* 2^-25: tie to 0 */,
+                          bits_f(0x33C00000u) /* 1.5 * 2^-24: tie */,
+                          1.0f + 1.0f / 2048 /* fp16 tie to even (down) */,
+                          1.0f + 3.0f / 2048 /* fp16 tie to even (up) */,
+                          bits_f(0x3F808000u) /* bf16 tie (down) */,
+                          bits_f(0x3F818000u) /* bf16 tie (up) */,
+                          65504.0f,
+                          65519.0f,
+                          65520.0f /* fp16 overflow tie */,
+                          -65520.0f,
+                          0.5f,
+                          1.5f,
+                          2.5f,
+                          -2.5f,
+                          1e30f,
+                          -1e30f,
+                          std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::lowest()};
   if (!finite_only) {
-    for (uint32_t u : {0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00000u, 0x7FC12345u, 0x7F800001u, 0x7FA00000u, 0xFFBFFFFFu,
-                       0x7FFFFFFFu, 0x7F802000u}) {
+    for (uint32_t u : {0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00000u, 0x7FC12345u, 0x7F800001u, 0x7FA00000u,
+                       0xFFBFFFFFu, 0x7FFFFFFFu, 0x7F802000u}) {
       v.push_back(bits_f(u));
     }
   }
@@ -431,7 +506,8 @@ std::vector<std::pair<std::string, std::vector<float>>> float_inputs(uint64_t n)
   };
   std::vector<float> normals(n);
   for (auto& f : normals) f = normal(rng);
-  const std::vector<float> small = {0.0f, -0.0f, bits_f(1), bits_f(0x80000001u), bits_f(0x007FFFFFu), std::numeric_limits<float>::min(), 0.5f, -1.5f};
+  const std::vector<float> small = {
+      0.0f, -0.0f, bits_f(1), bits_f(0x80000001u), bits_f(0x007FFFFFu), std::numeric_limits<float>::min(), 0.5f, -1.5f};
   out.push_back({"normal_zeros_subnormals", sprinkle(normals, small)});
   // Values halfway between the points of the 8-bit grid 0..255 (pinned by 0 and 255 below), so
   // nearest rounding meets exact ties; coarser grids meet other exact fractions.
@@ -456,7 +532,9 @@ std::vector<uint8_t> as_dtype(const std::vector<float>& x, DType dt, bool raw_bi
   std::mt19937_64 rng(seed);
   for (uint64_t i = 0; i < n; ++i) {
     switch (dt) {
-      case DType::kFloat32: std::memcpy(&b[i * 4], &x[i], 4); break;
+      case DType::kFloat32:
+        std::memcpy(&b[i * 4], &x[i], 4);
+        break;
       case DType::kFloat64: {
         double d = x[i];
         if (raw_bits) {
@@ -473,7 +551,8 @@ std::vector<uint8_t> as_dtype(const std::vector<float>& x, DType dt, bool raw_bi
         std::memcpy(&b[i * 2], &h, 2);
         break;
       }
-      default: break;
+      default:
+        break;
     }
   }
   return b;
@@ -546,8 +625,9 @@ TEST(IsaVariants, EveryCodecGivesTheSameBitsUnderEveryVariant) {
         const std::vector<float>& x = input.second;  // not a structured binding: C++17 lambdas cannot capture those
         if (n > 5000 && name != "edges_finite") continue;  // the big size is for the parallel chunking only
         const auto in = as_dtype(x, c.dtype, name == "random_bits", n);
-        expect_same_under_every_variant(c.name + "/" + name + "/n=" + std::to_string(n), [&] { return run_codec(spec, c.dtype, in, n); },
-                                        &compared);
+        expect_same_under_every_variant(
+            c.name + "/" + name + "/n=" + std::to_string(n), [&] { return run_codec(spec, c.dtype, in, n); },
+            &compared);
         if (HasFailure()) return;
       }
     }
@@ -555,12 +635,14 @@ TEST(IsaVariants, EveryCodecGivesTheSameBitsUnderEveryVariant) {
       const std::string& name = input.first;
       const std::vector<float>& x = input.second;
       for (unsigned frac : {0u, 16u, 40u}) {
-        expect_same_under_every_variant("mask/" + name + "/frac=" + std::to_string(frac) + "/n=" + std::to_string(n),
-                                        [&] { return run_mask(x, frac); }, &compared);
+        expect_same_under_every_variant(
+            "mask/" + name + "/frac=" + std::to_string(frac) + "/n=" + std::to_string(n),
+            [&] { return run_mask(x, frac); }, &compared);
       }
     }
   }
-  if (compared == 0) GTEST_SKIP() << "this CPU has no variant besides scalar (it has: " << cpu::feature_names(cpu::detected()) << ")";
+  if (compared == 0)
+    GTEST_SKIP() << "this CPU has no variant besides scalar (it has: " << cpu::feature_names(cpu::detected()) << ")";
 }
 
 // The fp16 conversion in software gives the F16C instructions' bits for NaNs too (the variants
@@ -601,7 +683,8 @@ TEST(CpuFeatures, UnknownNamesAndMissingFeaturesAreClearErrors) {
   const std::string unknown = parse_error("avx512", cpu::kAllFeatures);
   EXPECT_NE(unknown.find("SPLITLINK_CPU_FEATURES='avx512'"), std::string::npos) << unknown;
   EXPECT_NE(unknown.find("unknown feature 'avx512'"), std::string::npos) << unknown;
-  for (const char* allowed : {"avx2", "f16c", "aesni", "native", "scalar"}) EXPECT_NE(unknown.find(allowed), std::string::npos) << unknown;
+  for (const char* allowed : {"avx2", "f16c", "aesni", "native", "scalar"})
+    EXPECT_NE(unknown.find(allowed), std::string::npos) << unknown;
   EXPECT_NE(parse_error("avx2,", cpu::kAllFeatures).find("unknown feature ''"), std::string::npos);
   const std::string missing = parse_error("f16c,avx2", cpu::kF16c | cpu::kAesni);
   EXPECT_NE(missing.find("asks for avx2, which this CPU lacks (it has: f16c,aesni)"), std::string::npos) << missing;

@@ -209,7 +209,8 @@ TEST(Frame, MalformedClassesHavePreciseMessages) {
   expect_wire_error(frame_with_tensor(tensor_msg(1, {4}, 8, 16), 32), "not a multiple of 64");
   expect_wire_error(frame_with_tensor(tensor_msg(1, {1ull << 40, 1ull << 40}, 0, 16), 16), "overflows");
   expect_wire_error(frame_with_tensor(tensor_msg(8, {1ull << 62}, 0, 0), 16), "overflows");
-  expect_wire_error(frame_with_tensor(tensor_msg(1, std::vector<uint64_t>(33, 1), 0, 4), 16), "more than 32 dimensions");
+  expect_wire_error(frame_with_tensor(tensor_msg(1, std::vector<uint64_t>(33, 1), 0, 4), 16),
+                    "more than 32 dimensions");
   // Offset + length wrapping around 2^64 must not pass the bounds check.
   expect_wire_error(frame_with_tensor(tensor_msg(9, {16}, ~uint64_t{0} - 63, 16), 16), "payload");
 
@@ -261,9 +262,9 @@ TEST(Frame, OverlappingTensorsAreRejected) {
 TEST(Frame, UnknownFieldsAreSkipped) {
   // Forward compatibility: fields this build does not know are skipped, not fatal, even when they
   // repeat, and whatever their wire type (varint, length-delimited, fixed32, fixed64).
-  std::vector<uint8_t> f = {0x08, 0x01, 0xA0, 0x06, 0x05, 0xAA, 0x06, 0x02, 'h',  'i',  0xA0, 0x06, 0x07,
-                            0x18, 0x09, 0xAD, 0x06, 1,    2,    3,    4,    0xA9, 0x06, 1,    2,    3,
-                            4,    5,    6,    7,    8,    0x7A, 0x00};
+  std::vector<uint8_t> f = {0x08, 0x01, 0xA0, 0x06, 0x05, 0xAA, 0x06, 0x02, 'h', 'i',  0xA0,
+                            0x06, 0x07, 0x18, 0x09, 0xAD, 0x06, 1,    2,    3,   4,    0xA9,
+                            0x06, 1,    2,    3,    4,    5,    6,    7,    8,   0x7A, 0x00};
   const FrameHeader h = decode_header(f.data(), f.size());
   EXPECT_EQ(h.tensors.size(), 0u);
   EXPECT_EQ(h.meta.seq, 9u);  // the known field between the unknown ones was read

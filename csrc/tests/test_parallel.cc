@@ -20,10 +20,13 @@ TEST(ParallelFor, RunsEveryIndexExactlyOnce) {
 
 TEST(ParallelFor, RethrowsTheFirstErrorAfterAllTasksFinish) {
   std::atomic<int> ran{0};
-  EXPECT_THROW(parallel_for(64, [&](size_t i) {
-                 ran.fetch_add(1);
-                 if (i % 7 == 3) throw std::runtime_error("boom");
-               }, 2),
+  EXPECT_THROW(parallel_for(
+                   64,
+                   [&](size_t i) {
+                     ran.fetch_add(1);
+                     if (i % 7 == 3) throw std::runtime_error("boom");
+                   },
+                   2),
                std::runtime_error);
   EXPECT_EQ(ran.load(), 64);
 }
@@ -41,7 +44,8 @@ TEST(StreamCopy, CopiesEverySizeAndAlignment) {
     for (size_t shift : {0, 1, 13}) {
       std::fill(dst.begin(), dst.end(), 0);
       stream_copy(dst.data() + shift, src.data() + 5, n);
-      ASSERT_TRUE(std::equal(src.begin() + 5, src.begin() + 5 + static_cast<std::ptrdiff_t>(n), dst.begin() + static_cast<std::ptrdiff_t>(shift)));
+      ASSERT_TRUE(std::equal(src.begin() + 5, src.begin() + 5 + static_cast<std::ptrdiff_t>(n),
+                             dst.begin() + static_cast<std::ptrdiff_t>(shift)));
       ASSERT_EQ(dst[shift + n], 0);
     }
   }

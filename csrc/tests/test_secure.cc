@@ -3,16 +3,16 @@
 
 #include <algorithm>
 #include <cstring>
-#include <string>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
 #include "splitlink/secure/aead.h"
-#include "splitlink/secure/sealed.h"
 #include "splitlink/secure/kx.h"
 #include "splitlink/secure/mask.h"
+#include "splitlink/secure/sealed.h"
 
 namespace splitlink::secure {
 namespace {
@@ -132,9 +132,11 @@ TEST_P(CipherConformance, FailedOpenLeavesNoPlaintext) {
   for (uint8_t v : out) ASSERT_EQ(v, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(BothCiphers, CipherConformance, ::testing::Values(Cipher::kAes256Gcm, Cipher::kChaCha20Poly1305),
+INSTANTIATE_TEST_SUITE_P(BothCiphers, CipherConformance,
+                         ::testing::Values(Cipher::kAes256Gcm, Cipher::kChaCha20Poly1305),
                          [](const ::testing::TestParamInfo<Cipher>& i) {
-                           return i.param == Cipher::kAes256Gcm ? std::string("aes256gcm") : std::string("chacha20poly1305");
+                           return i.param == Cipher::kAes256Gcm ? std::string("aes256gcm")
+                                                                : std::string("chacha20poly1305");
                          });
 
 // Hand-edited sealed frames: each deviation from the encoder's layout is named with its byte.
@@ -172,7 +174,8 @@ TEST_F(SealedLayoutTest, UnknownFieldIsRefusedWithItsOffset) {
 TEST_F(SealedLayoutTest, RepeatedFieldIsRefusedWithBothOffsets) {
   // A second sealed_version right after the first.
   const std::string e = decode_error(with(2, 0, {0x50, 0x01}));
-  EXPECT_NE(e.find("repeats field 'sealed_version' (10) at byte 2; it first appeared at byte 0"), std::string::npos) << e;
+  EXPECT_NE(e.find("repeats field 'sealed_version' (10) at byte 2; it first appeared at byte 0"), std::string::npos)
+      << e;
 }
 
 TEST_F(SealedLayoutTest, NonMinimalVarintIsRefusedAtTheFirstDifferingByte) {
@@ -183,7 +186,8 @@ TEST_F(SealedLayoutTest, NonMinimalVarintIsRefusedAtTheFirstDifferingByte) {
   ASSERT_NE(it, sealed_.bytes.end());
   const size_t at = static_cast<size_t>(it - sealed_.bytes.begin());
   const std::string e = decode_error(with(at + 2, 1, {0x82, 0x00}));
-  EXPECT_NE(e.find("sealed frame byte " + std::to_string(at + 2) + " is 0x82 where splitlink's encoding of this header has 0x02"),
+  EXPECT_NE(e.find("sealed frame byte " + std::to_string(at + 2) +
+                   " is 0x82 where splitlink's encoding of this header has 0x02"),
             std::string::npos)
       << e;
 }
@@ -196,7 +200,8 @@ TEST_F(SealedLayoutTest, FieldsOutOfOrderAreRefused) {
   b.insert(b.end(), sealed_.bytes.begin() + static_cast<std::ptrdiff_t>(pad_tag), sealed_.bytes.end());
   ASSERT_EQ(b.size(), sealed_.bytes.size());
   const std::string e = decode_error(b);
-  EXPECT_NE(e.find("sealed frame byte 0 is 0x12 where splitlink's encoding of this header has 0x50"), std::string::npos) << e;
+  EXPECT_NE(e.find("sealed frame byte 0 is 0x12 where splitlink's encoding of this header has 0x50"), std::string::npos)
+      << e;
 }
 
 TEST_F(SealedLayoutTest, NonZeroPaddingIsRefused) {
@@ -217,7 +222,8 @@ TEST(KeyAgreement, DirectionsPairUp) {
   EXPECT_TRUE(ka.send.equals(kb.recv));
   EXPECT_TRUE(ka.recv.equals(kb.send));
   EXPECT_FALSE(ka.send.equals(ka.recv));
-  EXPECT_TRUE(derive_mask_key(a, pb.data(), "leader", "follower", sid).equals(derive_mask_key(b, pa.data(), "follower", "leader", sid)));
+  EXPECT_TRUE(derive_mask_key(a, pb.data(), "leader", "follower", sid)
+                  .equals(derive_mask_key(b, pa.data(), "follower", "leader", sid)));
 }
 
 TEST(Masks, FivePartiesCancelExactly) {

@@ -46,7 +46,8 @@ TEST(Shamir, EverySubsetOfThresholdSharesReconstructs) {
       for (uint32_t mask = 0; mask < (1u << n); ++mask) {
         if (static_cast<unsigned>(__builtin_popcount(mask)) < t) continue;
         std::vector<std::vector<uint8_t>> subset;
-        for (unsigned i = 0; i < n; ++i) if (mask & (1u << i)) subset.push_back(shares[i]);
+        for (unsigned i = 0; i < n; ++i)
+          if (mask & (1u << i)) subset.push_back(shares[i]);
         std::shuffle(subset.begin(), subset.end(), rng);
         EXPECT_EQ(combine(subset, t), secret) << "n=" << n << " t=" << t << " mask=" << mask;
       }
@@ -72,7 +73,7 @@ TEST(Shamir, RefusesBadArgumentsAndShares) {
   EXPECT_THROW(split(secret.data(), secret.size(), 2, {3, 3}), InvalidArgument);
   EXPECT_THROW(split(secret.data(), 0, 1, {1}), InvalidArgument);
   auto shares = split(secret.data(), secret.size(), 3, {1, 2, 3, 4});
-  EXPECT_THROW(combine({shares[0], shares[1]}, 3), InvalidArgument);            // too few
+  EXPECT_THROW(combine({shares[0], shares[1]}, 3), InvalidArgument);             // too few
   EXPECT_THROW(combine({shares[0], shares[1], shares[0]}, 3), InvalidArgument);  // duplicate x
   auto zero = shares[2];
   zero[1] = zero[2] = zero[3] = zero[4] = 0;  // x = 0

@@ -155,28 +155,44 @@ inline void unpack_codes_t(const uint8_t* in, uint64_t n, uint8_t* codes) {
 // Packs n codes (bytes, each < 2^b) into ceil(n*b/8) bytes at out.
 inline void pack_codes(const uint8_t* codes, uint64_t n, unsigned b, uint8_t* out) {
   switch (b) {
-    case 1: return pack_codes_t<1>(codes, n, out);
-    case 2: return pack_codes_t<2>(codes, n, out);
-    case 3: return pack_codes_t<3>(codes, n, out);
-    case 4: return pack_codes_t<4>(codes, n, out);
-    case 5: return pack_codes_t<5>(codes, n, out);
-    case 6: return pack_codes_t<6>(codes, n, out);
-    case 7: return pack_codes_t<7>(codes, n, out);
-    default: std::memcpy(out, codes, n);
+    case 1:
+      return pack_codes_t<1>(codes, n, out);
+    case 2:
+      return pack_codes_t<2>(codes, n, out);
+    case 3:
+      return pack_codes_t<3>(codes, n, out);
+    case 4:
+      return pack_codes_t<4>(codes, n, out);
+    case 5:
+      return pack_codes_t<5>(codes, n, out);
+    case 6:
+      return pack_codes_t<6>(codes, n, out);
+    case 7:
+      return pack_codes_t<7>(codes, n, out);
+    default:
+      std::memcpy(out, codes, n);
   }
 }
 
 // Unpacks n codes from ceil(n*b/8) bytes at in into bytes at codes.
 inline void unpack_codes(const uint8_t* in, uint64_t n, unsigned b, uint8_t* codes) {
   switch (b) {
-    case 1: return unpack_codes_t<1>(in, n, codes);
-    case 2: return unpack_codes_t<2>(in, n, codes);
-    case 3: return unpack_codes_t<3>(in, n, codes);
-    case 4: return unpack_codes_t<4>(in, n, codes);
-    case 5: return unpack_codes_t<5>(in, n, codes);
-    case 6: return unpack_codes_t<6>(in, n, codes);
-    case 7: return unpack_codes_t<7>(in, n, codes);
-    default: std::memcpy(codes, in, n);
+    case 1:
+      return unpack_codes_t<1>(in, n, codes);
+    case 2:
+      return unpack_codes_t<2>(in, n, codes);
+    case 3:
+      return unpack_codes_t<3>(in, n, codes);
+    case 4:
+      return unpack_codes_t<4>(in, n, codes);
+    case 5:
+      return unpack_codes_t<5>(in, n, codes);
+    case 6:
+      return unpack_codes_t<6>(in, n, codes);
+    case 7:
+      return unpack_codes_t<7>(in, n, codes);
+    default:
+      std::memcpy(codes, in, n);
   }
 }
 

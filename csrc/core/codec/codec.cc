@@ -7,7 +7,8 @@
 #include "splitlink/errors.h"
 #include "splitlink/memcopy.h"
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "splitlink frames are little-endian; big-endian hosts are not supported");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "splitlink frames are little-endian; big-endian hosts are not supported");
 
 namespace splitlink::codec {
 namespace {
@@ -17,15 +18,14 @@ constexpr uint64_t kMaxCodedNumel = uint64_t{1} << 56;
 
 // SL_CHECK for codec parameters: they come from the caller (CodecError) or from a peer's frame
 // (WireError, saying so). Used inside validate(), which has `from_wire` and `name` in scope.
-#define SL_CHECK_SPEC(cond, msg)                                                         \
-  do {                                                                                   \
-    if (from_wire) {                                                                     \
-      SL_CHECK(cond, WireError,                                                          \
-               "tensor '" << name << "': " << msg                                       \
-                          << " (the frame is corrupt or from an incompatible splitlink)"); \
-    } else {                                                                             \
-      SL_CHECK(cond, CodecError, "tensor '" << name << "': " << msg);                    \
-    }                                                                                    \
+#define SL_CHECK_SPEC(cond, msg)                                                                                   \
+  do {                                                                                                             \
+    if (from_wire) {                                                                                               \
+      SL_CHECK(cond, WireError,                                                                                    \
+               "tensor '" << name << "': " << msg << " (the frame is corrupt or from an incompatible splitlink)"); \
+    } else {                                                                                                       \
+      SL_CHECK(cond, CodecError, "tensor '" << name << "': " << msg);                                              \
+    }                                                                                                              \
   } while (false)
 
 bool is_int_or_bool(DType dt) { return !is_floating(dt) && dt != DType::kUnspecified; }
@@ -34,12 +34,18 @@ bool is_int_or_bool(DType dt) { return !is_floating(dt) && dt != DType::kUnspeci
 
 const char* codec_name(CodecType t) {
   switch (t) {
-    case CodecType::kNone: return "no_compress";
-    case CodecType::kMinMax: return "min_max";
-    case CodecType::kBitPack: return "bit_pack";
-    case CodecType::kFp16: return "fp16";
-    case CodecType::kBf16: return "bf16";
-    case CodecType::kTopK: return "topk";
+    case CodecType::kNone:
+      return "no_compress";
+    case CodecType::kMinMax:
+      return "min_max";
+    case CodecType::kBitPack:
+      return "bit_pack";
+    case CodecType::kFp16:
+      return "fp16";
+    case CodecType::kBf16:
+      return "bf16";
+    case CodecType::kTopK:
+      return "topk";
   }
   return "unknown";
 }
@@ -90,12 +96,17 @@ void validate(const CodecSpec& s, DType dt, uint64_t numel, const std::string& n
 
 uint64_t encoded_size(const CodecSpec& s, DType dt, uint64_t numel) {
   switch (s.type) {
-    case CodecType::kNone: return numel * itemsize(dt);
-    case CodecType::kMinMax: return detail::minmax_size(numel, s.bit_num, s.block_size);
-    case CodecType::kBitPack: return 8 + (numel * s.bit_num + 7) / 8;
+    case CodecType::kNone:
+      return numel * itemsize(dt);
+    case CodecType::kMinMax:
+      return detail::minmax_size(numel, s.bit_num, s.block_size);
+    case CodecType::kBitPack:
+      return 8 + (numel * s.bit_num + 7) / 8;
     case CodecType::kFp16:
-    case CodecType::kBf16: return numel * 2;
-    case CodecType::kTopK: return detail::topk_size(dt, numel, s.topk_count, s.value_bits, s.block_size);
+    case CodecType::kBf16:
+      return numel * 2;
+    case CodecType::kTopK:
+      return detail::topk_size(dt, numel, s.topk_count, s.value_bits, s.block_size);
   }
   return 0;
 }
@@ -152,7 +163,8 @@ void decode(const CodecSpec& s, DType dt, const uint8_t* src, uint64_t len, uint
         std::memcpy(tmp.data(), src, len);
         detail::half_decode(s.type == CodecType::kBf16, dt, tmp.data(), numel, dst, threads);
       } else {
-        detail::half_decode(s.type == CodecType::kBf16, dt, reinterpret_cast<const uint16_t*>(src), numel, dst, threads);
+        detail::half_decode(s.type == CodecType::kBf16, dt, reinterpret_cast<const uint16_t*>(src), numel, dst,
+                            threads);
       }
       return;
     }

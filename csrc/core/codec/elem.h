@@ -49,7 +49,7 @@ inline float f16_to_f32(uint16_t h) {
   const uint32_t exp = o & (0x7C00u << 13);
   o += (127u - 15u) << 23;
   if (exp == (0x7C00u << 13)) {
-    o += (128u - 16u) << 23;  // Inf / NaN
+    o += (128u - 16u) << 23;           // Inf / NaN
     if (h & 0x3FFu) o |= 0x00400000u;  // NaN: set the quiet bit
   } else if (exp == 0) {
     o += 1u << 23;  // zero / subnormal: renormalize through the FPU
@@ -92,11 +92,16 @@ struct BF16 {
 template <typename Fn>
 auto dispatch_float(DType dt, Fn&& fn) {
   switch (dt) {
-    case DType::kFloat32: return fn(F32{});
-    case DType::kFloat64: return fn(F64{});
-    case DType::kFloat16: return fn(F16{});
-    case DType::kBFloat16: return fn(BF16{});
-    default: SL_FAIL(CodecError, "internal: dtype " << dtype_name(dt) << " is not floating point");
+    case DType::kFloat32:
+      return fn(F32{});
+    case DType::kFloat64:
+      return fn(F64{});
+    case DType::kFloat16:
+      return fn(F16{});
+    case DType::kBFloat16:
+      return fn(BF16{});
+    default:
+      SL_FAIL(CodecError, "internal: dtype " << dtype_name(dt) << " is not floating point");
   }
 }
 

@@ -9,7 +9,6 @@
 namespace splitlink::codec::detail {
 namespace {
 
-
 inline uint8_t quantize_one(float x, float lo, float inv, float levels) {
   float y = (x - lo) * inv + 0.5f;
   y = std::min(std::max(y, 0.0f), levels);
@@ -96,15 +95,16 @@ void quantize_sse2(const float* x, uint64_t n, float lo, float inv, float levels
   for (; i < n; ++i) codes[i] = quantize_one(x[i], lo, inv, levels);
 }
 
-SPLITLINK_TARGET_AVX2 void quantize_avx2(const float* x, uint64_t n, float lo, float inv, float levels,
-                                                   uint8_t* codes, bool stream) {
+SPLITLINK_TARGET_AVX2 void quantize_avx2(const float* x, uint64_t n, float lo, float inv, float levels, uint8_t* codes,
+                                         bool stream) {
   const __m256 vlo = _mm256_set1_ps(lo), vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f);
   const __m256 vmax = _mm256_set1_ps(levels), zero = _mm256_setzero_ps();
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the per-lane packing
   uint64_t i = 0;
   if (stream) {
     // Peel to a 32-byte aligned destination so the streaming stores can be used.
-    for (; i < n && reinterpret_cast<uintptr_t>(codes + i) % 32 != 0; ++i) codes[i] = quantize_one(x[i], lo, inv, levels);
+    for (; i < n && reinterpret_cast<uintptr_t>(codes + i) % 32 != 0; ++i)
+      codes[i] = quantize_one(x[i], lo, inv, levels);
   }
   for (; i + 32 <= n; i += 32) {
     _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
@@ -126,15 +126,16 @@ SPLITLINK_TARGET_AVX2 void quantize_avx2(const float* x, uint64_t n, float lo, f
   for (; i < n; ++i) codes[i] = quantize_one(x[i], lo, inv, levels);
 }
 
-SPLITLINK_TARGET_AVX2 void dequantize_avx2(const uint8_t* codes, uint64_t n, float lo, float scale,
-                                                     float* out, bool stream) {
+SPLITLINK_TARGET_AVX2 void dequantize_avx2(const uint8_t* codes, uint64_t n, float lo, float scale, float* out,
+                                           bool stream) {
   const __m256 vlo = _mm256_set1_ps(lo), vs = _mm256_set1_ps(scale);
   uint64_t i = 0;
   if (stream) {
     if (reinterpret_cast<uintptr_t>(out) % 4 != 0) {
       stream = false;  // not even float-aligned: peeling cannot reach a 32-byte boundary
     } else {
-      for (; i < n && reinterpret_cast<uintptr_t>(out + i) % 32 != 0; ++i) out[i] = lo + static_cast<float>(codes[i]) * scale;
+      for (; i < n && reinterpret_cast<uintptr_t>(out + i) % 32 != 0; ++i)
+        out[i] = lo + static_cast<float>(codes[i]) * scale;
     }
   }
   for (; i + 8 <= n; i += 8) {

@@ -157,8 +157,8 @@ void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, u
       // Whole tensor: parallel min/max, then parallel quantization of 8-aligned chunks.
       const uint64_t chunks = (numel + kChunk - 1) / kChunk;
       std::vector<Range> ranges(chunks);
-      parallel_for(chunks, [&](size_t c) { ranges[c] = scan<E>(src, c * kChunk, std::min(numel, (c + 1) * kChunk)); },
-                   threads);
+      parallel_for(
+          chunks, [&](size_t c) { ranges[c] = scan<E>(src, c * kChunk, std::min(numel, (c + 1) * kChunk)); }, threads);
       Range r = empty_range();
       for (const auto& x : ranges) {
         r.lo = std::min(r.lo, x.lo);
@@ -168,29 +168,35 @@ void minmax_encode(DType dt, const void* src_v, uint64_t numel, unsigned bits, u
       if (r.nonfinite) fail_nonfinite();
       const Params p = params_for(r, bits, name);
       put_params(0, p);
-      parallel_for(chunks, [&](size_t c) {
-        const uint64_t b = c * kChunk;
-        quantize<E>(src, b, std::min(numel, b + kChunk), p, bits, stochastic, seed, codes + b / 8 * bits, stream);
-      }, threads);
+      parallel_for(
+          chunks,
+          [&](size_t c) {
+            const uint64_t b = c * kChunk;
+            quantize<E>(src, b, std::min(numel, b + kChunk), p, bits, stochastic, seed, codes + b / 8 * bits, stream);
+          },
+          threads);
       return;
     }
     // Blocks: each task takes whole blocks, about kChunk elements per task.
     const uint64_t per_task = std::max<uint64_t>(1, kChunk / block_size);
     const uint64_t tasks = (nb + per_task - 1) / per_task;
     std::vector<char> bad(tasks, 0);
-    parallel_for(tasks, [&](size_t t) {
-      for (uint64_t blk = t * per_task; blk < std::min(nb, (t + 1) * per_task); ++blk) {
-        const uint64_t b = blk * block_size, e = std::min(numel, b + block_size);
-        const Range r = scan<E>(src, b, e);
-        if (r.nonfinite) {
-          bad[t] = 1;
-          return;
-        }
-        const Params p = params_for(r, bits, name);
-        put_params(blk, p);
-        quantize<E>(src, b, e, p, bits, stochastic, seed, codes + b / 8 * bits, stream);
-      }
-    }, threads);
+    parallel_for(
+        tasks,
+        [&](size_t t) {
+          for (uint64_t blk = t * per_task; blk < std::min(nb, (t + 1) * per_task); ++blk) {
+            const uint64_t b = blk * block_size, e = std::min(numel, b + block_size);
+            const Range r = scan<E>(src, b, e);
+            if (r.nonfinite) {
+              bad[t] = 1;
+              return;
+            }
+            const Params p = params_for(r, bits, name);
+            put_params(blk, p);
+            quantize<E>(src, b, e, p, bits, stochastic, seed, codes + b / 8 * bits, stream);
+          }
+        },
+        threads);
     if (std::find(bad.begin(), bad.end(), 1) != bad.end()) fail_nonfinite();
   });
 }
@@ -209,23 +215,26 @@ void minmax_decode(DType dt, const uint8_t* src, uint64_t numel, unsigned bits, 
       std::memcpy(&p.lo, src + blk * 8, 4);
       std::memcpy(&p.scale, src + blk * 8 + 4, 4);
       SL_CHECK(std::isfinite(p.lo) && std::isfinite(p.scale) && p.scale >= 0, CodecError,
-               "tensor '" << name << "': min_max block " << blk << " has invalid parameters (min " << p.lo
-                          << ", scale " << p.scale << "); the frame is corrupt");
+               "tensor '" << name << "': min_max block " << blk << " has invalid parameters (min " << p.lo << ", scale "
+                          << p.scale << "); the frame is corrupt");
       return p;
     };
     if (nb == 0) return;
     // Tasks of about kChunk elements that start at 8-aligned positions inside their block.
     const uint64_t step = nb == 1 ? kChunk : std::max<uint64_t>(1, kChunk / bs) * bs;
     const uint64_t tasks = (numel + step - 1) / step;
-    parallel_for(tasks, [&](size_t t) {
-      const uint64_t tb = t * step, te = std::min(numel, tb + step);
-      for (uint64_t b = tb; b < te;) {
-        const uint64_t blk = b / bs;
-        const uint64_t e = std::min({te, (blk + 1) * bs, numel});
-        dequantize<E>(codes + b / 8 * bits, b, e, params(blk), bits, dst, stream);
-        b = e;
-      }
-    }, threads);
+    parallel_for(
+        tasks,
+        [&](size_t t) {
+          const uint64_t tb = t * step, te = std::min(numel, tb + step);
+          for (uint64_t b = tb; b < te;) {
+            const uint64_t blk = b / bs;
+            const uint64_t e = std::min({te, (blk + 1) * bs, numel});
+            dequantize<E>(codes + b / 8 * bits, b, e, params(blk), bits, dst, stream);
+            b = e;
+          }
+        },
+        threads);
   });
 }
 

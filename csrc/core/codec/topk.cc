@@ -21,8 +21,8 @@ inline uint32_t key_of(const typename E::T* src, uint64_t i) {
 }
 
 struct Selection {
-  uint32_t threshold = 0;  // keys above are kept
-  uint64_t ties = 0;       // how many keys equal to the threshold are kept (lowest indices first)
+  uint32_t threshold = 0;        // keys above are kept
+  uint64_t ties = 0;             // how many keys equal to the threshold are kept (lowest indices first)
   std::vector<uint64_t> gt, eq;  // per chunk: keys above the threshold, keys equal to it
 };
 
@@ -34,20 +34,23 @@ template <class E>
 Selection select(const typename E::T* src, uint64_t numel, uint64_t k, const std::string& name, unsigned threads) {
   SL_CHECK(k >= 1 && k <= numel, Error, "internal: topk select of " << k << " among " << numel);
   const uint64_t chunks = (numel + kChunk - 1) / kChunk;
-  constexpr unsigned kShift = 21;          // keys are < 2^31: 1024 bins of the top bits
+  constexpr unsigned kShift = 21;  // keys are < 2^31: 1024 bins of the top bits
   constexpr uint32_t kBins = 1u << 10;
   std::vector<uint32_t> hist(chunks * kBins, 0);  // a chunk holds < 2^32 keys
   std::vector<char> nan(chunks, 0);
-  parallel_for(chunks, [&](size_t c) {
-    uint32_t* h = hist.data() + c * kBins;
-    uint32_t saw_nan = 0;
-    for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
-      const uint32_t key = key_of<E>(src, i);
-      saw_nan |= key > 0x7F800000u;
-      ++h[key >> kShift];
-    }
-    nan[c] = saw_nan != 0;
-  }, threads);
+  parallel_for(
+      chunks,
+      [&](size_t c) {
+        uint32_t* h = hist.data() + c * kBins;
+        uint32_t saw_nan = 0;
+        for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
+          const uint32_t key = key_of<E>(src, i);
+          saw_nan |= key > 0x7F800000u;
+          ++h[key >> kShift];
+        }
+        nan[c] = saw_nan != 0;
+      },
+      threads);
   SL_CHECK(std::find(nan.begin(), nan.end(), 1) == nan.end(), CodecError,
            "tensor '" << name << "' contains NaN; topk cannot rank it: fix the values or use no_compress");
   uint64_t above = 0;
@@ -66,14 +69,17 @@ Selection select(const typename E::T* src, uint64_t numel, uint64_t k, const std
   std::vector<uint64_t> start(chunks + 1, 0);
   for (uint64_t c = 0; c < chunks; ++c) start[c + 1] = start[c] + hist[c * kBins + bin] + 1;
   std::vector<uint32_t> cand(start[chunks]);
-  parallel_for(chunks, [&](size_t c) {
-    uint64_t o = start[c];
-    for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
-      const uint32_t key = key_of<E>(src, i);
-      cand[o] = key;
-      o += (key >> kShift) == bin;
-    }
-  }, threads);
+  parallel_for(
+      chunks,
+      [&](size_t c) {
+        uint64_t o = start[c];
+        for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
+          const uint32_t key = key_of<E>(src, i);
+          cand[o] = key;
+          o += (key >> kShift) == bin;
+        }
+      },
+      threads);
   std::vector<uint32_t> all;
   all.reserve(start[chunks] - chunks);
   for (uint64_t c = 0; c < chunks; ++c) {
@@ -118,9 +124,12 @@ void topk_encode(DType dt, const void* src_v, uint64_t numel, uint64_t k, unsign
     const bool wide = numel > (uint64_t{1} << 32);
     const uint64_t iw = wide ? 8 : 4;
     if (residual != nullptr) {
-      parallel_for((numel + kChunk - 1) / kChunk, [&](size_t c) {
-        for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) residual[i] = E::load(src, i);
-      }, threads);
+      parallel_for((numel + kChunk - 1) / kChunk,
+                   [&](size_t c) {
+                     for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i)
+                       residual[i] = E::load(src, i);
+                   },
+                   threads);
     }
     if (k == 0) return;
     const Selection sel = select<E>(src, numel, k, name, threads);
@@ -143,30 +152,33 @@ void topk_encode(DType dt, const void* src_v, uint64_t numel, uint64_t k, unsign
     uint8_t* idx_out = dst;
     uint8_t* val_out = dst + k * iw;
     std::vector<float> kept(value_bits != 0 ? k : 0);
-    parallel_for(chunks, [&](size_t c) {
-      uint64_t o = offset[c], q = quota[c];
-      for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
-        const uint32_t key = key_of<E>(src, i);
-        if (key < sel.threshold) continue;
-        if (key == sel.threshold) {
-          if (q == 0) continue;
-          --q;
-        }
-        if (wide) {
-          std::memcpy(idx_out + o * 8, &i, 8);
-        } else {
-          const uint32_t i32 = static_cast<uint32_t>(i);
-          std::memcpy(idx_out + o * 4, &i32, 4);
-        }
-        if (value_bits == 0) {
-          std::memcpy(val_out + o * sizeof(typename E::T), src + i, sizeof(typename E::T));
-          if (residual != nullptr) residual[i] = 0.0f;
-        } else {
-          kept[o] = E::load(src, i);
-        }
-        ++o;
-      }
-    }, threads);
+    parallel_for(
+        chunks,
+        [&](size_t c) {
+          uint64_t o = offset[c], q = quota[c];
+          for (uint64_t i = c * kChunk; i < std::min(numel, (c + 1) * kChunk); ++i) {
+            const uint32_t key = key_of<E>(src, i);
+            if (key < sel.threshold) continue;
+            if (key == sel.threshold) {
+              if (q == 0) continue;
+              --q;
+            }
+            if (wide) {
+              std::memcpy(idx_out + o * 8, &i, 8);
+            } else {
+              const uint32_t i32 = static_cast<uint32_t>(i);
+              std::memcpy(idx_out + o * 4, &i32, 4);
+            }
+            if (value_bits == 0) {
+              std::memcpy(val_out + o * sizeof(typename E::T), src + i, sizeof(typename E::T));
+              if (residual != nullptr) residual[i] = 0.0f;
+            } else {
+              kept[o] = E::load(src, i);
+            }
+            ++o;
+          }
+        },
+        threads);
     if (value_bits == 0) return;
     minmax_encode(DType::kFloat32, kept.data(), k, value_bits, block_size, stochastic, seed, val_out, name, threads);
     if (residual != nullptr) {
@@ -216,7 +228,8 @@ void topk_decode(DType dt, const uint8_t* src, uint64_t numel, uint64_t k, unsig
     }
     const uint8_t* vals = src + k * iw;
     if (value_bits == 0) {
-      for (uint64_t j = 0; j < k; ++j) std::memcpy(dst + index(j), vals + j * sizeof(typename E::T), sizeof(typename E::T));
+      for (uint64_t j = 0; j < k; ++j)
+        std::memcpy(dst + index(j), vals + j * sizeof(typename E::T), sizeof(typename E::T));
       return;
     }
     std::vector<float> dec(k);

@@ -5,9 +5,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "splitlink/errors.h"
-
 #include "simd.h"
+#include "splitlink/errors.h"
 
 #ifdef SPLITLINK_SIMD_X86
 #include <cpuid.h>
@@ -94,7 +93,8 @@ unsigned parse_features(std::string_view spec, unsigned available) {
     if (end == std::string_view::npos) end = spec.size();
     std::string tok;
     for (char ch : spec.substr(start, end - start)) {
-      if (!std::isspace(static_cast<unsigned char>(ch))) tok += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (!std::isspace(static_cast<unsigned char>(ch)))
+        tok += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     }
     unsigned bit = 0;
     if (tok == "avx2") {
@@ -123,8 +123,8 @@ unsigned parse_features(std::string_view spec, unsigned available) {
 void override_features(unsigned mask) {
   SL_CHECK((mask & ~kAllFeatures) == 0, InvalidArgument, "unknown CPU feature bits " << (mask & ~kAllFeatures));
   SL_CHECK((mask & ~detected()) == 0, InvalidArgument,
-           "cannot force " << feature_names(mask & ~detected()) << ": this CPU lacks it (it has: "
-                           << feature_names(detected()) << ")");
+           "cannot force " << feature_names(mask & ~detected())
+                           << ": this CPU lacks it (it has: " << feature_names(detected()) << ")");
   g_override.store(static_cast<int>(mask), std::memory_order_relaxed);
 }
 

@@ -60,8 +60,8 @@ void hash_to_point(const uint8_t* id, size_t len, uint8_t out[kPointBytes], uint
   static const char kLabel[] = "splitlink psi v1";
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   SL_CHECK(ctx != nullptr, CryptoError, "EVP_MD_CTX_new failed");
-  uint8_t c[4] = {static_cast<uint8_t>(counter), static_cast<uint8_t>(counter >> 8), static_cast<uint8_t>(counter >> 16),
-                  static_cast<uint8_t>(counter >> 24)};
+  uint8_t c[4] = {static_cast<uint8_t>(counter), static_cast<uint8_t>(counter >> 8),
+                  static_cast<uint8_t>(counter >> 16), static_cast<uint8_t>(counter >> 24)};
   unsigned int n = 0;
   const bool ok = EVP_DigestInit_ex(ctx, sha256(), nullptr) == 1 &&
                   EVP_DigestUpdate(ctx, kLabel, sizeof(kLabel) - 1) == 1 && EVP_DigestUpdate(ctx, c, 4) == 1 &&
@@ -94,34 +94,38 @@ void Blinder::hash_and_blind(const uint8_t* data, const uint64_t* offsets, size_
   for (size_t i = 0; i < n; ++i)
     SL_CHECK(offsets[i] <= offsets[i + 1], InvalidArgument, "id offsets must not decrease (id " << i << ")");
   EVP_PKEY* key = static_cast<EVP_PKEY*>(pkey_);
-  parallel_for((n + kChunk - 1) / kChunk, [&](size_t c) {
-    Deriver d(key);
-    uint8_t u[kPointBytes];
-    const size_t end = std::min(n, (c + 1) * kChunk);
-    for (size_t i = c * kChunk; i < end; ++i) {
-      const uint8_t* id = data + offsets[i];
-      const size_t len = offsets[i + 1] - offsets[i];
-      for (uint32_t counter = 0;; ++counter) {
-        hash_to_point(id, len, u, counter);
-        if (d.derive(u, out + i * kPointBytes)) break;
-        SL_CHECK(counter < 64, CryptoError, "id " << i << " hashes to low-order points 64 times");
-      }
-    }
-  }, threads);
+  parallel_for((n + kChunk - 1) / kChunk,
+               [&](size_t c) {
+                 Deriver d(key);
+                 uint8_t u[kPointBytes];
+                 const size_t end = std::min(n, (c + 1) * kChunk);
+                 for (size_t i = c * kChunk; i < end; ++i) {
+                   const uint8_t* id = data + offsets[i];
+                   const size_t len = offsets[i + 1] - offsets[i];
+                   for (uint32_t counter = 0;; ++counter) {
+                     hash_to_point(id, len, u, counter);
+                     if (d.derive(u, out + i * kPointBytes)) break;
+                     SL_CHECK(counter < 64, CryptoError, "id " << i << " hashes to low-order points 64 times");
+                   }
+                 }
+               },
+               threads);
 }
 
 void Blinder::blind(const uint8_t* in, size_t n, uint8_t* out, unsigned threads) const {
   EVP_PKEY* key = static_cast<EVP_PKEY*>(pkey_);
-  parallel_for((n + kChunk - 1) / kChunk, [&](size_t c) {
-    Deriver d(key);
-    uint8_t tmp[kPointBytes];
-    const size_t end = std::min(n, (c + 1) * kChunk);
-    for (size_t i = c * kChunk; i < end; ++i) {
-      SL_CHECK(d.derive(in + i * kPointBytes, tmp), CryptoError,
-               "point " << i << " from the peer is of small order (an invalid or malicious blinded id)");
-      std::memcpy(out + i * kPointBytes, tmp, kPointBytes);
-    }
-  }, threads);
+  parallel_for((n + kChunk - 1) / kChunk,
+               [&](size_t c) {
+                 Deriver d(key);
+                 uint8_t tmp[kPointBytes];
+                 const size_t end = std::min(n, (c + 1) * kChunk);
+                 for (size_t i = c * kChunk; i < end; ++i) {
+                   SL_CHECK(d.derive(in + i * kPointBytes, tmp), CryptoError,
+                            "point " << i << " from the peer is of small order (an invalid or malicious blinded id)");
+                   std::memcpy(out + i * kPointBytes, tmp, kPointBytes);
+                 }
+               },
+               threads);
 }
 
 double x25519_derives_per_second(double seconds) {

@@ -13,8 +13,10 @@ namespace {
 
 const EVP_CIPHER* evp_for(Cipher c) {
   switch (c) {
-    case Cipher::kAes256Gcm: return openssl::fetch_cipher("AES-256-GCM");
-    case Cipher::kChaCha20Poly1305: return openssl::fetch_cipher("ChaCha20-Poly1305");
+    case Cipher::kAes256Gcm:
+      return openssl::fetch_cipher("AES-256-GCM");
+    case Cipher::kChaCha20Poly1305:
+      return openssl::fetch_cipher("ChaCha20-Poly1305");
   }
   SL_FAIL(CryptoError, "unknown cipher " << static_cast<uint32_t>(c));
 }
@@ -25,8 +27,10 @@ constexpr size_t kMaxUpdate = size_t{1} << 30;  // EVP lengths are int
 
 const char* cipher_name(Cipher c) {
   switch (c) {
-    case Cipher::kAes256Gcm: return "aes-256-gcm";
-    case Cipher::kChaCha20Poly1305: return "chacha20-poly1305";
+    case Cipher::kAes256Gcm:
+      return "aes-256-gcm";
+    case Cipher::kChaCha20Poly1305:
+      return "chacha20-poly1305";
   }
   return "unknown";
 }
@@ -38,7 +42,9 @@ SecretKey::SecretKey(const uint8_t* data, size_t len) {
 
 SecretKey::~SecretKey() { OPENSSL_cleanse(bytes_.data(), bytes_.size()); }
 
-bool SecretKey::equals(const SecretKey& o) const { return CRYPTO_memcmp(bytes_.data(), o.bytes_.data(), kKeyBytes) == 0; }
+bool SecretKey::equals(const SecretKey& o) const {
+  return CRYPTO_memcmp(bytes_.data(), o.bytes_.data(), kKeyBytes) == 0;
+}
 
 void aead_seal_spans(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8_t* aad, size_t aad_len,
                      const Span* spans, size_t count, uint8_t* out, uint8_t* tag) {
@@ -77,7 +83,8 @@ bool aead_open(Cipher c, const SecretKey& key, const uint8_t* nonce, const uint8
   int outl = 0;
   SL_CHECK(EVP_DecryptInit_ex2(ctx.get(), evp_for(c), key.data(), nonce, nullptr) == 1, CryptoError,
            "EVP_DecryptInit_ex2 failed: " << openssl::openssl_error());
-  SL_CHECK(EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_AEAD_SET_TAG, static_cast<int>(kTagBytes), const_cast<uint8_t*>(tag)) == 1,
+  SL_CHECK(EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_AEAD_SET_TAG, static_cast<int>(kTagBytes),
+                               const_cast<uint8_t*>(tag)) == 1,
            CryptoError, "setting the AEAD tag failed: " << openssl::openssl_error());
   if (aad_len != 0) {
     if (aad_len > kMaxUpdate || EVP_DecryptUpdate(ctx.get(), nullptr, &outl, aad, static_cast<int>(aad_len)) != 1) {

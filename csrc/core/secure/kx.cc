@@ -28,9 +28,11 @@ void put_lp(std::vector<uint8_t>& v, const std::string& s) {
 
 X25519KeyPair X25519KeyPair::generate() {
   openssl::PkeyCtx ctx(EVP_PKEY_CTX_new_from_name(nullptr, "X25519", nullptr));
-  SL_CHECK(ctx && EVP_PKEY_keygen_init(ctx.get()) == 1, CryptoError, "X25519 keygen init failed: " << openssl::openssl_error());
+  SL_CHECK(ctx && EVP_PKEY_keygen_init(ctx.get()) == 1, CryptoError,
+           "X25519 keygen init failed: " << openssl::openssl_error());
   EVP_PKEY* p = nullptr;
-  SL_CHECK(EVP_PKEY_generate(ctx.get(), &p) == 1, CryptoError, "X25519 key generation failed: " << openssl::openssl_error());
+  SL_CHECK(EVP_PKEY_generate(ctx.get(), &p) == 1, CryptoError,
+           "X25519 key generation failed: " << openssl::openssl_error());
   return X25519KeyPair(p);
 }
 
@@ -94,7 +96,8 @@ void hkdf_sha256(const uint8_t* ikm, size_t ikm_len, const uint8_t* salt, size_t
   size_t n = 0;
   params[n++] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0);
   params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(ikm), ikm_len);
-  if (salt_len != 0) params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<uint8_t*>(salt), salt_len);
+  if (salt_len != 0)
+    params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<uint8_t*>(salt), salt_len);
   params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<uint8_t*>(info), info_len);
   params[n++] = OSSL_PARAM_construct_end();
   const int ok = EVP_KDF_derive(ctx, out, out_len, params);

@@ -14,8 +14,8 @@
 namespace splitlink::secure {
 namespace {
 
-constexpr uint64_t kChunk = uint64_t{1} << 16;  // elements per task: 512 KiB of keystream
-constexpr uint64_t kBlock = 2048;               // elements per inner block (16 KiB, stays in L1/L2)
+constexpr uint64_t kChunk = uint64_t{1} << 16;        // elements per task: 512 KiB of keystream
+constexpr uint64_t kBlock = 2048;                     // elements per inner block (16 KiB, stays in L1/L2)
 constexpr uint64_t kMaxElements = uint64_t{1} << 33;  // 2^32 AES blocks of 16 bytes per stream
 
 // AES-128-CTR keystream for elements [begin, begin + count) of a stream, appended to `acc` with
@@ -76,8 +76,10 @@ SPLITLINK_TARGET_AVX2 bool to_fixed_avx2(const float* x, uint64_t n, double scal
     const __m256d hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)), vs);
     bad = _mm256_or_pd(bad, _mm256_cmp_pd(_mm256_and_pd(lo, absmask), limit, _CMP_NLT_UQ));
     bad = _mm256_or_pd(bad, _mm256_cmp_pd(_mm256_and_pd(hi, absmask), limit, _CMP_NLT_UQ));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(lo, magic)), magic_bits));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i + 4), _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(hi, magic)), magic_bits));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i),
+                        _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(lo, magic)), magic_bits));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i + 4),
+                        _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(hi, magic)), magic_bits));
   }
   bool out = _mm256_movemask_pd(bad) != 0;
   for (; i < n; ++i) y[i] = to_fixed_one(x[i], scale, out);
@@ -127,7 +129,8 @@ void from_fixed(const uint64_t* v, uint64_t n, double inv, float* x) {
 }
 
 void check_args(uint64_t n, unsigned frac_bits, const std::vector<MaskStream>& streams) {
-  SL_CHECK(frac_bits <= kMaxFracBits, InvalidArgument, "frac_bits must be 0.." << kMaxFracBits << ", got " << frac_bits);
+  SL_CHECK(frac_bits <= kMaxFracBits, InvalidArgument,
+           "frac_bits must be 0.." << kMaxFracBits << ", got " << frac_bits);
   SL_CHECK(n < kMaxElements, InvalidArgument, "a masked tensor holds at most 2^33 elements; split it");
   for (const auto& s : streams) {
     SL_CHECK(s.sign == 1 || s.sign == -1, InvalidArgument, "mask sign must be +1 or -1");
@@ -196,7 +199,8 @@ void sum_decode(const std::vector<const uint64_t*>& ys, uint64_t n, unsigned fra
         const uint64_t* y = ys[i] + k;
         for (uint64_t j = 0; j < m; ++j) acc[j] += y[j];
       }
-      for (uint64_t j = 0; j < m; ++j) x[k + j] = static_cast<float>(static_cast<double>(static_cast<int64_t>(acc[j])) * inv);
+      for (uint64_t j = 0; j < m; ++j)
+        x[k + j] = static_cast<float>(static_cast<double>(static_cast<int64_t>(acc[j])) * inv);
     }
   });
 }

@@ -98,8 +98,8 @@ void check_streams(const std::vector<MaskStream>& streams) {
   }
 }
 
-void apply_streams(std::vector<Keystream32>& prgs, const std::vector<MaskStream>& streams, uint32_t* acc,
-                   uint32_t* ks, uint64_t m) {
+void apply_streams(std::vector<Keystream32>& prgs, const std::vector<MaskStream>& streams, uint32_t* acc, uint32_t* ks,
+                   uint64_t m) {
   for (size_t j = 0; j < streams.size(); ++j) {
     prgs[j].next(ks, m);
     if (streams[j].sign > 0) {
@@ -122,27 +122,30 @@ uint64_t stochastic_quantise(const float* x, uint64_t n, double clip, double lev
   const uint64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<uint64_t> clipped(chunks, 0);
   std::vector<uint64_t> first_bad(chunks, UINT64_MAX);
-  parallel_for(chunks, [&](size_t c) {
-    const uint64_t b = c * kChunk, e = std::min(n, b + kChunk);
-    Keystream32 rounding(key16, 0, b);
-    alignas(64) uint32_t u[kBlock];
-    uint64_t count = 0;
-    for (uint64_t k = b; k < e; k += kBlock) {
-      const uint64_t m = std::min(kBlock, e - k);
-      rounding.next(u, m);
-      const bool bad = quantise_block(x + k, m, clip, levels, scale, u, q + k, count);
-      if (bad) {
-        for (uint64_t j = 0; j < m; ++j) {
-          if (!std::isfinite(x[k + j])) {
-            first_bad[c] = k + j;
-            break;
+  parallel_for(
+      chunks,
+      [&](size_t c) {
+        const uint64_t b = c * kChunk, e = std::min(n, b + kChunk);
+        Keystream32 rounding(key16, 0, b);
+        alignas(64) uint32_t u[kBlock];
+        uint64_t count = 0;
+        for (uint64_t k = b; k < e; k += kBlock) {
+          const uint64_t m = std::min(kBlock, e - k);
+          rounding.next(u, m);
+          const bool bad = quantise_block(x + k, m, clip, levels, scale, u, q + k, count);
+          if (bad) {
+            for (uint64_t j = 0; j < m; ++j) {
+              if (!std::isfinite(x[k + j])) {
+                first_bad[c] = k + j;
+                break;
+              }
+            }
+            return;
           }
         }
-        return;
-      }
-    }
-    clipped[c] = count;
-  }, threads);
+        clipped[c] = count;
+      },
+      threads);
   for (uint64_t c = 0; c < chunks; ++c) {
     SL_CHECK(first_bad[c] == UINT64_MAX, InvalidArgument,
              "the update holds a non-finite value (" << x[first_bad[c]] << ") at flat index " << first_bad[c]
@@ -164,29 +167,32 @@ uint64_t quantise_mask32(const float* x, uint64_t n, double clip, double levels,
   const uint64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<uint64_t> clipped(chunks, 0);
   std::vector<char> bad(chunks, 0);
-  parallel_for(chunks, [&](size_t c) {
-    const uint64_t b = c * kChunk, e = std::min(n, b + kChunk);
-    Keystream32 rounding(key16, 0, b);
-    std::vector<Keystream32> prgs;
-    prgs.reserve(streams.size());
-    for (const auto& s : streams) prgs.emplace_back(s.key.data(), stream_id, b);
-    alignas(64) uint32_t u[kBlock];
-    alignas(64) uint32_t ks[kBlock];
-    alignas(64) float qf[kBlock];
-    alignas(64) uint32_t acc[kBlock];
-    uint64_t count = 0;
-    bool any_bad = false;
-    for (uint64_t k = b; k < e; k += kBlock) {
-      const uint64_t m = std::min(kBlock, e - k);
-      rounding.next(u, m);
-      any_bad |= quantise_block(x + k, m, clip, levels, scale, u, qf, count);
-      for (uint64_t t = 0; t < m; ++t) acc[t] = static_cast<uint32_t>(static_cast<int32_t>(qf[t]));
-      apply_streams(prgs, streams, acc, ks, m);
-      std::memcpy(y + k, acc, m * 4);
-    }
-    clipped[c] = count;
-    bad[c] = any_bad;
-  }, threads);
+  parallel_for(
+      chunks,
+      [&](size_t c) {
+        const uint64_t b = c * kChunk, e = std::min(n, b + kChunk);
+        Keystream32 rounding(key16, 0, b);
+        std::vector<Keystream32> prgs;
+        prgs.reserve(streams.size());
+        for (const auto& s : streams) prgs.emplace_back(s.key.data(), stream_id, b);
+        alignas(64) uint32_t u[kBlock];
+        alignas(64) uint32_t ks[kBlock];
+        alignas(64) float qf[kBlock];
+        alignas(64) uint32_t acc[kBlock];
+        uint64_t count = 0;
+        bool any_bad = false;
+        for (uint64_t k = b; k < e; k += kBlock) {
+          const uint64_t m = std::min(kBlock, e - k);
+          rounding.next(u, m);
+          any_bad |= quantise_block(x + k, m, clip, levels, scale, u, qf, count);
+          for (uint64_t t = 0; t < m; ++t) acc[t] = static_cast<uint32_t>(static_cast<int32_t>(qf[t]));
+          apply_streams(prgs, streams, acc, ks, m);
+          std::memcpy(y + k, acc, m * 4);
+        }
+        clipped[c] = count;
+        bad[c] = any_bad;
+      },
+      threads);
   for (uint64_t c = 0; c < chunks; ++c) {
     if (!bad[c]) continue;
     for (uint64_t k = c * kChunk; k < std::min(n, (c + 1) * kChunk); ++k) {
@@ -205,23 +211,26 @@ void ring32_add_masks(const std::vector<const uint32_t*>& ys, uint64_t n, const 
   SL_CHECK(first + n < (uint64_t{1} << 34), InvalidArgument, "at most 2^34 values per mask stream");
   check_streams(streams);
   const uint64_t chunks = (n + kChunk - 1) / kChunk;
-  parallel_for(chunks, [&](size_t c) {
-    const uint64_t b = c * kChunk, e = std::min(n, b + kChunk);
-    std::vector<Keystream32> prgs;
-    prgs.reserve(streams.size());
-    for (const auto& s : streams) prgs.emplace_back(s.key.data(), stream_id, first + b);
-    alignas(64) uint32_t ks[kBlock];
-    alignas(64) uint32_t acc[kBlock];
-    for (uint64_t k = b; k < e; k += kBlock) {
-      const uint64_t m = std::min(kBlock, e - k);
-      std::memset(acc, 0, m * 4);
-      for (const uint32_t* y : ys) {
-        for (uint64_t t = 0; t < m; ++t) acc[t] += y[k + t];
-      }
-      apply_streams(prgs, streams, acc, ks, m);
-      std::memcpy(out + k, acc, m * 4);
-    }
-  }, threads);
+  parallel_for(
+      chunks,
+      [&](size_t c) {
+        const uint64_t b = c * kChunk, e = std::min(n, b + kChunk);
+        std::vector<Keystream32> prgs;
+        prgs.reserve(streams.size());
+        for (const auto& s : streams) prgs.emplace_back(s.key.data(), stream_id, first + b);
+        alignas(64) uint32_t ks[kBlock];
+        alignas(64) uint32_t acc[kBlock];
+        for (uint64_t k = b; k < e; k += kBlock) {
+          const uint64_t m = std::min(kBlock, e - k);
+          std::memset(acc, 0, m * 4);
+          for (const uint32_t* y : ys) {
+            for (uint64_t t = 0; t < m; ++t) acc[t] += y[k + t];
+          }
+          apply_streams(prgs, streams, acc, ks, m);
+          std::memcpy(out + k, acc, m * 4);
+        }
+      },
+      threads);
 }
 
 }  // namespace splitlink::secure

@@ -127,18 +127,30 @@ namespace {
 const char* sealed_field_name(uint32_t fnum) {
   namespace f = sealed_field;
   switch (fnum) {
-    case f::kSender: return "sender";
-    case f::kSeq: return "seq";
-    case f::kStep: return "step";
-    case f::kKind: return "kind";
-    case f::kCipher: return "cipher";
-    case f::kSegmentSize: return "segment_size";
-    case f::kPlaintextLength: return "plaintext_length";
-    case f::kTags: return "tags";
-    case f::kSealedVersion: return "sealed_version";
-    case f::kPadding: return "padding";
-    case f::kCiphertext: return "ciphertext";
-    default: return nullptr;
+    case f::kSender:
+      return "sender";
+    case f::kSeq:
+      return "seq";
+    case f::kStep:
+      return "step";
+    case f::kKind:
+      return "kind";
+    case f::kCipher:
+      return "cipher";
+    case f::kSegmentSize:
+      return "segment_size";
+    case f::kPlaintextLength:
+      return "plaintext_length";
+    case f::kTags:
+      return "tags";
+    case f::kSealedVersion:
+      return "sealed_version";
+    case f::kPadding:
+      return "padding";
+    case f::kCiphertext:
+      return "ciphertext";
+    default:
+      return nullptr;
   }
 }
 
@@ -166,8 +178,8 @@ void check_canonical(const uint8_t* data, size_t size, const SealedHeader& h) {
     if (i == L.tags_offset) i = tags_end;  // tags are authenticated by the AEAD itself
     if (i >= n) break;
     SL_CHECK(data[i] == canon[i], WireError,
-             "sealed frame byte " << i << " is " << hex_byte(data[i]) << " where splitlink's encoding of this header has "
-                                  << hex_byte(canon[i])
+             "sealed frame byte " << i << " is " << hex_byte(data[i])
+                                  << " where splitlink's encoding of this header has " << hex_byte(canon[i])
                                   << ": the framing outside the tags and ciphertext is not authenticated, so only "
                                      "the exact layout the Sealer writes is accepted (fields in order, minimal "
                                      "varints, zero padding up to a 64-byte aligned ciphertext)");
@@ -200,26 +212,43 @@ SealedHeader decode_sealed_header(const uint8_t* data, size_t size) {
     SL_CHECK(name != nullptr, WireError,
              "sealed frame has unknown field " << fnum << " (wire type " << wt << ") at byte " << at
                                                << "; a sealed frame carries only the fields of SealedFrame version "
-                                               << kSealedVersion << " (corrupt frame, or a different splitlink release)");
+                                               << kSealedVersion
+                                               << " (corrupt frame, or a different splitlink release)");
     SL_CHECK(first_at[fnum] == kNotSeen, WireError,
              "sealed frame repeats field '" << name << "' (" << fnum << ") at byte " << at
                                             << "; it first appeared at byte " << first_at[fnum]);
     first_at[fnum] = at;
-    const bool len_field = fnum == f::kSender || fnum == f::kKind || fnum == f::kTags || fnum == f::kCiphertext ||
-                           fnum == f::kPadding;
+    const bool len_field =
+        fnum == f::kSender || fnum == f::kKind || fnum == f::kTags || fnum == f::kCiphertext || fnum == f::kPadding;
     const pb::WireType want = len_field ? pb::kLen : pb::kVarint;
     SL_CHECK(wt == want, WireError,
              "sealed frame field '" << name << "' (" << fnum << ") at byte " << at << " has the wrong wire type " << wt
                                     << ", expected " << want);
     switch (fnum) {
-      case f::kSealedVersion: version = r.varint("sealed_version"); break;
-      case f::kSender: h.meta.sender = wire::read_string(r, "sender"); break;
-      case f::kSeq: h.meta.seq = r.varint("seq"); break;
-      case f::kStep: h.meta.step = static_cast<int64_t>(r.varint("step")); break;
-      case f::kKind: h.meta.kind = wire::read_string(r, "kind"); break;
-      case f::kCipher: cipher = r.varint("cipher"); break;
-      case f::kSegmentSize: segment_size = r.varint("segment_size"); break;
-      case f::kPlaintextLength: h.plaintext_length = r.varint("plaintext_length"); break;
+      case f::kSealedVersion:
+        version = r.varint("sealed_version");
+        break;
+      case f::kSender:
+        h.meta.sender = wire::read_string(r, "sender");
+        break;
+      case f::kSeq:
+        h.meta.seq = r.varint("seq");
+        break;
+      case f::kStep:
+        h.meta.step = static_cast<int64_t>(r.varint("step"));
+        break;
+      case f::kKind:
+        h.meta.kind = wire::read_string(r, "kind");
+        break;
+      case f::kCipher:
+        cipher = r.varint("cipher");
+        break;
+      case f::kSegmentSize:
+        segment_size = r.varint("segment_size");
+        break;
+      case f::kPlaintextLength:
+        h.plaintext_length = r.varint("plaintext_length");
+        break;
       case f::kTags: {
         auto [b, e] = r.len_delimited("tags");
         h.tags_offset = b;
@@ -284,22 +313,26 @@ void Sealer::seal_segments(const SealedLayout& L, const wire::FrameMeta& meta, u
   uint8_t* ct = out + L.ciphertext_offset;
   uint8_t* tags = out + L.tags_offset;
   const uint64_t n = L.segments;
-  parallel_for(n, [&](size_t i) {
-    const uint64_t b = i * uint64_t{segment_size_};
-    const uint64_t e = std::min(plaintext_length, b + segment_size_);
-    std::vector<uint8_t> aad(prefix);
-    put_u32(aad, static_cast<uint32_t>(i));
-    put_u32(aad, static_cast<uint32_t>(n));
-    uint8_t nonce[kNonceBytes];
-    nonce_for(meta.seq, static_cast<uint32_t>(i), nonce);
-    std::vector<Span> list;
-    if (plain != nullptr || !spans) {
-      list.push_back({plain ? plain + b : ct + b, e - b});
-    } else {
-      spans(b, e, list);
-    }
-    aead_seal_spans(cipher_, key_, nonce, aad.data(), aad.size(), list.data(), list.size(), ct + b, tags + i * kTagBytes);
-  }, threads);
+  parallel_for(
+      n,
+      [&](size_t i) {
+        const uint64_t b = i * uint64_t{segment_size_};
+        const uint64_t e = std::min(plaintext_length, b + segment_size_);
+        std::vector<uint8_t> aad(prefix);
+        put_u32(aad, static_cast<uint32_t>(i));
+        put_u32(aad, static_cast<uint32_t>(n));
+        uint8_t nonce[kNonceBytes];
+        nonce_for(meta.seq, static_cast<uint32_t>(i), nonce);
+        std::vector<Span> list;
+        if (plain != nullptr || !spans) {
+          list.push_back({plain ? plain + b : ct + b, e - b});
+        } else {
+          spans(b, e, list);
+        }
+        aead_seal_spans(cipher_, key_, nonce, aad.data(), aad.size(), list.data(), list.size(), ct + b,
+                        tags + i * kTagBytes);
+      },
+      threads);
 }
 
 Opener::Opener(Cipher c, const SecretKey& key, std::string peer) : cipher_(c), key_(key), peer_(std::move(peer)) {
@@ -328,21 +361,24 @@ SealedHeader Opener::open(const uint8_t* data, size_t size, uint8_t* out, size_t
   const std::vector<uint8_t> prefix = aad_prefix(h.meta, h.cipher, h.segment_size, h.plaintext_length);
   const uint64_t n = h.segments();
   std::atomic<uint64_t> first_bad{n};
-  parallel_for(n, [&](size_t i) {
-    const uint64_t b = i * uint64_t{h.segment_size};
-    const uint64_t e = std::min(h.plaintext_length, b + h.segment_size);
-    std::vector<uint8_t> aad(prefix);
-    put_u32(aad, static_cast<uint32_t>(i));
-    put_u32(aad, static_cast<uint32_t>(n));
-    uint8_t nonce[kNonceBytes];
-    nonce_for(h.meta.seq, static_cast<uint32_t>(i), nonce);
-    if (!aead_open(cipher_, key_, nonce, aad.data(), aad.size(), data + h.ciphertext_offset + b, e - b, out + b,
-                   data + h.tags_offset + i * kTagBytes)) {
-      uint64_t cur = first_bad.load();
-      while (i < cur && !first_bad.compare_exchange_weak(cur, i)) {
-      }
-    }
-  }, threads);
+  parallel_for(
+      n,
+      [&](size_t i) {
+        const uint64_t b = i * uint64_t{h.segment_size};
+        const uint64_t e = std::min(h.plaintext_length, b + h.segment_size);
+        std::vector<uint8_t> aad(prefix);
+        put_u32(aad, static_cast<uint32_t>(i));
+        put_u32(aad, static_cast<uint32_t>(n));
+        uint8_t nonce[kNonceBytes];
+        nonce_for(h.meta.seq, static_cast<uint32_t>(i), nonce);
+        if (!aead_open(cipher_, key_, nonce, aad.data(), aad.size(), data + h.ciphertext_offset + b, e - b, out + b,
+                       data + h.tags_offset + i * kTagBytes)) {
+          uint64_t cur = first_bad.load();
+          while (i < cur && !first_bad.compare_exchange_weak(cur, i)) {
+          }
+        }
+      },
+      threads);
   if (first_bad.load() != n) {
     if (h.plaintext_length != 0) OPENSSL_cleanse(out, h.plaintext_length);  // no unauthenticated plaintext survives
     SL_FAIL(CryptoError, "authentication failed for " << who << " (segment " << first_bad.load() << " of " << n

@@ -20,7 +20,9 @@ uint64_t load64(const uint8_t* p) {
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
   return v;
 }
-uint32_t load32(const uint8_t* p) { return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24; }
+uint32_t load32(const uint8_t* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
+}
 void store64(uint8_t* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
@@ -50,14 +52,17 @@ struct Decoded {
 Decoded decode(const uint8_t* s, size_t n, size_t index) {
   SL_CHECK(n >= kHeaderBytes, InvalidArgument,
            "Shamir share #" << index << " is " << n << " bytes, shorter than its " << kHeaderBytes << "-byte header");
-  SL_CHECK(s[0] == kVersion, InvalidArgument, "Shamir share #" << index << " has version " << int{s[0]} << ", expected " << int{kVersion});
+  SL_CHECK(s[0] == kVersion, InvalidArgument,
+           "Shamir share #" << index << " has version " << int{s[0]} << ", expected " << int{kVersion});
   Decoded d{load32(s + 1), load32(s + 5), s + kHeaderBytes};
   SL_CHECK(d.len >= 1 && d.len <= kMaxSecretBytes, InvalidArgument,
-           "Shamir share #" << index << " declares a secret of " << d.len << " bytes (1.." << kMaxSecretBytes << " allowed)");
+           "Shamir share #" << index << " declares a secret of " << d.len << " bytes (1.." << kMaxSecretBytes
+                            << " allowed)");
   SL_CHECK(n == share_bytes(d.len), InvalidArgument,
            "Shamir share #" << index << " is " << n << " bytes; a share of a " << d.len << "-byte secret is "
                             << share_bytes(d.len));
-  SL_CHECK(d.x != 0, InvalidArgument, "Shamir share #" << index << " has x = 0 (x = 0 is the secret itself; holders use 1..2^32-1)");
+  SL_CHECK(d.x != 0, InvalidArgument,
+           "Shamir share #" << index << " has x = 0 (x = 0 is the secret itself; holders use 1..2^32-1)");
   return d;
 }
 
@@ -134,9 +139,11 @@ std::vector<uint8_t> combine(const std::vector<std::vector<uint8_t>>& shares, un
   for (unsigned i = 0; i < threshold; ++i) {
     d.push_back(decode(shares[i].data(), shares[i].size(), i));
     SL_CHECK(seen.insert(d.back().x).second, InvalidArgument,
-             "Shamir shares #" << i << " and an earlier one both have x = " << d.back().x << "; each holder's share counts once");
+             "Shamir shares #" << i << " and an earlier one both have x = " << d.back().x
+                               << "; each holder's share counts once");
     SL_CHECK(d.back().len == d[0].len, InvalidArgument,
-             "Shamir share #" << i << " is of a " << d.back().len << "-byte secret, share #0 of a " << d[0].len << "-byte one");
+             "Shamir share #" << i << " is of a " << d.back().len << "-byte secret, share #0 of a " << d[0].len
+                              << "-byte one");
   }
   // Lagrange basis at 0: l_j = prod_{m != j} x_m / (x_m - x_j).
   std::vector<uint64_t> lag(threshold);
@@ -155,15 +162,17 @@ std::vector<uint8_t> combine(const std::vector<std::vector<uint8_t>>& shares, un
     uint64_t s = 0;
     for (unsigned j = 0; j < threshold; ++j) {
       const uint64_t y = load64(d[j].ys + 8 * c);
-      SL_CHECK(y < kPrime, InvalidArgument, "Shamir share #" << j << " (x = " << d[j].x << ") holds a value outside the field");
+      SL_CHECK(y < kPrime, InvalidArgument,
+               "Shamir share #" << j << " (x = " << d[j].x << ") holds a value outside the field");
       s = add(s, mul(y, lag[j]));
     }
     const size_t b = c * kChunkBytes, e = std::min(len, b + kChunkBytes);
     const unsigned bits = static_cast<unsigned>(8 * (e - b));
     if (s >> bits) {
       OPENSSL_cleanse(secret.data(), secret.size());
-      SL_FAIL(InvalidArgument, "Shamir shares are inconsistent (the reconstructed value does not fit the secret): "
-                               "a share is corrupted or from another secret");
+      SL_FAIL(InvalidArgument,
+              "Shamir shares are inconsistent (the reconstructed value does not fit the secret): "
+              "a share is corrupted or from another secret");
     }
     for (size_t k = b; k < e; ++k) {
       secret[k] = static_cast<uint8_t>(s);

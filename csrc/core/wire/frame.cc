@@ -8,11 +8,11 @@
 #include <sstream>
 #include <string>
 
+#include "pbio.h"
 #include "splitlink/buffer.h"
 #include "splitlink/errors.h"
 #include "splitlink/memcopy.h"
 #include "splitlink/parallel.h"
-#include "pbio.h"
 #include "strings.h"
 
 namespace splitlink::wire {
@@ -103,11 +103,13 @@ constexpr size_t kNotSeen = std::numeric_limits<size_t>::max();
 // `desc_at` is the offset of the enclosing tensor descriptor, kNotSeen for the frame's own fields.
 void once(size_t* first_at, const char* name, uint32_t fnum, size_t at, size_t desc_at = kNotSeen) {
   SL_CHECK(*first_at == kNotSeen, WireError,
-           "frame repeats field '" << name << "' (" << fnum << ") at byte " << at
-                 << (desc_at == kNotSeen ? std::string() : " (in the tensor descriptor at byte " + std::to_string(desc_at) + ")")
-                 << "; it first appeared at byte " << *first_at
-                 << ". A frame carries each singular field at most once (corrupt frame, or an encoder that "
-                    "writes a field twice)");
+           "frame repeats field '"
+               << name << "' (" << fnum << ") at byte " << at
+               << (desc_at == kNotSeen ? std::string()
+                                       : " (in the tensor descriptor at byte " + std::to_string(desc_at) + ")")
+               << "; it first appeared at byte " << *first_at
+               << ". A frame carries each singular field at most once (corrupt frame, or an encoder that "
+                  "writes a field twice)");
   *first_at = at;
 }
 
@@ -180,11 +182,13 @@ FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInp
            "this build writes wire version " << kWireVersion << ", not " << meta.version);
   for (const auto* s : {&meta.sender, &meta.kind}) {
     SL_CHECK(s->size() <= kMaxStringBytes, InvalidArgument,
-             (s == &meta.sender ? "sender" : "kind") << " is " << s->size() << " bytes; the limit is " << kMaxStringBytes);
+             (s == &meta.sender ? "sender" : "kind")
+                 << " is " << s->size() << " bytes; the limit is " << kMaxStringBytes);
     SL_CHECK(is_valid_utf8(*s), InvalidArgument, (s == &meta.sender ? "sender" : "kind") << " is not valid UTF-8");
   }
-  SL_CHECK(tensors.size() <= kMaxTensors, InvalidArgument,
-           "a frame holds at most " << kMaxTensors << " tensors, got " << tensors.size() << "; split them across frames");
+  SL_CHECK(
+      tensors.size() <= kMaxTensors, InvalidArgument,
+      "a frame holds at most " << kMaxTensors << " tensors, got " << tensors.size() << "; split them across frames");
 
   FrameLayout L;
   const size_t n = tensors.size();
@@ -207,8 +211,8 @@ FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInp
     const TensorInput& t = tensors[i];
     const std::string name = path_str(t.path);
     SL_CHECK(!t.path.empty() && t.path.size() <= kMaxPathDepth, InvalidArgument,
-             "tensor #" << i << " has a key path of depth " << t.path.size() << "; nesting must be 1.."
-                        << kMaxPathDepth << " levels");
+             "tensor #" << i << " has a key path of depth " << t.path.size() << "; nesting must be 1.." << kMaxPathDepth
+                        << " levels");
     for (const auto& part : t.path) {
       SL_CHECK(!part.empty() && part.size() <= kMaxStringBytes, InvalidArgument,
                "tensor #" << i << " ('" << name << "') has an empty or over-long key (limit " << kMaxStringBytes
@@ -216,7 +220,8 @@ FrameLayout FrameLayout::plan(const FrameMeta& meta, const std::vector<TensorInp
       SL_CHECK(is_valid_utf8(part), InvalidArgument, "tensor #" << i << " has a key that is not valid UTF-8");
     }
     const size_t isz = itemsize(t.dtype);
-    SL_CHECK(isz != 0, InvalidArgument, "tensor '" << name << "' has unsupported dtype code " << static_cast<uint32_t>(t.dtype));
+    SL_CHECK(isz != 0, InvalidArgument,
+             "tensor '" << name << "' has unsupported dtype code " << static_cast<uint32_t>(t.dtype));
     SL_CHECK(t.shape.size() <= kMaxNdim, InvalidArgument,
              "tensor '" << name << "' has " << t.shape.size() << " dimensions; the limit is " << kMaxNdim);
     uint64_t numel = 0;
@@ -334,7 +339,8 @@ void FrameLayout::write(const FrameMeta& meta, const std::vector<TensorInput>& t
     if (!tensors[i].codec.is_none()) continue;
     const uint64_t len = encoded_lengths_[i];
     for (uint64_t b = 0; b < len; b += kPiece) {
-      pieces.push_back({p + offsets_[i] + b, tensors[i].data + b, static_cast<size_t>(std::min<uint64_t>(kPiece, len - b))});
+      pieces.push_back(
+          {p + offsets_[i] + b, tensors[i].data + b, static_cast<size_t>(std::min<uint64_t>(kPiece, len - b))});
     }
   }
   parallel_for(pieces.size(), [&](size_t k) { stream_copy(pieces[k].dst, pieces[k].src, pieces[k].len); }, threads);
@@ -361,8 +367,8 @@ void read_codec(pb::Reader& c, size_t desc_at, CodecSpec* out) {
     uint32_t cwt = 0;
     const uint32_t cf = c.field_tag(&cwt);
     if (cf <= field::kValueBits) {
-      static const char* const kNames[] = {"", "codec.type", "codec.bit_num", "codec.block_size", "codec.topk_count",
-                                           "codec.value_bits"};
+      static const char* const kNames[] = {
+          "", "codec.type", "codec.bit_num", "codec.block_size", "codec.topk_count", "codec.value_bits"};
       once(&cseen[cf], kNames[cf], cf, cat, desc_at);
     }
     auto small = [&](const char* what) {
@@ -512,8 +518,8 @@ void check_slots(const FrameHeader& h) {
     SL_CHECK(prev.offset + prev.length <= cur.offset, WireError,
              "tensors '" << path_str(prev.path) << "' and '" << path_str(cur.path) << "' overlap in the payload");
   }
-  check_paths<WireError>(h.tensors.size(), [&](size_t i) -> const std::vector<std::string>& { return h.tensors[i].path; },
-                         "frame: ");
+  check_paths<WireError>(
+      h.tensors.size(), [&](size_t i) -> const std::vector<std::string>& { return h.tensors[i].path; }, "frame: ");
 }
 
 }  // namespace
@@ -541,7 +547,8 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
         expect_wire_type(wt, pb::kVarint, "version", at);
         once(&seen[fnum], "version", fnum, at);
         const uint64_t v = r.varint("version");
-        SL_CHECK(v <= std::numeric_limits<uint32_t>::max(), WireError, "version " << v << " at byte " << at << " is out of range");
+        SL_CHECK(v <= std::numeric_limits<uint32_t>::max(), WireError,
+                 "version " << v << " at byte " << at << " is out of range");
         h.meta.version = static_cast<uint32_t>(v);
         break;
       }
@@ -600,9 +607,10 @@ FrameHeader decode_header(const uint8_t* data, size_t size) {
                                      << "; run the same splitlink release on both parties");
   // The payload field is always present (explicitly, even when empty) and always last, so a
   // frame cut at any byte, including at a field boundary, is detected.
-  SL_CHECK(have_payload && h.payload_offset + h.payload_length == size, WireError,
-           (have_payload ? "frame does not end with its payload field (field 15)" : "frame has no payload field (field 15)")
-               << "; it is truncated, or was written by an encoder that omits or reorders it");
+  SL_CHECK(
+      have_payload && h.payload_offset + h.payload_length == size, WireError,
+      (have_payload ? "frame does not end with its payload field (field 15)" : "frame has no payload field (field 15)")
+          << "; it is truncated, or was written by an encoder that omits or reorders it");
 
   for (size_t i = 0; i < h.tensors.size(); ++i) check_tensor_desc(h.tensors[i], i, desc_pos[i], h);
   check_slots(h);

@@ -42,9 +42,7 @@ inline uint8_t* put_varint(uint8_t* p, uint64_t v) {
 inline size_t tag_size(uint32_t field) { return varint_size(make_tag(field, kVarint)); }
 
 // Size of a length-delimited field with `len` content bytes.
-inline size_t len_field_size(uint32_t field, uint64_t len) {
-  return tag_size(field) + varint_size(len) + len;
-}
+inline size_t len_field_size(uint32_t field, uint64_t len) { return tag_size(field) + varint_size(len) + len; }
 
 inline uint8_t* put_len_header(uint8_t* p, uint32_t field, uint64_t len) {
   p = put_varint(p, make_tag(field, kLen));
@@ -119,8 +117,8 @@ class Reader {
         (void)len_delimited("an unknown field");
         return;
       default:
-        SL_FAIL(WireError, "unsupported protobuf wire type " << wt << " for field " << field << " at byte "
-                                                             << at << " (groups are not used by splitlink frames)");
+        SL_FAIL(WireError, "unsupported protobuf wire type " << wt << " for field " << field << " at byte " << at
+                                                             << " (groups are not used by splitlink frames)");
     }
   }
 
@@ -132,7 +130,8 @@ class Reader {
     const size_t at = pos_;
     const uint64_t tag = varint("a field tag");
     const uint64_t field = tag >> 3;
-    SL_CHECK(field != 0 && field <= 536870911u, WireError, "invalid protobuf field number " << field << " at byte " << at);
+    SL_CHECK(field != 0 && field <= 536870911u, WireError,
+             "invalid protobuf field number " << field << " at byte " << at);
     *wire_type = static_cast<uint32_t>(tag & 7);
     return static_cast<uint32_t>(field);
   }

@@ -47,25 +47,35 @@ constexpr size_t itemsize(DType dt) {
 
 constexpr const char* dtype_name(DType dt) {
   switch (dt) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat64: return "float64";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kInt8: return "int8";
-    case DType::kInt16: return "int16";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
-    case DType::kUInt8: return "uint8";
-    case DType::kBool: return "bool";
-    default: return "unspecified";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kInt8:
+      return "int8";
+    case DType::kInt16:
+      return "int16";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt64:
+      return "int64";
+    case DType::kUInt8:
+      return "uint8";
+    case DType::kBool:
+      return "bool";
+    default:
+      return "unspecified";
   }
 }
 
 constexpr bool is_valid_dtype(uint64_t v) { return v >= 1 && v <= kMaxDType; }
 
 constexpr bool is_floating(DType dt) {
-  return dt == DType::kFloat32 || dt == DType::kFloat64 || dt == DType::kFloat16 ||
-         dt == DType::kBFloat16;
+  return dt == DType::kFloat32 || dt == DType::kFloat64 || dt == DType::kFloat16 || dt == DType::kBFloat16;
 }
 
 }  // namespace splitlink

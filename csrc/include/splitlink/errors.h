@@ -55,14 +55,13 @@ constexpr const char* basename(const char* path) {
 
 // SL_CHECK(cond, ErrorType, message << parts): throws ErrorType("message [file.cc:line]") when
 // cond is false. The message is only formatted on failure.
-#define SL_CHECK(cond, ErrorType, msg)                                                    \
-  do {                                                                                    \
-    if (!(cond)) {                                                                        \
-      std::ostringstream sl_check_os_;                                                    \
-      sl_check_os_ << msg << " [" << ::splitlink::detail::basename(__FILE__) << ":"       \
-                   << __LINE__ << "]";                                                    \
-      throw ErrorType(sl_check_os_.str());                                                \
-    }                                                                                     \
+#define SL_CHECK(cond, ErrorType, msg)                                                                  \
+  do {                                                                                                  \
+    if (!(cond)) {                                                                                      \
+      std::ostringstream sl_check_os_;                                                                  \
+      sl_check_os_ << msg << " [" << ::splitlink::detail::basename(__FILE__) << ":" << __LINE__ << "]"; \
+      throw ErrorType(sl_check_os_.str());                                                              \
+    }                                                                                                   \
   } while (false)
 
 #define SL_FAIL(ErrorType, msg) SL_CHECK(false, ErrorType, msg)

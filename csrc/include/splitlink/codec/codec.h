@@ -66,8 +66,8 @@ uint64_t encoded_size(const CodecSpec& spec, DType dtype, uint64_t numel);
 // Encodes numel elements of `dtype` at `src` into exactly encoded_size() bytes at `dst`.
 // `residual` (optional, topk only, float32[numel]) receives what the encoding dropped:
 // src - decode(encode(src)), for error feedback. Throws CodecError naming `name`.
-void encode(const CodecSpec& spec, DType dtype, const void* src, uint64_t numel, uint8_t* dst,
-            const std::string& name, float* residual = nullptr, unsigned threads = 0);
+void encode(const CodecSpec& spec, DType dtype, const void* src, uint64_t numel, uint8_t* dst, const std::string& name,
+            float* residual = nullptr, unsigned threads = 0);
 
 // Decodes `len` bytes at `src` into numel elements of `dtype` at `dst`. Validates everything it
 // reads (lengths, index ranges and order, finite parameters): CodecError on corrupt input.

@@ -36,8 +36,7 @@ void mask_encode(const float* x, uint64_t n, unsigned frac_bits, const std::vect
                  uint64_t stream_id, uint64_t* y, const std::string& name, unsigned threads = 0);
 
 // x[k] = signed(sum_i ys[i][k]) / 2^f. One pass over all inputs.
-void sum_decode(const std::vector<const uint64_t*>& ys, uint64_t n, unsigned frac_bits, float* x,
-                unsigned threads = 0);
+void sum_decode(const std::vector<const uint64_t*>& ys, uint64_t n, unsigned frac_bits, float* x, unsigned threads = 0);
 
 // x[k] = signed(y[k] - sum over streams of sign * keystream[k]) / 2^f: removes this party's own
 // masks (for a party that must read back its own contribution, and for tests).
