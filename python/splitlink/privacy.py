@@ -124,11 +124,11 @@ class LabelDP:
 
 class _StraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, released: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, released: torch.Tensor) -> torch.Tensor:
         return released
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -146,7 +146,7 @@ class SignEmbeddingDP:
         bits = (x.detach() > 0)
         flips = torch.rand(x.shape, generator=self.generator) < self.flip_probability
         released = (bits ^ flips.to(bits.device)).to(x.dtype)
-        return _StraightThrough.apply(x, released) if x.requires_grad else released
+        return _StraightThrough.apply(x, released) if x.requires_grad else released  # type: ignore[no-untyped-call]
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -540,19 +540,19 @@ class VerticalFederatedCommunicator:
             except BaseException as e:  # noqa: BLE001 - the first error is raised below
                 errors.append(e)
         if errors:
-            e = errors[0]
-            if isinstance(e, RetryGaveUp):
+            first = errors[0]
+            if isinstance(first, RetryGaveUp):
                 raise PeerUnavailableError(f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
-                                           f"({e.attempts} attempts; last: {_status(e.last)})") from None
-            if isinstance(e, grpc.RpcError):
-                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                                           f"({first.attempts} attempts; last: {_status(first.last)})") from None
+            if isinstance(first, grpc.RpcError):
+                if first.code() == grpc.StatusCode.UNIMPLEMENTED:
                     raise PeerUnavailableError(
-                        f"{self._where(peer)} does not accept frames in parallel ranges ({_status(e)}): it runs an "
+                        f"{self._where(peer)} does not accept frames in parallel ranges ({_status(first)}): it runs an "
                         "older splitlink. Upgrade it, or pass streams=1 to this party's communicator") from None
-                if self.seal and e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
-                    raise _RekeyNeeded(_status(e)) from None
-                raise PeerUnavailableError(f"{self._where(peer)} refused frame seq {seq}: {_status(e)}") from None
-            raise e
+                if self.seal and first.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise _RekeyNeeded(_status(first)) from None
+                raise PeerUnavailableError(f"{self._where(peer)} refused frame seq {seq}: {_status(first)}") from None
+            raise first
         self._acknowledged(peer, seq, acks)
 
     def _announce(self, peer: str) -> None:
@@ -650,6 +650,7 @@ class VerticalFederatedCommunicator:
             opener = self._keys.opener(sender)
             if opener is None:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no session keys with this sender yet: agree keys first")
+            assert opener is not None  # context.abort raised
             try:
                 buf, *_ = opener.open(buf, pool=self._pool)
             except CryptoError as e:
@@ -714,6 +715,7 @@ class VerticalFederatedCommunicator:
                 assembly.release(head.offset, token)  # failed: the range is free for the sender's retry
         if not complete:
             return protocol.Ack(protocol.ACK_PART, self._incarnation).encode()
+        assert assembly is not None  # complete: the range was written into it
         self._assembler.finish(sender, assembly)
         return self._deliver(sender, head.incarnation, seq, assembly.buf, context)
 

@@ -30,7 +30,7 @@ def certificate_names(context: grpc.ServicerContext) -> set[str]:
     return names
 
 
-class CertificateIdentityInterceptor(grpc.ServerInterceptor):
+class CertificateIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
     """Refuses (PERMISSION_DENIED) a call whose certificate is revoked or does not name the party that
     the call's first request message claims to come from.
 

@@ -88,7 +88,7 @@ class EngineOutputHooks:
         self._fn = getattr(engine, "_backward_prologue_per_tensor", None)
         self._undo = undo
         self.ratio = 1.0
-        self._handles = [t.register_hook(self._seen) for t in tensors] if self._fn is not None else []
+        self._handles = [t.register_hook(self._seen) for t in tensors] if self._fn is not None else []  # type: ignore[no-untyped-call]
 
     def _seen(self, g: torch.Tensor) -> torch.Tensor | None:
         assert self._fn is not None
@@ -125,7 +125,7 @@ class ObjectiveGrad:
 
     def __init__(self, objective: torch.Tensor) -> None:
         self._g: torch.Tensor | None = None
-        self._handle = objective.register_hook(self._seen)
+        self._handle = objective.register_hook(self._seen)  # type: ignore[no-untyped-call]
 
     def _seen(self, g: torch.Tensor) -> None:
         self._g = g.detach()
