@@ -25,6 +25,12 @@ class TensorSpec(_Strict):
 
 class InputSpec(TensorSpec):
     source: Literal["local", "remote"] = "local"
+    # N parties (leader YAML, see ``followers``): the follower(s) that send this remote input; with
+    # several, ``aggregate`` says how their tensors are combined (``secure``: pairwise-masked sum/mean).
+    party: str | list[str] | None = None
+    aggregate: Literal["concat", "sum", "mean"] | None = None
+    secure: bool = Field(default=False, strict=True)
+    frac_bits: int = Field(default=16, ge=0, le=40, strict=True)
 
 
 class OutputSpec(TensorSpec):
@@ -104,6 +110,7 @@ class PrivacySpec(_Strict):
 
 class RootSpec(_Strict):
     role: Literal["leader", "follower"]
+    followers: list[str] | None = Field(default=None, min_length=1)  # leader: its followers' names (N parties)
     model: ModelSpec
     opts: list[OptSpec] = Field(default_factory=list)
     grad_scalers: list[GradSpec] = Field(default_factory=list)
