@@ -132,7 +132,7 @@ def test_run_file_peers(tmp_path: Path) -> None:
 
     from splitlink.runtime.run_config import load_run_config
 
-    base = {"scenario": "criteo_nparty", "party": "follower", "name": "follower2", "address": "127.0.0.1:7002",
+    base = {"scenario": "wide_deep_nparty", "party": "follower", "name": "follower2", "address": "127.0.0.1:7002",
             "enable_ssl": False, "data": "d.npz",
             "peers": {"leader": "127.0.0.1:7000", "follower1": "127.0.0.1:7001", "follower3": "127.0.0.1:7003"}}
     f = tmp_path / "run.yaml"

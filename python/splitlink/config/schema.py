@@ -110,7 +110,6 @@ class PrivacySpec(_Strict):
 
 class RootSpec(_Strict):
     role: Literal["leader", "follower"]
-    followers: list[str] | None = Field(default=None, min_length=1)  # leader: its followers' names (N parties)
     model: ModelSpec
     opts: list[OptSpec] = Field(default_factory=list)
     grad_scalers: list[GradSpec] = Field(default_factory=list)
@@ -119,3 +118,4 @@ class RootSpec(_Strict):
     privacy: PrivacySpec | None = None
     ckpt_path: str = "./checkpoints"
     deepspeed: dict[str, Any] | str | None = None
+    followers: list[str] | None = Field(default=None, min_length=1)  # leader: its followers' names (N parties)

@@ -1,4 +1,4 @@
-"""Wide&Deep on Criteo with a leader and N followers (scenario ``criteo_nparty``).
+"""Wide&Deep on Criteo with a leader and N followers (scenario ``wide_deep_nparty``).
 
 The leader holds 20 fields and the labels, as in the two-party split; the follower's 19 fields are
 split N ways (``follower_fields``), each follower with its own bottom :class:`WideDeepModel`. The
@@ -440,13 +440,13 @@ def train_local(leader_data: PartyData, follower_data: Sequence[PartyData], mode
 
 
 def make_party(cfg: RunConfig) -> _Base:
-    """The party of a ``criteo_nparty`` run file: ``name`` (leader, follower1, ...) and ``peers`` (every
+    """The party of a ``wide_deep_nparty`` run file: ``name`` (leader, follower1, ...) and ``peers`` (every
     other party's name and address; a follower lists the leader and the other followers)."""
     from splitlink.examples.criteo import load_party
 
     assert cfg.data is not None
     if not cfg.peers:
-        raise ValueError("a criteo_nparty run file lists every other party under peers: {name: host:port}")
+        raise ValueError("a wide_deep_nparty run file lists every other party under peers: {name: host:port}")
     me = cfg.name or cfg.party
     m = cfg.model
     model_cfg = WideDeepConfig(vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers),
@@ -466,5 +466,61 @@ def make_party(cfg: RunConfig) -> _Base:
     return NFollower(data, None, model_cfg, train, me, peers)
 
 
-SCENARIO = register(Scenario("criteo_nparty", make_party,
+SCENARIO = register(Scenario("wide_deep_nparty", make_party,
                              summary="Wide&Deep on Criteo, a leader and N followers (concat/sum/mean, secure sum)"))
+
+
+def prepare_data(workdir: str | Path, rows: int, n_followers: int, *, seed: int = 0,
+                 vocab_size: int = 200_000) -> dict[str, Any]:
+    """Synthetic Criteo rows as ``leader.npz`` and ``follower<k>.npz`` (the follower columns split
+    ``n_followers`` ways, rows aligned); returns the signal's reference AUCs."""
+    import json
+    import shutil
+
+    from splitlink.examples import criteo
+
+    d = Path(workdir)
+    d.mkdir(parents=True, exist_ok=True)
+    info = criteo.write_synthetic(d / "criteo_synthetic.tsv", rows, seed=seed)
+    pre = criteo.preprocess(d / "criteo_synthetic.tsv", d / "preprocessed", vocab_size=vocab_size)
+    criteo.load_party(pre, "leader").save(d / "leader.npz")
+    for name, part in zip(follower_names(n_followers), split_follower(criteo.load_party(pre, "follower"), n_followers)):
+        part.save(d / f"{name}.npz")
+    shutil.rmtree(pre)
+    (d / "signal.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def write_run_files(workdir: str | Path, n_followers: int, *, aggregate: str = "sum", secure: bool = False,
+                    enable_ssl: bool = True, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
+                    ports: Sequence[int] | None = None) -> dict[str, Path]:
+    """One run file per party (``<name>_run.yaml``) for ``splitlink train``: each lists every other party
+    under ``peers``; TLS certificates ``certs/<name>.{server,client}.p12`` (``splitlink certs --parties
+    leader follower1 ...``)."""
+    import yaml
+
+    from splitlink.util import free_ports
+
+    d = Path(workdir)
+    names = ["leader", *follower_names(n_followers)]
+    ports = list(ports) if ports is not None else free_ports(len(names))
+    addr = {n: f"127.0.0.1:{p}" for n, p in zip(names, ports)}
+    out = {}
+    for name in names:
+        cfg: dict[str, Any] = {
+            "scenario": "wide_deep_nparty", "party": "leader" if name == "leader" else "follower", "name": name,
+            "address": addr[name], "peers": {n: a for n, a in addr.items() if n != name},
+            "enable_ssl": enable_ssl, "data": f"{name}.npz", "threads": 1,
+            "model": model or {"vocab_size": 50_000, "emb_dim": 16, "deep_layers": [128, 64]},
+            "train": {"ckpt_dir": f"checkpoints/{name}", "progress": False, **(train or {})},
+            "log_file": f"{name}.log",
+        }
+        if name == "leader":
+            cfg["nparty"] = {"aggregate": aggregate, "secure": secure}
+            cfg["train"].setdefault("metrics_path", "metrics.jsonl")
+        if enable_ssl:
+            cfg["ssl"] = {"server_cert_path": f"certs/{name}.server.p12", "client_cert_path": f"certs/{name}.client.p12",
+                          "ca_cert_path": "certs/ca.crt", "server_password": "splitlink", "client_password": "splitlink"}
+        out[name] = d / f"{name}_run.yaml"
+        out[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out

@@ -83,7 +83,7 @@ class RanksSection(_Strict):
 
 
 class NPartySection(_Strict):
-    """criteo_nparty (the leader's run file): how the followers' embeddings are combined, unless
+    """wide_deep_nparty (the leader's run file): how the followers' embeddings are combined, unless
     ``top_yaml`` (a leader top YAML naming every follower) says it."""
 
     aggregate: Literal["concat", "sum", "mean"] = "sum"
