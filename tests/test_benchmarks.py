@@ -82,6 +82,13 @@ def check_soak_restarts(d: dict[str, Any]) -> None:
     assert killed["rejoins"] >= 1, killed  # the survivor went back to the common checkpoint and carried on
 
 
+def check_nparty(d: dict[str, Any]) -> None:
+    assert set(d["results"]) == {"1", "2", "4"}
+    for n, r in d["results"].items():
+        need = {"unsplit_ms", "concat_ms", "sum_ms"} | ({"secure_sum_ms", "secure_vs_plain_sum"} if n != "1" else set())
+        assert need <= set(r) and all(positive(r[k]) for k in need), r
+
+
 CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_wire.py", ["--repeat", "1", "--warmup", "0"], check_wire),
     ("bench_codec.py", ["--repeat", "1"], check_codec),
@@ -89,6 +96,7 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_channel.py", ["--repeat", "1"], check_channel),
     ("bench_psi.py", ["--sizes", "1000"], check_psi),
     ("bench_step.py", ["--steps", "2"], check_step),
+    ("bench_nparty.py", ["--quick"], check_nparty),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
     # a restarted party must be back within --peer-timeout: process start takes long on a busy machine

@@ -150,3 +150,9 @@ def test_run_file_peers(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({k: v for k, v in base.items() if k != "peers"}))
     with pytest.raises(YamlConfigError, match="peer_address: missing"):
         load_run_config(f)
+
+
+def test_the_shipped_example_yaml_loads() -> None:
+    p = Path(__file__).resolve().parents[2] / "examples/splitnn_criteo/yaml_files/nparty/leader_top_3followers_secure_sum.yaml"
+    aggs = aggregations(FLYamlData(p))
+    assert {a.kind for a in aggs.values()} == {"sum"} and all(a.secure and len(a.parties) == 3 for a in aggs.values())

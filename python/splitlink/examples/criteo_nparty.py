@@ -524,3 +524,59 @@ def write_run_files(workdir: str | Path, n_followers: int, *, aggregate: str = "
         out[name] = d / f"{name}_run.yaml"
         out[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
+
+
+def train_unsplit(leader_data: PartyData, follower_data: Sequence[PartyData], model_cfg: WideDeepConfig,
+                  train: NPartyConfig) -> list[dict[str, Any]]:
+    """The same networks, initial weights and optimizers (built from the same YAMLs) as one model, trained
+    centrally on the same batches (loss plus every bottom's L2 term, ``loss.backward()``); returns rows
+    like the leader's metrics (``kind`` "train"/"eval", eval AUC each epoch): the unsplit reference."""
+    t = copy.copy(train)
+    t.ckpt_every, t.ckpt_dir, t.secure = 0, None, False
+    leader, followers = make_local(leader_data, follower_data, model_cfg, t)
+    agg = leader.aggs["follower_deep_embedding"].kind
+    nets = [leader.bottom_net] + [f.net for f in followers]
+    model = UnsplitModel(nets[0], nets[1:], leader.top_net, "sum" if agg == "single" else agg)
+    opts = [o for m in (leader.models["bottom"], leader.models["top"], *(f.models["bottom"] for f in followers))
+            for o in m.optimizers]
+    parties = [leader, *followers]
+
+    def feats(idx: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.from_numpy(np.ascontiguousarray(p.data.ids[idx])),
+                 torch.from_numpy(np.ascontiguousarray(p.data.wts[idx]))) for p in parties]
+
+    rows: list[dict[str, Any]] = []
+    assert leader_data.labels is not None
+    for epoch, idx in leader.schedule.steps(0):
+        label = torch.from_numpy(np.ascontiguousarray(leader_data.labels[idx])).unsqueeze(1)
+        for o in opts:
+            o.zero_grad()
+        x = feats(idx)
+        loss = model(x, label)
+        l2 = sum(net(*xi)[2] for net, xi in zip(nets, x))
+        (loss + l2).backward()
+        for o in opts:
+            o.step()
+        leader.step += 1
+        rows.append({"kind": "train", "epoch": epoch, "step": leader.step, "wide_loss": float(loss.detach())})
+        if leader.schedule.epoch_done(leader.step):
+            probs, labels = [], []
+            model.eval()
+            with torch.no_grad():
+                for eidx in leader.eval_batches():
+                    lw, ld, _ = nets[0](*feats(eidx)[0])
+                    outs = [net(*xi) for net, xi in zip(nets[1:], feats(eidx)[1:])]
+                    ws, ds = [o[0] for o in outs], [o[1] for o in outs]
+                    if model.aggregate == "concat":
+                        fw, fd = torch.cat(ws, 1), torch.cat(ds, 1)
+                    else:
+                        fw, fd = sum(ws[1:], ws[0]), sum(ds[1:], ds[0])
+                        if model.aggregate == "mean":
+                            fw, fd = fw / len(ws), fd / len(ds)
+                    probs.append(torch.sigmoid(leader.top_net.logits(lw, ld, fw, fd)).reshape(-1).numpy())
+                    labels.append(np.asarray(leader_data.labels[eidx]))
+            model.train()
+            a = auc(np.concatenate(labels), np.concatenate(probs)) if probs else math.nan
+            log.info("unsplit: epoch %d eval AUC: %.4f", epoch, a)
+            rows.append({"kind": "eval", "epoch": epoch, "step": leader.step, "auc": a})
+    return rows
