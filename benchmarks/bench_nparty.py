@@ -78,10 +78,7 @@ def unsplit_step(leader: cn.NLeader, followers: list[cn.NFollower]) -> Callable[
         label = torch.from_numpy(np.ascontiguousarray(leader.data.labels[idx])).unsqueeze(1)
         for o in opts:
             o.zero_grad(set_to_none=True)
-        loss = model(feats, label)
-        # (the L2 terms recompute each bottom's forward: what the unsplit model would do is one forward;
-        # the L2 is a tiny share of it, so this costs the baseline a little, not the split variants)
-        l2 = sum(net(*x)[2] for net, x in zip(nets, feats))
+        loss, l2 = model(feats, label)
         (loss + l2).backward()
         for o in opts:
             o.step()

@@ -41,8 +41,7 @@ def unsplit_run(leader: cn.NLeader, followers: list[cn.NFollower], aggregate: st
         label = torch.from_numpy(np.ascontiguousarray(leader.data.labels[idx])).unsqueeze(1)
         for o in opts:
             o.zero_grad()
-        loss = model(feats, label)
-        l2 = sum(net(*x)[2] for net, x in zip(nets, feats))
+        loss, l2 = model(feats, label)
         (loss + l2).backward()
         for o in opts:
             o.step()

@@ -148,9 +148,14 @@ class UnsplitModel(nn.Module):
         super().__init__()
         self.leader, self.followers, self.top, self.aggregate = leader, nn.ModuleList(followers), top, aggregate
 
-    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]], label: torch.Tensor) -> torch.Tensor:
-        lw, ld, _ = self.leader(*feats[0])
+    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the top's loss, the sum of every bottom's L2 term): what the YAMLs' optimizers differentiate
+        is their sum."""
+        lw, ld, l2 = self.leader(*feats[0])
         outs = [f(*x) for f, x in zip(self.followers, feats[1:])]
+        for o in outs:
+            l2 = l2 + o[2]
         ws, ds = [o[0] for o in outs], [o[1] for o in outs]
         if self.aggregate == "concat" or len(outs) == 1:
             fw, fd = torch.cat(ws, 1), torch.cat(ds, 1)
@@ -160,7 +165,7 @@ class UnsplitModel(nn.Module):
                 fw, fd = fw + w, fd + d
             if self.aggregate == "mean":
                 fw, fd = fw / len(outs), fd / len(outs)
-        return self.top(lw, ld, fw, fd, label)[1]
+        return self.top(lw, ld, fw, fd, label)[1], l2
 
 
 class _Base(MultiParty[NPartyConfig]):
@@ -552,8 +557,7 @@ def train_unsplit(leader_data: PartyData, follower_data: Sequence[PartyData], mo
         for o in opts:
             o.zero_grad()
         x = feats(idx)
-        loss = model(x, label)
-        l2 = sum(net(*xi)[2] for net, xi in zip(nets, x))
+        loss, l2 = model(x, label)
         (loss + l2).backward()
         for o in opts:
             o.step()
