@@ -75,6 +75,7 @@ REJOIN_KIND = "rejoin"
 # frames of the training loop a party may find from a peer when a restart interrupted a step
 STALE_KINDS = ("tensors", "eval", REJOIN_KIND)
 _MAX_TENSORS = 256
+SMALL = 1 << 18  # elements: below this, masking and summing run on one thread
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def combine(agg: Aggregation, parts: Mapping[str, torch.Tensor]) -> torch.Tensor
             if x.dtype != torch.int64:
                 raise ValueError(f"{agg.name!r} from {p!r} is {x.dtype}, not the masked int64 ring elements secure "
                                  "aggregation needs (is the follower running the same plan?)")
-        total = secure.sum_masked(xs, frac_bits=agg.frac_bits)
+        total = secure.sum_masked(xs, frac_bits=agg.frac_bits, threads=1 if xs[0].numel() < SMALL else 0)
     else:
         total = xs[0] + xs[1]
         for x in xs[2:]:
@@ -244,8 +245,11 @@ class MaskingSession:
         for name, masker in self.maskers.items():
             if name in out:
                 x = out[name].detach()
+                # a step's embeddings are small: waking the native thread pool between training steps
+                # costs more than it saves (bench_nparty), so one thread below 2^18 elements
                 out[name] = masker.mask(x.float() if x.dtype != torch.float32 else x,
-                                        stream_id=stream(self.plan.masked[name][0]), name=name)
+                                        stream_id=stream(self.plan.masked[name][0]), name=name,
+                                        threads=1 if x.numel() < SMALL else 0)
         return out
 
 
