@@ -19,6 +19,7 @@ runs each as a process over mutual TLS (run files with ``name`` and ``peers``).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -123,7 +124,8 @@ class TopNet(nn.Module):
 
     def logits(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor) -> torch.Tensor:
         fw = fw if fw.shape[1] == 1 else fw.sum(dim=1, keepdim=True)
-        return lw + fw + self.dense_out(torch.relu(self.deep_combine(torch.cat([ld, fd], dim=1))))
+        z: torch.Tensor = lw + fw + self.dense_out(torch.relu(self.deep_combine(torch.cat([ld, fd], dim=1))))
+        return z
 
     def forward(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor,
                 label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,8 +293,8 @@ class NFollower(_Base):
         step = self.step
         for b, idx in enumerate(self.eval_batches()):
             out = self.models["bottom"].eval_one_step(self.features(idx, "0"))
-            self.send(self.session.mask(dict(out), lambda i, b=b: eval_stream(step, b, i)), kind="eval", step=self.step,
-                      peer=self.leader_name)
+            self.send(self.session.mask(dict(out), functools.partial(eval_stream, step, b)), kind="eval",
+                      step=self.step, peer=self.leader_name)
 
     def train_loop(self) -> None:
         for _, idx in self.schedule.steps(self.step):
