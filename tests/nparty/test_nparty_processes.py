@@ -77,24 +77,30 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["wide_loss"] for r in rows if r["kind"] == "train"}
 
 
-@pytest.mark.slow
-def test_follower_killed_and_restarted_ends_bitwise_where_an_uninterrupted_run_ends(workdir: Path) -> None:
+@pytest.fixture(scope="module")
+def reference(workdir: Path) -> tuple[dict[str, str], dict[int, float]]:
     ref = workdir / "ref"
     codes, errs = finish(start(run_files(workdir, ref, resume=False), NAMES))
     assert set(codes.values()) == {0}, errs
     expected, expected_losses = final_state(ref), losses(ref)
     assert len(expected) == N + 2  # leader bottom + top, each follower's bottom
     assert sorted(expected_losses) == list(range(1, STEPS + 1))
+    return expected, expected_losses
 
-    run = workdir / "killed"
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["follower2", "leader"])
+def test_party_killed_and_restarted_ends_bitwise_where_an_uninterrupted_run_ends(
+        workdir: Path, reference: tuple[dict[str, str], dict[int, float]], victim: str) -> None:
+    expected, expected_losses = reference
+    run = workdir / f"killed-{victim}"
     files = run_files(workdir, run, resume=False)
     procs = start(files, NAMES)
     deadline = time.monotonic() + 240
     while max(losses(run), default=0) < 2 * EVERY + 2:
         assert time.monotonic() < deadline, "training did not reach the kill step"
-        assert procs["leader"].poll() is None, "the leader stopped before the kill step"
+        assert all(p.poll() is None for p in procs.values()), "a party stopped before the kill step"
         time.sleep(0.02)
-    victim = "follower2"
     procs[victim].send_signal(signal.SIGKILL)
     assert procs[victim].wait(30) == -signal.SIGKILL
     procs[victim].stderr.close()  # type: ignore[union-attr]
@@ -103,9 +109,10 @@ def test_follower_killed_and_restarted_ends_bitwise_where_an_uninterrupted_run_e
     cfg["train"]["resume"] = True
     resume_file.write_text(yaml.safe_dump(cfg))
     procs[victim] = start({victim: resume_file}, [victim])[victim]
+    survivors = [n for n in NAMES if n != victim]
     codes, errs = finish(procs)
     assert set(codes.values()) == {0}, errs
-    for n in ("leader", "follower1", "follower3"):
+    for n in survivors:
         log = (run / f"{n}.log").read_text()
         assert "going back to the newest common checkpoint" in log and "resumed at step" in log, (n, log[-2000:])
     assert losses(run) == expected_losses  # every step's loss, the replayed ones included

@@ -7,7 +7,9 @@ A :class:`Party` owns
   all saved as one step, every ``ckpt_every`` steps, and step 0 at the start of a fresh run);
 * the **resume agreement** with its peer: both send the steps they hold complete checkpoints for
   (a ``resume:<run_id>`` frame) and both load the newest step in both lists, so neither needs the other's
-  answer; a scenario can add a ``hello`` frame exchanged first (Wide&Deep: a digest of the sample ids);
+  answer; a scenario can add a ``hello`` frame exchanged first (Wide&Deep: a digest of the sample ids).
+  With more than two parties (:mod:`splitlink.runtime.multiparty`) every party does this with every
+  peer of :meth:`Party.agreement_peers` and loads the newest step ALL parties hold;
 * **restart ride-through**: when the communicator reports that the peer's process was replaced
   (``PeerRestartedError``), the party agrees again and reloads that step in this process (DeepSpeed
   engines included, through ``FLModel.load_ckpt``), and trains on (:func:`ride_through_restarts`);
