@@ -119,6 +119,13 @@ def check_horizontal(d: dict[str, Any]) -> None:
     assert all(positive(r["epoch_s"]) and positive(r["epoch_ratio_vs_full"]) for r in modes.values())
 
 
+def check_nparty(d: dict[str, Any]) -> None:
+    assert set(d["results"]) == {"1", "2", "4"}
+    for n, r in d["results"].items():
+        need = {"unsplit_ms", "concat_ms", "sum_ms"} | ({"secure_sum_ms", "secure_vs_plain_sum"} if n != "1" else set())
+        assert need <= set(r) and all(positive(r[k]) for k in need), r
+
+
 CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_wire.py", ["--repeat", "1", "--warmup", "0"], check_wire),
     ("bench_codec.py", ["--repeat", "1"], check_codec),
@@ -131,6 +138,7 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
                           "--plot", str(Path(tempfile.gettempdir()) / "splitlink-bench-leakage-smoke.png")], check_leakage),
     ("bench_gpu.py", ["--device", "cpu", "--quick", "--steps", "1", "--warmup", "1", "--dtypes", "fp32"], check_gpu_smoke),
     ("bench_horizontal.py", ["--quick", "--repeat", "1"], check_horizontal),
+    ("bench_nparty.py", ["--quick"], check_nparty),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
     # a restarted party must be back within --peer-timeout: process start takes long on a busy machine

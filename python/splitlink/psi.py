@@ -22,6 +22,14 @@ one intersection per bucket; with ``state_dir`` every finished bucket is written
 restarted run skips the buckets both parties finished.
 
 ``splitlink psi`` joins CSV files on a key column this way (see :func:`join_csv`).
+
+More than two parties (:func:`intersect_parties`): the leader runs this two-party PSI with each
+follower in turn (each with its own resumable state under ``state_dir/<follower>``), intersects the
+pairwise intersections, and sends each follower the positions of the final rows in the pairwise result
+that follower holds (in the same order on both sides), so every party ends with the rows all parties
+hold, in the leader's order. The leader learns each pairwise intersection (as in two-party PSI); a
+follower learns its intersection with the leader and which of those rows every party holds; followers
+learn nothing about each other's ids beyond that.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import torch
 from splitlink import _core
 from splitlink.util import atomic_write
 
-__all__ = ["intersect", "insecure_plaintext_intersect", "join_csv", "digest_bytes"]
+__all__ = ["intersect", "intersect_parties", "insecure_plaintext_intersect", "join_csv", "digest_bytes"]
 
 log = logging.getLogger("splitlink.psi")
 KIND = "psi"
@@ -227,6 +235,48 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
         result.extend(ordered)
         log.info("PSI bucket %d/%d: %d of %d ids in the intersection", b + 1, buckets, len(ordered), len(members))
     return result
+
+
+def intersect_parties(ids: Sequence[Any], communicator: Any, peers: Sequence[str] | str, *, role: str,
+                      buckets: int = 1, state_dir: str | os.PathLike[str] | None = None, threads: int = 0,
+                      timeout: float | None = 600.0) -> list[Any]:
+    """The ids the leader and every follower hold, in the same order at every party.
+
+    The leader passes ``peers`` = every follower's name (its order fixes the run order), a follower the
+    leader's name. ``buckets``/``state_dir``/``threads``/``timeout`` as in :func:`intersect` (the leader
+    keeps one state directory per follower, ``state_dir/<follower>``; a restarted run skips what both
+    ends of each pair finished).
+    """
+    names = [peers] if isinstance(peers, str) else list(peers)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"peers must name distinct parties, got {names}")
+    if role == "follower":
+        if len(names) != 1:
+            raise ValueError(f"a follower runs PSI with the leader only; got peers {names}")
+        leader = names[0]
+        mine = intersect(ids, communicator, leader, role="follower", buckets=buckets, state_dir=state_dir,
+                         threads=threads, timeout=timeout)
+        pos = _recv(communicator, leader, timeout).get("final")
+        pos = pos.numpy() if isinstance(pos, torch.Tensor) else np.asarray(pos)
+        if pos.dtype != np.int64 or pos.ndim != 1 or (len(pos) and (pos.min() < 0 or pos.max() >= len(mine))) \
+                or len(np.unique(pos)) != len(pos):
+            raise ValueError(f"malformed PSI message from {leader!r}: the final positions must be distinct int64 "
+                             f"indices into the {len(mine)} ids both hold")
+        return [mine[int(i)] for i in pos]
+    if role != "leader":
+        raise ValueError(f"role must be 'leader' or 'follower', got {role!r}")
+    per: dict[str, list[Any]] = {}
+    for p in names:
+        sub = Path(state_dir) / p if state_dir is not None else None
+        per[p] = intersect(ids, communicator, p, role="leader", buckets=buckets, state_dir=sub, threads=threads,
+                           timeout=timeout)
+        log.info("PSI with %s: %d ids in common", p, len(per[p]))
+    index = {p: {v: i for i, v in enumerate(found)} for p, found in per.items()}
+    final = [v for v in per[names[0]] if all(v in index[p] for p in names[1:])]
+    for p in names:
+        _send(communicator, p, {"final": torch.tensor([index[p][v] for v in final], dtype=torch.int64)})
+    log.info("PSI over %d parties: %d ids every party holds", len(names) + 1, len(final))
+    return final
 
 
 def insecure_plaintext_intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,7 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
 
     if isinstance(privacy, Mapping):
         _gradient_defence_problems(raw, privacy, train_ins, add)
+    _party_problems(raw, add)
 
     ds = raw.get("deepspeed")
     if isinstance(ds, str):
@@ -211,3 +213,84 @@ def _gradient_defence_problems(raw: Mapping[str, Any], privacy: Mapping[str, Any
         add(("privacy", key), "gradient defences act on the gradients sent back for inputs with source: remote, and "
                               "no grad_scalers entry returns the gradient of one "
                               f"(remote inputs: {', '.join(map(str, remote)) or 'none'})")
+
+
+_PARTY_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+def _party_problems(raw: Mapping[str, Any], add: Any) -> None:
+    """N parties: ``followers`` and the ``party``/``aggregate``/``secure`` keys of remote inputs."""
+    followers = raw.get("followers")
+    names: list[str] = []
+    if followers is not None:
+        if raw.get("role") != "leader":
+            add(("followers",), "only the leader lists followers (a follower's YAML names no other party)")
+        first: dict[str, int] = {}
+        for i, f in enumerate(followers if isinstance(followers, list) else []):
+            if not isinstance(f, str):
+                continue  # reported by the schema
+            if not re.match(_PARTY_NAME, f) or f == "leader":
+                add(("followers", i), f"{f!r} is not a usable party name: 1-64 of A-Z a-z 0-9 _ . - and not 'leader'")
+            if f in first:
+                add(("followers", i), f"follower {f!r} is listed twice (also followers[{first[f]}])")
+            first.setdefault(f, i)
+        names = list(first)
+    used: set[str] = set()
+    train_specs: dict[str, tuple[Any, Any, Any]] = {}
+    for net in ("train_net", "eval_net"):
+        ins = _get(raw, "model", net, "inputs")
+        for i, item in enumerate(ins if isinstance(ins, list) else []):
+            if not isinstance(item, Mapping):
+                continue
+            loc: Loc = ("model", net, "inputs", i)
+            party, agg, secure = item.get("party"), item.get("aggregate"), item.get("secure", False)
+            remote = item.get("source") == "remote"
+            n_keys = [k for k in ("party", "aggregate", "secure", "frac_bits") if k in item]
+            if not remote:
+                for k in n_keys:
+                    add(loc + (k,), f"applies to inputs with source: remote only ({item.get('name')!r} is local)")
+                continue
+            if party is None:
+                if followers is not None:
+                    add(loc, f"missing: party, the follower that sends {item.get('name')!r} (one of: {', '.join(names)})")
+                for k in n_keys:
+                    add(loc + (k,), "applies to an input that names its party (or parties) only")
+                continue
+            plist = [party] if isinstance(party, str) else party if isinstance(party, list) else []
+            if followers is None:
+                add(loc + ("party",), "names a follower, but the YAML lists no followers: add 'followers: [...]' "
+                                      "with every follower's name")
+            seen: dict[str, int] = {}
+            for j, p in enumerate(plist):
+                if not isinstance(p, str):
+                    continue
+                at = loc + (("party", j) if isinstance(party, list) else ("party",))
+                if p in seen:
+                    add(at, f"follower {p!r} is listed twice (also party[{seen[p]}])")
+                seen.setdefault(p, j)
+                if followers is not None and p not in names:
+                    add(at, f"{p!r} is not a follower (followers: {', '.join(names)})")
+                used.add(p)
+            several = isinstance(party, list) and len(plist) > 1
+            if several and agg is None:
+                add(loc, f"missing: aggregate (concat, sum or mean) for {item.get('name')!r}, sent by {len(plist)} followers")
+            if agg is not None and not several:
+                add(loc + ("aggregate",), "combines the tensors of several followers: list them in party")
+            if secure is True:
+                if agg not in ("sum", "mean"):
+                    add(loc + ("secure",), "secure aggregation masks a sum: aggregate must be sum or mean")
+                elif len(plist) < 2:
+                    add(loc + ("secure",), "secure aggregation needs at least 2 followers (one follower's sum is its "
+                                           "own embedding)")
+            elif "frac_bits" in item:
+                add(loc + ("frac_bits",), "applies with secure: true only (the fixed-point precision of the masks)")
+            key = (tuple(plist), agg, bool(secure))
+            name = item.get("name")
+            if net == "train_net" and isinstance(name, str):
+                train_specs[name] = key
+            elif net == "eval_net" and isinstance(name, str) and name in train_specs and train_specs[name] != key:
+                add(loc, f"{name!r} has party/aggregate/secure {key} here but {train_specs[name]} in model.train_net; "
+                         "the eval network receives it the same way")
+    for i, f in enumerate(names):
+        if f not in used:
+            add(("followers", i), f"follower {f!r} sends nothing: no remote input names it in party")

@@ -25,6 +25,12 @@ class TensorSpec(_Strict):
 
 class InputSpec(TensorSpec):
     source: Literal["local", "remote"] = "local"
+    # N parties (leader YAML, see ``followers``): the follower(s) that send this remote input; with
+    # several, ``aggregate`` says how their tensors are combined (``secure``: pairwise-masked sum/mean).
+    party: str | list[str] | None = None
+    aggregate: Literal["concat", "sum", "mean"] | None = None
+    secure: bool = Field(default=False, strict=True)
+    frac_bits: int = Field(default=16, ge=0, le=40, strict=True)
 
 
 class OutputSpec(TensorSpec):
@@ -130,3 +136,4 @@ class RootSpec(_Strict):
     privacy: PrivacySpec | None = None
     ckpt_path: str = "./checkpoints"
     deepspeed: dict[str, Any] | str | None = None
+    followers: list[str] | None = Field(default=None, min_length=1)  # leader: its followers' names (N parties)

@@ -27,17 +27,18 @@ def run_party(cfg: RunConfig) -> int:
         return ranks.run_rank_party(cfg)
     setup_process(cfg)
     peer = "follower" if cfg.party == "leader" else "leader"
+    remotes = [ServerConfig(n, a) for n, a in cfg.peers.items()] if cfg.peers else [ServerConfig(peer, str(cfg.peer_address))]
     ssl = SSLConfig(**cfg.ssl.model_dump()) if cfg.ssl is not None else None
     party = registry.get(cfg.scenario).make_party(cfg)
     # A peer that stops answering fails the run after peer_timeout (sending retries as long), with an
     # error naming it; restarting both parties with resume continues from their newest common checkpoint.
     retry = cfg.train.peer_timeout or 60.0
-    with VerticalFederatedCommunicator(ServerConfig(cfg.party, cfg.address), ServerConfig(peer, cfg.peer_address),
+    with VerticalFederatedCommunicator(ServerConfig(cfg.name or cfg.party, cfg.address), remotes,
                                        enable_ssl=cfg.enable_ssl, ssl_config=ssl, retry_deadline=retry,
                                        compress_configs=party.compress_configs(), seal=cfg.seal) as comm:
         party.comm = comm
         party.run()
-    log.info("%s: finished at step %d", cfg.party, party.step)
+    log.info("%s: finished at step %d", cfg.name or cfg.party, party.step)
     return 0
 
 

@@ -7,7 +7,9 @@ A :class:`Party` owns
   all saved as one step, every ``ckpt_every`` steps, and step 0 at the start of a fresh run);
 * the **resume agreement** with its peer: both send the steps they hold complete checkpoints for
   (a ``resume:<run_id>`` frame) and both load the newest step in both lists, so neither needs the other's
-  answer; a scenario can add a ``hello`` frame exchanged first (Wide&Deep: a digest of the sample ids);
+  answer; a scenario can add a ``hello`` frame exchanged first (Wide&Deep: a digest of the sample ids).
+  With more than two parties (:mod:`splitlink.runtime.multiparty`) every party does this with every
+  peer of :meth:`Party.agreement_peers` and loads the newest step ALL parties hold;
 * **restart ride-through**: when the communicator reports that the peer's process was replaced
   (``PeerRestartedError``), the party agrees again and reloads that step in this process (DeepSpeed
   engines included, through ``FLModel.load_ckpt``), and trains on (:func:`ride_through_restarts`);
@@ -150,17 +152,19 @@ class Party(Generic[O]):
                         drop_last=drop_last)
 
     # ---- control messages -------------------------------------------------------------------------
-    def send(self, tensors: Mapping[str, Any], *, kind: str = "tensors", step: int | None = None) -> None:
-        self.comm.send_tensors(self.peer, tensors, step=step, kind=kind)
+    def send(self, tensors: Mapping[str, Any], *, kind: str = "tensors", step: int | None = None,
+             peer: str | None = None) -> None:
+        """To the peer (or, with several, to ``peer``)."""
+        self.comm.send_tensors(peer or self.peer, tensors, step=step, kind=kind)
 
-    def receive(self, kind: str | None = None) -> dict[str, Any]:
+    def receive(self, kind: str | None = None, *, peer: str | None = None) -> dict[str, Any]:
         """The peer's next frame; with ``kind``, a frame of another kind is a protocol error."""
-        got: dict[str, Any] = self.comm.receive(self.peer, self.train.peer_timeout, kind=kind, **self._placement())
+        got: dict[str, Any] = self.comm.receive(peer or self.peer, self.train.peer_timeout, kind=kind, **self._placement())
         return got
 
-    def receive_any(self) -> tuple[str, dict[str, Any]]:
+    def receive_any(self, *, peer: str | None = None) -> tuple[str, dict[str, Any]]:
         """The peer's next frame as (kind, tensors)."""
-        kind, tensors = self.comm.receive(self.peer, self.train.peer_timeout, with_kind=True, **self._placement())
+        kind, tensors = self.comm.receive(peer or self.peer, self.train.peer_timeout, with_kind=True, **self._placement())
         return str(kind), tensors
 
     def _placement(self) -> dict[str, Any]:
@@ -220,39 +224,71 @@ class Party(Generic[O]):
     def check_hello(self, theirs: Mapping[str, Any]) -> None:
         """Raises if the peer's hello shows the parties cannot train together."""
 
+    def agreement_peers(self) -> list[str]:
+        """The parties the resume agreement runs with: the newest step ALL of them (and this party) hold
+        is loaded. Two parties: the peer; N parties (:mod:`splitlink.runtime.multiparty`): every peer."""
+        return [self.peer]
+
+    def hello_for(self, peer: str) -> Mapping[str, Any] | None:
+        """The hello sent to ``peer`` (default :meth:`hello`, the same for every peer)."""
+        return self.hello()
+
+    def check_hello_from(self, peer: str, theirs: Mapping[str, Any]) -> None:
+        """Checks ``peer``'s hello (default :meth:`check_hello`)."""
+        self.check_hello(theirs)
+
     def offer(self, rejoin: bool = False) -> None:
         """Sends the hello and the steps this party holds complete checkpoints for (none unless resuming
-        or rejoining a restarted peer)."""
-        hello = self.hello()
-        if hello is not None:
-            self.send(hello, kind=HELLO_KIND)
+        or rejoining a restarted peer), to every peer of the agreement."""
         self._offered = self.checkpoint_steps() if self.train.resume or rejoin else []
-        self.send({"steps": torch.tensor(self._offered, dtype=torch.int64)}, kind=f"{RESUME_KIND}:{self.train.run_id}")
+        for peer in self.agreement_peers():
+            hello = self.hello_for(peer)
+            if hello is not None:
+                self._agreement_send(peer, hello, HELLO_KIND)
+            self._agreement_send(peer, {"steps": torch.tensor(self._offered, dtype=torch.int64)},
+                                 f"{RESUME_KIND}:{self.train.run_id}")
+
+    def _agreement_send(self, peer: str, tensors: Mapping[str, Any], kind: str) -> None:
+        self.send(tensors, kind=kind, peer=peer)
+
+    def _agreement_receive(self, peer: str) -> tuple[str, dict[str, Any]]:
+        return self.receive_any(peer=peer)
 
     def settle(self, rejoin: bool = False) -> int:
-        """Receives the peer's offer and loads the newest step both hold. ``rejoin``: the peer restarted;
+        """Receives every peer's offer and loads the newest step all hold. ``rejoin``: a peer restarted;
         this party goes back to that step whatever ``resume`` says, and fails if there is none."""
-        if self.hello() is not None:
-            self.check_hello(self.receive(kind=HELLO_KIND))
-        kind, got = self.receive_any()
-        prefix = f"{RESUME_KIND}:"
-        if not kind.startswith(prefix):
-            raise ValueError(f"{self.name}: expected the resume offer of {self.peer_name} but got a {kind!r} frame: "
-                             "the parties are at different stages of the protocol (is the peer running the same program?)")
-        peer_run = kind[len(prefix):]
-        if peer_run != self.train.run_id:
-            raise RuntimeError(f"{self.name}: this party runs {self.train.run_id!r} but {self.peer_name} runs "
-                               f"{peer_run!r}; give both the same run_id")
-        peer_steps = [int(s) for s in got["steps"].tolist()]
-        common = newest_common_step(self._offered, peer_steps)
+        lists = [self._offered]
+        peers = self.agreement_peers()
+        for peer in peers:
+            label = self.peer_name if len(peers) == 1 else f"'{peer}'"
+            if self.hello_for(peer) is not None:
+                kind, got = self._agreement_receive(peer)
+                if kind != HELLO_KIND:
+                    raise ValueError(f"{self.name}: expected the hello of {label} but got a {kind!r} frame: the "
+                                     "parties are at different stages of the protocol (is the peer running the same program?)")
+                self.check_hello_from(peer, got)
+            kind, got = self._agreement_receive(peer)
+            prefix = f"{RESUME_KIND}:"
+            if not kind.startswith(prefix):
+                raise ValueError(f"{self.name}: expected the resume offer of {label} but got a {kind!r} frame: "
+                                 "the parties are at different stages of the protocol (is the peer running the same program?)")
+            peer_run = kind[len(prefix):]
+            if peer_run != self.train.run_id:
+                raise RuntimeError(f"{self.name}: this party runs {self.train.run_id!r} but {label} runs "
+                                   f"{peer_run!r}; give both the same run_id")
+            lists.append([int(s) for s in got["steps"].tolist()])
+        common = newest_common_step(*lists)
         if common is not None:
             self.restore(common)
         elif rejoin:
-            hint = f" (was {self.peer_name} restarted with resume: true?)" if not peer_steps else ""
-            raise RuntimeError(f"{self.name}: {self.peer_name} restarted, but the parties hold no common checkpoint "
-                               f"to continue from{hint}; restart both parties with resume")
+            label = self.peer_name if len(peers) == 1 else "a peer"
+            hint = f" (was {label} restarted with resume: true?)" if any(not s for s in lists[1:]) else ""
+            raise RuntimeError(f"{self.name}: {label} restarted, but the parties hold no common checkpoint "
+                               f"to continue from{hint}; restart {'both parties' if len(peers) == 1 else 'every party'} "
+                               "with resume")
         elif self.train.resume:
-            self.logger.warning("%s: --resume but no checkpoint step both parties hold; starting from step 0", self.name)
+            self.logger.warning("%s: --resume but no checkpoint step %s parties hold; starting from step 0", self.name,
+                                "both" if len(peers) == 1 else "all")
         return self.step
 
     def agree(self, rejoin: bool = False) -> int:

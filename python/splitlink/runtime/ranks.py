@@ -160,6 +160,8 @@ class ChannelPlan:
 def channel_plan(cfg: RunConfig, group: RankGroup) -> ChannelPlan:
     r: RanksSection = cfg.ranks  # type: ignore[assignment]
     peer = "follower" if cfg.party == "leader" else "leader"
+    if cfg.peer_address is None:
+        raise ValueError("a party over ranks is one of two parties: give peer_address, not peers")
     n = group.world_size
     if cfg.party == "follower":
         mine = rank_addresses(cfg.address, n, r.follower_addresses)

@@ -47,6 +47,7 @@ class UnknownScenarioError(ValueError):
 
 _BUILTIN: dict[str, str] = {
     "criteo_wide_deep": "splitlink.examples.wide_deep:SCENARIO",
+    "wide_deep_nparty": "splitlink.examples.criteo_nparty:SCENARIO",
     "pangu_alpha": "splitlink.examples.pangu:SCENARIO",
 }
 _lazy: dict[str, str] = dict(_BUILTIN)

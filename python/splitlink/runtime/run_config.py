@@ -36,7 +36,7 @@ from splitlink.config import Problem, YamlConfigError, YamlLines, parse_yaml_doc
 from splitlink.runtime import registry
 
 __all__ = ["RunConfig", "SSLSection", "TrainSection", "WideDeepSection", "PanguSection", "RanksSection",
-           "load_run_config", "ssl_section"]
+           "load_run_config", "ssl_section", "NPartySection"]
 
 
 class _Strict(BaseModel):
@@ -82,6 +82,16 @@ class RanksSection(_Strict):
     leader_addresses: list[str] | None = None     # paired mode: party A's ranks
 
 
+class NPartySection(_Strict):
+    """wide_deep_nparty (the leader's run file): how the followers' embeddings are combined, unless
+    ``top_yaml`` (a leader top YAML naming every follower) says it."""
+
+    aggregate: Literal["concat", "sum", "mean"] = "sum"
+    secure: bool = False
+    frac_bits: int = Field(default=16, ge=0, le=40)
+    top_yaml: str | None = None
+
+
 class TrainSection(_Strict):
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
@@ -114,7 +124,10 @@ class RunConfig(_Strict):
     scenario: str                   # a name in splitlink.runtime.registry
     party: Literal["leader", "follower"]
     address: str
-    peer_address: str
+    peer_address: str | None = None  # two parties: the peer's address (N parties: peers)
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # N parties: this party's name
+    peers: dict[str, str] | None = None  # N parties: every other party's name -> host:port
+    nparty: NPartySection | None = None
     enable_ssl: bool = True
     ssl: SSLSection | None = None
     seal: bool = False
@@ -129,7 +142,7 @@ class RunConfig(_Strict):
     log_file: str | None = None
 
 
-_PATH_KEYS = {("data",), ("eval_data",), ("log_file",), ("train", "ckpt_dir"), ("train", "metrics_path"),
+_PATH_KEYS = {("nparty", "top_yaml"), ("data",), ("eval_data",), ("log_file",), ("train", "ckpt_dir"), ("train", "metrics_path"),
               *(("ssl", k) for k in SSLSection.model_fields if k.endswith("_path"))}
 
 
@@ -160,6 +173,7 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
     if cfg.data is None and cfg.scenario in known and registry.get(cfg.scenario).needs_data(cfg.party):
         problems.append(Problem(lines.line(()), "data", "missing: this party's data (a path)"))
     problems.extend(_ranks_problems(cfg, lines))
+    problems.extend(_peers_problems(cfg, lines))
     if problems:
         raise YamlConfigError(str(p), problems)
     base = p.resolve().parent
@@ -199,6 +213,31 @@ def _ranks_problems(cfg: RunConfig, lines: YamlLines) -> list[Problem]:
     if r.mode == "paired" and cfg.party == "leader" and cfg.eval_data is not None:
         out.append(Problem(lines.line(("eval_data",)), "eval_data",
                            "paired mode has no evaluation yet (every A rank would evaluate alone); drop eval_data"))
+    return out
+
+
+def _peers_problems(cfg: RunConfig, lines: YamlLines) -> list[Problem]:
+    out = []
+    if cfg.peers is None:
+        if cfg.peer_address is None:
+            out.append(Problem(lines.line(()), "peer_address", "missing: the peer's host:port (or peers, with N parties)"))
+        return out
+    me = cfg.name or cfg.party
+    if cfg.peer_address is not None:
+        out.append(Problem(lines.line(("peer_address",)), "peer_address", "give peers or peer_address, not both"))
+    if me in cfg.peers:
+        out.append(Problem(lines.line(("peers", me)), f"peers.{me}", f"this party ({me!r}) is not its own peer"))
+    bad = [a for a in cfg.peers.values() if not _is_host_port(a)]
+    if bad:
+        out.append(Problem(lines.line(("peers",)), "peers", f"not host:port: {', '.join(map(repr, bad))}"))
+    if cfg.party == "follower" and "leader" not in cfg.peers:
+        out.append(Problem(lines.line(("peers",)), "peers", "a follower's peers must include the leader"))
+    if cfg.party == "leader" and me != "leader":
+        out.append(Problem(lines.line(("name",)), "name", "the leader's name is 'leader'"))
+    if cfg.party == "follower" and me == "leader":
+        out.append(Problem(lines.line(("name",)), "name", "a follower cannot be called 'leader'"))
+    if len(set(cfg.peers.values()) | {cfg.address}) != len(cfg.peers) + 1:
+        out.append(Problem(lines.line(("peers",)), "peers", "two parties cannot share an address"))
     return out
 
 
