@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Assembly", "Assembler", "RangeRefused", "MAX_RANGES"]
+__all__ = ["Assembly", "Assembler", "RangeRefused", "RangeDelivered", "MAX_RANGES"]
 
 MAX_RANGES = 256  # per frame; senders use one range per stream (a handful)
 
@@ -32,6 +32,11 @@ class RangeRefused(Exception):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+class RangeDelivered(Exception):
+    """The range belongs to a frame that was already assembled and delivered (a retry that raced
+    the completion): the handler answers DUP, as for a whole frame delivered twice."""
 
 
 class Assembly:
@@ -48,6 +53,7 @@ class Assembly:
         self.owners: dict[int, tuple[int, object]] = {}
         self.received = 0
         self.closed = False  # complete or abandoned: nothing is written any more
+        self.start_failed = False  # its first range's handler failed before the buffer existed
         self.lock = threading.Lock()
 
     def claim(self, offset: int, length: int) -> object | None:
@@ -55,6 +61,8 @@ class Assembly:
         (a retry of a range that arrived). Raises ``RangeRefused`` for an overlap or too many ranges."""
         end = offset + length
         with self.lock:
+            if self.closed and self.received == self.total:
+                raise RangeDelivered()
             if self.closed:
                 raise RangeRefused("ABORTED", f"frame seq {self.seq} is no longer being assembled")
             if self.done.get(offset) == length:
@@ -112,13 +120,24 @@ class Assembler:
 
     def __init__(self) -> None:
         self._current: dict[str, Assembly] = {}
+        self._completed: dict[str, tuple[int, int]] = {}  # sender -> (incarnation, seq) last assembled
+        self._retired: Callable[[str, int], bool] = lambda sender, incarnation: False
         self._cond = threading.Condition()
+
+    def retired_by(self, is_retired: Callable[[str, int], bool]) -> None:
+        """``is_retired(sender, incarnation)``: that process of the sender was replaced; its late ranges
+        must not abandon the new process's frame in assembly."""
+        self._retired = is_retired
 
     def begin(self, sender: str, incarnation: int, seq: int, total: int, alive: Callable[[], bool],
               reserve: Callable[[int, Callable[[], bool]], bool], acquire: Callable[[int], Any]) -> Assembly:
         """The assembly of frame (sender, incarnation, seq), created when this is its first range:
         ``reserve(total, alive)`` waits for room in the receive queue, ``acquire(total)`` gives the buffer."""
         with self._cond:
+            if self._completed.get(sender) == (incarnation, seq):
+                raise RangeDelivered()
+            if self._retired(sender, incarnation):
+                raise RangeRefused("ABORTED", f"sender process {incarnation:#x} was replaced by a newer one")
             a = self._current.get(sender)
             if a is not None and (a.incarnation, a.seq) == (incarnation, seq):
                 if a.total != total:
@@ -128,6 +147,11 @@ class Assembler:
                     if not alive():
                         raise RangeRefused("CANCELLED", "sender went away while the queue was full")
                     self._cond.wait(0.2)
+                if a.closed and a.start_failed:
+                    # the handler that was to allocate it went away (e.g. its call timed out while the
+                    # receive queue was full): transient, the sender retries and a new assembly starts
+                    raise RangeRefused("UNAVAILABLE", f"frame seq {seq} must be started again (its first "
+                                                      "range's call ended while waiting for queue room)")
                 if a.closed:
                     raise RangeRefused("ABORTED", f"frame seq {seq} is no longer being assembled")
                 return a
@@ -143,6 +167,7 @@ class Assembler:
                 raise RangeRefused("CANCELLED", "sender went away while the queue was full")
             buf = acquire(total)
         except BaseException:
+            a.start_failed = True
             self.finish(sender, a)
             raise
         with self._cond:
@@ -159,6 +184,8 @@ class Assembler:
         with self._cond:
             if self._current.get(sender) is a:
                 del self._current[sender]
+            if a.received == a.total:
+                self._completed[sender] = (a.incarnation, a.seq)
             a.abandon()  # no more writes (a complete frame's buffer stays with its receiver)
             self._cond.notify_all()
 

@@ -72,7 +72,7 @@ from splitlink.channel import protocol
 from splitlink.channel.config import ServerConfig, SSLConfig, is_loopback, revoked_serials
 from splitlink.channel.errors import PeerRestartedError, PeerUnavailableError
 from splitlink.channel.identity import CertificateIdentityInterceptor
-from splitlink.channel.assembly import Assembler, RangeRefused
+from splitlink.channel.assembly import Assembler, RangeDelivered, RangeRefused
 from splitlink.channel.inbox import Inbox
 from splitlink.channel.keys import KeySession
 from splitlink.channel.protocol import ProtocolError
@@ -241,6 +241,7 @@ class VerticalFederatedCommunicator:
         self._one_stubs: dict[str, Any] = {}
         self._range_stubs: dict[str, list[Any]] = {}
         self._assembler = Assembler()
+        self._assembler.retired_by(lambda sender, incarnation: incarnation in self._inboxes[sender].retired)
         self._range_pool: futures.ThreadPoolExecutor | None = None
         self._sends = {name: SendQueue(name, max_inflight, self._send_now, f"splitlink-isend-{name}") for name in self.peers}
         self._receives = {name: ReceiveQueue(name, f"splitlink-irecv-{name}") for name in self.peers}
@@ -391,7 +392,13 @@ class VerticalFederatedCommunicator:
 
     def _send_now(self, target_server_name: str, tensors: Mapping[str, Any], step: int | None, kind: str) -> None:
         with self._send_locks[target_server_name]:
+            feedback = self._feedback[target_server_name]
+            # Packing updates the error-feedback residuals; a re-pack after re-keying must start from
+            # the residuals before the attempt that never arrived, or the dropped error is added twice.
+            saved = feedback.state_dict() if self.seal and feedback.residuals else None
             for attempt in range(3):
+                if attempt and saved is not None:
+                    feedback.load_state_dict(saved)
                 self._seq[target_server_name] += 1
                 seq = self._seq[target_server_name]
                 frame: Any
@@ -708,6 +715,10 @@ class VerticalFederatedCommunicator:
                 raise RangeRefused("INVALID_ARGUMENT", f"range of {pos} bytes, declared {head.length}")
             complete = assembly.finish(head.offset, token)
             token = None
+        except RangeDelivered:
+            for _ in request_iterator:  # drain: a retried range of a frame assembled meanwhile
+                pass
+            return protocol.Ack(protocol.ACK_DUP, self._incarnation).encode()
         except RangeRefused as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         finally:

@@ -84,6 +84,11 @@ class SendQueue:
         self._cond = threading.Condition()
         self._pending = 0
         self._failed: Work | None = None  # the first failed frame whose error nobody has seen yet
+        # Tickets: every frame submitted before a failure is refused (FrameNotSentError), whether or not
+        # the application has seen the error by the time the worker reaches it: the peer must never get
+        # a later frame without the one that failed (a gap it cannot see).
+        self._last_ticket = 0
+        self._poisoned_up_to = 0
         self._thread_name = thread_name
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -103,10 +108,12 @@ class SendQueue:
                 self._slots.release()
                 raise RuntimeError(f"isend to '{self.peer}' after shutdown()")
             self._pending += 1
+            self._last_ticket += 1
+            ticket = self._last_ticket
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
                 self._thread.start()
-        self._queue.put((work, args))
+        self._queue.put((work, ticket, args))
         return work
 
     def flush(self, timeout: float | None = None) -> None:
@@ -140,18 +147,21 @@ class SendQueue:
             item = self._queue.get()
             if item is None:
                 return
-            work, args = item
+            work, ticket, args = item
             try:
                 with self._cond:
-                    failed = self._failed
-                if failed is not None:
-                    raise FrameNotSentError(f"not sent: an earlier frame to '{self.peer}' failed "
-                                            f"({failed.exception()}); wait() on it or send again to continue")
+                    failed, poisoned = self._failed, ticket <= self._poisoned_up_to
+                if failed is not None or poisoned:
+                    why = f" ({failed.exception()})" if failed is not None else ""
+                    raise FrameNotSentError(f"not sent: an earlier frame to '{self.peer}' failed{why}; wait() on "
+                                            "it or send again to continue")
                 self._send(*args)
             except BaseException as e:  # noqa: BLE001 - handed to the application by wait()
                 with self._cond:
-                    if self._failed is None and not isinstance(e, FrameNotSentError):
-                        self._failed = work
+                    if not isinstance(e, FrameNotSentError):
+                        if self._failed is None:
+                            self._failed = work
+                        self._poisoned_up_to = max(self._poisoned_up_to, self._last_ticket)
                 work._resolve(error=e)
             else:
                 work._resolve(None)

@@ -1,0 +1,51 @@
+"""The asynchronous send queue's ordering rule: once a frame failed, no frame submitted before the
+failure reaches the peer, even when the application saw the error before the worker got to it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from splitlink.channel import FrameNotSentError
+from splitlink.channel.work import SendQueue, Work
+
+
+def test_frames_submitted_before_a_failure_are_not_sent_even_after_the_error_was_seen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    release_a = threading.Event()
+    error_seen = threading.Event()
+    sent: list[str] = []
+
+    def send(name: str) -> None:
+        if name == "A":
+            release_a.wait(10)
+            raise ConnectionError("peer refused A")
+        sent.append(name)
+
+    # The worker resolves A's failure and then waits until the application has seen it, so the
+    # application's wait() (which marks the error seen) runs before the worker reaches B: the
+    # interleaving that used to let B through.
+    original = Work._resolve
+
+    def resolve_then_pause(self: Work, result: object = None, error: BaseException | None = None) -> None:
+        original(self, result, error)
+        if error is not None and not isinstance(error, FrameNotSentError):
+            error_seen.wait(10)
+
+    monkeypatch.setattr(Work, "_resolve", resolve_then_pause)
+    q = SendQueue("peer", 4, send, "test-isend")
+    a = q.submit("A")
+    b = q.submit("B")
+    release_a.set()
+    with pytest.raises(ConnectionError, match="refused A"):
+        a.wait(10)
+    error_seen.set()
+    with pytest.raises(FrameNotSentError, match="earlier frame"):
+        b.wait(10)
+    assert sent == []
+    # a frame submitted after the error was seen goes out again
+    c = q.submit("C")
+    c.wait(10)
+    assert sent == ["C"]
+    q.close()
