@@ -46,7 +46,8 @@ def _mix(field: np.ndarray | int, value: np.ndarray) -> np.ndarray:
         z = value.astype(np.uint64) + (np.uint64(field) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * _M1
         z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+        out: np.ndarray = z ^ (z >> np.uint64(31))
+        return out
 
 
 def _dense_bucket(x: np.ndarray) -> np.ndarray:
@@ -150,7 +151,7 @@ class PartyData:
         arrays = {"sample_ids": self.sample_ids, "ids": self.ids, "wts": self.wts}
         if self.labels is not None:
             arrays["labels"] = self.labels
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool option
 
 
 def load_party(preprocessed: str | os.PathLike[str], role: str) -> PartyData:
