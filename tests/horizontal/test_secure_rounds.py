@@ -39,6 +39,7 @@ from splitlink.horizontal.secure_rounds import (
     flatten_delta,
     pack_map,
     unpack_map,
+    weighted,
 )
 from splitlink.util import free_ports
 from torch import nn
@@ -124,7 +125,7 @@ def test_unequal_weights_match_the_quantised_reference_and_the_plain_mean_within
     g0 = _global()
     weights = [s / max(samples) for s in samples]
     cfg = SecureSettings(clip=clip).config(3, "run")
-    ints = sum(quantise((flatten_delta(t.sent[0], g0) * w).float(), cfg, seed=seed_of("secagg", 4, 0, c))[0]
+    ints = sum(quantise(weighted(flatten_delta(t.sent[0], g0), w), cfg, seed=seed_of("secagg", 4, 0, c))[0]
                for (c, t), w in zip(trainers.items(), weights))
     total = ints.to(torch.float32) * (1.0 / cfg.scale)
     delta = total.double() / sum(weights)
@@ -241,7 +242,7 @@ def test_the_aggregator_never_receives_an_individual_update_and_matches_the_loca
 
         def spy(r: int, g: Mapping[str, torch.Tensor], orig: Any = orig, c: str = c) -> Any:
             state, n, loss = orig(r, g)
-            updates[c].append(flatten_delta(state, g).float())
+            updates[c].append(flatten_delta(state, g))
             return state, n, loss
 
         t.train_round = spy  # type: ignore[method-assign]

@@ -20,9 +20,9 @@ recovers the masks of clients that dropped after sharing when at least ``thresho
 :class:`~splitlink.horizontal.rounds.RoundError` naming who dropped at which stage).
 
 What a client masks: its update ``delta = local - global`` of the exchanged floating-point tensors,
-flattened in sorted name order (float64 difference), multiplied by the weight the aggregator announces
-in its roster, ``w_i = samples_i / max_j samples_j`` over the clients that advertised (so ``w_i <= 1``: equal
-sample counts lose no quantisation resolution), cast to float32, clipped to ``[-clip, clip]`` and
+flattened in sorted name order (float64 difference rounded to float32), multiplied (float32) by the weight
+the aggregator announces in its roster, ``w_i = samples_i / max_j samples_j`` over the clients that advertised
+(so ``w_i <= 1``: equal sample counts lose no quantisation resolution), clipped to ``[-clip, clip]`` and
 stochastically rounded to ``bits``-bit integers (the rounding keystream is seeded by the client's training
 seed, the round and its name: reruns and the multi-process run reproduce the in-process run bit for bit).
 The aggregator unmasks ``S = sum_i w_i delta_i`` over the survivors and takes ``mean = global + S / sum_i w_i``
@@ -59,6 +59,7 @@ __all__ = [
     "flatten_delta",
     "pack_map",
     "unpack_map",
+    "weighted",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,16 +176,26 @@ def float_names(state: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def flatten_delta(local: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``local - global`` of the floating tensors in :func:`float_names` order, flat float64."""
+    """``local - global`` of the floating tensors in :func:`float_names` order, flat float32 (each difference
+    taken in float64 and rounded once; one tensor's float64 temporaries at a time)."""
     names = float_names(global_state)
     if set(local) != set(global_state):
         raise ValueError("the trained state does not hold the global state's tensors")
-    parts = []
+    out = torch.empty(sum(global_state[k].numel() for k in names), dtype=torch.float32)
+    pos = 0
     for k in names:
-        if tuple(local[k].shape) != tuple(global_state[k].shape):
-            raise ValueError(f"tensor {k!r}: trained shape {tuple(local[k].shape)}, global {tuple(global_state[k].shape)}")
-        parts.append((local[k].detach().to(torch.float64) - global_state[k].detach().to(torch.float64)).reshape(-1))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+        g, x = global_state[k].detach(), local[k].detach()
+        if tuple(x.shape) != tuple(g.shape):
+            raise ValueError(f"tensor {k!r}: trained shape {tuple(x.shape)}, global {tuple(g.shape)}")
+        n = g.numel()
+        out[pos:pos + n].copy_(x.reshape(-1).to(torch.float64) - g.reshape(-1).to(torch.float64))
+        pos += n
+    return out
+
+
+def weighted(delta: torch.Tensor, weight: float) -> torch.Tensor:
+    """What a client masks: its flat float32 update times its announced weight, in place (float32 product)."""
+    return delta if weight == 1.0 else delta.mul_(torch.tensor(weight, dtype=torch.float32))
 
 
 def secure_mean(global_state: Mapping[str, torch.Tensor], total: torch.Tensor, weight_sum: float) -> State:
@@ -253,7 +264,7 @@ class SecureParticipant:
             return SA_SHARES, {**head, "shares": bytes_tensor(pack_map(shares))}
         if kind == SA_SHARES:
             assert self._delta is not None and self._weight is not None
-            update = (self._delta * self._weight).to(torch.float32)
+            update = weighted(self._delta, self._weight)
             masked = c.masked_input(update, unpack_map(tensor_bytes(msg["shares"], "shares"), "shares"))
             self._delta = None
             return SA_MASKED, {**head, "masked": masked}
