@@ -300,7 +300,7 @@ class LocalTransport:
         """Client ``client``'s answer to one frame (``fl:train`` or a secagg stage); None: no answer (late).
         Tests override it to make a client stop answering."""
         if kind == TRAIN:
-            state, n, loss = self.trainers[client].train_round(round_, _clone(msg["state"]))
+            state, n, loss = self.trainers[client].train_round(round_, msg["state"])  # a clone of broadcast's
             return self.participants[client].start(round_, msg, state, n, loss)
         return self.participants[client].handle(kind, msg)
 

@@ -188,7 +188,10 @@ def flatten_delta(local: Mapping[str, torch.Tensor], global_state: Mapping[str, 
         if tuple(x.shape) != tuple(g.shape):
             raise ValueError(f"tensor {k!r}: trained shape {tuple(x.shape)}, global {tuple(g.shape)}")
         n = g.numel()
-        out[pos:pos + n].copy_(x.reshape(-1).to(torch.float64) - g.reshape(-1).to(torch.float64))
+        if x.dtype == g.dtype == torch.float32:  # float32 - float32 rounded once equals the float64 difference
+            torch.sub(x.reshape(-1), g.reshape(-1), out=out[pos:pos + n])  # rounded (double rounding is exact here)
+        else:
+            out[pos:pos + n].copy_(x.reshape(-1).to(torch.float64) - g.reshape(-1).to(torch.float64))
         pos += n
     return out
 
