@@ -19,7 +19,7 @@ import torch
 from splitlink.certs import make_dev_certs
 from splitlink.channel import InProcessCommunicator, ServerConfig
 from splitlink.errors import YamlConfigError
-from splitlink.horizontal.aggregator import FedAvg, ServerOptimizer, SecureAggregation
+from splitlink.horizontal.aggregator import FedAvg, SecureAggregation, ServerOptimizer
 from splitlink.horizontal.client import LocalOptions, LocalTrainer, seed_of
 from splitlink.horizontal.job import build_trainer, load_job, make_aggregator
 from splitlink.horizontal.rounds import (

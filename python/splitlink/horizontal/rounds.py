@@ -231,7 +231,11 @@ class NetworkTransport:
 
     def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
                  reply_kind: str, deadline: float | None) -> Exchanged:
-        from splitlink.channel import PeerClosedError, PeerRestartedError, PeerUnavailableError
+        from splitlink.channel import (
+            PeerClosedError,
+            PeerRestartedError,
+            PeerUnavailableError,
+        )
 
         out = Exchanged()
         targets = list(messages) if send_kind is not None else [c for c in self._asked if c not in self._unreachable]
@@ -307,6 +311,7 @@ class LocalTransport:
     def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
                  reply_kind: str, deadline: float | None) -> Exchanged:
         out = Exchanged()
+        calls: list[tuple[str, str, Mapping[str, Any]]]
         if send_kind is None:
             pending, self._pending = self._pending, {}
             calls = [(c, TRAIN, {"round": torch.tensor(round_), "state": s, **self._extra}) for c, s in pending.items()]

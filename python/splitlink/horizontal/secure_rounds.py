@@ -38,6 +38,7 @@ number of values clipped over the round (reported per round), and the sum; never
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,12 @@ from typing import Any
 import torch
 
 from splitlink.horizontal.client import seed_of
-from splitlink.horizontal.secagg import SecAggClient, SecAggConfig, SecAggError, SecAggServer
+from splitlink.horizontal.secagg import (
+    SecAggClient,
+    SecAggConfig,
+    SecAggError,
+    SecAggServer,
+)
 
 __all__ = [
     "SA_ADVERT",
@@ -105,7 +111,7 @@ class SecureSettings:
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> SecureSettings:
         v = [float(x) for x in t.reshape(-1).tolist()]
-        if len(v) != 5 or any(x != x for x in v):
+        if len(v) != 5 or not all(math.isfinite(x) for x in v):
             raise ValueError(f"malformed secure-aggregation parameters ({len(v)} values)")
         return cls(clip=v[0], threshold=None if v[1] < 0 else int(v[1]), neighbours=None if v[2] < 0 else int(v[2]),
                    bits=int(v[3]), ring_bits=int(v[4]))
