@@ -117,6 +117,11 @@ def check_horizontal(d: dict[str, Any]) -> None:
     for m in ("lora", "ia3"):
         assert 0 < modes[m]["param_fraction"] < 1 and modes[m]["bytes_per_round"] < modes["full"]["bytes_per_round"]
     assert all(positive(r["epoch_s"]) and positive(r["epoch_ratio_vs_full"]) for r in modes.values())
+    (row,) = d["secure_rounds"]["rows"]  # --quick: one secure-vs-plain round of 3 clients x 100k values
+    assert (row["clients"], row["numel"], row["neighbours"], row["threshold"]) == (3, 100_000, 2, 2)
+    assert all(positive(row[k]) for k in ("plain_s", "secure_s", "plain_parallel_s", "secure_parallel_s"))
+    # bytes, not time: the masked update is as large as the float32 one; keys and shares add well under 10%
+    assert 1.0 < row["traffic_vs_plain"] < 1.1 and row["clipped"] >= 0
 
 
 def check_nparty(d: dict[str, Any]) -> None:

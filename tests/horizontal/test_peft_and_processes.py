@@ -123,7 +123,7 @@ def test_job_errors_name_file_line_and_key(tmp_path: Path) -> None:
     with pytest.raises(YamlConfigError, match=r"max_steps.*aggregate_freq 3"):
         load_job(p)
     p.write_text(p.read_text().replace("aggregate_freq: 3", "aggregate_freq: 2, aggregator: secure"))
-    with pytest.raises(YamlConfigError, match=r"fed_args.aggregator.*not wired"):
+    with pytest.raises(YamlConfigError, match=r"fed_args.*give fed_args.secure"):
         load_job(p)
 
 

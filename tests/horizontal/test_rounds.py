@@ -12,7 +12,7 @@ from splitlink.channel import InProcessCommunicator, ServerConfig
 from splitlink.horizontal.aggregator import (
     ClientUpdate,
     FedAvg,
-    SecureAggregationNotWired,
+    SecureAggregation,
     ServerOptimizer,
     make_strategy,
     weighted_mean,
@@ -135,9 +135,15 @@ def test_server_momentum_and_adam() -> None:
     assert set(b.state_dict()) == {"m.w", "v.w"}
 
 
-def test_secure_aggregator_is_not_wired_yet() -> None:
-    with pytest.raises(SecureAggregationNotWired, match="not wired"):
+def test_make_strategy_secure_needs_its_settings() -> None:
+    from splitlink.horizontal.secure_rounds import SecureSettings
+
+    with pytest.raises(ValueError, match="fed_args.secure"):
         make_strategy("secure")
+    s = make_strategy("secure", "adam", secure=SecureSettings(clip=1.0))
+    assert isinstance(s, SecureAggregation) and s.name == "secure-fedadam"
+    with pytest.raises(TypeError, match="never sees plain client updates"):
+        s.aggregate(0, {}, [])
     with pytest.raises(ValueError, match="unknown aggregator"):
         make_strategy("median")
 

@@ -111,9 +111,12 @@ def make_splits(n_clients: int, *, max_len: int = 64, seed: int = 0, non_iid: bo
 def write_job(workdir: Path, clients: list[str], ports: list[int], *, mode: str = "lora", epochs: int = 2,
               batch_size: int = 16, lr: float = 1e-3, enable_ssl: bool = True, seed: int = 0,
               model: dict[str, Any] | None = None, deepspeed: dict[str, Any] | None = None,
-              extra: dict[str, Any] | None = None) -> Path:
+              extra: dict[str, Any] | None = None, secure: bool = True, clip: float = 1.0) -> Path:
     """The job file of an aggregator ``arbiter`` and ``clients`` (data in ``<name>.npz``, held-out rows in
-    ``eval.npz``) on 127.0.0.1 ``ports`` (aggregator first)."""
+    ``eval.npz``) on 127.0.0.1 ``ports`` (aggregator first). ``secure``: SecAgg+ aggregation (the default, as
+    the seed's ``aggregator="secure_aggregate"``), each element of a client's weighted round update clipped to
+    [-clip, clip] and quantised to 16 bits (step clip / 32767); the threshold is the smallest valid (with two
+    clients both must finish a round; with 3+, rounds survive clients dropping)."""
     import yaml
 
     job: dict[str, Any] = {
@@ -122,8 +125,9 @@ def write_job(workdir: Path, clients: list[str], ports: list[int], *, mode: str 
         "clients": [{"name": c, "address": f"127.0.0.1:{p}", "data": f"{c}.npz", "eval_data": "eval.npz"}
                     for c, p in zip(clients, ports[1:])],
         "enable_ssl": enable_ssl,
-        "fed_args": {"aggregate_strategy": "epoch", "aggregate_freq": 1, "aggregator": "fedavg",
-                     "round_deadline": 600, "min_clients": len(clients)},
+        "fed_args": {"aggregate_strategy": "epoch", "aggregate_freq": 1, "aggregator": "secure" if secure else "fedavg",
+                     "round_deadline": 600, "min_clients": len(clients),
+                     **({"secure": {"clip": clip, "bits": 16}} if secure else {})},
         "training_args": {"num_train_epochs": epochs, "per_device_train_batch_size": batch_size, "learning_rate": lr,
                           "optim": "adam", "seed": seed},
         "model": model or {"vocab_size": VOCAB, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4,
@@ -167,7 +171,7 @@ def prepare(workdir: str | Path, *, clients: int = 2, mode: str = "lora", non_ii
 
 def central_baseline(job_path: str | Path) -> dict[str, float]:
     """The same model, options and epochs trained in one place on the union of the clients' rows
-    (a one-client federation: FedAvg of one is plain training); held-out loss and accuracy."""
+    (a one-client federation: FedAvg of one is plain training, so no secure aggregation); held-out loss and accuracy."""
     from splitlink.horizontal.job import (
         build_trainer,
         load_job,
@@ -179,7 +183,8 @@ def central_baseline(job_path: str | Path) -> dict[str, float]:
     cfg = load_job(job_path)
     w = Path(cfg.source).parent
     one = cfg.model_copy(update={"clients": [cfg.clients[0].model_copy(update={"data": str(w / "union.npz")})],
-                                 "fed_args": cfg.fed_args.model_copy(update={"min_clients": 1, "clients_per_round": None}),
+                                 "fed_args": cfg.fed_args.model_copy(update={"min_clients": 1, "clients_per_round": None,
+                                                                             "aggregator": "fedavg", "secure": None}),
                                  "checkpoint": cfg.checkpoint.model_copy(update={"every": 0}), "metrics_path": None})
     t = build_trainer(one, one.clients[0].name)
     make_aggregator(one, LocalTransport({t.name: t})).run()
@@ -221,7 +226,7 @@ def _scenario() -> Any:
     from splitlink.runtime.registry import Scenario
 
     return Scenario("homo_gpt2", make_party=_not_a_split, needs_data=lambda party: False,
-                    summary="FATE Homo-NN GPT-2: FedAvg over mTLS with LoRA/IA3 adapters (splitlink fl)", demo=_demo)
+                    summary="FATE Homo-NN GPT-2: FedAvg with secure aggregation (SecAgg+) over mTLS, LoRA/IA3 adapters (splitlink fl)", demo=_demo)
 
 
 SCENARIO = _scenario()

@@ -12,10 +12,10 @@ locally trained state and its sample count (:class:`ClientUpdate`). It returns t
 A strategy's own state (momentum buffers) is :meth:`Strategy.state_dict`, checkpointed with the global
 state so that a resumed federation continues bit for bit.
 
-Secure aggregation plugs in here too: its strategy receives masked updates instead of plain ones and
-needs extra message stages with the clients, so :func:`make_strategy` refuses ``aggregator: secure`` with
-a :class:`~splitlink.horizontal.job.JobConfigError`-style message until the protocol is wired into the
-rounds (``splitlink.horizontal.rounds``).
+* :class:`SecureAggregation` (``aggregator: secure``): the rounds run the SecAgg+ stages
+  (:mod:`splitlink.horizontal.secure_rounds`) and hand it the survivors' weighted mean, unmasked from the
+  sum of masked updates; it combines that mean with the global state through the FedAvg or server
+  optimizer strategy it wraps (:meth:`FedAvg.apply_mean`, :meth:`ServerOptimizer.apply_mean`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from typing import Protocol
 
 import torch
 
+from splitlink.horizontal.secure_rounds import SecureSettings
+
 __all__ = [
     "ClientUpdate",
     "FedAvg",
-    "SecureAggregationNotWired",
+    "SecureAggregation",
     "ServerOptimizer",
     "Strategy",
     "make_strategy",
@@ -105,6 +107,10 @@ class FedAvg:
                   updates: Sequence[ClientUpdate]) -> State:
         return weighted_mean(global_state, updates)
 
+    def apply_mean(self, round_: int, global_state: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> State:
+        """The new global state from the clients' weighted mean: the mean itself."""
+        return dict(mean)
+
     def state_dict(self) -> State:
         return {}
 
@@ -132,7 +138,10 @@ class ServerOptimizer:
 
     def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor],
                   updates: Sequence[ClientUpdate]) -> State:
-        mean = weighted_mean(global_state, updates)
+        return self.apply_mean(round_, global_state, weighted_mean(global_state, updates))
+
+    def apply_mean(self, round_: int, global_state: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> State:
+        """The new global state from the clients' weighted mean (``mean - global`` is the pseudo-gradient)."""
         out: State = {}
         for k, g in global_state.items():
             if not g.is_floating_point():
@@ -160,19 +169,37 @@ class ServerOptimizer:
         self.v = {k[2:]: v.clone() for k, v in state.items() if k.startswith("v.")}
 
 
-class SecureAggregationNotWired(NotImplementedError):
-    """``aggregator: secure`` was asked for, but the secure aggregation protocol is not wired into the rounds yet."""
+class SecureAggregation:
+    """``aggregator: secure``: the rounds aggregate by SecAgg+ (``secure``: the job's settings) and pass the
+    unmasked weighted mean to :meth:`combine`, which applies the wrapped strategy (FedAvg, FedAvgM, FedAdam)."""
+
+    def __init__(self, inner: FedAvg | ServerOptimizer, secure: SecureSettings) -> None:
+        self.inner, self.secure = inner, secure
+        self.name = f"secure-{inner.name}"
+
+    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor],
+                  updates: Sequence[ClientUpdate]) -> State:
+        raise TypeError("secure aggregation never sees plain client updates; the rounds unmask the sum and call combine()")
+
+    def combine(self, round_: int, global_state: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> State:
+        return self.inner.apply_mean(round_, global_state, mean)
+
+    def state_dict(self) -> State:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)
 
 
 def make_strategy(aggregator: str, server_optimizer: str = "none", *, server_lr: float = 1.0, beta1: float = 0.9,
-                  beta2: float = 0.99, tau: float = 1e-3) -> Strategy:
-    """The strategy a job names (``fed_args.aggregator`` and ``fed_args.server_optimizer``)."""
-    if aggregator == "secure":
-        raise SecureAggregationNotWired(
-            "aggregator: secure (secure aggregation, SecAgg+) is not wired into the FedAvg rounds yet; "
-            "use aggregator: fedavg")
-    if aggregator != "fedavg":
+                  beta2: float = 0.99, tau: float = 1e-3, secure: SecureSettings | None = None) -> Strategy:
+    """The strategy a job names (``fed_args.aggregator``, ``fed_args.server_optimizer``, ``fed_args.secure``)."""
+    if aggregator not in ("fedavg", "secure"):
         raise ValueError(f"unknown aggregator {aggregator!r}; known: fedavg, secure")
-    if server_optimizer == "none":
-        return FedAvg()
-    return ServerOptimizer(server_optimizer, server_lr, beta1, beta2, tau)
+    inner: FedAvg | ServerOptimizer = FedAvg() if server_optimizer == "none" else ServerOptimizer(
+        server_optimizer, server_lr, beta1, beta2, tau)
+    if aggregator == "fedavg":
+        return inner
+    if secure is None:
+        raise ValueError("aggregator: secure needs its settings (fed_args.secure: {clip, threshold, neighbours, bits})")
+    return SecureAggregation(inner, secure)

@@ -13,7 +13,8 @@ FATE's ``FedArguments`` and ``TrainingArguments`` keep their names::
     fed_args:                             # FATE FedArguments
       aggregate_strategy: epoch           # epoch | step
       aggregate_freq: 1
-      aggregator: fedavg                  # fedavg | secure (not wired yet: an error)
+      aggregator: secure                  # fedavg | secure (SecAgg+ with dropout recovery)
+      secure: {clip: 0.05, threshold: 2, bits: 16}   # aggregator: secure only; see SecureSection
       server_optimizer: none              # none | momentum | adam (FedAvgM, FedAdam)
       fedprox_mu: 0.0
       clients_per_round: null             # null: all
@@ -74,6 +75,22 @@ class SSLSection(_Strict):
     password: str | None = None
 
 
+class SecureSection(_Strict):
+    """``fed_args.secure`` (with ``aggregator: secure``): SecAgg+ over each round's sampled clients.
+
+    clip: bound on each element of a client's weighted update ``(local - global) * samples / max samples``;
+    larger values are clipped (counted per round). bits: width of one quantised value (step = clip /
+    (2^(bits-1)-1)). threshold: clients needed to unmask (null: the smallest valid, a majority of each
+    neighbourhood). neighbours: SecAgg+ neighbourhood size k (null: all others up to 8 clients, else ~2 log2 n).
+    ring_bits: 32 (4 bytes per value, as float32) or 64."""
+
+    clip: float = Field(gt=0)
+    threshold: int | None = Field(default=None, ge=1)
+    neighbours: int | None = Field(default=None, ge=1)
+    bits: int = Field(default=16, ge=2, le=24)
+    ring_bits: Literal[32, 64] = 32
+
+
 class FedArgs(_Strict):
     aggregate_strategy: Literal["epoch", "step"] = "epoch"
     aggregate_freq: int = Field(default=1, ge=1)
@@ -87,6 +104,7 @@ class FedArgs(_Strict):
     clients_per_round: int | None = Field(default=None, ge=1)
     min_clients: int | None = Field(default=None, ge=1)
     round_deadline: float | None = Field(default=None, gt=0)
+    secure: SecureSection | None = None
 
 
 class TrainingArgs(_Strict):
@@ -169,8 +187,22 @@ def load_job(path: str | os.PathLike[str]) -> JobConfig:
         problems.append(Problem(lines.line(keys), ".".join(map(str, keys)), msg))
 
     f, t = cfg.fed_args, cfg.training_args
+    n = len(cfg.clients)
     if f.aggregator == "secure":
-        add(("fed_args", "aggregator"), "secure aggregation is not wired into the FedAvg rounds yet; use fedavg")
+        if f.secure is None:
+            add(("fed_args",), "aggregator is secure, so give fed_args.secure: {clip: <bound on each weighted update "
+                "element>, threshold, neighbours, bits}")
+        else:
+            from splitlink.horizontal.secagg import SecAggError
+
+            per_round = min(f.clients_per_round or n, n)
+            try:
+                secure_settings(cfg).config(per_round, cfg.session_id)
+            except SecAggError as e:
+                add(("fed_args", "secure"), f"{e} (for the {per_round} clients sampled per round)")
+    elif f.secure is not None:
+        add(("fed_args", "secure"), "secure settings are given but aggregator is fedavg; set aggregator: secure or "
+            "remove fed_args.secure")
     if f.aggregate_strategy == "epoch":
         if t.num_train_epochs is None:
             add(("training_args",), "missing num_train_epochs (aggregate_strategy is epoch)")
@@ -189,7 +221,6 @@ def load_job(path: str | os.PathLike[str]) -> JobConfig:
             add(("clients", i, "name"), f"party name {c.name!r} is used twice")
         if c.data is None:
             add(("clients", i), "missing: data (the client's .npz)")
-    n = len(cfg.clients)
     k = f.clients_per_round or n
     if k > n:
         add(("fed_args", "clients_per_round"), f"{k} is more than the {n} clients")
@@ -278,6 +309,16 @@ def make_round_options(cfg: JobConfig) -> Any:
                         metrics_path=cfg.metrics_path)
 
 
+def secure_settings(cfg: JobConfig) -> Any:
+    """The job's SecureSettings (None unless ``aggregator: secure``)."""
+    from splitlink.horizontal.secure_rounds import SecureSettings
+
+    f = cfg.fed_args
+    if f.aggregator != "secure" or f.secure is None:
+        return None
+    return SecureSettings(**f.secure.model_dump())
+
+
 def make_aggregator(cfg: JobConfig, transport: Any) -> Any:
     from splitlink.horizontal.adapters import exchanged_names
     from splitlink.horizontal.aggregator import make_strategy
@@ -289,7 +330,7 @@ def make_aggregator(cfg: JobConfig, transport: Any) -> Any:
     params = dict(model.named_parameters())
     initial = {k: params[k].detach().clone() for k in names}
     strategy = make_strategy(f.aggregator, f.server_optimizer, server_lr=f.server_lr, beta1=f.server_beta1,
-                             beta2=f.server_beta2, tau=f.server_tau)
+                             beta2=f.server_beta2, tau=f.server_tau, secure=secure_settings(cfg))
     return Aggregator([c.name for c in cfg.clients], initial, strategy, make_round_options(cfg), transport,
                       digest=base_digest(model, names))
 
@@ -337,7 +378,8 @@ def run_client(cfg: JobConfig, name: str) -> Any:
     trainer = build_trainer(cfg, name)
     me = next(c for c in cfg.clients if c.name == name)
     with _communicator(cfg, me, [cfg.aggregator]) as comm:
-        party = ClientParty(comm, cfg.aggregator.name, trainer, timeout=cfg.client_timeout)
+        party = ClientParty(comm, cfg.aggregator.name, trainer, timeout=cfg.client_timeout,
+                            secure=secure_settings(cfg))
         party.run()
     result = None
     if me.eval_data:

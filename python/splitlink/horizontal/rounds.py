@@ -14,6 +14,10 @@ Every round the aggregator
 5. checkpoints (global state, the strategy's state, the round) every ``ckpt_every`` rounds through the
    runtime's :class:`~splitlink.runtime.checkpoints.CheckpointSet`.
 
+With a secure strategy (``aggregator: secure``) steps 3-4 are the SecAgg+ stages of
+:mod:`splitlink.horizontal.secure_rounds` over the same transport (``fl:sa:*`` frames, each stage
+bounded by the round deadline): the aggregator receives masked updates and unmasks only their sum.
+
 At the end it sends every client the final state (``fl:done``). Clients are stateless between rounds
 (torch clients) so the aggregator's checkpoint is the federation's: an aggregator restarted with
 ``resume`` continues from its newest checkpoint, and the result equals the uninterrupted run's bit for
@@ -42,6 +46,16 @@ from torch import nn
 from splitlink.errors import SplitlinkError
 from splitlink.horizontal.aggregator import ClientUpdate, Strategy
 from splitlink.horizontal.client import LocalTrainer
+from splitlink.horizontal.secure_rounds import (
+    SA_ROSTER,
+    SA_SHARES,
+    SA_UNMASK,
+    SecureParticipant,
+    SecureRoundFailed,
+    SecureSettings,
+    names_tensor,
+    run_secure_round,
+)
 from splitlink.runtime.checkpoints import CheckpointSet
 from splitlink.runtime.metrics import Metrics
 from splitlink.util import atomic_write
@@ -49,10 +63,14 @@ from splitlink.util import atomic_write
 __all__ = [
     "DONE",
     "ERROR",
+    "SA_ROSTER",
+    "SA_SHARES",
+    "SA_UNMASK",
     "TRAIN",
     "UPDATE",
     "Aggregator",
     "ClientParty",
+    "Exchanged",
     "LocalTransport",
     "NetworkTransport",
     "RoundError",
@@ -127,10 +145,26 @@ class Collected:
     bytes_up: int = 0
 
 
+@dataclass
+class Exchanged:
+    """The answers of one secure-aggregation stage: client -> frame tensors; who was late or failed."""
+
+    answers: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    late: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 class Transport(Protocol):
-    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes) -> int: ...
+    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes,
+                  extra: Mapping[str, torch.Tensor] | None = None) -> int: ...
 
     def collect(self, round_: int, clients: Sequence[str], deadline: float | None) -> Collected: ...
+
+    def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
+                 reply_kind: str, deadline: float | None) -> Exchanged:
+        """Sends ``messages[c]`` with ``send_kind`` to each client (None: nothing, the answers to the round's
+        ``fl:train`` are collected), then each client's ``reply_kind`` frame of this round until the deadline."""
+        ...
 
     def finish(self, clients: Sequence[str], state: Mapping[str, torch.Tensor]) -> None: ...
 
@@ -141,12 +175,16 @@ class NetworkTransport:
     def __init__(self, comm: Any) -> None:
         self.comm = comm
         self._unreachable: dict[str, str] = {}
+        self._asked: list[str] = []
 
-    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes) -> int:
+    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes,
+                  extra: Mapping[str, torch.Tensor] | None = None) -> int:
         from splitlink.channel import PeerClosedError, PeerUnavailableError
 
-        msg = {"round": torch.tensor(round_, dtype=torch.int64), "digest": _bytes_tensor(digest), "state": dict(state)}
+        msg = {"round": torch.tensor(round_, dtype=torch.int64), "digest": _bytes_tensor(digest), "state": dict(state),
+               **(extra or {})}
         self._unreachable = {}
+        self._asked = list(clients)
         sent = 0
         for c in clients:
             try:
@@ -191,6 +229,53 @@ class NetworkTransport:
                 break
         return out
 
+    def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
+                 reply_kind: str, deadline: float | None) -> Exchanged:
+        from splitlink.channel import (
+            PeerClosedError,
+            PeerRestartedError,
+            PeerUnavailableError,
+        )
+
+        out = Exchanged()
+        targets = list(messages) if send_kind is not None else [c for c in self._asked if c not in self._unreachable]
+        if send_kind is None:
+            out.failed.update({c: why for c, why in self._unreachable.items() if c in self._asked})
+        asked = []
+        for c in targets:
+            if send_kind is None:
+                asked.append(c)
+                continue
+            try:
+                self.comm.send_tensors(c, dict(messages[c]), kind=send_kind, step=round_)
+                asked.append(c)
+            except (PeerUnavailableError, PeerClosedError) as e:
+                out.failed[c] = f"unreachable ({type(e).__name__}: {e})"
+        end = None if deadline is None else time.monotonic() + deadline
+        for c in asked:
+            while True:
+                timeout = None if end is None else max(end - time.monotonic(), 1e-3)
+                try:
+                    kind, t = self.comm.receive(c, timeout, with_kind=True)
+                except TimeoutError:
+                    out.late.append(c)
+                    break
+                except (PeerRestartedError, PeerClosedError) as e:
+                    out.failed[c] = f"{type(e).__name__}: {e}"
+                    break
+                got = int(t["round"]) if "round" in t else -1
+                if got != round_:
+                    log.info("aggregator: dropped %s's %s frame of round %d (now round %d)", c, kind, got, round_)
+                    continue
+                if kind == reply_kind:
+                    out.answers[c] = t
+                elif kind == ERROR:
+                    out.failed[c] = _text(t["message"])
+                else:
+                    out.failed[c] = f"sent an unexpected {kind!r} frame (expected {reply_kind!r})"
+                break
+        return out
+
     def finish(self, clients: Sequence[str], state: Mapping[str, torch.Tensor]) -> None:
         for c in clients:
             self.comm.send_tensors(c, {"state": dict(state)}, kind=DONE)
@@ -202,14 +287,49 @@ class LocalTransport:
     def __init__(self, trainers: Mapping[str, LocalTrainer]) -> None:
         self.trainers = dict(trainers)
         self._pending: dict[str, State] = {}
+        self._extra: dict[str, torch.Tensor] = {}
+        self.participants = {c: SecureParticipant(c, t.opts.seed) for c, t in self.trainers.items()}
         self.final: State | None = None
 
-    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes) -> int:
+    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes,
+                  extra: Mapping[str, torch.Tensor] | None = None) -> int:
         for c in clients:
             if digest and base_digest(self.trainers[c].model, self.trainers[c].exchanged) != digest:
                 raise RoundError(f"client {c!r}: its frozen base weights differ from the aggregator's")
             self._pending[c] = _clone(state)
+        self._extra = dict(extra or {})
         return state_bytes(state) * len(clients)
+
+    def deliver(self, round_: int, client: str, kind: str, msg: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+        """Client ``client``'s answer to one frame (``fl:train`` or a secagg stage); None: no answer (late).
+        Tests override it to make a client stop answering."""
+        if kind == TRAIN:
+            state, n, loss = self.trainers[client].train_round(round_, msg["state"])  # a clone of broadcast's
+            return self.participants[client].start(round_, msg, state, n, loss)
+        return self.participants[client].handle(kind, msg)
+
+    def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
+                 reply_kind: str, deadline: float | None) -> Exchanged:
+        out = Exchanged()
+        calls: list[tuple[str, str, Mapping[str, Any]]]
+        if send_kind is None:
+            pending, self._pending = self._pending, {}
+            calls = [(c, TRAIN, {"round": torch.tensor(round_), "state": s, **self._extra}) for c, s in pending.items()]
+        else:
+            calls = [(c, send_kind, m) for c, m in messages.items()]
+        for c, kind, msg in calls:
+            try:
+                got = self.deliver(round_, c, kind, msg)
+            except Exception as e:  # noqa: BLE001 - reported like a remote client's failure
+                out.failed[c] = f"{type(e).__name__}: {e}"
+                continue
+            if got is None:
+                out.late.append(c)
+            elif got[0] != reply_kind:
+                out.failed[c] = f"sent an unexpected {got[0]!r} frame (expected {reply_kind!r})"
+            else:
+                out.answers[c] = got[1]
+        return out
 
     def collect(self, round_: int, clients: Sequence[str], deadline: float | None) -> Collected:
         out = Collected()
@@ -326,6 +446,8 @@ class Aggregator:
         return True
 
     def run_round(self) -> dict[str, Any]:
+        if getattr(self.strategy, "secure", None) is not None:
+            return self._run_secure_round()
         r = self.round
         chosen = self.sample(r)
         t0 = time.perf_counter()
@@ -346,6 +468,38 @@ class Aggregator:
         self.metrics.record(**row)
         log.info("aggregator: round %d: %d clients, loss %.4f, %d B down, %d B up", r + 1, len(answered), row["loss"],
                  down, got.bytes_up)
+        if self._ckpt is not None and self.round % self.opts.ckpt_every == 0:
+            self.save()
+        return row
+
+    def _run_secure_round(self) -> dict[str, Any]:
+        r = self.round
+        chosen = self.sample(r)
+        settings: SecureSettings = self.strategy.secure  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        extra = {"secagg": settings.to_tensor(), "sa_clients": names_tensor(sorted(chosen)),
+                 "sa_session": _bytes_tensor(self.opts.run_id.encode())}
+        down = self.transport.broadcast(r, chosen, self.state, self.digest, extra)
+        try:
+            got = run_secure_round(r, chosen, self.state, settings, self.opts.run_id, self.transport,
+                                   self.opts.round_deadline)
+        except SecureRoundFailed as e:
+            raise RoundError(f"round {r + 1}: {e}") from None
+        if len(got.survivors) < self.opts.min_clients:
+            raise RoundError(f"round {r + 1}: only {len(got.survivors)} of {len(chosen)} sampled clients are in the "
+                             f"secure sum, min_clients is {self.opts.min_clients}; dropped: {got.dropped}; "
+                             f"failed: {got.failed}")
+        if got.late or got.failed:
+            log.warning("aggregator: secure round %d goes on without %s", r + 1,
+                        self._who(Collected(late=got.late, failed=got.failed)))
+        self.state = self.strategy.combine(r, self.state, got.mean)  # type: ignore[attr-defined]
+        self.round = r + 1
+        row = {"kind": "round", "round": r + 1, "clients": got.survivors, "late": got.late, "failed": sorted(got.failed),
+               "samples": got.samples, "loss": got.loss, "bytes_down": down, "bytes_up": got.bytes_up,
+               "seconds": time.perf_counter() - t0, "secure": True, "clipped": got.clipped, "dropped": got.dropped}
+        self.metrics.record(**row)
+        log.info("aggregator: secure round %d: %d clients in the sum, loss %.4f, %d values clipped, %d B down, %d B up",
+                 r + 1, len(got.survivors), got.loss, got.clipped, down, got.bytes_up)
         if self._ckpt is not None and self.round % self.opts.ckpt_every == 0:
             self.save()
         return row
@@ -380,8 +534,10 @@ class Aggregator:
 class ClientParty:
     """A client process's loop: answer every ``fl:train`` of the aggregator until ``fl:done``."""
 
-    def __init__(self, comm: Any, aggregator: str, trainer: LocalTrainer, *, timeout: float = 3600.0) -> None:
+    def __init__(self, comm: Any, aggregator: str, trainer: LocalTrainer, *, timeout: float = 3600.0,
+                 secure: SecureSettings | None = None) -> None:
         self.comm, self.aggregator, self.trainer, self.timeout = comm, aggregator, trainer, timeout
+        self.secure = SecureParticipant(trainer.name, trainer.opts.seed, secure)
         self.digest = base_digest(trainer.model, trainer.exchanged)
         self.rounds: list[int] = []
         self.final: State | None = None
@@ -397,23 +553,31 @@ class ClientParty:
                 self.final = _clone(t["state"])
                 self.trainer.set_state(self.final)
                 return self.final
-            if kind != TRAIN:
+            if kind not in (TRAIN, SA_ROSTER, SA_SHARES, SA_UNMASK):
                 raise ValueError(f"client {self.trainer.name!r}: unexpected {kind!r} frame from the aggregator")
             r = int(t["round"])
             try:
-                theirs = bytes(t["digest"].numpy().tobytes())
-                if theirs and theirs != self.digest:
-                    raise ValueError("the frozen base weights differ from the aggregator's (same model config, seed "
-                                     "and pretrained weights on every party?)")
-                state, n, loss = self.trainer.train_round(r, _clone(t["state"]))
+                reply: tuple[str, Mapping[str, Any]] | None
+                if kind != TRAIN:
+                    reply = self.secure.handle(kind, t)
+                else:
+                    theirs = bytes(t["digest"].numpy().tobytes())
+                    if theirs and theirs != self.digest:
+                        raise ValueError("the frozen base weights differ from the aggregator's (same model config, "
+                                         "seed and pretrained weights on every party?)")
+                    state, n, loss = self.trainer.train_round(r, _clone(t["state"]))
+                    if "secagg" in t:
+                        reply = self.secure.start(r, t, state, n, loss)
+                    else:
+                        reply = (UPDATE, {"round": torch.tensor(r, dtype=torch.int64),
+                                          "samples": torch.tensor(n, dtype=torch.int64),
+                                          "loss": torch.tensor(loss, dtype=torch.float64), "state": state})
+                    self.rounds.append(r)
             except Exception as e:
-                log.exception("client %s: round %d failed", self.trainer.name, r + 1)
+                log.exception("client %s: round %d (%s) failed", self.trainer.name, r + 1, kind)
                 msg = f"{type(e).__name__}: {e}"[:2000].encode()
                 self.comm.send_tensors(self.aggregator, {"round": torch.tensor(r), "message": _bytes_tensor(msg)},
                                        kind=ERROR, step=r)
                 continue
-            self.comm.send_tensors(self.aggregator, {"round": torch.tensor(r, dtype=torch.int64),
-                                                     "samples": torch.tensor(n, dtype=torch.int64),
-                                                     "loss": torch.tensor(loss, dtype=torch.float64), "state": state},
-                                   kind=UPDATE, step=r)
-            self.rounds.append(r)
+            if reply is not None:
+                self.comm.send_tensors(self.aggregator, dict(reply[1]), kind=reply[0], step=r)
