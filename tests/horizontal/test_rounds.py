@@ -273,3 +273,36 @@ def test_resume_is_bitwise(tmp_path: object) -> None:
     assert [r["round"] for r in resumed.history] == [3, 4]
     for k in full.state:
         assert torch.equal(full.state[k], resumed.state[k])
+
+
+def test_an_unusable_update_fails_that_client_only() -> None:
+    """Updates are checked before they reach the strategy: a missing tensor, a wrong shape, NaN, no
+    samples or a missing key make that client fail the round (named, with the reason); the others count."""
+    from splitlink.horizontal.rounds import NetworkTransport
+
+    hub: dict = {}
+    agg = ServerConfig("agg", "127.0.0.1:1")
+    names = ["good", "nan", "shape", "nosamples", "missing"]
+    clients = {n: ServerConfig(n, f"127.0.0.1:{2 + i}") for i, n in enumerate(names)}
+    a_comm = InProcessCommunicator(agg, list(clients.values()), hub=hub)
+    c_comms = {n: InProcessCommunicator(cfg, agg, hub=hub) for n, cfg in clients.items()}
+    state = {"w": torch.zeros(3), "b": torch.zeros(1)}
+    transport = NetworkTransport(a_comm)
+    transport.broadcast(0, names, state, b"")
+    good = {"w": torch.ones(3), "b": torch.ones(1)}
+    bad_state = {
+        "good": good,
+        "nan": {"w": torch.tensor([1.0, float("nan"), 0.0]), "b": torch.ones(1)},
+        "shape": {"w": torch.ones(4), "b": torch.ones(1)},
+        "nosamples": good,
+        "missing": {"w": torch.ones(3)},
+    }
+    for n, c in c_comms.items():
+        c.receive("agg", 5)
+        c.send_tensors("agg", {"round": torch.tensor(0), "samples": torch.tensor(0 if n == "nosamples" else 4),
+                               "loss": torch.tensor(0.5, dtype=torch.float64), "state": bad_state[n]}, kind="fl:update")
+    got = transport.collect(0, names, 5.0)
+    assert list(got.updates) == ["good"]
+    reasons = {c: why for c, why in got.failed.items()}
+    assert "NaN" in reasons["nan"] and "(4,)" in reasons["shape"] and "0 samples" in reasons["nosamples"]
+    assert "missing ['b']" in reasons["missing"]

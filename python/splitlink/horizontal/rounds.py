@@ -176,21 +176,25 @@ class NetworkTransport:
         self.comm = comm
         self._unreachable: dict[str, str] = {}
         self._asked: list[str] = []
+        self._expected: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
 
     def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes,
                   extra: Mapping[str, torch.Tensor] | None = None) -> int:
-        from splitlink.channel import PeerClosedError, PeerUnavailableError
+        from splitlink.channel import PeerClosedError, PeerRestartedError, PeerUnavailableError
 
         msg = {"round": torch.tensor(round_, dtype=torch.int64), "digest": _bytes_tensor(digest), "state": dict(state),
                **(extra or {})}
         self._unreachable = {}
         self._asked = list(clients)
+        self._expected = {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}
         sent = 0
         for c in clients:
             try:
                 self.comm.send_tensors(c, msg, kind=TRAIN, step=round_)
                 sent += 1
-            except (PeerUnavailableError, PeerClosedError) as e:  # a client that is down fails this round only
+            except (PeerUnavailableError, PeerClosedError, PeerRestartedError) as e:
+                # a client that is down (or was restarted: the frame was meant for its old process) fails
+                # this round only; the restart is acknowledged, so the next round reaches the new process
                 self._unreachable[c] = f"unreachable ({type(e).__name__}: {e})"
         return state_bytes(state) * sent
 
@@ -218,10 +222,14 @@ class NetworkTransport:
                     log.info("aggregator: dropped %s's answer to round %d (now round %d)", c, got, round_)
                     continue
                 if kind == UPDATE:
-                    state = _clone(t["state"])
-                    out.updates[c] = ClientUpdate(c, state, int(t["samples"]))
-                    out.losses[c] = float(t["loss"])
-                    out.bytes_up += state_bytes(state)
+                    try:
+                        update, loss = _valid_update(c, t, self._expected)
+                    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+                        out.failed[c] = f"sent an unusable update ({type(e).__name__}: {e})"
+                        break
+                    out.updates[c] = update
+                    out.losses[c] = loss
+                    out.bytes_up += state_bytes(update.state)
                 elif kind == ERROR:
                     out.failed[c] = _text(t["message"])
                 else:
@@ -249,7 +257,7 @@ class NetworkTransport:
             try:
                 self.comm.send_tensors(c, dict(messages[c]), kind=send_kind, step=round_)
                 asked.append(c)
-            except (PeerUnavailableError, PeerClosedError) as e:
+            except (PeerUnavailableError, PeerClosedError, PeerRestartedError) as e:
                 out.failed[c] = f"unreachable ({type(e).__name__}: {e})"
         end = None if deadline is None else time.monotonic() + deadline
         for c in asked:
@@ -277,8 +285,43 @@ class NetworkTransport:
         return out
 
     def finish(self, clients: Sequence[str], state: Mapping[str, torch.Tensor]) -> None:
+        from splitlink.channel import PeerClosedError, PeerRestartedError, PeerUnavailableError
+
         for c in clients:
-            self.comm.send_tensors(c, {"state": dict(state)}, kind=DONE)
+            try:
+                self.comm.send_tensors(c, {"state": dict(state)}, kind=DONE)
+            except (PeerUnavailableError, PeerClosedError, PeerRestartedError) as e:
+                log.warning("aggregator: could not tell client %s the federation is done (%s: %s); it stops after "
+                            "its client_timeout", c, type(e).__name__, e)
+
+
+def _valid_update(client: str, t: Mapping[str, Any],
+                  expected: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> tuple[ClientUpdate, float]:
+    """A client's ``fl:update`` frame checked before it can reach the strategy: the tensors the global
+    state has (names, dtypes, shapes), finite values, at least one sample, a scalar loss. Raises with
+    the reason; the aggregator then counts that client as failed for the round."""
+    state = t["state"]
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state is a {type(state).__name__}, not a mapping of tensors")
+    if expected and set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise ValueError(f"tensors do not match the global state (missing {missing[:5]}, unexpected {extra[:5]}); "
+                         "is it running the same job?")
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{k!r} is a {type(v).__name__}, not a tensor")
+        if k in expected and (v.dtype, tuple(v.shape)) != expected[k]:
+            raise ValueError(f"{k!r} is {v.dtype} {tuple(v.shape)}, the global state holds "
+                             f"{expected[k][0]} {expected[k][1]}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{k!r} holds NaN or infinite values")
+    samples, loss = t["samples"], t["loss"]
+    if samples.numel() != 1 or loss.numel() != 1:
+        raise ValueError("samples and loss must be scalars")
+    n = int(samples)
+    if n < 1:
+        raise ValueError(f"reported {n} samples; an update needs at least one")
+    return ClientUpdate(client, _clone(state), n), float(loss)
 
 
 class LocalTransport:
@@ -451,8 +494,9 @@ class Aggregator:
         r = self.round
         chosen = self.sample(r)
         t0 = time.perf_counter()
+        started = time.monotonic()
         down = self.transport.broadcast(r, chosen, self.state, self.digest)
-        got = self.transport.collect(r, chosen, self.opts.round_deadline)
+        got = self.transport.collect(r, chosen, max(self._deadline() - (time.monotonic() - started), 1e-3))
         answered = [c for c in chosen if c in got.updates]
         if len(answered) < self.opts.min_clients:
             raise RoundError(self._shortfall(r, chosen, got))
@@ -482,7 +526,7 @@ class Aggregator:
         down = self.transport.broadcast(r, chosen, self.state, self.digest, extra)
         try:
             got = run_secure_round(r, chosen, self.state, settings, self.opts.run_id, self.transport,
-                                   self.opts.round_deadline)
+                                   self._deadline())
         except SecureRoundFailed as e:
             raise RoundError(f"round {r + 1}: {e}") from None
         if len(got.survivors) < self.opts.min_clients:
@@ -512,6 +556,11 @@ class Aggregator:
         if got.failed:
             parts.append("failed: " + "; ".join(f"{c} ({why})" for c, why in sorted(got.failed.items())))
         return "; ".join(parts)
+
+    def _deadline(self) -> float:
+        """Seconds a round may take from sending the global state (round_deadline; default client_timeout,
+        so a client killed without a clean shutdown never stalls the federation for ever)."""
+        return self.opts.round_deadline if self.opts.round_deadline is not None else self.opts.client_timeout
 
     def _shortfall(self, r: int, chosen: list[str], got: Collected) -> str:
         limit = f"within the {self.opts.round_deadline:g} s round deadline" if self.opts.round_deadline else "in time"
@@ -543,12 +592,19 @@ class ClientParty:
         self.final: State | None = None
 
     def run(self) -> State:
+        from splitlink.channel import PeerRestartedError
+
         while True:
             try:
                 kind, t = self.comm.receive(self.aggregator, self.timeout, with_kind=True)
             except TimeoutError:
                 raise TimeoutError(f"client {self.trainer.name!r}: no message from the aggregator "
                                    f"{self.aggregator!r} within {self.timeout:g} s") from None
+            except PeerRestartedError as e:
+                # the aggregator was restarted (with resume): clients hold no state between rounds, so
+                # wait for the resumed aggregator's next round
+                log.warning("client %s: %s; waiting for its next round", self.trainer.name, e)
+                continue
             if kind == DONE:
                 self.final = _clone(t["state"])
                 self.trainer.set_state(self.final)
@@ -580,4 +636,7 @@ class ClientParty:
                                        kind=ERROR, step=r)
                 continue
             if reply is not None:
-                self.comm.send_tensors(self.aggregator, dict(reply[1]), kind=reply[0], step=r)
+                try:
+                    self.comm.send_tensors(self.aggregator, dict(reply[1]), kind=reply[0], step=r)
+                except PeerRestartedError as e:  # the answer was for the aggregator's previous process
+                    log.warning("client %s: %s; the round's answer is dropped", self.trainer.name, e)
