@@ -58,6 +58,7 @@ class TrainOptions:
     resume: bool = False
     metrics_path: str | None = None    # one JSON line per recorded row
     peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
+    micro_batches: int = 1             # >1: each step pipelined over this many micro-batches (runtime.pipeline)
     run_id: str = "run"                # checkpoints of one run: both parties must use the same
     device: str | None = None          # where this party computes: cpu, cuda, cuda:N; None/auto: cuda if available
 
