@@ -163,3 +163,34 @@ def test_pipelined_resume_continues_exactly(wd_data: Path, pg_data: Path, tmp_pa
     pangu.train_local(PG, ds, pangu.TrainConfig(**pb, max_steps=3, ckpt_every=2, ckpt_dir=str(tmp_path / "p")))
     resumed = pangu.train_local(PG, ds, pangu.TrainConfig(**pb, max_steps=5, resume=True, ckpt_dir=str(tmp_path / "p")))
     assert resumed[0]["step"] == 3 and [r["loss"] for r in resumed] == full[2:]
+
+
+@pytest.mark.parametrize("scenario", ["wide_deep", "pangu"])
+def test_two_processes_over_mtls_reproduce_the_in_process_pipelined_run(wd_data: Path, pg_data: Path,
+                                                                       tmp_path: Path, scenario: str) -> None:
+    """The same schedule of the same operations in one process and over two (one thread each): bit for bit."""
+    from split_runs import make_certs, pangu_run, run_split, wide_deep_run
+
+    m, steps = 3, 3
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if scenario == "wide_deep":
+            L, F = wd_parties(wd_data)
+            hist = wd.train_local(L, F, WD, wd.TrainConfig(epochs=1000, batch_size=200, max_steps=steps, log_every=1,
+                                                           progress=False, seed=0, compress=False, eval_fraction=0.0,
+                                                           micro_batches=m))
+            local = [r["wide_loss"] for r in hist if r["kind"] == "train"]
+            spec = wide_deep_run(wd_data, model=wd.config_dict(WD), batch_size=200, steps=steps, compress=False)
+        else:
+            ds = pangu.TokenDataset(pg_data, PG.seq_length)
+            local = [r["loss"] for r in pangu.train_local(PG, ds, pangu.TrainConfig(
+                epochs=1000, batch_size=4, max_steps=steps, lr=1e-3, log_every=1, deepspeed=False, micro_batches=m))]
+            spec = pangu_run(pg_data, pangu={"config": "tiny", **{k: getattr(PG, k) for k in (
+                "vocab_size", "hidden_size", "num_layers", "num_heads", "seq_length")}}, batch_size=4, steps=steps,
+                compress=False)
+    finally:
+        torch.set_num_threads(n)
+    spec["train"]["pipeline"] = {"micro_batches": m}
+    run = run_split(tmp_path / "run", spec, certs=make_certs(tmp_path / "certs"), timeout=300)
+    assert len(local) == steps and run.losses == local

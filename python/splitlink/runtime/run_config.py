@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from splitlink.config import Problem, YamlConfigError, YamlLines, parse_yaml_document, pydantic_problems, read_yaml_text
 from splitlink.runtime import registry
 
-__all__ = ["RunConfig", "SSLSection", "TrainSection", "PipelineSection", "WideDeepSection", "PanguSection", "RanksSection",
+__all__ = ["RunConfig", "SSLSection", "TrainSection", "PipelineSection", "AutoCodecSection", "WideDeepSection", "PanguSection", "RanksSection",
            "load_run_config", "ssl_section"]
 
 
@@ -90,6 +90,14 @@ class PipelineSection(_Strict):
     micro_batches: int = Field(default=1, ge=1, le=4096)
 
 
+class AutoCodecSection(_Strict):
+    """``train.auto_codec``: per tensor, the least lossy codec (fp32, fp16, 8-bit, 4-bit min_max) that keeps
+    a step's exchange (what this party sends) within ``budget_ms`` at the link rate measured from its own
+    sends (:mod:`splitlink.runtime.codec_policy`); the choices and their errors are logged."""
+
+    budget_ms: float = Field(gt=0, le=3_600_000)
+
+
 class TrainSection(_Strict):
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
@@ -112,6 +120,7 @@ class TrainSection(_Strict):
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     device: str | None = Field(default=None, pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # this party's; default auto
     pipeline: PipelineSection | None = None  # micro-batch pipelining of each step
+    auto_codec: AutoCodecSection | None = None  # bandwidth-aware codec choice per tensor
 
     def options(self, cls: type[Any]) -> Any:
         """The given fields as the scenario's TrainOptions dataclass ``cls`` (unset ones: its defaults)."""
@@ -119,6 +128,8 @@ class TrainSection(_Strict):
         given = {k: v for k, v in self.model_dump().items() if k in fields and v is not None}
         if self.pipeline is not None and "micro_batches" in fields:
             given["micro_batches"] = self.pipeline.micro_batches
+        if self.auto_codec is not None and "auto_codec_budget_ms" in fields:
+            given["auto_codec_budget_ms"] = self.auto_codec.budget_ms
         return cls(**given)
 
 
