@@ -427,6 +427,20 @@ class FLModel:
     def put_pending(self, pending: Any) -> None:
         self._pending = pending
 
+    def discard_accumulation(self) -> None:
+        """Drops the gradients of micro-batches accumulated without a step (a step interrupted by a peer's
+        restart: the party reloads a checkpoint and redoes the step from its first micro-batch)."""
+        if not self._accumulated:
+            return
+        self._accumulated = 0
+        self._pending = None
+        if self.engine is not None:
+            self.engine.set_gradient_accumulation_boundary(True)
+            self.engine.zero_grad()
+        else:
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+
     def _take_grads(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         prior = {}
         for ps in self._opt_params:

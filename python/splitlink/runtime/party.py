@@ -211,6 +211,9 @@ class Party(Generic[O]):
         self.checkpoints.save(self.step)
 
     def restore(self, step: int) -> None:
+        for m in self.models.values():
+            if hasattr(m, "discard_accumulation"):  # a pipelined step the peer's restart interrupted
+                m.discard_accumulation()
         self.checkpoints.load(step)
         self.step = step
         self.info("resumed at step %d", step)
