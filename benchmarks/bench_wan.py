@@ -15,9 +15,9 @@ Variants per profile:
   (a) sequential fp32: every exchanged tensor as float32;
   (b) sequential, compressed: the YAML's codecs on activations and gradients (min_max, 6 bits on
       Wide&Deep's embeddings and Pangu's head input and gradients, 8 bits on Pangu's backbone output);
-  (c) pipelined, m = 2, 4, 8 micro-batches and (d) pipelined + the codecs: not built yet (issue 19 item 2);
-      the hook :data:`PIPELINE` takes their run settings when they are; until then their rows print
-      "not built yet" and no figure.
+  (c) pipelined, m = 2, 4, 8 micro-batches and (d) pipelined + the codecs (splitlink.runtime.pipeline:
+      the batch cut into m micro-batches whose exchanges overlap both parties' computation, the update
+      the full batch's; the hook :data:`PIPELINE` sets the run file's train.pipeline).
 
 Baselines in the same run: the same model in one process (Pangu: unsplit, plain PyTorch with the same
 seeds and AdamW settings; Wide&Deep: both parties in one process over the in-process communicator, no
@@ -28,7 +28,7 @@ counters: TLS records, HTTP/2 framing, TCP/IP headers and acknowledgements inclu
 run, connection set-up included) and the training loss after the fixed number of steps (the cost of
 compression in accuracy next to its gain in time).
 
-``--quick``: LAN, WAN, thin WAN; 8 steps each (<= 10 min on 2 cores). ``--json`` prints JSON.
+``--quick``: LAN, WAN, thin WAN; 8 steps each, pipelined with m = 2, 4 (about 10 min on 2 cores). ``--json`` prints JSON.
 """
 
 from __future__ import annotations
@@ -54,7 +54,12 @@ from split_runs import make_certs, pangu_run, run_split, wide_deep_run
 # (c)/(d): the pipelined variants. The pipelining work (issue 19 item 2) sets this to a function that
 # returns a run spec (split_runs.wide_deep_run / pangu_run) with the run file's pipeline setting for m
 # micro-batches; None: not built, and their rows say so instead of giving figures.
-PIPELINE: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
+def _pipelined(spec: dict[str, Any], m: int) -> dict[str, Any]:
+    """The run spec with each step pipelined over ``m`` micro-batches (the run file's train.pipeline)."""
+    return {**spec, "train": {**spec["train"], "pipeline": {"micro_batches": m}}}
+
+
+PIPELINE: Callable[[dict[str, Any], int], dict[str, Any]] | None = _pipelined
 MICRO_BATCHES = (2, 4, 8)
 
 WD_MODEL = {"vocab_size": 50_000, "emb_dim": 16, "deep_layers": [256, 128]}
@@ -158,6 +163,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", choices=["wide-deep", *PANGU], default=["wide-deep", *PANGU])
     ap.add_argument("--steps", type=int, help="training steps per run (default 12, --quick 8); the first two "
                                               "are warm-up, left out of the medians")
+    ap.add_argument("--micro-batches", type=int, nargs="+", metavar="M",
+                    help="the pipelined rows' micro-batch counts (default: 2 4 8; --quick: 2 4, to stay within 10 min)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ap.add_argument("--workdir", help="keep data, run files and logs here (default: a temporary directory)")
     args = ap.parse_args()
@@ -165,6 +172,7 @@ def main() -> None:
     if "lan" not in profiles:
         profiles = ["lan", *profiles]   # the LAN split is a baseline of every row
     steps = args.steps or (8 if args.quick else 12)
+    args.micro_batches = args.micro_batches or ([2, 4] if args.quick else list(MICRO_BATCHES))
     if steps < 4:
         ap.error("--steps must be at least 4 (two warm-up steps, then the measured ones)")
     why = netns_support()
@@ -201,7 +209,7 @@ def main() -> None:
                                  "wire_mb_per_step": {k: v / steps / 1e6 for k, v in run.wire_bytes.items()},
                                  "steps": len(run.losses)})
                     log(f"{prof} {model} {variant}: {step_s * 1e3:.1f} ms/step, wire {run.wire_bytes}")
-                for m in MICRO_BATCHES:
+                for m in args.micro_batches:
                     for variant in ("fp32", "codecs"):
                         name = f"pipelined m={m}" + (" + codecs" if variant == "codecs" else "")
                         if PIPELINE is None:

@@ -45,6 +45,8 @@ def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--follower-addresses", default=None, metavar="H:P,H:P,...",
                     help="every rank of party B, in rank order (default: party B's address, port + rank)")
     ap.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="party B's ZeRO stage")
+    ap.add_argument("--micro-batches", type=int, default=1, metavar="M", help="pipeline each step over M micro-batches (1: none); give both parties the same value")
+    ap.add_argument("--auto-codec-ms", type=float, default=None, metavar="MS", help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit that keeps a step's exchange within MS milliseconds at the measured link rate")
     ap.add_argument("--device", default="auto",
                     help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu); "
                          "local: party A's")
@@ -55,7 +57,8 @@ def train_section(a: argparse.Namespace) -> dict:
             "log_every": a.log_every, "compress": a.compress, "embedding_dp": a.embedding_dp,
             "deepspeed": not a.no_deepspeed, "ckpt_every": a.ckpt_every, "seed": a.seed,
             "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics,
-            "zero_stage": a.zero_stage, "device": a.device}
+            "zero_stage": a.zero_stage, "device": a.device, "pipeline": {"micro_batches": a.micro_batches},
+            **({"auto_codec": {"budget_ms": a.auto_codec_ms}} if a.auto_codec_ms is not None else {})}
 
 
 def ranks_section(a: argparse.Namespace) -> dict | None:
@@ -101,7 +104,8 @@ def main(argv: list[str]) -> int:
         cfg = pangu.CONFIGS[a.config]
         data = pangu.TokenDataset(a.train_data, cfg.seq_length)
         cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, data.vocab_size))
-        train = pangu.TrainConfig(**{k: v for k, v in train_section(a).items()})
+        train = pangu.TrainConfig(**{k: v for k, v in train_section(a).items() if k not in ("pipeline", "auto_codec")},
+                                  micro_batches=a.micro_batches, auto_codec_budget_ms=a.auto_codec_ms)
         hist = pangu.train_local(cfg, data, train, device_b=a.device_b)
         if a.metrics:
             with open(a.metrics, "w") as fh:

@@ -38,6 +38,7 @@ from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.model import FLModel
 from splitlink.model.device import resolve_device, to_device
+from splitlink.runtime import pipeline
 from splitlink.runtime.party import Party, TrainOptions, agree_locally
 from splitlink.runtime.registry import Scenario, register
 from splitlink.runtime.run_config import RunConfig
@@ -323,6 +324,61 @@ class PartyA(Party[TrainConfig]):
         self.emb_model.backward_one_step(self._batch, sens={**bb_scale, "output": {"word_table": self._word_grad}})
         self.advance()
 
+    # ---- pipelined step (train.micro_batches > 1, splitlink.runtime.pipeline) ------------------------
+    def pipeline_stages(self, rows: np.ndarray) -> list[list[pipeline.Stage]]:
+        """Party A's stages of one pipelined step, in three groups (embedding forward, head, embedding
+        backward) between which party B runs its forward and its backward; ``self._loss`` collects the
+        step's loss (the micro-batches' losses weighted by their rows: the full batch's mean)."""
+        parts = pipeline.split_rows(rows, self.train.micro_batches)
+        w = pipeline.weights(parts)
+        n, last = len(parts), len(parts) - 1
+        batches: list[dict[str, Any]] = [{} for _ in parts]
+        tables: list[Any] = [None] * n
+        pend: list[Any] = [None] * n
+        word_grads: list[Any] = [None] * n
+        self._loss = 0.0
+
+        def emb_forward(i: int, _: Any) -> dict[str, Any]:
+            batches[i] = self.data.batch(parts[i])
+            e = self.emb_model.forward_one_step(batches[i])
+            tables[i], pend[i] = e["word_table"], self.emb_model.take_pending()
+            return {"embedding_table": e["embedding_table"], "attention_mask": e["attention_mask"],
+                    pipeline.MICRO_KEY: pipeline.micro_tag(i, n, self.train.micro_batches)}
+
+        def head(i: int, hidden: Any) -> dict[str, Any]:
+            b = batches[i]
+            local = {"input_ids": b["input_ids"], "position_id": b["position_id"],
+                     "attention_mask": b["attention_mask"], "word_table": tables[i]}
+            out = self.head_model.forward_one_step(local, hidden)
+            scale = self.head_model.backward_one_step(local, hidden, step=i == last, loss_weight=w[i])["output"]
+            word_grads[i] = scale["word_table"]
+            self._loss += w[i] * float(out["output"].detach())
+            return {"output": {"hidden_states": scale["hidden_states"]}}
+
+        def emb_backward(i: int, bb_scale: Any) -> None:
+            self.emb_model.put_pending(pend[i])
+            pend[i] = None
+            self.emb_model.backward_one_step(batches[i], sens={**bb_scale, "output": {"word_table": word_grads[i]}},
+                                             step=i == last, loss_weight=w[i])
+
+        return [[pipeline.Stage("embedding forward", emb_forward, sends=True)],
+                [pipeline.Stage("head", head, receives=True, sends=True)],
+                [pipeline.Stage("embedding backward", emb_backward, receives=True)]]
+
+    def pipelined_step(self, rows: np.ndarray) -> float:
+        stages = self.pipeline_stages(rows)
+        count = len(pipeline.split_rows(rows, self.train.micro_batches))
+        b = self.local_peer
+        if b is None:
+            pipeline.run_stages(self, [s for group in stages for s in group], count)
+        else:
+            b_stages = b.pipeline_stages(count)
+            pipeline.run_local([(self, stages[0][0]), (b, b_stages[0]), (self, stages[1][0]), (b, b_stages[1]),
+                                (self, stages[2][0])], count)
+            b.advance()
+        self.advance()
+        return self._loss
+
     @torch.no_grad()
     def evaluate(self, max_batches: int = 20) -> float:
         """Mean next-token loss on the eval data (party B runs its backbone in eval mode)."""
@@ -343,13 +399,16 @@ class PartyA(Party[TrainConfig]):
         t0 = time.perf_counter()
         b = self.local_peer
         for epoch, rows in self.schedule.steps(self.step):
-            self.forward(rows)
-            if b is not None:
-                b.forward()
-            loss = self.head_step()
-            if b is not None:
-                b.backward()
-            self.backward()
+            if self.train.micro_batches > 1:
+                loss = self.pipelined_step(rows)
+            else:
+                self.forward(rows)
+                if b is not None:
+                    b.forward()
+                loss = self.head_step()
+                if b is not None:
+                    b.backward()
+                self.backward()
             self.record(kind="train", epoch=epoch, step=self.step, loss=loss, seconds=time.perf_counter() - t0)
             if self.step % self.train.log_every == 0 or self.step == self.total:
                 log.info("epoch %d step %d/%d loss: %.6f", epoch, self.schedule.in_epoch(self.step),
@@ -403,6 +462,33 @@ class PartyB(Party[TrainConfig]):
         self.send({"hidden_states": {"embedding_table": g / k if k != 1.0 else g}}, step=self.step)
         self.advance()
 
+    def pipeline_stages(self, count: int) -> list[pipeline.Stage]:
+        """Party B's stages of one pipelined step of ``count`` micro-batches: backbone forward, backbone
+        backward (the last micro-batch's backward steps the optimizer: DeepSpeed's accumulation boundary)."""
+        remote: list[Any] = [None] * count
+        pend: list[Any] = [None] * count
+        k = self.sens_scale
+
+        def forward(i: int, got: Any) -> dict[str, Any]:
+            pipeline.check_micro(got, i, self.train.micro_batches, self.name, self.peer_name)
+            remote[i] = got
+            out = self.model.forward_one_step(None, got)
+            pend[i] = self.model.take_pending()
+            return {"hidden_states": out["hidden_states"]}
+
+        def backward(i: int, sens: Any) -> dict[str, Any]:
+            if k != 1.0:
+                sens = {s: {n: g * k for n, g in inner.items()} for s, inner in sens.items()}
+            self.model.put_pending(pend[i])
+            pend[i] = None
+            g = self.model.backward_one_step(None, remote[i], sens=sens, step=i == count - 1)
+            remote[i] = None
+            g = g["hidden_states"]["embedding_table"]
+            return {"hidden_states": {"embedding_table": g / k if k != 1.0 else g}}
+
+        return [pipeline.Stage("backbone forward", forward, receives=True, sends=True),
+                pipeline.Stage("backbone backward", backward, receives=True, sends=True)]
+
     def train_loop(self) -> None:
         while True:
             kind, got = self.receive_any()
@@ -411,7 +497,13 @@ class PartyB(Party[TrainConfig]):
             if kind == "eval":
                 out = self.model.eval_one_step(None, got)
                 self.send({"hidden_states": out["hidden_states"]}, kind="eval")
+            elif kind == "tensors" and pipeline.MICRO_KEY in got:
+                count = pipeline.check_micro(dict(got), 0, self.train.micro_batches, self.name, self.peer_name)
+                pipeline.run_stages(self, self.pipeline_stages(count), count, first=got)
+                self.advance()
             elif kind == "tensors":
+                if self.train.micro_batches > 1:
+                    pipeline.check_micro(got, 0, self.train.micro_batches, self.name, self.peer_name)
                 self.forward(got)
                 self.backward()
             else:

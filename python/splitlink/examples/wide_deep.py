@@ -37,6 +37,7 @@ from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.examples.criteo import FOLLOWER_FIELDS, LEADER_FIELDS, PartyData, auc, load_party
 from splitlink.model import FLModel
+from splitlink.runtime import pipeline
 from splitlink.runtime.metrics import progress_bar
 from splitlink.runtime.party import Party, TrainOptions, agree_locally
 from splitlink.runtime.registry import Scenario, register
@@ -228,6 +229,34 @@ class Follower(_WideDeepParty):
         self.models["bottom"].backward_one_step(self._batch, sens=scale)
         self.advance()
 
+    def pipeline_stages(self, idx: np.ndarray) -> list[pipeline.Stage]:
+        """The follower's stages of one pipelined step: bottom forward (embeddings to the leader), bottom
+        backward (the leader's gradients; the last micro-batch steps the optimizers)."""
+        parts = pipeline.split_rows(idx, self.train.micro_batches)
+        n, w = len(parts), pipeline.weights(parts)
+        feats: list[Any] = [None] * n
+        pend: list[Any] = [None] * n
+        bottom = self.models["bottom"]
+
+        def forward(i: int, _: Any) -> dict[str, Any]:
+            feats[i] = self.features(parts[i], "0")
+            out = bottom.forward_one_step(feats[i])
+            pend[i] = bottom.take_pending()
+            return {"follower_wide_embedding": out["follower_wide_embedding"],
+                    "follower_deep_embedding": out["follower_deep_embedding"],
+                    pipeline.MICRO_KEY: pipeline.micro_tag(i, n, self.train.micro_batches)}
+
+        def backward(i: int, scale: Any) -> None:
+            if self.tap is not None:
+                self.tap.gradients(self.step, self.step // self.steps_per_epoch, parts[i], scale["loss"])
+            bottom.put_pending(pend[i])
+            pend[i] = None
+            bottom.backward_one_step(feats[i], sens=scale, step=i == n - 1, loss_weight=w[i])  # its L2 term
+            feats[i] = None
+
+        return [pipeline.Stage("bottom forward", forward, sends=True),
+                pipeline.Stage("bottom backward", backward, receives=True)]
+
     def evaluate(self) -> None:
         for idx in self.eval_batches():
             out = self.models["bottom"].eval_one_step(self.features(idx, "0"))
@@ -235,8 +264,13 @@ class Follower(_WideDeepParty):
 
     def train_loop(self) -> None:
         for _, idx in self.schedule.steps(self.step):
-            self.forward(idx)
-            self.backward()
+            if self.train.micro_batches > 1:
+                stages = self.pipeline_stages(idx)
+                pipeline.run_stages(self, stages, len(pipeline.split_rows(idx, self.train.micro_batches)))
+                self.advance()
+            else:
+                self.forward(idx)
+                self.backward()
             if self.schedule.epoch_done(self.step):
                 self.evaluate()
 
@@ -262,6 +296,9 @@ class Leader(_WideDeepParty):
         feats = self.features(idx, "")
         mine = bottom.forward_one_step(feats)
         theirs = self.receive()
+        if pipeline.MICRO_KEY in theirs:
+            raise ValueError(f"{self.name}: {self.peer_name} pipelines its steps but this party does not; give both "
+                             "parties the same train.pipeline.micro_batches")
         if self.tap is not None:
             self.tap.embeddings(self.step, self.step // self.steps_per_epoch, idx, theirs)
         batch = {"leader_wide_embedding": mine["leader_wide_embedding"],
@@ -278,6 +315,57 @@ class Leader(_WideDeepParty):
         deep_loss = wide_loss + float(mine["leader_l2_regu"].detach())
         self.advance()
         return wide_loss, deep_loss
+
+    def pipeline_stage(self, idx: np.ndarray) -> pipeline.Stage:
+        """The leader's stage of one pipelined step: per micro-batch, its bottom forward, the top forward
+        and backward on the follower's embeddings (the follower's gradients sent back at once), then its
+        bottom backward. ``self._losses``: the step's (wide, deep) losses, micro-batches weighted by rows."""
+        assert self.data.labels is not None
+        labels = self.data.labels
+        parts = pipeline.split_rows(idx, self.train.micro_batches)
+        w = pipeline.weights(parts)
+        last = len(parts) - 1
+        bottom, top = self.models["bottom"], self.models["top"]
+        held: dict[str, Any] = {}
+        self._losses = [0.0, 0.0]
+
+        def step(i: int, theirs: Any) -> dict[str, Any]:
+            pipeline.check_micro(theirs, i, self.train.micro_batches, self.name, self.peer_name)
+            if self.tap is not None:
+                self.tap.embeddings(self.step, self.step // self.steps_per_epoch, parts[i], theirs)
+            feats = self.features(parts[i], "")
+            mine = bottom.forward_one_step(feats)
+            batch = {"leader_wide_embedding": mine["leader_wide_embedding"],
+                     "leader_deep_embedding": mine["leader_deep_embedding"],
+                     "label": torch.from_numpy(np.ascontiguousarray(labels[parts[i]])).unsqueeze(1),
+                     "sample_id": torch.from_numpy(self.data.sample_ids[parts[i]])}
+            out = top.forward_one_step(batch, theirs)
+            scale = top.backward_one_step(batch, theirs, step=i == last, loss_weight=w[i])["loss"]
+            held.update(feats=feats, scale=scale)
+            wl = float(out["loss"].detach())
+            self._losses[0] += w[i] * wl
+            self._losses[1] += w[i] * (wl + float(mine["leader_l2_regu"].detach()))
+            return {"loss": {k: scale[k] for k in ("follower_wide_embedding", "follower_deep_embedding")}}
+
+        def then(i: int) -> None:
+            scale = held.pop("scale")
+            bottom.backward_one_step(held.pop("feats"), sens={"loss": {k: scale[k] for k in (
+                "leader_wide_embedding", "leader_deep_embedding")}}, step=i == last, loss_weight=w[i])
+
+        return pipeline.Stage("bottom + top", step, receives=True, sends=True, then=then)
+
+    def pipelined_step(self, idx: np.ndarray) -> tuple[float, float]:
+        stage = self.pipeline_stage(idx)
+        count = len(pipeline.split_rows(idx, self.train.micro_batches))
+        follower = self.local_peer
+        if follower is None:
+            pipeline.run_stages(self, [stage], count)
+        else:
+            fwd, bwd = follower.pipeline_stages(idx)
+            pipeline.run_local([(follower, fwd), (self, stage), (follower, bwd)], count)
+            follower.advance()
+        self.advance()
+        return self._losses[0], self._losses[1]
 
     def evaluate(self) -> float:
         assert self.data.labels is not None
@@ -304,11 +392,14 @@ class Leader(_WideDeepParty):
         window: list[tuple[float, float]] = []
         follower = self.local_peer
         for epoch, idx in self.schedule.steps(self.step):
-            if follower is not None:
-                follower.forward(idx)
-            wl, dl = self.train_step(idx)
-            if follower is not None:
-                follower.backward()
+            if self.train.micro_batches > 1:
+                wl, dl = self.pipelined_step(idx)
+            else:
+                if follower is not None:
+                    follower.forward(idx)
+                wl, dl = self.train_step(idx)
+                if follower is not None:
+                    follower.backward()
             window.append((wl, dl))
             if bar is not None:
                 bar.update(1)

@@ -96,6 +96,7 @@ class FLModel:
         self._consumers: list[Consumer] = []
         self.step = 0
         self._pending: dict[str, Any] | None = None
+        self._accumulated = 0  # micro-batch backwards accumulated since the last optimizer step
         self._one_pass: bool | None = None
         self.recheck_graph = False
 
@@ -333,10 +334,11 @@ class FLModel:
         batch = self._merge(local, remote)
         return all(batch.get(n, o) is o for n, o in zip(self._in_names, self._pending["originals"]))
 
-    def _sens(self, term: Term, out: torch.Tensor, sens: Mapping[str, Any] | None) -> torch.Tensor:
+    def _sens(self, term: Term, out: torch.Tensor, sens: Mapping[str, Any] | None, weight: float = 1.0) -> torch.Tensor:
         name, s = term
         if not isinstance(s, str):
-            return torch.full_like(out, float(s), memory_format=torch.contiguous_format)
+            return torch.full_like(out, float(s) * weight if weight != 1.0 else float(s),
+                                   memory_format=torch.contiguous_format)
         if sens is None or s not in sens:
             raise KeyError(f"{self.yaml.source}: the gradient of output {name!r} is weighted by sens {s!r}, so "
                            f"backward_one_step needs sens={{{s!r}: {{{name!r}: tensor}}}}; "
@@ -355,8 +357,19 @@ class FLModel:
 
     def backward_one_step(self, local_data_batch: Mapping[str, Any] | None = None,
                           remote_data_batch: Mapping[str, Any] | None = None,
-                          sens: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, OrderedDict[str, torch.Tensor]]:
-        """One backward pass, optimizer steps, and the grad scale ``{scaler_output: {input: grad}}``."""
+                          sens: Mapping[str, Mapping[str, Any]] | None = None, *, step: bool = True,
+                          loss_weight: float = 1.0) -> dict[str, OrderedDict[str, torch.Tensor]]:
+        """One backward pass, optimizer steps, and the grad scale ``{scaler_output: {input: grad}}``.
+
+        Micro-batches (gradient accumulation): ``step=False`` adds this batch's parameter gradients to
+        those accumulated since the last optimizer step and does not step (nor count a step);
+        :meth:`optimizer_step` (or a last ``backward_one_step`` with ``step=True``) steps on the sum.
+        ``loss_weight`` multiplies the gradients of this network's own losses (outputs whose ``sens`` is
+        a number): for mean-reduced losses, micro-batch rows / batch rows makes the accumulated gradient
+        the full batch's. Gradients that come as ``sens`` tensors are the peer's, already weighted.
+        """
+        if not math.isfinite(loss_weight) or loss_weight <= 0.0:
+            raise ValueError(f"loss_weight must be a positive finite number, got {loss_weight!r}")
         if not self._same_batch(local_data_batch, remote_data_batch):
             self.forward_one_step(local_data_batch, remote_data_batch)
         assert self._pending is not None
@@ -364,16 +377,88 @@ class FLModel:
         outs = dict(zip(self._out_names, pending["outputs"]))
         inputs = dict(zip(self._in_names, pending["inputs"]))
         originals = dict(zip(self._in_names, pending["originals"]))
-        grads_out = {t: self._sens(t, outs[t[0]], sens) for t in self._terms}
+        grads_out = {t: self._sens(t, outs[t[0]], sens, loss_weight) for t in self._terms}
         if self.engine is not None:
-            input_grads = self._backward_deepspeed(outs, inputs, grads_out, pending["hooked"])
-        else:
+            input_grads = self._backward_deepspeed(outs, inputs, grads_out, pending["hooked"], boundary=step)
+        elif step and not self._accumulated:
             input_grads = self._backward_plain(outs, inputs, grads_out)
+        else:
+            # accumulation: this micro-batch's gradients computed as a lone batch's (loss_scale
+            # division included), then added to the sum so far, in micro-batch order
+            prior = self._take_grads()
+            input_grads = self._backward_plain(outs, inputs, grads_out, step=False)
+            self._add_grads(prior)
+            if step:
+                self._step_plain()
+        if step:
+            self._accumulated = 0
+        else:
+            self._accumulated += 1
         scaled = self._scale_results(inputs, input_grads, originals)
         if self.grad_norm is not None or self.marvell is not None:
             scaled = self._defend_sent_grads(scaled, inputs)
-        self.step += 1
+        if step:
+            self.step += 1
         return scaled
+
+    def optimizer_step(self) -> None:
+        """Steps the optimizers on the gradients accumulated by ``backward_one_step(step=False)`` and
+        counts a step (plain torch; under DeepSpeed pass ``step=True`` to the last micro-batch's backward)."""
+        if not self._accumulated:
+            raise RuntimeError(f"{self.name}: optimizer_step() without accumulated gradients; call "
+                               "backward_one_step(..., step=False) for each micro-batch first")
+        if self.engine is not None:
+            # ZeRO reduces the accumulated gradients during the boundary's backward, not in step()
+            raise RuntimeError(f"{self.name}: under DeepSpeed the last micro-batch's backward_one_step(step=True) "
+                               "is the accumulation boundary (the engine reduces the gradients in that backward); "
+                               "optimizer_step() cannot stand in for it")
+        self._step_plain()
+        self._accumulated = 0
+        self.step += 1
+
+    def take_pending(self) -> Any:
+        """The graph of the last ``forward_one_step`` (not yet backpropagated), detached from this model so
+        that other micro-batches can run forward; :meth:`put_pending` puts it back before its backward."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError(f"{self.name}: take_pending() with no forward_one_step pending")
+        return pending
+
+    def put_pending(self, pending: Any) -> None:
+        self._pending = pending
+
+    def discard_accumulation(self) -> None:
+        """Drops the gradients of micro-batches accumulated without a step (a step interrupted by a peer's
+        restart: the party reloads a checkpoint and redoes the step from its first micro-batch)."""
+        if not self._accumulated:
+            return
+        self._accumulated = 0
+        self._pending = None
+        if self.engine is not None:
+            self.engine.set_gradient_accumulation_boundary(True)
+            self.engine.zero_grad()
+        else:
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+
+    def _take_grads(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        prior = {}
+        for ps in self._opt_params:
+            for p in ps:
+                if p.grad is not None:
+                    prior[id(p)] = (p, p.grad)
+                    p.grad = None
+        return prior
+
+    @staticmethod
+    def _add_grads(prior: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for p, g in prior.values():
+            p.grad = g if p.grad is None else g.add_(p.grad)
+
+    def _step_plain(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     def _defend_sent_grads(self, scaled: dict[str, OrderedDict[str, torch.Tensor]],
                            inputs: dict[str, torch.Tensor]) -> dict[str, OrderedDict[str, torch.Tensor]]:
@@ -441,7 +526,7 @@ class FLModel:
         return out
 
     def _backward_plain(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
-                        grads_out: dict[Term, torch.Tensor]) -> dict[int, torch.Tensor | None]:
+                        grads_out: dict[Term, torch.Tensor], step: bool = True) -> dict[int, torch.Tensor | None]:
         groups = self._groups(outs, inputs)
         input_grads: dict[int, torch.Tensor | None] = {}
         for gi, (terms, consumers) in enumerate(groups):
@@ -477,15 +562,19 @@ class FLModel:
                     for x in self._wrt(c, inputs):
                         input_grads[id(x)] = by_id.get(id(x))
                         x.grad = None
-        for opt in self.optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        if step:
+            self._step_plain()
         return input_grads
 
     def _backward_deepspeed(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
                             grads_out: dict[Term, torch.Tensor],
-                            hooked: list[torch.Tensor]) -> dict[int, torch.Tensor | None]:
+                            hooked: list[torch.Tensor], boundary: bool = True) -> dict[int, torch.Tensor | None]:
         engine = self.engine
+        if not boundary or self._accumulated:
+            if self._gas != 1:
+                raise ValueError(f"{self.name}: micro-batches accumulate through the engine's accumulation boundary; "
+                                 f"set the DeepSpeed config's gradient_accumulation_steps to 1 (it is {self._gas})")
+            engine.set_gradient_accumulation_boundary(boundary)
         opt_c = next(c for c in self._consumers if c.kind == "opt")
         scalers = [c for c in self._consumers if c.kind == "scaler"]
         input_grads: dict[int, torch.Tensor | None] = {}

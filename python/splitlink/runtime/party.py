@@ -26,6 +26,7 @@ A subclass sets ``role``/``peer`` (the names on the channel), fills ``self.model
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ class TrainOptions:
     resume: bool = False
     metrics_path: str | None = None    # one JSON line per recorded row
     peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
+    micro_batches: int = 1             # >1: each step pipelined over this many micro-batches (runtime.pipeline)
+    auto_codec_budget_ms: float | None = None  # the auto codec policy's step exchange budget (runtime.codec_policy)
     run_id: str = "run"                # checkpoints of one run: both parties must use the same
     device: str | None = None          # where this party computes: cpu, cuda, cuda:N; None/auto: cuda if available
 
@@ -104,6 +107,11 @@ class Party(Generic[O]):
         self._checkpoints: CheckpointSet | None = None
         self._offered: list[int] = []
         self.group: Any = None  # splitlink.runtime.ranks.RankGroup: this party runs over several processes
+        self.codec_policy: Any = None  # splitlink.runtime.codec_policy.AutoCodecPolicy (train.auto_codec)
+        if train.auto_codec_budget_ms is not None:
+            from splitlink.runtime.codec_policy import AutoCodecPolicy
+
+            self.codec_policy = AutoCodecPolicy(train.auto_codec_budget_ms / 1e3, name=self.name)
 
     @property
     def sens_scale(self) -> float:
@@ -154,8 +162,15 @@ class Party(Generic[O]):
     # ---- control messages -------------------------------------------------------------------------
     def send(self, tensors: Mapping[str, Any], *, kind: str = "tensors", step: int | None = None,
              peer: str | None = None) -> None:
-        """To the peer (or, with several, to ``peer``)."""
+        """To the peer (or, with several, to ``peer``); tensor frames feed the auto codec policy, if any."""
+        policy = self.codec_policy if kind == "tensors" else None
+        if policy is None:
+            self.comm.send_tensors(peer or self.peer, tensors, step=step, kind=kind)
+            return
+        nbytes = policy.frame_bytes(tensors, self.comm.compress_configs)
+        t0 = time.perf_counter()
         self.comm.send_tensors(peer or self.peer, tensors, step=step, kind=kind)
+        policy.frame_sent(tensors, nbytes, time.perf_counter() - t0)
 
     def receive(self, kind: str | None = None, *, peer: str | None = None) -> dict[str, Any]:
         """The peer's next frame; with ``kind``, a frame of another kind is a protocol error."""
@@ -200,6 +215,9 @@ class Party(Generic[O]):
         self.checkpoints.save(self.step)
 
     def restore(self, step: int) -> None:
+        for m in self.models.values():
+            if hasattr(m, "discard_accumulation"):  # a pipelined step the peer's restart interrupted
+                m.discard_accumulation()
         self.checkpoints.load(step)
         self.step = step
         self.info("resumed at step %d", step)
@@ -213,6 +231,8 @@ class Party(Generic[O]):
     def advance(self) -> None:
         """One step done: count it, and checkpoint every ``ckpt_every`` steps."""
         self.step += 1
+        if self.codec_policy is not None:
+            self.codec_policy.end_step(self.comm.compress_configs)
         if self.train.ckpt_every and self.step % self.train.ckpt_every == 0:
             self.save()
 

@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from splitlink.config import Problem, YamlConfigError, YamlLines, parse_yaml_document, pydantic_problems, read_yaml_text
 from splitlink.runtime import registry
 
-__all__ = ["RunConfig", "SSLSection", "TrainSection", "WideDeepSection", "PanguSection", "RanksSection",
-           "load_run_config", "ssl_section", "NPartySection"]
+__all__ = ["RunConfig", "SSLSection", "TrainSection", "PipelineSection", "AutoCodecSection", "WideDeepSection",
+           "PanguSection", "RanksSection", "NPartySection", "load_run_config", "ssl_section"]
 
 
 class _Strict(BaseModel):
@@ -92,6 +92,22 @@ class NPartySection(_Strict):
     top_yaml: str | None = None
 
 
+class PipelineSection(_Strict):
+    """``train.pipeline``: each step's batch cut into ``micro_batches`` micro-batches whose exchanges
+    overlap the parties' computation (:mod:`splitlink.runtime.pipeline`; the update is the full batch's).
+    A batch that ``micro_batches`` does not divide is cut into sizes that differ by at most one row."""
+
+    micro_batches: int = Field(default=1, ge=1, le=4096)
+
+
+class AutoCodecSection(_Strict):
+    """``train.auto_codec``: per tensor, the least lossy codec (fp32, fp16, 8-bit, 4-bit min_max) that keeps
+    a step's exchange (what this party sends) within ``budget_ms`` at the link rate measured from its own
+    sends (:mod:`splitlink.runtime.codec_policy`); the choices and their errors are logged."""
+
+    budget_ms: float = Field(gt=0, le=3_600_000)
+
+
 class TrainSection(_Strict):
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
@@ -113,11 +129,18 @@ class TrainSection(_Strict):
     peer_timeout: float | None = Field(default=None, gt=0)
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     device: str | None = Field(default=None, pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # this party's; default auto
+    pipeline: PipelineSection | None = None  # micro-batch pipelining of each step
+    auto_codec: AutoCodecSection | None = None  # bandwidth-aware codec choice per tensor
 
     def options(self, cls: type[Any]) -> Any:
         """The given fields as the scenario's TrainOptions dataclass ``cls`` (unset ones: its defaults)."""
         fields = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in self.model_dump().items() if k in fields and v is not None})
+        given = {k: v for k, v in self.model_dump().items() if k in fields and v is not None}
+        if self.pipeline is not None and "micro_batches" in fields:
+            given["micro_batches"] = self.pipeline.micro_batches
+        if self.auto_codec is not None and "auto_codec_budget_ms" in fields:
+            given["auto_codec_budget_ms"] = self.auto_codec.budget_ms
+        return cls(**given)
 
 
 class RunConfig(_Strict):
@@ -174,6 +197,14 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
         problems.append(Problem(lines.line(()), "data", "missing: this party's data (a path)"))
     problems.extend(_ranks_problems(cfg, lines))
     problems.extend(_peers_problems(cfg, lines))
+    pipe = cfg.train.pipeline
+    if pipe is not None and cfg.train.batch_size is not None and pipe.micro_batches > cfg.train.batch_size:
+        problems.append(Problem(lines.line(("train", "pipeline", "micro_batches")), "train.pipeline.micro_batches",
+                                f"{pipe.micro_batches} micro-batches of a batch of {cfg.train.batch_size} rows: at most "
+                                "one micro-batch per row; lower micro_batches or raise train.batch_size"))
+    if pipe is not None and pipe.micro_batches > 1 and cfg.ranks is not None:
+        problems.append(Problem(lines.line(("train", "pipeline")), "train.pipeline",
+                                "pipelining a party over ranks is not supported yet; drop train.pipeline or ranks"))
     if problems:
         raise YamlConfigError(str(p), problems)
     base = p.resolve().parent
