@@ -21,7 +21,7 @@ demo: install
 	$(PY) -m splitlink demo
 
 # Every test: Python suites, C++ suites (plain and ASan+UBSan) and the libFuzzer run.
-test: install native
+test: install native lint
 	SPLITLINK_TEST_REQUIRE=deepspeed,transformers,peft $(PY) -m pytest --native-build=$(NATIVE)
 
 sysdeps:
@@ -62,10 +62,11 @@ bench: install
 	$(PY) benchmarks/bench_secure.py
 	$(PY) benchmarks/bench_channel.py
 
-# Static checks: ruff's lint rules and mypy --strict over the package (with the _core stub), and the
+# Static checks: ruff's lint rules and formatting, mypy --strict over the package (with the _core stub), and the
 # C++ sources against .clang-format (configured in pyproject.toml / .clang-format).
 lint: $(VENV)/.deps
 	$(PY) -m ruff check python tests benchmarks examples
+	$(PY) -m ruff format --check python tests benchmarks examples
 	$(PY) -m mypy
 	$(VENV)/bin/clang-format --dry-run --Werror $$(git ls-files 'csrc/*.cc' 'csrc/*.h' 2>/dev/null || find csrc -name '*.cc' -o -name '*.h')
 

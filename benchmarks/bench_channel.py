@@ -49,9 +49,13 @@ SIZES = {"1KiB": 1024, "1MiB": MiB, "64MiB": 64 * MiB, "1GiB": 1024 * MiB}
 
 def ssl_for(d: str, party: str) -> SSLConfig:
     p = Path(d)
-    return SSLConfig(server_cert_path=str(p / f"{party}.server.crt"), server_key_path=str(p / f"{party}.server.key"),
-                     client_cert_path=str(p / f"{party}.client.crt"), client_key_path=str(p / f"{party}.client.key"),
-                     ca_cert_path=str(p / "ca.crt"))
+    return SSLConfig(
+        server_cert_path=str(p / f"{party}.server.crt"),
+        server_key_path=str(p / f"{party}.server.key"),
+        client_cert_path=str(p / f"{party}.client.crt"),
+        client_key_path=str(p / f"{party}.client.key"),
+        ca_cert_path=str(p / "ca.crt"),
+    )
 
 
 def peak_rss_kib() -> int:
@@ -68,8 +72,14 @@ def peak_rss_kib() -> int:
 
 def sl_peer(cfg: dict[str, Any], ready: Any, results: Any) -> None:
     me, other = ServerConfig("receiver", cfg["recv_addr"]), ServerConfig("sender", cfg["send_addr"])
-    comm = VerticalFederatedCommunicator(me, other, enable_ssl=cfg["tls"], ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "receiver"),
-                                         max_queue_bytes=4 << 30, **cfg.get("comm", {})).launch()
+    comm = VerticalFederatedCommunicator(
+        me,
+        other,
+        enable_ssl=cfg["tls"],
+        ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "receiver"),
+        max_queue_bytes=4 << 30,
+        **cfg.get("comm", {}),
+    ).launch()
     ready.set()
     base = peak_rss_kib()
     while True:
@@ -95,9 +105,9 @@ class SplitlinkSide:
         if not self.ready.wait(60):
             raise RuntimeError(f"the splitlink peer process did not start (exit code {self.proc.exitcode})")
         me, other = ServerConfig("sender", cfg["send_addr"]), ServerConfig("receiver", cfg["recv_addr"])
-        self.comm = VerticalFederatedCommunicator(me, other, enable_ssl=cfg["tls"],
-                                                  ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "sender"),
-                                                  **cfg.get("comm", {})).launch()
+        self.comm = VerticalFederatedCommunicator(
+            me, other, enable_ssl=cfg["tls"], ssl_config=cfg["tls"] and ssl_for(cfg["certs"], "sender"), **cfg.get("comm", {})
+        ).launch()
         self.frames: dict[int, dict[str, torch.Tensor]] = {}
 
     def prepare(self, size: int) -> None:
@@ -138,8 +148,11 @@ class SplitlinkSide:
 
 def raw_creds(cfg: dict[str, Any], party: str, server: bool) -> Any:
     p = Path(cfg["certs"])
-    key, cert, ca = (p / f"{party}.{'server' if server else 'client'}.key").read_bytes(), \
-        (p / f"{party}.{'server' if server else 'client'}.crt").read_bytes(), (p / "ca.crt").read_bytes()
+    key, cert, ca = (
+        (p / f"{party}.{'server' if server else 'client'}.key").read_bytes(),
+        (p / f"{party}.{'server' if server else 'client'}.crt").read_bytes(),
+        (p / "ca.crt").read_bytes(),
+    )
     if server:
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
@@ -161,8 +174,7 @@ def raw_server(cfg: dict[str, Any], addr: str, party: str, on_frame: Any) -> grp
         on_frame(msg[:HEADER], [memoryview(msg)[HEADER:]])
         return b"OK"
 
-    methods = {"Send": grpc.stream_unary_rpc_method_handler(handle),
-               "SendOne": grpc.unary_unary_rpc_method_handler(handle_one)}
+    methods = {"Send": grpc.stream_unary_rpc_method_handler(handle), "SendOne": grpc.unary_unary_rpc_method_handler(handle_one)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("raw.Bench", methods),))
     if cfg["tls"]:
         server.add_secure_port(addr, raw_creds(cfg, party, True))
@@ -180,8 +192,9 @@ class RawStub:
     def __init__(self, cfg: dict[str, Any], addr: str, party_server: str, me: str) -> None:
         opts = [("grpc.max_receive_message_length", CHUNK + MiB), ("grpc.max_send_message_length", CHUNK + MiB)]
         if cfg["tls"]:
-            self.channel = grpc.secure_channel(addr, raw_creds(cfg, me, False),
-                                               options=opts + [("grpc.ssl_target_name_override", party_server)])
+            self.channel = grpc.secure_channel(
+                addr, raw_creds(cfg, me, False), options=opts + [("grpc.ssl_target_name_override", party_server)]
+            )
         else:
             self.channel = grpc.insecure_channel(addr, options=opts)
         self.stream = self.channel.stream_unary("/raw.Bench/Send")
@@ -324,28 +337,45 @@ def measure_parallel(cfgs: dict[str, dict[str, Any]], size: int, repeat: int) ->
 
 
 def parallel_report(certs: str, tls: bool, repeat: int, streams: int) -> dict[str, Any]:
-    variants = {"raw_grpc": None, "splitlink_1_stream": {"streams": 1},
-                f"splitlink_{streams}_streams_{streams}_connections": {"streams": streams, "connections": True},
-                f"splitlink_{streams}_streams_1_connection": {"streams": streams, "connections": False}}
+    variants = {
+        "raw_grpc": None,
+        "splitlink_1_stream": {"streams": 1},
+        f"splitlink_{streams}_streams_{streams}_connections": {"streams": streams, "connections": True},
+        f"splitlink_{streams}_streams_1_connection": {"streams": streams, "connections": False},
+    }
     ports = free_ports(2 * len(variants))
-    cfgs = {k: {"tls": tls, "certs": certs, "send_addr": f"127.0.0.1:{ports[2 * i]}",
-                "recv_addr": f"127.0.0.1:{ports[2 * i + 1]}", **({"comm": v} if v is not None else {})}
-            for i, (k, v) in enumerate(variants.items())}
+    cfgs = {
+        k: {
+            "tls": tls,
+            "certs": certs,
+            "send_addr": f"127.0.0.1:{ports[2 * i]}",
+            "recv_addr": f"127.0.0.1:{ports[2 * i + 1]}",
+            **({"comm": v} if v is not None else {}),
+        }
+        for i, (k, v) in enumerate(variants.items())
+    }
     gbps = measure_parallel(cfgs, 64 * MiB, repeat)
     held = {k: gbps.pop(k) for k in ("isend_returns_ms", "isend_accepted_ms")}
-    return {"64MiB_GBps": gbps, "ratio_vs_raw_grpc_1_stream": {k: v / gbps["raw_grpc"] for k, v in gbps.items()},
-            "parallel_isend_ms": held}
+    return {
+        "64MiB_GBps": gbps,
+        "ratio_vs_raw_grpc_1_stream": {k: v / gbps["raw_grpc"] for k, v in gbps.items()},
+        "parallel_isend_ms": held,
+    }
 
 
 def print_parallel(report: dict[str, Any]) -> None:
-    print(f"64 MiB frames, parallel byte ranges vs ONE raw grpcio stream, same run ({os.cpu_count()} cores); "
-          "GB/s (median) and ratio to raw")
+    print(
+        f"64 MiB frames, parallel byte ranges vs ONE raw grpcio stream, same run ({os.cpu_count()} cores); "
+        "GB/s (median) and ratio to raw"
+    )
     for mode, r in report.items():
         for who, gbps in r["64MiB_GBps"].items():
             print(f"{mode:<10}{who:<40}{gbps:>9.3f}{r['ratio_vs_raw_grpc_1_stream'][who]:>9.2f}x")
         h = r["parallel_isend_ms"]
-        print(f"{'':<10}isend of a 64 MiB frame returns in {h['isend_returns_ms']:.2f} ms; "
-              f"accepted by the peer after {h['isend_accepted_ms']:.1f} ms")
+        print(
+            f"{'':<10}isend of a 64 MiB frame returns in {h['isend_returns_ms']:.2f} ms; "
+            f"accepted by the peer after {h['isend_accepted_ms']:.1f} ms"
+        )
     print("target (issue 17, 16 cores, TLS): parallel >= 3 x one raw grpcio stream\n")
 
 
@@ -374,11 +404,12 @@ def main() -> None:
             mode = "tls" if tls else "plaintext"
             p = free_ports(4)
             cfg = {"tls": tls, "certs": certs, "send_addr": f"127.0.0.1:{p[0]}", "recv_addr": f"127.0.0.1:{p[1]}"}
-            ours, raw = measure(cfg, {**cfg, "send_addr": f"127.0.0.1:{p[2]}", "recv_addr": f"127.0.0.1:{p[3]}"},
-                                args.repeat)
-            report[mode] = {"splitlink": ours, "raw_grpc": raw,
-                            "ratios": {**{k: ours[k] / raw[k] for k in SIZES},
-                                       "rtt_p50": ours["rtt_p50_ms"] / raw["rtt_p50_ms"]}}
+            ours, raw = measure(cfg, {**cfg, "send_addr": f"127.0.0.1:{p[2]}", "recv_addr": f"127.0.0.1:{p[3]}"}, args.repeat)
+            report[mode] = {
+                "splitlink": ours,
+                "raw_grpc": raw,
+                "ratios": {**{k: ours[k] / raw[k] for k in SIZES}, "rtt_p50": ours["rtt_p50_ms"] / raw["rtt_p50_ms"]},
+            }
     report["parallel"] = parallel
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -390,10 +421,16 @@ def main() -> None:
     for mode, r in report.items():
         for who in ("splitlink", "raw_grpc"):
             row = r[who]
-            print(f"{mode:<10}{who:<11}" + "".join(f"{row[k]:>9.3f}" for k in SIZES) + f"{row['rtt_p50_ms']:>12.3f}{row['rtt_p99_ms']:>12.3f}")
+            print(
+                f"{mode:<10}{who:<11}"
+                + "".join(f"{row[k]:>9.3f}" for k in SIZES)
+                + f"{row['rtt_p50_ms']:>12.3f}{row['rtt_p99_ms']:>12.3f}"
+            )
         rt = r["ratios"]
         print(f"{'':<10}{'ratio':<11}" + "".join(f"{rt[k]:>9.2f}" for k in SIZES) + f"{rt['rtt_p50']:>12.2f}")
-        print(f"{'':<10}receiver peak memory for the 1 GiB frame: {r['splitlink']['receiver_maxrss_delta_gib']:.2f} x frame size\n")
+        print(
+            f"{'':<10}receiver peak memory for the 1 GiB frame: {r['splitlink']['receiver_maxrss_delta_gib']:.2f} x frame size\n"
+        )
     print("targets: 64 MiB and 1 GiB throughput >= 0.8 x raw; small-frame round trip <= 1.2 x raw; receiver peak <= 1.5 x")
 
 

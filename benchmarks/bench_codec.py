@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import interleaved_medians, median_time
 
+from _common import interleaved_medians, median_time
 from splitlink import CompressConfig, _core, wire
 
 MiB = 1 << 20
@@ -152,8 +152,13 @@ def measure_baselines(x: np.ndarray, repeat: int) -> dict[str, dict[str, float]]
         td = median_time(lambda: fair.decode(enc), repeat)
         mx, rms = errors(x, fair.decode(enc))
         out[f"numpy min_max {bits}-bit"] = {
-            "encode_gbps_1t": x.nbytes / te / 1e9, "decode_gbps_1t": x.nbytes / td / 1e9,
-            "encode_s_1t": te, "decode_s_1t": td, "ratio": x.nbytes / (enc[2].nbytes + 8), "max_err": mx, "rms_err": rms,
+            "encode_gbps_1t": x.nbytes / te / 1e9,
+            "decode_gbps_1t": x.nbytes / td / 1e9,
+            "encode_s_1t": te,
+            "decode_s_1t": td,
+            "ratio": x.nbytes / (enc[2].nbytes + 8),
+            "max_err": mx,
+            "rms_err": rms,
         }
         enc = np_minmax_encode(x, bits)
         te = median_time(lambda: np_minmax_encode(x, bits), repeat)
@@ -161,22 +166,40 @@ def measure_baselines(x: np.ndarray, repeat: int) -> dict[str, dict[str, float]]
         y = np_minmax_decode(enc, bits, n)
         mx, rms = errors(x, y)
         out[f"numpy min_max {bits}-bit alloc"] = {
-            "encode_gbps_1t": x.nbytes / te / 1e9, "decode_gbps_1t": x.nbytes / td / 1e9,
-            "encode_s_1t": te, "decode_s_1t": td, "ratio": x.nbytes / (enc[2].nbytes + 8), "max_err": mx, "rms_err": rms,
+            "encode_gbps_1t": x.nbytes / te / 1e9,
+            "decode_gbps_1t": x.nbytes / td / 1e9,
+            "encode_s_1t": te,
+            "decode_s_1t": td,
+            "ratio": x.nbytes / (enc[2].nbytes + 8),
+            "max_err": mx,
+            "rms_err": rms,
         }
     # Memory floor: one read pass over the input (NumPy's max is vectorized). Whole-tensor min_max
     # must read the input twice (min/max first, then quantize), so its one-core bound is half this.
     tr = median_time(lambda: x.max(), repeat)
-    out["one read pass (numpy max)"] = {"encode_gbps_1t": x.nbytes / tr / 1e9, "decode_gbps_1t": float("nan"),
-                                        "encode_s_1t": tr, "decode_s_1t": float("nan"), "ratio": float("nan"),
-                                        "max_err": float("nan"), "rms_err": float("nan")}
+    out["one read pass (numpy max)"] = {
+        "encode_gbps_1t": x.nbytes / tr / 1e9,
+        "decode_gbps_1t": float("nan"),
+        "encode_s_1t": tr,
+        "decode_s_1t": float("nan"),
+        "ratio": float("nan"),
+        "max_err": float("nan"),
+        "rms_err": float("nan"),
+    }
     half = np.empty(n, dtype=np.float16)
     back = np.empty_like(x)
     te = median_time(lambda: np.copyto(half, x, casting="same_kind"), repeat)
     td = median_time(lambda: np.copyto(back, half), repeat)
     mx, rms = errors(x, back)
-    out["numpy float16 cast"] = {"encode_gbps_1t": x.nbytes / te / 1e9, "decode_gbps_1t": x.nbytes / td / 1e9,
-                                 "encode_s_1t": te, "decode_s_1t": td, "ratio": 2.0, "max_err": mx, "rms_err": rms}
+    out["numpy float16 cast"] = {
+        "encode_gbps_1t": x.nbytes / te / 1e9,
+        "decode_gbps_1t": x.nbytes / td / 1e9,
+        "encode_s_1t": te,
+        "decode_s_1t": td,
+        "ratio": 2.0,
+        "max_err": mx,
+        "rms_err": rms,
+    }
     raw = x.tobytes()
     try:
         import zstandard
@@ -185,9 +208,15 @@ def measure_baselines(x: np.ndarray, repeat: int) -> dict[str, dict[str, float]]
         comp = cctx.compress(raw)
         te = median_time(lambda: cctx.compress(raw), max(3, repeat // 3))
         td = median_time(lambda: dctx.decompress(comp), max(3, repeat // 3))
-        out["zstd level 1 (lossless)"] = {"encode_gbps_1t": x.nbytes / te / 1e9, "decode_gbps_1t": x.nbytes / td / 1e9,
-                                          "encode_s_1t": te, "decode_s_1t": td, "ratio": len(raw) / len(comp),
-                                          "max_err": 0.0, "rms_err": 0.0}
+        out["zstd level 1 (lossless)"] = {
+            "encode_gbps_1t": x.nbytes / te / 1e9,
+            "decode_gbps_1t": x.nbytes / td / 1e9,
+            "encode_s_1t": te,
+            "decode_s_1t": td,
+            "ratio": len(raw) / len(comp),
+            "max_err": 0.0,
+            "rms_err": 0.0,
+        }
     except ImportError:
         pass
     try:
@@ -196,9 +225,15 @@ def measure_baselines(x: np.ndarray, repeat: int) -> dict[str, dict[str, float]]
         comp = lz4.frame.compress(raw)
         te = median_time(lambda: lz4.frame.compress(raw), max(3, repeat // 3))
         td = median_time(lambda: lz4.frame.decompress(comp), max(3, repeat // 3))
-        out["lz4 (lossless)"] = {"encode_gbps_1t": x.nbytes / te / 1e9, "decode_gbps_1t": x.nbytes / td / 1e9,
-                                 "encode_s_1t": te, "decode_s_1t": td, "ratio": len(raw) / len(comp),
-                                 "max_err": 0.0, "rms_err": 0.0}
+        out["lz4 (lossless)"] = {
+            "encode_gbps_1t": x.nbytes / te / 1e9,
+            "decode_gbps_1t": x.nbytes / td / 1e9,
+            "encode_s_1t": te,
+            "decode_s_1t": td,
+            "ratio": len(raw) / len(comp),
+            "max_err": 0.0,
+            "rms_err": 0.0,
+        }
     except ImportError:
         pass
     return out
@@ -221,13 +256,16 @@ def measure_api(x: np.ndarray, repeat: int) -> dict[str, float]:
     mv = memoryview(frame)
     ((_, code, _, offset, length, spec),) = _core.wire.decode_header(mv)[7]
     dst = np.zeros_like(x)  # mapped, as the kernel rows above measure it
-    times = interleaved_medians({
-        "api_round_trip": api_round_trip,
-        "numpy_round_trip": numpy_round_trip,
-        "pack": lambda: wire.pack({"x": t}, compress=cfg),
-        "unpack": lambda: wire.unpack(frame).tensors["x"],
-        "decode_kernel": lambda: _core.codec.decode(spec, code, mv, offset, length, dst, "x"),
-    }, repeat)
+    times = interleaved_medians(
+        {
+            "api_round_trip": api_round_trip,
+            "numpy_round_trip": numpy_round_trip,
+            "pack": lambda: wire.pack({"x": t}, compress=cfg),
+            "unpack": lambda: wire.unpack(frame).tensors["x"],
+            "decode_kernel": lambda: _core.codec.decode(spec, code, mv, offset, length, dst, "x"),
+        },
+        repeat,
+    )
     return {f"{k}_ms": v * 1e3 for k, v in times.items()}
 
 
@@ -271,29 +309,43 @@ def main() -> None:
     print(f"splitlink codec benchmark: 64 MiB float32 inputs, median of {args.repeat} runs, {report['threads']} threads")
     for name, r in report["inputs"].items():
         print(f"\n== {name} ==")
-        print(f"{'codec':<27}{'enc GB/s 1t':>12}{'dec GB/s 1t':>12}{'enc GB/s all':>13}{'dec GB/s all':>13}{'ratio':>8}"
-              f"{'max err':>11}{'rms err':>11}")
+        print(
+            f"{'codec':<27}{'enc GB/s 1t':>12}{'dec GB/s 1t':>12}{'enc GB/s all':>13}{'dec GB/s all':>13}{'ratio':>8}"
+            f"{'max err':>11}{'rms err':>11}"
+        )
         for cname, row in {**r["codecs"], **r["baselines"]}.items():
             enc_all = f"{row['encode_gbps_all']:.2f}" if "encode_gbps_all" in row else "-"
             dec_all = f"{row['decode_gbps_all']:.2f}" if "decode_gbps_all" in row else "-"
-            print(f"{cname:<27}{row['encode_gbps_1t']:>12.2f}{row['decode_gbps_1t']:>12.2f}{enc_all:>13}{dec_all:>13}"
-                  f"{row['ratio']:>8.2f}{row['max_err']:>11.3g}{row['rms_err']:>11.3g}")
+            print(
+                f"{cname:<27}{row['encode_gbps_1t']:>12.2f}{row['decode_gbps_1t']:>12.2f}{enc_all:>13}{dec_all:>13}"
+                f"{row['ratio']:>8.2f}{row['max_err']:>11.3g}{row['rms_err']:>11.3g}"
+            )
         t = r["targets"]
-        print(f"min_max 8-bit encode+decode vs NumPy with out= buffers (1 thread): {t['minmax8_vs_numpy_1t']:.1f}x "
-              f"(target >= 5x); vs NumPy allocating: {t['minmax8_vs_numpy_alloc_1t']:.1f}x")
-        print(f"min_max 8-bit encode on one core: {t['minmax8_encode_gbps_1t']:.2f} GB/s (target >= 4); "
-              f"{t['minmax8_encode_vs_two_pass_bound_1t']:.2f} of this machine's two-read-pass bound; "
-              f"one-pass blocked variant: {t['minmax8_block_encode_gbps_1t']:.2f} GB/s")
-        print(f"4-bit / 2-bit time relative to 8-bit: {t['minmax4_time_vs_8bit_1t']:.2f} / "
-              f"{t['minmax2_time_vs_8bit_1t']:.2f} (target <= 1.5); 4-bit vs NumPy 4-bit: {t['minmax4_vs_numpy4_1t']:.1f}x "
-              f"(allocating: {t['minmax4_vs_numpy4_alloc_1t']:.1f}x)")
+        print(
+            f"min_max 8-bit encode+decode vs NumPy with out= buffers (1 thread): {t['minmax8_vs_numpy_1t']:.1f}x "
+            f"(target >= 5x); vs NumPy allocating: {t['minmax8_vs_numpy_alloc_1t']:.1f}x"
+        )
+        print(
+            f"min_max 8-bit encode on one core: {t['minmax8_encode_gbps_1t']:.2f} GB/s (target >= 4); "
+            f"{t['minmax8_encode_vs_two_pass_bound_1t']:.2f} of this machine's two-read-pass bound; "
+            f"one-pass blocked variant: {t['minmax8_block_encode_gbps_1t']:.2f} GB/s"
+        )
+        print(
+            f"4-bit / 2-bit time relative to 8-bit: {t['minmax4_time_vs_8bit_1t']:.2f} / "
+            f"{t['minmax2_time_vs_8bit_1t']:.2f} (target <= 1.5); 4-bit vs NumPy 4-bit: {t['minmax4_vs_numpy4_1t']:.1f}x "
+            f"(allocating: {t['minmax4_vs_numpy4_alloc_1t']:.1f}x)"
+        )
         print(f"fp16 encode+decode vs NumPy float16 cast (1 thread): {t['fp16_vs_numpy_cast_1t']:.1f}x (target >= 3x)")
         a = r["api"]
-        print(f"public API, this default process, {report['threads']} threads: pack {a['pack_ms']:.2f} ms, unpack "
-              f"{a['unpack_ms']:.2f} ms, round trip + sum {a['api_round_trip_ms']:.2f} ms; naive NumPy (allocating, "
-              f"1 thread) {a['numpy_round_trip_ms']:.2f} ms: {t['api_round_trip_vs_numpy_alloc']:.1f}x (target >= 5x)")
-        print(f"unpack of the compressed frame / decode kernel into a preallocated tensor ({a['decode_kernel_ms']:.2f} ms): "
-              f"{t['unpack_vs_decode_kernel']:.2f} (target <= 1.5)")
+        print(
+            f"public API, this default process, {report['threads']} threads: pack {a['pack_ms']:.2f} ms, unpack "
+            f"{a['unpack_ms']:.2f} ms, round trip + sum {a['api_round_trip_ms']:.2f} ms; naive NumPy (allocating, "
+            f"1 thread) {a['numpy_round_trip_ms']:.2f} ms: {t['api_round_trip_vs_numpy_alloc']:.1f}x (target >= 5x)"
+        )
+        print(
+            f"unpack of the compressed frame / decode kernel into a preallocated tensor ({a['decode_kernel_ms']:.2f} ms): "
+            f"{t['unpack_vs_decode_kernel']:.2f} (target <= 1.5)"
+        )
 
 
 if __name__ == "__main__":

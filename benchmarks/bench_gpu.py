@@ -36,8 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "splitnn_pangu_alpha" / "run_pangu_train.py"
@@ -70,7 +71,7 @@ def make_data(out: Path, cfg: Any, rows: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, cfg.vocab_size, size=rows * cfg.seq_length, dtype=np.int64)
-    tokens[:: 997] = 0  # EOD now and then: attention masks with document boundaries
+    tokens[::997] = 0  # EOD now and then: attention masks with document boundaries
     np.save(out / "tokens.npy", tokens)
     (out / "meta.json").write_text(json.dumps({"eod": 0, "vocab_size": cfg.vocab_size}))
     return out
@@ -144,8 +145,11 @@ def model_variants(a: argparse.Namespace, dtype_name: str, data_dir: Path, only:
 
     out: dict[str, float] = {}
     train = pangu.TrainConfig(seed=0, batch_size=a.batch, device=str(dev), lr=1e-4, log_every=10**9)
-    ds_cfg = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": a.batch,
-              "bf16": {"enabled": dtype_name == "bf16"}}
+    ds_cfg = {
+        "zero_optimization": {"stage": 2},
+        "train_micro_batch_size_per_gpu": a.batch,
+        "bf16": {"enabled": dtype_name == "bf16"},
+    }
 
     if "central" in only:
         with default_dtype(dtype):
@@ -190,8 +194,9 @@ def model_variants(a: argparse.Namespace, dtype_name: str, data_dir: Path, only:
         with default_dtype(torch.float32 if deepspeed else dtype):
             pb = pangu.PartyB(cfg, None, t)
         if deepspeed:
-            pb.model = pangu.FLModel(pangu._yaml("backbone.yaml", t, drop_deepspeed=True), pb.backbone,
-                                     deepspeed_config=dict(ds_cfg))
+            pb.model = pangu.FLModel(
+                pangu._yaml("backbone.yaml", t, drop_deepspeed=True), pb.backbone, deepspeed_config=dict(ds_cfg)
+            )
             pb.models["backbone"] = pb.model
         hub: dict[str, Any] = {}
         a_cfg, b_cfg = ServerConfig("leader", "127.0.0.1:1"), ServerConfig("follower", "127.0.0.1:2")
@@ -210,11 +215,15 @@ def model_variants(a: argparse.Namespace, dtype_name: str, data_dir: Path, only:
             pa.backward()
 
         out[name] = timed(step, a.steps, a.warmup, dev)
-        del pa, pb
+        pa = pb = None  # free the device memory before the next variant (the closure holds them)
         free(dev)
 
-    for name, ds, through, comp in (("split_ref", False, False, False), ("split_ds", True, False, False),
-                                    ("split_pack", False, True, False), ("split_pack_8bit", False, True, True)):
+    for name, ds, through, comp in (
+        ("split_ref", False, False, False),
+        ("split_ds", True, False, False),
+        ("split_pack", False, True, False),
+        ("split_pack_8bit", False, True, True),
+    ):
         if name in only:
             split(name, ds, through, comp)
     return out
@@ -231,21 +240,60 @@ def two_process(a: argparse.Namespace, data_dir: Path, compress: bool, work: Pat
     lp, fp = free_ports(2)
     metrics = work / f"metrics_{int(compress)}.jsonl"
     metrics.unlink(missing_ok=True)
-    common = ["--config", a.config, "--batch-size", str(a.batch), "--max-steps", str(a.steps + a.warmup),
-              "--log-every", "1", "--no-deepspeed", "--device", a.device, "--ckpt-dir", str(work / "ckpt"),
-              "--lr", "1e-4"] + (["--compress"] if compress else [])
+    common = [
+        "--config",
+        a.config,
+        "--batch-size",
+        str(a.batch),
+        "--max-steps",
+        str(a.steps + a.warmup),
+        "--log-every",
+        "1",
+        "--no-deepspeed",
+        "--device",
+        a.device,
+        "--ckpt-dir",
+        str(work / "ckpt"),
+        "--lr",
+        "1e-4",
+    ] + (["--compress"] if compress else [])
 
     def ssl(role: str) -> list[str]:
-        return ["True", "splitlink", "splitlink", str(certs / f"{role}.server.p12"), str(certs / f"{role}.client.p12"),
-                str(certs / "ca.crt")]
+        return [
+            "True",
+            "splitlink",
+            "splitlink",
+            str(certs / f"{role}.server.p12"),
+            str(certs / f"{role}.client.p12"),
+            str(certs / "ca.crt"),
+        ]
 
     env = dict(os.environ)
     procs = [
-        subprocess.Popen([sys.executable, str(EXAMPLE), "follower", f"127.0.0.1:{fp}", f"127.0.0.1:{lp}", *ssl("follower"),
-                          *common], env=env, stdout=subprocess.DEVNULL, stderr=open(work / "follower.err", "w")),
-        subprocess.Popen([sys.executable, str(EXAMPLE), "leader", f"127.0.0.1:{lp}", f"127.0.0.1:{fp}", str(data_dir), "-",
-                          *ssl("leader"), *common, "--metrics", str(metrics)], env=env, stdout=subprocess.DEVNULL,
-                         stderr=open(work / "leader.err", "w")),
+        subprocess.Popen(
+            [sys.executable, str(EXAMPLE), "follower", f"127.0.0.1:{fp}", f"127.0.0.1:{lp}", *ssl("follower"), *common],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "follower.err", "w"),
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(EXAMPLE),
+                "leader",
+                f"127.0.0.1:{lp}",
+                f"127.0.0.1:{fp}",
+                str(data_dir),
+                "-",
+                *ssl("leader"),
+                *common,
+                "--metrics",
+                str(metrics),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "leader.err", "w"),
+        ),
     ]
     try:
         codes = [p.wait(timeout=a.two_process_timeout) for p in procs]
@@ -254,11 +302,13 @@ def two_process(a: argparse.Namespace, data_dir: Path, compress: bool, work: Pat
             if p.poll() is None:
                 p.kill()
     if any(codes):
-        raise RuntimeError(f"two-process run failed ({codes}): {(work / 'leader.err').read_text()[-1500:]}\n"
-                           f"{(work / 'follower.err').read_text()[-1500:]}")
+        raise RuntimeError(
+            f"two-process run failed ({codes}): {(work / 'leader.err').read_text()[-1500:]}\n"
+            f"{(work / 'follower.err').read_text()[-1500:]}"
+        )
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     secs = [r["seconds"] for r in rows if r.get("kind") == "train"]
-    steps_ms = [(b - c) * 1e3 for b, c in zip(secs[1:], secs[:-1])][max(0, a.warmup - 1):]
+    steps_ms = [(b - c) * 1e3 for b, c in zip(secs[1:], secs[:-1])][max(0, a.warmup - 1) :]
     if not steps_ms:
         raise RuntimeError(f"two-process run recorded {len(secs)} steps; need at least 2")
     return statistics.median(steps_ms)
@@ -289,7 +339,7 @@ def exchange(a: argparse.Namespace) -> dict[str, float]:
     r["unpack_to_device_from_pageable_gbps"] = gbps(timed(lambda s: wire.unpack(pageable, device=dev), reps, warm, dev))
     r["pack_vs_torch_d2h"] = r["pack_from_device_gbps"] / r["torch_d2h_pinned_gbps"]
     r["unpack_vs_torch_h2d"] = r["unpack_to_device_gbps"] / r["torch_h2d_pinned_gbps"]
-    del frame, pageable
+    frame = pageable = None  # the closures above hold them: release the buffers
 
     spec = CompressConfig("min_max", bit_num=8).spec(n)
 
@@ -339,8 +389,11 @@ def main() -> int:
     import torch
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        print("bench_gpu.py: torch sees no CUDA GPU on this machine; run it on a GPU machine (make gpu-check), or "
-              "pass --device cpu for a smoke run of every path", file=sys.stderr)
+        print(
+            "bench_gpu.py: torch sees no CUDA GPU on this machine; run it on a GPU machine (make gpu-check), or "
+            "pass --device cpu for a smoke run of every path",
+            file=sys.stderr,
+        )
         return 2
     cpu = a.device == "cpu"
     a.config = a.config or ("tiny" if cpu else "350M")
@@ -358,9 +411,15 @@ def main() -> int:
     from splitlink.examples import pangu
 
     cfg = pangu.CONFIGS[a.config]
-    result: dict[str, Any] = {"device": str(torch.cuda.get_device_name(0)) if not cpu else "cpu",
-                              "torch": torch.__version__, "config": a.config, "batch": a.batch, "steps": a.steps,
-                              "warmup": a.warmup, "results": {}}
+    result: dict[str, Any] = {
+        "device": str(torch.cuda.get_device_name(0)) if not cpu else "cpu",
+        "torch": torch.__version__,
+        "config": a.config,
+        "batch": a.batch,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "results": {},
+    }
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         work = Path(tmp)
@@ -374,8 +433,9 @@ def main() -> int:
                         ms[name] = two_process(a, data_dir, comp, work)
             ratios = {}
             if "central" in ms:
-                ratios.update({f"{k}_vs_central": v / ms["central"] for k, v in ms.items()
-                               if k != "central" and not k.endswith("_ds")})
+                ratios.update(
+                    {f"{k}_vs_central": v / ms["central"] for k, v in ms.items() if k != "central" and not k.endswith("_ds")}
+                )
             if "central_ds" in ms and "split_ds" in ms:
                 ratios["split_ds_vs_central_ds"] = ms["split_ds"] / ms["central_ds"]
             result["results"][dtype_name] = {"step_ms": ms, "ratios": ratios}
@@ -385,8 +445,10 @@ def main() -> int:
     if a.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"bench_gpu: {result['device']}, torch {result['torch']}, Pangu {a.config}, batch {a.batch}, "
-              f"median of {a.steps} steps after {a.warmup}")
+        print(
+            f"bench_gpu: {result['device']}, torch {result['torch']}, Pangu {a.config}, batch {a.batch}, "
+            f"median of {a.steps} steps after {a.warmup}"
+        )
         for dtype_name, r in result["results"].items():
             print(f"[{dtype_name}]")
             for k, v in r["step_ms"].items():

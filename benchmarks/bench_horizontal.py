@@ -45,9 +45,11 @@ MODES = ("full", "lora", "ia3")
 
 
 def _spec(size: str) -> dict[str, int]:
-    return {"tiny": {"vocab_size": 260, "n_positions": 32, "n_embd": 32, "n_layer": 1, "n_head": 2},
-            "small": {"vocab_size": 260, "n_positions": 64, "n_embd": 128, "n_layer": 4, "n_head": 4},
-            "gpt2": {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12}}[size]
+    return {
+        "tiny": {"vocab_size": 260, "n_positions": 32, "n_embd": 32, "n_layer": 1, "n_head": 2},
+        "small": {"vocab_size": 260, "n_positions": 64, "n_embd": 128, "n_layer": 4, "n_head": 4},
+        "gpt2": {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12},
+    }[size]
 
 
 def _model(size: str, mode: str) -> Any:
@@ -60,6 +62,7 @@ def _model(size: str, mode: str) -> Any:
 def bench_peft(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
+
     from splitlink.horizontal.adapters import exchanged_names, parameter_fraction
     from splitlink.horizontal.client import LocalOptions, LocalTrainer
     from splitlink.horizontal.rounds import state_bytes
@@ -70,8 +73,7 @@ def bench_peft(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     ids = torch.from_numpy(rng.integers(1, 257, (rows, seq)))
     data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.from_numpy(rng.integers(0, 2, rows))}
-    out: dict[str, Any] = {"size": size, "model": _spec(size), "rows": rows, "seq": seq, "threads": args.threads,
-                           "modes": {}}
+    out: dict[str, Any] = {"size": size, "model": _spec(size), "rows": rows, "seq": seq, "threads": args.threads, "modes": {}}
     trainers = {}
     for mode in MODES:
         model = _model(size, mode)
@@ -79,8 +81,11 @@ def bench_peft(args: argparse.Namespace) -> dict[str, Any]:
         t = LocalTrainer(mode, model, data, LocalOptions(batch_size=8, lr=1e-3, optimizer="adam"), exchanged=names)
         state = t.get_state()
         trainers[mode] = (t, state)
-        out["modes"][mode] = {"param_fraction": parameter_fraction(model), "exchanged_tensors": len(names),
-                              "bytes_per_round": 2 * state_bytes(state)}
+        out["modes"][mode] = {
+            "param_fraction": parameter_fraction(model),
+            "exchanged_tensors": len(names),
+            "bytes_per_round": 2 * state_bytes(state),
+        }
 
     def epoch(mode: str) -> Any:
         t, s = trainers[mode]
@@ -154,6 +159,7 @@ def bench_secure_rounds(args: argparse.Namespace) -> dict[str, Any]:
     import time
 
     import torch
+
     from splitlink.horizontal.aggregator import FedAvg, SecureAggregation
     from splitlink.horizontal.rounds import Aggregator, LocalTransport, RoundOptions
     from splitlink.horizontal.secure_rounds import SecureSettings
@@ -180,8 +186,13 @@ def bench_secure_rounds(args: argparse.Namespace) -> dict[str, Any]:
                 if mode == "plain":
                     agg = Aggregator(names, initial, FedAvg(), RoundOptions(rounds=1), LocalTransport(trainers))
                 else:
-                    agg = Aggregator(names, initial, SecureAggregation(FedAvg(), settings), RoundOptions(rounds=1),
-                                     _secure_transport(trainers, clock, traffic))
+                    agg = Aggregator(
+                        names,
+                        initial,
+                        SecureAggregation(FedAvg(), settings),
+                        RoundOptions(rounds=1),
+                        _secure_transport(trainers, clock, traffic),
+                    )
                 gc.collect()
                 t0 = time.perf_counter()
                 row = agg.run_round()
@@ -199,10 +210,18 @@ def bench_secure_rounds(args: argparse.Namespace) -> dict[str, Any]:
                     info["threshold"] = settings.config(n, "run").threshold
                 del agg, trainers
         med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"clients": n, "numel": numel, "repeat": repeat, **{f"{k}_s": v for k, v in med.items()},
-                     "secure_vs_plain": med["secure"] / med["plain"],
-                     "secure_vs_plain_parallel": med["secure_parallel"] / med["plain_parallel"], **info,
-                     "traffic_vs_plain": info["secure_bytes_per_client"] / info["plain_bytes_per_client"]})
+        rows.append(
+            {
+                "clients": n,
+                "numel": numel,
+                "repeat": repeat,
+                **{f"{k}_s": v for k, v in med.items()},
+                "secure_vs_plain": med["secure"] / med["plain"],
+                "secure_vs_plain_parallel": med["secure_parallel"] / med["plain_parallel"],
+                **info,
+                "traffic_vs_plain": info["secure_bytes_per_client"] / info["plain_bytes_per_client"],
+            }
+        )
         del initial, delta
     return {"threads": args.threads, "rows": rows}
 
@@ -215,10 +234,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed epochs per mode (median; default: 5)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     ap.add_argument("--skip-gpt2-fraction", action="store_true", help="do not build GPT-2 small for its fractions")
-    ap.add_argument("--sa-clients", type=lambda v: [int(x) for x in v.split(",")], default=[3, 10],
-                    help="clients of the secure-vs-plain rounds (default: 3,10)")
-    ap.add_argument("--sa-sizes", type=lambda v: v.split(","), default=["1"],
-                    help="update sizes in millions of float32 (default: 1)")
+    ap.add_argument(
+        "--sa-clients",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[3, 10],
+        help="clients of the secure-vs-plain rounds (default: 3,10)",
+    )
+    ap.add_argument(
+        "--sa-sizes", type=lambda v: v.split(","), default=["1"], help="update sizes in millions of float32 (default: 1)"
+    )
     ap.add_argument("--skip-124m", action="store_true", help="no 124M-value round at n = 10")
     ap.add_argument("--only", choices=["peft", "secure"], help="run one part")
     ap.add_argument("--quick", action="store_true", help="tiny model, few rows: a smoke test")
@@ -237,23 +261,31 @@ def main() -> None:
         return
     if "secure_rounds" in res:
         print("secure aggregation vs plain FedAvg, one round (in-process; 'parallel': clients as on separate machines)")
-        print(f"{'n':>3} {'values':>11} {'k':>3} {'t':>3} {'plain s':>8} {'secure s':>9} {'ratio':>6} "
-              f"{'par. plain':>10} {'par. secure':>11} {'ratio':>6} {'traffic':>8}")
+        print(
+            f"{'n':>3} {'values':>11} {'k':>3} {'t':>3} {'plain s':>8} {'secure s':>9} {'ratio':>6} "
+            f"{'par. plain':>10} {'par. secure':>11} {'ratio':>6} {'traffic':>8}"
+        )
         for r in res["secure_rounds"]["rows"]:
-            print(f"{r['clients']:3d} {r['numel']:11d} {r['neighbours']:3d} {r['threshold']:3d} {r['plain_s']:8.3f} "
-                  f"{r['secure_s']:9.3f} {r['secure_vs_plain']:6.2f} {r['plain_parallel_s']:10.3f} "
-                  f"{r['secure_parallel_s']:11.3f} {r['secure_vs_plain_parallel']:6.2f} {r['traffic_vs_plain']:8.4f}")
+            print(
+                f"{r['clients']:3d} {r['numel']:11d} {r['neighbours']:3d} {r['threshold']:3d} {r['plain_s']:8.3f} "
+                f"{r['secure_s']:9.3f} {r['secure_vs_plain']:6.2f} {r['plain_parallel_s']:10.3f} "
+                f"{r['secure_parallel_s']:11.3f} {r['secure_vs_plain_parallel']:6.2f} {r['traffic_vs_plain']:8.4f}"
+            )
     if "peft" not in res:
         return
     p = res["peft"]
     print(f"model {p['size']} {p['model']}, {p['rows']} rows x {p['seq']} tokens, {p['threads']} thread(s)")
     print(f"{'mode':6} {'params %':>10} {'bytes/round':>12} {'vs full':>8} {'epoch s':>9} {'vs full':>8}")
     for m, r in p["modes"].items():
-        print(f"{m:6} {100 * r['param_fraction']:10.3f} {r['bytes_per_round']:12d} {r['bytes_ratio_vs_full']:8.4f} "
-              f"{r['epoch_s']:9.3f} {r['epoch_ratio_vs_full']:8.3f}")
+        print(
+            f"{m:6} {100 * r['param_fraction']:10.3f} {r['bytes_per_round']:12d} {r['bytes_ratio_vs_full']:8.4f} "
+            f"{r['epoch_s']:9.3f} {r['epoch_ratio_vs_full']:8.3f}"
+        )
     if "gpt2_small_param_fraction" in p:
-        print("GPT-2 small (124M) exchanged parameter %: " + ", ".join(
-            f"{m} {100 * v:.3f}" for m, v in p["gpt2_small_param_fraction"].items()))
+        print(
+            "GPT-2 small (124M) exchanged parameter %: "
+            + ", ".join(f"{m} {100 * v:.3f}" for m, v in p["gpt2_small_param_fraction"].items())
+        )
 
 
 if __name__ == "__main__":

@@ -42,13 +42,20 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     lowest = min((r for r in rows if r["defence"] != "none"), key=lambda r: attack[id(r)], default=None)
     out: dict[str, Any] = {"no_defence_norm_auc": base["norm_auc"], "no_defence_norm_auc_ok": base["norm_auc"] >= 0.9}
     if best is not None:
-        out.update(best_within_cost=f"{best['defence']} {best['strength']}", best_attack_auc=attack[id(best)],
-                   best_test_auc_cost=best["test_auc_cost"], best_ok=attack[id(best)] <= 0.6)
+        out.update(
+            best_within_cost=f"{best['defence']} {best['strength']}",
+            best_attack_auc=attack[id(best)],
+            best_test_auc_cost=best["test_auc_cost"],
+            best_ok=attack[id(best)] <= 0.6,
+        )
     else:
         out.update(best_within_cost=None, best_ok=False)
     if lowest is not None:
-        out.update(lowest_attack=f"{lowest['defence']} {lowest['strength']}", lowest_attack_auc=attack[id(lowest)],
-                   lowest_attack_test_auc_cost=lowest["test_auc_cost"])
+        out.update(
+            lowest_attack=f"{lowest['defence']} {lowest['strength']}",
+            lowest_attack_auc=attack[id(lowest)],
+            lowest_attack_test_auc_cost=lowest["test_auc_cost"],
+        )
     return out
 
 
@@ -61,9 +68,13 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=1, help="runs per setting, seeds 0..N-1 (numbers: medians)")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--only", nargs="+", metavar="DEFENCE", help="only these defences (and the baseline)")
-    ap.add_argument("--marvell-scales", nargs="+", type=float, metavar="SCALE",
-                    help="Marvell power budgets (x ||mean gradient difference||^2) to run (default: 1 4 quick, "
-                         "0.25 1 4 8 otherwise)")
+    ap.add_argument(
+        "--marvell-scales",
+        nargs="+",
+        type=float,
+        metavar="SCALE",
+        help="Marvell power budgets (x ||mean gradient difference||^2) to run (default: 1 4 quick, 0.25 1 4 8 otherwise)",
+    )
     ap.add_argument("--tsv", help="a Criteo-format TSV instead of synthetic data")
     ap.add_argument("--plot", default="leakage_tradeoff.png", help="PNG of test AUC vs attack AUC ('' for none)")
     ap.add_argument("--json", action="store_true", help="print JSON")
@@ -80,34 +91,58 @@ def main() -> int:
         labels = target.labels(data)
         show = None if args.json else (lambda text: print(text, flush=True))
         if show:
-            print(f"Wide&Deep, {'TSV ' + args.tsv if args.tsv else 'synthetic Criteo'}: {rows_n} rows "
-                  f"({float(labels.mean()):.1%} positive), {epochs} epochs, batch {args.batch_size}, "
-                  f"seeds {args.seeds}; attack AUCs are max(AUC, 1-AUC), mean over steps", flush=True)
-        rows = audit.run_audit(target, data, defences=defences, epochs=epochs, batch_size=args.batch_size,
-                               seeds=list(range(args.seeds)), progress=show)
+            print(
+                f"Wide&Deep, {'TSV ' + args.tsv if args.tsv else 'synthetic Criteo'}: {rows_n} rows "
+                f"({float(labels.mean()):.1%} positive), {epochs} epochs, batch {args.batch_size}, "
+                f"seeds {args.seeds}; attack AUCs are max(AUC, 1-AUC), mean over steps",
+                flush=True,
+            )
+        rows = audit.run_audit(
+            target,
+            data,
+            defences=defences,
+            epochs=epochs,
+            batch_size=args.batch_size,
+            seeds=list(range(args.seeds)),
+            progress=show,
+        )
     tg = targets(rows)
     plot = None
     if args.plot:
         plot = str(audit.plot_tradeoff(rows, args.plot, title=f"Wide&Deep, {rows_n} rows: test AUC vs label leakage"))
-    result = {"rows_n": rows_n, "epochs": epochs, "batch_size": args.batch_size, "seeds": args.seeds,
-              "positive_rate": float(labels.mean()), "rows": rows, "targets": tg, "plot": plot,
-              "seconds": time.perf_counter() - t0}
+    result = {
+        "rows_n": rows_n,
+        "epochs": epochs,
+        "batch_size": args.batch_size,
+        "seeds": args.seeds,
+        "positive_rate": float(labels.mean()),
+        "rows": rows,
+        "targets": tg,
+        "plot": plot,
+        "seconds": time.perf_counter() - t0,
+    }
     if args.json:
         print(json.dumps(result, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
         return 0
     print("\ntest-AUC cost and step time vs the no-defence row of this run:")
     for r in rows[1:]:
         print(f"  {r['defence']:<13}{r['strength']:<12} cost {r['test_auc_cost']:+.4f}  step x{r['step_ratio']:.2f}")
-    print(f"\ntarget no defence norm AUC >= 0.9: {tg['no_defence_norm_auc']:.3f} "
-          f"({'met' if tg['no_defence_norm_auc_ok'] else 'MISSED'})")
+    print(
+        f"\ntarget no defence norm AUC >= 0.9: {tg['no_defence_norm_auc']:.3f} "
+        f"({'met' if tg['no_defence_norm_auc_ok'] else 'MISSED'})"
+    )
     if tg["best_within_cost"]:
-        print(f"target best defence attack AUC <= 0.6 at cost <= 0.015: {tg['best_within_cost']}: attack AUC "
-              f"{tg['best_attack_auc']:.3f} at cost {tg['best_test_auc_cost']:+.4f} ({'met' if tg['best_ok'] else 'MISSED'})")
+        print(
+            f"target best defence attack AUC <= 0.6 at cost <= 0.015: {tg['best_within_cost']}: attack AUC "
+            f"{tg['best_attack_auc']:.3f} at cost {tg['best_test_auc_cost']:+.4f} ({'met' if tg['best_ok'] else 'MISSED'})"
+        )
     else:
         print("target best defence: no defence setting cost <= 0.015 test AUC (MISSED)")
     if "lowest_attack" in tg:
-        print(f"lowest attack AUC of any defence: {tg['lowest_attack']}: {tg['lowest_attack_auc']:.3f} at cost "
-              f"{tg['lowest_attack_test_auc_cost']:+.4f}")
+        print(
+            f"lowest attack AUC of any defence: {tg['lowest_attack']}: {tg['lowest_attack_auc']:.3f} at cost "
+            f"{tg['lowest_attack_test_auc_cost']:+.4f}"
+        )
     if plot:
         print(f"plot: {plot}")
     print(f"({result['seconds']:.0f} s)")

@@ -9,7 +9,8 @@ follower's backward in turn: the step time is the parties' compute added up, so 
 compute it comes with, not hidden behind parallel parties. The variants are stepped in turns
 (``interleaved_medians``) so machine noise falls on all alike; medians of ``--steps`` steps after
 warm-up. Like ``splitlink train``, the process keeps freed memory for reuse (``--no-keep-freed-memory``:
-glibc's default, where every fresh tensor, masked ones included, is faulted in anew). Ratios: each split variant / unsplit, and secure sum / plain sum (target <= 1.10). Also timed
+glibc's default, where every fresh tensor, masked ones included, is faulted in anew). Ratios: each split variant /
+unsplit, and secure sum / plain sum (target <= 1.10). Also timed
 alone (less noisy than a difference of step times): the masking itself per step (every follower masks
 its embeddings, the leader sums and decodes), and its share of a plain-sum step.
 ``--quick`` runs tiny sizes (a smoke test); ``--json`` prints JSON.
@@ -32,7 +33,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import interleaved_medians, median_time  # noqa: E402
-
 from splitlink.examples import criteo_nparty as cn  # noqa: E402
 from splitlink.examples.criteo import FOLLOWER_FIELDS, LEADER_FIELDS, PartyData  # noqa: E402
 from splitlink.examples.wide_deep import WideDeepConfig  # noqa: E402
@@ -47,8 +47,10 @@ def data(rows: int, vocab: int, seed: int) -> tuple[PartyData, PartyData]:
     labels = (rng.random(rows) < 0.25).astype(np.float32)
     sid = np.arange(rows, dtype=np.int64)
     k = len(LEADER_FIELDS)
-    return (PartyData(sid, np.ascontiguousarray(ids[:, :k]), np.ascontiguousarray(wts[:, :k]), labels),
-            PartyData(sid, np.ascontiguousarray(ids[:, k:]), np.ascontiguousarray(wts[:, k:]), None))
+    return (
+        PartyData(sid, np.ascontiguousarray(ids[:, :k]), np.ascontiguousarray(wts[:, :k]), labels),
+        PartyData(sid, np.ascontiguousarray(ids[:, k:]), np.ascontiguousarray(wts[:, k:]), None),
+    )
 
 
 def split_step(leader: cn.NLeader, followers: list[cn.NFollower]) -> Callable[[], None]:
@@ -61,6 +63,7 @@ def split_step(leader: cn.NLeader, followers: list[cn.NFollower]) -> Callable[[]
         leader.train_step(idx)
         for f in followers:
             f.backward()
+
     return step
 
 
@@ -70,9 +73,15 @@ def unsplit_step(leader: cn.NLeader, followers: list[cn.NFollower]) -> Callable[
     nets = [copy.deepcopy(leader.bottom_net)] + [copy.deepcopy(f.net) for f in followers]
     top = copy.deepcopy(leader.top_net)
     model = cn.UnsplitModel(nets[0], nets[1:], top, "sum")
-    opts = [o for m, net in ((leader.models["bottom"], nets[0]), (leader.models["top"], top),
-                             *((f.models["bottom"], n) for f, n in zip(followers, nets[1:])))
-            for o in FLModel(m.yaml, net).optimizers]
+    opts = [
+        o
+        for m, net in (
+            (leader.models["bottom"], nets[0]),
+            (leader.models["top"], top),
+            *((f.models["bottom"], n) for f, n in zip(followers, nets[1:])),
+        )
+        for o in FLModel(m.yaml, net).optimizers
+    ]
     batches = itertools.cycle([idx for _, idx in leader.schedule.steps(0)])
 
     def step() -> None:
@@ -86,6 +95,7 @@ def unsplit_step(leader: cn.NLeader, followers: list[cn.NFollower]) -> Callable[
         (loss + l2).backward()
         for o in opts:
             o.step()
+
     return step
 
 
@@ -93,8 +103,10 @@ def mask_cost(leader: cn.NLeader, followers: list[cn.NFollower], batch: int, dee
     """What secure aggregation adds to a step, alone: every follower masks its two embeddings, the leader
     sums the ring elements and decodes (median of ``repeat``)."""
     gen = torch.Generator().manual_seed(0)
-    emb = {"follower_wide_embedding": torch.randn(batch, 1, generator=gen),
-           "follower_deep_embedding": torch.randn(batch, deep, generator=gen)}
+    emb = {
+        "follower_wide_embedding": torch.randn(batch, 1, generator=gen),
+        "follower_deep_embedding": torch.randn(batch, deep, generator=gen),
+    }
     step = iter(range(10**9))
 
     def once() -> None:
@@ -102,6 +114,7 @@ def mask_cost(leader: cn.NLeader, followers: list[cn.NFollower], batch: int, dee
         got = {f.me: f.session.mask(emb, lambda i: train_stream(s, i)) for f in followers}  # type: ignore[union-attr]
         for name, agg in leader.aggs.items():
             combine(agg, {p: got[p][name] for p in agg.parties})
+
     return median_time(once, repeat * 4, warmup=3)
 
 
@@ -115,8 +128,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 steps (a smoke test)")
-    ap.add_argument("--no-keep-freed-memory", action="store_true",
-                    help="leave glibc's malloc as it is (splitlink train keeps freed memory for reuse by default)")
+    ap.add_argument(
+        "--no-keep-freed-memory",
+        action="store_true",
+        help="leave glibc's malloc as it is (splitlink train keeps freed memory for reuse by default)",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.quick:
@@ -139,8 +155,15 @@ def main() -> None:
             variants.append(("secure_sum", "sum", True))
         base = secure_parties = None
         for name, agg, sec in variants:
-            t = cn.NPartyConfig(epochs=1000, batch_size=a.batch_size, progress=False, eval_fraction=0.0,
-                                log_every=10**9, aggregate=agg, secure=sec)
+            t = cn.NPartyConfig(
+                epochs=1000,
+                batch_size=a.batch_size,
+                progress=False,
+                eval_fraction=0.0,
+                log_every=10**9,
+                aggregate=agg,
+                secure=sec,
+            )
             leader, followers = cn.make_local(leader_data, shares, cfg, t)
             fns[name] = split_step(leader, followers)
             if agg == "sum" and not sec:
@@ -160,18 +183,30 @@ def main() -> None:
             row["masking_ms"] = mask_cost(*secure_parties, a.batch_size, a.deep_layers[-1], a.steps) * 1e3
             row["masking_share_of_sum_step"] = row["masking_ms"] / row["sum_ms"]
         results[str(n)] = row
-    out = {"config": {"batch_size": a.batch_size, "vocab_size": a.vocab_size, "emb_dim": a.emb_dim,
-                      "deep_layers": a.deep_layers, "steps": a.steps, "threads": a.threads,
-                      "keep_freed_memory": kept},
-           "results": results, "target_secure_vs_plain_sum": 1.10}
+    out = {
+        "config": {
+            "batch_size": a.batch_size,
+            "vocab_size": a.vocab_size,
+            "emb_dim": a.emb_dim,
+            "deep_layers": a.deep_layers,
+            "steps": a.steps,
+            "threads": a.threads,
+            "keep_freed_memory": kept,
+        },
+        "results": results,
+        "target_secure_vs_plain_sum": 1.10,
+    }
     if a.json:
         print(json.dumps(out, indent=1))
         return
     print(f"N-party Wide&Deep step time (ms, median of {a.steps}; batch {a.batch_size}, in process)")
     print(f"{'followers':>9} {'unsplit':>9} {'concat':>9} {'sum':>9} {'secure sum':>11} {'secure/sum':>11} {'masking':>9}")
     for n, r in results.items():
-        sec = (f"{r['secure_sum_ms']:11.2f} {r['secure_vs_plain_sum']:11.3f} {r['masking_ms']:9.3f}" if "secure_sum_ms" in r
-               else f"{'-':>11} {'-':>11} {'-':>9}")
+        sec = (
+            f"{r['secure_sum_ms']:11.2f} {r['secure_vs_plain_sum']:11.3f} {r['masking_ms']:9.3f}"
+            if "secure_sum_ms" in r
+            else f"{'-':>11} {'-':>11} {'-':>9}"
+        )
         print(f"{n:>9} {r['unsplit_ms']:9.2f} {r['concat_ms']:9.2f} {r['sum_ms']:9.2f} {sec}")
 
 

@@ -27,8 +27,7 @@ import yaml
 
 MODELS = {
     "tiny": {"config": "tiny", "vocab_size": 512, "seq_length": 32},
-    "small": {"config": "tiny", "vocab_size": 512, "hidden_size": 256, "num_layers": 4, "num_heads": 8,
-              "seq_length": 128},
+    "small": {"config": "tiny", "vocab_size": 512, "hidden_size": 256, "num_layers": 4, "num_heads": 8, "seq_length": 128},
 }
 
 
@@ -56,27 +55,63 @@ def run_once(d: Path, world: int, model: str, batch: int, steps: int, threads: i
     for role in ("leader", "follower"):
         cert = "follower-r{rank}" if role == "follower" else "leader"
         cfg: dict[str, Any] = {
-            "scenario": "pangu_alpha", "party": role, "enable_ssl": True, "threads": threads,
+            "scenario": "pangu_alpha",
+            "party": role,
+            "enable_ssl": True,
+            "threads": threads,
             "address": f"127.0.0.1:{ports[0] if role == 'leader' else ports[1]}",
             "peer_address": f"127.0.0.1:{ports[1] if role == 'leader' else ports[0]}",
-            "pangu": MODELS[model], "log_file": str(run / f"{role}.log"),
-            "ranks": {"mode": "scatter", "world_size": world,
-                      "follower_addresses": [f"127.0.0.1:{p}" for p in ports[1:]]},
-            "ssl": {"server_cert_path": str(c / f"{cert}.server.p12"), "client_cert_path": str(c / f"{cert}.client.p12"),
-                    "ca_cert_path": str(c / "ca.crt"), "server_password": "splitlink", "client_password": "splitlink"},
-            "train": {"epochs": 1, "batch_size": batch, "max_steps": steps, "lr": 1e-4, "log_every": 1000,
-                      "peer_timeout": 300.0, "zero_stage": 2, "metrics_path": str(run / "metrics.jsonl"),
-                      "progress": False, "ckpt_dir": str(run / role)},
+            "pangu": MODELS[model],
+            "log_file": str(run / f"{role}.log"),
+            "ranks": {"mode": "scatter", "world_size": world, "follower_addresses": [f"127.0.0.1:{p}" for p in ports[1:]]},
+            "ssl": {
+                "server_cert_path": str(c / f"{cert}.server.p12"),
+                "client_cert_path": str(c / f"{cert}.client.p12"),
+                "ca_cert_path": str(c / "ca.crt"),
+                "server_password": "splitlink",
+                "client_password": "splitlink",
+            },
+            "train": {
+                "epochs": 1,
+                "batch_size": batch,
+                "max_steps": steps,
+                "lr": 1e-4,
+                "log_every": 1000,
+                "peer_timeout": 300.0,
+                "zero_stage": 2,
+                "metrics_path": str(run / "metrics.jsonl"),
+                "progress": False,
+                "ckpt_dir": str(run / role),
+            },
         }
         if role == "leader":
             cfg["data"] = str(d / "data")
         files[role] = run / f"{role}.yaml"
         files[role].write_text(yaml.safe_dump(cfg))
-    b = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-                          "-m", "splitlink", "train", "follower", "--config", str(files["follower"])],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    a = subprocess.Popen([sys.executable, "-m", "splitlink", "train", "leader", "--config", str(files["leader"])],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+            "-m",
+            "splitlink",
+            "train",
+            "follower",
+            "--config",
+            str(files["follower"]),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    a = subprocess.Popen(
+        [sys.executable, "-m", "splitlink", "train", "leader", "--config", str(files["leader"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     errs = {}
     for name, p in (("party A", a), ("party B", b)):
         try:
@@ -120,24 +155,36 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(a.rounds):
             for world in (1, 2):
-                times[world].append(step_time(run_once(d, world, a.model, a.batch, a.steps, a.threads, a.timeout),
-                                              a.warmup))
+                times[world].append(step_time(run_once(d, world, a.model, a.batch, a.steps, a.threads, a.timeout), a.warmup))
     med = {w: statistics.median(t) for w, t in times.items()}
     sps = {w: a.batch / t for w, t in med.items()}
-    result = {"model": a.model, "global_batch": a.batch, "steps": a.steps, "warmup": a.warmup, "rounds": a.rounds,
-              "threads_per_process": a.threads, "cpus": os.cpu_count(),
-              "step_s": {str(w): t for w, t in med.items()}, "step_s_all": {str(w): t for w, t in times.items()},
-              "samples_per_s": {str(w): s for w, s in sps.items()},
-              "speedup_2_vs_1": sps[2] / sps[1], "scaling_efficiency": sps[2] / sps[1] / 2}
+    result = {
+        "model": a.model,
+        "global_batch": a.batch,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "rounds": a.rounds,
+        "threads_per_process": a.threads,
+        "cpus": os.cpu_count(),
+        "step_s": {str(w): t for w, t in med.items()},
+        "step_s_all": {str(w): t for w, t in times.items()},
+        "samples_per_s": {str(w): s for w, s in sps.items()},
+        "speedup_2_vs_1": sps[2] / sps[1],
+        "scaling_efficiency": sps[2] / sps[1] / 2,
+    }
     if a.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"Pangu {a.model}, global batch {a.batch}, party B over 1 and 2 ranks (ZeRO-2), party A scattering; "
-              f"median step of {a.steps - 1 - a.warmup} steps, median of {a.rounds} round(s)")
+        print(
+            f"Pangu {a.model}, global batch {a.batch}, party B over 1 and 2 ranks (ZeRO-2), party A scattering; "
+            f"median step of {a.steps - 1 - a.warmup} steps, median of {a.rounds} round(s)"
+        )
         for w in (1, 2):
             print(f"  B over {w} rank(s): {med[w] * 1e3:8.1f} ms/step  {sps[w]:8.2f} samples/s")
-        print(f"  speed-up 2 vs 1 rank: {result['speedup_2_vs_1']:.2f}x, scaling efficiency "
-              f"{result['scaling_efficiency']:.0%} (machine: {os.cpu_count()} CPUs)")
+        print(
+            f"  speed-up 2 vs 1 rank: {result['speedup_2_vs_1']:.2f}x, scaling efficiency "
+            f"{result['scaling_efficiency']:.0%} (machine: {os.cpu_count()} CPUs)"
+        )
     return 0
 
 

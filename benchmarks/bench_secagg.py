@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import torch
+
 from splitlink.horizontal.secagg import SecAggClient, SecAggConfig, SecAggServer
 
 M = 1_000_000
@@ -91,8 +92,12 @@ def one_round(n: int, k: int, updates: list[torch.Tensor], round_id: int) -> dic
     total, report = server.result()
     unmask = time.perf_counter() - t0
     assert report.survivors == tuple(names) and total.numel() == updates[0].numel()
-    return {"mask_s": statistics.median(mask_times), "setup_s": statistics.median(setup.values()),
-            "unmask_s": unmask, "bytes_per_client": statistics.median(traffic.values())}
+    return {
+        "mask_s": statistics.median(mask_times),
+        "setup_s": statistics.median(setup.values()),
+        "unmask_s": unmask,
+        "bytes_per_client": statistics.median(traffic.values()),
+    }
 
 
 def plain_fedavg(updates: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
@@ -142,8 +147,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1M floats only")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per configuration at 1M (124M: 1)")
     ap.add_argument("--big-n", type=int, nargs="*", default=[3, 10], help="client counts also run at 124M")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads for torch (the baseline) and splitlink alike; 0 = their defaults")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="threads for torch (the baseline) and splitlink alike; 0 = their defaults"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     global THREADS
@@ -161,11 +167,13 @@ def main() -> int:
             if not args.json:
                 for k, r in rows.items():
                     ra = r["ratios"]
-                    print(f"n={n:3d} numel={numel:>11,d} {k:16s} client mask {r['mask_s'] * 1e3:9.1f} ms  setup "
-                          f"{r['setup_s'] * 1e3:7.1f} ms  server unmask {r['unmask_s'] * 1e3:9.1f} ms  plain FedAvg "
-                          f"{r['plain_fedavg_s'] * 1e3:8.1f} ms  round {ra['secure_round_vs_plain']:6.2f}x  "
-                          f"server {ra['server_unmask_vs_plain']:5.2f}x  traffic {ra['traffic_vs_plain']:.4f}x",
-                          flush=True)
+                    print(
+                        f"n={n:3d} numel={numel:>11,d} {k:16s} client mask {r['mask_s'] * 1e3:9.1f} ms  setup "
+                        f"{r['setup_s'] * 1e3:7.1f} ms  server unmask {r['unmask_s'] * 1e3:9.1f} ms  plain FedAvg "
+                        f"{r['plain_fedavg_s'] * 1e3:8.1f} ms  round {ra['secure_round_vs_plain']:6.2f}x  "
+                        f"server {ra['server_unmask_vs_plain']:5.2f}x  traffic {ra['traffic_vs_plain']:.4f}x",
+                        flush=True,
+                    )
     if args.json:
         json.dump(out, sys.stdout, indent=1)
         print()

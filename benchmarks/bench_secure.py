@@ -19,8 +19,8 @@ import sys
 from typing import Any
 
 import torch
-from _common import interleaved_medians, median_time
 
+from _common import interleaved_medians, median_time
 from splitlink import _core, secure, wire
 
 MiB = 1 << 20
@@ -45,14 +45,18 @@ def measure_cipher(cipher: str, size: int, repeat: int) -> dict[str, float]:
         seq = iter(range(2, 10**9))
         sealer = secure.Sealer(key, "leader", cipher=cipher)
         # Timed in turns, so that the ratios (fused vs seal alone) compare like with like.
-        t = interleaved_medians({
-            "seal": lambda: secure.Sealer(key, "leader", cipher=cipher).seal(frame, threads=threads),
-            "open": lambda: secure.Opener(key, "leader", cipher=cipher).open(sealed, threads=threads),
-            "fused": lambda: wire.pack({"x": x}, sender="leader", seq=next(seq), sealer=sealer, threads=threads),
-            "pack_then_seal": lambda: sealer.seal(wire.pack({"x": x}, sender="leader", seq=next(seq)), threads=threads),
-            "fused_torch_mem": lambda: wire.pack({"x": x_torch}, sender="leader", seq=next(seq), sealer=sealer,
-                                                 threads=threads),
-        }, repeat)
+        t = interleaved_medians(
+            {
+                "seal": lambda: secure.Sealer(key, "leader", cipher=cipher).seal(frame, threads=threads),
+                "open": lambda: secure.Opener(key, "leader", cipher=cipher).open(sealed, threads=threads),
+                "fused": lambda: wire.pack({"x": x}, sender="leader", seq=next(seq), sealer=sealer, threads=threads),
+                "pack_then_seal": lambda: sealer.seal(wire.pack({"x": x}, sender="leader", seq=next(seq)), threads=threads),
+                "fused_torch_mem": lambda: wire.pack(
+                    {"x": x_torch}, sender="leader", seq=next(seq), sealer=sealer, threads=threads
+                ),
+            },
+            repeat,
+        )
         row[f"fused_torch_mem_s_{label}"] = t["fused_torch_mem"]
         t_seal, t_open, t_fused, t_pack_then_seal = t["seal"], t["open"], t["fused"], t["pack_then_seal"]
         row[f"seal_gbps_{label}"] = nbytes / t_seal / 1e9
@@ -67,7 +71,9 @@ def measure_cipher(cipher: str, size: int, repeat: int) -> dict[str, float]:
         src = bytes(frame)
         buf = bytearray(len(src) + 16)
         nonce = bytes(12)
-        row["cryptography_encrypt_into_gbps"] = nbytes / median_time(lambda: aes.encrypt_into(nonce, src, None, buf), repeat) / 1e9
+        row["cryptography_encrypt_into_gbps"] = (
+            nbytes / median_time(lambda: aes.encrypt_into(nonce, src, None, buf), repeat) / 1e9
+        )
     return row
 
 
@@ -89,9 +95,15 @@ def measure_masking(n_floats: int, repeat: int) -> dict[str, float]:
     for label, threads in (("1t", 1), ("all", 0)):
         ya = ma.mask(x, stream_id=1, threads=threads)
         yb = mb.mask(x, stream_id=1, threads=threads)
-        out[f"mask_gbps_{label}"] = nbytes / median_time(lambda: ma.mask(x, stream_id=1, out=y_out, threads=threads), repeat) / 1e9
-        out[f"unmask_gbps_{label}"] = nbytes / median_time(lambda: ma.unmask(ya, stream_id=1, out=x_out, threads=threads), repeat) / 1e9
-        out[f"sum2_gbps_{label}"] = nbytes / median_time(lambda: secure.sum_masked([ya, yb], out=x_out, threads=threads), repeat) / 1e9
+        out[f"mask_gbps_{label}"] = (
+            nbytes / median_time(lambda: ma.mask(x, stream_id=1, out=y_out, threads=threads), repeat) / 1e9
+        )
+        out[f"unmask_gbps_{label}"] = (
+            nbytes / median_time(lambda: ma.unmask(ya, stream_id=1, out=x_out, threads=threads), repeat) / 1e9
+        )
+        out[f"sum2_gbps_{label}"] = (
+            nbytes / median_time(lambda: secure.sum_masked([ya, yb], out=x_out, threads=threads), repeat) / 1e9
+        )
     return out
 
 
@@ -131,29 +143,46 @@ def main() -> None:
         json.dump(report, sys.stdout, indent=2)
         print()
         return
-    print(f"linked OpenSSL: {report['linked_openssl']} | cryptography's OpenSSL: {report['cryptography_openssl']} | "
-          f"{report['threads']} threads | cpu {report['cpu']}")
+    print(
+        f"linked OpenSSL: {report['linked_openssl']} | cryptography's OpenSSL: {report['cryptography_openssl']} | "
+        f"{report['threads']} threads | cpu {report['cpu']}"
+    )
     print(f"median of {args.repeat} runs\n")
-    print(f"{'cipher':<19}{'frame':>7}{'EVP ref':>9}{'seal 1t':>9}{'open 1t':>9}{'seal all':>10}{'open all':>10}"
-          f"{'fused ms':>10}{'pack+seal ms':>14}{'seal ms':>9}{'crypto.io':>11}   (GB/s unless ms)")
+    print(
+        f"{'cipher':<19}{'frame':>7}{'EVP ref':>9}{'seal 1t':>9}{'open 1t':>9}{'seal all':>10}{'open all':>10}"
+        f"{'fused ms':>10}{'pack+seal ms':>14}{'seal ms':>9}{'crypto.io':>11}   (GB/s unless ms)"
+    )
     for cipher, sizes in report["ciphers"].items():
         for size, r in sizes.items():
             peer = f"{r['cryptography_encrypt_into_gbps']:.2f}" if "cryptography_encrypt_into_gbps" in r else "-"
-            print(f"{cipher:<19}{size:>7}{r['evp_reference_gbps']:>9.2f}{r['seal_gbps_1t']:>9.2f}{r['open_gbps_1t']:>9.2f}"
-                  f"{r['seal_gbps_all']:>10.2f}{r['open_gbps_all']:>10.2f}{r['fused_pack_seal_s_all'] * 1e3:>10.2f}"
-                  f"{r['pack_then_seal_s_all'] * 1e3:>14.2f}{r['seal_s_all'] * 1e3:>9.2f}{peer:>11}")
+            print(
+                f"{cipher:<19}{size:>7}{r['evp_reference_gbps']:>9.2f}{r['seal_gbps_1t']:>9.2f}{r['open_gbps_1t']:>9.2f}"
+                f"{r['seal_gbps_all']:>10.2f}{r['open_gbps_all']:>10.2f}{r['fused_pack_seal_s_all'] * 1e3:>10.2f}"
+                f"{r['pack_then_seal_s_all'] * 1e3:>14.2f}{r['seal_s_all'] * 1e3:>9.2f}{peer:>11}"
+            )
     m = report["masking_64MiB"]
-    print(f"\nmasking 64 MiB float32 (1 peer): mask {m['mask_gbps_1t']:.2f} GB/s 1t / {m['mask_gbps_all']:.2f} all; "
-          f"unmask {m['unmask_gbps_1t']:.2f} / {m['unmask_gbps_all']:.2f}; sum of 2 {m['sum2_gbps_1t']:.2f} / {m['sum2_gbps_all']:.2f}")
-    print(f"linked AES-128-CTR keystream: {m['ctr_reference_gbps']:.2f} GB/s on 1 thread, so masking one peer is bounded "
-          f"by {m['mask_keystream_bound_gbps']:.2f} GB/s of float32 per core (8 keystream bytes per float)")
+    print(
+        f"\nmasking 64 MiB float32 (1 peer): mask {m['mask_gbps_1t']:.2f} GB/s 1t / {m['mask_gbps_all']:.2f} all; "
+        f"unmask {m['unmask_gbps_1t']:.2f} / {m['unmask_gbps_all']:.2f}; "
+        f"sum of 2 {m['sum2_gbps_1t']:.2f} / {m['sum2_gbps_all']:.2f}"
+    )
+    print(
+        f"linked AES-128-CTR keystream: {m['ctr_reference_gbps']:.2f} GB/s on 1 thread, so masking one peer is bounded "
+        f"by {m['mask_keystream_bound_gbps']:.2f} GB/s of float32 per core (8 keystream bytes per float)"
+    )
     t = report["targets"]
-    print(f"\nAES-256-GCM 64 MiB: seal/open on 1 thread = {t['seal_1t_vs_evp']:.2f} / {t['open_1t_vs_evp']:.2f} x EVP "
-          f"(target >= 0.9); all cores = {t['seal_all_vs_evp']:.2f} / {t['open_all_vs_evp']:.2f} x EVP (target >= 1.7)")
-    print(f"fused pack+seal / seal alone: {t['fused_vs_seal_alone_all']:.2f} (target <= 1.2; tensor in torch's own "
-          f"4 KiB pages: {t['fused_torch_mem_vs_seal_alone_all']:.2f})")
-    print(f"mask / unmask per core: {t['mask_gbps_1t']:.2f} / {t['unmask_gbps_1t']:.2f} GB/s (target >= 2; "
-          f"{t['mask_gbps_1t'] / report['masking_64MiB']['mask_keystream_bound_gbps']:.2f} of the keystream bound)")
+    print(
+        f"\nAES-256-GCM 64 MiB: seal/open on 1 thread = {t['seal_1t_vs_evp']:.2f} / {t['open_1t_vs_evp']:.2f} x EVP "
+        f"(target >= 0.9); all cores = {t['seal_all_vs_evp']:.2f} / {t['open_all_vs_evp']:.2f} x EVP (target >= 1.7)"
+    )
+    print(
+        f"fused pack+seal / seal alone: {t['fused_vs_seal_alone_all']:.2f} (target <= 1.2; tensor in torch's own "
+        f"4 KiB pages: {t['fused_torch_mem_vs_seal_alone_all']:.2f})"
+    )
+    print(
+        f"mask / unmask per core: {t['mask_gbps_1t']:.2f} / {t['unmask_gbps_1t']:.2f} GB/s (target >= 2; "
+        f"{t['mask_gbps_1t'] / report['masking_64MiB']['mask_keystream_bound_gbps']:.2f} of the keystream bound)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,28 +37,39 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
-from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_TOP,  # noqa: E402
-                        fl_yaml, gpt_batch, gpt_parts, mlp_batch, mlp_parts)
+from split_nets import (  # noqa: E402
+    GPT_BACKBONE,
+    GPT_EMBEDDING,
+    GPT_HEAD,
+    MLP_BOTTOM,
+    MLP_TOP,
+    fl_yaml,
+    gpt_batch,
+    gpt_parts,
+    mlp_batch,
+    mlp_parts,
+)
 
 from splitlink import FLModel  # noqa: E402
-
 
 Step = Callable[[int], float]
 
 
 def unsplit_step(opt: torch.optim.Optimizer, loss_of: Callable[[int], torch.Tensor]) -> Step:
     """One training step of the unsplit model: loss, backward, optimizer step."""
+
     def step(s: int) -> float:
         loss = loss_of(s)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss.item()
+
     return step
 
 
@@ -105,7 +116,11 @@ def mlp_pair(size: str) -> tuple[Step, Step, Step, Step]:
 
 
 def gpt_pair(size: str) -> tuple[Step, Step, Step, Step]:
-    cfg = dict(vocab=4096, d=256, seq=128, n_layer=4, n_head=8) if size == "big" else dict(vocab=97, d=32, seq=16, n_layer=2, n_head=4)
+    cfg = (
+        dict(vocab=4096, d=256, seq=128, n_layer=4, n_head=8)
+        if size == "big"
+        else dict(vocab=97, d=32, seq=16, n_layer=2, n_head=4)
+    )
     batch = 8 if size == "big" else 4
     emb, bb, head = gpt_parts(0, **cfg)
     ce, cbb, ch = (copy.deepcopy(m) for m in (emb, bb, head))
@@ -132,6 +147,7 @@ def gpt_pair(size: str) -> tuple[Step, Step, Step, Step]:
             b = batches[s % 4]
             x, table = e(b["input_ids"], b["position_id"])
             return h(bb(x), table, b["input_ids"])
+
         return loss
 
     central = unsplit_step(opt, unsplit_loss(ce, cbb, ch))
@@ -167,10 +183,17 @@ MODELS = (("mlp", "big"), ("mlp", "tiny"), ("gpt", "big"), ("gpt", "tiny"))
 
 
 def ratios(ms: dict[str, float]) -> dict[str, float]:
-    return {"split_ms": ms["split"], "central_ms": ms["central"], "manual_ms": ms["manual"],
-            "central_default_ms": ms["default"], "ratio": ms["split"] / ms["central"],
-            "manual_ratio": ms["manual"] / ms["central"], "flmodel_vs_manual": ms["split"] / ms["manual"],
-            "split_vs_central_default": ms["split"] / ms["default"], "overhead_us": (ms["split"] - ms["central"]) * 1e3}
+    return {
+        "split_ms": ms["split"],
+        "central_ms": ms["central"],
+        "manual_ms": ms["manual"],
+        "central_default_ms": ms["default"],
+        "ratio": ms["split"] / ms["central"],
+        "manual_ratio": ms["manual"] / ms["central"],
+        "flmodel_vs_manual": ms["split"] / ms["manual"],
+        "split_vs_central_default": ms["split"] / ms["default"],
+        "overhead_us": (ms["split"] - ms["central"]) * 1e3,
+    }
 
 
 def make(name: str, size: str) -> tuple[Step, Step, Step, Step]:
@@ -230,7 +253,7 @@ def optimizer_steps(steps: int) -> dict[str, float]:
     opts = adam_optimizers()
     times: dict[str, list[float]] = {n: [] for n in opts}
     for s in range(steps + 3):
-        for name in (list(opts) if s % 2 else list(opts)[::-1]):
+        for name in list(opts) if s % 2 else list(opts)[::-1]:
             t0 = time.perf_counter()
             opts[name].step()
             if s >= 3:
@@ -247,7 +270,7 @@ def optimizer_steps_warm(steps: int, rounds: int = 3) -> dict[str, float]:
     per_round = max(1, steps // rounds)
     times: dict[str, list[float]] = {n: [] for n in opts}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             for s in range(per_round + 3):
                 t0 = time.perf_counter()
                 opts[name].step()
@@ -261,8 +284,13 @@ TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD
 
 def run_config(env: dict[str, str], steps: int, rounds: int, same_process: bool) -> dict[str, dict[str, float]]:
     def child(*extra: str) -> str:
-        return subprocess.run([sys.executable, __file__, "--steps", str(steps), *extra], env=env, check=True,
-                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        return (
+            subprocess.run(
+                [sys.executable, __file__, "--steps", str(steps), *extra], env=env, check=True, capture_output=True, text=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
 
     if same_process:
         return json.loads(child("--child-interleaved"))
@@ -270,7 +298,7 @@ def run_config(env: dict[str, str], steps: int, rounds: int, same_process: bool)
     # its own), the variants' processes alternating in a rotating order over the rounds.
     times: dict[str, dict[str, list[float]]] = {f"{n}-{s}": {v: [] for v in VARIANTS} for n, s in MODELS}
     for r in range(rounds):
-        for v in VARIANTS[r % 4:] + VARIANTS[:r % 4]:
+        for v in VARIANTS[r % 4 :] + VARIANTS[: r % 4]:
             for model, ts in json.loads(child("--child-variant", v)).items():
                 times[model][v].extend(ts)
     return {m: ratios({v: statistics.median(ts) * 1e3 for v, ts in per.items()}) for m, per in times.items()}
@@ -279,9 +307,12 @@ def run_config(env: dict[str, str], steps: int, rounds: int, same_process: bool)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60, help="steps per process and round on the big models (x4 tiny)")
-    ap.add_argument("--own-process", action="store_true",
-                    help="run each variant in a process of its own (its allocator state its own, as in a real run; "
-                         "noisier: processes differ by a few %%) instead of interleaved step by step in one process")
+    ap.add_argument(
+        "--own-process",
+        action="store_true",
+        help="run each variant in a process of its own (its allocator state its own, as in a real run; "
+        "noisier: processes differ by a few %%) instead of interleaved step by step in one process",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="with --own-process: rounds of one process per variant")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child-variant", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -291,8 +322,11 @@ def main() -> None:
         print(json.dumps(child_times(args.child_variant, args.steps)))
         return
     if args.child_interleaved:
-        print(json.dumps({f"{n}-{s}": measure_interleaved(make(n, s), args.steps if s == "big" else args.steps * 4)
-                          for n, s in MODELS}))
+        print(
+            json.dumps(
+                {f"{n}-{s}": measure_interleaved(make(n, s), args.steps if s == "big" else args.steps * 4) for n, s in MODELS}
+            )
+        )
         return
     # glibc returns freed blocks above its (dynamic) mmap threshold to the kernel and trims its heap,
     # so a step's large temporaries may be page-faulted in again on every step, depending on the
@@ -304,36 +338,62 @@ def main() -> None:
     optim_ms = optimizer_steps(args.steps)
     optim_warm_ms = optimizer_steps_warm(args.steps)
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "tuned_env": TUNED_MALLOC, "adam_step_ms": optim_ms,
-                          "adam_step_warm_ms": optim_warm_ms,
-                          "mode": "same process" if not args.own_process else "one process per variant",
-                          "results": results}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "threads": torch.get_num_threads(),
+                    "tuned_env": TUNED_MALLOC,
+                    "adam_step_ms": optim_ms,
+                    "adam_step_warm_ms": optim_warm_ms,
+                    "mode": "same process" if not args.own_process else "one process per variant",
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
         return
-    how = ("the variants interleaved step by step in one process" if not args.own_process else
-           f"each variant in its own process, {args.rounds} rounds in rotating order")
-    print(f"torch threads: {torch.get_num_threads()}; medians of {args.steps * (1 if not args.own_process else args.rounds)} "
-          f"(big) / {args.steps * 4 * (1 if not args.own_process else args.rounds)} (tiny) steps; {how}")
+    how = (
+        "the variants interleaved step by step in one process"
+        if not args.own_process
+        else f"each variant in its own process, {args.rounds} rounds in rotating order"
+    )
+    print(
+        f"torch threads: {torch.get_num_threads()}; medians of {args.steps * (1 if not args.own_process else args.rounds)} "
+        f"(big) / {args.steps * 4 * (1 if not args.own_process else args.rounds)} (tiny) steps; {how}"
+    )
     for label, rows in results.items():
-        print(f"\n[{label}]" + ("" if label == "glibc defaults" else
-                                " " + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())))
-        print(f"{'model':<10} {'split ms':>9} {'central ms':>11} {'by-hand ms':>11} {'split/central':>14} "
-              f"{'by-hand/central':>16} {'split/by-hand':>14} {'central,default ms':>19} {'split/that':>11}")
+        print(f"\n[{label}]" + ("" if label == "glibc defaults" else " " + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())))
+        print(
+            f"{'model':<10} {'split ms':>9} {'central ms':>11} {'by-hand ms':>11} {'split/central':>14} "
+            f"{'by-hand/central':>16} {'split/by-hand':>14} {'central,default ms':>19} {'split/that':>11}"
+        )
         for k, r in rows.items():
-            print(f"{k:<10} {r['split_ms']:>9.3f} {r['central_ms']:>11.3f} {r['manual_ms']:>11.3f} {r['ratio']:>13.3f}x "
-                  f"{r['manual_ratio']:>15.3f}x {r['flmodel_vs_manual']:>13.3f}x {r['central_default_ms']:>19.3f} "
-                  f"{r['split_vs_central_default']:>10.3f}x")
-    print("\nsplit: FLModels passing tensors in-process; central: the unsplit model, same (fused) optimizer; by-hand: the same "
-          "split written in\nplain PyTorch (detach at each cut, one optimizer per part), i.e. what splitting costs "
-          "before any library;\ncentral,default: the unsplit model with torch's default (for-loop) optimizer.")
+            print(
+                f"{k:<10} {r['split_ms']:>9.3f} {r['central_ms']:>11.3f} {r['manual_ms']:>11.3f} {r['ratio']:>13.3f}x "
+                f"{r['manual_ratio']:>15.3f}x {r['flmodel_vs_manual']:>13.3f}x {r['central_default_ms']:>19.3f} "
+                f"{r['split_vs_central_default']:>10.3f}x"
+            )
+    print(
+        "\nsplit: FLModels passing tensors in-process; central: the unsplit model, same (fused) optimizer; by-hand: the same "
+        "split written in\nplain PyTorch (detach at each cut, one optimizer per part), i.e. what splitting costs "
+        "before any library;\ncentral,default: the unsplit model with torch's default (for-loop) optimizer."
+    )
     print("target: split/central <= 1.05 on the big models")
     loop = "for-loop (torch default on CPU)"
-    print(f"\nAdam step over the big MLP's 1.6M parameters (medians of {args.steps} cold / {3 * max(1, args.steps // 3)} "
-          "warm steps, this process):")
-    print("  cold caches (the three stepped in turns): " + ", ".join(f"{k} {v:.3f} ms" for k, v in optim_ms.items())
-          + f"; for-loop/fused {optim_ms[loop] / optim_ms['fused']:.1f}x")
-    print("  warm caches (one optimizer stepped repeatedly): "
-          + ", ".join(f"{k} {v:.3f} ms" for k, v in optim_warm_ms.items())
-          + f"; for-loop/fused {optim_warm_ms[loop] / optim_warm_ms['fused']:.1f}x")
+    print(
+        f"\nAdam step over the big MLP's 1.6M parameters (medians of {args.steps} cold / {3 * max(1, args.steps // 3)} "
+        "warm steps, this process):"
+    )
+    print(
+        "  cold caches (the three stepped in turns): "
+        + ", ".join(f"{k} {v:.3f} ms" for k, v in optim_ms.items())
+        + f"; for-loop/fused {optim_ms[loop] / optim_ms['fused']:.1f}x"
+    )
+    print(
+        "  warm caches (one optimizer stepped repeatedly): "
+        + ", ".join(f"{k} {v:.3f} ms" for k, v in optim_warm_ms.items())
+        + f"; for-loop/fused {optim_warm_ms[loop] / optim_warm_ms['fused']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

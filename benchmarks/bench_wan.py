@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "suppo
 from netem import PROFILES, EmulatedLink, netns_support
 from split_runs import make_certs, pangu_run, run_split, wide_deep_run
 
+
 # (c)/(d): the pipelined variants. The pipelining work (issue 19 item 2) sets this to a function that
 # returns a run spec (split_runs.wide_deep_run / pangu_run) with the run file's pipeline setting for m
 # micro-batches; None: not built, and their rows say so instead of giving figures.
@@ -63,14 +64,13 @@ PIPELINE: Callable[[dict[str, Any], int], dict[str, Any]] | None = _pipelined
 MICRO_BATCHES = (2, 4, 8)
 
 WD_MODEL = {"vocab_size": 50_000, "emb_dim": 16, "deep_layers": [256, 128]}
-WD_BATCH = 16_000   # the Criteo YAMLs' batch_size
+WD_BATCH = 16_000  # the Criteo YAMLs' batch_size
 PANGU = {
     "pangu-tiny": {"config": "tiny", "vocab_size": 1024, "seq_length": 64},
-    "pangu-small": {"config": "tiny", "vocab_size": 1024, "hidden_size": 256, "num_layers": 4, "num_heads": 4,
-                    "seq_length": 128},
+    "pangu-small": {"config": "tiny", "vocab_size": 1024, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "seq_length": 128},
 }
 PANGU_BATCH = 8
-VARIANTS = {"fp32": False, "codecs": True}   # name -> the run's train.compress
+VARIANTS = {"fp32": False, "codecs": True}  # name -> the run's train.compress
 
 
 def prepare(work: Path) -> dict[str, Any]:
@@ -104,17 +104,33 @@ def one_process(model: str, data: dict[str, Any], steps: int) -> dict[str, Any]:
             from splitlink.examples import criteo
             from splitlink.examples import wide_deep as wd
 
-            cfg = wd.WideDeepConfig(vocab_size=WD_MODEL["vocab_size"], emb_dim=WD_MODEL["emb_dim"],
-                                    deep_layers=tuple(WD_MODEL["deep_layers"]))
+            cfg = wd.WideDeepConfig(
+                vocab_size=WD_MODEL["vocab_size"], emb_dim=WD_MODEL["emb_dim"], deep_layers=tuple(WD_MODEL["deep_layers"])
+            )
             L = criteo.load_party(data["wd"] / "leader.npz", "leader")
             F = criteo.load_party(data["wd"] / "follower.npz", "follower")
-            hist = wd.train_local(L, F, cfg, wd.TrainConfig(epochs=1000, batch_size=WD_BATCH, max_steps=steps,
-                                                            log_every=1, compress=False, progress=False, seed=0,
-                                                            eval_fraction=0.0))
+            hist = wd.train_local(
+                L,
+                F,
+                cfg,
+                wd.TrainConfig(
+                    epochs=1000,
+                    batch_size=WD_BATCH,
+                    max_steps=steps,
+                    log_every=1,
+                    compress=False,
+                    progress=False,
+                    seed=0,
+                    eval_fraction=0.0,
+                ),
+            )
             rows = [r for r in hist if r["kind"] == "train"]
             secs = [r["seconds"] for r in rows]
-            return {"what": "in-process split (no network)", "step_s": [b - a for a, b in zip(secs, secs[1:])],
-                    "loss": rows[-1]["wide_loss"]}
+            return {
+                "what": "in-process split (no network)",
+                "step_s": [b - a for a, b in zip(secs, secs[1:])],
+                "loss": rows[-1]["wide_loss"],
+            }
         return pangu_unsplit(model, data, steps)
     finally:
         torch.set_num_threads(threads)
@@ -136,8 +152,7 @@ def pangu_unsplit(model: str, data: dict[str, Any], steps: int) -> dict[str, Any
     torch.manual_seed(1)
     bb = pangu.BackboneNet(cfg)
     ref = FLYamlData(pangu.YAMLS / "embedding.yaml").opts[0].hyper_parameters
-    opt = torch.optim.AdamW([*emb.parameters(), *bb.parameters(), *head.parameters()], lr=1e-3,
-                            eps=ref.get("eps", 1e-8))
+    opt = torch.optim.AdamW([*emb.parameters(), *bb.parameters(), *head.parameters()], lr=1e-3, eps=ref.get("eps", 1e-8))
     times, loss_v = [], float("nan")
     for _, rows in Schedule(len(ds), PANGU_BATCH, seed=0, epochs=1000, max_steps=steps, drop_last=True).steps():
         t0 = time.perf_counter()
@@ -161,16 +176,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="LAN, WAN and thin WAN, 8 steps (<= 10 min on 2 cores)")
     ap.add_argument("--profiles", nargs="+", choices=list(PROFILES), help="default: all (--quick: lan wan thin-wan)")
     ap.add_argument("--models", nargs="+", choices=["wide-deep", *PANGU], default=["wide-deep", *PANGU])
-    ap.add_argument("--steps", type=int, help="training steps per run (default 12, --quick 8); the first two "
-                                              "are warm-up, left out of the medians")
-    ap.add_argument("--micro-batches", type=int, nargs="+", metavar="M",
-                    help="the pipelined rows' micro-batch counts (default: 2 4 8; --quick: 2 4, to stay within 10 min)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        help="training steps per run (default 12, --quick 8); the first two are warm-up, left out of the medians",
+    )
+    ap.add_argument(
+        "--micro-batches",
+        type=int,
+        nargs="+",
+        metavar="M",
+        help="the pipelined rows' micro-batch counts (default: 2 4 8; --quick: 2 4, to stay within 10 min)",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ap.add_argument("--workdir", help="keep data, run files and logs here (default: a temporary directory)")
     args = ap.parse_args()
     profiles = args.profiles or (["lan", "wan", "thin-wan"] if args.quick else list(PROFILES))
     if "lan" not in profiles:
-        profiles = ["lan", *profiles]   # the LAN split is a baseline of every row
+        profiles = ["lan", *profiles]  # the LAN split is a baseline of every row
     steps = args.steps or (8 if args.quick else 12)
     args.micro_batches = args.micro_batches or ([2, 4] if args.quick else list(MICRO_BATCHES))
     if steps < 4:
@@ -181,7 +204,7 @@ def main() -> None:
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench_wan-")
     work = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)
     t_start = time.monotonic()
     data = prepare(work)
     certs = make_certs(work / "certs")
@@ -204,10 +227,18 @@ def main() -> None:
                     spec = spec_for(model, data, steps, compress)
                     run = run_split(work / "runs" / f"{prof}-{model}-{variant}", spec, certs=certs, link=link)
                     step_s = run.median_step_s(skip=2)
-                    rows.append({"profile": prof, "model": model, "variant": variant, "step_ms": step_s * 1e3,
-                                 "samples_s": batch_of(model) / step_s, "loss": run.losses[-1],
-                                 "wire_mb_per_step": {k: v / steps / 1e6 for k, v in run.wire_bytes.items()},
-                                 "steps": len(run.losses)})
+                    rows.append(
+                        {
+                            "profile": prof,
+                            "model": model,
+                            "variant": variant,
+                            "step_ms": step_s * 1e3,
+                            "samples_s": batch_of(model) / step_s,
+                            "loss": run.losses[-1],
+                            "wire_mb_per_step": {k: v / steps / 1e6 for k, v in run.wire_bytes.items()},
+                            "steps": len(run.losses),
+                        }
+                    )
                     log(f"{prof} {model} {variant}: {step_s * 1e3:.1f} ms/step, wire {run.wire_bytes}")
                 for m in args.micro_batches:
                     for variant in ("fp32", "codecs"):
@@ -216,21 +247,33 @@ def main() -> None:
                             rows.append({"profile": prof, "model": model, "variant": name, "status": "not built yet"})
                             continue
                         spec = PIPELINE(spec_for(model, data, steps, VARIANTS[variant]), m)
-                        run = run_split(work / "runs" / f"{prof}-{model}-pipe{m}-{variant}", spec, certs=certs,
-                                        link=link)
+                        run = run_split(work / "runs" / f"{prof}-{model}-pipe{m}-{variant}", spec, certs=certs, link=link)
                         step_s = run.median_step_s(skip=2)
-                        rows.append({"profile": prof, "model": model, "variant": name, "step_ms": step_s * 1e3,
-                                     "samples_s": batch_of(model) / step_s, "loss": run.losses[-1],
-                                     "wire_mb_per_step": {k: v / steps / 1e6 for k, v in run.wire_bytes.items()},
-                                     "steps": len(run.losses)})
+                        rows.append(
+                            {
+                                "profile": prof,
+                                "model": model,
+                                "variant": name,
+                                "step_ms": step_s * 1e3,
+                                "samples_s": batch_of(model) / step_s,
+                                "loss": run.losses[-1],
+                                "wire_mb_per_step": {k: v / steps / 1e6 for k, v in run.wire_bytes.items()},
+                                "steps": len(run.losses),
+                            }
+                        )
     lan = {r["model"]: r["samples_s"] for r in rows if r["profile"] == "lan" and r["variant"] == "fp32"}
     for r in rows:
         if "samples_s" in r:
             r["vs_one_process"] = r["samples_s"] / baselines[r["model"]]["samples_s"]
             r["vs_lan_split"] = r["samples_s"] / lan[r["model"]]
-    out = {"steps": steps, "threads_per_party": 1, "seconds": time.monotonic() - t_start, "links": checks,
-           "one_process": {k: {kk: v for kk, v in b.items() if kk != "step_s"} for k, b in baselines.items()},
-           "rows": rows}
+    out = {
+        "steps": steps,
+        "threads_per_party": 1,
+        "seconds": time.monotonic() - t_start,
+        "links": checks,
+        "one_process": {k: {kk: v for kk, v in b.items() if kk != "step_s"} for k, b in baselines.items()},
+        "rows": rows,
+    }
     if tmp is not None:
         tmp.cleanup()
     if args.json:
@@ -240,28 +283,38 @@ def main() -> None:
 
 
 def print_table(out: dict[str, Any]) -> None:
-    print(f"split training over emulated links: {out['steps']} steps per run, medians after 2 warm-up steps, "
-          f"1 thread per party, mutual TLS ({out['seconds']:.0f} s)")
+    print(
+        f"split training over emulated links: {out['steps']} steps per run, medians after 2 warm-up steps, "
+        f"1 thread per party, mutual TLS ({out['seconds']:.0f} s)"
+    )
     print("\nlinks (self-check, raw TCP probe):")
     for name, c in out["links"].items():
         note = c.get("rtt_note", "") or c.get("rate_note", "")
-        print(f"  {PROFILES[name].describe():34s} measured RTT {c['rtt_ms']:8.3f} ms, rate "
-              f"{c['rate_bit_s'] / 1e6:8.0f} Mbit/s  [{c['delay_mode']}] {note}")
+        print(
+            f"  {PROFILES[name].describe():34s} measured RTT {c['rtt_ms']:8.3f} ms, rate "
+            f"{c['rate_bit_s'] / 1e6:8.0f} Mbit/s  [{c['delay_mode']}] {note}"
+        )
     print("\none process (baseline):")
     for m, b in out["one_process"].items():
         print(f"  {m:12s} {b['step_ms']:9.1f} ms/step {b['samples_s']:10.0f} samples/s  loss {b['loss']:.4f}  ({b['what']})")
-    hdr = (f"\n{'model':12s} {'profile':9s} {'variant':22s} {'ms/step':>9s} {'samples/s':>10s} {'x 1-proc':>8s} "
-           f"{'x LAN':>6s} {'MB/step up':>10s} {'down':>7s} {'loss':>8s}")
+    hdr = (
+        f"\n{'model':12s} {'profile':9s} {'variant':22s} {'ms/step':>9s} {'samples/s':>10s} {'x 1-proc':>8s} "
+        f"{'x LAN':>6s} {'MB/step up':>10s} {'down':>7s} {'loss':>8s}"
+    )
     print(hdr)
     for r in sorted(out["rows"], key=lambda r: (r["model"], list(PROFILES).index(r["profile"]))):
         if "status" in r:
             print(f"{r['model']:12s} {r['profile']:9s} {r['variant']:22s} {r['status']}")
             continue
         up, down = list(r["wire_mb_per_step"].values())
-        print(f"{r['model']:12s} {r['profile']:9s} {r['variant']:22s} {r['step_ms']:9.1f} {r['samples_s']:10.0f} "
-              f"{r['vs_one_process']:8.2f} {r['vs_lan_split']:6.2f} {up:10.2f} {down:7.2f} {r['loss']:8.4f}")
-    print("\nup: follower -> leader (Wide&Deep: follower's embeddings; Pangu: party B's hidden states), down: "
-          "the other way; x LAN: samples/s over the LAN split's (fp32) in this run")
+        print(
+            f"{r['model']:12s} {r['profile']:9s} {r['variant']:22s} {r['step_ms']:9.1f} {r['samples_s']:10.0f} "
+            f"{r['vs_one_process']:8.2f} {r['vs_lan_split']:6.2f} {up:10.2f} {down:7.2f} {r['loss']:8.4f}"
+        )
+    print(
+        "\nup: follower -> leader (Wide&Deep: follower's embeddings; Pangu: party B's hidden states), down: "
+        "the other way; x LAN: samples/s over the LAN split's (fp32) in this run"
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import median_time
 
 import splitlink
+from _common import median_time
 from splitlink import _core, wire
 from splitlink.protos import compile_python
 
@@ -184,11 +184,15 @@ def main() -> None:
         return
     m = report["machine"]
     print(f"splitlink {m['splitlink']} wire benchmark | torch {m['torch']} numpy {m['numpy']} | {m['threads']} threads")
-    print(f"median of {args.repeat} runs after {args.warmup} warm-up runs; steady state (buffers reused where the method allows)\n")
+    print(
+        f"median of {args.repeat} runs after {args.warmup} warm-up runs; steady state (buffers reused where the method allows)\n"
+    )
     for name, sc in report["scenarios"].items():
         print(f"== {name} float32 ==")
-        print(f"{'method':<24}{'pack ms':>10}{'unpack ms':>11}{'pack GB/s':>11}{'unpack GB/s':>13}{'total ms':>10}"
-              f"{'vs splitlink':>14}{'vs splitlink 1t':>17}")
+        print(
+            f"{'method':<24}{'pack ms':>10}{'unpack ms':>11}{'pack GB/s':>11}{'unpack GB/s':>13}{'total ms':>10}"
+            f"{'vs splitlink':>14}{'vs splitlink 1t':>17}"
+        )
         sl_total = sc["results"]["splitlink"]["total_s"]
         sl1_total = sc["results"]["splitlink 1 thread"]["total_s"]
         for method, r in sc["results"].items():
@@ -207,9 +211,11 @@ def main() -> None:
         targeted = ("pickle protocol 5", "torch.save/load", "np.save/load", "naive protobuf")
         worst = min((rt[f"speedup_vs_{k}"], k) for k in targeted)
         worst1 = min((rt[f"speedup_1thread_vs_{k}"], k) for k in targeted)
-        print(f"pack+unpack speedup, smallest over baselines: {worst[0]:.1f}x vs {worst[1]} "
-              f"({worst1[0]:.1f}x vs {worst1[1]} with splitlink on 1 thread, like the baselines) "
-              "(target >= 5x vs pickle, torch.save, np.save, naive protobuf)\n")
+        print(
+            f"pack+unpack speedup, smallest over baselines: {worst[0]:.1f}x vs {worst[1]} "
+            f"({worst1[0]:.1f}x vs {worst1[1]} with splitlink on 1 thread, like the baselines) "
+            "(target >= 5x vs pickle, torch.save, np.save, naive protobuf)\n"
+        )
 
 
 if __name__ == "__main__":

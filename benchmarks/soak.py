@@ -44,10 +44,22 @@ def party(a: argparse.Namespace) -> None:
     role, peer = a.party, ("follower" if a.party == "leader" else "leader")
     bottom, _, top = mlp_parts(0)
     c = Path(a.certs)
-    ssl = SSLConfig(server_cert_path=str(c / f"{role}.server.p12"), client_cert_path=str(c / f"{role}.client.p12"),
-                    ca_cert_path=str(c / "ca.crt"), server_password="splitlink", client_password="splitlink")
-    with VerticalFederatedCommunicator(ServerConfig(role, f"127.0.0.1:{a.port}"), ServerConfig(peer, a.peer_address),
-                                       enable_ssl=True, ssl_config=ssl, seal=a.seal, retry_deadline=60) as comm:
+    ssl = SSLConfig(
+        server_cert_path=str(c / f"{role}.server.p12"),
+        client_cert_path=str(c / f"{role}.client.p12"),
+        ca_cert_path=str(c / "ca.crt"),
+        server_password="splitlink",
+        client_password="splitlink",
+    )
+    with VerticalFederatedCommunicator(
+        ServerConfig(role, f"127.0.0.1:{a.port}"),
+        ServerConfig(peer, a.peer_address),
+        enable_ssl=True,
+        ssl_config=ssl,
+        seal=a.seal,
+        retry_deadline=60,
+    ) as comm:
+
         def rss_mib() -> float:
             return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -76,23 +88,49 @@ def party(a: argparse.Namespace) -> None:
         digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()
         comm.send_tensors(peer, {"done": torch.ones(1)})
         comm.receive(peer, 120)
-    print(json.dumps({"role": role, "params_sha256": digest, "loop_s": loop_s,
-                      "rss_growth_mib": rss_at[a.steps - 1] - rss_at[a.steps // 10] if len(rss_at) == 2 else 0.0}))
+    print(
+        json.dumps(
+            {
+                "role": role,
+                "params_sha256": digest,
+                "loop_s": loop_s,
+                "rss_growth_mib": rss_at[a.steps - 1] - rss_at[a.steps // 10] if len(rss_at) == 2 else 0.0,
+            }
+        )
+    )
     sys.stdout.flush()
     os._exit(0)
 
 
 def run(steps: int, certs: str, seal: bool, faults: bool, seed: int, every_bytes: int = 0) -> dict[str, Any]:
-    from splitlink.util import free_ports
     from faultproxy import FaultProxy
+
+    from splitlink.util import free_ports
 
     lp, fp = free_ports(2)
     to_leader, to_follower = FaultProxy(lp), FaultProxy(fp)
     procs = {}
     for role, port, peer_addr in (("follower", fp, to_leader.address), ("leader", lp, to_follower.address)):
-        procs[role] = subprocess.Popen([sys.executable, __file__, "--party", role, "--port", str(port), "--peer-address",
-                                        peer_addr, "--certs", certs, "--steps", str(steps)] + (["--seal"] if seal else []),
-                                       stdout=subprocess.PIPE, stderr=open(Path(certs) / f"{role}.{int(faults)}.err", "w"), text=True)
+        procs[role] = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--party",
+                role,
+                "--port",
+                str(port),
+                "--peer-address",
+                peer_addr,
+                "--certs",
+                certs,
+                "--steps",
+                str(steps),
+            ]
+            + (["--seal"] if seal else []),
+            stdout=subprocess.PIPE,
+            stderr=open(Path(certs) / f"{role}.{int(faults)}.err", "w"),
+            text=True,
+        )
     injected = {"corrupt": 0, "cut": 0, "delay": 0}
     stop = threading.Event()
 
@@ -152,12 +190,23 @@ def run(steps: int, certs: str, seal: bool, faults: bool, seed: int, every_bytes
     # armed but never reached before the run ended (traffic-position schedule): not injected
     injected["corrupt"] -= sum(p.corrupt_after is not None for p in proxies) if every_bytes else 0
     injected["cut"] -= sum(p.cut_after is not None for p in proxies)
-    hits = {"bytes_corrupted": sum(p.corrupted for p in proxies), "cuts_hit": sum(p.cuts_hit for p in proxies),
-            "connections": sum(p.connections for p in proxies), "bytes_forwarded": sum(p.forwarded for p in proxies)}
+    hits = {
+        "bytes_corrupted": sum(p.corrupted for p in proxies),
+        "cuts_hit": sum(p.cuts_hit for p in proxies),
+        "connections": sum(p.connections for p in proxies),
+        "bytes_forwarded": sum(p.forwarded for p in proxies),
+    }
     for p in proxies:
         p.close()
-    return {"wall_s": wall, "train_s": loop, "steps_per_s": steps / loop, "rss_growth_mib": growth, "faults": injected,
-            **hits, "params": out}
+    return {
+        "wall_s": wall,
+        "train_s": loop,
+        "steps_per_s": steps / loop,
+        "rss_growth_mib": growth,
+        "faults": injected,
+        **hits,
+        "params": out,
+    }
 
 
 def main() -> None:
@@ -165,8 +214,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--seal", action="store_true", help="AES-GCM sealing on top of TLS")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fault-every-bytes", type=int, default=0, metavar="N",
-                    help="faults at traffic positions, about every N bytes per direction (default: at random times)")
+    ap.add_argument(
+        "--fault-every-bytes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="faults at traffic positions, about every N bytes per direction (default: at random times)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--party", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -189,15 +243,21 @@ def main() -> None:
     else:
         f = faulty["faults"]
         print(f"{a.steps} steps, TLS{' + AES-GCM sealing' if a.seal else ''}, two processes on loopback")
-        print(f"fault-free:  {clean['train_s']:.1f} s training ({clean['wall_s']:.1f} s with process start), "
-              f"{clean['steps_per_s']:.0f} steps/s")
-        print(f"with faults: {faulty['train_s']:.1f} s training, {faulty['steps_per_s']:.0f} steps/s; injected {sum(f.values())} "
-              f"faults ({f['corrupt']} corrupted bytes armed, {faulty['bytes_corrupted']} hit a stream; {f['cut']} "
-              f"connection cuts, {faulty['cuts_hit']} closed a live connection; {f['delay']} delay bursts; "
-              f"{faulty['connections']} connections in all), all survived")
+        print(
+            f"fault-free:  {clean['train_s']:.1f} s training ({clean['wall_s']:.1f} s with process start), "
+            f"{clean['steps_per_s']:.0f} steps/s"
+        )
+        print(
+            f"with faults: {faulty['train_s']:.1f} s training, {faulty['steps_per_s']:.0f} steps/s; injected {sum(f.values())} "
+            f"faults ({f['corrupt']} corrupted bytes armed, {faulty['bytes_corrupted']} hit a stream; {f['cut']} "
+            f"connection cuts, {faulty['cuts_hit']} closed a live connection; {f['delay']} delay bursts; "
+            f"{faulty['connections']} connections in all), all survived"
+        )
         g = faulty["rss_growth_mib"]
-        print(f"resident memory from step {a.steps // 10} to the last, under faults: leader {g['leader']:+.1f} MiB, "
-              f"follower {g['follower']:+.1f} MiB")
+        print(
+            f"resident memory from step {a.steps // 10} to the last, under faults: leader {g['leader']:+.1f} MiB, "
+            f"follower {g['follower']:+.1f} MiB"
+        )
         print(f"final parameters equal to the fault-free run, bit for bit: {same}")
     if not same:
         sys.exit(1)

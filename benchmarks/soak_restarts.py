@@ -37,12 +37,22 @@ import yaml
 MODEL = {"vocab_size": 5000, "emb_dim": 8, "deep_layers": [16]}
 
 
-def run_files(d: Path, out: Path, steps: int, every: int, rows_per_batch: int, peer_timeout: float,
-              log_every: int = 100) -> dict[str, Path]:
+def run_files(
+    d: Path, out: Path, steps: int, every: int, rows_per_batch: int, peer_timeout: float, log_every: int = 100
+) -> dict[str, Path]:
     from splitlink.examples import demo
 
-    files = demo.write_run_files(d, epochs=10_000, batch_size=rows_per_batch, vocab_size=5000, log_every=log_every,
-                                 progress=False, model=MODEL, ckpt_every=every, max_steps=steps)
+    files = demo.write_run_files(
+        d,
+        epochs=10_000,
+        batch_size=rows_per_batch,
+        vocab_size=5000,
+        log_every=log_every,
+        progress=False,
+        model=MODEL,
+        ckpt_every=every,
+        max_steps=steps,
+    )
     out.mkdir(parents=True, exist_ok=True)
     for role, f in files.items():
         cfg = yaml.safe_load(f.read_text())
@@ -55,8 +65,9 @@ def run_files(d: Path, out: Path, steps: int, every: int, rows_per_batch: int, p
 
 
 def start(f: Path, role: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "splitlink", "train", role, "--config", str(f)],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "a"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "splitlink", "train", role, "--config", str(f)], stdout=subprocess.DEVNULL, stderr=open(log, "a")
+    )
 
 
 def logged_step(text: str) -> int:
@@ -96,8 +107,18 @@ def final_state(out: Path, steps: int) -> dict[str, str]:
     return digests
 
 
-def run(d: Path, name: str, steps: int, every: int, batch: int, kill_every: float, seed: int,
-        peer_timeout: float, kill_at: tuple[int, ...] = (), log_every: int = 100) -> dict[str, Any]:
+def run(
+    d: Path,
+    name: str,
+    steps: int,
+    every: int,
+    batch: int,
+    kill_every: float,
+    seed: int,
+    peer_timeout: float,
+    kill_at: tuple[int, ...] = (),
+    log_every: int = 100,
+) -> dict[str, Any]:
     out = d / name
     files = run_files(d, out, steps, every, batch, peer_timeout, log_every)
     procs = {role: start(files[role], role, out / f"{role}.err") for role in ("follower", "leader")}
@@ -148,8 +169,15 @@ def run(d: Path, name: str, steps: int, every: int, batch: int, kill_every: floa
     wall = time.perf_counter() - t0
     log = (out / "leader.log").read_text() + (out / "follower.log").read_text()
     rejoins = log.count("going back to the newest common checkpoint")
-    return {"wall_s": wall, "steps_per_s": steps / wall, "kills": kills, "kill_targets_missed": targets, "rejoins": rejoins,
-            "both_restarted_after_peer_finished": both_restarted, "final": final_state(out, steps)}
+    return {
+        "wall_s": wall,
+        "steps_per_s": steps / wall,
+        "kills": kills,
+        "kill_targets_missed": targets,
+        "rejoins": rejoins,
+        "both_restarted_after_peer_finished": both_restarted,
+        "final": final_state(out, steps),
+    }
 
 
 def main() -> None:
@@ -158,13 +186,21 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--kill-every", type=float, default=8.0, help="mean seconds between kills")
-    ap.add_argument("--kill-at-steps", default="", metavar="S1,S2,...",
-                    help="kill when the leader has logged step S1 (then S2 after that kill, ...) instead of at random "
-                         "times; give --log-every small enough to see them")
+    ap.add_argument(
+        "--kill-at-steps",
+        default="",
+        metavar="S1,S2,...",
+        help="kill when the leader has logged step S1 (then S2 after that kill, ...) instead of at random "
+        "times; give --log-every small enough to see them",
+    )
     ap.add_argument("--log-every", type=int, default=100, help="the parties' log interval in steps")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--peer-timeout", type=float, default=120.0,
-                    help="seconds a party waits for its peer (a restarted peer must be back within it)")
+    ap.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a party waits for its peer (a restarted peer must be back within it)",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.steps % a.ckpt_every:
@@ -182,8 +218,7 @@ def main() -> None:
         demo.make_dev_certs(d / "certs", ["leader", "follower"])
         demo.prepare_data(d, 20_000, seed=2, vocab_size=5000)
         clean = run(d, "clean", a.steps, a.ckpt_every, a.batch, 0, a.seed, a.peer_timeout, log_every=a.log_every)
-        killed = run(d, "killed", a.steps, a.ckpt_every, a.batch, a.kill_every, a.seed, a.peer_timeout, kill_at,
-                     a.log_every)
+        killed = run(d, "killed", a.steps, a.ckpt_every, a.batch, a.kill_every, a.seed, a.peer_timeout, kill_at, a.log_every)
     same = clean["final"] == killed["final"] and len(clean["final"]) == 3
     result = {"steps": a.steps, "ckpt_every": a.ckpt_every, "clean": clean, "killed": killed, "final_equal": same}
     if a.json:
@@ -192,10 +227,12 @@ def main() -> None:
         k = killed["kills"]
         print(f"{a.steps} Wide&Deep steps, two processes over mutual TLS, checkpoint every {a.ckpt_every} steps")
         print(f"uninterrupted: {clean['wall_s']:.1f} s ({clean['steps_per_s']:.0f} steps/s incl. start-up)")
-        print(f"killed:        {killed['wall_s']:.1f} s ({killed['steps_per_s']:.0f} steps/s); {sum(k.values())} SIGKILLs "
-              f"({k['leader']} leader, {k['follower']} follower), each victim restarted alone; the survivor went back "
-              f"to the common checkpoint {killed['rejoins']} times and kept running; both restarted "
-              f"{killed['both_restarted_after_peer_finished']} times (a party killed as its peer finished)")
+        print(
+            f"killed:        {killed['wall_s']:.1f} s ({killed['steps_per_s']:.0f} steps/s); {sum(k.values())} SIGKILLs "
+            f"({k['leader']} leader, {k['follower']} follower), each victim restarted alone; the survivor went back "
+            f"to the common checkpoint {killed['rejoins']} times and kept running; both restarted "
+            f"{killed['both_restarted_after_peer_finished']} times (a party killed as its peer finished)"
+        )
         print(f"final model and optimizer state of both parties equal to the uninterrupted run, bit for bit: {same}")
     if not same:
         sys.exit(1)

@@ -67,8 +67,16 @@ def check_step(d: dict[str, Any]) -> None:
 def check_gpu_smoke(d: dict[str, Any]) -> None:
     # The CPU smoke run of bench_gpu.py: every path ran and reported (figures meaningless on a CPU).
     ms = d["results"]["fp32"]["step_ms"]
-    assert set(ms) == {"central", "central_ds", "split_ref", "split_ds", "split_pack", "split_pack_8bit",
-                       "two_process", "two_process_8bit"} and all(positive(v) for v in ms.values())
+    assert set(ms) == {
+        "central",
+        "central_ds",
+        "split_ref",
+        "split_ds",
+        "split_pack",
+        "split_pack_8bit",
+        "two_process",
+        "two_process_8bit",
+    } and all(positive(v) for v in ms.values())
     assert all(positive(v) for v in d["results"]["fp32"]["ratios"].values())
     assert all(positive(v) for v in d["exchange"].values())
 
@@ -102,8 +110,7 @@ def check_soak_restarts(d: dict[str, Any]) -> None:
 
 
 def check_leakage(d: dict[str, Any]) -> None:
-    assert [(r["defence"], r["strength"]) for r in d["rows"]] == [("none", "-"), ("marvell", "scale 1"),
-                                                                  ("marvell", "scale 4")]
+    assert [(r["defence"], r["strength"]) for r in d["rows"]] == [("none", "-"), ("marvell", "scale 1"), ("marvell", "scale 4")]
     for r in d["rows"]:
         assert 0 <= r["test_auc"] <= 1 and 0.5 <= r["norm_auc"] <= 1 and 0.5 <= r["direction_auc"] <= 1
         assert positive(r["step_ms"]) and positive(r["step_ratio"])
@@ -139,24 +146,41 @@ CASES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("bench_psi.py", ["--sizes", "1000"], check_psi),
     ("bench_secagg.py", ["--quick", "--clients", "3", "--repeat", "1"], check_secagg),
     ("bench_step.py", ["--steps", "2"], check_step),
-    ("bench_leakage.py", ["--quick", "--rows", "1000", "--epochs", "1", "--batch-size", "450", "--only", "marvell",
-                          "--plot", str(Path(tempfile.gettempdir()) / "splitlink-bench-leakage-smoke.png")], check_leakage),
+    (
+        "bench_leakage.py",
+        [
+            "--quick",
+            "--rows",
+            "1000",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "450",
+            "--only",
+            "marvell",
+            "--plot",
+            str(Path(tempfile.gettempdir()) / "splitlink-bench-leakage-smoke.png"),
+        ],
+        check_leakage,
+    ),
     ("bench_gpu.py", ["--device", "cpu", "--quick", "--steps", "1", "--warmup", "1", "--dtypes", "fp32"], check_gpu_smoke),
     ("bench_horizontal.py", ["--quick", "--repeat", "1"], check_horizontal),
     ("bench_nparty.py", ["--quick"], check_nparty),
     # ~4.4 kB per step each way: the first fault of each direction lands within 45 kB, the run carries ~130 kB
     ("soak.py", ["--steps", "30", "--fault-every-bytes", "30000"], check_soak),
     # a restarted party must be back within --peer-timeout: process start takes long on a busy machine
-    ("soak_restarts.py", ["--steps", "60", "--ckpt-every", "20", "--kill-at-steps", "30", "--log-every", "5",
-                          "--peer-timeout", "120"], check_soak_restarts),
+    (
+        "soak_restarts.py",
+        ["--steps", "60", "--ckpt-every", "20", "--kill-at-steps", "30", "--log-every", "5", "--peer-timeout", "120"],
+        check_soak_restarts,
+    ),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, check", CASES, ids=[c[0] for c in CASES])
 def test_benchmark_runs_and_reports(script: str, args: list[str], check: Callable[[dict[str, Any]], None]) -> None:
-    proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--json"], capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--json"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     check(json.loads(proc.stdout))
 
@@ -170,15 +194,35 @@ def test_bench_wan_runs_and_reports() -> None:
     why = netns_support()
     if why:
         pytest.skip(f"bench_wan needs network namespaces: {why}")
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_wan.py"), "--profiles", "lan", "--models", "pangu-tiny",
-                           "--steps", "4", "--micro-batches", "2", "--json"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_wan.py"),
+            "--profiles",
+            "lan",
+            "--models",
+            "pangu-tiny",
+            "--steps",
+            "4",
+            "--micro-batches",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, f"bench_wan.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     d = json.loads(proc.stdout)
     assert d["links"]["lan"]["ok"] is True
     assert positive(d["one_process"]["pangu-tiny"]["step_ms"])
     measured = [r for r in d["rows"] if "status" not in r]
-    assert {(r["profile"], r["variant"]) for r in measured} == {("lan", "fp32"), ("lan", "codecs"), (
-        "lan", "pipelined m=2"), ("lan", "pipelined m=2 + codecs")}
+    assert {(r["profile"], r["variant"]) for r in measured} == {
+        ("lan", "fp32"),
+        ("lan", "codecs"),
+        ("lan", "pipelined m=2"),
+        ("lan", "pipelined m=2 + codecs"),
+    }
     for r in measured:
         assert r["steps"] == 4
         assert all(positive(r[k]) for k in ("step_ms", "samples_s", "vs_one_process", "vs_lan_split", "loss"))

@@ -31,17 +31,34 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "python" / "splitlink"
 # (at module level) only modules of its own layer or below.
 LAYERS: dict[str, int] = {
     # 0: foundations, import nothing of splitlink but each other and the native core
-    "_core": 0, "errors": 0, "buffers": 0, "util": 0, "protos": 0,
+    "_core": 0,
+    "errors": 0,
+    "buffers": 0,
+    "util": 0,
+    "protos": 0,
     # 1: frames, codecs, sealing, certificates
-    "wire": 1, "codec": 1, "codec_torch": 1, "secure": 1, "certs": 1,
+    "wire": 1,
+    "codec": 1,
+    "codec_torch": 1,
+    "secure": 1,
+    "certs": 1,
     # 2: transport and private set intersection
-    "channel": 2, "psi": 2,
+    "channel": 2,
+    "psi": 2,
     # 3: the training library
-    "config": 3, "optim": 3, "privacy": 3, "model": 3,
+    "config": 3,
+    "optim": 3,
+    "privacy": 3,
+    "model": 3,
     # 4: the party runtime; horizontal FL; the leakage attacks (they read what a party receives through the library)
-    "checkpoint": 4, "runtime": 4, "horizontal": 4, "attacks": 4,
+    "checkpoint": 4,
+    "runtime": 4,
+    "horizontal": 4,
+    "attacks": 4,
     # 5: applications: the command line and the scenarios
-    "cli": 5, "__main__": 5, "examples": 5,
+    "cli": 5,
+    "__main__": 5,
+    "examples": 5,
     # 6: the package itself (``splitlink/__init__.py``): a facade that nothing inside imports
     "": 6,
 }
@@ -239,19 +256,20 @@ def check(root: Path, allowed: dict[tuple[str, str], str] | None = None) -> list
             problems.append(f"{e}: the library imports a scenario module; reach scenarios through the registry")
             continue
         for package, facade in FACADES.items():
-            if (e.importer.startswith(package + ".") and e.importer != facade
-                    and e.imported in (package, facade)):
-                problems.append(f"{e}: a collaborator of {facade} imports the facade; it may import only the "
-                                f"package's other modules")
+            if e.importer.startswith(package + ".") and e.importer != facade and e.imported in (package, facade):
+                problems.append(
+                    f"{e}: a collaborator of {facade} imports the facade; it may import only the package's other modules"
+                )
         if e.lazy:
             continue
         lo, hi = _layer(e.importer), _layer(e.imported)
         if lo is not None and hi is not None and hi > lo:
-            problems.append(f"{e}: upward import (layer {lo} imports layer {hi}); move the import into the "
-                            "function that needs it, or the code to a lower layer")
+            problems.append(
+                f"{e}: upward import (layer {lo} imports layer {hi}); move the import into the "
+                "function that needs it, or the code to a lower layer"
+            )
     for key in sorted(set(allowed) - used_allowances):
-        problems.append(f"allow-list entry {key[0]} -> {key[1]} ({allowed[key]}) matches no import any more: "
-                        "remove it")
+        problems.append(f"allow-list entry {key[0]} -> {key[1]} ({allowed[key]}) matches no import any more: remove it")
     for cycle in _cycles([e for e in edges if not e.lazy]):
         chain = "\n    ".join(str(e) for e in cycle)
         problems.append(f"import cycle among module-level imports:\n    {chain}")
@@ -275,6 +293,7 @@ def test_graph_sees_the_package() -> None:
 
 # --- the checker on small made-up packages: it must find what it is meant to find ---
 
+
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "splitlink"
     for name, text in files.items():
@@ -290,29 +309,36 @@ def test_check_finds_an_upward_import(tmp_path: Path) -> None:
     root = _package(tmp_path, {"wire.py": "import os\n\nfrom splitlink.model import FLModel\n", "model.py": ""})
     problems = check(root, allowed={})
     assert len(problems) == 1
-    assert "splitlink/wire.py:3: splitlink.wire -> splitlink.model (import): upward import (layer 1 imports layer 3)" \
-        in problems[0]
+    assert (
+        "splitlink/wire.py:3: splitlink.wire -> splitlink.model (import): upward import (layer 1 imports layer 3)" in problems[0]
+    )
 
 
 def test_check_allows_lazy_and_type_checking_upward_imports(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "wire.py": """\
+    root = _package(
+        tmp_path,
+        {
+            "wire.py": """\
             from typing import TYPE_CHECKING
             if TYPE_CHECKING:
                 from splitlink.model import FLModel
             def f():
                 from splitlink import model
             """,
-        "model.py": "from splitlink import wire\n",
-    })
+            "model.py": "from splitlink import wire\n",
+        },
+    )
     assert check(root, allowed={}) == []
 
 
 def test_check_finds_a_cycle_and_names_each_edge(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "wire.py": "from splitlink import secure\n",
-        "secure.py": "x = 1\nfrom . import wire\n",
-    })
+    root = _package(
+        tmp_path,
+        {
+            "wire.py": "from splitlink import secure\n",
+            "secure.py": "x = 1\nfrom . import wire\n",
+        },
+    )
     problems = check(root, allowed={})
     assert len(problems) == 1 and problems[0].startswith("import cycle")
     assert "splitlink/secure.py:2: splitlink.secure -> splitlink.wire" in problems[0]
@@ -320,27 +346,33 @@ def test_check_finds_a_cycle_and_names_each_edge(tmp_path: Path) -> None:
 
 
 def test_check_finds_a_collaborator_importing_its_facade(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "model/flmodel.py": "from splitlink.model import graph\n",
-        "model/graph.py": "def f():\n    from splitlink.model.flmodel import FLModel\n",
-        "model/engine.py": "import splitlink.model\n",
-    })
+    root = _package(
+        tmp_path,
+        {
+            "model/flmodel.py": "from splitlink.model import graph\n",
+            "model/graph.py": "def f():\n    from splitlink.model.flmodel import FLModel\n",
+            "model/engine.py": "import splitlink.model\n",
+        },
+    )
     problems = check(root, allowed={})
     assert len(problems) == 2, problems
-    assert any("splitlink/model/graph.py:2: splitlink.model.graph -> splitlink.model.flmodel (lazy import)" in p
-               for p in problems)
+    assert any(
+        "splitlink/model/graph.py:2: splitlink.model.graph -> splitlink.model.flmodel (lazy import)" in p for p in problems
+    )
     assert any("splitlink/model/engine.py:1: splitlink.model.engine -> splitlink.model (import)" in p for p in problems)
 
 
 def test_check_finds_scenario_imports_even_lazy_ones(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "runtime/party.py": "def f():\n    import splitlink.examples.pangu\n",
-        "examples/pangu.py": "from splitlink.runtime import party\n",
-    })
+    root = _package(
+        tmp_path,
+        {
+            "runtime/party.py": "def f():\n    import splitlink.examples.pangu\n",
+            "examples/pangu.py": "from splitlink.runtime import party\n",
+        },
+    )
     problems = check(root, allowed={})
     assert len(problems) == 1
-    assert "splitlink/runtime/party.py:2: splitlink.runtime.party -> splitlink.examples.pangu (lazy import)" \
-        in problems[0]
+    assert "splitlink/runtime/party.py:2: splitlink.runtime.party -> splitlink.examples.pangu (lazy import)" in problems[0]
     allowed = {("splitlink.runtime.party", "splitlink.examples.pangu"): "test"}
     assert check(root, allowed=allowed) == []
 
@@ -354,6 +386,7 @@ def test_check_finds_stale_allowances_and_unknown_modules(tmp_path: Path) -> Non
 
 
 # --- what importing a module loads, in a fresh interpreter ---
+
 
 def _imported_splitlink_path(env: dict[str, str]) -> str:
     """PYTHONPATH for a child that imports the same splitlink this process did (installed, or a
@@ -376,14 +409,17 @@ def _loaded_after(statement: str, candidates: list[str]) -> list[str]:
 HEAVY = ["grpc", "pydantic", "cryptography", "yaml", "deepspeed", "splitlink.channel", "splitlink.model"]
 
 
-@pytest.mark.parametrize(("statement", "must_not_load"), [
-    # torch.distributed is not listed: ``import torch`` itself loads it, and frames need torch.
-    ("import splitlink.wire", HEAVY),
-    ("import splitlink.secure", HEAVY),
-    ("import splitlink", HEAVY + ["torch", "splitlink.wire"]),
-    ("import splitlink.errors", HEAVY + ["torch"]),
-    ("import splitlink.config", ["torch", "splitlink.optim", "grpc", "cryptography"]),
-])
+@pytest.mark.parametrize(
+    ("statement", "must_not_load"),
+    [
+        # torch.distributed is not listed: ``import torch`` itself loads it, and frames need torch.
+        ("import splitlink.wire", HEAVY),
+        ("import splitlink.secure", HEAVY),
+        ("import splitlink", HEAVY + ["torch", "splitlink.wire"]),
+        ("import splitlink.errors", HEAVY + ["torch"]),
+        ("import splitlink.config", ["torch", "splitlink.optim", "grpc", "cryptography"]),
+    ],
+)
 def test_import_loads_only_what_it_needs(statement: str, must_not_load: list[str]) -> None:
     assert _loaded_after(statement, must_not_load) == []
 

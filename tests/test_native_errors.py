@@ -87,8 +87,15 @@ def test_every_native_error_is_a_python_exception_in_a_fresh_process(order: str,
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("OK 19 "), last
-    assert set(last.split()[2:]) == {"CodecError", "CryptoError", "MemoryError", "RuntimeError",
-                                      "SplitlinkError", "ValueError", "WireError"}, last
+    assert set(last.split()[2:]) == {
+        "CodecError",
+        "CryptoError",
+        "MemoryError",
+        "RuntimeError",
+        "SplitlinkError",
+        "ValueError",
+        "WireError",
+    }, last
 
 
 def test_the_hook_names_what_it_accepts() -> None:
@@ -114,17 +121,22 @@ def test_module_exports_only_its_init_and_owns_its_cpp_runtime() -> None:
         pytest.skip("sanitizer builds link the shared C++ runtime on purpose (their runtimes intercept it)")
     assert info["static_cxx_runtime"], (
         f"{_core.__file__} was built with the shared C++ runtime ({info}); install the compiler's static "
-        "libstdc++ (Debian: libstdc++-<version>-dev) and rebuild")
+        "libstdc++ (Debian: libstdc++-<version>-dev) and rebuild"
+    )
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("binutils' nm is not installed (apt-get install binutils)")
-    dynsym = subprocess.run([nm, "-D", "--defined-only", _core.__file__], capture_output=True, text=True,
-                            check=True).stdout
+    dynsym = subprocess.run([nm, "-D", "--defined-only", _core.__file__], capture_output=True, text=True, check=True).stdout
     assert [line.split()[-1] for line in dynsym.splitlines() if line.strip()] == ["PyInit__core"], dynsym
-    undefined = subprocess.run([nm, "-D", "--undefined-only", _core.__file__], capture_output=True, text=True,
-                               check=True).stdout
-    for sym in ("__cxa_throw", "__cxa_begin_catch", "_Unwind_RaiseException", "_Unwind_Resume",
-                "__gxx_personality_v0", "_ZTISt9exception"):
+    undefined = subprocess.run([nm, "-D", "--undefined-only", _core.__file__], capture_output=True, text=True, check=True).stdout
+    for sym in (
+        "__cxa_throw",
+        "__cxa_begin_catch",
+        "_Unwind_RaiseException",
+        "_Unwind_Resume",
+        "__gxx_personality_v0",
+        "_ZTISt9exception",
+    ):
         assert sym not in undefined, f"{sym} resolved outside the module:\n{undefined}"
     assert "GLIBCXX" not in undefined and "CXXABI" not in undefined, undefined
 
@@ -135,6 +147,7 @@ def test_native_errors_carry_file_and_line() -> None:
 
 
 if os.environ.get("SPLITLINK_EXPECT_CORE"):
+
     def test_core_is_the_build_under_test() -> None:
         # Set by tests/native/test_alt_builds.py, which runs this file against other builds.
         assert os.path.realpath(_core.__file__).startswith(os.path.realpath(os.environ["SPLITLINK_EXPECT_CORE"]))

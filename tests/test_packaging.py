@@ -17,7 +17,9 @@ def test_wheel_installs_and_round_trips(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
-        check=True, capture_output=True, timeout=900,
+        check=True,
+        capture_output=True,
+        timeout=900,
     )
     (wheel,) = dist.glob("splitlink-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -28,15 +30,17 @@ def test_wheel_installs_and_round_trips(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     code = (
         "import splitlink, torch; from splitlink import wire; "
-        "assert splitlink.__file__.startswith(%r), splitlink.__file__; "
+        f"assert splitlink.__file__.startswith({str(target)!r}), splitlink.__file__; "
         "f = wire.unpack(bytes(wire.pack({'x': torch.arange(5)}))); assert f.tensors['x'].tolist() == [0, 1, 2, 3, 4]; "
         "print(splitlink._core.openssl_version())"
-    ) % str(target)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)},
-                          capture_output=True, text=True, timeout=120)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "OpenSSL 3" in proc.stdout

@@ -26,8 +26,16 @@ def main() -> None:
     ap.add_argument("--no-secure", action="store_true", help="plain FedAvg instead of secure aggregation (SecAgg+)")
     ap.add_argument("--clip", type=float, default=1.0, help="secure aggregation's clip on each weighted update element")
     a = ap.parse_args()
-    job = prepare(a.workdir, clients=a.clients, mode=a.mode, non_iid=a.non_iid, epochs=a.epochs, seed=a.seed,
-                  secure=not a.no_secure, clip=a.clip)
+    job = prepare(
+        a.workdir,
+        clients=a.clients,
+        mode=a.mode,
+        non_iid=a.non_iid,
+        epochs=a.epochs,
+        seed=a.seed,
+        secure=not a.no_secure,
+        clip=a.clip,
+    )
     print(f"wrote {job}")
 
 

@@ -32,8 +32,17 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=1.0, help="secure aggregation's clip on each weighted update element")
     a = ap.parse_args()
     lr = a.lr or (3e-3 if a.mode == "full" else 1e-2)
-    job = prepare(a.workdir, clients=a.clients, mode=a.mode, non_iid=a.non_iid, epochs=a.epochs, seed=a.seed, lr=lr,
-                  secure=not a.no_secure, clip=a.clip)
+    job = prepare(
+        a.workdir,
+        clients=a.clients,
+        mode=a.mode,
+        non_iid=a.non_iid,
+        epochs=a.epochs,
+        seed=a.seed,
+        lr=lr,
+        secure=not a.no_secure,
+        clip=a.clip,
+    )
     t0 = time.perf_counter()
     out = run_processes(job)
     t_fed = time.perf_counter() - t0
@@ -42,11 +51,23 @@ def main() -> None:
     t_central = time.perf_counter() - t0
     fed = {n: s["eval"] for n, s in out.items() if s.get("role") == "client"}
     history = out.get("arbiter", {}).get("history", [])
-    print(json.dumps({"mode": a.mode, "non_iid": a.non_iid, "clients": a.clients, "epochs": a.epochs,
-                      "aggregator": "fedavg" if a.no_secure else "secure",
-                      "clipped_per_round": [r.get("clipped", 0) for r in history],
-                      "federated_eval": fed, "federated_seconds": round(t_fed, 1),
-                      "central_eval": central, "central_seconds": round(t_central, 1)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "mode": a.mode,
+                "non_iid": a.non_iid,
+                "clients": a.clients,
+                "epochs": a.epochs,
+                "aggregator": "fedavg" if a.no_secure else "secure",
+                "clipped_per_round": [r.get("clipped", 0) for r in history],
+                "federated_eval": fed,
+                "federated_seconds": round(t_fed, 1),
+                "central_eval": central,
+                "central_seconds": round(t_central, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import sys
 
 import torch
+
 from splitlink.horizontal.job import load_job, run_aggregator, run_client
 
 
@@ -30,15 +31,23 @@ def main() -> int:
     a = ap.parse_args()
     cfg = load_job(a.job)
     if a.federation_session_id is not None and a.federation_session_id != cfg.session_id:
-        raise SystemExit(f"--federation_session_id {a.federation_session_id!r} differs from the job's session_id "
-                         f"{cfg.session_id!r}; every party must use the same")
+        raise SystemExit(
+            f"--federation_session_id {a.federation_session_id!r} differs from the job's session_id "
+            f"{cfg.session_id!r}; every party must use the same"
+        )
     if a.role == cfg.aggregator.name:
         agg = run_aggregator(cfg)
         state, summary = agg.state, {"role": "arbiter", "history": agg.history}
     else:
         if a.data_path:
-            cfg = cfg.model_copy(update={"clients": [c.model_copy(update={"data": os.path.abspath(a.data_path)})
-                                                     if c.name == a.role else c for c in cfg.clients]})
+            cfg = cfg.model_copy(
+                update={
+                    "clients": [
+                        c.model_copy(update={"data": os.path.abspath(a.data_path)}) if c.name == a.role else c
+                        for c in cfg.clients
+                    ]
+                }
+            )
         party, result = run_client(cfg, a.role)
         state, summary = party.final, {"role": a.role, "eval": result}
     if a.save_path:

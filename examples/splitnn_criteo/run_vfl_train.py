@@ -43,12 +43,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-compress", action="store_true", help="send embeddings and gradients uncompressed")
     ap.add_argument("--label-dp", action="store_true", help="leader: randomized response on labels (YAML eps)")
     ap.add_argument("--embedding-dp", action="store_true", help="follower: sign randomized response on embeddings")
-    ap.add_argument("--micro-batches", type=int, default=1, metavar="M", help="pipeline each step over M micro-batches (1: none); give both parties the same value")
-    ap.add_argument("--auto-codec-ms", type=float, default=None, metavar="MS", help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit that keeps a step's exchange within MS milliseconds at the measured link rate")
+    ap.add_argument(
+        "--micro-batches",
+        type=int,
+        default=1,
+        metavar="M",
+        help="pipeline each step over M micro-batches (1: none); give both parties the same value",
+    )
+    ap.add_argument(
+        "--auto-codec-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit "
+        "that keeps a step's exchange within MS milliseconds at the measured link rate",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads for this process")
     ap.add_argument("--metrics", default=None, help="leader: append JSON lines of losses and AUC here")
-    ap.add_argument("--device", default="auto",
-                    help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
+    ap.add_argument(
+        "--device", default="auto", help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)"
+    )
     return ap.parse_args(argv)
 
 
@@ -56,14 +70,29 @@ def main(argv: list[str]) -> int:
     a = parse(argv)
     ssl = a.enable_ssl.lower() in ("true", "1", "yes")
     cfg: dict = {
-        "scenario": "criteo_wide_deep", "party": a.party, "address": a.local_address, "peer_address": a.peer_address,
-        "enable_ssl": ssl, "data": os.path.abspath(a.data), "threads": a.threads,
+        "scenario": "criteo_wide_deep",
+        "party": a.party,
+        "address": a.local_address,
+        "peer_address": a.peer_address,
+        "enable_ssl": ssl,
+        "data": os.path.abspath(a.data),
+        "threads": a.threads,
         "model": {"vocab_size": a.vocab_size, "emb_dim": a.emb_dim, "deep_layers": a.deep_layers},
-        "train": {"epochs": a.epochs, "batch_size": a.batch_size, "log_every": a.log_every, "ckpt_every": a.ckpt_every,
-                  "ckpt_dir": os.path.abspath(os.path.join(a.ckpt_dir, a.party)), "resume": a.resume,
-                  "compress": not a.no_compress, "label_dp": a.label_dp, "embedding_dp": a.embedding_dp,
-                  "metrics_path": a.metrics, "device": a.device, "pipeline": {"micro_batches": a.micro_batches},
-                  **({"auto_codec": {"budget_ms": a.auto_codec_ms}} if a.auto_codec_ms is not None else {})},
+        "train": {
+            "epochs": a.epochs,
+            "batch_size": a.batch_size,
+            "log_every": a.log_every,
+            "ckpt_every": a.ckpt_every,
+            "ckpt_dir": os.path.abspath(os.path.join(a.ckpt_dir, a.party)),
+            "resume": a.resume,
+            "compress": not a.no_compress,
+            "label_dp": a.label_dp,
+            "embedding_dp": a.embedding_dp,
+            "metrics_path": a.metrics,
+            "device": a.device,
+            "pipeline": {"micro_batches": a.micro_batches},
+            **({"auto_codec": {"budget_ms": a.auto_codec_ms}} if a.auto_codec_ms is not None else {}),
+        },
     }
     if ssl:
         try:

@@ -31,20 +31,50 @@ def main() -> None:
     ap.add_argument("--label-dp", action="store_true")
     ap.add_argument("--embedding-dp", action="store_true")
     ap.add_argument("--through-codecs", action="store_true")
-    ap.add_argument("--micro-batches", type=int, default=1, metavar="M", help="pipeline each step over M micro-batches (1: none); give both parties the same value")
-    ap.add_argument("--auto-codec-ms", type=float, default=None, metavar="MS", help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit that keeps a step's exchange within MS milliseconds at the measured link rate")
-    ap.add_argument("--device", default="auto", help="the leader's device: cpu, cuda, cuda:N or auto (default: cuda "
-                                                      "when available, else cpu)")
+    ap.add_argument(
+        "--micro-batches",
+        type=int,
+        default=1,
+        metavar="M",
+        help="pipeline each step over M micro-batches (1: none); give both parties the same value",
+    )
+    ap.add_argument(
+        "--auto-codec-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit "
+        "that keeps a step's exchange within MS milliseconds at the measured link rate",
+    )
+    ap.add_argument(
+        "--device", default="auto", help="the leader's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)"
+    )
     ap.add_argument("--follower-device", default=None, help="the follower's device (default: --device)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, filename="log_local.txt")
     logging.getLogger().addHandler(logging.StreamHandler())
     cfg = wd.WideDeepConfig(vocab_size=a.vocab_size, emb_dim=a.emb_dim, deep_layers=tuple(a.deep_layers))
-    train = wd.TrainConfig(epochs=a.epochs, batch_size=a.batch_size, log_every=a.log_every, ckpt_every=a.ckpt_every,
-                           ckpt_dir=a.ckpt_dir, resume=a.resume, label_dp=a.label_dp, embedding_dp=a.embedding_dp,
-                           device=a.device, micro_batches=a.micro_batches, auto_codec_budget_ms=a.auto_codec_ms)
-    wd.train_local(criteo.load_party(a.data, "leader"), criteo.load_party(a.data, "follower"), cfg, train,
-                   through_codecs=a.through_codecs, follower_device=a.follower_device)
+    train = wd.TrainConfig(
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        log_every=a.log_every,
+        ckpt_every=a.ckpt_every,
+        ckpt_dir=a.ckpt_dir,
+        resume=a.resume,
+        label_dp=a.label_dp,
+        embedding_dp=a.embedding_dp,
+        device=a.device,
+        micro_batches=a.micro_batches,
+        auto_codec_budget_ms=a.auto_codec_ms,
+    )
+    wd.train_local(
+        criteo.load_party(a.data, "leader"),
+        criteo.load_party(a.data, "follower"),
+        cfg,
+        train,
+        through_codecs=a.through_codecs,
+        follower_device=a.follower_device,
+    )
 
 
 if __name__ == "__main__":

@@ -42,15 +42,24 @@ def main() -> None:
     names = ["leader", *cn.follower_names(a.followers)]
     make_dev_certs(d / "certs", names)
     info = cn.prepare_data(d, a.rows, a.followers, vocab_size=a.vocab_size)
-    files = cn.write_run_files(d, a.followers, aggregate=a.aggregate, secure=a.secure,
-                               model={"vocab_size": a.vocab_size, "emb_dim": 16, "deep_layers": [128, 64]},
-                               train={"epochs": a.epochs, "batch_size": a.batch_size, "log_every": 20,
-                                      "ckpt_every": a.ckpt_every})
+    files = cn.write_run_files(
+        d,
+        a.followers,
+        aggregate=a.aggregate,
+        secure=a.secure,
+        model={"vocab_size": a.vocab_size, "emb_dim": 16, "deep_layers": [128, 64]},
+        train={"epochs": a.epochs, "batch_size": a.batch_size, "log_every": 20, "ckpt_every": a.ckpt_every},
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = {n: subprocess.Popen([sys.executable, "-m", "splitlink", "train", "leader" if n == "leader" else "follower",
-                                  "--config", str(files[n])], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=open(d / f"{n}.stderr", "wb"))
-             for n in names}
+    procs = {
+        n: subprocess.Popen(
+            [sys.executable, "-m", "splitlink", "train", "leader" if n == "leader" else "follower", "--config", str(files[n])],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(d / f"{n}.stderr", "wb"),
+        )
+        for n in names
+    }
     deadline = time.monotonic() + a.timeout
     while any(p.poll() is None for p in procs.values()):
         failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
@@ -61,9 +70,11 @@ def main() -> None:
         time.sleep(0.5)
     rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     aucs = [r["auc"] for r in rows if r["kind"] == "eval"]
-    print(f"{a.followers} followers, {'secure ' if a.secure else ''}{a.aggregate}: eval AUC per epoch "
-          f"{', '.join(f'{x:.4f}' for x in aucs)} (oracle {info['oracle_auc']:.4f}, leader only "
-          f"{info['leader_only_auc']:.4f})")
+    print(
+        f"{a.followers} followers, {'secure ' if a.secure else ''}{a.aggregate}: eval AUC per epoch "
+        f"{', '.join(f'{x:.4f}' for x in aucs)} (oracle {info['oracle_auc']:.4f}, leader only "
+        f"{info['leader_only_auc']:.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -58,21 +58,23 @@ def main() -> None:
     cfg = wd.WideDeepConfig(vocab_size=a.vocab_size, emb_dim=a.emb_dim, deep_layers=tuple(a.deep_layers))
 
     def opts(**kw: object) -> cn.NPartyConfig:
-        return cn.NPartyConfig(epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, progress=False, log_every=10**9,
-                               **kw)  # type: ignore[arg-type]
+        return cn.NPartyConfig(epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, progress=False, log_every=10**9, **kw)  # type: ignore[arg-type]
 
-    runs = [(a.aggregate, a.secure)] if not a.compare else [("concat", False), ("sum", False), ("mean", False),
-                                                          ("sum", True), ("mean", True)]
+    runs = (
+        [(a.aggregate, a.secure)]
+        if not a.compare
+        else [("concat", False), ("sum", False), ("mean", False), ("sum", True), ("mean", True)]
+    )
     aucs: dict[str, float] = {}
     if a.compare:
         aucs["unsplit"] = last_auc(cn.train_unsplit(leader, shares, cfg, opts(aggregate="sum")))
-        t2 = wd.TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, progress=False, log_every=10**9,
-                            compress=False)
+        t2 = wd.TrainConfig(
+            epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, progress=False, log_every=10**9, compress=False
+        )
         aucs["2-party"] = last_auc(wd.train_local(leader, follower, cfg, t2))
     for agg, sec in runs:
         name = f"{a.followers} followers, {'secure ' if sec else ''}{agg}"
-        aucs[name] = last_auc(cn.train_local(leader, shares, cfg, opts(aggregate=agg, secure=sec,
-                                                                        frac_bits=a.frac_bits)))
+        aucs[name] = last_auc(cn.train_local(leader, shares, cfg, opts(aggregate=agg, secure=sec, frac_bits=a.frac_bits)))
     for k, v in aucs.items():
         print(f"{k:>32}: eval AUC {v:.4f}")
     if a.json:

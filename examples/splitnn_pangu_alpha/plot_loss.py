@@ -32,8 +32,9 @@ def main() -> None:
     cfg = pangu.CONFIGS[a.config]
     data = pangu.TokenDataset(a.data, cfg.seq_length)
     cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, data.vocab_size))
-    train = pangu.TrainConfig(epochs=10**6, batch_size=a.batch_size, max_steps=a.steps, lr=a.lr, log_every=10**9,
-                              deepspeed=not a.no_deepspeed)
+    train = pangu.TrainConfig(
+        epochs=10**6, batch_size=a.batch_size, max_steps=a.steps, lr=a.lr, log_every=10**9, deepspeed=not a.no_deepspeed
+    )
     split = [r["loss"] for r in pangu.train_local(cfg, data, train)]
     unsplit = [r["loss"] for r in pangu.train_unsplit(cfg, data, train)]
     print(f"{'step':>6} {'split':>10} {'unsplit':>10} {'difference':>12}")

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """One party of the Pangu-alpha split, or both in one process, with the seed's launch arguments.
 
-    # party A (Embedding + Head, holds the text), the seed's leader arguments:
-    python run_pangu_train.py leader LOCAL PEER TRAIN_DATA EVAL_DATA [ENABLE_SSL SERVER_PW CLIENT_PW SERVER_CERT CLIENT_CERT CA_CERT] [options]
-    # party B (the Transformer backbone, under DeepSpeed), the seed's follower arguments:
-    python run_pangu_train.py follower LOCAL PEER [ENABLE_SSL SERVER_PW CLIENT_PW SERVER_CERT CLIENT_CERT CA_CERT] [options]
-    # both in one process:
-    python run_pangu_train.py local TRAIN_DATA [options]
+# party A (Embedding + Head, holds the text), the seed's leader arguments:
+python run_pangu_train.py leader LOCAL PEER TRAIN_DATA EVAL_DATA \
+    [ENABLE_SSL SERVER_PW CLIENT_PW SERVER_CERT CLIENT_CERT CA_CERT] [options]
+# party B (the Transformer backbone, under DeepSpeed), the seed's follower arguments:
+python run_pangu_train.py follower LOCAL PEER [ENABLE_SSL SERVER_PW CLIENT_PW SERVER_CERT CLIENT_CERT CA_CERT] [options]
+# both in one process:
+python run_pangu_train.py local TRAIN_DATA [options]
 """
 
 from __future__ import annotations
@@ -39,26 +40,62 @@ def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--metrics", default=None, help="party A: append JSON lines of losses here")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ranks", default=None, metavar="MODE:N",
-                    help="party B over N ranks started by torchrun: scatter:N (party A one process) or paired:N "
-                         "(party A over N ranks too); give both parties the same value")
-    ap.add_argument("--follower-addresses", default=None, metavar="H:P,H:P,...",
-                    help="every rank of party B, in rank order (default: party B's address, port + rank)")
+    ap.add_argument(
+        "--ranks",
+        default=None,
+        metavar="MODE:N",
+        help="party B over N ranks started by torchrun: scatter:N (party A one process) or paired:N "
+        "(party A over N ranks too); give both parties the same value",
+    )
+    ap.add_argument(
+        "--follower-addresses",
+        default=None,
+        metavar="H:P,H:P,...",
+        help="every rank of party B, in rank order (default: party B's address, port + rank)",
+    )
     ap.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="party B's ZeRO stage")
-    ap.add_argument("--micro-batches", type=int, default=1, metavar="M", help="pipeline each step over M micro-batches (1: none); give both parties the same value")
-    ap.add_argument("--auto-codec-ms", type=float, default=None, metavar="MS", help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit that keeps a step's exchange within MS milliseconds at the measured link rate")
-    ap.add_argument("--device", default="auto",
-                    help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu); "
-                         "local: party A's")
+    ap.add_argument(
+        "--micro-batches",
+        type=int,
+        default=1,
+        metavar="M",
+        help="pipeline each step over M micro-batches (1: none); give both parties the same value",
+    )
+    ap.add_argument(
+        "--auto-codec-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit "
+        "that keeps a step's exchange within MS milliseconds at the measured link rate",
+    )
+    ap.add_argument(
+        "--device",
+        default="auto",
+        help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu); local: party A's",
+    )
 
 
 def train_section(a: argparse.Namespace) -> dict:
-    return {"epochs": a.epochs, "batch_size": a.batch_size, "max_steps": a.max_steps, "lr": a.lr,
-            "log_every": a.log_every, "compress": a.compress, "embedding_dp": a.embedding_dp,
-            "deepspeed": not a.no_deepspeed, "ckpt_every": a.ckpt_every, "seed": a.seed,
-            "ckpt_dir": os.path.abspath(a.ckpt_dir), "resume": a.resume, "metrics_path": a.metrics,
-            "zero_stage": a.zero_stage, "device": a.device, "pipeline": {"micro_batches": a.micro_batches},
-            **({"auto_codec": {"budget_ms": a.auto_codec_ms}} if a.auto_codec_ms is not None else {})}
+    return {
+        "epochs": a.epochs,
+        "batch_size": a.batch_size,
+        "max_steps": a.max_steps,
+        "lr": a.lr,
+        "log_every": a.log_every,
+        "compress": a.compress,
+        "embedding_dp": a.embedding_dp,
+        "deepspeed": not a.no_deepspeed,
+        "ckpt_every": a.ckpt_every,
+        "seed": a.seed,
+        "ckpt_dir": os.path.abspath(a.ckpt_dir),
+        "resume": a.resume,
+        "metrics_path": a.metrics,
+        "zero_stage": a.zero_stage,
+        "device": a.device,
+        "pipeline": {"micro_batches": a.micro_batches},
+        **({"auto_codec": {"budget_ms": a.auto_codec_ms}} if a.auto_codec_ms is not None else {}),
+    }
 
 
 def ranks_section(a: argparse.Namespace) -> dict | None:
@@ -104,17 +141,27 @@ def main(argv: list[str]) -> int:
         cfg = pangu.CONFIGS[a.config]
         data = pangu.TokenDataset(a.train_data, cfg.seq_length)
         cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, data.vocab_size))
-        train = pangu.TrainConfig(**{k: v for k, v in train_section(a).items() if k not in ("pipeline", "auto_codec")},
-                                  micro_batches=a.micro_batches, auto_codec_budget_ms=a.auto_codec_ms)
+        train = pangu.TrainConfig(
+            **{k: v for k, v in train_section(a).items() if k not in ("pipeline", "auto_codec")},
+            micro_batches=a.micro_batches,
+            auto_codec_budget_ms=a.auto_codec_ms,
+        )
         hist = pangu.train_local(cfg, data, train, device_b=a.device_b)
         if a.metrics:
             with open(a.metrics, "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in hist)
         return 0
     ssl = a.enable_ssl.lower() in ("true", "1", "yes")
-    cfg_dict: dict = {"scenario": "pangu_alpha", "party": a.role, "address": a.local_address,
-                      "peer_address": a.peer_address, "enable_ssl": ssl, "threads": a.threads,
-                      "pangu": {"config": a.config}, "train": train_section(a)}
+    cfg_dict: dict = {
+        "scenario": "pangu_alpha",
+        "party": a.role,
+        "address": a.local_address,
+        "peer_address": a.peer_address,
+        "enable_ssl": ssl,
+        "threads": a.threads,
+        "pangu": {"config": a.config},
+        "train": train_section(a),
+    }
     try:
         if ranks_section(a) is not None:
             cfg_dict["ranks"] = ranks_section(a)

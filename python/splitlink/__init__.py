@@ -53,10 +53,25 @@ _ATTRS: dict[str, str] = {
     "CheckpointError": "splitlink.errors",
 }
 # submodules reachable as attributes of the package (``splitlink.wire`` after ``import splitlink``)
-_SUBMODULES = frozenset({
-    "_core", "buffers", "certs", "channel", "checkpoint", "codec", "config", "errors", "model", "optim",
-    "privacy", "psi", "secure", "util", "wire",
-})
+_SUBMODULES = frozenset(
+    {
+        "_core",
+        "buffers",
+        "certs",
+        "channel",
+        "checkpoint",
+        "codec",
+        "config",
+        "errors",
+        "model",
+        "optim",
+        "privacy",
+        "psi",
+        "secure",
+        "util",
+        "wire",
+    }
+)
 
 __all__ = [
     "FLYamlData",
@@ -70,7 +85,21 @@ __all__ = [
     "PeerUnavailableError",
     "PeerClosedError",
     "PeerRestartedError",
-    "wire", "codec", "secure", "errors", "optim", "privacy", "psi", "CompressConfig", "ErrorFeedback", "SplitlinkError", "WireError", "CodecError", "CryptoError", "__version__"]
+    "wire",
+    "codec",
+    "secure",
+    "errors",
+    "optim",
+    "privacy",
+    "psi",
+    "CompressConfig",
+    "ErrorFeedback",
+    "SplitlinkError",
+    "WireError",
+    "CodecError",
+    "CryptoError",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -87,4 +116,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_ATTRS) | _SUBMODULES)
-

@@ -9,7 +9,6 @@ Buffers: any object with the buffer protocol (bytes, bytearray, memoryview, nump
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, TypeAlias
 
-
 _Buffer: TypeAlias = Any  # an object with the buffer protocol
 _Pool: TypeAlias = Any  # a wire.BufferPool or None
 # One tensor for pack/packed_size/pack_chunks: (path, dtype code, shape, data, CodecSpec or None,
@@ -38,8 +37,17 @@ class codec:
     class CodecSpec:
         """How one tensor is encoded (read-only)."""
 
-        def __init__(self, type: int, *, bit_num: int = 0, block_size: int = 0, topk_count: int = 0,
-                     value_bits: int = 0, stochastic: bool = False, seed: int = 0) -> None: ...
+        def __init__(
+            self,
+            type: int,
+            *,
+            bit_num: int = 0,
+            block_size: int = 0,
+            topk_count: int = 0,
+            value_bits: int = 0,
+            stochastic: bool = False,
+            seed: int = 0,
+        ) -> None: ...
         @property
         def type(self) -> int: ...
         @property
@@ -65,11 +73,26 @@ class codec:
     @staticmethod
     def encoded_size(spec: CodecSpec | None, dtype: int, numel: int, name: str = "tensor") -> int: ...
     @staticmethod
-    def encode(spec: CodecSpec | None, dtype: int, src: _Buffer, out: _Buffer, name: str = "tensor",
-               residual: _Buffer | None = None, threads: int = 0) -> int: ...
+    def encode(
+        spec: CodecSpec | None,
+        dtype: int,
+        src: _Buffer,
+        out: _Buffer,
+        name: str = "tensor",
+        residual: _Buffer | None = None,
+        threads: int = 0,
+    ) -> int: ...
     @staticmethod
-    def decode(spec: CodecSpec | None, dtype: int, src: _Buffer, offset: int, length: int, out: _Buffer,
-               name: str = "tensor", threads: int = 0) -> None: ...
+    def decode(
+        spec: CodecSpec | None,
+        dtype: int,
+        src: _Buffer,
+        offset: int,
+        length: int,
+        out: _Buffer,
+        name: str = "tensor",
+        threads: int = 0,
+    ) -> None: ...
 
 class wire:
     """frame encoding and decoding"""
@@ -157,11 +180,21 @@ class wire:
     @staticmethod
     def packed_size(items: Sequence[_Item], sender: str, seq: int, step: int, kind: str) -> int: ...
     @staticmethod
-    def pack(items: Sequence[_Item], sender: str, seq: int, step: int, kind: str, pool: _Pool, out: _Buffer | None,
-             threads: int = 0, sealer: secure.Sealer | None = None) -> Any: ...
+    def pack(
+        items: Sequence[_Item],
+        sender: str,
+        seq: int,
+        step: int,
+        kind: str,
+        pool: _Pool,
+        out: _Buffer | None,
+        threads: int = 0,
+        sealer: secure.Sealer | None = None,
+    ) -> Any: ...
     @staticmethod
-    def pack_chunks(items: Sequence[_Item], sender: str, seq: int, step: int, kind: str, pool: _Pool,
-                    chunk_size: int, threads: int = 0) -> wire.FrameChunks: ...
+    def pack_chunks(
+        items: Sequence[_Item], sender: str, seq: int, step: int, kind: str, pool: _Pool, chunk_size: int, threads: int = 0
+    ) -> wire.FrameChunks: ...
     @staticmethod
     def decode_header(buffer: _Buffer) -> wire.FrameHeader: ...
 
@@ -213,17 +246,17 @@ class secure:
     @staticmethod
     def hkdf_sha256(ikm: _Buffer, salt: _Buffer, info: _Buffer, length: int) -> bytes: ...
     @staticmethod
-    def derive_session_keys(keypair: X25519KeyPair, peer_public: _Buffer, me: str, peer: str, session_id: _Buffer,
-                            cipher: int, /) -> tuple[Key, Key]: ...
+    def derive_session_keys(
+        keypair: X25519KeyPair, peer_public: _Buffer, me: str, peer: str, session_id: _Buffer, cipher: int, /
+    ) -> tuple[Key, Key]: ...
     @staticmethod
-    def derive_mask_key(keypair: X25519KeyPair, peer_public: _Buffer, me: str, peer: str, session_id: _Buffer,
-                        /) -> Key: ...
+    def derive_mask_key(keypair: X25519KeyPair, peer_public: _Buffer, me: str, peer: str, session_id: _Buffer, /) -> Key: ...
     @staticmethod
-    def mask_encode(x: _Buffer, frac_bits: int, streams: list[Any], stream_id: int, out: _Buffer, name: str,
-                    threads: int, /) -> None: ...
+    def mask_encode(
+        x: _Buffer, frac_bits: int, streams: list[Any], stream_id: int, out: _Buffer, name: str, threads: int, /
+    ) -> None: ...
     @staticmethod
-    def unmask_decode(y: _Buffer, frac_bits: int, streams: list[Any], stream_id: int, out: _Buffer, threads: int,
-                      /) -> None: ...
+    def unmask_decode(y: _Buffer, frac_bits: int, streams: list[Any], stream_id: int, out: _Buffer, threads: int, /) -> None: ...
     @staticmethod
     def sum_decode(ys: list[_Buffer], frac_bits: int, out: _Buffer, threads: int, /) -> None: ...
     SHAMIR_PRIME: ClassVar[int]  # 2^61 - 1
@@ -236,14 +269,15 @@ class secure:
     @staticmethod
     def shamir_share_bytes(secret_len: int) -> int: ...
     @staticmethod
-    def stochastic_quantise(x: _Buffer, clip: float, levels: float, key: _Buffer, out: _Buffer,
-                            threads: int = 0) -> int: ...
+    def stochastic_quantise(x: _Buffer, clip: float, levels: float, key: _Buffer, out: _Buffer, threads: int = 0) -> int: ...
     @staticmethod
-    def quantise_mask32(x: _Buffer, clip: float, levels: float, key: _Buffer, streams: list[Any], stream_id: int,
-                        out: _Buffer, threads: int = 0) -> int: ...
+    def quantise_mask32(
+        x: _Buffer, clip: float, levels: float, key: _Buffer, streams: list[Any], stream_id: int, out: _Buffer, threads: int = 0
+    ) -> int: ...
     @staticmethod
-    def ring32_add_masks(ys: list[_Buffer], streams: list[Any], stream_id: int, first: int, out: _Buffer,
-                         threads: int = 0) -> None: ...
+    def ring32_add_masks(
+        ys: list[_Buffer], streams: list[Any], stream_id: int, first: int, out: _Buffer, threads: int = 0
+    ) -> None: ...
     @staticmethod
     def openssl_aead_reference(cipher: int, nbytes: int, iterations: int, /) -> float: ...
     @staticmethod

@@ -12,8 +12,7 @@ from typing import Any
 
 from splitlink import _core
 
-__all__ = ["BufferPool", "FrameBuffer", "PinnedPool", "default_pool", "decode_pool", "pinned_pool",
-           "DECODE_POOL_MIN_BYTES"]
+__all__ = ["BufferPool", "FrameBuffer", "PinnedPool", "default_pool", "decode_pool", "pinned_pool", "DECODE_POOL_MIN_BYTES"]
 
 FrameBuffer = _core.wire.FrameBuffer
 BufferPool = _core.wire.BufferPool
@@ -113,8 +112,7 @@ class PinnedPool:
     def stats(self) -> dict[str, int]:
         with self._lock:
             busy = sum(1 for e in self._entries if not self._free(e))
-            return {"buffers": len(self._entries), "in_use": busy,
-                    "bytes": sum(int(e[0].numel()) for e in self._entries)}
+            return {"buffers": len(self._entries), "in_use": busy, "bytes": sum(int(e[0].numel()) for e in self._entries)}
 
     def clear(self) -> None:
         """Drops the free buffers (their memory goes back once no view uses it)."""

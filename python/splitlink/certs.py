@@ -37,18 +37,26 @@ class PartyFiles:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "splitlink dev"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "splitlink dev"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
-def _issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, party: str, usage: x509.ObjectIdentifier,
-           hosts: Sequence[str], days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    party: str,
+    usage: x509.ObjectIdentifier,
+    hosts: Sequence[str],
+    days: int,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     sans: list[x509.GeneralName] = [x509.DNSName(party)]
@@ -101,9 +109,20 @@ def make_dev_certs(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     (out / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -114,12 +133,23 @@ def make_dev_certs(
         paths = {}
         for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
             key, cert = _issue(ca_key, ca_cert, party, usage, hosts, days)
-            cert_path, key_path, p12_path = (out / f"{party}.{role}.crt", out / f"{party}.{role}.key", out / f"{party}.{role}.p12")
+            cert_path, key_path, p12_path = (
+                out / f"{party}.{role}.crt",
+                out / f"{party}.{role}.key",
+                out / f"{party}.{role}.p12",
+            )
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
             _write_key(key_path, key)
             p12_path.write_bytes(pkcs12.serialize_key_and_certificates(party.encode(), key, cert, [ca_cert], enc))
             p12_path.chmod(0o600)
             paths[role] = (cert_path, key_path, p12_path)
-        files[party] = PartyFiles(party, paths["server"][0], paths["server"][1], paths["client"][0], paths["client"][1],
-                                  paths["server"][2], paths["client"][2])
+        files[party] = PartyFiles(
+            party,
+            paths["server"][0],
+            paths["server"][1],
+            paths["client"][0],
+            paths["client"][1],
+            paths["server"][2],
+            paths["client"][2],
+        )
     return files

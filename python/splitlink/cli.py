@@ -18,8 +18,10 @@ def _certs(args: argparse.Namespace) -> int:
     files = make_dev_certs(args.out, args.parties, password=args.password, hosts=args.hosts, days=args.days)
     print(f"wrote a development CA and credentials for {', '.join(files)} under {args.out}/")
     for f in files.values():
-        print(f"  {f.name}: server {f.server_cert.name} / {f.server_key.name} ({f.server_p12.name}), "
-              f"client {f.client_cert.name} / {f.client_key.name} ({f.client_p12.name})")
+        print(
+            f"  {f.name}: server {f.server_cert.name} / {f.server_key.name} ({f.server_p12.name}), "
+            f"client {f.client_cert.name} / {f.client_key.name} ({f.client_p12.name})"
+        )
     print(f"  CA certificate: ca.crt (give it to every party); .p12 password: {args.password!r}")
     return 0
 
@@ -60,12 +62,27 @@ def _psi(args: argparse.Namespace) -> int:
         missing = [f"--{n.replace('_', '-')}" for n in ("server_cert", "client_cert", "ca_cert") if not getattr(args, n)]
         if missing:
             raise ValueError(f"mutual TLS needs {', '.join(missing)} (or --insecure on loopback addresses)")
-        ssl = SSLConfig(server_cert_path=args.server_cert, client_cert_path=args.client_cert, ca_cert_path=args.ca_cert,
-                        server_password=args.server_password, client_password=args.client_password)
-    with VerticalFederatedCommunicator(ServerConfig(args.role, args.address), ServerConfig(peer, args.peer_address),
-                                       enable_ssl=not args.insecure, ssl_config=ssl) as comm:
-        n = join_csv(args.input, args.key, args.output, comm, peer, role=args.role, buckets=args.buckets,
-                     state_dir=args.state_dir, threads=args.threads)
+        ssl = SSLConfig(
+            server_cert_path=args.server_cert,
+            client_cert_path=args.client_cert,
+            ca_cert_path=args.ca_cert,
+            server_password=args.server_password,
+            client_password=args.client_password,
+        )
+    with VerticalFederatedCommunicator(
+        ServerConfig(args.role, args.address), ServerConfig(peer, args.peer_address), enable_ssl=not args.insecure, ssl_config=ssl
+    ) as comm:
+        n = join_csv(
+            args.input,
+            args.key,
+            args.output,
+            comm,
+            peer,
+            role=args.role,
+            buckets=args.buckets,
+            state_dir=args.state_dir,
+            threads=args.threads,
+        )
     print(f"splitlink psi: {n} rows in the intersection written to {args.output}")
     return 0
 
@@ -95,8 +112,17 @@ def _audit(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="splitlink-audit-") as tmp:
         data = target.prepare(Path(args.workdir or tmp), args.rows, args.seed, args.tsv)
         show = None if args.json else (lambda text: print(text, flush=True))
-        rows = audit.run_audit(target, data, defences=defences, epochs=args.epochs, batch_size=args.batch_size,
-                               seeds=[args.seed], known=args.known, aux=args.aux, progress=show)
+        rows = audit.run_audit(
+            target,
+            data,
+            defences=defences,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seeds=[args.seed],
+            known=args.known,
+            aux=args.aux,
+            progress=show,
+        )
     if args.plot:
         audit.plot_tradeoff(rows, args.plot, title=f"{args.scenario}: test AUC vs label leakage")
     if args.json:
@@ -133,42 +159,59 @@ def _fl(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitlink", description="Split learning across organisations over mutual TLS.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    certs = sub.add_parser("certs", help="create development certificates for mutual TLS",
-                           description="Creates a development CA and, per party, server and client certificates "
-                                       "(PEM and password-protected PKCS#12) with the party name in the subject "
-                                       "alternative names.")
+    certs = sub.add_parser(
+        "certs",
+        help="create development certificates for mutual TLS",
+        description="Creates a development CA and, per party, server and client certificates "
+        "(PEM and password-protected PKCS#12) with the party name in the subject "
+        "alternative names.",
+    )
     certs.add_argument("--out", default="certs", help="output folder (default: certs)")
     certs.add_argument("--parties", nargs="+", default=["leader", "follower"], help="party names (default: leader follower)")
     certs.add_argument("--password", default="splitlink", help="password of the .p12 bundles (default: splitlink)")
-    certs.add_argument("--hosts", nargs="+", default=["localhost", "127.0.0.1", "::1"],
-                       help="host names and IP addresses servers are reached at (default: localhost 127.0.0.1 ::1)")
+    certs.add_argument(
+        "--hosts",
+        nargs="+",
+        default=["localhost", "127.0.0.1", "::1"],
+        help="host names and IP addresses servers are reached at (default: localhost 127.0.0.1 ::1)",
+    )
     certs.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
     certs.set_defaults(func=_certs)
 
-    demo = sub.add_parser("demo", help="run Wide&Deep split learning between two local processes over mTLS",
-                          description="Makes development certificates and synthetic Criteo data, trains Wide&Deep "
-                                      "split between a leader and a follower process over mutual TLS on 127.0.0.1, "
-                                      "prints loss and held-out AUC per epoch and writes a loss plot.")
-    demo.add_argument("--workdir", default="splitlink-demo", help="where certificates, data, logs and the plot go "
-                                                                 "(default: splitlink-demo)")
+    demo = sub.add_parser(
+        "demo",
+        help="run Wide&Deep split learning between two local processes over mTLS",
+        description="Makes development certificates and synthetic Criteo data, trains Wide&Deep "
+        "split between a leader and a follower process over mutual TLS on 127.0.0.1, "
+        "prints loss and held-out AUC per epoch and writes a loss plot.",
+    )
+    demo.add_argument(
+        "--workdir", default="splitlink-demo", help="where certificates, data, logs and the plot go (default: splitlink-demo)"
+    )
     demo.add_argument("--rows", type=int, default=60_000, help="synthetic samples (default: 60000)")
     demo.add_argument("--epochs", type=int, default=3, help="epochs (default: 3)")
     demo.add_argument("--batch-size", type=int, default=500, help="batch size (default: 500)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the synthetic data (default: 1)")
     demo.set_defaults(func=_demo)
 
-    train = sub.add_parser("train", help="run one party of a scenario from a run file",
-                           description="Runs one party (leader or follower) of a scenario as described by its "
-                                       "run file: scenario, addresses, TLS, data, model and training options. See "
-                                       "splitlink.runtime.run_config for the format; `splitlink demo` writes two.")
+    train = sub.add_parser(
+        "train",
+        help="run one party of a scenario from a run file",
+        description="Runs one party (leader or follower) of a scenario as described by its "
+        "run file: scenario, addresses, TLS, data, model and training options. See "
+        "splitlink.runtime.run_config for the format; `splitlink demo` writes two.",
+    )
     train.add_argument("party", choices=["leader", "follower"], help="which party this process is")
     train.add_argument("--config", required=True, help="the party's run file (YAML)")
     train.set_defaults(func=_train)
 
-    psi = sub.add_parser("psi", help="join a CSV with the peer's on a key column by private set intersection",
-                         description="Runs ECDH private set intersection with the peer over mutual TLS and writes the "
-                                     "rows whose key both parties hold, in the same order on both sides. Neither "
-                                     "party learns the other's keys outside the intersection.")
+    psi = sub.add_parser(
+        "psi",
+        help="join a CSV with the peer's on a key column by private set intersection",
+        description="Runs ECDH private set intersection with the peer over mutual TLS and writes the "
+        "rows whose key both parties hold, in the same order on both sides. Neither "
+        "party learns the other's keys outside the intersection.",
+    )
     psi.add_argument("--role", choices=["leader", "follower"], required=True, help="this party")
     psi.add_argument("--input", required=True, help="CSV file with a header row")
     psi.add_argument("--key", required=True, help="the column holding the sample id")
@@ -186,13 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     psi.add_argument("--threads", type=int, default=0, help="threads for the elliptic-curve work (default: all)")
     psi.set_defaults(func=_psi)
 
-    aud = sub.add_parser("audit", help="measure label and feature leakage across the cut, with each defence",
-                         description="Trains a scenario in one process with no defence and with each defence "
-                                     "(Marvell gradient noise, gradient normalisation/clipping, label DP, Gaussian "
-                                     "embedding DP) at a few strengths, runs the follower's label-inference attacks "
-                                     "on the gradients it receives (norm, direction) and the leader's attacks on the "
-                                     "follower's embeddings (model completion, feature inversion), and prints test "
-                                     "AUC, attack AUCs/accuracies and step time per row.")
+    aud = sub.add_parser(
+        "audit",
+        help="measure label and feature leakage across the cut, with each defence",
+        description="Trains a scenario in one process with no defence and with each defence "
+        "(Marvell gradient noise, gradient normalisation/clipping, label DP, Gaussian "
+        "embedding DP) at a few strengths, runs the follower's label-inference attacks "
+        "on the gradients it receives (norm, direction) and the leader's attacks on the "
+        "follower's embeddings (model completion, feature inversion), and prints test "
+        "AUC, attack AUCs/accuracies and step time per row.",
+    )
     aud.add_argument("--scenario", default=DEMO_SCENARIO, help=f"scenario to audit (default: {DEMO_SCENARIO})")
     aud.add_argument("--quick", action="store_true", help="two strengths per defence instead of three")
     aud.add_argument("--only", nargs="+", metavar="DEFENCE", help="only these defences (and the no-defence baseline)")
@@ -207,10 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--plot", help="write the trade-off plot (test AUC vs attack AUC) to this PNG")
     aud.add_argument("--json", action="store_true", help="print the rows as JSON")
     aud.set_defaults(func=_audit)
-    fl = sub.add_parser("fl", help="run the aggregator or a client of a horizontal FL job (FedAvg rounds)",
-                        description="Runs one party of a horizontal federated learning job file (see "
-                                    "splitlink.horizontal.job): the aggregator (FATE's arbiter) or a client "
-                                    "(FATE's guest/host), over gRPC with mutual TLS.")
+    fl = sub.add_parser(
+        "fl",
+        help="run the aggregator or a client of a horizontal FL job (FedAvg rounds)",
+        description="Runs one party of a horizontal federated learning job file (see "
+        "splitlink.horizontal.job): the aggregator (FATE's arbiter) or a client "
+        "(FATE's guest/host), over gRPC with mutual TLS.",
+    )
     fl.add_argument("role", choices=["aggregator", "client"], help="which role this process plays")
     fl.add_argument("--job", required=True, help="the federation's job file (YAML)")
     fl.add_argument("--name", help="the client's name in the job file (clients only)")

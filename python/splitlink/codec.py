@@ -75,8 +75,7 @@ class CompressConfig:
     >>> CompressConfig("topk", ratio=0.01, value_bit_num=8, error_feedback=True)
     """
 
-    __slots__ = ("compress_type", "bit_num", "block_size", "stochastic", "seed", "ratio", "k", "value_bit_num",
-                 "error_feedback")
+    __slots__ = ("compress_type", "bit_num", "block_size", "stochastic", "seed", "ratio", "k", "value_bit_num", "error_feedback")
 
     def __init__(self, compress_type: str = "no_compress", bit_num: int | None = None, **params: Any) -> None:
         if compress_type not in COMPRESS_TYPES:
@@ -91,7 +90,9 @@ class CompressConfig:
         elif compress_type == "no_compress":
             self.bit_num = 0  # MindSpore YAML files often carry bit_num on no_compress; it is ignored
         elif bit_num is not None:
-            raise ValueError(f"bit_num does not apply to {compress_type}" + (" (use value_bit_num)" if compress_type == "topk" else ""))
+            raise ValueError(
+                f"bit_num does not apply to {compress_type}" + (" (use value_bit_num)" if compress_type == "topk" else "")
+            )
         else:
             self.bit_num = 0
         self.block_size = _check_int("block_size", params.get("block_size", 0), 0)
@@ -137,8 +138,15 @@ class CompressConfig:
         if self.stochastic:
             digest = hashlib.blake2b(f"{self.seed}/{seq}/{name}".encode(), digest_size=8).digest()
             seed = int.from_bytes(digest, "little")
-        return _core.codec.CodecSpec(t, bit_num=self.bit_num, block_size=self.block_size, topk_count=k,
-                                     value_bits=self.value_bit_num, stochastic=self.stochastic, seed=seed)
+        return _core.codec.CodecSpec(
+            t,
+            bit_num=self.bit_num,
+            block_size=self.block_size,
+            topk_count=k,
+            value_bits=self.value_bit_num,
+            stochastic=self.stochastic,
+            seed=seed,
+        )
 
     def __repr__(self) -> str:
         fields = [repr(self.compress_type)]

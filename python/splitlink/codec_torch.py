@@ -59,8 +59,10 @@ def supports(spec: Any, dtype: torch.dtype) -> bool:
 
 def _check(spec: Any, dtype: torch.dtype, numel: int, name: str) -> None:
     if not supports(spec, dtype):
-        raise CodecError(f"tensor '{name}': codec {getattr(spec, 'name', spec)!r} on {dtype} is not implemented in "
-                         "torch ops; use the C++ codec (splitlink._core.codec)")
+        raise CodecError(
+            f"tensor '{name}': codec {getattr(spec, 'name', spec)!r} on {dtype} is not implemented in "
+            "torch ops; use the C++ codec (splitlink._core.codec)"
+        )
     # The C++ validation (bit widths, block sizes, k) with its messages.
     _core.codec.encoded_size(spec, _dtype_code(dtype), numel, name)
 
@@ -138,12 +140,16 @@ def _minmax_encode(x: torch.Tensor, bits: int, block_size: int, stochastic: bool
     bad_range, too_wide = bool((~finite).any()), bool((finite & (scale_d > _FLT_MAX)).any())
     if bad_range:
         first = int((~torch.isfinite(f)).nonzero()[0, 0])
-        raise CodecError(f"tensor '{name}' contains NaN or Inf (first at flat index {first}); min_max cannot encode "
-                         "non-finite values: fix them or send this tensor with no_compress, fp16 or bf16")
+        raise CodecError(
+            f"tensor '{name}' contains NaN or Inf (first at flat index {first}); min_max cannot encode "
+            "non-finite values: fix them or send this tensor with no_compress, fp16 or bf16"
+        )
     if too_wide:
         blk = int((scale_d > _FLT_MAX).nonzero()[0, 0])
-        raise CodecError(f"tensor '{name}': value range [{float(lo[blk])}, {float(hi[blk])}] is too wide for {bits}-bit "
-                         "min_max (scale overflows float32); use more bits or no_compress")
+        raise CodecError(
+            f"tensor '{name}': value range [{float(lo[blk])}, {float(hi[blk])}] is too wide for {bits}-bit "
+            "min_max (scale overflows float32); use more bits or no_compress"
+        )
     lo = lo + 0.0  # -0 -> +0, as the C++ does
     scale = scale_d.to(torch.float32)
     inv_d = torch.where(scale_d > 0, 1.0 / torch.where(scale_d > 0, scale_d, 1.0), 0.0)
@@ -173,9 +179,11 @@ def _minmax_decode(payload: torch.Tensor, n: int, bits: int, block_size: int, na
     ok = torch.isfinite(lo) & torch.isfinite(scale) & (scale >= 0)
     if not bool(ok.all()):
         blk = int((~ok).nonzero()[0, 0])
-        raise CodecError(f"tensor '{name}': min_max block {blk} has invalid parameters (min {float(lo[blk])}, scale "
-                         f"{float(scale[blk])}); the frame is corrupt")
-    codes = _unpack_codes(payload[nb * 8:], n, bits)
+        raise CodecError(
+            f"tensor '{name}': min_max block {blk} has invalid parameters (min {float(lo[blk])}, scale "
+            f"{float(scale[blk])}); the frame is corrupt"
+        )
+    codes = _unpack_codes(payload[nb * 8 :], n, bits)
     bs = n if nb == 1 else block_size
     if nb > 1:
         blk_of = torch.arange(n, device=dev) // bs
@@ -225,8 +233,9 @@ def _from_bits16(h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return h.to(torch.int32).to(torch.int16).view(dtype)
 
 
-def _topk_encode(x: torch.Tensor, k: int, value_bits: int, block_size: int, stochastic: bool, seed: int,
-                 name: str) -> torch.Tensor:
+def _topk_encode(
+    x: torch.Tensor, k: int, value_bits: int, block_size: int, stochastic: bool, seed: int, name: str
+) -> torch.Tensor:
     dev = x.device
     n = x.numel()
     if k == 0:
@@ -249,8 +258,9 @@ def _topk_encode(x: torch.Tensor, k: int, value_bits: int, block_size: int, stoc
     return torch.cat([idx_bytes, vals])
 
 
-def _topk_decode(payload: torch.Tensor, n: int, dtype: torch.dtype, k: int, value_bits: int, block_size: int,
-                 name: str) -> torch.Tensor:
+def _topk_decode(
+    payload: torch.Tensor, n: int, dtype: torch.dtype, k: int, value_bits: int, block_size: int, name: str
+) -> torch.Tensor:
     dev = payload.device
     out = torch.zeros(n, dtype=dtype, device=dev)
     if k == 0:
@@ -266,9 +276,11 @@ def _topk_decode(payload: torch.Tensor, n: int, dtype: torch.dtype, k: int, valu
     if not bool(ok.all()):
         j = int((~ok).nonzero()[0, 0])
         prev = int(idx[j - 1]) if j > 0 else 0
-        raise CodecError(f"tensor '{name}': topk index #{j} is {int(idx[j]) % _U64} (previous {prev}, numel {n}); "
-                         "indices must be increasing and in range: the frame is corrupt")
-    vals = payload[k * iw:]
+        raise CodecError(
+            f"tensor '{name}': topk index #{j} is {int(idx[j]) % _U64} (previous {prev}, numel {n}); "
+            "indices must be increasing and in range: the frame is corrupt"
+        )
+    vals = payload[k * iw :]
     if value_bits == 0:
         out[idx] = vals.clone().view(dtype)
     else:
@@ -287,13 +299,11 @@ def encode(spec: Any, x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     elif t in (_FP16, _BF16):
         out = _from_bits16(_to_half_bits(x, t == _BF16), torch.int16).view(torch.uint8).reshape(-1)
     else:
-        out = _topk_encode(x, spec.topk_count, spec.value_bits, spec.block_size, spec.stochastic,
-                           spec.seed, name)
+        out = _topk_encode(x, spec.topk_count, spec.value_bits, spec.block_size, spec.stochastic, spec.seed, name)
     return out
 
 
-def decode(spec: Any, payload: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...],
-           name: str = "tensor") -> torch.Tensor:
+def decode(spec: Any, payload: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], name: str = "tensor") -> torch.Tensor:
     """The tensor the C++ codec decodes from ``payload`` (uint8 tensor, any device; the result is on
     the same device). Raises ``CodecError`` for a payload of the wrong size or corrupt content."""
     n = math.prod(shape)

@@ -49,11 +49,18 @@ def resolve_optimizer(name: str) -> type[torch.optim.Optimizer]:
     cls = getattr(torch.optim, name, None)
     if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer:
         return cls
-    known = sorted(n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-                   and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer")
-    raise ValueError(f"unknown optimizer {name!r}; use a torch.optim class ({', '.join(known)}), "
-                     f"one registered with splitlink.optim.register_optimizer ({', '.join(sorted(_REGISTRY)) or 'none yet'}), "
-                     "or pass optimizers= to FLModel")
+    known = sorted(
+        n
+        for n in dir(torch.optim)
+        if isinstance(getattr(torch.optim, n), type)
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        and n != "Optimizer"
+    )
+    raise ValueError(
+        f"unknown optimizer {name!r}; use a torch.optim class ({', '.join(known)}), "
+        f"one registered with splitlink.optim.register_optimizer ({', '.join(sorted(_REGISTRY)) or 'none yet'}), "
+        "or pass optimizers= to FLModel"
+    )
 
 
 def optimizer_kwargs(cls: type[torch.optim.Optimizer], hyper: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
@@ -74,8 +81,11 @@ def optimizer_kwargs(cls: type[torch.optim.Optimizer], hyper: Mapping[str, Any])
             continue
         name = "lr" if key == "learning_rate" else key
         if name not in params or name in ("self", "params"):
-            raise HyperParameterError(key, f"{key!r} is not a parameter of {cls.__module__}.{cls.__name__}; "
-                                           f"allowed: {', '.join(allowed)}, loss_scale (and learning_rate for lr)")
+            raise HyperParameterError(
+                key,
+                f"{key!r} is not a parameter of {cls.__module__}.{cls.__name__}; "
+                f"allowed: {', '.join(allowed)}, loss_scale (and learning_rate for lr)",
+            )
         kwargs[name] = value
     if betas:
         default = params["betas"].default
@@ -87,14 +97,19 @@ def optimizer_kwargs(cls: type[torch.optim.Optimizer], hyper: Mapping[str, Any])
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def build_optimizer(cls: type[torch.optim.Optimizer], params: list[torch.nn.Parameter],
-                    kwargs: Mapping[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(
+    cls: type[torch.optim.Optimizer], params: list[torch.nn.Parameter], kwargs: Mapping[str, Any]
+) -> torch.optim.Optimizer:
     """``cls(params, **kwargs)``, fused by default where that computes the same update faster (module
     docstring); torch's default implementation where torch refuses ``fused=True``."""
     kwargs = dict(kwargs)
     wants_default = not ({"fused", "foreach", "differentiable"} & kwargs.keys())
-    if (wants_default and "fused" in inspect.signature(cls.__init__).parameters and params
-            and all(p.dtype in _FUSED_DTYPES and not p.is_sparse for p in params)):
+    if (
+        wants_default
+        and "fused" in inspect.signature(cls.__init__).parameters
+        and params
+        and all(p.dtype in _FUSED_DTYPES and not p.is_sparse for p in params)
+    ):
         try:
             return cls(params, fused=True, **kwargs)  # type: ignore[call-arg]  # cls is a subclass that takes it
         except (RuntimeError, ValueError, TypeError):  # this device or option has no fused kernel
@@ -114,8 +129,15 @@ class FTRL(torch.optim.Optimizer):
     The same update TensorFlow's and MindSpore's FTRL apply (``lr_power = -0.5`` by default).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, l1: float = 0.0, l2: float = 0.0,
-                 initial_accum: float = 0.1, lr_power: float = -0.5) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        initial_accum: float = 0.1,
+        lr_power: float = -0.5,
+    ) -> None:
         if lr <= 0:
             raise ValueError(f"FTRL lr must be > 0, got {lr}")
         if l1 < 0 or l2 < 0:

@@ -107,8 +107,9 @@ class LabelDP:
             vals = flat.cpu().numpy()
             if k == 2:
                 if not np.isin(vals, (0, 1)).all():
-                    raise ValueError("label DP: binary labels must be 0 or 1 "
-                                     "(for class indices set privacy.label_dp.num_classes)")
+                    raise ValueError(
+                        "label DP: binary labels must be 0 or 1 (for class indices set privacy.label_dp.num_classes)"
+                    )
             elif label.dtype.is_floating_point or label.dtype == torch.bool or vals.min() < 0 or vals.max() >= k:
                 raise ValueError(f"label DP: class-index labels must be integers in [0, {k}) (num_classes={k})")
             idx = vals.astype(np.int64)
@@ -143,7 +144,7 @@ class SignEmbeddingDP:
         self.generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        bits = (x.detach() > 0)
+        bits = x.detach() > 0
         flips = torch.rand(x.shape, generator=self.generator) < self.flip_probability
         released = (bits ^ flips.to(bits.device)).to(x.dtype)
         return _StraightThrough.apply(x, released) if x.requires_grad else released  # type: ignore[no-untyped-call]
@@ -158,9 +159,17 @@ class SignEmbeddingDP:
 class GaussianEmbeddingDP:
     """Per-sample L2 clipping plus Gaussian noise, with Opacus's RDP accountant (see the module docstring)."""
 
-    def __init__(self, *, clip_norm: float, delta: float, noise_multiplier: float | None = None,
-                 eps: float | None = None, releases: int = 1, num_samples: int | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clip_norm: float,
+        delta: float,
+        noise_multiplier: float | None = None,
+        eps: float | None = None,
+        releases: int = 1,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> None:
         if not clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
         if not 0 < delta < 1:
@@ -176,10 +185,18 @@ class GaussianEmbeddingDP:
         self.num_samples = num_samples
         if noise_multiplier is None:
             assert eps is not None
-            noise_multiplier = float(get_noise_multiplier(target_epsilon=eps, target_delta=delta, sample_rate=1.0,
-                                                          steps=self.releases_planned, accountant="rdp"))
-            log.info("embedding DP: noise multiplier %.4f for (eps=%g, delta=%g) over %d releases per sample",
-                     noise_multiplier, eps, delta, self.releases_planned)
+            noise_multiplier = float(
+                get_noise_multiplier(
+                    target_epsilon=eps, target_delta=delta, sample_rate=1.0, steps=self.releases_planned, accountant="rdp"
+                )
+            )
+            log.info(
+                "embedding DP: noise multiplier %.4f for (eps=%g, delta=%g) over %d releases per sample",
+                noise_multiplier,
+                eps,
+                delta,
+                self.releases_planned,
+            )
         self.noise_multiplier = float(noise_multiplier)
         self.accountant = RDPAccountant()
         self.samples_seen = 0
@@ -187,8 +204,10 @@ class GaussianEmbeddingDP:
         self.releases_accounted = 0
         self.generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
         if num_samples is None:
-            log.warning("embedding DP: dataset size unknown (privacy.embedding_dp.num_samples); the accountant "
-                        "counts every step as a release of every sample, a very loose upper bound")
+            log.warning(
+                "embedding DP: dataset size unknown (privacy.embedding_dp.num_samples); the accountant "
+                "counts every step as a release of every sample, a very loose upper bound"
+            )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
@@ -209,8 +228,12 @@ class GaussianEmbeddingDP:
             self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=1.0)
             self.releases_accounted += 1
             eps, delta = self.spent()
-            log.info("embedding DP: %d release(s) per sample so far, privacy spent eps=%.4f at delta=%g",
-                     self.releases_accounted, eps, delta)
+            log.info(
+                "embedding DP: %d release(s) per sample so far, privacy spent eps=%.4f at delta=%g",
+                self.releases_accounted,
+                eps,
+                delta,
+            )
 
     def spent(self) -> tuple[float, float]:
         """The (eps, delta) spent so far."""
@@ -219,8 +242,13 @@ class GaussianEmbeddingDP:
         return float(self.accountant.get_epsilon(self.delta)), self.delta
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "samples_seen": self.samples_seen, "steps": self.steps,
-                "releases_accounted": self.releases_accounted, "history": list(self.accountant.history)}
+        return {
+            "generator": self.generator.get_state(),
+            "samples_seen": self.samples_seen,
+            "steps": self.steps,
+            "releases_accounted": self.releases_accounted,
+            "history": list(self.accountant.history),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
@@ -240,8 +268,7 @@ def _flatten_rows(grads: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[t
     rows = grads[0].shape[0]
     for g in grads:
         if g.dim() == 0 or g.shape[0] != rows:
-            raise ValueError(f"gradients to defend must share the batch dimension; got shapes "
-                             f"{[tuple(t.shape) for t in grads]}")
+            raise ValueError(f"gradients to defend must share the batch dimension; got shapes {[tuple(t.shape) for t in grads]}")
     flat = torch.cat([g.detach().reshape(rows, -1).to(torch.float64) for g in grads], dim=1)
     return flat, [(g.shape, g.reshape(rows, -1).shape[1]) for g in grads]
 
@@ -249,7 +276,7 @@ def _flatten_rows(grads: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[t
 def _unflatten_rows(flat: torch.Tensor, layout: list[tuple[torch.Size, int]], like: list[torch.Tensor]) -> list[torch.Tensor]:
     out, at = [], 0
     for (shape, width), g in zip(layout, like):
-        out.append(flat[:, at:at + width].reshape(shape).to(device=g.device, dtype=g.dtype))
+        out.append(flat[:, at : at + width].reshape(shape).to(device=g.device, dtype=g.dtype))
         at += width
     return out
 
@@ -307,11 +334,11 @@ class MarvellSolution:
     mult: tuple[int, ...]
     dim: int
     positive_rate: float
-    power: float            # expected noise power per sample, p sum_j mult_j noise1_j + (1 - p) sum_j mult_j noise0_j
-    budget: float           # the power constraint P = scale * ||mean_pos - mean_neg||^2
-    sum_kl: float           # KL(P1||P0) + KL(P0||P1) of the noisy Gaussian models at the solution
-    auc_bound: float        # the bound on any attacker's AUC this sum-KL implies (see MarvellNoise)
-    linear_auc: float       # the AUC of the best linear score under the model (see MarvellNoise)
+    power: float  # expected noise power per sample, p sum_j mult_j noise1_j + (1 - p) sum_j mult_j noise0_j
+    budget: float  # the power constraint P = scale * ||mean_pos - mean_neg||^2
+    sum_kl: float  # KL(P1||P0) + KL(P0||P1) of the noisy Gaussian models at the solution
+    auc_bound: float  # the bound on any attacker's AUC this sum-KL implies (see MarvellNoise)
+    linear_auc: float  # the AUC of the best linear score under the model (see MarvellNoise)
 
     @property
     def lam1(self) -> float:
@@ -373,11 +400,13 @@ class MarvellNoise:
 
     def __init__(self, scale: float, *, seed: int | None = None, directions: int = 4) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"Marvell scale (power budget / ||mean gradient difference||^2) must be a finite "
-                             f"number > 0, got {scale!r}")
+            raise ValueError(
+                f"Marvell scale (power budget / ||mean gradient difference||^2) must be a finite number > 0, got {scale!r}"
+            )
         if isinstance(directions, bool) or not isinstance(directions, int) or directions < 0:
-            raise ValueError(f"Marvell directions (principal directions modelled per class) must be an integer "
-                             f">= 0, got {directions!r}")
+            raise ValueError(
+                f"Marvell directions (principal directions modelled per class) must be an integer >= 0, got {directions!r}"
+            )
         self.scale = float(scale)
         self.directions = directions
         self.generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
@@ -410,8 +439,10 @@ class MarvellNoise:
         mult_a = np.asarray(mult, dtype=np.float64)
         n = mult_a.size
         if not (len(var1) == len(var0) == n and n >= 1 and mult_a[0] == 1):
-            raise ValueError("Marvell solve: var1, var0 and mult need one entry per modelled direction, "
-                             "the first (the mean-difference axis) covering one dimension")
+            raise ValueError(
+                "Marvell solve: var1, var0 and mult need one entry per modelled direction, "
+                "the first (the mean-difference axis) covering one dimension"
+            )
         dim = int(mult_a.sum())
         budget = self.scale * delta_sq
         # Work in units of the budget; a floor on the data variances keeps the ratios finite (a class of
@@ -455,8 +486,9 @@ class MarvellNoise:
                 starts.append(match)
         best: np.ndarray | None = None
         for x0 in starts:
-            res = minimize(f, x0, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
-                           options={"ftol": 1e-12, "maxiter": 300})
+            res = minimize(
+                f, x0, jac=jac, method="SLSQP", bounds=bounds, constraints=cons, options={"ftol": 1e-12, "maxiter": 300}
+            )
             x = np.maximum(res.x, 0.0)
             if used(x) > 1.0:  # SLSQP may overshoot its constraint by its tolerance
                 x = x / used(x)
@@ -469,8 +501,9 @@ class MarvellNoise:
         kl = self.sum_kl(noise1, noise0, var1=data1, var0=data0, mult=mult_a, delta_sq=delta_sq)
         power = p * float(mult_a @ np.asarray(noise1)) + (1 - p) * float(mult_a @ np.asarray(noise0))
         lin = self.linear_auc_of(delta_sq, float(data1[0] + noise1[0]), float(data0[0] + noise0[0]))
-        return MarvellSolution(noise1, noise0, tuple(int(m) for m in mult_a), dim, p, power, budget, kl,
-                               self.auc_bound_of(kl), lin)
+        return MarvellSolution(
+            noise1, noise0, tuple(int(m) for m in mult_a), dim, p, power, budget, kl, self.auc_bound_of(kl), lin
+        )
 
     def _basis(self, dev: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
         """(r, dim) orthonormal rows: the top principal directions of the deviations ``dev`` orthogonal to ``axis``."""
@@ -510,9 +543,9 @@ class MarvellNoise:
                 axis[0] = 1.0
             dev = flat - torch.where(pos.unsqueeze(1), mu1, mu0)
             pcs = self._basis(dev, axis)
-            basis = torch.cat([axis.unsqueeze(0), pcs])             # (1 + r, dim), orthonormal
-            proj = dev @ basis.T                                     # per-sample coordinates
-            rest = dev.pow(2).sum(1) - proj.pow(2).sum(1)            # squared norm outside the basis
+            basis = torch.cat([axis.unsqueeze(0), pcs])  # (1 + r, dim), orthonormal
+            proj = dev @ basis.T  # per-sample coordinates
+            rest = dev.pow(2).sum(1) - proj.pow(2).sum(1)  # squared norm outside the basis
             m_rest = dim - basis.shape[0]
             var1 = proj[pos].pow(2).mean(0).tolist()
             var0 = proj[~pos].pow(2).mean(0).tolist()
@@ -528,7 +561,7 @@ class MarvellNoise:
             k = basis.shape[0]
             sd1 = torch.tensor(sol.noise1, dtype=torch.float64, device=flat.device).sqrt()
             sd0 = torch.tensor(sol.noise0, dtype=torch.float64, device=flat.device).sqrt()
-            sd = torch.where(pos.unsqueeze(1), sd1, sd0)              # (rows, entries)
+            sd = torch.where(pos.unsqueeze(1), sd1, sd0)  # (rows, entries)
             noise = (zc * sd[:, :k]) @ basis
             if m_rest > 0:
                 noise = noise + sd[:, k:] * z_rest
@@ -536,8 +569,10 @@ class MarvellNoise:
             noise = z * math.sqrt(self.last.power / dim)
         else:
             if not self._warned:
-                log.warning("Marvell noise: the first batch holds one class only; sent without noise "
-                            "(no class-mean difference to size the noise yet)")
+                log.warning(
+                    "Marvell noise: the first batch holds one class only; sent without noise "
+                    "(no class-mean difference to size the noise yet)"
+                )
                 self._warned = True
             noise = torch.zeros_like(flat)
         return _unflatten_rows(flat + noise, layout, grads)

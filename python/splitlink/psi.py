@@ -96,8 +96,7 @@ def _recv(comm: Any, peer: str, timeout: float | None) -> dict[str, Any]:
 def _points(t: Any, what: str, peer: str) -> np.ndarray:
     a = t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
     if a.dtype != np.uint8 or a.ndim != 2 or a.shape[1] not in range(8, POINT + 1):
-        raise ValueError(f"malformed PSI message from {peer!r}: {what} must be uint8 (n, 8..32), got "
-                         f"{a.dtype} {a.shape}")
+        raise ValueError(f"malformed PSI message from {peer!r}: {what} must be uint8 (n, 8..32), got {a.dtype} {a.shape}")
     return np.ascontiguousarray(a)
 
 
@@ -108,8 +107,9 @@ def _dedupe(ids: Sequence[Any]) -> tuple[list[Any], int]:
     return list(seen), len(ids) - len(seen)
 
 
-def _intersect_once(ids: list[Any], raw: list[bytes], comm: Any, peer: str, threads: int,
-                    timeout: float | None) -> list[tuple[bytes, Any]]:
+def _intersect_once(
+    ids: list[Any], raw: list[bytes], comm: Any, peer: str, threads: int, timeout: float | None
+) -> list[tuple[bytes, Any]]:
     """One PSI run over deduplicated ids (``raw``: their bytes); returns (full double-blinded value, id)
     for the intersection. Large arrays are dropped as soon as the protocol is done with them."""
     blinder = _core.psi.Blinder()
@@ -126,8 +126,7 @@ def _intersect_once(ids: list[Any], raw: list[bytes], comm: Any, peer: str, thre
     _send(comm, peer, {"double": torch.from_numpy(np.ascontiguousarray(double_theirs[:, :L]))})
     got = _points(_recv(comm, peer, timeout)["double"], "double", peer)
     if got.shape != (n, L):
-        raise ValueError(f"malformed PSI message from {peer!r}: expected {n} double-blinded values of {L} bytes, "
-                         f"got {got.shape}")
+        raise ValueError(f"malformed PSI message from {peer!r}: expected {n} double-blinded values of {L} bytes, got {got.shape}")
     # Candidates: my shuffled positions whose truncated value occurs among the peer's. (Fixed-width
     # byte strings compare exactly at equal length, so numpy's "S" views are exact here.)
     cand = np.flatnonzero(np.isin(got.view(f"S{L}").ravel(), np.ascontiguousarray(double_theirs[:, :L]).view(f"S{L}").ravel()))
@@ -151,8 +150,11 @@ def _intersect_once(ids: list[Any], raw: list[bytes], comm: Any, peer: str, thre
 
 def _bucket_key(comm: Any, peer: str, role: str, buckets: int, timeout: float | None) -> bytes:
     mine = secrets.token_bytes(32)
-    _send(comm, peer, {"hello": torch.tensor([buckets], dtype=torch.int64),
-                       "nonce": torch.frombuffer(bytearray(mine), dtype=torch.uint8)})
+    _send(
+        comm,
+        peer,
+        {"hello": torch.tensor([buckets], dtype=torch.int64), "nonce": torch.frombuffer(bytearray(mine), dtype=torch.uint8)},
+    )
     got = _recv(comm, peer, timeout)
     theirs_b = int(got["hello"][0])
     if theirs_b != buckets:
@@ -164,13 +166,20 @@ def _bucket_key(comm: Any, peer: str, role: str, buckets: int, timeout: float | 
 
 def bucket_of(key: bytes, ids: Iterable[bytes], buckets: int) -> np.ndarray:
     """Bucket index of each id: HMAC-SHA256(key, id) mod buckets."""
-    return np.fromiter((int.from_bytes(hmac.new(key, i, "sha256").digest()[:8], "little") % buckets for i in ids),
-                       dtype=np.int64)
+    return np.fromiter((int.from_bytes(hmac.new(key, i, "sha256").digest()[:8], "little") % buckets for i in ids), dtype=np.int64)
 
 
-def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, buckets: int = 1,
-              state_dir: str | os.PathLike[str] | None = None, threads: int = 0,
-              timeout: float | None = 600.0) -> list[Any]:
+def intersect(
+    ids: Sequence[Any],
+    communicator: Any,
+    peer: str,
+    *,
+    role: str,
+    buckets: int = 1,
+    state_dir: str | os.PathLike[str] | None = None,
+    threads: int = 0,
+    timeout: float | None = 600.0,
+) -> list[Any]:
     """The ids both parties hold, in the same order on both sides.
 
     ``ids``: str or bytes (str compare by their UTF-8 bytes); duplicates are ignored. ``role`` is
@@ -194,8 +203,11 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
         saved = json.loads(meta.read_text()) if meta.exists() else None
         # Resume only if both parties kept the same bucket key (and the same input size).
         fingerprint = hashlib.sha256(b"".join(sorted(as_bytes))).hexdigest()
-        claim = hashlib.sha256(bytes.fromhex(saved["key"])).digest() if saved and saved["buckets"] == buckets \
-            and saved["fingerprint"] == fingerprint else bytes(32)
+        claim = (
+            hashlib.sha256(bytes.fromhex(saved["key"])).digest()
+            if saved and saved["buckets"] == buckets and saved["fingerprint"] == fingerprint
+            else bytes(32)
+        )
         _send(communicator, peer, {"resume_claim": torch.frombuffer(bytearray(claim), dtype=torch.uint8)})
         theirs = bytes(_recv(communicator, peer, timeout)["resume_claim"].numpy().tobytes())
         if saved and claim == theirs and claim != bytes(32):
@@ -237,9 +249,17 @@ def intersect(ids: Sequence[Any], communicator: Any, peer: str, *, role: str, bu
     return result
 
 
-def intersect_parties(ids: Sequence[Any], communicator: Any, peers: Sequence[str] | str, *, role: str,
-                      buckets: int = 1, state_dir: str | os.PathLike[str] | None = None, threads: int = 0,
-                      timeout: float | None = 600.0) -> list[Any]:
+def intersect_parties(
+    ids: Sequence[Any],
+    communicator: Any,
+    peers: Sequence[str] | str,
+    *,
+    role: str,
+    buckets: int = 1,
+    state_dir: str | os.PathLike[str] | None = None,
+    threads: int = 0,
+    timeout: float | None = 600.0,
+) -> list[Any]:
     """The ids the leader and every follower hold, in the same order at every party.
 
     The leader passes ``peers`` = every follower's name (its order fixes the run order), a follower the
@@ -254,22 +274,28 @@ def intersect_parties(ids: Sequence[Any], communicator: Any, peers: Sequence[str
         if len(names) != 1:
             raise ValueError(f"a follower runs PSI with the leader only; got peers {names}")
         leader = names[0]
-        mine = intersect(ids, communicator, leader, role="follower", buckets=buckets, state_dir=state_dir,
-                         threads=threads, timeout=timeout)
+        mine = intersect(
+            ids, communicator, leader, role="follower", buckets=buckets, state_dir=state_dir, threads=threads, timeout=timeout
+        )
         pos = _recv(communicator, leader, timeout).get("final")
         pos = pos.numpy() if isinstance(pos, torch.Tensor) else np.asarray(pos)
-        if pos.dtype != np.int64 or pos.ndim != 1 or (len(pos) and (pos.min() < 0 or pos.max() >= len(mine))) \
-                or len(np.unique(pos)) != len(pos):
-            raise ValueError(f"malformed PSI message from {leader!r}: the final positions must be distinct int64 "
-                             f"indices into the {len(mine)} ids both hold")
+        if (
+            pos.dtype != np.int64
+            or pos.ndim != 1
+            or (len(pos) and (pos.min() < 0 or pos.max() >= len(mine)))
+            or len(np.unique(pos)) != len(pos)
+        ):
+            raise ValueError(
+                f"malformed PSI message from {leader!r}: the final positions must be distinct int64 "
+                f"indices into the {len(mine)} ids both hold"
+            )
         return [mine[int(i)] for i in pos]
     if role != "leader":
         raise ValueError(f"role must be 'leader' or 'follower', got {role!r}")
     per: dict[str, list[Any]] = {}
     for p in names:
         sub = Path(state_dir) / p if state_dir is not None else None
-        per[p] = intersect(ids, communicator, p, role="leader", buckets=buckets, state_dir=sub, threads=threads,
-                           timeout=timeout)
+        per[p] = intersect(ids, communicator, p, role="leader", buckets=buckets, state_dir=sub, threads=threads, timeout=timeout)
         log.info("PSI with %s: %d ids in common", p, len(per[p]))
     index = {p: {v: i for i, v in enumerate(found)} for p, found in per.items()}
     final = [v for v in per[names[0]] if all(v in index[p] for p in names[1:])]
@@ -284,22 +310,34 @@ def insecure_plaintext_intersect(ids: Sequence[Any], communicator: Any, peer: st
     unique, _ = _dedupe(ids)
     raw = _as_bytes(unique)
     blob = b"".join(len(r).to_bytes(4, "little") + r for r in raw)
-    _send(communicator, peer, {"plaintext": torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob
-                               else torch.zeros(0, dtype=torch.uint8)})
+    _send(
+        communicator,
+        peer,
+        {"plaintext": torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)},
+    )
     got = bytes(_recv(communicator, peer, None)["plaintext"].numpy().tobytes())
     theirs, at = set(), 0
     while at < len(got):
-        n = int.from_bytes(got[at:at + 4], "little")
-        theirs.add(got[at + 4:at + 4 + n])
+        n = int.from_bytes(got[at : at + 4], "little")
+        theirs.add(got[at + 4 : at + 4 + n])
         at += 4 + n
     both = [(r, v) for r, v in zip(raw, unique) if r in theirs]
     both.sort(key=lambda t: hashlib.sha256(t[0]).digest())
     return [v for _, v in both]
 
 
-def join_csv(input_path: str | os.PathLike[str], key: str, output_path: str | os.PathLike[str], communicator: Any,
-             peer: str, *, role: str, buckets: int = 1, state_dir: str | os.PathLike[str] | None = None,
-             threads: int = 0) -> int:
+def join_csv(
+    input_path: str | os.PathLike[str],
+    key: str,
+    output_path: str | os.PathLike[str],
+    communicator: Any,
+    peer: str,
+    *,
+    role: str,
+    buckets: int = 1,
+    state_dir: str | os.PathLike[str] | None = None,
+    threads: int = 0,
+) -> int:
     """Writes the rows of ``input_path`` whose ``key`` both parties hold, in the same order on both sides.
 
     Returns the number of rows written. Rows with a duplicate key keep the first. The output has the
@@ -320,8 +358,8 @@ def join_csv(input_path: str | os.PathLike[str], key: str, output_path: str | os
             if len(row) != len(header):
                 raise ValueError(f"{src}:{lineno}: {len(row)} fields, the header has {len(header)}")
             rows.setdefault(row[k], row)
-    order = intersect(list(rows), communicator, peer, role=role, buckets=buckets, state_dir=state_dir,
-                      threads=threads)
+    order = intersect(list(rows), communicator, peer, role=role, buckets=buckets, state_dir=state_dir, threads=threads)
+
     def write(fh: Any) -> None:
         w = csv.writer(fh)
         w.writerow(header)

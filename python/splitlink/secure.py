@@ -211,9 +211,7 @@ class PairwiseMasker:
     ``peers`` maps every other party's name to its X25519 public key (exchanged over mutual TLS).
     """
 
-    def __init__(
-        self, me: str, keypair: KeyPair, peers: Mapping[str, bytes], *, session_id: bytes, frac_bits: int = 16
-    ) -> None:
+    def __init__(self, me: str, keypair: KeyPair, peers: Mapping[str, bytes], *, session_id: bytes, frac_bits: int = 16) -> None:
         if not 0 <= frac_bits <= 40:
             raise ValueError(f"frac_bits must be 0..40, got {frac_bits}")
         if me in peers:
@@ -245,9 +243,7 @@ class PairwiseMasker:
         _core.secure.mask_encode(x.numpy(), self.frac_bits, self._streams, _stream(stream_id), out.numpy(), name, threads)
         return out
 
-    def unmask(
-        self, y: torch.Tensor, *, stream_id: int, out: torch.Tensor | None = None, threads: int = 0
-    ) -> torch.Tensor:
+    def unmask(self, y: torch.Tensor, *, stream_id: int, out: torch.Tensor | None = None, threads: int = 0) -> torch.Tensor:
         """Removes this party's own masks from ``y`` and decodes it (reads back its own input)."""
         y = _as_i64(y)
         out = _out(out, y.shape, torch.float32)
@@ -278,7 +274,9 @@ def _out(out: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype) -> tor
     if out is None:
         return torch.empty(shape, dtype=dtype)
     if out.dtype != dtype or out.shape != shape or out.device.type != "cpu" or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous CPU {dtype} tensor of shape {tuple(shape)}, got {out.dtype} {tuple(out.shape)}")
+        raise ValueError(
+            f"out must be a contiguous CPU {dtype} tensor of shape {tuple(shape)}, got {out.dtype} {tuple(out.shape)}"
+        )
     return out
 
 
@@ -298,5 +296,3 @@ def _as_i64(y: torch.Tensor) -> torch.Tensor:
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
         raise TypeError(f"masked tensors are int64 torch.Tensors, got {getattr(y, 'dtype', type(y).__name__)}")
     return y.detach().cpu().contiguous()
-
-

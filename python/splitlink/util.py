@@ -21,7 +21,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], object
     tmp = target.with_name(f".tmp-{target.name}.{os.getpid()}")
     try:
         fh: IO[Any]
-        with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")) as fh:
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -45,12 +45,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Union, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from splitlink import _core
+
 # The pools live in splitlink.buffers (below wire and secure); wire re-exports them.
 from splitlink.buffers import DECODE_POOL_MIN_BYTES as _DECODE_POOL_MIN_BYTES
 from splitlink.buffers import BufferPool, FrameBuffer, decode_pool, default_pool, pinned_pool
@@ -82,14 +83,13 @@ WIRE_VERSION: int = _core.wire.WIRE_VERSION
 FrameHeader = _core.wire.FrameHeader
 TensorDesc = _core.wire.TensorDesc
 
-TensorLike = Union[torch.Tensor, np.ndarray]
+TensorLike = torch.Tensor | np.ndarray
 TensorTree = Mapping[str, Any]  # values: TensorLike or a nested TensorTree
 
 # (wire code, torch dtype, numpy dtype or None), from the core's table of frame.proto's `enum DType`
 # (name -> code); the names are torch's and numpy's dtype names (numpy has no bfloat16).
 _DTYPES: tuple[tuple[int, torch.dtype, Any], ...] = tuple(
-    (code, getattr(torch, name), None if name == "bfloat16" else np.dtype(name))
-    for name, code in _core.wire.DTYPES.items()
+    (code, getattr(torch, name), None if name == "bfloat16" else np.dtype(name)) for name, code in _core.wire.DTYPES.items()
 )
 _CODE_BY_TORCH = {t: c for c, t, _ in _DTYPES}
 _TORCH_BY_CODE = {c: t for c, t, _ in _DTYPES}
@@ -126,9 +126,7 @@ def _host_buffer(path: tuple[str, ...], value: Any) -> tuple[int, tuple[int, ...
             raise ValueError(f"tensor '{_name(path)}' has layout {t.layout}; send dense tensors (call .to_dense())")
         code = _CODE_BY_TORCH.get(t.dtype)
         if code is None:
-            raise ValueError(
-                f"tensor '{_name(path)}' has dtype {t.dtype}; frames carry {', '.join(map(str, SUPPORTED_DTYPES))}"
-            )
+            raise ValueError(f"tensor '{_name(path)}' has dtype {t.dtype}; frames carry {', '.join(map(str, SUPPORTED_DTYPES))}")
         t = t.detach()
         if t.is_neg():
             t = t.resolve_neg()
@@ -265,8 +263,9 @@ def pack(
     return _core.wire.pack(items, sender, seq, step, kind, use_pool, None, threads)
 
 
-def _pack_inputs(tensors: TensorTree, compress: Mapping[str, CompressConfig] | None,
-                 error_feedback: ErrorFeedback | None, seq: int, pool: Any) -> tuple[list[Any], Any]:
+def _pack_inputs(
+    tensors: TensorTree, compress: Mapping[str, CompressConfig] | None, error_feedback: ErrorFeedback | None, seq: int, pool: Any
+) -> tuple[list[Any], Any]:
     """The native encoder's items and the pool to draw from (the module's unless given)."""
     if seq < 0:
         raise ValueError(f"seq must be >= 0, got {seq}")
@@ -295,8 +294,7 @@ def pack_chunks(
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     if _on_device(tensors):
-        return DeviceFrameChunks(_pack_device(tensors, compress, error_feedback, seq, sender, step, kind, None),
-                                 chunk_size)
+        return DeviceFrameChunks(_pack_device(tensors, compress, error_feedback, seq, sender, step, kind, None), chunk_size)
     items, use_pool = _pack_inputs(tensors, compress, error_feedback, seq, pool)
     return _core.wire.pack_chunks(items, sender, seq, step, kind, use_pool, chunk_size, threads)
 
@@ -387,8 +385,9 @@ def peek_header(buffer: Any) -> FrameHeader:
     return _core.wire.decode_header(_byte_view_of(buffer, "peek_header"))
 
 
-def unpack(buffer: Any, *, copy: bool = False, opener: Opener | None = None, pool: Any = _USE_DEFAULT,
-           device: Any = None) -> Frame:
+def unpack(
+    buffer: Any, *, copy: bool = False, opener: Opener | None = None, pool: Any = _USE_DEFAULT, device: Any = None
+) -> Frame:
     """Decodes a frame. Tensors view ``buffer`` (zero-copy) unless ``copy=True``.
 
     Compressed tensors are decoded into memory of their own, drawn from ``pool`` for tensors of
@@ -485,8 +484,9 @@ def _lfield(field: int, data: bytes) -> bytes:
 _ALIGN = 64  # every tensor slot and the payload start on 64-byte boundaries (the C++ FrameLayout)
 
 
-def frame_header(sender: str, seq: int, step: int, kind: str,
-                 tensors: list[tuple[tuple[str, ...], int, tuple[int, ...], int, Any]]) -> tuple[bytes, list[int], int]:
+def frame_header(
+    sender: str, seq: int, step: int, kind: str, tensors: list[tuple[tuple[str, ...], int, tuple[int, ...], int, Any]]
+) -> tuple[bytes, list[int], int]:
     """The bytes of a frame up to its payload, as the C++ encoder writes them, for tensors given as
     (path, dtype code, shape, encoded length, CodecSpec or None): returns (header bytes, each
     tensor's offset in the payload, payload length). Validation (names, shapes, codec parameters)
@@ -503,11 +503,21 @@ def frame_header(sender: str, seq: int, step: int, kind: str,
             m += _lfield(3, b"".join(_varint(d) for d in shape))
         m += _vfield(4, off) + _vfield(5, length)
         if spec is not None and spec.type != 0:
-            m += _lfield(6, b"".join(_vfield(i + 1, int(getattr(spec, f))) for i, f in enumerate(_CODEC_FIELDS)
-                                     if int(getattr(spec, f)) != 0))
+            m += _lfield(
+                6,
+                b"".join(
+                    _vfield(i + 1, int(getattr(spec, f))) for i, f in enumerate(_CODEC_FIELDS) if int(getattr(spec, f)) != 0
+                ),
+            )
         msgs.append(_lfield(6, m))
-    head = (_vfield(1, WIRE_VERSION) + _lfield(2, sender.encode()) + _vfield(3, seq) + _vfield(4, step % (1 << 64))
-            + _lfield(5, kind.encode()) + b"".join(msgs))
+    head = (
+        _vfield(1, WIRE_VERSION)
+        + _lfield(2, sender.encode())
+        + _vfield(3, seq)
+        + _vfield(4, step % (1 << 64))
+        + _lfield(5, kind.encode())
+        + b"".join(msgs)
+    )
     fixed = len(head) + 3 + len(_varint(cursor))
     pad = (_ALIGN - fixed % _ALIGN) % _ALIGN
     head += bytes([14 << 3 | 2, pad]) + bytes(pad) + _varint(15 << 3 | 2) + _varint(cursor)
@@ -520,9 +530,18 @@ class _DevicePlan:
     when compressed), "host" (``source``: a C-contiguous host buffer, raw) or "host_codec" (``source``:
     a host buffer the C++ codec encodes into the slot; ``residual`` for error feedback)."""
 
-    def __init__(self, tensors: TensorTree, compress: Mapping[str, CompressConfig] | None,
-                 error_feedback: ErrorFeedback | None, seq: int, sender: str, step: int, kind: str,
-                 plan_only: bool = False, all_tensors: bool = False) -> None:
+    def __init__(
+        self,
+        tensors: TensorTree,
+        compress: Mapping[str, CompressConfig] | None,
+        error_feedback: ErrorFeedback | None,
+        seq: int,
+        sender: str,
+        step: int,
+        kind: str,
+        plan_only: bool = False,
+        all_tensors: bool = False,
+    ) -> None:
         if seq < 0:
             raise ValueError(f"seq must be >= 0, got {seq}")
         from splitlink import codec_torch
@@ -540,7 +559,8 @@ class _DevicePlan:
                 if error_feedback is None:
                     raise ValueError(
                         f"compress config for '{name}' uses error_feedback: pass error_feedback=ErrorFeedback() "
-                        "(one store per peer, kept across calls)")
+                        "(one store per peer, kept across calls)"
+                    )
                 if not isinstance(value, torch.Tensor):
                     value = torch.from_numpy(value)
                 value, residual_t = error_feedback.prepare(name, value)  # host: the C++ codec keeps the residual
@@ -552,8 +572,7 @@ class _DevicePlan:
                     raise ValueError(f"tensor '{name}' has layout {t.layout}; send dense tensors (call .to_dense())")
                 code = _CODE_BY_TORCH.get(t.dtype)
                 if code is None:
-                    raise ValueError(f"tensor '{name}' has dtype {t.dtype}; frames carry "
-                                     f"{', '.join(map(str, SUPPORTED_DTYPES))}")
+                    raise ValueError(f"tensor '{name}' has dtype {t.dtype}; frames carry {', '.join(map(str, SUPPORTED_DTYPES))}")
                 if t.is_neg():
                     t = t.resolve_neg()
                 if t.is_conj():
@@ -585,21 +604,37 @@ class _DevicePlan:
         # The C++ encoder validates the tensors (names, shapes, codec parameters) and sizes the frame
         # from placeholders of the right size that it never reads; the header written here must agree.
         placeholder = memoryview(cast(Any, np.empty(largest, dtype=np.uint8)))
-        native = int(_core.wire.packed_size([(p, c, sh, placeholder[:nb], sp, None) for p, c, sh, nb, sp in proxies],
-                                            sender, seq, step, kind))
-        self.lengths = [int(_core.codec.encoded_size(sp, c, math.prod(sh), _name(p))) if sp is not None else nb
-                        for p, c, sh, nb, sp in proxies]
+        native = int(
+            _core.wire.packed_size(
+                [(p, c, sh, placeholder[:nb], sp, None) for p, c, sh, nb, sp in proxies], sender, seq, step, kind
+            )
+        )
+        self.lengths = [
+            int(_core.codec.encoded_size(sp, c, math.prod(sh), _name(p))) if sp is not None else nb
+            for p, c, sh, nb, sp in proxies
+        ]
         self.header, self.offsets, self.payload_length = frame_header(
-            sender, seq, step, kind, [(p, c, sh, ln, sp) for (p, c, sh, _, sp), ln in zip(proxies, self.lengths)])
+            sender, seq, step, kind, [(p, c, sh, ln, sp) for (p, c, sh, _, sp), ln in zip(proxies, self.lengths)]
+        )
         self.total = len(self.header) + self.payload_length
         if self.total != native:
-            raise RuntimeError(f"internal error: the device frame layout has {self.total} bytes, the C++ encoder "
-                               f"plans {native}; please report this")
+            raise RuntimeError(
+                f"internal error: the device frame layout has {self.total} bytes, the C++ encoder "
+                f"plans {native}; please report this"
+            )
 
 
-def _pack_device(tensors: TensorTree, compress: Mapping[str, CompressConfig] | None,
-                 error_feedback: ErrorFeedback | None, seq: int, sender: str, step: int, kind: str, out: Any,
-                 all_tensors: bool = False) -> Any:
+def _pack_device(
+    tensors: TensorTree,
+    compress: Mapping[str, CompressConfig] | None,
+    error_feedback: ErrorFeedback | None,
+    seq: int,
+    sender: str,
+    step: int,
+    kind: str,
+    out: Any,
+    all_tensors: bool = False,
+) -> Any:
     """A frame with device tensors: header, then each slot filled once (device-to-host straight into
     the frame buffer for device tensors). Returns a NumPy uint8 array over a pinned pooled buffer
     (buffer protocol), or a memoryview of ``out``'s written bytes."""
@@ -621,7 +656,7 @@ def _pack_device(tensors: TensorTree, compress: Mapping[str, CompressConfig] | N
     devices = set()
     pinned = _is_pinned(frame)
     try:
-        for (path, code, shape, src, spec, where, residual), off, length in zip(plan.entries, plan.offsets, plan.lengths):
+        for (path, code, _shape, src, spec, where, residual), off, length in zip(plan.entries, plan.offsets, plan.lengths):
             payload_np[cursor:off] = 0  # gaps: a reused buffer must not leak an older frame's bytes
             cursor = off + length
             if length == 0:

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+
 from splitlink.attacks import (
     attack_auc,
     direction_attack,

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.model import FLModel
-from torch import nn
 
 
 class Top(nn.Module):
@@ -19,8 +20,9 @@ class Top(nn.Module):
         self.deep = nn.Linear(4, 4)
         self.dense = nn.Linear(4, 1)
 
-    def forward(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor,
-                label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = lw + fw + self.dense(torch.relu(self.deep(ld + fd)))
         return z, nn.functional.binary_cross_entropy_with_logits(z, label)
 
@@ -29,10 +31,13 @@ def batches(n: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     out = []
     for i in range(n):
-        b = {"leader_wide_embedding": torch.randn(32, 1, generator=g), "leader_deep_embedding": torch.randn(32, 4, generator=g),
-             "follower_wide_embedding": torch.randn(32, 1, generator=g),
-             "follower_deep_embedding": torch.randn(32, 4, generator=g),
-             "label": (torch.rand(32, 1, generator=g) < 0.3).float()}
+        b = {
+            "leader_wide_embedding": torch.randn(32, 1, generator=g),
+            "leader_deep_embedding": torch.randn(32, 4, generator=g),
+            "follower_wide_embedding": torch.randn(32, 1, generator=g),
+            "follower_deep_embedding": torch.randn(32, 4, generator=g),
+            "label": (torch.rand(32, 1, generator=g) < 0.3).float(),
+        }
         if i == 2:
             b["label"] = torch.zeros(32, 1)  # one class: noise sized by the previous batch's solution (saved state)
         out.append(b)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from splitlink.attacks import direction_attack, norm_attack
 from splitlink.privacy import GradientNormDefence, MarvellNoise
 
@@ -49,8 +50,10 @@ def test_normalize_gives_every_nonzero_sample_the_norm_and_keeps_directions() ->
 def test_clip_bounds_the_norm_and_leaves_smaller_gradients_alone() -> None:
     grads, _ = bce_like()
     before = flat(grads).norm(dim=1)
-    for d, bound in ((GradientNormDefence("clip", norm=2.0), 2.0),
-                     (GradientNormDefence("clip", quantile=0.5), float(torch.quantile(before, 0.5)))):
+    for d, bound in (
+        (GradientNormDefence("clip", norm=2.0), 2.0),
+        (GradientNormDefence("clip", quantile=0.5), float(torch.quantile(before, 0.5))),
+    ):
         after = flat(d(grads)).norm(dim=1)
         assert d.last_target == pytest.approx(bound, rel=1e-12)
         assert torch.all(after <= bound * (1 + 1e-6))
@@ -89,7 +92,7 @@ def test_marvell_spends_its_power_budget_and_the_noise_has_that_power() -> None:
         assert sol.power == pytest.approx(sol.budget, rel=1e-4)
         assert min(sol.noise1 + sol.noise0) >= 0 and sum(sol.mult) == sol.dim
         noise = flat(out) - x
-        pos = (y == 1)
+        pos = y == 1
         # per class, E||noise||^2 = sum_j mult_j noise_k[j]; the mean of n squared norms of a Gaussian
         # vector has relative sd <= sqrt(2 / n) (sum of chi-squares), so 6 sd is a < 1e-8 false failure
         for k, mask in ((1, pos), (0, ~pos)):
@@ -220,7 +223,7 @@ def test_marvell_models_per_class_spread_in_principal_directions() -> None:
     rows, dim = 3000, 12
     y = (torch.rand(rows, generator=g) < 0.4).float()
     x = 0.05 * torch.randn(rows, dim, generator=g, dtype=torch.float64)
-    x[:, 0] += torch.where(y == 1, -1.0, 0.5).double()                   # the mean difference, along e0
+    x[:, 0] += torch.where(y == 1, -1.0, 0.5).double()  # the mean difference, along e0
     x[:, 3] += torch.randn(rows, generator=g, dtype=torch.float64) * torch.where(y == 1, 2.0, 0.2).double()
     grads = [x[:, :1], x[:, 1:]]
     spread = torch.cat([t.reshape(rows, -1) for t in grads], 1)[:, 3].abs()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from splitlink.attacks import CutTap
 from splitlink.attacks.audit import (
     Defence,
@@ -88,8 +89,9 @@ def test_embedding_dp_lowers_the_leaders_attacks(data: Any, clean: dict[str, Any
 
 def test_the_tap_changes_nothing(data: Any) -> None:
     leader, follower = data
-    cfg = wd.TrainConfig(epochs=1, batch_size=BATCH, seed=0, log_every=1, progress=False, compress=False,
-                         lr_scale=wd.AUDIT_LR_SCALE, max_steps=4)
+    cfg = wd.TrainConfig(
+        epochs=1, batch_size=BATCH, seed=0, log_every=1, progress=False, compress=False, lr_scale=wd.AUDIT_LR_SCALE, max_steps=4
+    )
     with_tap = wd.train_local(leader, follower, wd.AUDIT_MODEL, cfg, tap=CutTap())
     without = wd.train_local(leader, follower, wd.AUDIT_MODEL, cfg)
     losses = [[(r["kind"], r.get("wide_loss"), r.get("auc")) for r in h] for h in (with_tap, without)]
@@ -108,17 +110,45 @@ def test_table_and_plot(tmp_path: Path, clean: dict[str, Any]) -> None:
 
 def test_cli_audit_smoke(tmp_path: Path) -> None:
     png = tmp_path / "plot.png"
-    cmd = [sys.executable, "-m", "splitlink", "audit", "--quick", "--only", "grad_norm", "--rows", "1000", "--epochs",
-           "1", "--batch-size", "450", "--aux", "100", "--known", "20", "--json", "--plot", str(png)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "splitlink",
+        "audit",
+        "--quick",
+        "--only",
+        "grad_norm",
+        "--rows",
+        "1000",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "450",
+        "--aux",
+        "100",
+        "--known",
+        "20",
+        "--json",
+        "--plot",
+        str(png),
+    ]
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["rows"]
-    assert [(r["defence"], r["strength"]) for r in rows] == [("none", "-"), ("grad_norm", "normalize"),
-                                                              ("grad_norm", "clip q0.5")]
+    assert [(r["defence"], r["strength"]) for r in rows] == [
+        ("none", "-"),
+        ("grad_norm", "normalize"),
+        ("grad_norm", "clip q0.5"),
+    ]
     for r in rows:
         assert 0 <= r["test_auc"] <= 1 and 0.5 <= r["norm_auc"] <= 1 and r["step_ms"] > 0
     assert rows[0]["test_auc_cost"] == 0 and np.isfinite(rows[1]["test_auc_cost"])
     assert png.read_bytes()[:4] == b"\x89PNG"
-    bad = subprocess.run([sys.executable, "-m", "splitlink", "audit", "--only", "nonsense"], check=False, capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "splitlink", "audit", "--only", "nonsense"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown defence(s) nonsense" in bad.stderr

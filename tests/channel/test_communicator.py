@@ -37,11 +37,20 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def ssl_for(d: Path, party: str, p12: bool = False, ca: Path | None = None) -> SSLConfig:
     if p12:
-        return SSLConfig(server_password="pw", client_password="pw", server_cert_path=str(d / f"{party}.server.p12"),
-                         client_cert_path=str(d / f"{party}.client.p12"), ca_cert_path=str(ca or d / "ca.crt"))
-    return SSLConfig(server_cert_path=str(d / f"{party}.server.crt"), server_key_path=str(d / f"{party}.server.key"),
-                     client_cert_path=str(d / f"{party}.client.crt"), client_key_path=str(d / f"{party}.client.key"),
-                     ca_cert_path=str(ca or d / "ca.crt"))
+        return SSLConfig(
+            server_password="pw",
+            client_password="pw",
+            server_cert_path=str(d / f"{party}.server.p12"),
+            client_cert_path=str(d / f"{party}.client.p12"),
+            ca_cert_path=str(ca or d / "ca.crt"),
+        )
+    return SSLConfig(
+        server_cert_path=str(d / f"{party}.server.crt"),
+        server_key_path=str(d / f"{party}.server.key"),
+        client_cert_path=str(d / f"{party}.client.crt"),
+        client_key_path=str(d / f"{party}.client.key"),
+        ca_cert_path=str(ca or d / "ca.crt"),
+    )
 
 
 def configs() -> tuple[ServerConfig, ServerConfig]:
@@ -97,16 +106,18 @@ def test_plaintext_refused_off_loopback() -> None:
 
 def _tls_server(certs: Path):  # type: ignore[no-untyped-def]
     lc, fc = configs()
-    leader = VerticalFederatedCommunicator(lc, [fc, ServerConfig("mallory", f"127.0.0.1:{free_port()}")],
-                                           enable_ssl=True, ssl_config=ssl_for(certs, "leader")).launch()
+    leader = VerticalFederatedCommunicator(
+        lc, [fc, ServerConfig("mallory", f"127.0.0.1:{free_port()}")], enable_ssl=True, ssl_config=ssl_for(certs, "leader")
+    ).launch()
     return leader, lc, fc
 
 
 def test_client_claiming_another_partys_name_is_refused(certs: Path) -> None:
     leader, lc, fc = _tls_server(certs)
     # "follower" by name, but holding mallory's (valid, same-CA) certificate.
-    impostor = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, ssl_config=ssl_for(certs, "mallory"),
-                                             retry_deadline=2).launch()
+    impostor = VerticalFederatedCommunicator(
+        fc, lc, enable_ssl=True, ssl_config=ssl_for(certs, "mallory"), retry_deadline=2
+    ).launch()
     try:
         with pytest.raises(PeerUnavailableError, match="PERMISSION_DENIED.*do not include the claimed sender 'follower'"):
             impostor.send_tensors("leader", {"x": torch.ones(2)})
@@ -120,14 +131,18 @@ def test_client_claiming_another_partys_name_is_refused(certs: Path) -> None:
 def test_client_from_another_ca_and_without_certificate_are_refused(certs: Path, tmp_path: Path) -> None:
     make_dev_certs(tmp_path, ["follower"], password="pw")
     leader, lc, fc = _tls_server(certs)
-    foreign = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, retry_deadline=1,
-                                            ssl_config=ssl_for(tmp_path, "follower", ca=certs / "ca.crt")).launch()
+    foreign = VerticalFederatedCommunicator(
+        fc, lc, enable_ssl=True, retry_deadline=1, ssl_config=ssl_for(tmp_path, "follower", ca=certs / "ca.crt")
+    ).launch()
     try:
         with pytest.raises(PeerUnavailableError, match="unreachable"):
             foreign.send_tensors("leader", {"x": torch.ones(2)})
         # TLS without a client certificate, and plaintext to the TLS port: both fail the handshake.
-        no_cert = grpc.secure_channel(lc.server_address, grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes()),
-                                      options=[("grpc.ssl_target_name_override", "leader")])
+        no_cert = grpc.secure_channel(
+            lc.server_address,
+            grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes()),
+            options=[("grpc.ssl_target_name_override", "leader")],
+        )
         plain = grpc.insecure_channel(lc.server_address)
         for channel in (no_cert, plain):
             with pytest.raises(grpc.RpcError) as e:
@@ -154,6 +169,7 @@ def test_back_pressure_blocks_the_sender_and_drops_nothing() -> None:
     leader, follower = pair(max_queue_frames=2)
     sent: list[int] = []
     try:
+
         def produce() -> None:
             for i in range(6):
                 leader.send_tensors("follower", {"i": torch.tensor([i])})
@@ -229,6 +245,7 @@ def test_receiver_restart_mid_run_loses_and_duplicates_nothing() -> None:
                 pending.pop(0)
             except PeerRestartedError as e:
                 outcome.append(e)  # resend the same frame to the new process
+
     try:
         leader.send_tensors("follower", {"i": torch.tensor([0])})
         got.append(int(follower.receive("leader", timeout=5)["i"]))
@@ -296,9 +313,13 @@ def test_revoked_client_certificate_is_refused(certs: Path, tmp_path: Path) -> N
     revoked = x509.load_pem_x509_certificate((certs / "follower.client.crt").read_bytes())
     now = datetime.datetime.now(datetime.timezone.utc)
     crl = (
-        x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(now)
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now)
         .next_update(now + datetime.timedelta(days=1))
-        .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(revoked.serial_number).revocation_date(now).build())
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(revoked.serial_number).revocation_date(now).build()
+        )
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
     (tmp_path / "ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
@@ -306,7 +327,9 @@ def test_revoked_client_certificate_is_refused(certs: Path, tmp_path: Path) -> N
     base = ssl_for(certs, "leader")
     with_crl = SSLConfig(**{**base.__dict__, "crl_path": str(tmp_path / "ca.crl")})
     leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=True, ssl_config=with_crl).launch()
-    follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, ssl_config=ssl_for(certs, "follower"), retry_deadline=1).launch()
+    follower = VerticalFederatedCommunicator(
+        fc, lc, enable_ssl=True, ssl_config=ssl_for(certs, "follower"), retry_deadline=1
+    ).launch()
     try:
         with pytest.raises(PeerUnavailableError, match="revoked"):
             follower.send_tensors("leader", {"x": torch.ones(1)})
@@ -390,6 +413,7 @@ def test_blocked_receiver_is_woken_by_the_restart_announcement() -> None:
                 leader.receive("follower", timeout=60)
             except BaseException as e:  # noqa: BLE001
                 woke.append((time.monotonic() - t0, e))
+
         t = threading.Thread(target=wait)
         t.start()
         follower.shutdown(grace=0)
@@ -454,23 +478,32 @@ def test_expired_certificate_is_refused(certs: Path, tmp_path: Path, which: str)
     now = datetime.datetime.now(datetime.timezone.utc)
     party = "follower" if which == "client" else "leader"
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if which == "client" else ExtendedKeyUsageOID.SERVER_AUTH
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(party), x509.DNSName("localhost"),
-                                                        x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(party), x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # type: ignore[arg-type]
     d = tmp_path / "expired"
     d.mkdir()
     for f in certs.iterdir():
         if f.is_file():
             (d / f.name).write_bytes(f.read_bytes())
     (d / f"{party}.{which}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / f"{party}.{which}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                               serialization.PrivateFormat.PKCS8,
-                                                               serialization.NoEncryption()))
+    (d / f"{party}.{which}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     lc, fc = configs()
     leader = VerticalFederatedCommunicator(lc, fc, enable_ssl=True, ssl_config=ssl_for(d, "leader"), retry_deadline=1)
     follower = VerticalFederatedCommunicator(fc, lc, enable_ssl=True, ssl_config=ssl_for(d, "follower"), retry_deadline=1)

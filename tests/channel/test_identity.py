@@ -52,16 +52,21 @@ def unary(method: str, request: bytes, context: FakeContext, revoked: set[int] |
     seen: list[bytes] = []
     inner = grpc.unary_unary_rpc_method_handler(lambda req, ctx: seen.append(req) or b"answer")
     handler = CertificateIdentityInterceptor(protocol.claimed_party, revoked or set()).intercept_service(
-        lambda d: inner, Details(method))
+        lambda d: inner, Details(method)
+    )
     assert handler.unary_unary(request, context) == b"answer"
     return seen
 
 
-@pytest.mark.parametrize("method, request_bytes", [
-    (protocol.SEND_ONE, header("follower") + b"abc"),
-    (protocol.ANNOUNCE, protocol.Announcement("follower", 5).encode()),
-    (protocol.HELLO, protocol.Hello("follower", bytes(32)).encode()),
-], ids=["SendOne", "Announce", "Hello"])
+@pytest.mark.parametrize(
+    "method, request_bytes",
+    [
+        (protocol.SEND_ONE, header("follower") + b"abc"),
+        (protocol.ANNOUNCE, protocol.Announcement("follower", 5).encode()),
+        (protocol.HELLO, protocol.Hello("follower", bytes(32)).encode()),
+    ],
+    ids=["SendOne", "Announce", "Hello"],
+)
 def test_the_named_party_passes_and_an_impostor_is_refused(method: str, request_bytes: bytes) -> None:
     assert unary(method, request_bytes, FakeContext(follower_cert())) == [request_bytes]
     mallory = FakeContext({"x509_common_name": [b"mallory"], "x509_subject_alternative_name": [b"mallory"]})
@@ -103,7 +108,8 @@ def test_a_stream_reaches_the_handler_whole_after_the_check() -> None:
 
     inner = grpc.stream_unary_rpc_method_handler(handle)
     wrapped = CertificateIdentityInterceptor(protocol.claimed_party, set()).intercept_service(
-        lambda d: inner, Details(protocol.SEND))
+        lambda d: inner, Details(protocol.SEND)
+    )
     chunks = [header("follower"), b"a", b"bc"]
     assert wrapped.stream_unary(iter(chunks), FakeContext(follower_cert())) == b"ok"
     assert wrapped.stream_unary(iter([]), FakeContext(follower_cert())) == b"ok"  # empty: the handler decides
@@ -120,13 +126,15 @@ def test_methods_the_check_cannot_read_are_refused() -> None:
     reached = []
     interceptor = CertificateIdentityInterceptor(protocol.claimed_party, set())
     unary = interceptor.intercept_service(
-        lambda d: grpc.unary_unary_rpc_method_handler(lambda r, c: reached.append(r)), Details("/x.Y/Call"))
+        lambda d: grpc.unary_unary_rpc_method_handler(lambda r, c: reached.append(r)), Details("/x.Y/Call")
+    )
     with pytest.raises(Aborted):
         unary.unary_unary(header("follower"), FakeContext(follower_cert()))
-    for make, call in ((grpc.unary_stream_rpc_method_handler, "unary_stream"),
-                       (grpc.stream_stream_rpc_method_handler, "stream_stream")):
-        wrapped = interceptor.intercept_service(lambda d, make=make: make(lambda r, c: reached.append(r)),
-                                                Details(protocol.SEND))
+    for make, call in (
+        (grpc.unary_stream_rpc_method_handler, "unary_stream"),
+        (grpc.stream_stream_rpc_method_handler, "stream_stream"),
+    ):
+        wrapped = interceptor.intercept_service(lambda d, make=make: make(lambda r, c: reached.append(r)), Details(protocol.SEND))
         with pytest.raises(Aborted):
             getattr(wrapped, call)(header("follower"), FakeContext(follower_cert()))
     assert reached == []
@@ -143,23 +151,33 @@ def test_every_method_of_a_tls_server_is_guarded(tmp_path: Path) -> None:
     make_dev_certs(tmp_path, ["leader", "follower", "mallory"], password="pw")
 
     def ssl(party: str) -> SSLConfig:
-        return SSLConfig(server_cert_path=str(tmp_path / f"{party}.server.crt"),
-                         client_cert_path=str(tmp_path / f"{party}.client.crt"), ca_cert_path=str(tmp_path / "ca.crt"),
-                         server_key_path=str(tmp_path / f"{party}.server.key"),
-                         client_key_path=str(tmp_path / f"{party}.client.key"))
+        return SSLConfig(
+            server_cert_path=str(tmp_path / f"{party}.server.crt"),
+            client_cert_path=str(tmp_path / f"{party}.client.crt"),
+            ca_cert_path=str(tmp_path / "ca.crt"),
+            server_key_path=str(tmp_path / f"{party}.server.key"),
+            client_key_path=str(tmp_path / f"{party}.client.key"),
+        )
 
     lp, fp = free_ports(2)
-    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
-                                           ServerConfig("follower", f"127.0.0.1:{fp}"),
-                                           enable_ssl=True, ssl_config=ssl("leader"), seal=True).launch()
+    leader = VerticalFederatedCommunicator(
+        ServerConfig("leader", f"127.0.0.1:{lp}"),
+        ServerConfig("follower", f"127.0.0.1:{fp}"),
+        enable_ssl=True,
+        ssl_config=ssl("leader"),
+        seal=True,
+    ).launch()
     d = tmp_path
-    creds = grpc.ssl_channel_credentials((d / "ca.crt").read_bytes(), (d / "mallory.client.key").read_bytes(),
-                                         (d / "mallory.client.crt").read_bytes())
+    creds = grpc.ssl_channel_credentials(
+        (d / "ca.crt").read_bytes(), (d / "mallory.client.key").read_bytes(), (d / "mallory.client.crt").read_bytes()
+    )
     channel = grpc.secure_channel(f"127.0.0.1:{lp}", creds, options=[("grpc.ssl_target_name_override", "leader")])
     try:
-        for method, request in ((protocol.ANNOUNCE, protocol.Announcement("follower", 9).encode()),
-                                (protocol.HELLO, protocol.Hello("follower", bytes(32)).encode()),
-                                (protocol.SEND_ONE, header("follower") + b"abc")):
+        for method, request in (
+            (protocol.ANNOUNCE, protocol.Announcement("follower", 9).encode()),
+            (protocol.HELLO, protocol.Hello("follower", bytes(32)).encode()),
+            (protocol.SEND_ONE, header("follower") + b"abc"),
+        ):
             with pytest.raises(grpc.RpcError) as err:
                 channel.unary_unary(method)(request, timeout=10)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, (method, err.value)

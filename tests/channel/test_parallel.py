@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from splitlink import InProcessCommunicator, PeerUnavailableError, ServerConfig, SSLConfig, VerticalFederatedCommunicator
+from splitlink import InProcessCommunicator, PeerUnavailableError, ServerConfig, SSLConfig, VerticalFederatedCommunicator, wire
 from splitlink.certs import make_dev_certs
 from splitlink.channel import FrameNotSentError, Work
-from splitlink import wire
 from splitlink.util import free_ports
 
 CHUNK = 64 << 10  # small chunks and threshold: frames of a few hundred KiB already go in ranges
@@ -32,9 +31,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ssl_for(d: Path, party: str) -> SSLConfig:
-    return SSLConfig(server_cert_path=str(d / f"{party}.server.crt"), server_key_path=str(d / f"{party}.server.key"),
-                     client_cert_path=str(d / f"{party}.client.crt"), client_key_path=str(d / f"{party}.client.key"),
-                     ca_cert_path=str(d / "ca.crt"))
+    return SSLConfig(
+        server_cert_path=str(d / f"{party}.server.crt"),
+        server_key_path=str(d / f"{party}.server.key"),
+        client_cert_path=str(d / f"{party}.client.crt"),
+        client_key_path=str(d / f"{party}.client.key"),
+        ca_cert_path=str(d / "ca.crt"),
+    )
 
 
 class CountingCommunicator(VerticalFederatedCommunicator):
@@ -54,15 +57,24 @@ def pair(certs: Path | None = None, **kw):  # type: ignore[no-untyped-def]
     lc, fc = ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", f"127.0.0.1:{fp}")
     opts = {"chunk_size": CHUNK, "parallel_threshold": THRESHOLD, "streams": 3, **kw}
     leader = CountingCommunicator(lc, fc, enable_ssl=certs is not None, ssl_config=certs and ssl_for(certs, "leader"), **opts)
-    follower = CountingCommunicator(fc, lc, enable_ssl=certs is not None, ssl_config=certs and ssl_for(certs, "follower"),
-                                    **opts)
+    follower = CountingCommunicator(fc, lc, enable_ssl=certs is not None, ssl_config=certs and ssl_for(certs, "follower"), **opts)
     return leader.launch(), follower.launch()
 
 
 # bytes of tensor data around the threshold and the chunk size (frames add a header of ~60 bytes),
 # odd sizes, one byte
-SIZES = [1, 3, THRESHOLD - 200, THRESHOLD - 61, THRESHOLD, THRESHOLD + 1, THRESHOLD + CHUNK - 1, 3 * CHUNK + 7,
-         5 * CHUNK, 11 * CHUNK + 12345]
+SIZES = [
+    1,
+    3,
+    THRESHOLD - 200,
+    THRESHOLD - 61,
+    THRESHOLD,
+    THRESHOLD + 1,
+    THRESHOLD + CHUNK - 1,
+    3 * CHUNK + 7,
+    5 * CHUNK,
+    11 * CHUNK + 12345,
+]
 
 
 @pytest.mark.parametrize("mode", ["plaintext, one connection", "tls, a connection per stream", "sealed"])
@@ -109,8 +121,9 @@ def test_isend_is_ordered_and_irecv_posted_ahead_takes_frames_in_order() -> None
     try:
         posted = [follower.irecv("leader", timeout=30) for _ in range(6)]
         assert all(isinstance(w, Work) for w in posted)
-        works = [leader.isend("follower", {"x": torch.full((CHUNK if i % 2 else 3 * CHUNK,), float(i))}, step=i)
-                 for i in range(6)]
+        works = [
+            leader.isend("follower", {"x": torch.full((CHUNK if i % 2 else 3 * CHUNK,), float(i))}, step=i) for i in range(6)
+        ]
         for w in works:
             assert w.wait(30) is None and w.is_completed() and w.exception() is None
         assert [float(w.wait(30)["x"][0]) for w in posted] == [float(i) for i in range(6)]
@@ -144,8 +157,9 @@ def test_isend_blocks_beyond_max_inflight_until_the_peer_takes_frames() -> None:
     until the application receives."""
     lp, fp = free_ports(2)
     lc, fc = ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", f"127.0.0.1:{fp}")
-    leader = VerticalFederatedCommunicator(lc, fc, max_inflight=2, chunk_size=CHUNK, parallel_threshold=THRESHOLD,
-                                           streams=2).launch()
+    leader = VerticalFederatedCommunicator(
+        lc, fc, max_inflight=2, chunk_size=CHUNK, parallel_threshold=THRESHOLD, streams=2
+    ).launch()
     follower = VerticalFederatedCommunicator(fc, lc, max_queue_frames=1, chunk_size=CHUNK).launch()
     try:
         frames = [{"x": torch.full((3 * CHUNK,), float(i))} for i in range(4)]
@@ -172,9 +186,9 @@ def test_isend_blocks_beyond_max_inflight_until_the_peer_takes_frames() -> None:
 
 def test_isend_errors_surface_on_wait_and_on_the_next_send() -> None:
     lp, fp = free_ports(2)  # nobody listens at fp
-    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
-                                           ServerConfig("follower", f"127.0.0.1:{fp}"), retry_deadline=0.5,
-                                           max_inflight=4).launch()
+    leader = VerticalFederatedCommunicator(
+        ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", f"127.0.0.1:{fp}"), retry_deadline=0.5, max_inflight=4
+    ).launch()
     try:
         first = leader.isend("follower", {"x": torch.ones(3)})
         later = leader.isend("follower", {"x": torch.ones(3)})

@@ -20,8 +20,9 @@ NAME = st.text(min_size=1, max_size=40).filter(lambda s: len(s.encode()) < 1 << 
 
 
 @given(NAME, U64, U64, U64, st.integers(-(1 << 63), (1 << 63) - 1), U64, st.binary(max_size=20))
-def test_stream_header_round_trips_and_says_where_the_frame_starts(sender: str, inc: int, meant: int, seq: int,
-                                                                   step: int, total: int, tail: bytes) -> None:
+def test_stream_header_round_trips_and_says_where_the_frame_starts(
+    sender: str, inc: int, meant: int, seq: int, step: int, total: int, tail: bytes
+) -> None:
     encoded = StreamHeader(sender, inc, meant, seq, step, total).encode()
     decoded, end = StreamHeader.decode(encoded + tail)
     assert end == len(encoded)
@@ -34,8 +35,9 @@ def test_stream_header_layout() -> None:
 
 
 @given(NAME, U64, U64, U64, st.integers(-(1 << 63), (1 << 63) - 1), st.integers(1, 1 << 40), st.data())
-def test_range_header_round_trips(sender: str, inc: int, meant: int, seq: int, step: int, total: int,
-                                  data: st.DataObject) -> None:
+def test_range_header_round_trips(
+    sender: str, inc: int, meant: int, seq: int, step: int, total: int, data: st.DataObject
+) -> None:
     offset = data.draw(st.integers(0, total - 1))
     length = data.draw(st.integers(1, total - offset))
     encoded = RangeHeader(sender, inc, meant, seq, step, total, offset, length).encode()
@@ -43,8 +45,10 @@ def test_range_header_round_trips(sender: str, inc: int, meant: int, seq: int, s
 
 
 def test_range_header_layout_and_bounds() -> None:
-    assert RangeHeader("ab", 1, 2, 3, -1, 100, 40, 60).encode() == \
-        b"SLR1" + struct.pack("<QQQQQQQH", 1, 2, 3, (1 << 64) - 1, 100, 40, 60, 2) + b"ab"
+    assert (
+        RangeHeader("ab", 1, 2, 3, -1, 100, 40, 60).encode()
+        == b"SLR1" + struct.pack("<QQQQQQQH", 1, 2, 3, (1 << 64) - 1, 100, 40, 60, 2) + b"ab"
+    )
     for offset, length, total in ((0, 0, 10), (5, 6, 10), (10, 1, 10), ((1 << 64) - 1, 2, 10), (0, 11, 10)):
         with pytest.raises(ProtocolError, match="outside the|empty"):
             RangeHeader.decode(RangeHeader("ab", 1, 0, 1, 0, total, offset, length).encode())
@@ -71,13 +75,17 @@ def test_ack_round_trips(status: bytes) -> None:
     assert Ack.decode(Ack(status, 12345).encode()) == Ack(status, 12345)
 
 
-@pytest.mark.parametrize("decode, good", [
-    (lambda b: StreamHeader.decode(b), StreamHeader("leader", 1, 0, 1, 0, 9).encode()),
-    (Announcement.decode, Announcement("leader", 1).encode()),
-    (Hello.decode, Hello("leader", bytes(32)).encode()),
-    (Ack.decode, Ack(protocol.ACK_OK, 1).encode()),
-    (RangeHeader.decode, RangeHeader("leader", 1, 0, 1, 0, 9, 0, 9).encode()),
-], ids=["StreamHeader", "Announcement", "Hello", "Ack", "RangeHeader"])
+@pytest.mark.parametrize(
+    "decode, good",
+    [
+        (lambda b: StreamHeader.decode(b), StreamHeader("leader", 1, 0, 1, 0, 9).encode()),
+        (Announcement.decode, Announcement("leader", 1).encode()),
+        (Hello.decode, Hello("leader", bytes(32)).encode()),
+        (Ack.decode, Ack(protocol.ACK_OK, 1).encode()),
+        (RangeHeader.decode, RangeHeader("leader", 1, 0, 1, 0, 9, 0, 9).encode()),
+    ],
+    ids=["StreamHeader", "Announcement", "Hello", "Ack", "RangeHeader"],
+)
 def test_every_truncation_is_refused_with_a_reason(decode, good: bytes) -> None:  # type: ignore[no-untyped-def]
     decode(good)
     for cut in range(len(good)):
@@ -87,12 +95,16 @@ def test_every_truncation_is_refused_with_a_reason(decode, good: bytes) -> None:
 
 
 def test_exact_length_messages_refuse_extra_bytes_and_bad_magic() -> None:
-    for decode, good in ((Announcement.decode, Announcement("leader", 1).encode()),
-                         (Hello.decode, Hello("leader", bytes(32)).encode())):
+    for decode, good in (
+        (Announcement.decode, Announcement("leader", 1).encode()),
+        (Hello.decode, Hello("leader", bytes(32)).encode()),
+    ):
         with pytest.raises(ProtocolError):
             decode(good + b"x")
-    for decode, good in ((Announcement.decode, Announcement("leader", 1).encode()),
-                         (lambda b: StreamHeader.decode(b), StreamHeader("leader", 1, 0, 1, 0, 9).encode())):
+    for decode, good in (
+        (Announcement.decode, Announcement("leader", 1).encode()),
+        (lambda b: StreamHeader.decode(b), StreamHeader("leader", 1, 0, 1, 0, 9).encode()),
+    ):
         with pytest.raises(ProtocolError):
             decode(b"SLC1" + good[4:])  # the previous protocol version
     with pytest.raises(ProtocolError, match="not a splitlink acknowledgement"):
@@ -157,6 +169,10 @@ def test_proto_service_matches_the_methods_the_channel_serves(tmp_path: Path) ->
     service = module.DESCRIPTOR.services_by_name["Transport"]
     assert service.full_name == protocol.SERVICE
     methods = {f"/{service.full_name}/{m.name}": (m.client_streaming, m.server_streaming) for m in service.methods}
-    assert methods == {protocol.SEND: (True, False), protocol.SEND_ONE: (False, False),
-                       protocol.SEND_RANGE: (True, False), protocol.ANNOUNCE: (False, False),
-                       protocol.HELLO: (False, False)}
+    assert methods == {
+        protocol.SEND: (True, False),
+        protocol.SEND_ONE: (False, False),
+        protocol.SEND_RANGE: (True, False),
+        protocol.ANNOUNCE: (False, False),
+        protocol.HELLO: (False, False),
+    }

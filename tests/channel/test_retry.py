@@ -89,7 +89,8 @@ def test_gives_up_before_a_wait_that_would_pass_the_deadline() -> None:
     on_retry: list[tuple[int, float]] = []
     with pytest.raises(RetryGaveUp) as gave_up:
         RetryPolicy(first_delay=0.5, max_delay=5.0, deadline=4.0).call(
-            attempt, clock=t.clock, sleep=t.sleep, rng=NoJitter(), on_retry=lambda n, e, d: on_retry.append((n, d)))
+            attempt, clock=t.clock, sleep=t.sleep, rng=NoJitter(), on_retry=lambda n, e, d: on_retry.append((n, d))
+        )
     # waits 0.5, 1, 2 (3.5 s in all); the next (4 s) would end after the deadline
     assert t.waits == [0.5, 1.0, 2.0] and calls[0] == 4
     assert on_retry == [(1, 0.5), (2, 1.0), (3, 2.0)]

@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 
 from splitlink import ServerConfig, VerticalFederatedCommunicator, wire
 from splitlink.channel.assembly import MAX_RANGES
-from splitlink.channel.protocol import ANNOUNCEMENT as _ANNOUNCE_REQ, MAGIC as _MAGIC, STREAM_HEADER as _HEADER
-from splitlink.channel.protocol import RANGE_HEADER as _RANGE, RANGE_MAGIC as _RANGE_MAGIC
+from splitlink.channel.protocol import ANNOUNCEMENT as _ANNOUNCE_REQ
+from splitlink.channel.protocol import MAGIC as _MAGIC
+from splitlink.channel.protocol import RANGE_HEADER as _RANGE
+from splitlink.channel.protocol import RANGE_MAGIC as _RANGE_MAGIC
+from splitlink.channel.protocol import STREAM_HEADER as _HEADER
 from splitlink.util import free_ports
 
 SERVICE = "/splitlink.v1.Transport"
@@ -24,16 +27,23 @@ SERVICE = "/splitlink.v1.Transport"
 @pytest.fixture(scope="module")
 def receiver():  # type: ignore[no-untyped-def]
     lp, fp = free_ports(2)
-    comm = VerticalFederatedCommunicator(ServerConfig("follower", f"127.0.0.1:{fp}"),
-                                         ServerConfig("leader", f"127.0.0.1:{lp}"), max_frame_bytes=1 << 20).launch()
+    comm = VerticalFederatedCommunicator(
+        ServerConfig("follower", f"127.0.0.1:{fp}"), ServerConfig("leader", f"127.0.0.1:{lp}"), max_frame_bytes=1 << 20
+    ).launch()
     channel = grpc.insecure_channel(f"127.0.0.1:{fp}")
     yield comm, channel, lp
     channel.close()
     comm.shutdown()
 
 
-def header(sender: bytes = b"leader", total: int = 0, seq: int = 1, meant_for: int = 0, magic: bytes = _MAGIC,
-           name_len: int | None = None) -> bytes:
+def header(
+    sender: bytes = b"leader",
+    total: int = 0,
+    seq: int = 1,
+    meant_for: int = 0,
+    magic: bytes = _MAGIC,
+    name_len: int | None = None,
+) -> bytes:
     return _HEADER.pack(magic, 7, meant_for, seq, 0, total, len(sender) if name_len is None else name_len) + sender
 
 
@@ -60,8 +70,11 @@ def test_malformed_send_one_is_refused_with_a_reason(receiver, case: str) -> Non
     comm, channel, _ = receiver
     with pytest.raises(grpc.RpcError) as err:
         channel.unary_unary(f"{SERVICE}/SendOne")(CASES[case], timeout=10)
-    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-                                grpc.StatusCode.RESOURCE_EXHAUSTED), err.value
+    assert err.value.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ), err.value
     assert err.value.details()  # a reason, not an empty status
     with pytest.raises(TimeoutError):
         comm.receive("leader", timeout=0.05)  # nothing reached the application
@@ -70,8 +83,13 @@ def test_malformed_send_one_is_refused_with_a_reason(receiver, case: str) -> Non
 def test_malformed_streams_are_refused_and_honest_frames_still_flow(receiver) -> None:  # type: ignore[no-untyped-def]
     comm, channel, _ = receiver
     send = channel.stream_unary(f"{SERVICE}/Send")
-    for chunks in ([], [b"junk"], [header(total=50), b"x" * 30], [header(total=10), b"y" * 20],
-                   [header(total=len(frame(3)), seq=3), frame(3)[:40], b"\x00" * (len(frame(3)) - 40)]):
+    for chunks in (
+        [],
+        [b"junk"],
+        [header(total=50), b"x" * 30],
+        [header(total=10), b"y" * 20],
+        [header(total=len(frame(3)), seq=3), frame(3)[:40], b"\x00" * (len(frame(3)) - 40)],
+    ):
         with pytest.raises(grpc.RpcError) as err:
             send(iter(chunks), timeout=10)
         assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
@@ -85,13 +103,20 @@ def test_malformed_streams_are_refused_and_honest_frames_still_flow(receiver) ->
 @given(st.binary(max_size=300))
 def test_random_bytes_to_every_method_never_reach_the_application(receiver, data: bytes) -> None:  # type: ignore[no-untyped-def]
     comm, channel, _ = receiver
-    for method, payload in (("SendOne", data), ("SendOne", header(total=len(data)) + data),
-                            ("Announce", data), ("Announce", _ANNOUNCE_REQ.pack(_MAGIC, 5, 200) + data[:10])):
+    for method, payload in (
+        ("SendOne", data),
+        ("SendOne", header(total=len(data)) + data),
+        ("Announce", data),
+        ("Announce", _ANNOUNCE_REQ.pack(_MAGIC, 5, 200) + data[:10]),
+    ):
         try:
             channel.unary_unary(f"{SERVICE}/{method}")(payload, timeout=10)
         except grpc.RpcError as e:
-            assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-                                grpc.StatusCode.RESOURCE_EXHAUSTED), e
+            assert e.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ), e
     with pytest.raises(TimeoutError):
         comm.receive("leader", timeout=0.01)
 
@@ -114,14 +139,17 @@ def test_a_peer_answering_in_another_protocol_is_a_clear_error() -> None:
 
     lp, fp = free_ports(2)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handlers = {"SendOne": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"OK"),
-                "Send": grpc.stream_unary_rpc_method_handler(lambda it, ctx: [None for _ in it] and b""),
-                "Announce": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"")}
+    handlers = {
+        "SendOne": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"OK"),
+        "Send": grpc.stream_unary_rpc_method_handler(lambda it, ctx: [None for _ in it] and b""),
+        "Announce": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b""),
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("splitlink.v1.Transport", handlers),))
     server.add_insecure_port(f"127.0.0.1:{fp}")
     server.start()
-    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
-                                           ServerConfig("follower", f"127.0.0.1:{fp}"), chunk_size=1 << 16).launch()
+    leader = VerticalFederatedCommunicator(
+        ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", f"127.0.0.1:{fp}"), chunk_size=1 << 16
+    ).launch()
     try:
         for tensors in ({"x": torch.ones(4)}, {"x": torch.ones(1 << 16)}):  # SendOne, then a streamed frame
             with pytest.raises(PeerUnavailableError, match="'follower' at 127.0.0.1:.* not a splitlink acknowledgement"):
@@ -180,20 +208,30 @@ def _range_cases(seq: int, f: bytes) -> dict[str, tuple[list[list[bytes]], grpc.
         "unknown sender": ([[rheader(seq, n, 0, 10, sender=b"mallory"), b"x" * 10]], grpc.StatusCode.PERMISSION_DENIED),
         "range longer than declared": ([[rheader(seq, n, 0, 100), f[:100], f[100:101]]], grpc.StatusCode.INVALID_ARGUMENT),
         "range shorter than declared": ([[rheader(seq, n, 0, 100), f[:99]]], grpc.StatusCode.INVALID_ARGUMENT),
-        "overlapping ranges": ([[rheader(seq, n, 0, 100), f[:100]], [rheader(seq, n, 50, 100), f[50:150]]],
-                               grpc.StatusCode.INVALID_ARGUMENT),
-        "ranges declaring different frame sizes": ([[rheader(seq, n, 0, 100), f[:100]],
-                                                    [rheader(seq, n + 1, 100, 100), f[100:200]]],
-                                                   grpc.StatusCode.INVALID_ARGUMENT),
-        "too many ranges": ([[rheader(seq, n, i, 1), f[i : i + 1]] for i in range(MAX_RANGES)]
-                            + [[rheader(seq, n, MAX_RANGES, 1), f[MAX_RANGES : MAX_RANGES + 1]]],
-                            grpc.StatusCode.RESOURCE_EXHAUSTED),
-        "assembled bytes are not a frame": ([[rheader(seq, n, 0, n // 2), bytes(n // 2)],
-                                            [rheader(seq, n, n // 2, n - n // 2), bytes(n - n // 2)]],
-                                           grpc.StatusCode.INVALID_ARGUMENT),
-        "assembled frame of another seq": ([[rheader(seq, n, 0, n // 2), big_frame(seq + 1)[0][: n // 2]],
-                                           [rheader(seq, n, n // 2, n - n // 2), big_frame(seq + 1)[0][n // 2 :]]],
-                                          grpc.StatusCode.INVALID_ARGUMENT),
+        "overlapping ranges": (
+            [[rheader(seq, n, 0, 100), f[:100]], [rheader(seq, n, 50, 100), f[50:150]]],
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "ranges declaring different frame sizes": (
+            [[rheader(seq, n, 0, 100), f[:100]], [rheader(seq, n + 1, 100, 100), f[100:200]]],
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "too many ranges": (
+            [[rheader(seq, n, i, 1), f[i : i + 1]] for i in range(MAX_RANGES)]
+            + [[rheader(seq, n, MAX_RANGES, 1), f[MAX_RANGES : MAX_RANGES + 1]]],
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+        "assembled bytes are not a frame": (
+            [[rheader(seq, n, 0, n // 2), bytes(n // 2)], [rheader(seq, n, n // 2, n - n // 2), bytes(n - n // 2)]],
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "assembled frame of another seq": (
+            [
+                [rheader(seq, n, 0, n // 2), big_frame(seq + 1)[0][: n // 2]],
+                [rheader(seq, n, n // 2, n - n // 2), big_frame(seq + 1)[0][n // 2 :]],
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     }
 
 
@@ -239,15 +277,21 @@ def test_a_peer_without_ranges_is_a_clear_error() -> None:
 
     lp, fp = free_ports(2)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handlers = {"SendOne": grpc.unary_unary_rpc_method_handler(lambda req, ctx: Ack(b"OK", 5).encode()),
-                "Send": grpc.stream_unary_rpc_method_handler(lambda it, ctx: [None for _ in it] and Ack(b"OK", 5).encode()),
-                "Announce": grpc.unary_unary_rpc_method_handler(lambda req, ctx: struct.pack("<Q", 5))}
+    handlers = {
+        "SendOne": grpc.unary_unary_rpc_method_handler(lambda req, ctx: Ack(b"OK", 5).encode()),
+        "Send": grpc.stream_unary_rpc_method_handler(lambda it, ctx: [None for _ in it] and Ack(b"OK", 5).encode()),
+        "Announce": grpc.unary_unary_rpc_method_handler(lambda req, ctx: struct.pack("<Q", 5)),
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("splitlink.v1.Transport", handlers),))
     server.add_insecure_port(f"127.0.0.1:{fp}")
     server.start()
-    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
-                                           ServerConfig("follower", f"127.0.0.1:{fp}"), chunk_size=1 << 16,
-                                           parallel_threshold=1 << 17, streams=2).launch()
+    leader = VerticalFederatedCommunicator(
+        ServerConfig("leader", f"127.0.0.1:{lp}"),
+        ServerConfig("follower", f"127.0.0.1:{fp}"),
+        chunk_size=1 << 16,
+        parallel_threshold=1 << 17,
+        streams=2,
+    ).launch()
     try:
         leader.send_tensors("follower", {"x": torch.ones(1 << 10)})  # small: one message, as before
         with pytest.raises(PeerUnavailableError, match="older splitlink.*streams=1"):

@@ -11,8 +11,7 @@ from splitlink.channel import FrameNotSentError
 from splitlink.channel.work import SendQueue, Work
 
 
-def test_frames_submitted_before_a_failure_are_not_sent_even_after_the_error_was_seen(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_frames_submitted_before_a_failure_are_not_sent_even_after_the_error_was_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     release_a = threading.Event()
     error_seen = threading.Event()
     sent: list[str] = []

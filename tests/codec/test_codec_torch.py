@@ -84,7 +84,7 @@ def tensors(draw: st.DrawFn, dtypes: list[torch.dtype] = FLOATS) -> torch.Tensor
         base = draw(st.sampled_from([0.0, 1e-38, -2e-38]))
         vals = [base + (i % 3) * 1e-45 for i in range(n)]
     else:
-        vals = [draw(st.floats(-3.0000000054977558e+38, 3.0000000054977558e+38, allow_nan=False, width=32)) for _ in range(n)]
+        vals = [draw(st.floats(-3.0000000054977558e38, 3.0000000054977558e38, allow_nan=False, width=32)) for _ in range(n)]
     x = torch.tensor(vals, dtype=torch.float64).to(dtype)
     if not torch.isfinite(x).all():  # float16 overflows the wide kind: keep it finite
         x = torch.nan_to_num(x, posinf=1.0, neginf=-1.0)
@@ -92,8 +92,13 @@ def tensors(draw: st.DrawFn, dtypes: list[torch.dtype] = FLOATS) -> torch.Tensor
 
 
 @settings(max_examples=300, deadline=None)
-@given(x=tensors(), bits=st.integers(1, 8), block=st.sampled_from([0, 8, 16, 24, 64, 256]),
-       stochastic=st.booleans(), seed=st.integers(0, 2**64 - 1))
+@given(
+    x=tensors(),
+    bits=st.integers(1, 8),
+    block=st.sampled_from([0, 8, 16, 24, 64, 256]),
+    stochastic=st.booleans(),
+    seed=st.integers(0, 2**64 - 1),
+)
 def test_min_max_matches_cpp(x: torch.Tensor, bits: int, block: int, stochastic: bool, seed: int) -> None:
     spec = Spec(TYPES["min_max"], bit_num=bits, block_size=block, stochastic=stochastic, seed=seed)
     try:
@@ -116,9 +121,25 @@ def test_half_casts_match_cpp(x: torch.Tensor, bf16: bool, shape2: bool) -> None
 
 
 def test_half_casts_specials_match_cpp() -> None:
-    bits = [0x7FC00000, 0xFFC00001, 0x7F800001, 0x7FFFFFFF, 0x7F800000, 0xFF800000, 0x477FF000, 0x477FEFFF,
-            0x33000000, 0x33000001, 0x38800000, 0x387FFFFF, 0x00000001, 0x80000000, 0x3F808000, 0x3F818000,
-            0x7F7FFFFF]
+    bits = [
+        0x7FC00000,
+        0xFFC00001,
+        0x7F800001,
+        0x7FFFFFFF,
+        0x7F800000,
+        0xFF800000,
+        0x477FF000,
+        0x477FEFFF,
+        0x33000000,
+        0x33000001,
+        0x38800000,
+        0x387FFFFF,
+        0x00000001,
+        0x80000000,
+        0x3F808000,
+        0x3F818000,
+        0x7F7FFFFF,
+    ]
     x = torch.tensor([b - (1 << 32) if b >= 1 << 31 else b for b in bits], dtype=torch.int32).view(torch.float32)
     for name in ("fp16", "bf16"):
         check_both_ways(Spec(TYPES[name]), x)
@@ -131,11 +152,15 @@ def test_half_casts_specials_match_cpp() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(x=tensors([torch.float32, torch.float16, torch.bfloat16]), data=st.data(),
-       value_bits=st.sampled_from([0, 1, 4, 8]), block=st.sampled_from([0, 8, 32]), stochastic=st.booleans(),
-       seed=st.integers(0, 2**64 - 1))
-def test_topk_matches_cpp(x: torch.Tensor, data: st.DataObject, value_bits: int, block: int, stochastic: bool,
-                          seed: int) -> None:
+@given(
+    x=tensors([torch.float32, torch.float16, torch.bfloat16]),
+    data=st.data(),
+    value_bits=st.sampled_from([0, 1, 4, 8]),
+    block=st.sampled_from([0, 8, 32]),
+    stochastic=st.booleans(),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_topk_matches_cpp(x: torch.Tensor, data: st.DataObject, value_bits: int, block: int, stochastic: bool, seed: int) -> None:
     if data.draw(st.booleans()) and x.numel():  # many ties
         x = torch.round(x / (x.abs().max() + 1) * 3).to(x.dtype)
     k = data.draw(st.integers(0, x.numel()))
@@ -153,9 +178,13 @@ def test_large_tensor_blocks_and_chunks_match_cpp() -> None:
     # Larger than the C++ codecs' parallel chunk (2^18 elements): chunk seams must not show.
     g = torch.Generator().manual_seed(3)
     x = torch.randn(300_000, generator=g) * 5
-    for spec in (Spec(TYPES["min_max"], bit_num=8), Spec(TYPES["min_max"], bit_num=3, block_size=4096),
-                 Spec(TYPES["min_max"], bit_num=8, stochastic=True, seed=9),
-                 Spec(TYPES["topk"], topk_count=3000, value_bits=8, block_size=256), Spec(TYPES["bf16"])):
+    for spec in (
+        Spec(TYPES["min_max"], bit_num=8),
+        Spec(TYPES["min_max"], bit_num=3, block_size=4096),
+        Spec(TYPES["min_max"], bit_num=8, stochastic=True, seed=9),
+        Spec(TYPES["topk"], topk_count=3000, value_bits=8, block_size=256),
+        Spec(TYPES["bf16"]),
+    ):
         check_both_ways(spec, x)
 
 

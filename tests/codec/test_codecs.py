@@ -115,7 +115,9 @@ def test_bit_pack_mindspore_counterexample_and_compact_size() -> None:
     raw = len(wire.pack({"m": mask}))
     packed = len(wire.pack({"m": mask}, compress={"m": CompressConfig("bit_pack", bit_num=1)}))
     assert raw - packed >= 1024 - 1024 // 8 - 16  # one bit per bool (+ 8-byte base)
-    assert torch.equal(wire.unpack(wire.pack({"m": mask}, compress={"m": CompressConfig("bit_pack", bit_num=1)})).tensors["m"], mask)
+    assert torch.equal(
+        wire.unpack(wire.pack({"m": mask}, compress={"m": CompressConfig("bit_pack", bit_num=1)})).tensors["m"], mask
+    )
 
 
 def test_bit_pack_overflow_names_tensor_and_range() -> None:
@@ -145,9 +147,27 @@ def test_bf16_vector_path_rounds_ties_to_even_and_keeps_nans_quiet() -> None:
     16 bits; a NaN keeps its sign and payload's upper bits and is made quiet)."""
     rng = np.random.default_rng(3)
     bits = rng.integers(0, 2**32, size=4099, dtype=np.uint64).astype(np.uint32)
-    special = np.array([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x7F7F8000, 0x7F800000, 0xFF800000,
-                        0x7F800001, 0xFF800001, 0x7FC00000, 0xFFC00000, 0x7FBFFFFF, 0x00008000, 0x80018000,
-                        0x00000001, 0x80000000], dtype=np.uint32)
+    special = np.array(
+        [
+            0x3F808000,
+            0x3F818000,
+            0x3F80FFFF,
+            0x7F7FFFFF,
+            0x7F7F8000,
+            0x7F800000,
+            0xFF800000,
+            0x7F800001,
+            0xFF800001,
+            0x7FC00000,
+            0xFFC00000,
+            0x7FBFFFFF,
+            0x00008000,
+            0x80018000,
+            0x00000001,
+            0x80000000,
+        ],
+        dtype=np.uint32,
+    )
     bits[::7][: len(special)] = special
     bits[100 : 100 + len(special)] = special
     x = torch.from_numpy(bits.view(np.float32).copy())
@@ -307,8 +327,11 @@ def test_min_max_range_too_narrow_for_an_inverse_is_a_constant_block(bits: int, 
     # conversion undefined (scalar) or code `levels` (AVX2). Such a block now decodes to lo everywhere.
     lo = np.float32(-1.67316242e-38)
     a = np.array([lo, np.nextafter(lo, np.float32(1)), lo, np.float32(-1.6e-38)] * 6, dtype=np.float32)
-    cfg = CompressConfig("min_max", bit_num=bits, block_size=24, stochastic=stochastic, seed=7) if stochastic \
+    cfg = (
+        CompressConfig("min_max", bit_num=bits, block_size=24, stochastic=stochastic, seed=7)
+        if stochastic
         else CompressConfig("min_max", bit_num=bits, block_size=24)
+    )
     y = roundtrip(torch.from_numpy(a.copy()), cfg).numpy()
     assert np.all(y == lo), y
     assert np.abs(y.astype(np.float64) - a).max() <= float(a.max()) - float(a.min()) < 1e-36

@@ -45,14 +45,13 @@ def _run(code: str, variant: str | None, *args: str, timeout: float = 900) -> su
         env[ENV] = variant
     # The subprocess imports the same splitlink as this process (installed or a source tree).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(splitlink.__file__).parents[1]), env.get("PYTHONPATH", "")) if p)
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _features_seen(stdout: str) -> dict[str, Any]:
     lines = [line for line in stdout.splitlines() if line.startswith(MARK)]
     assert len(lines) == 1, stdout[-2000:]
-    return json.loads(lines[0][len(MARK):])
+    return json.loads(lines[0][len(MARK) :])
 
 
 def _check_forced(seen: dict[str, Any], variant: str) -> None:
@@ -167,7 +166,8 @@ for iname, a in inputs.items():
         record((iname, "mask", frac), mask)
 ints = torch.from_numpy(rng.integers(-100, 100, n)).to(torch.int32)
 for b in range(1, 9):
-    record(("ints", "i32", f"bit_pack{{b}}"), lambda: roundtrip(ints % (1 << b) - (1 << (b - 1)), CompressConfig("bit_pack", bit_num=b)))
+    codes = ints % (1 << b) - (1 << (b - 1))
+    record(("ints", "i32", f"bit_pack{{b}}"), lambda: roundtrip(codes, CompressConfig("bit_pack", bit_num=b)))
 with open(sys.argv[1], "wb") as f:
     pickle.dump(out, f)
 """
@@ -205,9 +205,16 @@ def test_scalar_outputs_cover_every_codec_and_edge_case(scalar_outputs: Outputs)
     unexpected = {k: v for k, v in scalar_outputs.items() if isinstance(v, str) and not _expected_refusal(k, v)}
     assert not unexpected
     for key in [("edges_all", d, c) for d in ("f32", "f64") for c in ("fp16", "bf16")] + [
-        ("random_bits", "f32", "fp16"), ("random_bits", "f64", "bf16"), ("edges_inf", "f32", "topk"), ("edges_inf", "bf16", "topk"),
-        ("normal_zeros_subnormals", "f16", "min_max8"), ("edges_finite", "f32", "min_max3"), ("edges_finite", "f32", "min_max8_stochastic"),
-        ("grid_ties", "mask", 0), ("edges_finite", "f32", "topk_q8"), ("normal_zeros_subnormals", "bf16", "topk_q8"),
+        ("random_bits", "f32", "fp16"),
+        ("random_bits", "f64", "bf16"),
+        ("edges_inf", "f32", "topk"),
+        ("edges_inf", "bf16", "topk"),
+        ("normal_zeros_subnormals", "f16", "min_max8"),
+        ("edges_finite", "f32", "min_max3"),
+        ("edges_finite", "f32", "min_max8_stochastic"),
+        ("grid_ties", "mask", 0),
+        ("edges_finite", "f32", "topk_q8"),
+        ("normal_zeros_subnormals", "bf16", "topk_q8"),
     ]:
         assert not isinstance(scalar_outputs[key], str), (key, scalar_outputs[key])
     assert any("NaN or Inf" in v for v in scalar_outputs.values() if isinstance(v, str))

@@ -29,8 +29,17 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def device_pack(tensors, **kw):  # type: ignore[no-untyped-def]
     args = dict(compress=None, error_feedback=None, seq=0, sender="", step=0, kind="", out=None)
     args.update(kw)
-    return wire._pack_device(tensors, args["compress"], args["error_feedback"], args["seq"], args["sender"],
-                             args["step"], args["kind"], args["out"], all_tensors=True)
+    return wire._pack_device(
+        tensors,
+        args["compress"],
+        args["error_feedback"],
+        args["seq"],
+        args["sender"],
+        args["step"],
+        args["kind"],
+        args["out"],
+        all_tensors=True,
+    )
 
 
 CONFIGS = [
@@ -46,12 +55,20 @@ CONFIGS = [
 
 
 @settings(max_examples=120, deadline=None)
-@given(n=st.integers(0, 90), rows=st.integers(1, 3), which=st.lists(st.integers(0, len(CONFIGS) - 1), min_size=1, max_size=3),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
-       seq=st.integers(0, 2**40), step=st.integers(-2**40, 2**40), sender=st.text(max_size=5),
-       kind=st.sampled_from(["", "tensors", "grad"]), seed=st.integers(0, 1000))
-def test_device_path_frames_are_the_cpu_frames(n: int, rows: int, which: list[int], dtype: torch.dtype, seq: int,
-                                               step: int, sender: str, kind: str, seed: int) -> None:
+@given(
+    n=st.integers(0, 90),
+    rows=st.integers(1, 3),
+    which=st.lists(st.integers(0, len(CONFIGS) - 1), min_size=1, max_size=3),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    seq=st.integers(0, 2**40),
+    step=st.integers(-(2**40), 2**40),
+    sender=st.text(max_size=5),
+    kind=st.sampled_from(["", "tensors", "grad"]),
+    seed=st.integers(0, 1000),
+)
+def test_device_path_frames_are_the_cpu_frames(
+    n: int, rows: int, which: list[int], dtype: torch.dtype, seq: int, step: int, sender: str, kind: str, seed: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     tensors = {"grp": {}, "ids": torch.randint(-5, 5, (n,), generator=g), "flag": torch.rand(n, generator=g) > 0.5}
     compress = {}
@@ -59,9 +76,12 @@ def test_device_path_frames_are_the_cpu_frames(n: int, rows: int, which: list[in
         name = f"t{i}"
         tensors["grp"][name] = (torch.randn(rows, n, generator=g) * 10).to(dtype)
         config = CONFIGS[w]
-        ok = config is not None and not (config.compress_type in ("fp16", "bf16") and dtype not in (torch.float32, torch.float64)) \
-            and not (config.compress_type == "topk" and dtype == torch.float64) \
+        ok = (
+            config is not None
+            and not (config.compress_type in ("fp16", "bf16") and dtype not in (torch.float32, torch.float64))
+            and not (config.compress_type == "topk" and dtype == torch.float64)
             and not (config.compress_type == "topk" and config.k is not None and config.k > rows * n)
+        )
         if ok:
             compress[name] = config
     if sender.encode("utf-8", "surrogatepass") != sender.encode("utf-8", "replace"):

@@ -24,17 +24,17 @@ import numpy as np
 import pytest
 import torch
 
-from splitlink.examples import criteo
+from splitlink.examples import criteo, pangu
 from splitlink.examples import demo as demo_mod
-from splitlink.examples import pangu
 from splitlink.examples import wide_deep as wd
 from splitlink.model import FLModel
 
 TINY = wd.WideDeepConfig(vocab_size=5000, emb_dim=8, deep_layers=(32, 16))
 # init_std 1: hidden states of per-sample L2 norm ~sqrt(2 * 32 * 64) = 64, far above clip_norm 1, so that
 # clipping shows in what is sent (at the default 0.02 the norms are ~1.3 and clipping is lost in the noise)
-PANGU = dataclasses.replace(pangu.CONFIGS["tiny"], hidden_size=64, num_heads=4, num_layers=2, seq_length=32,
-                            vocab_size=512, init_std=1.0)
+PANGU = dataclasses.replace(
+    pangu.CONFIGS["tiny"], hidden_size=64, num_heads=4, num_layers=2, seq_length=32, vocab_size=512, init_std=1.0
+)
 EPS = 1.0  # both Wide&Deep DP YAMLs
 FLIP = 1.0 / (1.0 + math.exp(EPS))  # 0.2689: binary randomized response with eps 1
 
@@ -80,7 +80,8 @@ def wd_losses(hist: list[dict[str, Any]]) -> list[float]:
 
 @pytest.mark.slow
 def test_wide_deep_label_dp_flips_each_samples_label_once_at_the_eps_rate(
-        criteo_parties: tuple[criteo.PartyData, criteo.PartyData], spy: list[dict[str, Any]]) -> None:
+    criteo_parties: tuple[criteo.PartyData, criteo.PartyData], spy: list[dict[str, Any]]
+) -> None:
     L, F = criteo_parties
     train = dict(epochs=2, batch_size=300, log_every=1, progress=False, compress=False)
     hist = wd.train_local(L, F, TINY, wd.TrainConfig(**train, label_dp=True))
@@ -108,7 +109,8 @@ def test_wide_deep_label_dp_flips_each_samples_label_once_at_the_eps_rate(
 
 @pytest.mark.slow
 def test_wide_deep_embedding_dp_sends_sign_bits_flipped_at_the_eps_rate(
-        criteo_parties: tuple[criteo.PartyData, criteo.PartyData], spy: list[dict[str, Any]]) -> None:
+    criteo_parties: tuple[criteo.PartyData, criteo.PartyData], spy: list[dict[str, Any]]
+) -> None:
     L, F = criteo_parties
     train = dict(epochs=1, batch_size=300, log_every=1, progress=False, compress=False, max_steps=4)
     hist = wd.train_local(L, F, TINY, wd.TrainConfig(**train, embedding_dp=True))
@@ -131,7 +133,8 @@ def test_wide_deep_embedding_dp_sends_sign_bits_flipped_at_the_eps_rate(
 
 @pytest.mark.slow
 def test_pangu_embedding_dp_clips_to_the_norm_and_adds_noise_of_the_expected_scale(
-        tmp_path: Path, spy: list[dict[str, Any]]) -> None:
+    tmp_path: Path, spy: list[dict[str, Any]]
+) -> None:
     corpus = pangu.stdlib_corpus(tmp_path / "corpus", max_bytes=100_000)
     ds = pangu.TokenDataset(pangu.preprocess_corpus(corpus, tmp_path / "data", vocab_size=512), PANGU.seq_length)
     train = dict(epochs=1, batch_size=4, max_steps=3, lr=1e-3, deepspeed=False)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from splitlink.examples import demo as demo_mod
-from splitlink.util import free_ports
 from splitlink.examples import pangu
+from splitlink.util import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dataclasses.replace(pangu.CONFIGS["tiny"], hidden_size=64, num_heads=4, num_layers=2, seq_length=32, vocab_size=512)
@@ -31,16 +31,16 @@ def test_dataset_resets_positions_and_attention_at_document_ends(data: Path) -> 
     ds = pangu.TokenDataset(data, 32)
     assert ds.vocab_size <= 512 and len(ds) > 100
     tokens = np.load(data / "tokens.npy")
-    rows = np.flatnonzero([(tokens[r * 32:(r + 1) * 32 - 1] == ds.eod).any() for r in range(len(ds))])[:3]
+    rows = np.flatnonzero([(tokens[r * 32 : (r + 1) * 32 - 1] == ds.eod).any() for r in range(len(ds))])[:3]
     b = ds.batch(rows)
-    for i, r in enumerate(rows):
+    for i, _r in enumerate(rows):
         ids = b["input_ids"][i].numpy()
         e = int(np.flatnonzero(ids[:-1] == ds.eod)[0])
         assert b["position_id"][i, 0] == 0 and b["position_id"][i, e] == e  # e is the first EOD in the window
-        assert b["position_id"][i, e + 1] == 0                               # the next document starts at 0
+        assert b["position_id"][i, e + 1] == 0  # the next document starts at 0
         mask = b["attention_mask"][i].numpy()
-        assert not mask[e + 1, : e + 1].any()        # the next document does not see the previous one
-        assert mask[e, : e + 1].all()                 # within a document: causal
+        assert not mask[e + 1, : e + 1].any()  # the next document does not see the previous one
+        assert mask[e, : e + 1].all()  # within a document: causal
         assert not np.triu(mask, 1).any()
     with pytest.raises(ValueError, match="fewer than one sequence"):
         pangu.TokenDataset(data, 10**9)
@@ -61,6 +61,7 @@ def test_top_query_layer_uses_the_position_query() -> None:
 @pytest.mark.slow
 def test_split_with_deepspeed_backbone_equals_unsplit_and_plots(data: Path, tmp_path: Path) -> None:
     from required import require_deepspeed
+
     require_deepspeed()
     ds = pangu.TokenDataset(data, TINY.seq_length)
     train = pangu.TrainConfig(epochs=1, batch_size=4, max_steps=25, lr=1e-3, log_every=100)
@@ -76,6 +77,7 @@ def test_split_with_deepspeed_backbone_equals_unsplit_and_plots(data: Path, tmp_
 @pytest.mark.slow
 def test_two_processes_over_mtls_reproduce_the_in_process_run(data: Path, tmp_path: Path) -> None:
     from required import require_deepspeed
+
     require_deepspeed()
     demo_mod.make_dev_certs(tmp_path / "certs", ["leader", "follower"])
     n = torch.get_num_threads()
@@ -83,8 +85,10 @@ def test_two_processes_over_mtls_reproduce_the_in_process_run(data: Path, tmp_pa
     try:
         cfg = dataclasses.replace(pangu.CONFIGS["tiny"], vocab_size=512, seq_length=32)
         ds = pangu.TokenDataset(data, 32)
-        local = [r["loss"] for r in pangu.train_local(cfg, ds, pangu.TrainConfig(
-            epochs=1, batch_size=4, max_steps=12, lr=1e-3, log_every=100))]
+        local = [
+            r["loss"]
+            for r in pangu.train_local(cfg, ds, pangu.TrainConfig(epochs=1, batch_size=4, max_steps=12, lr=1e-3, log_every=100))
+        ]
     finally:
         torch.set_num_threads(n)
     # The scripts use the tiny config (vocabulary 2048 >= the tokenizer's 512: same initial weights
@@ -94,19 +98,39 @@ def test_two_processes_over_mtls_reproduce_the_in_process_run(data: Path, tmp_pa
     procs = {}
     for role, me, peer in (("follower", p2, p1), ("leader", p1, p2)):
         run = {
-            "scenario": "pangu_alpha", "party": role, "address": f"127.0.0.1:{me}", "peer_address": f"127.0.0.1:{peer}",
-            "enable_ssl": True, "threads": 1, "pangu": {"config": "tiny", "vocab_size": 512, "seq_length": 32},
-            "ssl": {"server_cert_path": str(c / f"{role}.server.p12"), "client_cert_path": str(c / f"{role}.client.p12"),
-                    "ca_cert_path": str(c / "ca.crt"), "server_password": "splitlink", "client_password": "splitlink"},
-            "train": {"epochs": 1, "batch_size": 4, "max_steps": 12, "lr": 1e-3, "log_every": 100,
-                      "metrics_path": str(tmp_path / "m.jsonl")},
+            "scenario": "pangu_alpha",
+            "party": role,
+            "address": f"127.0.0.1:{me}",
+            "peer_address": f"127.0.0.1:{peer}",
+            "enable_ssl": True,
+            "threads": 1,
+            "pangu": {"config": "tiny", "vocab_size": 512, "seq_length": 32},
+            "ssl": {
+                "server_cert_path": str(c / f"{role}.server.p12"),
+                "client_cert_path": str(c / f"{role}.client.p12"),
+                "ca_cert_path": str(c / "ca.crt"),
+                "server_password": "splitlink",
+                "client_password": "splitlink",
+            },
+            "train": {
+                "epochs": 1,
+                "batch_size": 4,
+                "max_steps": 12,
+                "lr": 1e-3,
+                "log_every": 100,
+                "metrics_path": str(tmp_path / "m.jsonl"),
+            },
         }
         if role == "leader":
             run["data"] = str(data)
         f = tmp_path / f"{role}.yaml"
         f.write_text(__import__("yaml").safe_dump(run))
-        procs[role] = subprocess.Popen([sys.executable, "-m", "splitlink", "train", role, "--config", str(f)],
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "splitlink", "train", role, "--config", str(f)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     outs = {r: p.communicate(timeout=300)[0] for r, p in procs.items()}
     assert all(p.returncode == 0 for p in procs.values()), outs
     remote = [r["loss"] for r in demo_mod.read_metrics(tmp_path / "m.jsonl") if r["kind"] == "train"]
@@ -116,6 +140,7 @@ def test_two_processes_over_mtls_reproduce_the_in_process_run(data: Path, tmp_pa
 @pytest.mark.slow
 def test_resume_with_deepspeed_backbone_continues_exactly(data: Path, tmp_path: Path) -> None:
     from required import require_deepspeed
+
     require_deepspeed()
     ds = pangu.TokenDataset(data, TINY.seq_length)
     base = dict(epochs=1, batch_size=4, lr=1e-3, log_every=100)
@@ -128,16 +153,21 @@ def test_resume_with_deepspeed_backbone_continues_exactly(data: Path, tmp_path: 
 
 def test_compression_and_embedding_dp_flags_run(data: Path) -> None:
     ds = pangu.TokenDataset(data, TINY.seq_length)
-    hist = pangu.train_local(TINY, ds, pangu.TrainConfig(epochs=1, batch_size=4, max_steps=4, lr=1e-3, compress=True,
-                                                         embedding_dp=True, deepspeed=False), through_codecs=True)
+    hist = pangu.train_local(
+        TINY,
+        ds,
+        pangu.TrainConfig(epochs=1, batch_size=4, max_steps=4, lr=1e-3, compress=True, embedding_dp=True, deepspeed=False),
+        through_codecs=True,
+    )
     assert all(np.isfinite([r["loss"] for r in hist]))
 
 
 def test_scripts_have_help() -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     for script in ("run_pangu_train_leader.sh", "run_pangu_train_follower.sh", "run_pangu_train_local.sh"):
-        out = subprocess.run(["bash", str(ROOT / "examples/splitnn_pangu_alpha" / script), "--help"], env=env,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["bash", str(ROOT / "examples/splitnn_pangu_alpha" / script), "--help"], env=env, capture_output=True, text=True
+        )
         assert out.returncode == 0 and "usage:" in out.stdout, (script, out.stderr)
 
 

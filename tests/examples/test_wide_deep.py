@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from splitlink.config import YamlConfigError
 from splitlink.examples import criteo
 from splitlink.examples import demo as demo_mod
@@ -44,12 +45,21 @@ def losses(history: list[dict]) -> list[float]:
 def test_two_processes_over_mtls_reproduce_the_in_process_run_exactly(workdir: Path) -> None:
     n = one_thread()
     try:
-        local = wd.train_local(*parties(workdir), TINY, wd.TrainConfig(epochs=2, batch_size=400, log_every=1,
-                                                                       compress=False, progress=False, seed=0))
+        local = wd.train_local(
+            *parties(workdir), TINY, wd.TrainConfig(epochs=2, batch_size=400, log_every=1, compress=False, progress=False, seed=0)
+        )
     finally:
         torch.set_num_threads(n)
-    runs = demo_mod.write_run_files(workdir, epochs=2, batch_size=400, vocab_size=5000, compress=False,
-                                    log_every=1, progress=False, model=wd.config_dict(TINY))
+    runs = demo_mod.write_run_files(
+        workdir,
+        epochs=2,
+        batch_size=400,
+        vocab_size=5000,
+        compress=False,
+        log_every=1,
+        progress=False,
+        model=wd.config_dict(TINY),
+    )
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
     demo_mod.launch(runs, quiet_leader=True, timeout=600)
     remote = demo_mod.read_metrics(workdir / "metrics.jsonl")
@@ -84,8 +94,13 @@ def test_resume_continues_exactly(workdir: Path, tmp_path: Path) -> None:
 
 def test_dp_flags_and_compression_run(workdir: Path) -> None:
     L, F = parties(workdir)
-    hist = wd.train_local(L, F, TINY, wd.TrainConfig(epochs=1, batch_size=400, log_every=3, progress=False,
-                                                      label_dp=True, embedding_dp=True), through_codecs=True)
+    hist = wd.train_local(
+        L,
+        F,
+        TINY,
+        wd.TrainConfig(epochs=1, batch_size=400, log_every=3, progress=False, label_dp=True, embedding_dp=True),
+        through_codecs=True,
+    )
     assert all(torch.isfinite(torch.tensor(losses(hist))))
 
 
@@ -97,8 +112,9 @@ def test_misaligned_rows_are_refused(workdir: Path) -> None:
 
 
 def test_run_file_errors_are_reported_at_once(tmp_path: Path) -> None:
-    (tmp_path / "r.yaml").write_text("scenario: criteo\nparty: boss\naddress: 1\npeer_address: x\ndata: d\n"
-                                     "train: {epochs: 0, learning_rat: 1}\n")
+    (tmp_path / "r.yaml").write_text(
+        "scenario: criteo\nparty: boss\naddress: 1\npeer_address: x\ndata: d\ntrain: {epochs: 0, learning_rat: 1}\n"
+    )
     with pytest.raises(YamlConfigError) as info:
         load_run_config(tmp_path / "r.yaml")
     text = str(info.value)
@@ -110,8 +126,9 @@ def test_cli_help_for_every_subcommand() -> None:
     for sub in ("certs", "demo", "train"):
         out = subprocess.run([sys.executable, "-m", "splitlink", sub, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage: splitlink" in out.stdout, out.stderr
-    bad = subprocess.run([sys.executable, "-m", "splitlink", "train", "leader", "--config", "/nonexistent.yaml"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "splitlink", "train", "leader", "--config", "/nonexistent.yaml"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
@@ -119,18 +136,57 @@ def test_cli_help_for_every_subcommand() -> None:
 def test_seed_style_launch_scripts_over_mtls(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2] / "examples" / "splitnn_criteo"
     env = {**__import__("os").environ, "PYTHON": sys.executable}
-    subprocess.run([sys.executable, str(root / "preprocess.py"), "--synthetic", "3000", "--out", str(tmp_path / "data"),
-                    "--vocab-size", "5000"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(root / "preprocess.py"),
+            "--synthetic",
+            "3000",
+            "--out",
+            str(tmp_path / "data"),
+            "--vocab-size",
+            "5000",
+        ],
+        check=True,
+        capture_output=True,
+    )
     demo_mod.make_dev_certs(tmp_path / "certs", ["leader", "follower"])
     p1, p2 = free_ports(2)
-    common = ["--epochs", "1", "--batch-size", "500", "--vocab-size", "5000", "--emb-dim", "8", "--deep-layers", "16",
-              "--log-every", "1", "--threads", "1", "--ckpt-dir", str(tmp_path / "ck")]
+    common = [
+        "--epochs",
+        "1",
+        "--batch-size",
+        "500",
+        "--vocab-size",
+        "5000",
+        "--emb-dim",
+        "8",
+        "--deep-layers",
+        "16",
+        "--log-every",
+        "1",
+        "--threads",
+        "1",
+        "--ckpt-dir",
+        str(tmp_path / "ck"),
+    ]
     procs = {}
     for role, me, peer in (("follower", p2, p1), ("leader", p1, p2)):
         c = tmp_path / "certs"
-        args = ["bash", str(root / f"run_vfl_train_{role}.sh"), f"127.0.0.1:{me}", f"127.0.0.1:{peer}",
-                str(tmp_path / "data"), "True", "splitlink", "splitlink", str(c / f"{role}.server.p12"),
-                str(c / f"{role}.client.p12"), str(c / "ca.crt"), *common]
+        args = [
+            "bash",
+            str(root / f"run_vfl_train_{role}.sh"),
+            f"127.0.0.1:{me}",
+            f"127.0.0.1:{peer}",
+            str(tmp_path / "data"),
+            "True",
+            "splitlink",
+            "splitlink",
+            str(c / f"{role}.server.p12"),
+            str(c / f"{role}.client.p12"),
+            str(c / "ca.crt"),
+            *common,
+        ]
         if role == "leader":
             args += ["--metrics", str(tmp_path / "m.jsonl")]
         procs[role] = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -140,6 +196,5 @@ def test_seed_style_launch_scripts_over_mtls(tmp_path: Path) -> None:
     assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 7))  # 2700 train rows / 500
     assert "epoch 0 step 6/6 wide_loss:" in outs["leader"]
     assert "connected with certificate names" in outs["leader"]
-    help_ = subprocess.run(["bash", str(root / "run_vfl_train_leader.sh"), "--help"], env=env, capture_output=True,
-                           text=True)
+    help_ = subprocess.run(["bash", str(root / "run_vfl_train_leader.sh"), "--help"], env=env, capture_output=True, text=True)
     assert help_.returncode == 0 and "local_address" in help_.stdout

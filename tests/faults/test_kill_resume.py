@@ -35,8 +35,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # get a generous one (a busy machine can take 20 s to import DeepSpeed); only the survivor that must
 # give up on a killed peer gets a short one.
 def run_files(d: Path, ckpt: Path, resume: bool, peer_timeout: float = 8.0, every: int = EVERY) -> dict[str, Path]:
-    files = demo_mod.write_run_files(d, epochs=1, batch_size=90, vocab_size=5000, log_every=1, progress=False,
-                                     model=MODEL, ckpt_every=every, max_steps=STEPS)
+    files = demo_mod.write_run_files(
+        d, epochs=1, batch_size=90, vocab_size=5000, log_every=1, progress=False, model=MODEL, ckpt_every=every, max_steps=STEPS
+    )
     for role, f in files.items():
         cfg = yaml.safe_load(f.read_text())
         cfg["train"].update(ckpt_dir=str(ckpt / role), resume=resume, peer_timeout=peer_timeout)
@@ -55,9 +56,15 @@ def with_resume(f: Path) -> Path:
 
 
 def start(files: dict[str, Path], roles: tuple[str, ...] = ("follower", "leader")) -> dict[str, subprocess.Popen]:
-    return {role: subprocess.Popen([sys.executable, "-m", "splitlink", "train", role, "--config", str(files[role])],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for role in roles}
+    return {
+        role: subprocess.Popen(
+            [sys.executable, "-m", "splitlink", "train", role, "--config", str(files[role])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in roles
+    }
 
 
 ERRORS: dict[str, str] = {}
@@ -84,11 +91,18 @@ def steps_done(log: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("victim", "restart"), [("follower", "both"), ("leader", "both"), ("follower", "victim"),
-                                                 ("leader", "victim"), ("follower", "victim-early"),
-                                                 ("leader", "victim-early")])
-def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir: Path, victim: str,
-                                                                         restart: str) -> None:
+@pytest.mark.parametrize(
+    ("victim", "restart"),
+    [
+        ("follower", "both"),
+        ("leader", "both"),
+        ("follower", "victim"),
+        ("leader", "victim"),
+        ("follower", "victim-early"),
+        ("leader", "victim-early"),
+    ],
+)
+def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir: Path, victim: str, restart: str) -> None:
     """restart="both": the survivor gives up after peer_timeout with an error naming the peer, and both
     are restarted with resume. restart="victim": only the killed party is restarted; the survivor learns
     of the new process, both go back to their newest common checkpoint, and the survivor carries on.
@@ -110,8 +124,9 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
     kill_at = int(rng.integers(1, 4)) if early else int(rng.integers(EVERY + 2, STEPS - 3))
     case = f"[kill the {victim} at step {kill_at} (seed {seed}), restart {restart}]"
     print(case)
-    files = run_files(workdir, run, resume=False, peer_timeout=8.0 if restart == "both" else 90.0,
-                      every=STEPS if early else EVERY)
+    files = run_files(
+        workdir, run, resume=False, peer_timeout=8.0 if restart == "both" else 90.0, every=STEPS if early else EVERY
+    )
     procs = start(files)
     deadline = time.monotonic() + 120
     while steps_done(run / "leader.log") < kill_at:
@@ -170,14 +185,33 @@ def pangu_files(d: Path, run: Path, resume: bool, peer_timeout: float = 8.0, eve
     files = {}
     for role, me, peer in (("follower", p2, p1), ("leader", p1, p2)):
         cfg = {
-            "scenario": "pangu_alpha", "party": role, "address": f"127.0.0.1:{me}", "peer_address": f"127.0.0.1:{peer}",
-            "enable_ssl": True, "threads": 1, "log_file": str(run / f"{role}.log"),
+            "scenario": "pangu_alpha",
+            "party": role,
+            "address": f"127.0.0.1:{me}",
+            "peer_address": f"127.0.0.1:{peer}",
+            "enable_ssl": True,
+            "threads": 1,
+            "log_file": str(run / f"{role}.log"),
             "pangu": {"config": "tiny", "vocab_size": 512, "seq_length": 32},
-            "ssl": {"server_cert_path": str(c / f"{role}.server.p12"), "client_cert_path": str(c / f"{role}.client.p12"),
-                    "ca_cert_path": str(c / "ca.crt"), "server_password": "splitlink", "client_password": "splitlink"},
-            "train": {"epochs": 1, "batch_size": 4, "max_steps": PANGU_STEPS, "lr": 1e-3, "log_every": 1,
-                      "ckpt_every": every, "ckpt_dir": str(run / role), "resume": resume, "peer_timeout": peer_timeout,
-                      "metrics_path": str(run / "metrics.jsonl")},
+            "ssl": {
+                "server_cert_path": str(c / f"{role}.server.p12"),
+                "client_cert_path": str(c / f"{role}.client.p12"),
+                "ca_cert_path": str(c / "ca.crt"),
+                "server_password": "splitlink",
+                "client_password": "splitlink",
+            },
+            "train": {
+                "epochs": 1,
+                "batch_size": 4,
+                "max_steps": PANGU_STEPS,
+                "lr": 1e-3,
+                "log_every": 1,
+                "ckpt_every": every,
+                "ckpt_dir": str(run / role),
+                "resume": resume,
+                "peer_timeout": peer_timeout,
+                "metrics_path": str(run / "metrics.jsonl"),
+            },
         }
         if role == "leader":
             cfg["data"] = str(d / "data")
@@ -219,6 +253,7 @@ def _tensors(x: object) -> object:
 @pytest.mark.slow
 def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pangu_workdir: Path) -> None:
     from required import require_deepspeed
+
     require_deepspeed()
     d = pangu_workdir
     ref = d / "ref"
@@ -236,8 +271,9 @@ def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pan
     for victim, kill_at, restart in (("follower", 7, "both"), ("leader", 10, "victim"), ("follower", 2, "victim-early")):
         early = restart == "victim-early"
         run = d / f"killed-{victim}-{kill_at}"
-        files = pangu_files(d, run, resume=False, peer_timeout=8.0 if restart == "both" else 120.0,
-                            every=PANGU_STEPS if early else PANGU_EVERY)
+        files = pangu_files(
+            d, run, resume=False, peer_timeout=8.0 if restart == "both" else 120.0, every=PANGU_STEPS if early else PANGU_EVERY
+        )
         procs = start(files)
         deadline = time.monotonic() + 240
         while max(pangu_losses(run), default=0) < kill_at:

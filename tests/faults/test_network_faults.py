@@ -35,8 +35,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ssl_for(d: Path, party: str) -> SSLConfig:
-    return SSLConfig(server_cert_path=str(d / f"{party}.server.p12"), client_cert_path=str(d / f"{party}.client.p12"),
-                     server_password="pw", client_password="pw", ca_cert_path=str(d / "ca.crt"))
+    return SSLConfig(
+        server_cert_path=str(d / f"{party}.server.p12"),
+        client_cert_path=str(d / f"{party}.client.p12"),
+        server_password="pw",
+        client_password="pw",
+        ca_cert_path=str(d / "ca.crt"),
+    )
 
 
 def parties(certs: Path | None, seal: bool) -> tuple[VerticalFederatedCommunicator, VerticalFederatedCommunicator, FaultProxy]:
@@ -44,14 +49,23 @@ def parties(certs: Path | None, seal: bool) -> tuple[VerticalFederatedCommunicat
     lp, fp = free_port(), free_port()
     proxy = FaultProxy(lp)
     tls = certs is not None
-    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
-                                           ServerConfig("follower", f"127.0.0.1:{fp}"), enable_ssl=tls,
-                                           ssl_config=ssl_for(certs, "leader") if tls else None, seal=seal,
-                                           retry_deadline=20)
-    follower = VerticalFederatedCommunicator(ServerConfig("follower", f"127.0.0.1:{fp}"),
-                                             ServerConfig("leader", proxy.address), enable_ssl=tls,
-                                             ssl_config=ssl_for(certs, "follower") if tls else None, seal=seal,
-                                             retry_deadline=20, chunk_size=256 << 10)
+    leader = VerticalFederatedCommunicator(
+        ServerConfig("leader", f"127.0.0.1:{lp}"),
+        ServerConfig("follower", f"127.0.0.1:{fp}"),
+        enable_ssl=tls,
+        ssl_config=ssl_for(certs, "leader") if tls else None,
+        seal=seal,
+        retry_deadline=20,
+    )
+    follower = VerticalFederatedCommunicator(
+        ServerConfig("follower", f"127.0.0.1:{fp}"),
+        ServerConfig("leader", proxy.address),
+        enable_ssl=tls,
+        ssl_config=ssl_for(certs, "follower") if tls else None,
+        seal=seal,
+        retry_deadline=20,
+        chunk_size=256 << 10,
+    )
     return leader.launch(), follower.launch(), proxy
 
 
@@ -67,9 +81,9 @@ def receive_all(leader: VerticalFederatedCommunicator, n: int) -> list[dict[str,
 def assert_exact(got: list[dict], sent: list[dict], leader: VerticalFederatedCommunicator) -> None:
     assert [int(f["step"]) for f in got] == [int(f["step"]) for f in sent]  # once each, in order
     for g, s in zip(got, sent):
-        assert torch.equal(g["emb"], s["emb"])                               # bit for bit
+        assert torch.equal(g["emb"], s["emb"])  # bit for bit
     with pytest.raises(TimeoutError):
-        leader.receive("follower", timeout=0.3)                              # and nothing more
+        leader.receive("follower", timeout=0.3)  # and nothing more
 
 
 @pytest.mark.parametrize("mode", ["tls", "sealed-over-plaintext"])
@@ -163,8 +177,9 @@ def test_sender_killed_mid_send_delivers_nothing_partial_and_its_restart_is_anno
     script.write_text(SENDER)
     lp, fp = free_port(), free_port()
     proxy = FaultProxy(lp)
-    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
-                                           ServerConfig("follower", f"127.0.0.1:{fp}")).launch()
+    leader = VerticalFederatedCommunicator(
+        ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", f"127.0.0.1:{fp}")
+    ).launch()
     try:
         proxy.delay_s = 0.005  # ~64 KiB per 5 ms: the 64 MiB frame takes seconds to cross
         victim = subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{fp}", proxy.address, "64"])
@@ -192,19 +207,30 @@ def test_sender_killed_mid_send_delivers_nothing_partial_and_its_restart_is_anno
 # ---- large frames in parallel byte ranges (SendRange) through the same faults ---------------------
 
 
-def parallel_parties(certs: Path, connections: bool) -> tuple[VerticalFederatedCommunicator, VerticalFederatedCommunicator,
-                                                              FaultProxy]:
+def parallel_parties(
+    certs: Path, connections: bool
+) -> tuple[VerticalFederatedCommunicator, VerticalFederatedCommunicator, FaultProxy]:
     """As ``parties``, but the follower sends its 1 MiB frames as 4 parallel ranges of 256 KiB chunks."""
     lp, fp = free_port(), free_port()
     proxy = FaultProxy(lp)
-    leader = VerticalFederatedCommunicator(ServerConfig("leader", f"127.0.0.1:{lp}"),
-                                           ServerConfig("follower", f"127.0.0.1:{fp}"), enable_ssl=True,
-                                           ssl_config=ssl_for(certs, "leader"), retry_deadline=20)
-    follower = VerticalFederatedCommunicator(ServerConfig("follower", f"127.0.0.1:{fp}"),
-                                             ServerConfig("leader", proxy.address), enable_ssl=True,
-                                             ssl_config=ssl_for(certs, "follower"), retry_deadline=20,
-                                             chunk_size=256 << 10, parallel_threshold=512 << 10, streams=4,
-                                             connections=connections)
+    leader = VerticalFederatedCommunicator(
+        ServerConfig("leader", f"127.0.0.1:{lp}"),
+        ServerConfig("follower", f"127.0.0.1:{fp}"),
+        enable_ssl=True,
+        ssl_config=ssl_for(certs, "leader"),
+        retry_deadline=20,
+    )
+    follower = VerticalFederatedCommunicator(
+        ServerConfig("follower", f"127.0.0.1:{fp}"),
+        ServerConfig("leader", proxy.address),
+        enable_ssl=True,
+        ssl_config=ssl_for(certs, "follower"),
+        retry_deadline=20,
+        chunk_size=256 << 10,
+        parallel_threshold=512 << 10,
+        streams=4,
+        connections=connections,
+    )
     return leader.launch(), follower.launch(), proxy
 
 

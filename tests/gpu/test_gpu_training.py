@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_TOP, fl_yaml, gpt_batch, gpt_parts,
-                        mlp_batch, mlp_parts)
+from split_nets import (
+    GPT_BACKBONE,
+    GPT_EMBEDDING,
+    GPT_HEAD,
+    MLP_BOTTOM,
+    MLP_TOP,
+    fl_yaml,
+    gpt_batch,
+    gpt_parts,
+    mlp_batch,
+    mlp_parts,
+)
 from torch import nn
 
 from splitlink import CompressConfig, FLModel
@@ -70,8 +80,9 @@ def test_mlp_split_through_8bit_frames_onto_the_gpu_trains() -> None:
     assert got[-1] < got[0]
 
 
-def run_gpt(backbone_ds: dict | None, steps: int, emb_dev: str = "cpu", head_dev: str = "cpu",
-            bb_dev: str = "cuda") -> list[float]:
+def run_gpt(
+    backbone_ds: dict | None, steps: int, emb_dev: str = "cpu", head_dev: str = "cpu", bb_dev: str = "cuda"
+) -> list[float]:
     emb, bb, head = (copy.deepcopy(p) for p in gpt_parts(seed=5))
     fe = FLModel(fl_yaml(GPT_EMBEDDING, "embedding"), emb.to(emb_dev))
     fb = FLModel(fl_yaml(GPT_BACKBONE, "backbone"), bb.to(bb_dev), deepspeed_config=backbone_ds)

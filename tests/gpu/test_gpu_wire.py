@@ -62,8 +62,9 @@ def test_codecs_on_cuda_give_the_cpu_bytes_and_values(spec: object, dtype: torch
 
 
 def frames_equal_on_both_paths(tensors_cpu: dict, **kw) -> None:  # type: ignore[no-untyped-def]
-    on_gpu = {k: (v.cuda() if isinstance(v, torch.Tensor) else {a: b.cuda() for a, b in v.items()})
-              for k, v in tensors_cpu.items()}
+    on_gpu = {
+        k: (v.cuda() if isinstance(v, torch.Tensor) else {a: b.cuda() for a, b in v.items()}) for k, v in tensors_cpu.items()
+    }
     want = bytes(wire.pack(tensors_cpu, **kw))
     got = wire.pack(on_gpu, **kw)
     assert bytes(got) == want
@@ -81,16 +82,30 @@ def frames_equal_on_both_paths(tensors_cpu: dict, **kw) -> None:  # type: ignore
 def test_pack_from_device_is_the_cpu_frame() -> None:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(8, 1024, 64, generator=g)
-    tensors = {"hidden": x, "mask": torch.rand(8, 1024, generator=g) > 0.5, "ids": torch.arange(8192).view(8, 1024),
-               "grp": {"bf": x[:2].to(torch.bfloat16), "t": x[0, 0].clone()}, "empty": torch.zeros(0, 3)}
+    tensors = {
+        "hidden": x,
+        "mask": torch.rand(8, 1024, generator=g) > 0.5,
+        "ids": torch.arange(8192).view(8, 1024),
+        "grp": {"bf": x[:2].to(torch.bfloat16), "t": x[0, 0].clone()},
+        "empty": torch.zeros(0, 3),
+    }
     frames_equal_on_both_paths(tensors)
-    frames_equal_on_both_paths(tensors, compress={"hidden": CompressConfig("min_max", bit_num=8),
-                                                  "bf": CompressConfig("min_max", bit_num=4, block_size=64),
-                                                  "t": CompressConfig("fp16"),
-                                                  "ids": CompressConfig("bit_pack", bit_num=13)},
-                               sender="leader", seq=3, step=9, kind="tensors")
-    frames_equal_on_both_paths({"g": x}, compress={"g": CompressConfig("topk", ratio=0.01, value_bit_num=8,
-                                                                       stochastic=True, seed=5)}, seq=4)
+    frames_equal_on_both_paths(
+        tensors,
+        compress={
+            "hidden": CompressConfig("min_max", bit_num=8),
+            "bf": CompressConfig("min_max", bit_num=4, block_size=64),
+            "t": CompressConfig("fp16"),
+            "ids": CompressConfig("bit_pack", bit_num=13),
+        },
+        sender="leader",
+        seq=3,
+        step=9,
+        kind="tensors",
+    )
+    frames_equal_on_both_paths(
+        {"g": x}, compress={"g": CompressConfig("topk", ratio=0.01, value_bit_num=8, stochastic=True, seed=5)}, seq=4
+    )
 
 
 def test_error_feedback_from_device_matches_the_cpu() -> None:
@@ -98,8 +113,9 @@ def test_error_feedback_from_device_matches_the_cpu() -> None:
     compress = {"x": CompressConfig("topk", k=100, error_feedback=True)}
     fa, fb = ErrorFeedback(), ErrorFeedback()
     for _ in range(3):
-        assert bytes(wire.pack({"x": x.cuda()}, compress=compress, error_feedback=fb)) == \
-            bytes(wire.pack({"x": x}, compress=compress, error_feedback=fa))
+        assert bytes(wire.pack({"x": x.cuda()}, compress=compress, error_feedback=fb)) == bytes(
+            wire.pack({"x": x}, compress=compress, error_feedback=fa)
+        )
     assert torch.equal(fa.residuals["x"], fb.residuals["x"])
 
 
@@ -158,8 +174,10 @@ def test_grpc_receive_and_irecv_onto_the_device() -> None:
     pa, pb = free_ports(2)
     a, b = ServerConfig("a", f"127.0.0.1:{pa}"), ServerConfig("b", f"127.0.0.1:{pb}")
     cfg = {"h": CompressConfig("min_max", bit_num=8)}
-    with VerticalFederatedCommunicator(a, b, compress_configs=cfg, enable_ssl=False) as ca, \
-            VerticalFederatedCommunicator(b, a, compress_configs=cfg, enable_ssl=False) as cb:
+    with (
+        VerticalFederatedCommunicator(a, b, compress_configs=cfg, enable_ssl=False) as ca,
+        VerticalFederatedCommunicator(b, a, compress_configs=cfg, enable_ssl=False) as cb,
+    ):
         h = torch.randn(64, 256)
         ca.send_tensors("b", {"h": h})
         got = cb.receive("a", timeout=60, device="cuda:0")["h"]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from required import require_deepspeed
+
 from splitlink.horizontal.adapters import (
     AdapterSpec,
     GPT2Spec,
@@ -17,13 +18,21 @@ from splitlink.horizontal.client import LocalOptions, LocalTrainer
 
 SPEC = GPT2Spec(vocab_size=260, n_positions=16, n_embd=16, n_layer=1, n_head=2, num_labels=2)
 SEED_CONFIG = {  # seed 003's deepspeed_config, as is
-    "train_micro_batch_size_per_gpu": 16, "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": 16,
+    "train_batch_size": "auto",
     "optimizer": {"type": "Adam", "params": {"lr": 5e-4}},
     "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0}},
     "fp16": {"enabled": False},
-    "zero_optimization": {"stage": 2, "allgather_partitions": True, "allgather_bucket_size": 5e8, "overlap_comm": False,
-                          "reduce_scatter": True, "reduce_bucket_size": 5e8, "contiguous_gradients": True,
-                          "stage3_gather_16bit_weights_on_model_save": True},
+    "zero_optimization": {
+        "stage": 2,
+        "allgather_partitions": True,
+        "allgather_bucket_size": 5e8,
+        "overlap_comm": False,
+        "reduce_scatter": True,
+        "reduce_bucket_size": 5e8,
+        "contiguous_gradients": True,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
 }
 
 
@@ -54,9 +63,12 @@ def test_deepspeed_zero2_client() -> None:
     assert any(not torch.equal(s2[k], g0[k]) for k in g0)
     # 2) ZeRO-2 with plain SGD equals the torch client, and set_state reaches ZeRO's fp32 master copy:
     #    the same round from the same global state twice gives the same result
-    sgd = {**{k: v for k, v in SEED_CONFIG.items() if k not in ("optimizer", "scheduler")},
-           "optimizer": {"type": "SGD", "params": {"lr": 5e-3}}, "train_micro_batch_size_per_gpu": "auto",
-           "zero_allow_untested_optimizer": True}  # torch SGD under ZeRO: DeepSpeed asks for consent
+    sgd = {
+        **{k: v for k, v in SEED_CONFIG.items() if k not in ("optimizer", "scheduler")},
+        "optimizer": {"type": "SGD", "params": {"lr": 5e-3}},
+        "train_micro_batch_size_per_gpu": "auto",
+        "zero_allow_untested_optimizer": True,
+    }  # torch SGD under ZeRO: DeepSpeed asks for consent
     d = _trainer(sgd, mode="none")
     p = _trainer(None, mode="none")
     w0 = p.get_state()

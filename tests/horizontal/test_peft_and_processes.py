@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from splitlink.certs import make_dev_certs
 from splitlink.channel import InProcessCommunicator, ServerConfig
 from splitlink.errors import YamlConfigError
@@ -130,15 +131,22 @@ def test_job_errors_name_file_line_and_key(tmp_path: Path) -> None:
 def test_deepspeed_config_of_the_seed_resolves() -> None:
     from splitlink.horizontal.client import LocalOptions, resolve_deepspeed_config
 
-    seed = {"train_micro_batch_size_per_gpu": 16, "train_batch_size": "auto",
-            "optimizer": {"type": "Adam", "params": {"lr": 5e-4}}, "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0}},
-            "fp16": {"enabled": False}, "zero_optimization": {"stage": 2, "allgather_partitions": True}}
+    seed = {
+        "train_micro_batch_size_per_gpu": 16,
+        "train_batch_size": "auto",
+        "optimizer": {"type": "Adam", "params": {"lr": 5e-4}},
+        "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0}},
+        "fp16": {"enabled": False},
+        "zero_optimization": {"stage": 2, "allgather_partitions": True},
+    }
     cfg = resolve_deepspeed_config(seed, LocalOptions(batch_size=8, lr=1e-3))
     assert cfg["train_batch_size"] == 16 and cfg["gradient_clipping"] == 0.0
     assert cfg["scheduler"]["params"] == {"warmup_min_lr": 0}  # absent values: DeepSpeed's defaults, as under FATE
     auto = {**seed, "scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": "auto", "warmup_num_steps": "auto"}}}
     assert resolve_deepspeed_config(auto, LocalOptions(lr=1e-3))["scheduler"]["params"] == {
-        "warmup_max_lr": 1e-3, "warmup_num_steps": 1}
+        "warmup_max_lr": 1e-3,
+        "warmup_num_steps": 1,
+    }
     with pytest.raises(ValueError, match="zero_optimization.reduce_bucket_size"):
         resolve_deepspeed_config({**seed, "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}, LocalOptions())
 
@@ -150,9 +158,15 @@ def test_three_processes_over_mtls_reproduce_the_in_process_run(tmp_path: Path) 
     make_dev_certs(tmp_path / "certs", ["arbiter", "guest", "host"])
     job = _job(tmp_path, "lora", ssl=True, ports=ports)
     cmds = {"arbiter": ["aggregator"], "guest": ["client", "--name", "guest"], "host": ["client", "--name", "host"]}
-    procs = {n: subprocess.Popen([sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job), "--save-state",
-                                  str(tmp_path / f"{n}.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for n, c in cmds.items()}
+    procs = {
+        n: subprocess.Popen(
+            [sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job), "--save-state", str(tmp_path / f"{n}.pt")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n, c in cmds.items()
+    }
     outs = {n: p.communicate(timeout=240) for n, p in procs.items()}
     for n, p in procs.items():
         assert p.returncode == 0, f"{n}: {outs[n][1][-3000:]}"

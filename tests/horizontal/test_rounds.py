@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import pytest
 import torch
+from torch import nn
+
 from splitlink.channel import InProcessCommunicator, ServerConfig
 from splitlink.horizontal.aggregator import (
     ClientUpdate,
@@ -26,7 +28,6 @@ from splitlink.horizontal.rounds import (
     RoundError,
     RoundOptions,
 )
-from torch import nn
 
 
 def mse(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -45,8 +46,7 @@ def data(seed: int, n: int) -> dict[str, torch.Tensor]:
 
 
 def trainer(name: str, d: dict[str, torch.Tensor], **kw: object) -> LocalTrainer:
-    opts = LocalOptions(batch_size=len(d["labels"]), lr=0.1, optimizer="sgd", aggregate_strategy="step",
-                        aggregate_freq=1, **kw)  # type: ignore[arg-type]
+    opts = LocalOptions(batch_size=len(d["labels"]), lr=0.1, optimizer="sgd", aggregate_strategy="step", aggregate_freq=1, **kw)  # type: ignore[arg-type]
     return LocalTrainer(name, linear(), d, opts, loss_fn=mse)
 
 
@@ -97,14 +97,18 @@ def test_fedavg_equals_central_on_real_valued_data() -> None:
 
 def test_weighted_mean_is_exact() -> None:
     g = {"w": torch.zeros(4, dtype=torch.float64), "n": torch.tensor(7)}
-    ups = [ClientUpdate("a", {"w": torch.tensor([1.0, 2, 3, 4], dtype=torch.float64), "n": torch.tensor(7)}, 1),
-           ClientUpdate("b", {"w": torch.tensor([5.0, 6, 7, 8], dtype=torch.float64), "n": torch.tensor(7)}, 3)]
+    ups = [
+        ClientUpdate("a", {"w": torch.tensor([1.0, 2, 3, 4], dtype=torch.float64), "n": torch.tensor(7)}, 1),
+        ClientUpdate("b", {"w": torch.tensor([5.0, 6, 7, 8], dtype=torch.float64), "n": torch.tensor(7)}, 3),
+    ]
     out = weighted_mean(g, ups)
     assert torch.equal(out["w"], torch.tensor([4.0, 5, 6, 7], dtype=torch.float64))  # (1*x + 3*y) / 4, exact
     assert int(out["n"]) == 7
     f32 = {"w": torch.zeros(3)}
-    ups32 = [ClientUpdate("a", {"w": torch.tensor([0.1, 0.2, 0.3])}, 2),
-             ClientUpdate("b", {"w": torch.tensor([0.7, -0.2, 1.3])}, 5)]
+    ups32 = [
+        ClientUpdate("a", {"w": torch.tensor([0.1, 0.2, 0.3])}, 2),
+        ClientUpdate("b", {"w": torch.tensor([0.7, -0.2, 1.3])}, 5),
+    ]
     want = ((torch.tensor([0.1, 0.2, 0.3]).double() * (2 / 7)) + torch.tensor([0.7, -0.2, 1.3]).double() * (5 / 7)).float()
     assert torch.equal(weighted_mean(f32, ups32)["w"], want)
 
@@ -152,13 +156,17 @@ def test_sampling_is_seeded_and_weighted_by_samples() -> None:
     parts = {f"c{i}": data(10 + i, 4 + 2 * i) for i in range(4)}
     trainers = {k: trainer(k, d) for k, d in parts.items()}
     w0 = {k: v.detach().clone() for k, v in linear().named_parameters()}
-    agg = Aggregator(list(trainers), w0, FedAvg(), RoundOptions(rounds=4, clients_per_round=2, seed=3),
-                     LocalTransport(trainers))
+    agg = Aggregator(list(trainers), w0, FedAvg(), RoundOptions(rounds=4, clients_per_round=2, seed=3), LocalTransport(trainers))
     agg.run()
     picks = [r["clients"] for r in agg.history]
     assert all(len(p) == 2 for p in picks) and len({tuple(p) for p in picks}) > 1
-    again = Aggregator(list(trainers), w0, FedAvg(), RoundOptions(rounds=4, clients_per_round=2, seed=3),
-                       LocalTransport({k: trainer(k, d) for k, d in parts.items()}))
+    again = Aggregator(
+        list(trainers),
+        w0,
+        FedAvg(),
+        RoundOptions(rounds=4, clients_per_round=2, seed=3),
+        LocalTransport({k: trainer(k, d) for k, d in parts.items()}),
+    )
     again.run()
     assert [r["clients"] for r in again.history] == picks
     assert [r["samples"] for r in agg.history] == [sum(len(parts[c]["labels"]) for c in p) for p in picks]
@@ -169,16 +177,21 @@ def test_fedprox_pulls_towards_the_global_state() -> None:
     w0 = {k: v.detach().clone() for k, v in linear().named_parameters()}
     far = {}
     for mu in (0.0, 10.0):
-        t = LocalTrainer("c", linear(), d, LocalOptions(batch_size=4, lr=0.05, optimizer="sgd", aggregate_freq=2,
-                                                         fedprox_mu=mu), loss_fn=mse)
+        t = LocalTrainer(
+            "c", linear(), d, LocalOptions(batch_size=4, lr=0.05, optimizer="sgd", aggregate_freq=2, fedprox_mu=mu), loss_fn=mse
+        )
         s, n, _ = t.train_round(0, w0)
         far[mu] = sum(float((s[k] - w0[k]).norm()) for k in s)
         assert n == 16
     assert far[10.0] < far[0.0]
 
 
-def _net_run(trainers: dict[str, LocalTrainer], opts: RoundOptions, silent: set[str] = frozenset(),  # type: ignore[assignment]
-             broken: set[str] = frozenset()) -> Aggregator:  # type: ignore[assignment]
+def _net_run(
+    trainers: dict[str, LocalTrainer],
+    opts: RoundOptions,
+    silent: set[str] = frozenset(),  # type: ignore[assignment]
+    broken: set[str] = frozenset(),
+) -> Aggregator:  # type: ignore[assignment]
     hub: dict[str, object] = {}
     names = list(trainers)
     agg_comm = InProcessCommunicator(ServerConfig("arbiter", "x:1"), [ServerConfig(n, "x:1") for n in names], hub=hub)
@@ -216,7 +229,10 @@ def test_deadline_and_min_clients_name_late_and_failed_clients() -> None:
     torch.set_num_threads(1)
     parts = {f"c{i}": data(20 + i, 6) for i in range(3)}
     mk = lambda: {k: trainer(k, d) for k, d in parts.items()}
-    with pytest.raises(RoundError, match=r"round 1: only 1 of 3 .*0.5 s round deadline.*min_clients is 2.*late.*: c2.*failed: c1 \(ZeroDivisionError"):
+    with pytest.raises(
+        RoundError,
+        match=r"round 1: only 1 of 3 .*0.5 s round deadline.*min_clients is 2.*late.*: c2.*failed: c1 \(ZeroDivisionError",
+    ):
         _net_run(mk(), RoundOptions(rounds=2, min_clients=2, round_deadline=0.5), silent={"c2"}, broken={"c1"})
     agg = _net_run(mk(), RoundOptions(rounds=2, min_clients=2, round_deadline=0.5), silent={"c2"})
     assert [r["late"] for r in agg.history] == [["c2"], ["c2"]]
@@ -248,8 +264,9 @@ def test_network_rounds_equal_local_rounds_bitwise() -> None:
     parts = {f"c{i}": data(30 + i, 5 + i) for i in range(3)}
     net = _net_run({k: trainer(k, d) for k, d in parts.items()}, RoundOptions(rounds=3))
     w0 = {k: v.detach().clone() for k, v in linear().named_parameters()}
-    local = Aggregator(list(parts), w0, FedAvg(), RoundOptions(rounds=3),
-                       LocalTransport({k: trainer(k, d) for k, d in parts.items()}))
+    local = Aggregator(
+        list(parts), w0, FedAvg(), RoundOptions(rounds=3), LocalTransport({k: trainer(k, d) for k, d in parts.items()})
+    )
     local.run()
     for k in net.state:
         assert torch.equal(net.state[k], local.state[k])
@@ -261,14 +278,16 @@ def test_resume_is_bitwise(tmp_path: object) -> None:
 
     def run(rounds: int, resume: bool, d: str) -> Aggregator:
         opts = RoundOptions(rounds=rounds, ckpt_dir=d, ckpt_every=1, resume=resume, run_id="t")
-        trainers = {k: LocalTrainer(k, linear(), v, LocalOptions(batch_size=3, lr=0.05, optimizer="adam"),
-                                    loss_fn=mse) for k, v in parts.items()}
+        trainers = {
+            k: LocalTrainer(k, linear(), v, LocalOptions(batch_size=3, lr=0.05, optimizer="adam"), loss_fn=mse)
+            for k, v in parts.items()
+        }
         agg = Aggregator(list(parts), w0, ServerOptimizer("adam", lr=0.01), opts, LocalTransport(trainers))
         agg.run()
         return agg
 
     full = run(4, False, f"{tmp_path}/a")
-    run(2, False, f"{tmp_path}/b")          # "crashes" after round 2 (its checkpoint is there)
+    run(2, False, f"{tmp_path}/b")  # "crashes" after round 2 (its checkpoint is there)
     resumed = run(4, True, f"{tmp_path}/b")
     assert [r["round"] for r in resumed.history] == [3, 4]
     for k in full.state:
@@ -299,8 +318,16 @@ def test_an_unusable_update_fails_that_client_only() -> None:
     }
     for n, c in c_comms.items():
         c.receive("agg", 5)
-        c.send_tensors("agg", {"round": torch.tensor(0), "samples": torch.tensor(0 if n == "nosamples" else 4),
-                               "loss": torch.tensor(0.5, dtype=torch.float64), "state": bad_state[n]}, kind="fl:update")
+        c.send_tensors(
+            "agg",
+            {
+                "round": torch.tensor(0),
+                "samples": torch.tensor(0 if n == "nosamples" else 4),
+                "loss": torch.tensor(0.5, dtype=torch.float64),
+                "state": bad_state[n],
+            },
+            kind="fl:update",
+        )
     got = transport.collect(0, names, 5.0)
     assert list(got.updates) == ["good"]
     reasons = {c: why for c, why in got.failed.items()}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
 from splitlink.horizontal.secagg import (
     SecAggClient,
     SecAggConfig,
@@ -40,9 +41,17 @@ def updates_for(names: list[str], numel: int, scale: float = 0.3, seed: int = 0)
     return {n: torch.randn(numel, generator=g) * scale for n in names}
 
 
-def run_round(names: list[str], cfg: SecAggConfig, updates: Mapping[str, torch.Tensor], *, round_id: int = 3,
-              no_advert: Collection[str] = (), no_shares: Collection[str] = (), no_masked: Collection[str] = (),
-              no_unmask: Collection[str] = ()) -> Outcome:
+def run_round(
+    names: list[str],
+    cfg: SecAggConfig,
+    updates: Mapping[str, torch.Tensor],
+    *,
+    round_id: int = 3,
+    no_advert: Collection[str] = (),
+    no_shares: Collection[str] = (),
+    no_masked: Collection[str] = (),
+    no_unmask: Collection[str] = (),
+) -> Outcome:
     server = SecAggServer(cfg, round_id, names)
     seeds = {n: 100 + i for i, n in enumerate(names)}
     clients = {n: SecAggClient(n, cfg, round_id, names, rounding_seed=seeds[n]) for n in names}
@@ -105,8 +114,11 @@ def test_clients_dropping_after_sharing_leave_the_exact_sum_of_survivors(dropped
 
 def test_three_of_five_dropping_is_a_clear_error_naming_them() -> None:
     cfg = SecAggConfig(threshold=3, clip=1.0)
-    with pytest.raises(SecAggError, match=r"2 clients sent masked inputs.*fewer than the threshold 3.*"
-                                          r"before masking: \['client1', 'client2', 'client4'\]"):
+    with pytest.raises(
+        SecAggError,
+        match=r"2 clients sent masked inputs.*fewer than the threshold 3.*"
+        r"before masking: \['client1', 'client2', 'client4'\]",
+    ):
         run_round(NAMES5, cfg, updates_for(NAMES5, 100), no_masked=("client1", "client2", "client4"))
 
 
@@ -127,8 +139,11 @@ def test_a_survivor_silent_at_unmasking_is_covered_by_the_others() -> None:
 
 def test_too_few_unmask_responses_is_a_clear_error() -> None:
     cfg = SecAggConfig(threshold=3, clip=1.0)
-    with pytest.raises(SecAggError, match=r"needs 3 shares, only 2 holders answered.*dropped at unmasking: "
-                                          r"\['client1', 'client2', 'client3'\]"):
+    with pytest.raises(
+        SecAggError,
+        match=r"needs 3 shares, only 2 holders answered.*dropped at unmasking: "
+        r"\['client1', 'client2', 'client3'\]",
+    ):
         run_round(NAMES5, cfg, updates_for(NAMES5, 10), no_unmask=("client1", "client2", "client3"))
 
 
@@ -318,7 +333,7 @@ def test_clipped_values_are_counted_per_round_over_survivors() -> None:
     counts = {"c0": 3, "c1": 0, "c2": 66_000, "c3": 5}
     for n, c in counts.items():
         ups[n][:c] = torch.linspace(0.51, 9.0, c) * (-1) ** torch.arange(c)
-        ups[n][c: c + 10] = 0.5  # exactly at the clip: not clipped
+        ups[n][c : c + 10] = 0.5  # exactly at the clip: not clipped
     out = run_round(names, cfg, ups, no_masked=("c3",))
     assert out.report.clipped == 3 + 0 + 66_000  # c3 dropped: its count is not in the sum
     assert {n: out.clients[n].clipped for n in names} == counts
@@ -341,16 +356,25 @@ def test_stochastic_rounding_is_reproducible_unbiased_and_within_one_step() -> N
         quantise(torch.cat([torch.zeros(7), torch.tensor([math.nan])]), cfg, seed=0)
 
 
-@pytest.mark.parametrize(("kwargs", "n", "message"), [
-    ({"bits": 24, "neighbours": 4}, 300, (r"300 x 8388607 = 2516582100 \(bits = 24\), beyond the ring's signed range "
-                                          r"2\^31-1 = 2147483647: it would overflow; lower bits to at most 23 or use "
-                                          r"ring_bits = 64")),
-    ({"threshold": 2}, 5, r"threshold 2 is invalid for neighbourhoods of 4.*3 <= t <= 5"),
-    ({"threshold": 6}, 5, r"threshold 6 is invalid"),
-    ({"neighbours": 5}, 5, r"neighbours = 5 but there are only 4 other clients"),
-    ({"neighbours": 3}, 7, r"odd neighbourhood size \(3\) needs an even number of clients \(got 7\)"),
-    ({}, 1, r"at least 2 clients"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "n", "message"),
+    [
+        (
+            {"bits": 24, "neighbours": 4},
+            300,
+            (
+                r"300 x 8388607 = 2516582100 \(bits = 24\), beyond the ring's signed range "
+                r"2\^31-1 = 2147483647: it would overflow; lower bits to at most 23 or use "
+                r"ring_bits = 64"
+            ),
+        ),
+        ({"threshold": 2}, 5, r"threshold 2 is invalid for neighbourhoods of 4.*3 <= t <= 5"),
+        ({"threshold": 6}, 5, r"threshold 6 is invalid"),
+        ({"neighbours": 5}, 5, r"neighbours = 5 but there are only 4 other clients"),
+        ({"neighbours": 3}, 7, r"odd neighbourhood size \(3\) needs an even number of clients \(got 7\)"),
+        ({}, 1, r"at least 2 clients"),
+    ],
+)
 def test_configuration_is_validated_up_front(kwargs: dict[str, int], n: int, message: str) -> None:
     cfg = SecAggConfig(**{"threshold": 3, "clip": 1.0, **kwargs})  # type: ignore[arg-type]
     with pytest.raises(SecAggError, match=message):
@@ -362,16 +386,19 @@ def test_configuration_is_validated_up_front(kwargs: dict[str, int], n: int, mes
     SecAggConfig(threshold=3, clip=1.0, neighbours=4, bits=23).validate(300)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"clip": 0.0}, "clip must be a finite number > 0"),
-    ({"clip": -1.0}, "clip must be a finite number > 0"),
-    ({"clip": math.inf}, "clip must be a finite number > 0"),
-    ({"clip": math.nan}, "clip must be a finite number > 0"),
-    ({"bits": 25}, "bits must be 2..24"),
-    ({"ring_bits": 16}, "ring_bits must be 32 or 64"),
-    ({"threshold": 0}, "threshold must be an integer >= 1"),
-    ({"cipher": "rot13"}, "cipher must be one of"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"clip": 0.0}, "clip must be a finite number > 0"),
+        ({"clip": -1.0}, "clip must be a finite number > 0"),
+        ({"clip": math.inf}, "clip must be a finite number > 0"),
+        ({"clip": math.nan}, "clip must be a finite number > 0"),
+        ({"bits": 25}, "bits must be 2..24"),
+        ({"ring_bits": 16}, "ring_bits must be 32 or 64"),
+        ({"threshold": 0}, "threshold must be an integer >= 1"),
+        ({"cipher": "rot13"}, "cipher must be one of"),
+    ],
+)
 def test_bad_parameters_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(SecAggError, match=message):
         SecAggConfig(**{"threshold": 2, "clip": 1.0, **kwargs})  # type: ignore[arg-type]

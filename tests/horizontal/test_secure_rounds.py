@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from splitlink.certs import make_dev_certs
 from splitlink.channel import InProcessCommunicator, ServerConfig
 from splitlink.errors import YamlConfigError
@@ -42,7 +44,6 @@ from splitlink.horizontal.secure_rounds import (
     weighted,
 )
 from splitlink.util import free_ports
-from torch import nn
 
 # clip = levels / 1024 makes the quantisation scale levels / clip = 1024 exactly: values on the 2^-10 grid
 # quantise without rounding, and every later step (int -> float32, * 2^-10, / a power of two) is exact.
@@ -52,9 +53,11 @@ GRID_CLIP = LEVELS / 1024
 
 def _global() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {"w": torch.randint(-64, 64, (6, 5), generator=g).float() / 64,
-            "b": torch.randint(-64, 64, (7,), generator=g).float() / 64,
-            "steps": torch.tensor([3], dtype=torch.int64)}
+    return {
+        "w": torch.randint(-64, 64, (6, 5), generator=g).float() / 64,
+        "b": torch.randint(-64, 64, (7,), generator=g).float() / 64,
+        "steps": torch.tensor([3], dtype=torch.int64),
+    }
 
 
 class Fixed:
@@ -75,13 +78,20 @@ class Fixed:
 
 def _grid_deltas(n: int, seed: int = 0, span: int = 2000) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [{k: torch.randint(-span, span, v.shape, generator=g).float() / 1024 for k, v in _global().items()
-             if v.is_floating_point()} for _ in range(n)]
+    return [
+        {
+            k: torch.randint(-span, span, v.shape, generator=g).float() / 1024
+            for k, v in _global().items()
+            if v.is_floating_point()
+        }
+        for _ in range(n)
+    ]
 
 
 def _run(trainers: dict[str, Any], strategy: Any, rounds: int = 2, transport: Any = None, **opts: Any) -> Aggregator:
-    agg = Aggregator(list(trainers), _global(), strategy, RoundOptions(rounds=rounds, **opts),
-                     transport or LocalTransport(trainers))
+    agg = Aggregator(
+        list(trainers), _global(), strategy, RoundOptions(rounds=rounds, **opts), transport or LocalTransport(trainers)
+    )
     agg.run()
     return agg
 
@@ -113,8 +123,9 @@ def test_secure_equals_plain_fedavg_on_grid_updates(inner: str) -> None:
 
 def test_unequal_weights_match_the_quantised_reference_and_the_plain_mean_within_the_step() -> None:
     g = torch.Generator().manual_seed(5)
-    deltas = [{k: torch.randn(v.shape, generator=g) * 0.3 for k, v in _global().items() if v.is_floating_point()}
-              for _ in range(3)]
+    deltas = [
+        {k: torch.randn(v.shape, generator=g) * 0.3 for k, v in _global().items() if v.is_floating_point()} for _ in range(3)
+    ]
     samples = [7, 13, 20]
     clip = 1.0
     trainers = {f"c{i}": Fixed(f"c{i}", d, s, seed=4) for i, (d, s) in enumerate(zip(deltas, samples))}
@@ -125,14 +136,16 @@ def test_unequal_weights_match_the_quantised_reference_and_the_plain_mean_within
     g0 = _global()
     weights = [s / max(samples) for s in samples]
     cfg = SecureSettings(clip=clip).config(3, "run")
-    ints = sum(quantise(weighted(flatten_delta(t.sent[0], g0), w), cfg, seed=seed_of("secagg", 4, 0, c))[0]
-               for (c, t), w in zip(trainers.items(), weights))
+    ints = sum(
+        quantise(weighted(flatten_delta(t.sent[0], g0), w), cfg, seed=seed_of("secagg", 4, 0, c))[0]
+        for (c, t), w in zip(trainers.items(), weights)
+    )
     total = ints.to(torch.float32) * (1.0 / cfg.scale)
     delta = total.double() / sum(weights)
     pos = 0
     for k in sorted(["b", "w"]):
         n = g0[k].numel()
-        want = (g0[k].double() + delta[pos:pos + n].reshape(g0[k].shape)).float()
+        want = (g0[k].double() + delta[pos : pos + n].reshape(g0[k].shape)).float()
         pos += n
         assert torch.equal(sec.state[k], want), k
         # vs plain FedAvg: each client's stochastic rounding errs by < one step (clip / levels) per element,
@@ -164,8 +177,9 @@ class Dropping(LocalTransport):
         return super().deliver(round_, client, kind, msg)
 
 
-@pytest.mark.parametrize("stage,dropped", [(SA_SHARES, ["c1"]), (SA_SHARES, ["c0", "c3"]), (SA_ROSTER, ["c2", "c4"]),
-                                           (SA_UNMASK, ["c4", "c0"])])
+@pytest.mark.parametrize(
+    "stage,dropped", [(SA_SHARES, ["c1"]), (SA_SHARES, ["c0", "c3"]), (SA_ROSTER, ["c2", "c4"]), (SA_UNMASK, ["c4", "c0"])]
+)
 def test_five_clients_threshold_three_survive_dropouts(stage: str, dropped: list[str]) -> None:
     # SA_SHARES: the client received the relayed shares but never sends its masked input (dropped after the
     # share stage: its pairwise masks are reconstructed); SA_ROSTER: it never shares (excluded cleanly);
@@ -247,8 +261,16 @@ def test_the_aggregator_never_receives_an_individual_update_and_matches_the_loca
 
         t.train_round = spy  # type: ignore[method-assign]
     settings = SecureSettings(clip=0.5)
-    parties = [ClientParty(InProcessCommunicator(ServerConfig(c, "x:1"), ServerConfig("arb", "x:1"), hub=hub), "arb",
-                           t, timeout=60, secure=settings) for c, t in trainers.items()]
+    parties = [
+        ClientParty(
+            InProcessCommunicator(ServerConfig(c, "x:1"), ServerConfig("arb", "x:1"), hub=hub),
+            "arb",
+            t,
+            timeout=60,
+            secure=settings,
+        )
+        for c, t in trainers.items()
+    ]
     threads = [threading.Thread(target=p.run, daemon=True) for p in parties]
     for th in threads:
         th.start()
@@ -299,8 +321,16 @@ def _data(seed: int, n: int = 12) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": (ids[:, 0] > 128).astype(np.int64)}
 
 
-def _job(tmp: Path, *, aggregator: str = "secure", secure: str = "{clip: 0.5, bits: 16}", ssl: bool = False,
-         ports: list[int] | None = None, steps: int = 4, clients: int = 3) -> Path:
+def _job(
+    tmp: Path,
+    *,
+    aggregator: str = "secure",
+    secure: str = "{clip: 0.5, bits: 16}",
+    ssl: bool = False,
+    ports: list[int] | None = None,
+    steps: int = 4,
+    clients: int = 3,
+) -> Path:
     ports = ports or list(range(1, clients + 2))
     names = [f"c{i}" for i in range(clients)]
     for i, c in enumerate(names):
@@ -339,8 +369,9 @@ def test_lora_adapters_through_secure_aggregation(tmp_path: Path) -> None:
     names = set(trainers["c0"].exchanged)
     assert set(sec) == names and all("lora_" in k or ".score." in k for k in names)
     assert history[0]["clipped"] == 0 and history[0]["clients"] == ["c0", "c1", "c2"]
-    base = {k: v for k, v in build_trainer(load_job(tmp_path / "s" / "job.yaml"), "c0").model.named_parameters()
-            if k not in names}
+    base = {
+        k: v for k, v in build_trainer(load_job(tmp_path / "s" / "job.yaml"), "c0").model.named_parameters() if k not in names
+    }
     for t in trainers.values():
         for k, v in t.model.named_parameters():
             if k in base:
@@ -351,18 +382,21 @@ def test_lora_adapters_through_secure_aggregation(tmp_path: Path) -> None:
     bound = 3 * step / (12 / 20 + 16 / 20 + 1) + 2**-23
     for k in names:
         assert float((sec[k].double() - plain[k].double()).abs().max()) < bound, k
-    init = {k: v for k, v in build_trainer(load_job(tmp_path / "s" / "job.yaml"), "c0").model.named_parameters()
-            if k in names}
+    init = {k: v for k, v in build_trainer(load_job(tmp_path / "s" / "job.yaml"), "c0").model.named_parameters() if k in names}
     assert any(not torch.equal(sec[k], init[k]) for k in names)  # the adapters did train
 
 
 def test_job_file_secure_section_is_strict(tmp_path: Path) -> None:
     cfg = load_job(_job(tmp_path, secure="{clip: 0.5, threshold: 3, neighbours: 2, bits: 12}"))
     assert cfg.fed_args.secure is not None and cfg.fed_args.secure.neighbours == 2
-    for secure, msg in [("{clip: 0.5, threshold: 1}", r"fed_args.secure.*threshold 1 is invalid.*2 <= t <= 3"),
-                        ("{clip: 0}", r"fed_args.secure.clip"), ("{clip: 1, bits: 30}", r"fed_args.secure.bits"),
-                        ("{clip: 1, neighbours: 5}", r"fed_args.secure.*neighbours = 5.*only 2 other"),
-                        ("{clip: 1, colour: red}", r"fed_args.secure.colour"), ("{threshold: 2}", r"fed_args.secure.clip")]:
+    for secure, msg in [
+        ("{clip: 0.5, threshold: 1}", r"fed_args.secure.*threshold 1 is invalid.*2 <= t <= 3"),
+        ("{clip: 0}", r"fed_args.secure.clip"),
+        ("{clip: 1, bits: 30}", r"fed_args.secure.bits"),
+        ("{clip: 1, neighbours: 5}", r"fed_args.secure.*neighbours = 5.*only 2 other"),
+        ("{clip: 1, colour: red}", r"fed_args.secure.colour"),
+        ("{threshold: 2}", r"fed_args.secure.clip"),
+    ]:
         with pytest.raises(YamlConfigError, match=msg):
             load_job(_job(tmp_path, secure=secure))
     with pytest.raises(YamlConfigError, match=r"fed_args.secure.*aggregator is fedavg"):
@@ -376,9 +410,15 @@ def test_secure_processes_over_mtls_reproduce_the_in_process_run(tmp_path: Path)
     make_dev_certs(tmp_path / "certs", ["arbiter", "c0", "c1", "c2"])
     job = _job(tmp_path, ssl=True, ports=ports)
     cmds = {"arbiter": ["aggregator"], **{c: ["client", "--name", c] for c in ("c0", "c1", "c2")}}
-    procs = {n: subprocess.Popen([sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job), "--save-state",
-                                  str(tmp_path / f"{n}.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for n, c in cmds.items()}
+    procs = {
+        n: subprocess.Popen(
+            [sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job), "--save-state", str(tmp_path / f"{n}.pt")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n, c in cmds.items()
+    }
     outs = {n: p.communicate(timeout=300) for n, p in procs.items()}
     for n, p in procs.items():
         assert p.returncode == 0, f"{n}: {outs[n][1][-3000:]}"
@@ -389,6 +429,7 @@ def test_secure_processes_over_mtls_reproduce_the_in_process_run(tmp_path: Path)
         for k in ref:
             assert torch.equal(got[k], ref[k]), (n, k)
     agg = json.loads(outs["arbiter"][0].strip().splitlines()[-1])
-    assert [(r["loss"], r["clipped"], r["clients"]) for r in agg["history"]] == \
-        [(r["loss"], r["clipped"], r["clients"]) for r in history]
+    assert [(r["loss"], r["clipped"], r["clients"]) for r in agg["history"]] == [
+        (r["loss"], r["clipped"], r["clients"]) for r in history
+    ]
     assert all(r["secure"] for r in agg["history"])

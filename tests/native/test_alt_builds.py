@@ -44,8 +44,7 @@ def _stage(build: Path, dest: Path) -> Path:
     modules = sorted(build.glob("_core*.so"))
     assert modules, f"no _core module in {build}: run `make native`"
     site = dest / "site"
-    shutil.copytree(REPO / "python" / "splitlink", site / "splitlink",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copytree(REPO / "python" / "splitlink", site / "splitlink", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     shutil.copy2(modules[0], site / "splitlink" / modules[0].name)
     protos = site / "splitlink" / "protos" / "splitlink" / "v1"
     protos.mkdir(parents=True, exist_ok=True)
@@ -57,8 +56,9 @@ def _stage(build: Path, dest: Path) -> Path:
 def _asan_runtime() -> str:
     clang = shutil.which("clang++") or shutil.which("clang")
     assert clang, "clang is needed for the sanitizer build: run `make sysdeps-dev`"
-    lib = subprocess.run([clang, "-print-file-name=libclang_rt.asan-x86_64.so"], capture_output=True,
-                         text=True, check=True).stdout.strip()
+    lib = subprocess.run(
+        [clang, "-print-file-name=libclang_rt.asan-x86_64.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert os.path.isfile(lib), f"ASan runtime not found ({lib}): apt-get install libclang-rt-14-dev"
     return lib
 
@@ -76,15 +76,27 @@ def test_python_suite_against_build(native_build: Path, variant: str, tmp_path: 
         env["LD_PRELOAD"] = _asan_runtime()
         env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
-    info = subprocess.run([sys.executable, "-c", "import splitlink._core as c; print(c.__file__); print(c.build_info())"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    info = subprocess.run(
+        [sys.executable, "-c", "import splitlink._core as c; print(c.__file__); print(c.build_info())"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert info.returncode == 0, info.stderr[-4000:]
     assert info.stdout.splitlines()[0].startswith(str(site)), info.stdout
     assert "clang" in info.stdout, info.stdout
     if variant == "py-asan":
         assert "address,undefined" in info.stdout, info.stdout
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     tail = proc.stdout[-6000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, tail
     assert " passed" in proc.stdout and "failed" not in proc.stdout.splitlines()[-1], tail

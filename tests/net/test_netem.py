@@ -34,14 +34,14 @@ def test_self_check_meets_the_profile(name: str) -> None:
 def test_self_check_fails_a_link_that_misses_its_profile() -> None:
     """A link shaped and delayed as thin WAN, checked against faster and slower claims: both caught."""
     with EmulatedLink(PROFILES["thin-wan"]) as link:
-        claim = dataclasses.replace(PROFILES["thin-wan"], rate_bit_s=1e9)       # 10x the rate
+        claim = dataclasses.replace(PROFILES["thin-wan"], rate_bit_s=1e9)  # 10x the rate
         with pytest.raises(NetemError, match=r"rate \d+ Mbit/s is under the profile's 1000 Mbit/s"):
             link.self_check(bulk_bytes=2 << 20, expect=claim)
     with EmulatedLink(PROFILES["metro"]) as link:
-        claim = dataclasses.replace(PROFILES["metro"], rtt_s=0.050)             # 10x the RTT
+        claim = dataclasses.replace(PROFILES["metro"], rtt_s=0.050)  # 10x the RTT
         with pytest.raises(NetemError, match=r"RTT [\d.]+ ms is under the profile's 50 ms"):
             link.self_check(bulk_bytes=2 << 20, expect=claim)
-        claim = dataclasses.replace(PROFILES["metro"], rate_bit_s=100e6)        # a tenth of the rate
+        claim = dataclasses.replace(PROFILES["metro"], rate_bit_s=100e6)  # a tenth of the rate
         with pytest.raises(NetemError, match=r"rate \d+ Mbit/s is over the profile's 100 Mbit/s"):
             link.self_check(bulk_bytes=2 << 20, expect=claim)
 
@@ -56,14 +56,14 @@ def test_wire_bytes_count_each_direction() -> None:
         try:
             dial = link.route(port, client="follower")
             before = link.wire_bytes()
-            link.call(lambda: _bulk(dial, server, n))   # n bytes follower -> leader
+            link.call(lambda: _bulk(dial, server, n))  # n bytes follower -> leader
             after = link.wire_bytes()
         finally:
             server.close()
     up = after["follower->leader"] - before["follower->leader"]
     down = after["leader->follower"] - before["leader->follower"]
-    assert n < up < n * 1.1          # payload plus TCP/IP headers (a few %)
-    assert 0 < down < n // 10        # acknowledgements and the probe's reply only
+    assert n < up < n * 1.1  # payload plus TCP/IP headers (a few %)
+    assert 0 < down < n // 10  # acknowledgements and the probe's reply only
 
 
 def test_an_exception_leaves_no_namespace_and_no_process() -> None:
@@ -97,9 +97,9 @@ def test_a_terminated_owner_leaves_no_namespace_and_no_process(tmp_path: Path) -
             owner.send_signal(sig)
             assert owner.wait(30) == -sig
         if sig == signal.SIGKILL:
-            assert netns_exists(name)   # nothing could run in the killed process
+            assert netns_exists(name)  # nothing could run in the killed process
             os.kill(int(pid), signal.SIGKILL)
-            Netns().close()             # the next namespace made sweeps the stale one
+            Netns().close()  # the next namespace made sweeps the stale one
         assert not netns_exists(name)
         deadline = time.monotonic() + 10
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
@@ -117,18 +117,19 @@ def test_cut_drops_live_connections_and_needs_a_proxy() -> None:
         conn = link.call(lambda: _connect(dial))
         try:
             conn.sendall(b"p")
-            assert _recv_exact(conn, 1) == b"p"    # the path works
+            assert _recv_exact(conn, 1) == b"p"  # the path works
             link.cut(5.0)
             conn.settimeout(5)
             with pytest.raises((OSError, NetemError)):
                 conn.sendall(b"p")
-                _recv_exact(conn, 1)               # the connection is gone: reset or closed
+                _recv_exact(conn, 1)  # the connection is gone: reset or closed
 
             def fresh_connection_is_closed() -> bytes:
                 with _connect(dial) as s:
                     s.settimeout(5)
                     return s.recv(1)
-            assert link.call(fresh_connection_is_closed) == b""   # new connections refused while down
+
+            assert link.call(fresh_connection_is_closed) == b""  # new connections refused while down
         finally:
             conn.close()
             server.close()
@@ -143,12 +144,14 @@ def test_two_process_mtls_split_through_wan_ends_exactly_as_on_loopback(tmp_path
     (both peer addresses through the delay line, htb-shaped). The link changes timing only: every
     step's loss and both parties' final checkpoints are equal bit for bit."""
     from split_runs import load_state, make_certs, run_split, same_state, wide_deep_run
+
     from splitlink.examples import demo
 
     certs = make_certs(tmp_path / "certs")
     demo.prepare_data(tmp_path, 3000, seed=3, vocab_size=5000)
-    spec = wide_deep_run(tmp_path, model={"vocab_size": 5000, "emb_dim": 8, "deep_layers": [32, 16]},
-                         batch_size=300, steps=6, compress=True)
+    spec = wide_deep_run(
+        tmp_path, model={"vocab_size": 5000, "emb_dim": 8, "deep_layers": [32, 16]}, batch_size=300, steps=6, compress=True
+    )
     plain = run_split(tmp_path / "plain", spec, certs=certs, ckpt_every=6, timeout=300)
     with EmulatedLink(PROFILES["wan"]) as link:
         link.self_check(bulk_bytes=4 << 20)
@@ -159,14 +162,14 @@ def test_two_process_mtls_split_through_wan_ends_exactly_as_on_loopback(tmp_path
     assert wan.wire_bytes["follower->leader"] > 0 and wan.wire_bytes["leader->follower"] > 0
     for role in ("leader", "follower"):
         a, b = load_state(plain.ckpt_dirs[role]), load_state(wan.ckpt_dirs[role])
-        assert any(name.endswith("step-0000000006.pt") for name in a), sorted(a)   # the final state is there
+        assert any(name.endswith("step-0000000006.pt") for name in a), sorted(a)  # the final state is there
         assert same_state(a, b) == [], role
 
 
 def test_missing_tools_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from netem import NetnsUnavailable, netns_support
 
-    monkeypatch.setenv("PATH", str(tmp_path))   # an empty directory: no ip, tc or nsenter
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no ip, tc or nsenter
     assert "needs the tools ip, tc, nsenter on PATH" in (netns_support() or "")
     with pytest.raises(NetnsUnavailable, match="needs the tools ip, tc, nsenter"):
         Netns()

@@ -34,9 +34,22 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_files(d: Path, run: Path, resume: bool, peer_timeout: float = 120.0) -> dict[str, Path]:
     run.mkdir(parents=True, exist_ok=True)
-    files = cn.write_run_files(d, N, aggregate="sum", secure=True, model=MODEL,
-                               train={"epochs": 1, "batch_size": 50, "max_steps": STEPS, "log_every": 1,
-                                      "ckpt_every": EVERY, "resume": resume, "peer_timeout": peer_timeout})
+    files = cn.write_run_files(
+        d,
+        N,
+        aggregate="sum",
+        secure=True,
+        model=MODEL,
+        train={
+            "epochs": 1,
+            "batch_size": 50,
+            "max_steps": STEPS,
+            "log_every": 1,
+            "ckpt_every": EVERY,
+            "resume": resume,
+            "peer_timeout": peer_timeout,
+        },
+    )
     out = {}
     for name, f in files.items():
         cfg = yaml.safe_load(f.read_text())
@@ -52,9 +65,15 @@ def run_files(d: Path, run: Path, resume: bool, peer_timeout: float = 120.0) -> 
 
 
 def start(files: dict[str, Path], names: list[str]) -> dict[str, subprocess.Popen[str]]:
-    return {n: subprocess.Popen([sys.executable, "-m", "splitlink", "train",
-                                 "leader" if n == "leader" else "follower", "--config", str(files[n])],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for n in names}
+    return {
+        n: subprocess.Popen(
+            [sys.executable, "-m", "splitlink", "train", "leader" if n == "leader" else "follower", "--config", str(files[n])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in names
+    }
 
 
 def finish(procs: dict[str, subprocess.Popen[str]], timeout: float = 300) -> tuple[dict[str, int], dict[str, str]]:
@@ -66,8 +85,9 @@ def final_state(run: Path) -> dict[str, str]:
     out = {}
     for f in sorted(run.rglob(f"step-{STEPS:010d}.pt")):
         s = torch.load(f, map_location="cpu", weights_only=True)
-        out[str(f.relative_to(run))] = json.dumps({k: v.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes().hex()
-                                                   for k, v in sorted(s["model"].items())})
+        out[str(f.relative_to(run))] = json.dumps(
+            {k: v.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes().hex() for k, v in sorted(s["model"].items())}
+        )
     return out
 
 
@@ -91,7 +111,8 @@ def reference(workdir: Path) -> tuple[dict[str, str], dict[int, float]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", ["follower2", "leader"])
 def test_party_killed_and_restarted_ends_bitwise_where_an_uninterrupted_run_ends(
-        workdir: Path, reference: tuple[dict[str, str], dict[int, float]], victim: str) -> None:
+    workdir: Path, reference: tuple[dict[str, str], dict[int, float]], victim: str
+) -> None:
     expected, expected_losses = reference
     run = workdir / f"killed-{victim}"
     files = run_files(workdir, run, resume=False)

@@ -16,8 +16,17 @@ CFG = WideDeepConfig(vocab_size=1000, emb_dim=4, deep_layers=(8,))
 
 def make(data: Any, ckpt: Path, **kw: Any) -> tuple[cn.NLeader, list[cn.NFollower]]:
     leader_data, follower_data, _ = data
-    t = cn.NPartyConfig(epochs=1, batch_size=100, progress=False, eval_fraction=0.0, log_every=1, ckpt_dir=str(ckpt),
-                        aggregate="sum", secure=True, **kw)
+    t = cn.NPartyConfig(
+        epochs=1,
+        batch_size=100,
+        progress=False,
+        eval_fraction=0.0,
+        log_every=1,
+        ckpt_dir=str(ckpt),
+        aggregate="sum",
+        secure=True,
+        **kw,
+    )
     return cn.make_local(leader_data, cn.split_follower(follower_data, 3), CFG, t)
 
 

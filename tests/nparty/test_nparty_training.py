@@ -19,8 +19,7 @@ STEPS = 5
 
 def parties(data: Any, n: int, **train: Any) -> tuple[cn.NLeader, list[cn.NFollower]]:
     leader_data, follower_data, _ = data
-    t = cn.NPartyConfig(epochs=1, batch_size=100, progress=False, eval_fraction=0.0, max_steps=STEPS, log_every=1,
-                         **train)
+    t = cn.NPartyConfig(epochs=1, batch_size=100, progress=False, eval_fraction=0.0, max_steps=STEPS, log_every=1, **train)
     return cn.make_local(leader_data, cn.split_follower(follower_data, n), CFG, t)
 
 
@@ -31,9 +30,15 @@ def unsplit_run(leader: cn.NLeader, followers: list[cn.NFollower], aggregate: st
     nets = [copy.deepcopy(leader.bottom_net)] + [copy.deepcopy(f.net) for f in followers]
     top = copy.deepcopy(leader.top_net)
     model = cn.UnsplitModel(nets[0], nets[1:], top, aggregate)
-    opts = [o for m, net in ((leader.models["bottom"], nets[0]), (leader.models["top"], top),
-                             *((f.models["bottom"], n) for f, n in zip(followers, nets[1:])))
-            for o in FLModel(m.yaml, net).optimizers]
+    opts = [
+        o
+        for m, net in (
+            (leader.models["bottom"], nets[0]),
+            (leader.models["top"], top),
+            *((f.models["bottom"], n) for f, n in zip(followers, nets[1:])),
+        )
+        for o in FLModel(m.yaml, net).optimizers
+    ]
     losses = []
     for _, idx in leader.schedule.steps(0):
         feats = [(torch.from_numpy(leader.data.ids[idx]), torch.from_numpy(leader.data.wts[idx]))]
@@ -46,14 +51,20 @@ def unsplit_run(leader: cn.NLeader, followers: list[cn.NFollower], aggregate: st
         for o in opts:
             o.step()
         losses.append(float(loss.detach()))
-    state = {"leader_bottom": nets[0].state_dict(), "top": top.state_dict(),
-             **{f"f{k}": n.state_dict() for k, n in enumerate(nets[1:])}}
+    state = {
+        "leader_bottom": nets[0].state_dict(),
+        "top": top.state_dict(),
+        **{f"f{k}": n.state_dict() for k, n in enumerate(nets[1:])},
+    }
     return losses, state
 
 
 def split_state(leader: cn.NLeader, followers: list[cn.NFollower]) -> dict[str, Any]:
-    return {"leader_bottom": leader.bottom_net.state_dict(), "top": leader.top_net.state_dict(),
-            **{f"f{k}": f.net.state_dict() for k, f in enumerate(followers)}}
+    return {
+        "leader_bottom": leader.bottom_net.state_dict(),
+        "top": leader.top_net.state_dict(),
+        **{f"f{k}": f.net.state_dict() for k, f in enumerate(followers)},
+    }
 
 
 def max_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -93,8 +104,9 @@ def test_secure_sum_trains_like_the_plain_sum_within_the_quantisation_bound(crit
     errors, loss_gaps = [], []
     for _, idx in masked.schedule.steps(0):
         with torch.no_grad():
-            exact = {k: sum(f.net(*f.features(idx, "").values())[j].double() for f in followers)
-                     for j, k in enumerate(cn.EMBEDDINGS)}
+            exact = {
+                k: sum(f.net(*f.features(idx, "").values())[j].double() for f in followers) for j, k in enumerate(cn.EMBEDDINGS)
+            }
         for f in followers:
             f.forward(idx)
         loss, _ = masked.train_step(idx)
@@ -116,16 +128,17 @@ def test_secure_sum_trains_like_the_plain_sum_within_the_quantisation_bound(crit
     # these few steps stays far below the loss's own step-to-step change (~1e-2)
     assert max(loss_gaps) < 1e-3, loss_gaps
     assert all(v.dtype == torch.float32 for v in seen[-1].values())
-    print(f"secure sum: max |decoded - float sum| {max(errors):.3g} (bound {bound:.3g}); "
-          f"max |loss - plain-sum loss| over {len(loss_gaps)} steps {max(loss_gaps):.3g}")
+    print(
+        f"secure sum: max |decoded - float sum| {max(errors):.3g} (bound {bound:.3g}); "
+        f"max |loss - plain-sum loss| over {len(loss_gaps)} steps {max(loss_gaps):.3g}"
+    )
 
 
 def test_the_leader_inbox_holds_masked_frames_only(criteo_small: Any) -> None:
     """What actually reaches the leader's inbox (through the real frame codec) from a follower in a secure
     run: int64 ring elements, uncorrelated with that follower's embedding."""
     leader_data, follower_data, _ = criteo_small
-    t = cn.NPartyConfig(epochs=1, batch_size=200, progress=False, eval_fraction=0.0, max_steps=1, aggregate="sum",
-                        secure=True)
+    t = cn.NPartyConfig(epochs=1, batch_size=200, progress=False, eval_fraction=0.0, max_steps=1, aggregate="sum", secure=True)
     leader, followers = cn.make_local(leader_data, cn.split_follower(follower_data, 3), CFG, t, through_codecs=True)
     _, idx = next(iter(leader.schedule.steps(0)))
     f = followers[1]

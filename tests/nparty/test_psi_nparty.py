@@ -18,17 +18,24 @@ def run_all(sets: dict[str, list[str]], **kw: Any) -> dict[str, list[str]]:
     cfgs = {n: ServerConfig(n, f"127.0.0.1:{k + 1}") for k, n in enumerate(names)}
     hub: dict[str, Any] = {}
     followers = [n for n in names if n != "leader"]
-    comms = {n: InProcessCommunicator(cfgs[n], [cfgs[m] for m in (followers if n == "leader" else ["leader"])], hub=hub)
-             for n in names}
+    comms = {
+        n: InProcessCommunicator(cfgs[n], [cfgs[m] for m in (followers if n == "leader" else ["leader"])], hub=hub) for n in names
+    }
     out: dict[str, Any] = {}
 
     def party(n: str) -> None:
         try:
             peers = followers if n == "leader" else "leader"
             sd = kw.get("state_dir")
-            out[n] = intersect_parties(sets[n], comms[n], peers, role="leader" if n == "leader" else "follower",
-                                       buckets=kw.get("buckets", 1), state_dir=None if sd is None else Path(sd) / n,
-                                       timeout=60)
+            out[n] = intersect_parties(
+                sets[n],
+                comms[n],
+                peers,
+                role="leader" if n == "leader" else "follower",
+                buckets=kw.get("buckets", 1),
+                state_dir=None if sd is None else Path(sd) / n,
+                timeout=60,
+            )
         except BaseException as e:  # noqa: BLE001 (reported by the test)
             out[n] = e
 
@@ -37,7 +44,7 @@ def run_all(sets: dict[str, list[str]], **kw: Any) -> dict[str, list[str]]:
         t.start()
     for t in threads:
         t.join(120)
-    for n, v in out.items():
+    for _n, v in out.items():
         if isinstance(v, BaseException):
             raise v
     return out
@@ -83,6 +90,7 @@ def test_a_follower_refuses_malformed_final_positions(monkeypatch: pytest.Monkey
 
         def receive(self, peer: str, timeout: Any = None, **_: Any) -> Any:
             import torch
+
             return {"psi": {"final": torch.tensor([0, 0], dtype=torch.int64)}}
 
     monkeypatch.setattr(psi, "intersect", lambda *a, **k: ["a", "b"])  # the pairwise part: both hold a, b

@@ -131,6 +131,6 @@ def test_plan_roundtrip_and_malformed_plans() -> None:
     p = plan_for("f2", aggs)
     assert Plan.decode(p.encode(), "leader") == p and set(p.masked) == {"a", "b"}
     assert plan_for("f1", aggs).masked == {"a": (0, 12, ("f1", "f2"))}
-    for bad in (b"{", b'{"a": [0, 99, ["f1", "f2"]]}', b'{"a": [0, 16, ["f1"]]}', b'[1]'):
+    for bad in (b"{", b'{"a": [0, 99, ["f1", "f2"]]}', b'{"a": [0, 16, ["f1"]]}', b"[1]"):
         with pytest.raises(ValueError, match="malformed aggregation plan from 'leader'"):
             Plan.decode(torch.frombuffer(bytearray(bad), dtype=torch.uint8), "leader")

@@ -20,16 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-from splitlink.examples import criteo
+from splitlink.examples import criteo, pangu
 from splitlink.examples import demo as demo_mod
-from splitlink.examples import pangu
 from splitlink.examples import wide_deep as wd
 from splitlink.model.flmodel import FLModel
 from splitlink.runtime import pipeline
 
 WD = wd.WideDeepConfig(vocab_size=3000, emb_dim=8, deep_layers=(32, 16))
-PG = dataclasses.replace(pangu.CONFIGS["tiny"], hidden_size=32, num_heads=2, num_layers=1, seq_length=16,
-                         vocab_size=300)
+PG = dataclasses.replace(pangu.CONFIGS["tiny"], hidden_size=32, num_heads=2, num_layers=1, seq_length=16, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,8 @@ class GradLog:
 
         def recording(model: FLModel) -> None:
             log.steps.setdefault(model.name, []).append(
-                [None if p.grad is None else p.grad.detach().clone() for ps in model._opt_params for p in ps])
+                [None if p.grad is None else p.grad.detach().clone() for ps in model._opt_params for p in ps]
+            )
             original(model)
 
         monkeypatch.setattr(FLModel, "_step_plain", recording)
@@ -97,12 +96,10 @@ def test_loss_weight_is_validated(wd_data: Path) -> None:
 
 
 @pytest.mark.parametrize("m", [2, 4])
-def test_wide_deep_pipelined_step_equals_the_full_batch_step(wd_data: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             m: int) -> None:
+def test_wide_deep_pipelined_step_equals_the_full_batch_step(wd_data: Path, monkeypatch: pytest.MonkeyPatch, m: int) -> None:
     L, F = wd_parties(wd_data)
     # 250 rows: not a multiple of 4 (micro-batches of 63, 63, 62, 62 rows)
-    base = dict(epochs=1, batch_size=250, max_steps=1, log_every=1, progress=False, seed=0, compress=False,
-                eval_fraction=0.0)
+    base = dict(epochs=1, batch_size=250, max_steps=1, log_every=1, progress=False, seed=0, compress=False, eval_fraction=0.0)
     ref_log = GradLog(monkeypatch)
     ref = wd.train_local(L, F, WD, wd.TrainConfig(**base))
     ref_grads = ref_log.steps
@@ -117,8 +114,7 @@ def test_wide_deep_pipelined_step_equals_the_full_batch_step(wd_data: Path, monk
 
 
 @pytest.mark.parametrize("m", [2, 4])
-def test_pangu_pipelined_step_equals_the_full_batch_step(pg_data: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         m: int) -> None:
+def test_pangu_pipelined_step_equals_the_full_batch_step(pg_data: Path, monkeypatch: pytest.MonkeyPatch, m: int) -> None:
     ds = pangu.TokenDataset(pg_data, PG.seq_length)
     base = dict(epochs=1, batch_size=8, max_steps=1, lr=1e-3, log_every=100, deepspeed=False)
     ref_log = GradLog(monkeypatch)
@@ -134,6 +130,7 @@ def test_pangu_pipelined_step_equals_the_full_batch_step(pg_data: Path, monkeypa
 
 def test_pangu_pipelined_with_deepspeed_backbone_tracks_the_full_batch_run(pg_data: Path) -> None:
     from required import require_deepspeed
+
     require_deepspeed()
     ds = pangu.TokenDataset(pg_data, PG.seq_length)
     base = dict(epochs=1, batch_size=8, max_steps=4, lr=1e-3, log_every=100)
@@ -151,11 +148,12 @@ def test_pangu_pipelined_with_deepspeed_backbone_tracks_the_full_batch_run(pg_da
 
 def test_pipelined_resume_continues_exactly(wd_data: Path, pg_data: Path, tmp_path: Path) -> None:
     L, F = wd_parties(wd_data)
-    base = dict(epochs=1, batch_size=200, log_every=1, progress=False, seed=0, compress=False, eval_fraction=0.0,
-                micro_batches=3)
-    full = [r["wide_loss"] for r in wd.train_local(L, F, WD, wd.TrainConfig(**base, max_steps=5,
-                                                                              ckpt_dir=str(tmp_path / "a")))
-            if r["kind"] == "train"]
+    base = dict(epochs=1, batch_size=200, log_every=1, progress=False, seed=0, compress=False, eval_fraction=0.0, micro_batches=3)
+    full = [
+        r["wide_loss"]
+        for r in wd.train_local(L, F, WD, wd.TrainConfig(**base, max_steps=5, ckpt_dir=str(tmp_path / "a")))
+        if r["kind"] == "train"
+    ]
     wd.train_local(L, F, WD, wd.TrainConfig(**base, max_steps=3, ckpt_every=2, ckpt_dir=str(tmp_path / "b")))
     resumed = wd.train_local(L, F, WD, wd.TrainConfig(**base, max_steps=5, resume=True, ckpt_dir=str(tmp_path / "b")))
     train = [r for r in resumed if r["kind"] == "train"]
@@ -170,8 +168,9 @@ def test_pipelined_resume_continues_exactly(wd_data: Path, pg_data: Path, tmp_pa
 
 
 @pytest.mark.parametrize("scenario", ["wide_deep", "pangu"])
-def test_two_processes_over_mtls_reproduce_the_in_process_pipelined_run(wd_data: Path, pg_data: Path,
-                                                                       tmp_path: Path, scenario: str) -> None:
+def test_two_processes_over_mtls_reproduce_the_in_process_pipelined_run(
+    wd_data: Path, pg_data: Path, tmp_path: Path, scenario: str
+) -> None:
     """The same schedule of the same operations in one process and over two (one thread each): bit for bit."""
     from split_runs import make_certs, pangu_run, run_split, wide_deep_run
 
@@ -181,18 +180,46 @@ def test_two_processes_over_mtls_reproduce_the_in_process_pipelined_run(wd_data:
     try:
         if scenario == "wide_deep":
             L, F = wd_parties(wd_data)
-            hist = wd.train_local(L, F, WD, wd.TrainConfig(epochs=1000, batch_size=200, max_steps=steps, log_every=1,
-                                                           progress=False, seed=0, compress=False, eval_fraction=0.0,
-                                                           micro_batches=m))
+            hist = wd.train_local(
+                L,
+                F,
+                WD,
+                wd.TrainConfig(
+                    epochs=1000,
+                    batch_size=200,
+                    max_steps=steps,
+                    log_every=1,
+                    progress=False,
+                    seed=0,
+                    compress=False,
+                    eval_fraction=0.0,
+                    micro_batches=m,
+                ),
+            )
             local = [r["wide_loss"] for r in hist if r["kind"] == "train"]
             spec = wide_deep_run(wd_data, model=wd.config_dict(WD), batch_size=200, steps=steps, compress=False)
         else:
             ds = pangu.TokenDataset(pg_data, PG.seq_length)
-            local = [r["loss"] for r in pangu.train_local(PG, ds, pangu.TrainConfig(
-                epochs=1000, batch_size=4, max_steps=steps, lr=1e-3, log_every=1, deepspeed=False, micro_batches=m))]
-            spec = pangu_run(pg_data, pangu={"config": "tiny", **{k: getattr(PG, k) for k in (
-                "vocab_size", "hidden_size", "num_layers", "num_heads", "seq_length")}}, batch_size=4, steps=steps,
-                compress=False)
+            local = [
+                r["loss"]
+                for r in pangu.train_local(
+                    PG,
+                    ds,
+                    pangu.TrainConfig(
+                        epochs=1000, batch_size=4, max_steps=steps, lr=1e-3, log_every=1, deepspeed=False, micro_batches=m
+                    ),
+                )
+            ]
+            spec = pangu_run(
+                pg_data,
+                pangu={
+                    "config": "tiny",
+                    **{k: getattr(PG, k) for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "seq_length")},
+                },
+                batch_size=4,
+                steps=steps,
+                compress=False,
+            )
     finally:
         torch.set_num_threads(n)
     spec["train"]["pipeline"] = {"micro_batches": m}

@@ -20,8 +20,10 @@ L, F = ServerConfig("leader", "127.0.0.1:1"), ServerConfig("follower", "127.0.0.
 
 def pair(through_codecs: bool = True) -> tuple[InProcessCommunicator, InProcessCommunicator]:
     hub: dict[str, Any] = {}
-    return (InProcessCommunicator(L, F, hub=hub, through_codecs=through_codecs),
-            InProcessCommunicator(F, L, hub=hub, through_codecs=through_codecs))
+    return (
+        InProcessCommunicator(L, F, hub=hub, through_codecs=through_codecs),
+        InProcessCommunicator(F, L, hub=hub, through_codecs=through_codecs),
+    )
 
 
 def run_both(fn_leader, fn_follower) -> tuple[Any, Any]:
@@ -45,8 +47,10 @@ def run_both(fn_leader, fn_follower) -> tuple[Any, Any]:
 
 def psi_both(a: list, b: list, **kw: Any) -> tuple[list, list]:
     cl, cf = pair()
-    return run_both(lambda: psi.intersect(a, cl, "follower", role="leader", **kw),
-                    lambda: psi.intersect(b, cf, "leader", role="follower", **kw))
+    return run_both(
+        lambda: psi.intersect(a, cl, "follower", role="leader", **kw),
+        lambda: psi.intersect(b, cf, "leader", role="follower", **kw),
+    )
 
 
 def test_commutative_and_deterministic() -> None:
@@ -88,9 +92,11 @@ def test_equals_the_plaintext_intersection(case: str) -> None:
         a, b = [str(i) for i in range(50)], []
     got_l, got_f = psi_both(a, b)
     cl, cf = pair(False)
-    plain_l, plain_f = run_both(lambda: psi.insecure_plaintext_intersect(a, cl, "follower", role="leader"),
-                                lambda: psi.insecure_plaintext_intersect(b, cf, "leader", role="follower"))
-    assert got_l == got_f                       # same order on both sides
+    plain_l, plain_f = run_both(
+        lambda: psi.insecure_plaintext_intersect(a, cl, "follower", role="leader"),
+        lambda: psi.insecure_plaintext_intersect(b, cf, "leader", role="follower"),
+    )
+    assert got_l == got_f  # same order on both sides
     assert set(got_l) == set(a) & set(b) == set(plain_l) == set(plain_f)
     assert len(got_l) == len(set(got_l))
 
@@ -116,6 +122,7 @@ class Recording(InProcessCommunicator):
                     walk(v)
             else:
                 self.received.append(np.ascontiguousarray(x.numpy()).tobytes())
+
         walk(got)
         return got
 
@@ -127,8 +134,7 @@ def test_received_frames_hold_no_id_in_the_clear() -> None:
     secret = [f"customer-{i:06d}@example.com" for i in range(200)]
     a = secret[:100] + [f"lead-only-{i}" for i in range(50)]
     b = secret[50:] + [f"follow-only-{i}" for i in range(50)]
-    run_both(lambda: psi.intersect(a, cl, "follower", role="leader"),
-             lambda: psi.intersect(b, cf, "leader", role="follower"))
+    run_both(lambda: psi.intersect(a, cl, "follower", role="leader"), lambda: psi.intersect(b, cf, "leader", role="follower"))
     seen_by_leader = b"".join(cl.received)
     seen_by_follower = b"".join(cf.received)
     for ident in b:
@@ -142,7 +148,7 @@ def test_received_frames_hold_no_id_in_the_clear() -> None:
 
 def test_digest_length_bounds_false_positives() -> None:
     assert psi.digest_bytes(0, 0) == 8
-    assert psi.digest_bytes(10**6, 10**6) == 10   # 40 + 39.9 bits
+    assert psi.digest_bytes(10**6, 10**6) == 10  # 40 + 39.9 bits
     assert psi.digest_bytes(10**7, 10**7) == 11
     assert psi.digest_bytes(2**100, 2**100) == 30 and psi.digest_bytes(2**120, 2**120) == 32
 
@@ -154,8 +160,10 @@ def test_buckets_give_the_same_set_and_order_on_both_sides(tmp_path: Path) -> No
     assert got_l == got_f and set(got_l) == set(a) & set(b)
     cl, cf = pair()
     with pytest.raises(ValueError, match="disagree on the number of buckets"):
-        run_both(lambda: psi.intersect(a, cl, "follower", role="leader", buckets=3),
-                 lambda: psi.intersect(b, cf, "leader", role="follower", buckets=4))
+        run_both(
+            lambda: psi.intersect(a, cl, "follower", role="leader", buckets=3),
+            lambda: psi.intersect(b, cf, "leader", role="follower", buckets=4),
+        )
 
 
 def test_a_psi_killed_mid_way_resumes_per_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,10 +182,13 @@ def test_a_psi_killed_mid_way_resumes_per_bucket(tmp_path: Path, monkeypatch: py
     sl, sf = tmp_path / "l", tmp_path / "f"
     cl, cf = pair()
     with pytest.raises((KeyboardInterrupt, TimeoutError)):
-        run_both(lambda: psi.intersect(a, cl, "follower", role="leader", buckets=6, state_dir=sl, timeout=5),
-                 lambda: psi.intersect(b, cf, "leader", role="follower", buckets=6, state_dir=sf, timeout=5))
+        run_both(
+            lambda: psi.intersect(a, cl, "follower", role="leader", buckets=6, state_dir=sl, timeout=5),
+            lambda: psi.intersect(b, cf, "leader", role="follower", buckets=6, state_dir=sf, timeout=5),
+        )
     finished = {p.name for p in sl.glob("bucket-*.json")} & {p.name for p in sf.glob("bucket-*.json")}
     assert 1 <= len(finished) < 6
+
     def counting(*args: Any, **kw: Any) -> Any:
         calls["n"] += 1
         return real(*args, **kw)
@@ -185,8 +196,10 @@ def test_a_psi_killed_mid_way_resumes_per_bucket(tmp_path: Path, monkeypatch: py
     calls["n"] = 0
     monkeypatch.setattr(psi, "_intersect_once", counting)
     cl, cf = pair()
-    got_l, got_f = run_both(lambda: psi.intersect(a, cl, "follower", role="leader", buckets=6, state_dir=sl),
-                            lambda: psi.intersect(b, cf, "leader", role="follower", buckets=6, state_dir=sf))
+    got_l, got_f = run_both(
+        lambda: psi.intersect(a, cl, "follower", role="leader", buckets=6, state_dir=sl),
+        lambda: psi.intersect(b, cf, "leader", role="follower", buckets=6, state_dir=sf),
+    )
     assert got_l == got_f and set(got_l) == set(a) & set(b)
     assert calls["n"] == 2 * (6 - len(finished))  # the buckets both finished were not run again
 
@@ -207,10 +220,12 @@ def test_csv_join_over_mtls_aligns_rows_the_wide_deep_example_trains_on(tmp_path
     assert sizes["leader"] == sizes["follower"] == len(lead_ids & fol_ids)
     la, fa = column(tmp_path / "leader_aligned.csv"), column(tmp_path / "follower_aligned.csv")
     assert la == fa and set(la) == lead_ids & fol_ids
-    hist = wide_deep.train_local(criteo.load_party(tmp_path / "leader.npz", "leader"),
-                                 criteo.load_party(tmp_path / "follower.npz", "follower"),
-                                 wide_deep.WideDeepConfig(vocab_size=5000, emb_dim=8, deep_layers=(16,)),
-                                 wide_deep.TrainConfig(epochs=1, batch_size=500, log_every=1, progress=False))
+    hist = wide_deep.train_local(
+        criteo.load_party(tmp_path / "leader.npz", "leader"),
+        criteo.load_party(tmp_path / "follower.npz", "follower"),
+        wide_deep.WideDeepConfig(vocab_size=5000, emb_dim=8, deep_layers=(16,)),
+        wide_deep.TrainConfig(epochs=1, batch_size=500, log_every=1, progress=False),
+    )
     assert hist and all(np.isfinite(r.get("wide_loss", 0.0)) for r in hist)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 
-from splitlink.examples import demo as demo_mod
 from splitlink.util import free_ports
 
 PEER_TIMEOUT = 120.0
@@ -20,15 +19,16 @@ MODEL = {"config": "tiny", "vocab_size": 512, "seq_length": 32}
 NAMES = ["leader", "leader-r0", "leader-r1", "follower-r0", "follower-r1"]
 
 
-def run_files(d: Path, run: Path, *, mode: str | None, world: int = 2, steps: int = 8, batch: int = 4,
-              zero: int = 2, every: int = 0) -> dict[str, Path]:
+def run_files(
+    d: Path, run: Path, *, mode: str | None, world: int = 2, steps: int = 8, batch: int = 4, zero: int = 2, every: int = 0
+) -> dict[str, Path]:
     """Run files of party A ("leader") and party B ("follower"); ``mode`` None: one process each. Party B
     resumes whenever it is (re)started (a fresh run has nothing to resume): the launcher restarts its
     ranks with the same command line."""
     n_ports = 1 + world * (2 if mode == "paired" else 1) if mode else 2
     ports = free_ports(n_ports)
-    a_port, b_ports = ports[0], ports[1:1 + (world if mode else 1)]
-    a_ports = ports[1 + world:] if mode == "paired" else [a_port]
+    a_port, b_ports = ports[0], ports[1 : 1 + (world if mode else 1)]
+    a_ports = ports[1 + world :] if mode == "paired" else [a_port]
     run.mkdir(parents=True, exist_ok=True)
     c = d / "certs"
     files = {}
@@ -36,20 +36,38 @@ def run_files(d: Path, run: Path, *, mode: str | None, world: int = 2, steps: in
         ranked = mode is not None and (role == "follower" or mode == "paired")
         cert = f"{role}-r{{rank}}" if ranked else role
         cfg: dict[str, Any] = {
-            "scenario": "pangu_alpha", "party": role, "enable_ssl": True, "threads": 1,
+            "scenario": "pangu_alpha",
+            "party": role,
+            "enable_ssl": True,
+            "threads": 1,
             "address": f"127.0.0.1:{(a_ports if role == 'leader' else b_ports)[0]}",
             "peer_address": f"127.0.0.1:{(b_ports if role == 'leader' else a_ports)[0]}",
-            "log_file": str(run / f"{role}.log"), "pangu": MODEL,
-            "ssl": {"server_cert_path": str(c / f"{cert}.server.p12"), "client_cert_path": str(c / f"{cert}.client.p12"),
-                    "ca_cert_path": str(c / "ca.crt"), "server_password": "splitlink", "client_password": "splitlink"},
-            "train": {"epochs": 1, "batch_size": batch, "max_steps": steps, "lr": 1e-3, "log_every": 1,
-                      "ckpt_every": every or steps, "ckpt_dir": str(run / role), "resume": role == "follower",
-                      "peer_timeout": PEER_TIMEOUT, "zero_stage": zero, "metrics_path": str(run / "metrics.jsonl"),
-                      "progress": False},
+            "log_file": str(run / f"{role}.log"),
+            "pangu": MODEL,
+            "ssl": {
+                "server_cert_path": str(c / f"{cert}.server.p12"),
+                "client_cert_path": str(c / f"{cert}.client.p12"),
+                "ca_cert_path": str(c / "ca.crt"),
+                "server_password": "splitlink",
+                "client_password": "splitlink",
+            },
+            "train": {
+                "epochs": 1,
+                "batch_size": batch,
+                "max_steps": steps,
+                "lr": 1e-3,
+                "log_every": 1,
+                "ckpt_every": every or steps,
+                "ckpt_dir": str(run / role),
+                "resume": role == "follower",
+                "peer_timeout": PEER_TIMEOUT,
+                "zero_stage": zero,
+                "metrics_path": str(run / "metrics.jsonl"),
+                "progress": False,
+            },
         }
         if mode is not None:
-            cfg["ranks"] = {"mode": mode, "world_size": world,
-                            "follower_addresses": [f"127.0.0.1:{p}" for p in b_ports]}
+            cfg["ranks"] = {"mode": mode, "world_size": world, "follower_addresses": [f"127.0.0.1:{p}" for p in b_ports]}
             if mode == "paired":
                 cfg["ranks"]["leader_addresses"] = [f"127.0.0.1:{p}" for p in a_ports]
         if role == "leader":
@@ -63,8 +81,17 @@ def launch(role: str, f: Path, ranks: int = 0, restarts: int = 0) -> subprocess.
     """One party: a plain process, or ``ranks`` processes under torchrun (its own rendezvous)."""
     cmd = [sys.executable, "-m", "splitlink", "train", role, "--config", str(f)]
     if ranks:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-               f"--max-restarts={restarts}", "--monitor-interval=0.5", "-m", *cmd[2:]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={ranks}",
+            f"--max-restarts={restarts}",
+            "--monitor-interval=0.5",
+            "-m",
+            *cmd[2:],
+        ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -106,8 +133,7 @@ def backbone_adam_state(step_dir: Path) -> dict[str, Any]:
     per-rank slices; ZeRO-3 cuts every parameter into per-rank slices and concatenates each rank's."""
     import torch
 
-    files = sorted(step_dir.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"),
-                   key=lambda p: int(p.name.split("_")[3]))
+    files = sorted(step_dir.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"), key=lambda p: int(p.name.split("_")[3]))
     states = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
     numels = backbone_numels()
     total, world = sum(numels), len(states)
@@ -121,7 +147,7 @@ def backbone_adam_state(step_dir: Path) -> dict[str, Any]:
             pieces, offs = [], [0] * world
             for n in numels:
                 size = -(-n // world)
-                whole = torch.cat([parts[r][offs[r]:offs[r] + size] for r in range(world)])[:n]
+                whole = torch.cat([parts[r][offs[r] : offs[r] + size] for r in range(world)])[:n]
                 offs = [o + size for o in offs]
                 pieces.append(whole)
             out[key] = torch.cat(pieces)

@@ -44,8 +44,10 @@ def _ds() -> None:
 
 def run_pair(d: Path, run: Path, mode: str, zero: int = 2) -> Path:
     files = run_files(d, run, mode=mode, steps=STEPS, zero=zero, every=EVERY)
-    procs = {"follower": launch("follower", files["follower"], ranks=2),
-             "leader": launch("leader", files["leader"], ranks=2 if mode == "paired" else 0)}
+    procs = {
+        "follower": launch("follower", files["follower"], ranks=2),
+        "leader": launch("leader", files["leader"], ranks=2 if mode == "paired" else 0),
+    }
     res = finish(procs)
     assert {r: c for r, (c, _) in res.items()} == {"follower": 0, "leader": 0}, res
     return run
@@ -66,22 +68,33 @@ def one_process(d: Path, zero: int) -> tuple[list[float], Path]:
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        hist = pangu.train_local(cfg, pangu.TokenDataset(d / "data", 32), pangu.TrainConfig(
-            epochs=1, batch_size=4, max_steps=STEPS, lr=LR, log_every=100, zero_stage=zero, ckpt_every=EVERY,
-            ckpt_dir=str(out)))
+        hist = pangu.train_local(
+            cfg,
+            pangu.TokenDataset(d / "data", 32),
+            pangu.TrainConfig(
+                epochs=1,
+                batch_size=4,
+                max_steps=STEPS,
+                lr=LR,
+                log_every=100,
+                zero_stage=zero,
+                ckpt_every=EVERY,
+                ckpt_dir=str(out),
+            ),
+        )
     finally:
         torch.set_num_threads(n)
     return [r["loss"] for r in hist], out
 
 
-def assert_same_training(got: dict[int, float], a_dir: Path, b_dir: Path, ref_losses: list[float], ref_a: Path,
-                         ref_b: Path, what: str) -> None:
+def assert_same_training(
+    got: dict[int, float], a_dir: Path, b_dir: Path, ref_losses: list[float], ref_a: Path, ref_b: Path, what: str
+) -> None:
     assert sorted(got) == list(range(1, STEPS + 1)), got
     for step, want in enumerate(ref_losses, start=1):
         assert abs(got[step] - want) <= 1e-6 * abs(want), (what, step, got[step], want)
     step_dir = f"step-{STEPS:010d}"
-    assert_close(backbone_adam_state(b_dir / step_dir), backbone_adam_state(ref_b / step_dir), f"{what}: B",
-                 rel=1e-5)
+    assert_close(backbone_adam_state(b_dir / step_dir), backbone_adam_state(ref_b / step_dir), f"{what}: B", rel=1e-5)
     a, ref = party_a_state(a_dir, STEPS), party_a_state(ref_a, STEPS)
     assert set(a) == {"follower_loss_net", "leaderhead_loss_net"}, a.keys()
     for net in a:
@@ -92,13 +105,19 @@ def assert_same_training(got: dict[int, float], a_dir: Path, b_dir: Path, ref_lo
 @pytest.mark.parametrize("zero", [2, 3])
 def test_b_over_two_ranks_equals_the_one_process_split(workdir: Path, zero: int, request: pytest.FixtureRequest) -> None:
     _ds()
-    run = request.getfixturevalue("scatter2") if zero == 2 else run_pair(workdir, workdir / "scatter-zero3",
-                                                                           "scatter", zero=3)
+    run = request.getfixturevalue("scatter2") if zero == 2 else run_pair(workdir, workdir / "scatter-zero3", "scatter", zero=3)
     files = sorted((run / "follower" / "backbone_loss_net" / f"step-{STEPS:010d}").glob("*optim_states.pt"))
     assert len(files) == 2  # DeepSpeed's checkpoint sharded over both ranks
     ref_losses, ref = one_process(workdir, zero)
-    assert_same_training(losses(run), run / "leader", run / "follower" / "backbone_loss_net", ref_losses, ref,
-                         ref / "backbone_loss_net", f"ZeRO-{zero}")
+    assert_same_training(
+        losses(run),
+        run / "leader",
+        run / "follower" / "backbone_loss_net",
+        ref_losses,
+        ref,
+        ref / "backbone_loss_net",
+        f"ZeRO-{zero}",
+    )
 
 
 def test_a_paired_over_two_ranks_equals_a_scattering(workdir: Path, scatter2: Path) -> None:
@@ -107,8 +126,15 @@ def test_a_paired_over_two_ranks_equals_a_scattering(workdir: Path, scatter2: Pa
     r0, r1 = losses(run), losses(run, "metrics.r1.jsonl")
     assert r0.keys() == r1.keys() and r0 != r1  # each rank trained on its own slice
     ref = [losses(scatter2)[s] for s in range(1, STEPS + 1)]
-    assert_same_training({s: (r0[s] + r1[s]) / 2 for s in r0}, run / "leader", run / "follower" / "backbone_loss_net", ref, scatter2 / "leader",
-                         scatter2 / "follower" / "backbone_loss_net", "paired")
+    assert_same_training(
+        {s: (r0[s] + r1[s]) / 2 for s in r0},
+        run / "leader",
+        run / "follower" / "backbone_loss_net",
+        ref,
+        scatter2 / "leader",
+        scatter2 / "follower" / "backbone_loss_net",
+        "paired",
+    )
     assert not list((run / "leader").glob("*/*.r1*"))  # A's replicas: rank 0 alone writes A's files
 
 
@@ -139,8 +165,7 @@ def all_tensors(run: Path) -> dict[str, Any]:
 def test_a_b_rank_killed_mid_run_restarts_with_its_group_and_ends_bitwise(workdir: Path, scatter2: Path) -> None:
     run = workdir / "killed"
     files = run_files(workdir, run, mode="scatter", steps=STEPS, every=EVERY)
-    procs = {"follower": launch("follower", files["follower"], ranks=2, restarts=1),
-             "leader": launch("leader", files["leader"])}
+    procs = {"follower": launch("follower", files["follower"], ranks=2, restarts=1), "leader": launch("leader", files["leader"])}
     kill_at = EVERY + 2
     deadline = time.monotonic() + 300
     while max(losses(run), default=0) < kill_at:

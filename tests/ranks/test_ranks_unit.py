@@ -21,9 +21,15 @@ from splitlink.runtime.schedule import Schedule
 
 
 def write(tmp_path: Path, party: str = "follower", **over: Any) -> Path:
-    cfg: dict[str, Any] = {"scenario": "pangu_alpha", "party": party, "address": "127.0.0.1:7000",
-                           "peer_address": "127.0.0.1:6000", "enable_ssl": False,
-                           "ranks": {"mode": "scatter", "world_size": 2}, "train": {"batch_size": 4}}
+    cfg: dict[str, Any] = {
+        "scenario": "pangu_alpha",
+        "party": party,
+        "address": "127.0.0.1:7000",
+        "peer_address": "127.0.0.1:6000",
+        "enable_ssl": False,
+        "ranks": {"mode": "scatter", "world_size": 2},
+        "train": {"batch_size": 4},
+    }
     if party == "leader":
         cfg["data"] = "data"
     for k, v in over.items():
@@ -36,18 +42,22 @@ def write(tmp_path: Path, party: str = "follower", **over: Any) -> Path:
     return f
 
 
-@pytest.mark.parametrize(("ranks_section", "train", "message"), [
-    ({"mode": "scatter", "world_size": 2, "follower_addresses": ["h:1"]}, None, "lists 1 address(es)"),
-    ({"mode": "scatter", "world_size": 2, "follower_addresses": ["h:1", "nope"]}, None, "not host:port: 'nope'"),
-    ({"mode": "scatter", "world_size": 2, "follower_addresses": ["h:1", "h:1"]}, None, "cannot share an address"),
-    ({"mode": "scatter", "world_size": 2, "leader_addresses": ["h:1", "h:2"]}, None, "only paired mode"),
-    ({"mode": "scatter", "world_size": 3}, {"batch_size": 4}, "make it a multiple"),
-    ({"mode": "ring", "world_size": 2}, None, "ranks.mode"),
-    ({"mode": "paired", "world_size": 0}, None, "ranks.world_size"),
-    ({"mode": "paired", "world_size": 2, "extra": 1}, None, "ranks.extra"),
-])
-def test_bad_ranks_sections_are_refused_with_the_reason(tmp_path: Path, ranks_section: dict[str, Any],
-                                                         train: dict[str, Any] | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("ranks_section", "train", "message"),
+    [
+        ({"mode": "scatter", "world_size": 2, "follower_addresses": ["h:1"]}, None, "lists 1 address(es)"),
+        ({"mode": "scatter", "world_size": 2, "follower_addresses": ["h:1", "nope"]}, None, "not host:port: 'nope'"),
+        ({"mode": "scatter", "world_size": 2, "follower_addresses": ["h:1", "h:1"]}, None, "cannot share an address"),
+        ({"mode": "scatter", "world_size": 2, "leader_addresses": ["h:1", "h:2"]}, None, "only paired mode"),
+        ({"mode": "scatter", "world_size": 3}, {"batch_size": 4}, "make it a multiple"),
+        ({"mode": "ring", "world_size": 2}, None, "ranks.mode"),
+        ({"mode": "paired", "world_size": 0}, None, "ranks.world_size"),
+        ({"mode": "paired", "world_size": 2, "extra": 1}, None, "ranks.extra"),
+    ],
+)
+def test_bad_ranks_sections_are_refused_with_the_reason(
+    tmp_path: Path, ranks_section: dict[str, Any], train: dict[str, Any] | None, message: str
+) -> None:
     f = write(tmp_path, ranks=ranks_section, train=train or {"batch_size": 4})
     with pytest.raises(YamlConfigError, match=re.escape(message)):
         load_run_config(f)
@@ -80,8 +90,12 @@ def test_names_and_addresses_of_every_mode(tmp_path: Path, monkeypatch: pytest.M
     assert group is not None and not group.launched and group.sens_scale == 1.0
     assert ranks.channel_plan(a, group).peers == [("follower-r0", "127.0.0.1:7000"), ("follower-r1", "127.0.0.1:7001")]
     launched(monkeypatch, 1)
-    paired = {"mode": "paired", "world_size": 2, "follower_addresses": ["b0:7000", "b1:7000"],
-              "leader_addresses": ["a0:6000", "a1:6000"]}
+    paired = {
+        "mode": "paired",
+        "world_size": 2,
+        "follower_addresses": ["b0:7000", "b1:7000"],
+        "leader_addresses": ["a0:6000", "a1:6000"],
+    }
     a = load_run_config(write(tmp_path, "leader", ranks=paired))
     plan = ranks.channel_plan(a, ranks.group_of(a))  # type: ignore[arg-type]
     assert plan.me == ("leader-r1", "a1:6000") and plan.peers == [("follower-r1", "b1:7000")]
@@ -105,8 +119,9 @@ def test_a_rank_needs_the_launcher_and_its_world_size(tmp_path: Path, monkeypatc
 
 
 def test_ssl_paths_take_the_rank() -> None:
-    got = ranks.ssl_for_rank({"server_cert_path": "c/follower-r{rank}.p12", "ca_cert_path": "c/ca.crt",
-                              "server_password": "{rank}"}, 3)
+    got = ranks.ssl_for_rank(
+        {"server_cert_path": "c/follower-r{rank}.p12", "ca_cert_path": "c/ca.crt", "server_password": "{rank}"}, 3
+    )
     assert got == {"server_cert_path": "c/follower-r3.p12", "ca_cert_path": "c/ca.crt", "server_password": "{rank}"}
     with pytest.raises(ValueError, match="not a rank"):
         ranks.ssl_for_rank({"server_cert_path": "c/follower-r{rank}.p12"}, None)
@@ -139,9 +154,9 @@ def test_scatter_cuts_batches_in_rank_order_and_gathers_the_answers() -> None:
     for r in (0, 1):
         kind, got = fake.sent[f"follower-r{r}"][0]
         assert kind == "tensors"
-        assert torch.equal(got["output"]["hidden_states"], x[2 * r:2 * r + 2])
-        assert torch.equal(got["mask"], x[2 * r:2 * r + 2] > 3)
-        fake.inbox[f"follower-r{r}"].append(("tensors", {"hidden_states": x[2 * r:2 * r + 2] + 1}))
+        assert torch.equal(got["output"]["hidden_states"], x[2 * r : 2 * r + 2])
+        assert torch.equal(got["mask"], x[2 * r : 2 * r + 2] > 3)
+        fake.inbox[f"follower-r{r}"].append(("tensors", {"hidden_states": x[2 * r : 2 * r + 2] + 1}))
     assert torch.equal(comm.receive("follower")["hidden_states"], x + 1)
     comm.send_tensors("follower", {}, kind="done")  # control frames go to every rank whole
     assert [fake.sent[p][-1][0] for p in fake.sent] == ["done", "done"]
@@ -169,8 +184,11 @@ def test_a_restart_of_one_rank_waits_for_the_whole_group() -> None:
     comm = ranks.ScatterComm(fake, "follower", ["follower-r0", "follower-r1"], timeout=1.0)
     fake.inbox["follower-r0"].append(PeerRestartedError("follower-r0", "new process"))
     # rank 1's previous process had sent a frame before its new process announced itself: dropped
-    fake.inbox["follower-r1"] += [("tensors", {"old": torch.zeros(1)}), PeerRestartedError("follower-r1", "new"),
-                                  ("resume:run", {"steps": torch.tensor([4])})]
+    fake.inbox["follower-r1"] += [
+        ("tensors", {"old": torch.zeros(1)}),
+        PeerRestartedError("follower-r1", "new"),
+        ("resume:run", {"steps": torch.tensor([4])}),
+    ]
     with pytest.raises(PeerRestartedError, match="follower-r0"):
         comm.receive("follower")
     assert [k for k, _ in fake.inbox["follower-r1"]] == ["resume:run"]  # the new process's frames stay
@@ -197,6 +215,7 @@ def test_the_launch_script_of_party_b_over_ranks_has_help() -> None:
     import sys
 
     script = Path(__file__).resolve().parents[2] / "examples/splitnn_pangu_alpha/run_pangu_train_follower_ranks.sh"
-    out = subprocess.run(["bash", str(script), "--help"], env={**os.environ, "PYTHON": sys.executable},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["bash", str(script), "--help"], env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "NPROC" in out.stdout and "--ranks" in out.stdout, out.stderr

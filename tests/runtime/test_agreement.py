@@ -18,10 +18,16 @@ from splitlink.runtime.party import TrainOptions, agree_locally, ride_through_re
 def pair(tmp_path: Path, *, through_codecs: bool = False, **opts: Any) -> tuple[SimpleParty, SimpleParty]:
     hub: dict[str, Any] = {}
     lc, fc = ServerConfig("leader", "127.0.0.1:1"), ServerConfig("follower", "127.0.0.1:2")
-    leader = Leader(InProcessCommunicator(lc, fc, hub=hub, through_codecs=through_codecs),
-                    TrainOptions(ckpt_dir=str(tmp_path / "leader"), peer_timeout=10, **opts), tmp_path / "leader")
-    follower = Follower(InProcessCommunicator(fc, lc, hub=hub, through_codecs=through_codecs),
-                        TrainOptions(ckpt_dir=str(tmp_path / "follower"), peer_timeout=10, **opts), tmp_path / "follower")
+    leader = Leader(
+        InProcessCommunicator(lc, fc, hub=hub, through_codecs=through_codecs),
+        TrainOptions(ckpt_dir=str(tmp_path / "leader"), peer_timeout=10, **opts),
+        tmp_path / "leader",
+    )
+    follower = Follower(
+        InProcessCommunicator(fc, lc, hub=hub, through_codecs=through_codecs),
+        TrainOptions(ckpt_dir=str(tmp_path / "follower"), peer_timeout=10, **opts),
+        tmp_path / "follower",
+    )
     return leader, follower
 
 
@@ -70,7 +76,7 @@ def test_without_resume_nothing_is_loaded(tmp_path: Path) -> None:
 def test_rejoin_without_a_common_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     leader, follower = pair(tmp_path, resume=False)
     save_steps(leader, [3])
-    follower.offer()           # a restarted follower whose operator forgot resume: offers nothing
+    follower.offer()  # a restarted follower whose operator forgot resume: offers nothing
     leader.offer(rejoin=True)
     with pytest.raises(RuntimeError, match="the follower restarted, but the parties hold no common checkpoint.*resume"):
         leader.settle(rejoin=True)

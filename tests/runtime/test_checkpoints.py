@@ -38,7 +38,7 @@ def test_a_crash_between_two_models_saves_leaves_the_previous_step_the_newest(tm
     with pytest.raises(OSError, match="disk full"):
         cs.save(10)
     assert ms["embedding"].checkpoint_steps() == [5, 10]  # the first model's file of step 10 is there...
-    assert cs.steps() == [5]                               # ...but step 10 was never recorded
+    assert cs.steps() == [5]  # ...but step 10 was never recorded
 
 
 def test_a_step_whose_files_went_missing_is_not_listed(tmp_path: Path) -> None:

@@ -15,19 +15,24 @@ from splitlink.util import free_ports
 def in_process(through_codecs: bool) -> tuple[Any, Any]:
     hub: dict[str, Any] = {}
     lc, fc = ServerConfig("leader", "127.0.0.1:1"), ServerConfig("follower", "127.0.0.1:2")
-    return (InProcessCommunicator(lc, fc, hub=hub, through_codecs=through_codecs),
-            InProcessCommunicator(fc, lc, hub=hub, through_codecs=through_codecs))
+    return (
+        InProcessCommunicator(lc, fc, hub=hub, through_codecs=through_codecs),
+        InProcessCommunicator(fc, lc, hub=hub, through_codecs=through_codecs),
+    )
 
 
 def over_grpc() -> tuple[Any, Any]:
     lp, fp = free_ports(2)
     lc, fc = ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", f"127.0.0.1:{fp}")
-    return (VerticalFederatedCommunicator(lc, fc, enable_ssl=False).launch(),
-            VerticalFederatedCommunicator(fc, lc, enable_ssl=False).launch())
+    return (
+        VerticalFederatedCommunicator(lc, fc, enable_ssl=False).launch(),
+        VerticalFederatedCommunicator(fc, lc, enable_ssl=False).launch(),
+    )
 
 
-@pytest.mark.parametrize("make", [lambda: in_process(False), lambda: in_process(True), over_grpc],
-                         ids=["in-process", "in-process-codecs", "grpc"])
+@pytest.mark.parametrize(
+    "make", [lambda: in_process(False), lambda: in_process(True), over_grpc], ids=["in-process", "in-process-codecs", "grpc"]
+)
 def test_the_receiver_learns_each_frames_kind(make: Any) -> None:
     a, b = make()
     try:

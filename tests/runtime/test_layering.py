@@ -59,9 +59,11 @@ def test_the_check_catches_every_import_form(tmp_path: Path) -> None:
         (tmp_path / "runtime" / "c.py").write_text("from ..examples import pangu\n")
         (tmp_path / "runtime" / "d.py").write_text("def f():\n    from splitlink.examples.demo import run_demo\n")
         (tmp_path / "runtime" / "ok.py").write_text("from splitlink.runtime import registry\nimport splitlink.channel\n")
-        assert scenario_imports(tmp_path) == ["runtime/a.py:1 imports splitlink.examples.wide_deep",
-                                              "runtime/b.py:1 imports splitlink.examples",
-                                              "runtime/c.py:1 imports splitlink.examples",
-                                              "runtime/d.py:2 imports splitlink.examples.demo"]
+        assert scenario_imports(tmp_path) == [
+            "runtime/a.py:1 imports splitlink.examples.wide_deep",
+            "runtime/b.py:1 imports splitlink.examples",
+            "runtime/c.py:1 imports splitlink.examples",
+            "runtime/d.py:2 imports splitlink.examples.demo",
+        ]
     finally:
         PKG = saved

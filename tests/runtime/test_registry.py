@@ -63,9 +63,11 @@ def test_run_file_data_requirement_comes_from_the_scenario(tmp_path: Path) -> No
 
 
 def test_importing_the_runtime_and_cli_loads_no_scenario() -> None:
-    code = ("import sys, splitlink.cli, splitlink.runtime.party, splitlink.runtime.launch, "
-            "splitlink.runtime.run_config, splitlink.runtime.registry as r; r.names(); "
-            "bad = sorted(m for m in sys.modules if m.startswith('splitlink.examples')); "
-            "assert not bad, bad")
+    code = (
+        "import sys, splitlink.cli, splitlink.runtime.party, splitlink.runtime.launch, "
+        "splitlink.runtime.run_config, splitlink.runtime.registry as r; r.names(); "
+        "bad = sorted(m for m in sys.modules if m.startswith('splitlink.examples')); "
+        "assert not bad, bad"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -15,8 +15,9 @@ def maskers(n: int, frac_bits: int = 16) -> list[secure.PairwiseMasker]:
     pairs = {name: secure.KeyPair.generate() for name in names}
     sid = secure.new_session_id()
     return [
-        secure.PairwiseMasker(name, pairs[name], {p: pairs[p].public_bytes for p in names if p != name},
-                              session_id=sid, frac_bits=frac_bits)
+        secure.PairwiseMasker(
+            name, pairs[name], {p: pairs[p].public_bytes for p in names if p != name}, session_id=sid, frac_bits=frac_bits
+        )
         for name in names
     ]
 

@@ -25,8 +25,7 @@ def keys(cipher: str = "aes-256-gcm") -> tuple[secure.SessionKeys, secure.Sessio
 @pytest.fixture(params=["aes-256-gcm", "chacha20-poly1305"])
 def pair(request):  # type: ignore[no-untyped-def]
     ka, kb = keys(request.param)
-    return (Sealer(ka.send, "leader", cipher=request.param, segment_size=SEG),
-            Opener(kb.recv, "leader", cipher=request.param))
+    return (Sealer(ka.send, "leader", cipher=request.param, segment_size=SEG), Opener(kb.recv, "leader", cipher=request.param))
 
 
 def tensors(n: int = 5000) -> dict:
@@ -116,8 +115,18 @@ def _varint(v: int) -> bytes:
     return bytes(out)
 
 
-def _encode_sealed(*, sender: str, seq: int, step: int, kind: str, cipher: int, segment_size: int, tags: bytes,
-                   ciphertext: bytes, plaintext_length: int | None = None) -> bytes:
+def _encode_sealed(
+    *,
+    sender: str,
+    seq: int,
+    step: int,
+    kind: str,
+    cipher: int,
+    segment_size: int,
+    tags: bytes,
+    ciphertext: bytes,
+    plaintext_length: int | None = None,
+) -> bytes:
     """The sealed-frame layout, written independently of the native encoder: the fields in the
     order the Sealer writes them, every varint field present, then zero padding that puts the
     ciphertext at a 64-byte aligned offset (aead.h)."""
@@ -129,16 +138,33 @@ def _encode_sealed(*, sender: str, seq: int, step: int, kind: str, cipher: int, 
         return _varint(field << 3 | 2) + _varint(len(b)) + b
 
     plen = len(ciphertext) if plaintext_length is None else plaintext_length
-    head = (var(10, 1) + blob(2, sender.encode()) + var(3, seq) + var(4, step) + blob(5, kind.encode()) + var(6, cipher)
-            + var(7, segment_size) + var(8, plen) + blob(9, tags))
+    head = (
+        var(10, 1)
+        + blob(2, sender.encode())
+        + var(3, seq)
+        + var(4, step)
+        + blob(5, kind.encode())
+        + var(6, cipher)
+        + var(7, segment_size)
+        + var(8, plen)
+        + blob(9, tags)
+    )
     tail = _varint(15 << 3 | 2) + _varint(len(ciphertext))
     pad = -(len(head) + 2 + len(tail)) % 64
     return head + blob(14, bytes(pad)) + tail + ciphertext
 
 
 def _fields(msg) -> dict:  # type: ignore[no-untyped-def]
-    return {"sender": msg.sender, "seq": msg.seq, "step": msg.step, "kind": msg.kind, "cipher": msg.cipher,
-            "segment_size": msg.segment_size, "tags": bytes(msg.tags), "ciphertext": bytes(msg.ciphertext)}
+    return {
+        "sender": msg.sender,
+        "seq": msg.seq,
+        "step": msg.step,
+        "kind": msg.kind,
+        "cipher": msg.cipher,
+        "segment_size": msg.segment_size,
+        "tags": bytes(msg.tags),
+        "ciphertext": bytes(msg.ciphertext),
+    }
 
 
 # An Opener's CryptoError names the sender and seq once the header parses ("frame from 'leader'
@@ -183,8 +209,10 @@ def test_flipped_padding_tag_is_refused(sealed_pb2) -> None:  # type: ignore[no-
     at = frame.index(bytes(msg.tags)) + len(msg.tags)  # the padding field follows the tags
     assert frame[at] == 0x72
     ct_tag = len(frame) - len(msg.ciphertext) - len(_varint(len(msg.ciphertext))) - 1
-    for flipped, why in ((0x7A, f"repeats field 'ciphertext' \\(15\\) at byte {ct_tag}; it first appeared at byte {at}"),
-                         (0x62, f"unknown field 12 \\(wire type 2\\) at byte {at}")):
+    for flipped, why in (
+        (0x7A, f"repeats field 'ciphertext' \\(15\\) at byte {ct_tag}; it first appeared at byte {at}"),
+        (0x62, f"unknown field 12 \\(wire type 2\\) at byte {at}"),
+    ):
         bad = bytearray(frame)
         bad[at] = flipped
         with pytest.raises(CryptoError, match=why):
@@ -194,8 +222,11 @@ def test_flipped_padding_tag_is_refused(sealed_pb2) -> None:  # type: ignore[no-
 
 def test_the_layout_is_exactly_the_documented_one(sealed_pb2) -> None:  # type: ignore[no-untyped-def]
     ka, kb = keys()
-    frame = bytes(wire.pack(tensors(3000), sender="leader", seq=5, step=-2, kind="backward",
-                            sealer=Sealer(ka.send, "leader", segment_size=SEG)))
+    frame = bytes(
+        wire.pack(
+            tensors(3000), sender="leader", seq=5, step=-2, kind="backward", sealer=Sealer(ka.send, "leader", segment_size=SEG)
+        )
+    )
     msg = sealed_pb2.SealedFrame()
     msg.ParseFromString(frame)
     assert msg.sealed_version == 1 and msg.plaintext_length == len(msg.ciphertext)

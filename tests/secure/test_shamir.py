@@ -10,6 +10,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from splitlink import _core, secure
 
 S = _core.secure
@@ -58,7 +59,7 @@ def test_t_minus_1_shares_look_uniform_whatever_the_secret() -> None:
         for _ in range(n):
             for share in S.shamir_split(secret, 3, [1, 2, 3])[:2]:
                 for c in range(5):
-                    y = int.from_bytes(share[9 + 8 * c: 17 + 8 * c], "little")
+                    y = int.from_bytes(share[9 + 8 * c : 17 + 8 * c], "little")
                     assert y < S.SHAMIR_PRIME
                     for b in range(60):  # bit 60: p = 2^61-1 sits just below 2^61
                         ones[b] += (y >> b) & 1

@@ -12,12 +12,14 @@ H = bytes.fromhex
 def test_nist_aes_256_gcm_test_case_16() -> None:
     # McGrew & Viega GCM spec test case 16 (AES-256, 96-bit IV, with AAD), as used by NIST CAVP.
     key = secure.Key(H("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308"))
-    pt = H("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525"
-           "b16aedf5aa0de657ba637b39")
+    pt = H(
+        "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39"
+    )
     aad = H("feedfacedeadbeeffeedfacedeadbeefabaddad2")
     iv = H("cafebabefacedbaddecaf888")
-    ct = H("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838"
-           "c5f61e6393ba7a0abcc9f662")
+    ct = H(
+        "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662"
+    )
     tag = H("76fc6ece0f4e1768cddf8853bb2d551b")
     assert secure.aead_encrypt("aes-256-gcm", key, iv, aad, pt) == ct + tag
     assert secure.aead_decrypt("aes-256-gcm", key, iv, aad, ct + tag) == pt
@@ -28,11 +30,12 @@ def test_rfc8439_chacha20_poly1305_aead() -> None:
     key = secure.Key(bytes(range(0x80, 0xA0)))
     nonce = H("070000004041424344454647")
     aad = H("50515253c0c1c2c3c4c5c6c7")
-    pt = (b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, "
-          b"sunscreen would be it.")
-    ct = H("d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b"
-           "1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
-           "3ff4def08e4b7a9de576d26586cec64b6116")
+    pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it."
+    ct = H(
+        "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b"
+        "1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+        "3ff4def08e4b7a9de576d26586cec64b6116"
+    )
     tag = H("1ae10b594f09e26a7e902ecbd0600691")
     assert secure.aead_encrypt("chacha20-poly1305", key, nonce, aad, pt) == ct + tag
     assert secure.aead_decrypt("chacha20-poly1305", key, nonce, aad, ct + tag) == pt

@@ -162,8 +162,14 @@ class FaultProxy:
         finally:
             self._close(src, dst)
 
-    def _read_line(self, src: socket.socket, dst: socket.socket, upstream: bool,
-                   line: collections.deque[tuple[float, bytes | None]], ready: threading.Condition) -> None:
+    def _read_line(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        upstream: bool,
+        line: collections.deque[tuple[float, bytes | None]],
+        ready: threading.Condition,
+    ) -> None:
         """The reading half of a delay line: each chunk is queued with the time it is due at the far side."""
         due = 0.0
         try:
@@ -189,8 +195,13 @@ class FaultProxy:
             line.append((max(due, time.monotonic() + self.one_way_delay_s), None))
             ready.notify()
 
-    def _write_line(self, src: socket.socket, dst: socket.socket,
-                    line: collections.deque[tuple[float, bytes | None]], ready: threading.Condition) -> None:
+    def _write_line(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        line: collections.deque[tuple[float, bytes | None]],
+        ready: threading.Condition,
+    ) -> None:
         """The writing half: forwards each queued chunk when it is due."""
         try:
             while True:

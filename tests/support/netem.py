@@ -92,9 +92,9 @@ class NetnsUnavailable(NetemError):
 @dataclass(frozen=True)
 class Profile:
     name: str
-    rate_bit_s: float            # per direction
-    rtt_s: float                 # round trip: each direction is delayed rtt_s / 2
-    jitter_s: float = 0.0        # each direction, uniform in +-jitter_s, no reordering
+    rate_bit_s: float  # per direction
+    rtt_s: float  # round trip: each direction is delayed rtt_s / 2
+    jitter_s: float = 0.0  # each direction, uniform in +-jitter_s, no reordering
 
     @property
     def one_way_s(self) -> float:
@@ -105,13 +105,16 @@ class Profile:
         return f"{self.name} ({rate}, {self.rtt_s * 1e3:g} ms RTT)"
 
 
-PROFILES: dict[str, Profile] = {p.name: p for p in [
-    Profile("lan", 10e9, 0.0002),
-    Profile("metro", 1e9, 0.005),
-    Profile("wan", 1e9, 0.020),
-    Profile("thin-wan", 100e6, 0.040),
-    Profile("long-haul", 1e9, 0.200),
-]}
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile("lan", 10e9, 0.0002),
+        Profile("metro", 1e9, 0.005),
+        Profile("wan", 1e9, 0.020),
+        Profile("thin-wan", 100e6, 0.040),
+        Profile("long-haul", 1e9, 0.200),
+    ]
+}
 
 # ---- the namespace --------------------------------------------------------------------------------------
 
@@ -132,8 +135,7 @@ def netns_support() -> str | None:
     """None when network namespaces can be made here, else why not (for a skip reason)."""
     missing = [t for t in ("ip", "tc", "nsenter") if shutil.which(t) is None]
     if missing:
-        return (f"network emulation needs the tools {', '.join(missing)} on PATH (iproute2 for ip and tc, "
-                "util-linux for nsenter)")
+        return f"network emulation needs the tools {', '.join(missing)} on PATH (iproute2 for ip and tc, util-linux for nsenter)"
     if os.geteuid() != 0:
         return "network emulation needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create a network namespace"
     return None
@@ -212,8 +214,7 @@ class Netns:
         self._lock = threading.Lock()
         proc = _run(["ip", "netns", "add", self.name], check=False)
         if proc.returncode != 0:
-            raise NetnsUnavailable(f"cannot create a network namespace (`ip netns add {self.name}`): "
-                                   f"{proc.stderr.strip()}")
+            raise NetnsUnavailable(f"cannot create a network namespace (`ip netns add {self.name}`): {proc.stderr.strip()}")
         _install_handlers()
         _live.add(self)
         try:
@@ -274,6 +275,7 @@ class Netns:
             finally:
                 for s in socks:
                     s.close()
+
         return self.call(pick)
 
     def close(self) -> None:
@@ -307,6 +309,7 @@ def netns_exists(name: str) -> bool:
 
 
 # ---- the link -------------------------------------------------------------------------------------------
+
 
 def _rate(bit_s: float) -> str:
     return f"{int(bit_s)}bit"
@@ -354,24 +357,44 @@ class EmulatedLink:
         if mode == "auto":
             mode = "none" if self.profile.rtt_s < 1e-3 else ("netem" if has_netem else "proxy")
         if mode == "netem" and not has_netem:
-            raise NetemError("delay='netem' but this kernel has no netem qdisc (`tc qdisc add ... netem`: "
-                             "'Specified qdisc kind is unknown'); use delay='proxy'")
+            raise NetemError(
+                "delay='netem' but this kernel has no netem qdisc (`tc qdisc add ... netem`: "
+                "'Specified qdisc kind is unknown'); use delay='proxy'"
+            )
         self.delay_mode = mode
         rate = _rate(self.profile.rate_bit_s)
         # burst: 2 ms of traffic, at least two 64 KiB loopback (GSO) packets; htb needs >= one packet
         burst = max(int(self.profile.rate_bit_s / 8 * 0.002), 2 * 65536 + 4096)
         self.ns.tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb")  # default 0: unclassified bypasses
         for cls in ("1:1", "1:2"):
-            self.ns.tc("class", "add", "dev", "lo", "parent", "1:", "classid", cls, "htb", "rate", rate, "ceil", rate,
-                       "burst", str(burst), "cburst", str(burst), "quantum", "200000")
+            self.ns.tc(
+                "class",
+                "add",
+                "dev",
+                "lo",
+                "parent",
+                "1:",
+                "classid",
+                cls,
+                "htb",
+                "rate",
+                rate,
+                "ceil",
+                rate,
+                "burst",
+                str(burst),
+                "cburst",
+                str(burst),
+                "quantum",
+                "200000",
+            )
             if mode == "netem":
                 d_ms = self.profile.one_way_s * 1e3
                 args = ["delay", f"{d_ms:.3f}ms"]
                 if self.profile.jitter_s:
                     args += [f"{self.profile.jitter_s * 1e3:.3f}ms"]
                 handle = "10:" if cls == "1:1" else "20:"
-                self.ns.tc("qdisc", "add", "dev", "lo", "parent", cls, "handle", handle, "netem", *args,
-                           "limit", "1000000")
+                self.ns.tc("qdisc", "add", "dev", "lo", "parent", cls, "handle", handle, "netem", *args, "limit", "1000000")
 
     def _has_netem(self) -> bool:
         probe = self.ns.tc("qdisc", "add", "dev", "lo", "root", "handle", "9:", "netem", "delay", "1ms", check=False)
@@ -384,8 +407,26 @@ class EmulatedLink:
         return "1:1" if src == self.a else "1:2"
 
     def _filter(self, match: str, port: int, src_party: str) -> None:
-        self.ns.tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-                   "match", "ip", match, str(port), "0xffff", "flowid", self._class_of(src_party))
+        self.ns.tc(
+            "filter",
+            "add",
+            "dev",
+            "lo",
+            "parent",
+            "1:",
+            "protocol",
+            "ip",
+            "prio",
+            "1",
+            "u32",
+            "match",
+            "ip",
+            match,
+            str(port),
+            "0xffff",
+            "flowid",
+            self._class_of(src_party),
+        )
 
     def route(self, server_port: int, *, client: str, proxy: bool | None = None) -> str:
         """The address (127.0.0.1:port in the namespace) that ``client`` dials to reach the server on
@@ -402,8 +443,8 @@ class EmulatedLink:
             dial = fp.port
         else:
             dial = server_port
-        self._filter("dport", dial, client)   # client to server
-        self._filter("sport", dial, server)   # server to client
+        self._filter("dport", dial, client)  # client to server
+        self._filter("sport", dial, server)  # server to client
         self.routes.append(_Route(dial, server_port, client, fp))
         return f"127.0.0.1:{dial}"
 
@@ -449,8 +490,7 @@ class EmulatedLink:
         self.close()
 
     # -- self-check
-    def self_check(self, *, bulk_bytes: int | None = None, pings: int = 15,
-                   expect: Profile | None = None) -> dict[str, Any]:
+    def self_check(self, *, bulk_bytes: int | None = None, pings: int = 15, expect: Profile | None = None) -> dict[str, Any]:
         """Measures RTT (median of ``pings`` round trips of one byte) and rate (median of three transfers
         of ``bulk_bytes``) through the emulated path with a raw TCP probe (a to b); raises
         NetemError if either misses ``expect`` (default: the link's profile) by more than ``tolerance``.
@@ -462,7 +502,7 @@ class EmulatedLink:
             raise ValueError(f"bulk_bytes must be at least 1 MiB (a quarter of it outlasts the shaper's burst), not {bulk_bytes}")
         port, plain_port = self.free_ports(2)
         server = self.call(lambda: _ProbeServer(port))
-        plain = self.call(lambda: _ProbeServer(plain_port))   # unrouted: unshaped, undelayed
+        plain = self.call(lambda: _ProbeServer(plain_port))  # unrouted: unshaped, undelayed
         host = None
         try:
             dial = self.route(port, client=self.a)
@@ -481,9 +521,15 @@ class EmulatedLink:
         finally:
             server.close()
             plain.close()
-        report: dict[str, Any] = {"profile": p.name, "delay_mode": self.delay_mode, "rtt_ms": rtt * 1e3,
-                                  "rate_bit_s": rate, "host_rate_bit_s": host,
-                                  "target_rtt_ms": p.rtt_s * 1e3, "target_rate_bit_s": p.rate_bit_s}
+        report: dict[str, Any] = {
+            "profile": p.name,
+            "delay_mode": self.delay_mode,
+            "rtt_ms": rtt * 1e3,
+            "rate_bit_s": rate,
+            "host_rate_bit_s": host,
+            "target_rtt_ms": p.rtt_s * 1e3,
+            "target_rate_bit_s": p.rate_bit_s,
+        }
         problems = []
         tol = self.tolerance
         if rtt > p.rtt_s * (1 + tol):
@@ -493,27 +539,39 @@ class EmulatedLink:
         if self.delay_mode == "none":
             report["rtt_note"] = "no delay emulated: loopback's own RTT (faster than the profile)"
         if rate > p.rate_bit_s * (1 + tol):
-            problems.append(f"rate {rate / 1e6:.0f} Mbit/s is over the profile's {p.rate_bit_s / 1e6:.0f} Mbit/s by "
-                            f"more than {tol:.0%}: the shaper does not hold")
+            problems.append(
+                f"rate {rate / 1e6:.0f} Mbit/s is over the profile's {p.rate_bit_s / 1e6:.0f} Mbit/s by "
+                f"more than {tol:.0%}: the shaper does not hold"
+            )
         if host is not None and host < p.rate_bit_s * (1 + tol):
             # The host cannot clearly exceed the profile's rate even unshaped: the shaper is not what binds,
             # so the check is against what the host reached alongside (a user-space delay line may cost more).
-            report["rate_note"] = (f"host-limited: an unshaped loopback socket pair reaches {host / 1e9:.2f} Gbit/s, "
-                                   f"not clearly above the profile's {p.rate_bit_s / 1e9:g} Gbit/s")
+            report["rate_note"] = (
+                f"host-limited: an unshaped loopback socket pair reaches {host / 1e9:.2f} Gbit/s, "
+                f"not clearly above the profile's {p.rate_bit_s / 1e9:g} Gbit/s"
+            )
             if rate < host * (1 - tol) and self.delay_mode != "proxy":
-                problems.append(f"rate {rate / 1e6:.0f} Mbit/s is under what the host reaches unshaped "
-                                f"({host / 1e6:.0f} Mbit/s) by more than {tol:.0%}")
+                problems.append(
+                    f"rate {rate / 1e6:.0f} Mbit/s is under what the host reaches unshaped "
+                    f"({host / 1e6:.0f} Mbit/s) by more than {tol:.0%}"
+                )
         elif rate < p.rate_bit_s * (1 - tol):
-            problems.append(f"rate {rate / 1e6:.0f} Mbit/s is under the profile's {p.rate_bit_s / 1e6:.0f} Mbit/s "
-                            f"by more than {tol:.0%} (an unshaped loopback pair reaches {(host or 0) / 1e6:.0f} Mbit/s)")
+            problems.append(
+                f"rate {rate / 1e6:.0f} Mbit/s is under the profile's {p.rate_bit_s / 1e6:.0f} Mbit/s "
+                f"by more than {tol:.0%} (an unshaped loopback pair reaches {(host or 0) / 1e6:.0f} Mbit/s)"
+            )
         report["ok"] = not problems
         if problems:
-            raise NetemError(f"the emulated link misses {p.describe()} ({self.delay_mode} delay): " + "; ".join(problems)
-                             + f"\nmeasured: {report}")
+            raise NetemError(
+                f"the emulated link misses {p.describe()} ({self.delay_mode} delay): "
+                + "; ".join(problems)
+                + f"\nmeasured: {report}"
+            )
         return report
 
 
 # ---- the raw TCP probe ----------------------------------------------------------------------------------
+
 
 class _ProbeServer:
     """Echoes 1-byte pings ('p'); for a bulk transfer ('b' + 8-byte length) receives the bytes and
@@ -537,6 +595,7 @@ class _ProbeServer:
 
     def _handle(self, conn: socket.socket) -> None:
         import struct
+
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
@@ -597,6 +656,7 @@ def _ping(addr: str, n: int) -> float:
 
 def _bulk(addr: str, server: _ProbeServer, n: int) -> float:
     import struct
+
     with _connect(addr) as s:
         s.sendall(b"b" + struct.pack("!Q", n))
         chunk = bytes(1 << 20)

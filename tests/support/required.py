@@ -31,8 +31,10 @@ def required() -> frozenset[str]:
     names = frozenset(n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip())
     unknown = sorted(names - KNOWN.keys())
     if unknown:
-        raise ValueError(f"{ENV}={os.environ[ENV]!r} names {', '.join(map(repr, unknown))}, which the test suite "
-                         f"does not know; known: {', '.join(sorted(KNOWN))}")
+        raise ValueError(
+            f"{ENV}={os.environ[ENV]!r} names {', '.join(map(repr, unknown))}, which the test suite "
+            f"does not know; known: {', '.join(sorted(KNOWN))}"
+        )
     return names
 
 
@@ -42,8 +44,7 @@ def require(name: str) -> ModuleType:
         raise ValueError(f"require({name!r}): add it to KNOWN in {__file__} first")
     if importlib.util.find_spec(name) is None:
         if name in required():
-            pytest.fail(f"{name} is required ({ENV} names it) but is not installed; install {KNOWN[name]}",
-                        pytrace=False)
+            pytest.fail(f"{name} is required ({ENV} names it) but is not installed; install {KNOWN[name]}", pytrace=False)
         pytest.skip(f"{name} is not installed ({KNOWN[name]})")
     try:
         # Its import touches deprecated torch APIs: the library's noise, not the test's failure.
@@ -52,8 +53,9 @@ def require(name: str) -> ModuleType:
             warnings.simplefilter("ignore", FutureWarning)
             return importlib.import_module(name)
     except Exception as e:  # installed but broken: never a skip
-        pytest.fail(f"{name} is installed but cannot be imported ({type(e).__name__}: {e}); reinstall "
-                    f"{KNOWN[name]}", pytrace=False)
+        pytest.fail(
+            f"{name} is installed but cannot be imported ({type(e).__name__}: {e}); reinstall {KNOWN[name]}", pytrace=False
+        )
 
 
 def require_deepspeed() -> ModuleType:

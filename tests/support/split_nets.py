@@ -100,8 +100,9 @@ class GPTHead(nn.Module):
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1))
 
 
-def gpt_parts(seed: int = 0, vocab: int = 97, d: int = 32, seq: int = 16, n_layer: int = 2,
-              n_head: int = 4) -> tuple[GPTEmbedding, GPTBackbone, GPTHead]:
+def gpt_parts(
+    seed: int = 0, vocab: int = 97, d: int = 32, seq: int = 16, n_layer: int = 2, n_head: int = 4
+) -> tuple[GPTEmbedding, GPTBackbone, GPTHead]:
     torch.manual_seed(seed)
     return GPTEmbedding(vocab, d, seq), GPTBackbone(d, n_layer, n_head), GPTHead(d)
 

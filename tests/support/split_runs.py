@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 from netem import EmulatedLink
+
 from splitlink.certs import make_dev_certs
 from splitlink.util import free_ports
 
@@ -34,27 +35,53 @@ def make_certs(directory: Path) -> Path:
     return directory
 
 
-def wide_deep_run(data_dir: Path, *, model: dict[str, Any], batch_size: int, steps: int, compress: bool,
-                  seed: int = 0) -> dict[str, Any]:
+def wide_deep_run(
+    data_dir: Path, *, model: dict[str, Any], batch_size: int, steps: int, compress: bool, seed: int = 0
+) -> dict[str, Any]:
     """Sections of a ``criteo_wide_deep`` run (data: ``<role>.npz`` in ``data_dir``, from demo.prepare_data)."""
-    return {"scenario": "criteo_wide_deep", "model": model,
-            "data": {r: str(data_dir / f"{r}.npz") for r in ("leader", "follower")},
-            "train": {"epochs": 1000, "batch_size": batch_size, "max_steps": steps, "compress": compress,
-                      "log_every": 1, "seed": seed, "progress": False, "eval_fraction": 0.0}}
+    return {
+        "scenario": "criteo_wide_deep",
+        "model": model,
+        "data": {r: str(data_dir / f"{r}.npz") for r in ("leader", "follower")},
+        "train": {
+            "epochs": 1000,
+            "batch_size": batch_size,
+            "max_steps": steps,
+            "compress": compress,
+            "log_every": 1,
+            "seed": seed,
+            "progress": False,
+            "eval_fraction": 0.0,
+        },
+    }
 
 
-def pangu_run(data_dir: Path, *, pangu: dict[str, Any], batch_size: int, steps: int, compress: bool,
-              seed: int = 0, lr: float = 1e-3) -> dict[str, Any]:
+def pangu_run(
+    data_dir: Path, *, pangu: dict[str, Any], batch_size: int, steps: int, compress: bool, seed: int = 0, lr: float = 1e-3
+) -> dict[str, Any]:
     """Sections of a ``pangu_alpha`` run (the leader is party A and holds the token data)."""
-    return {"scenario": "pangu_alpha", "pangu": pangu, "data": {"leader": str(data_dir)},
-            "train": {"epochs": 1000, "batch_size": batch_size, "max_steps": steps, "compress": compress,
-                      "log_every": 1, "seed": seed, "lr": lr, "progress": False, "deepspeed": False}}
+    return {
+        "scenario": "pangu_alpha",
+        "pangu": pangu,
+        "data": {"leader": str(data_dir)},
+        "train": {
+            "epochs": 1000,
+            "batch_size": batch_size,
+            "max_steps": steps,
+            "compress": compress,
+            "log_every": 1,
+            "seed": seed,
+            "lr": lr,
+            "progress": False,
+            "deepspeed": False,
+        },
+    }
 
 
 @dataclass
 class SplitRun:
     history: list[dict[str, Any]]
-    step_s: list[float]                  # wall time of each step after the first, from the leader's metrics
+    step_s: list[float]  # wall time of each step after the first, from the leader's metrics
     wire_bytes: dict[str, int] = field(default_factory=dict)  # per direction (emulated links only)
     ckpt_dirs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -70,16 +97,26 @@ class SplitRun:
         return statistics.median(times)
 
 
-def run_split(workdir: Path, spec: dict[str, Any], *, certs: Path, link: EmulatedLink | None = None,
-              ckpt_every: int = 0, threads: int = 1, timeout: float = 600) -> SplitRun:
+def run_split(
+    workdir: Path,
+    spec: dict[str, Any],
+    *,
+    certs: Path,
+    link: EmulatedLink | None = None,
+    ckpt_every: int = 0,
+    threads: int = 1,
+    timeout: float = 600,
+) -> SplitRun:
     """Runs both parties of ``spec`` (from wide_deep_run / pangu_run) to the end; raises with the logs'
     tails if a party fails or the run times out."""
     workdir.mkdir(parents=True, exist_ok=True)
     roles = ("leader", "follower")
     if link is not None:
         ports = dict(zip(roles, link.free_ports(2)))
-        peer = {"leader": link.route(ports["follower"], client="leader"),
-                "follower": link.route(ports["leader"], client="follower")}
+        peer = {
+            "leader": link.route(ports["follower"], client="leader"),
+            "follower": link.route(ports["leader"], client="follower"),
+        }
     else:
         ports = dict(zip(roles, free_ports(2)))
         peer = {"leader": f"127.0.0.1:{ports['follower']}", "follower": f"127.0.0.1:{ports['leader']}"}
@@ -94,11 +131,20 @@ def run_split(workdir: Path, spec: dict[str, Any], *, certs: Path, link: Emulate
         if role == "leader":
             train["metrics_path"] = str(metrics)
         run: dict[str, Any] = {
-            "scenario": spec["scenario"], "party": role, "address": f"127.0.0.1:{ports[role]}",
-            "peer_address": peer[role], "enable_ssl": True, "threads": threads, "train": train,
-            "ssl": {"server_cert_path": str(certs / f"{role}.server.p12"),
-                    "client_cert_path": str(certs / f"{role}.client.p12"), "ca_cert_path": str(certs / "ca.crt"),
-                    "server_password": PASSWORD, "client_password": PASSWORD},
+            "scenario": spec["scenario"],
+            "party": role,
+            "address": f"127.0.0.1:{ports[role]}",
+            "peer_address": peer[role],
+            "enable_ssl": True,
+            "threads": threads,
+            "train": train,
+            "ssl": {
+                "server_cert_path": str(certs / f"{role}.server.p12"),
+                "client_cert_path": str(certs / f"{role}.client.p12"),
+                "ca_cert_path": str(certs / "ca.crt"),
+                "server_password": PASSWORD,
+                "client_password": PASSWORD,
+            },
             "log_file": str(workdir / f"{role}.log"),
         }
         for key in ("model", "pangu"):
@@ -116,9 +162,11 @@ def run_split(workdir: Path, spec: dict[str, Any], *, certs: Path, link: Emulate
         for role in ("follower", "leader"):
             argv = [sys.executable, "-m", "splitlink", "train", role, "--config", str(files[role])]
             with open(workdir / f"{role}.stderr", "wb") as err:
-                procs[role] = (link.popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err) if link is not None
-                               else subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                                     start_new_session=True))
+                procs[role] = (
+                    link.popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                    if link is not None
+                    else subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                )
         deadline = t0 + timeout
         failed = None
         while procs and failed is None:

@@ -27,7 +27,10 @@ def every_dtype() -> dict[str, Any]:
 def grad_scale() -> dict[str, Any]:
     """MindSpore Federated's grad-scale form {scaler_output: {input_name: grad}}."""
     return {
-        "loss": {"follower_wide_embedding": sample(torch.float32, (16, 1), 1), "follower_deep_embedding": sample(torch.float32, (16, 8), 2)},
+        "loss": {
+            "follower_wide_embedding": sample(torch.float32, (16, 1), 1),
+            "follower_deep_embedding": sample(torch.float32, (16, 8), 2),
+        },
         "aux": {"mask": sample(torch.bool, (16,), 3)},
     }
 

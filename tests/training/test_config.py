@@ -17,8 +17,14 @@ SEED_YAMLS = sorted(ROOT.glob("examples/*/yaml_files/*.yaml"))
 
 def test_seed_scenario_yamls_are_present() -> None:
     names = {p.name for p in SEED_YAMLS}
-    assert {"leader_top.yaml", "leader_bottom.yaml", "follower_bottom.yaml", "embedding.yaml", "backbone.yaml",
-            "head.yaml"} <= names
+    assert {
+        "leader_top.yaml",
+        "leader_bottom.yaml",
+        "follower_bottom.yaml",
+        "embedding.yaml",
+        "backbone.yaml",
+        "head.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SEED_YAMLS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
@@ -76,25 +82,31 @@ def test_hyper_parameters_section_is_optional_as_in_mindspore() -> None:
     assert d.role == "leader" and d.compress_configs()["follower_deep_embedding"].bit_num == 6
 
 
-@pytest.mark.parametrize(("section", "want"), [
-    ("hyper_parameters: {}\n", (1, 1, False)),
-    ("hyper_parameters:\n  batch_size: 64\n", (1, 64, False)),
-    ("hyper_parameters:\n  epochs: 3\n", (3, 1, False)),
-    ("hyper_parameters:\n  is_eval: true\n", (1, 1, True)),
-])
+@pytest.mark.parametrize(
+    ("section", "want"),
+    [
+        ("hyper_parameters: {}\n", (1, 1, False)),
+        ("hyper_parameters:\n  batch_size: 64\n", (1, 64, False)),
+        ("hyper_parameters:\n  epochs: 3\n", (3, 1, False)),
+        ("hyper_parameters:\n  is_eval: true\n", (1, 1, True)),
+    ],
+)
 def test_each_hyper_parameter_is_optional(tmp_path: Path, section: str, want: tuple[int, int, bool]) -> None:
     (tmp_path / "h.yaml").write_text((CORPUS / "valid" / "no_hyper_parameters.yaml").read_text() + section)
     d = FLYamlData(tmp_path / "h.yaml")
     assert (d.epochs, d.batch_size, d.is_eval) == want
 
 
-@pytest.mark.parametrize(("section", "path", "fragment"), [
-    ("hyper_parameters:\n", "hyper_parameters", "leave the section out for the defaults"),
-    ("hyper_parameters:\n  epochs: true\n", "hyper_parameters.epochs", "wrong type (bool True); expected a valid integer"),
-    ("hyper_parameters:\n  batch_size: 2.5\n", "hyper_parameters.batch_size", "wrong type (float 2.5)"),
-    ("hyper_parameters:\n  epochs: 0\n", "hyper_parameters.epochs", "0 is out of range; allowed: an integer >= 1"),
-    ("hyper_parameters:\n  is_eval: maybe\n", "hyper_parameters.is_eval", "expected a valid boolean"),
-])
+@pytest.mark.parametrize(
+    ("section", "path", "fragment"),
+    [
+        ("hyper_parameters:\n", "hyper_parameters", "leave the section out for the defaults"),
+        ("hyper_parameters:\n  epochs: true\n", "hyper_parameters.epochs", "wrong type (bool True); expected a valid integer"),
+        ("hyper_parameters:\n  batch_size: 2.5\n", "hyper_parameters.batch_size", "wrong type (float 2.5)"),
+        ("hyper_parameters:\n  epochs: 0\n", "hyper_parameters.epochs", "0 is out of range; allowed: an integer >= 1"),
+        ("hyper_parameters:\n  is_eval: maybe\n", "hyper_parameters.is_eval", "expected a valid boolean"),
+    ],
+)
 def test_given_hyper_parameters_are_still_checked(tmp_path: Path, section: str, path: str, fragment: str) -> None:
     (tmp_path / "h.yaml").write_text((CORPUS / "valid" / "no_hyper_parameters.yaml").read_text() + section)
     with pytest.raises(YamlConfigError) as info:
@@ -110,9 +122,11 @@ def test_all_problems_reported_at_once() -> None:
 
 
 def test_mapping_and_text_sources(tmp_path: Path) -> None:
-    base = {"role": "follower",
-            "model": {"train_net": {"name": "n", "inputs": [{"name": "x"}], "outputs": [{"name": "y"}]}},
-            "hyper_parameters": {"epochs": 1, "batch_size": 2}}
+    base = {
+        "role": "follower",
+        "model": {"train_net": {"name": "n", "inputs": [{"name": "x"}], "outputs": [{"name": "y"}]}},
+        "hyper_parameters": {"epochs": 1, "batch_size": 2},
+    }
     d = FLYamlData(base)
     assert d.train_net.inputs[0].source == "local" and d.opts == []
     with pytest.raises(YamlConfigError, match=r"<mapping> \(1 problem\)"):

@@ -8,8 +8,19 @@ import math
 import pytest
 import torch
 from required import require_deepspeed
-from split_nets import (GPT_BACKBONE, GPT_EMBEDDING, GPT_HEAD, MLP_BOTTOM, MLP_MIDDLE, MLP_TOP, fl_yaml, gpt_batch,
-                        gpt_parts, mlp_batch, mlp_parts)
+from split_nets import (
+    GPT_BACKBONE,
+    GPT_EMBEDDING,
+    GPT_HEAD,
+    MLP_BOTTOM,
+    MLP_MIDDLE,
+    MLP_TOP,
+    fl_yaml,
+    gpt_batch,
+    gpt_parts,
+    mlp_batch,
+    mlp_parts,
+)
 
 from splitlink import FLModel
 
@@ -60,12 +71,12 @@ def test_mlp_split_equals_central(three: bool, loss_scale: float) -> None:
     losses = []
     for s in range(STEPS):
         b = mlp_batch(s)
-        h = fb.forward_one_step({"x": b["x"]})              # follower -> leader ("sent")
+        h = fb.forward_one_step({"x": b["x"]})  # follower -> leader ("sent")
         if fm is not None:
             h = {"h2": fm.forward_one_step(None, h)["h2"]}
         out = ft.forward_one_step({"y": b["y"]}, h)
         losses.append(out["loss"].item())
-        scale = ft.backward_one_step({"y": b["y"]}, h)      # {"loss": {h: grad}}
+        scale = ft.backward_one_step({"y": b["y"]}, h)  # {"loss": {h: grad}}
         assert list(scale) == ["loss"]
         if fm is not None:
             mid_scale = fm.backward_one_step(sens={"loss": {"h2": scale["loss"]["h2"]}})
@@ -95,14 +106,14 @@ def run_split_gpt(parts, steps: int, backbone_ds: dict | None = None, check=None
     losses = []
     for s in range(steps):
         batch = gpt_batch(s)
-        e = fe.forward_one_step(batch)                                  # party A
+        e = fe.forward_one_step(batch)  # party A
         hidden = fb.forward_one_step(None, {"embedding_table": e["embedding_table"]})  # party B
         out = fh.forward_one_step({"input_ids": batch["input_ids"], "word_table": e["word_table"]}, hidden)
         losses.append(out["output"].item())
-        head_scale = fh.backward_one_step()                             # {"output": {...}}
-        bb_scale = fb.backward_one_step(sens=head_scale)                # uses sens["output"]["hidden_states"]
+        head_scale = fh.backward_one_step()  # {"output": {...}}
+        bb_scale = fb.backward_one_step(sens=head_scale)  # uses sens["output"]["hidden_states"]
         assert set(bb_scale) == {"hidden_states"}
-        assert head_scale["output"]["input_ids"].abs().sum() == 0       # integer input: zero gradient
+        assert head_scale["output"]["input_ids"].abs().sum() == 0  # integer input: zero gradient
         if check is not None:
             check(hidden, out, head_scale, bb_scale)
         fe.backward_one_step(sens={**bb_scale, **head_scale})
@@ -114,8 +125,7 @@ def grad_norm(params) -> float:
     return math.sqrt(sum(float(p.grad.double().square().sum()) for p in params if p.grad is not None))
 
 
-def central_gpt(parts, steps: int, grads: list | None = None, backbone_gas: int = 1,
-                bb_grad_norms: list | None = None):
+def central_gpt(parts, steps: int, grads: list | None = None, backbone_gas: int = 1, bb_grad_norms: list | None = None):
     """Unsplit training; ``grads`` (if given) receives each step's gradients at the cuts:
     {"embedding_table": d loss/d embedding output, "hidden_states": d loss/d backbone output};
     ``bb_grad_norms`` (if given) the L2 norm of the gradient each backbone optimizer step takes.
@@ -218,8 +228,12 @@ def test_bf16_backbone_talks_to_fp32_parties(gas: int) -> None:
     ref_norms: list = []
     ref_losses, _ = central_gpt(parts, STEPS, ref_grads, backbone_gas=gas, bb_grad_norms=ref_norms)
     mine = tuple(copy.deepcopy(p) for p in parts)
-    ds = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}, "train_micro_batch_size_per_gpu": 4,
-          "gradient_accumulation_steps": gas}
+    ds = {
+        "zero_optimization": {"stage": 2},
+        "bf16": {"enabled": True},
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": gas,
+    }
 
     seen: list = []
     norms: list = []
@@ -234,14 +248,17 @@ def test_bf16_backbone_talks_to_fp32_parties(gas: int) -> None:
         # the fp32 run's: measured 0.5-1.3% of the gradient's largest element over these 12 steps.
         # 5% is 4x that; a cut gradient is off by 100%, one missing the engine's scaling by 50% or more.
         ref = ref_grads[len(seen)]
-        errs = {"hidden_states": rel_err(head_scale["output"]["hidden_states"], ref["hidden_states"]),
-                "embedding_table": rel_err(bb_scale["hidden_states"]["embedding_table"], ref["embedding_table"])}
+        errs = {
+            "hidden_states": rel_err(head_scale["output"]["hidden_states"], ref["hidden_states"]),
+            "embedding_table": rel_err(bb_scale["hidden_states"]["embedding_table"], ref["embedding_table"]),
+        }
         seen.append(errs)
         assert max(errs.values()) <= 5e-2, (len(seen), errs)
 
     def setup(fb: FLModel) -> None:  # the gradient each backbone step takes, as in the fp16 test
         fb.engine.optimizer.optimizer.register_step_pre_hook(
-            lambda opt, args, kwargs: norms.append(grad_norm(p for g in opt.param_groups for p in g["params"])))
+            lambda opt, args, kwargs: norms.append(grad_norm(p for g in opt.param_groups for p in g["params"]))
+        )
 
     losses, _, fb, _ = run_split_gpt(mine, STEPS, backbone_ds=ds, check=check, setup=setup)
     assert fb.engine.gradient_accumulation_steps() == gas
@@ -304,9 +321,12 @@ def cut_grad_errors(ref_grads: list, seen: list):
 
     def check(hidden, out, head_scale, bb_scale) -> None:
         ref = ref_grads[len(seen)]
-        seen.append({"hidden_states": rel_err(head_scale["output"]["hidden_states"], ref["hidden_states"]),
-                     "embedding_table": rel_err(bb_scale["hidden_states"]["embedding_table"],
-                                                ref["embedding_table"])})
+        seen.append(
+            {
+                "hidden_states": rel_err(head_scale["output"]["hidden_states"], ref["hidden_states"]),
+                "embedding_table": rel_err(bb_scale["hidden_states"]["embedding_table"], ref["embedding_table"]),
+            }
+        )
 
     return check
 
@@ -325,8 +345,7 @@ def test_backbone_gradient_accumulation_equals_central(stage: int) -> None:
     ref_grads: list = []
     ref_losses, ref_mods = central_gpt(parts, STEPS, ref_grads, backbone_gas=gas)
     mine = tuple(copy.deepcopy(p) for p in parts)
-    ds = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": 4,
-          "gradient_accumulation_steps": gas}
+    ds = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": gas}
     seen: list = []
     losses, fe, fb, fh = run_split_gpt(mine, STEPS, backbone_ds=ds, check=cut_grad_errors(ref_grads, seen))
     assert fb.engine.gradient_accumulation_steps() == gas and fb.engine.global_steps == STEPS // gas
@@ -336,15 +355,17 @@ def test_backbone_gradient_accumulation_equals_central(stage: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scale_power", "gas", "stage"), [
-    pytest.param(16, 1, 2, id="overflowing-first-step"),
-    pytest.param(10, 1, 2, id="no-overflow"),
-    pytest.param(16, 2, 2, id="overflowing-first-step-gas2"),
-    pytest.param(10, 2, 2, id="no-overflow-gas2"),
-    pytest.param(10, 2, 0, id="no-overflow-gas2-zero0"),
-])
-def test_fp16_backbone_talks_to_fp32_parties(scale_power: int, gas: int, stage: int,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("scale_power", "gas", "stage"),
+    [
+        pytest.param(16, 1, 2, id="overflowing-first-step"),
+        pytest.param(10, 1, 2, id="no-overflow"),
+        pytest.param(16, 2, 2, id="overflowing-first-step-gas2"),
+        pytest.param(10, 2, 2, id="no-overflow-gas2"),
+        pytest.param(10, 2, 0, id="no-overflow-gas2-zero0"),
+    ],
+)
+def test_fp16_backbone_talks_to_fp32_parties(scale_power: int, gas: int, stage: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # DeepSpeed refuses fp16 on CPUs without fp16 arithmetic in oneDNN (AVX512-FP16/AMX-FP16); torch
     # computes fp16 on any CPU, so the check is lifted: the test must not depend on the instruction set.
     require_deepspeed()
@@ -356,18 +377,22 @@ def test_fp16_backbone_talks_to_fp32_parties(scale_power: int, gas: int, stage: 
     ref_norms: list = []
     ref_losses, _ = central_gpt(parts, STEPS, ref_grads, backbone_gas=gas, bb_grad_norms=ref_norms)
     mine = tuple(copy.deepcopy(p) for p in parts)
-    ds = {"zero_optimization": {"stage": stage}, "fp16": {"enabled": True, "initial_scale_power": scale_power},
-          "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": gas}
+    ds = {
+        "zero_optimization": {"stage": stage},
+        "fp16": {"enabled": True, "initial_scale_power": scale_power},
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": gas,
+    }
     seen: list = []
     norms: list = []
 
     def setup(fb: FLModel) -> None:
         # The gradient each backbone step takes, unscaled, as the torch optimizer inside the engine sees it.
         fb.engine.optimizer.optimizer.register_step_pre_hook(
-            lambda opt, args, kwargs: norms.append(grad_norm(p for g in opt.param_groups for p in g["params"])))
+            lambda opt, args, kwargs: norms.append(grad_norm(p for g in opt.param_groups for p in g["params"]))
+        )
 
-    losses, _, fb, _ = run_split_gpt(mine, STEPS, backbone_ds=ds, check=cut_grad_errors(ref_grads, seen),
-                                     setup=setup)
+    losses, _, fb, _ = run_split_gpt(mine, STEPS, backbone_ds=ds, check=cut_grad_errors(ref_grads, seen), setup=setup)
     assert fb.engine.gradient_accumulation_steps() == gas and fb.engine.zero_optimization_stage() == stage
     assert losses[-1] < losses[0]
     assert all(math.isfinite(v) for e in seen for v in e.values()) and all(math.isfinite(x) for x in losses)
@@ -415,14 +440,22 @@ def test_deepspeed_grad_scaler_with_its_own_sens_under_accumulation(stage: int) 
     # loss.backward()) and, at ZeRO 0, refuse when it comes before engine.backward: FLModel must return
     # the plain vector-Jacobian product all the same.
     require_deepspeed()
-    own = MLP_MIDDLE.replace("grad_scalers:\n  - {inputs: [{name: h}], output: {name: h2}, sens: loss}",
-                             "grad_scalers:\n  - {inputs: [{name: h}], output: {name: h2}, sens: 3.0}")
+    own = MLP_MIDDLE.replace(
+        "grad_scalers:\n  - {inputs: [{name: h}], output: {name: h2}, sens: loss}",
+        "grad_scalers:\n  - {inputs: [{name: h}], output: {name: h2}, sens: 3.0}",
+    )
     assert own != MLP_MIDDLE
     middle = mlp_parts(seed=3)[1]
     ref = copy.deepcopy(middle)
-    fm = FLModel(fl_yaml(own, "middle", LS=1.0), middle,
-                 deepspeed_config={"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 2,
-                                   "zero_optimization": {"stage": stage}})
+    fm = FLModel(
+        fl_yaml(own, "middle", LS=1.0),
+        middle,
+        deepspeed_config={
+            "train_micro_batch_size_per_gpu": 16,
+            "gradient_accumulation_steps": 2,
+            "zero_optimization": {"stage": stage},
+        },
+    )
     g = torch.Generator().manual_seed(7)
     for step in range(2):  # the first accumulation: both micro-batches at the initial weights
         h = torch.randn(16, 64, generator=g)
@@ -430,7 +463,7 @@ def test_deepspeed_grad_scaler_with_its_own_sens_under_accumulation(stage: int) 
         got = fm.backward_one_step(sens={"loss": {"h2": torch.randn(16, 64, generator=g)}})["h2"]["h"]
         x = h.clone().requires_grad_(True)
         y = ref(x)
-        want, = torch.autograd.grad(y, x, torch.full_like(y, 3.0))
+        (want,) = torch.autograd.grad(y, x, torch.full_like(y, 3.0))
         # the same module, operations and order: equal but for summation order inside the kernels
         assert_close_rel(got, want, 1e-6, f"micro-batch {step}")
     assert fm.engine.global_steps == 1 and fm.engine.zero_optimization_stage() == stage
@@ -461,14 +494,18 @@ def test_deepspeed_grad_scaler_through_an_output_the_loss_is_computed_from() -> 
     require_deepspeed()
     dense = mlp_parts(seed=3)[2].dense
     ref = copy.deepcopy(dense)
-    fm = FLModel(fl_yaml(LOSS_OF_AN_OUTPUT, "top"), dense, loss_fn=torch.nn.functional.cross_entropy,
-                 deepspeed_config={"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 2})
+    fm = FLModel(
+        fl_yaml(LOSS_OF_AN_OUTPUT, "top"),
+        dense,
+        loss_fn=torch.nn.functional.cross_entropy,
+        deepspeed_config={"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 2},
+    )
     for step in range(2):  # the first accumulation: both micro-batches at the initial weights
         b = mlp_batch(step, d_in=64)
         fm.forward_one_step({"y": b["y"]}, {"h": b["x"]})
         got = fm.backward_one_step()["loss"]["h"]
         x = b["x"].clone().requires_grad_(True)
-        want, = torch.autograd.grad(2.0 * torch.nn.functional.cross_entropy(ref(x), b["y"]), x)
+        (want,) = torch.autograd.grad(2.0 * torch.nn.functional.cross_entropy(ref(x), b["y"]), x)
         # the same module and operations; 1e-6 for the order of the kernels' sums
         assert_close_rel(got, want, 1e-6, f"micro-batch {step}")
     assert fm.engine.global_steps == 1

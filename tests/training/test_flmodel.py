@@ -134,7 +134,7 @@ def test_backward_without_forward_runs_it_and_detects_a_new_batch() -> None:
     # them passes or fails by chance; tests/training/test_optim.py compares the two with a tolerance.
     opt = build_optimizer(torch.optim.Adam, list(ref.parameters()), {"lr": 1e-3})
     assert [o.defaults["fused"] for o in ft.optimizers] == [opt.defaults["fused"]]
-    ft.forward_one_step({"y": b0["y"]}, h0)           # forward on batch 0 ...
+    ft.forward_one_step({"y": b0["y"]}, h0)  # forward on batch 0 ...
     scale = ft.backward_one_step({"y": b1["y"]}, h1)  # ... backward on batch 1 must use batch 1
     hg = h1["h"].clone().requires_grad_(True)
     loss = ref(hg, b1["y"])
@@ -152,8 +152,11 @@ def test_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"lists 2 input\(s\).*forward takes 1"):
         FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), bottom)
     with pytest.raises(ValueError, match="2 optimizer.s. given but the YAML.s opts lists 1"):
-        FLModel(fl_yaml(MLP_BOTTOM, LS=1.0), bottom, optimizers=[torch.optim.SGD(bottom.parameters(), lr=1),
-                                                            torch.optim.SGD(bottom.parameters(), lr=1)])
+        FLModel(
+            fl_yaml(MLP_BOTTOM, LS=1.0),
+            bottom,
+            optimizers=[torch.optim.SGD(bottom.parameters(), lr=1), torch.optim.SGD(bottom.parameters(), lr=1)],
+        )
     with pytest.raises(ValueError, match="match no trainable parameter"):
         FLModel(fl_yaml(TWO_OPTS.replace("{name: wide}", "{name: zzz}")), TwoHeads(False))
     ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), top)
@@ -176,8 +179,11 @@ def test_clear_errors() -> None:
             return x, x, x
 
     with pytest.raises(ValueError, match=r"lists 1 output\(s\) \(h\) but the network returned 3"):
-        FLModel(fl_yaml(MLP_BOTTOM.replace("hyper_parameters: {learning", "params: []\n    hyper_parameters: {learning"), LS=1.0),
-                Three(), optimizers=[torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1)]).forward_one_step({"x": x})
+        FLModel(
+            fl_yaml(MLP_BOTTOM.replace("hyper_parameters: {learning", "params: []\n    hyper_parameters: {learning"), LS=1.0),
+            Three(),
+            optimizers=[torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1)],
+        ).forward_one_step({"x": x})
 
 
 def test_loss_fn_eval_and_metrics() -> None:
@@ -364,8 +370,11 @@ def test_wrong_shape_or_dtype_from_the_peer_is_named() -> None:
     y = mlp_batch(0)["y"]
     ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64)})
     ft.forward_one_step({"y": y[:8]}, {"h": torch.randn(8, 64)})  # a smaller last batch is fine
-    with pytest.raises(ValueError, match=r"remote input 'h' from the peer has dtype torch.float32 and shape \(16, 32\), "
-                                         r"but it had dtype torch.float32 and shape \(batch, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"remote input 'h' from the peer has dtype torch.float32 and shape \(16, 32\), "
+        r"but it had dtype torch.float32 and shape \(batch, 64\)",
+    ):
         ft.forward_one_step({"y": y}, {"h": torch.randn(16, 32)})
     with pytest.raises(ValueError, match="has dtype torch.float64"):
         ft.forward_one_step({"y": y}, {"h": torch.randn(16, 64, dtype=torch.float64)})

@@ -13,8 +13,9 @@ from splitlink import FLModel
 from splitlink.optim import FTRL, build_optimizer
 
 
-def _steps(opt_cls: type[torch.optim.Optimizer], kw: dict[str, object], fused: bool | None, size: int,
-           n: int = 30) -> torch.Tensor:
+def _steps(
+    opt_cls: type[torch.optim.Optimizer], kw: dict[str, object], fused: bool | None, size: int, n: int = 30
+) -> torch.Tensor:
     gen = torch.Generator().manual_seed(7)
     p = torch.nn.Parameter(torch.randn(size, generator=gen))
     opt = opt_cls([p], lr=1e-2, **kw) if fused is None else opt_cls([p], lr=1e-2, fused=fused, **kw)
@@ -24,14 +25,21 @@ def _steps(opt_cls: type[torch.optim.Optimizer], kw: dict[str, object], fused: b
     return p.detach()
 
 
-@pytest.mark.parametrize("opt_cls, kw", [
-    (torch.optim.Adam, {}), (torch.optim.Adam, {"amsgrad": True, "weight_decay": 0.1}),
-    (torch.optim.Adam, {"maximize": True}), (torch.optim.AdamW, {"weight_decay": 0.01}),
-    (torch.optim.SGD, {}), (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
-])
+@pytest.mark.parametrize(
+    "opt_cls, kw",
+    [
+        (torch.optim.Adam, {}),
+        (torch.optim.Adam, {"amsgrad": True, "weight_decay": 0.1}),
+        (torch.optim.Adam, {"maximize": True}),
+        (torch.optim.AdamW, {"weight_decay": 0.01}),
+        (torch.optim.SGD, {}),
+        (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    ],
+)
 @pytest.mark.parametrize("size", [7, 257, 4096, 65537])
-def test_fused_cpu_kernels_compute_torchs_default_update(opt_cls: type[torch.optim.Optimizer],
-                                                         kw: dict[str, object], size: int) -> None:
+def test_fused_cpu_kernels_compute_torchs_default_update(
+    opt_cls: type[torch.optim.Optimizer], kw: dict[str, object], size: int
+) -> None:
     # The premise of building fused optimizers by default: the same update, differing at most by
     # rounding (the vectorised kernel may contract a multiply-add where the loop rounds twice).
     ref, fused = _steps(opt_cls, kw, None, size), _steps(opt_cls, kw, True, size)
@@ -61,10 +69,10 @@ def test_flmodel_yaml_optimizers_are_fused_and_train_like_torchs_default() -> No
     fb = FLModel(fl_yaml(MLP_BOTTOM, LS=1.0), copy.deepcopy(bottom))
     ft = FLModel(fl_yaml(MLP_TOP, LS=1.0, HIN="h"), copy.deepcopy(top))
     assert all(o.defaults["fused"] is True for o in (*fb.optimizers, *ft.optimizers))
-    plain = [FLModel(fl_yaml(MLP_BOTTOM.replace("{learning_rate", "{fused: false, learning_rate"), LS=1.0),
-                     copy.deepcopy(bottom)),
-             FLModel(fl_yaml(MLP_TOP.replace("{learning_rate", "{fused: false, learning_rate"), LS=1.0, HIN="h"),
-                     copy.deepcopy(top))]
+    plain = [
+        FLModel(fl_yaml(MLP_BOTTOM.replace("{learning_rate", "{fused: false, learning_rate"), LS=1.0), copy.deepcopy(bottom)),
+        FLModel(fl_yaml(MLP_TOP.replace("{learning_rate", "{fused: false, learning_rate"), LS=1.0, HIN="h"), copy.deepcopy(top)),
+    ]
     assert not any(o.defaults["fused"] for m in plain for o in m.optimizers)
     for s in range(6):
         b = mlp_batch(s, batch=16, d_in=8, n_classes=3)

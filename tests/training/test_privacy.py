@@ -35,7 +35,7 @@ def test_each_sample_randomised_once_across_epochs() -> None:
     first = dp(labels, ids)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
     # Another epoch, shuffled and in other batch sizes: every sample gets the same noisy label.
-    again = torch.cat([dp(labels[perm[i:i + 333]], ids[perm[i:i + 333]]) for i in range(0, n, 333)])
+    again = torch.cat([dp(labels[perm[i : i + 333]], ids[perm[i : i + 333]]) for i in range(0, n, 333)])
     assert torch.equal(again, first[perm])
     # A restarted process with the same seed agrees; another seed does not.
     assert torch.equal(LabelDP(1.0, seed=42)(labels, ids), first)
@@ -180,7 +180,7 @@ privacy: {embedding_dp: {eps: 1.0, seed: 3}}
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             e = self.lin(x)
-            return e, (e ** 2).mean()
+            return e, (e**2).mean()
 
     m = FLModel(FLYamlData("<bottom>", text=text), Net())
     out = m.forward_one_step({"x": torch.randn(64, 8)})

@@ -37,7 +37,7 @@ def test_keep_freed_memory_keeps_a_freed_block_mapped() -> None:
         out[mode] = json.loads(proc.stdout)
     assert out["default"]["released"] >= 60 << 20  # glibc gives a freed 64 MiB block back at once
     assert out["keep"]["applied"] is True
-    assert out["keep"]["released"] < 1 << 20       # kept for the next step's allocations
+    assert out["keep"]["released"] < 1 << 20  # kept for the next step's allocations
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:

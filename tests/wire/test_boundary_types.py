@@ -16,8 +16,9 @@ from splitlink.codec import CompressConfig
 
 def _frame() -> bytes:
     tensors = {"g": {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)}, "ids": np.arange(5, dtype=np.int64)}
-    return bytes(wire.pack(tensors, sender="leader", seq=9, step=-2, kind="fwd",
-                           compress={"g/w": CompressConfig("min_max", bit_num=4)}))
+    return bytes(
+        wire.pack(tensors, sender="leader", seq=9, step=-2, kind="fwd", compress={"g/w": CompressConfig("min_max", bit_num=4)})
+    )
 
 
 def test_frame_header_fields_are_named_and_match_the_frame() -> None:
@@ -56,15 +57,20 @@ def test_tensor_desc_and_codec_spec_are_read_only() -> None:
 def test_reprs_name_the_fields() -> None:
     h = _core.wire.decode_header(_frame())
     d = h.tensors[1]
-    desc = (f"splitlink._core.wire.TensorDesc(path=('ids',), dtype=8, shape=(5,), offset={d.offset}, length=40, "
-            "codec=CodecSpec(type=no_compress, bit_num=0, block_size=0, topk_count=0, value_bits=0, stochastic=False, "
-            "seed=0))")
+    desc = (
+        f"splitlink._core.wire.TensorDesc(path=('ids',), dtype=8, shape=(5,), offset={d.offset}, length=40, "
+        "codec=CodecSpec(type=no_compress, bit_num=0, block_size=0, topk_count=0, value_bits=0, stochastic=False, "
+        "seed=0))"
+    )
     assert repr(d) == desc
-    assert repr(h) == (f"splitlink._core.wire.FrameHeader(version={wire.WIRE_VERSION}, sender='leader', seq=9, step=-2, "
-                       f"kind='fwd', payload_offset={h.payload_offset}, payload_length={h.payload_length}, "
-                       f"tensors=({h.tensors[0]!r}, {desc}))")
-    assert repr(h.tensors[0].codec) == ("CodecSpec(type=min_max, bit_num=4, block_size=0, topk_count=0, value_bits=0, "
-                                        "stochastic=False, seed=0)")
+    assert repr(h) == (
+        f"splitlink._core.wire.FrameHeader(version={wire.WIRE_VERSION}, sender='leader', seq=9, step=-2, "
+        f"kind='fwd', payload_offset={h.payload_offset}, payload_length={h.payload_length}, "
+        f"tensors=({h.tensors[0]!r}, {desc}))"
+    )
+    assert repr(h.tensors[0].codec) == (
+        "CodecSpec(type=min_max, bit_num=4, block_size=0, topk_count=0, value_bits=0, stochastic=False, seed=0)"
+    )
 
 
 def test_codec_spec_from_compress_config() -> None:
@@ -87,8 +93,11 @@ def test_codec_spec_rejects_unknown_types_and_positional_parameters() -> None:
 
 def test_bindings_refuse_a_tuple_as_codec_spec() -> None:
     x = np.ones(8, dtype=np.float32)
-    with pytest.raises(TypeError, match=r"codec spec must be a splitlink._core.codec.CodecSpec or None, got tuple "
-                                        r"\(CompressConfig.spec\(\) makes one\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"codec spec must be a splitlink._core.codec.CodecSpec or None, got tuple "
+        r"\(CompressConfig.spec\(\) makes one\)",
+    ):
         _core.codec.encoded_size((1, 8, 0, 0, 0, False, 0), 1, x.size)
     item = (("x",), 1, (8,), x, (1, 8, 0, 0, 0, False, 0), None)
     with pytest.raises(TypeError, match="codec spec must be a splitlink._core.codec.CodecSpec"):
@@ -100,7 +109,15 @@ def test_named_types_still_unpack_like_the_tuples_they_replace() -> None:
     h = _core.wire.decode_header(_frame())
     version, sender, seq, step, kind, payload_offset, payload_length, descs = h
     assert (version, sender, seq, step, kind, payload_offset, payload_length, descs) == (
-        h.version, h.sender, h.seq, h.step, h.kind, h.payload_offset, h.payload_length, h.tensors)
+        h.version,
+        h.sender,
+        h.seq,
+        h.step,
+        h.kind,
+        h.payload_offset,
+        h.payload_length,
+        h.tensors,
+    )
     path, dtype, shape, offset, length, spec = descs[1]
     assert (path, dtype, shape, offset, length, spec) == (("ids",), 8, (5,), descs[1].offset, 40, descs[1].codec)
     assert len(h) == 8 and len(descs[1]) == 6 and len(spec) == 7 and h[1] == "leader" and h[-1] is h.tensors
@@ -112,8 +129,11 @@ def _proto_enum(name: str) -> dict[str, int]:
     text = (Path(__file__).resolve().parents[2] / "protos" / "splitlink" / "v1" / "frame.proto").read_text()
     body = re.search(r"enum " + name + r" \{(.*?)\}", text, re.S)
     assert body is not None, f"frame.proto has no enum {name}"
-    return {k.lower(): int(v) for k, v in re.findall(r"^\s*([A-Z0-9_]+) = (\d+);", body.group(1), re.M)
-            if not k.endswith("UNSPECIFIED")}
+    return {
+        k.lower(): int(v)
+        for k, v in re.findall(r"^\s*([A-Z0-9_]+) = (\d+);", body.group(1), re.M)
+        if not k.endswith("UNSPECIFIED")
+    }
 
 
 def test_the_core_exports_the_wire_enums_of_frame_proto() -> None:
@@ -128,7 +148,8 @@ def test_python_tables_are_the_cores() -> None:
     assert codec.COMPRESS_TYPES == _core.codec.CODEC_TYPES
     assert secure.CIPHERS == _core.secure.CIPHERS
     assert {code: str(t).removeprefix("torch.") for code, t, _ in wire._DTYPES} == {
-        code: name for name, code in _core.wire.DTYPES.items()}
+        code: name for name, code in _core.wire.DTYPES.items()
+    }
     # Every dtype the core knows round-trips through a frame as the torch dtype of that name.
     for name in _core.wire.DTYPES:
         t = torch.zeros(3, dtype=getattr(torch, name))
@@ -140,8 +161,7 @@ def test_peek_header_reads_the_header_unpack_reads() -> None:
     h = wire.peek_header(buf)
     assert isinstance(h, wire.FrameHeader) and wire.FrameHeader is _core.wire.FrameHeader
     frame = wire.unpack(buf)
-    assert (h.version, h.sender, h.seq, h.step, h.kind) == (frame.version, frame.sender, frame.seq, frame.step,
-                                                            frame.kind)
+    assert (h.version, h.sender, h.seq, h.step, h.kind) == (frame.version, frame.sender, frame.seq, frame.step, frame.kind)
     assert [d.path for d in h.tensors] == list(frame.flat)
     assert {d.path: d.codec.name for d in h.tensors if d.codec.type} == frame.codecs
     # Any bytes-like object, including a C-contiguous array of more than one dimension.

@@ -5,12 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from wire_cases import deep_nesting, edge_shapes, grad_scale
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wire_cases import deep_nesting, edge_shapes, grad_scale
 
 from splitlink import CryptoError, WireError, secure, wire
 
@@ -28,8 +27,11 @@ def _check(data: bytes) -> None:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
-       cut=st.integers(0, 10**6))
+@given(
+    seed=st.sampled_from(SEEDS),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+    cut=st.integers(0, 10**6),
+)
 def test_mutated_frames_never_crash(seed: bytes, edits: list[tuple[int, int]], cut: int) -> None:
     data = bytearray(seed)
     for pos, value in edits:
@@ -44,14 +46,20 @@ def test_random_bytes_never_crash(data: bytes) -> None:
 
 
 _SEAL_KEY = secure.Key(bytes(range(32)))
-SEALED = bytes(wire.pack(grad_scale(), sender="leader", seq=3, step=1, kind="k",
-                         sealer=secure.Sealer(_SEAL_KEY, "leader", segment_size=4096)))
+SEALED = bytes(
+    wire.pack(
+        grad_scale(), sender="leader", seq=3, step=1, kind="k", sealer=secure.Sealer(_SEAL_KEY, "leader", segment_size=4096)
+    )
+)
 SEALED_HEADER_BYTES = len(SEALED) - len(wire.pack(grad_scale(), sender="leader", seq=3, step=1, kind="k"))
 
 
 @settings(max_examples=300, deadline=None)
-@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
-       insert=st.binary(max_size=3), at=st.integers(0, 10**6))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+    insert=st.binary(max_size=3),
+    at=st.integers(0, 10**6),
+)
 def test_a_changed_sealed_frame_never_opens(edits: list[tuple[int, int]], insert: bytes, at: int) -> None:
     # Whatever bytes change or are inserted, the frame opens only if it is byte for byte the sealed
     # one. Half the edits land in the first 256 bytes, which hold the whole unencrypted header.
@@ -84,8 +92,18 @@ def test_libfuzzer_run(native_build: Path, tmp_path: Path, target: str) -> None:
     proc = subprocess.run(
         # RSS limits are off: Linux carries the parent's peak RSS across fork+exec, so a pytest process
         # that once held a large tensor would trip them; single allocations are still capped.
-        [str(fuzzer), "-max_total_time=15", f"-artifact_prefix={tmp_path}/", "-rss_limit_mb=0", "-malloc_limit_mb=2048", "-timeout=5", str(corpus)],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(fuzzer),
+            "-max_total_time=15",
+            f"-artifact_prefix={tmp_path}/",
+            "-rss_limit_mb=0",
+            "-malloc_limit_mb=2048",
+            "-timeout=5",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Done" in proc.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 from wire_cases import GOLDEN, GOLDEN_COMPRESSED, assert_same_tree
 

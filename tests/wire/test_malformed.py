@@ -125,7 +125,9 @@ def test_unknown_dtype_and_codec_are_named(frame_pb2) -> None:  # type: ignore[n
     t.codec.type = 99  # proto3 enums are open: protobuf writes unknown values as they are
     raw = msg.SerializeToString()
     desc = raw.index(b"\x0a\x01x")
-    with pytest.raises(WireError, match=f"tensor descriptor at byte {desc} uses unknown codec type 99; the sender may run a newer"):
+    with pytest.raises(
+        WireError, match=f"tensor descriptor at byte {desc} uses unknown codec type 99; the sender may run a newer"
+    ):
         wire.unpack(raw)
     t.codec.type = 6
     with pytest.raises(WireError, match="unknown codec type 6"):
@@ -138,7 +140,9 @@ def test_control_bytes_in_names_are_escaped_in_messages(frame_pb2) -> None:  # t
     t = msg.tensors.add(dtype=1, offset=0, length=15)
     t.path.append("a\x00b\\c\x1b")
     t.shape.append(4)
-    with pytest.raises(WireError, match=re.escape("tensor 'a\\x00b\\x5cc\\x1b' (descriptor at byte ") + r"\d+\) declares 15 bytes"):
+    with pytest.raises(
+        WireError, match=re.escape("tensor 'a\\x00b\\x5cc\\x1b' (descriptor at byte ") + r"\d+\) declares 15 bytes"
+    ):
         wire.unpack(msg.SerializeToString())
 
 
@@ -218,8 +222,15 @@ def test_error_offsets_point_at_the_bad_byte() -> None:
 
 @pytest.mark.parametrize(
     ("field", "tag", "value"),
-    [("version", b"\x08", b"\x01"), ("sender", b"\x12", b"\x01a"), ("seq", b"\x18", b"\x02"), ("step", b"\x20", b"\x02"),
-     ("kind", b"\x2a", b"\x01k"), ("padding", b"\x72", b"\x00"), ("payload", b"\x7a", b"\x00")],
+    [
+        ("version", b"\x08", b"\x01"),
+        ("sender", b"\x12", b"\x01a"),
+        ("seq", b"\x18", b"\x02"),
+        ("step", b"\x20", b"\x02"),
+        ("kind", b"\x2a", b"\x01k"),
+        ("padding", b"\x72", b"\x00"),
+        ("payload", b"\x7a", b"\x00"),
+    ],
 )
 def test_repeated_frame_fields_are_refused(field: str, tag: bytes, value: bytes) -> None:
     # Protobuf readers keep the last copy of a repeated singular field; a frame whose meaning
@@ -227,7 +238,9 @@ def test_repeated_frame_fields_are_refused(field: str, tag: bytes, value: bytes)
     first = b"\x08\x01" if field == "version" else b"\x08\x01" + tag + value
     frame = first + tag + value + b"\x7a\x00"
     assert _at_bytes(frame, rf"'{field}' \(\d+\) at byte (\d+); it first appeared at byte (\d+)") == (
-        len(first), len(first) - len(tag) - len(value))
+        len(first),
+        len(first) - len(tag) - len(value),
+    )
 
 
 def test_repeated_descriptor_and_codec_fields_are_refused(frame_pb2) -> None:  # type: ignore[no-untyped-def]
@@ -235,8 +248,12 @@ def test_repeated_descriptor_and_codec_fields_are_refused(frame_pb2) -> None:  #
     desc = raw.index(b"\x0a\x01x")  # the descriptor content starts with its path "x"
     length_at = raw.index(b"\x28\x10", desc)  # length=16, the last field protobuf writes here
     assert raw[desc - 1] == length_at + 2 - desc  # one-byte descriptor length
-    for extra, name in ((b"\x10\x01", "tensor.dtype"), (b"\x28\x10", "tensor.length"),
-                        (b"\x32\x00\x32\x00", "tensor.codec"), (b"\x32\x04\x08\x00\x08\x00", "codec.type")):
+    for extra, name in (
+        (b"\x10\x01", "tensor.dtype"),
+        (b"\x28\x10", "tensor.length"),
+        (b"\x32\x00\x32\x00", "tensor.codec"),
+        (b"\x32\x04\x08\x00\x08\x00", "codec.type"),
+    ):
         bad = bytearray(raw)
         bad[length_at + 2 : length_at + 2] = extra
         bad[desc - 1] += len(extra)
@@ -253,7 +270,6 @@ def test_repeated_descriptor_and_codec_fields_are_refused(frame_pb2) -> None:  #
 def test_unknown_fields_are_skipped() -> None:
     # DEVELOPERS.md: additive schema changes stay compatible. Varint, length-delimited, fixed32
     # and fixed64 fields 100/101, repeated, around a known field, all skipped.
-    frame = (b"\x08\x01\xa0\x06\x05\xaa\x06\x02hi\xa0\x06\x07\x18\x09\xad\x06" + bytes(4) + b"\xa9\x06" + bytes(8)
-             + b"\x7a\x00")
+    frame = b"\x08\x01\xa0\x06\x05\xaa\x06\x02hi\xa0\x06\x07\x18\x09\xad\x06" + bytes(4) + b"\xa9\x06" + bytes(8) + b"\x7a\x00"
     got = wire.unpack(frame)
     assert (got.seq, got.tensors) == (9, {})

@@ -54,8 +54,12 @@ def test_memory_in_use_is_never_handed_out_again(keep: str) -> None:
         assert torch.equal(y, torch.full((N,), float(i)))
         y.fill_(-1.0)  # writes into pooled memory must not reach the kept tensor either
         del y
-    got = {"tensor": lambda: kept, "view": lambda: kept, "numpy": lambda: torch.from_numpy(kept),
-           "frame": lambda: kept.tensors["x"]}[keep]()
+    got = {
+        "tensor": lambda: kept,
+        "view": lambda: kept,
+        "numpy": lambda: torch.from_numpy(kept),
+        "frame": lambda: kept.tensors["x"],
+    }[keep]()
     assert torch.equal(got, expected[: got.numel()])
     stats = pool.stats()
     assert stats["buffers"] == 2 and stats["hits"] == 49  # the kept one plus one reused 49 times

@@ -8,8 +8,15 @@ from wire_cases import every_dtype, grad_scale
 from splitlink import wire
 
 DTYPE_NAMES = {
-    torch.float32: "FLOAT32", torch.float64: "FLOAT64", torch.float16: "FLOAT16", torch.bfloat16: "BFLOAT16",
-    torch.int8: "INT8", torch.int16: "INT16", torch.int32: "INT32", torch.int64: "INT64", torch.uint8: "UINT8",
+    torch.float32: "FLOAT32",
+    torch.float64: "FLOAT64",
+    torch.float16: "FLOAT16",
+    torch.bfloat16: "BFLOAT16",
+    torch.int8: "INT8",
+    torch.int16: "INT16",
+    torch.int32: "INT32",
+    torch.int64: "INT64",
+    torch.uint8: "UINT8",
     torch.bool: "BOOL",
 }
 

@@ -9,8 +9,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wire_cases import (assert_same_tree, compressed, compressed_configs, deep_nesting, edge_shapes, every_dtype,
-                        grad_scale, sample)
+from wire_cases import (
+    assert_same_tree,
+    compressed,
+    compressed_configs,
+    deep_nesting,
+    edge_shapes,
+    every_dtype,
+    grad_scale,
+    sample,
+)
 
 from splitlink import wire
 
@@ -33,8 +41,7 @@ def test_round_trip(make, via: str) -> None:
     assert_same_tree(got.tensors, tensors)
 
 
-@pytest.mark.parametrize("make", [every_dtype, grad_scale, edge_shapes, deep_nesting, compressed, dict],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("make", [every_dtype, grad_scale, edge_shapes, deep_nesting, compressed, dict], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000, 4096, 1 << 20])
 def test_pack_chunks_are_the_packed_frame_cut_in_pieces(make, chunk_size: int) -> None:
     tensors = make()

@@ -23,27 +23,27 @@ registered scenario with each defence and tabulates the attacks (``splitlink aud
 from __future__ import annotations
 
 from splitlink.attacks.embeddings import (
-           feature_inversion,
-           model_completion,
-           onehot_targets,
+    feature_inversion,
+    model_completion,
+    onehot_targets,
 )
 from splitlink.attacks.gradients import (
-           attack_auc,
-           direction_attack,
-           direction_scores,
-           norm_attack,
-           norm_scores,
+    attack_auc,
+    direction_attack,
+    direction_scores,
+    norm_attack,
+    norm_scores,
 )
 from splitlink.attacks.tap import CutTap
 
 __all__ = [
-           "CutTap",
-           "attack_auc",
-           "direction_attack",
-           "direction_scores",
-           "feature_inversion",
-           "model_completion",
-           "norm_attack",
-           "norm_scores",
-           "onehot_targets",
+    "CutTap",
+    "attack_auc",
+    "direction_attack",
+    "direction_scores",
+    "feature_inversion",
+    "model_completion",
+    "norm_attack",
+    "norm_scores",
+    "onehot_targets",
 ]

@@ -100,8 +100,9 @@ def register_target(target: AuditTarget) -> AuditTarget:
 def get_target(name: str) -> AuditTarget:
     with _lock:
         if name not in _targets:
-            raise ValueError(f"scenario {name!r} has no leakage audit; scenarios with one: "
-                             f"{', '.join(sorted(_targets)) or '(none imported)'}")
+            raise ValueError(
+                f"scenario {name!r} has no leakage audit; scenarios with one: {', '.join(sorted(_targets)) or '(none imported)'}"
+            )
         return _targets[name]
 
 
@@ -120,14 +121,20 @@ def default_defences(quick: bool = False, *, marvell_scales: Sequence[float] | N
     out = [Defence("none")]
     out += [Defence("marvell", f"scale {s:g}", leader_privacy={"marvell": {"scale": s, "seed": 7}}) for s in marvell]
     out.append(Defence("grad_norm", "normalize", leader_privacy={"grad_norm": {"mode": "normalize"}}))
-    out += [Defence("grad_norm", f"clip q{q:g}", leader_privacy={"grad_norm": {"mode": "clip", "quantile": q}})
-            for q in clip_q]
+    out += [Defence("grad_norm", f"clip q{q:g}", leader_privacy={"grad_norm": {"mode": "clip", "quantile": q}}) for q in clip_q]
     out += [Defence("label_dp", f"eps {e:g}", leader_privacy={"label_dp": {"eps": e, "seed": 7}}) for e in label_eps]
     # clip_norm 1: the follower's embeddings have per-sample norms of about 1 here (measured by the audit:
     # see the emb_norm column of the JSON); the noise multiplier sets the strength.
-    out += [Defence("embedding_dp", f"gauss {s:g}",
-                    follower_privacy={"embedding_dp": {"mechanism": "gaussian", "clip_norm": 1.0, "delta": 1e-5,
-                                                       "noise_multiplier": s, "seed": 7}}) for s in emb_sigma]
+    out += [
+        Defence(
+            "embedding_dp",
+            f"gauss {s:g}",
+            follower_privacy={
+                "embedding_dp": {"mechanism": "gaussian", "clip_norm": 1.0, "delta": 1e-5, "noise_multiplier": s, "seed": 7}
+            },
+        )
+        for s in emb_sigma
+    ]
     return out
 
 
@@ -138,13 +145,19 @@ def _mean(xs: Sequence[float]) -> float:
 
 def _concat(records: list[TapRecord]) -> tuple[np.ndarray, np.ndarray]:
     rows = np.concatenate([r.rows for r in records])
-    x = np.concatenate([np.concatenate([r.tensors[k].reshape(len(r.rows), -1) for k in r.tensors], axis=1)
-                        for r in records])
+    x = np.concatenate([np.concatenate([r.tensors[k].reshape(len(r.rows), -1) for k in r.tensors], axis=1) for r in records])
     return rows, x
 
 
-def evaluate_tap(tap: CutTap, labels: np.ndarray, follower_features: np.ndarray | None = None, *,
-                 known: int = 40, aux: int = 200, seed: int = 0) -> dict[str, Any]:
+def evaluate_tap(
+    tap: CutTap,
+    labels: np.ndarray,
+    follower_features: np.ndarray | None = None,
+    *,
+    known: int = 40,
+    aux: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Every attack on what ``tap`` recorded, scored against the truth (see the module docstring)."""
     labels = np.asarray(labels).reshape(-1)
     out: dict[str, Any] = {}
@@ -153,8 +166,7 @@ def evaluate_tap(tap: CutTap, labels: np.ndarray, follower_features: np.ndarray 
         y = labels[r.rows]
         by["norm"].setdefault(r.epoch, []).append(leak_auc(norm_attack(r.tensors, y)))
         by["direction"].setdefault(r.epoch, []).append(leak_auc(direction_attack(r.tensors, y)))
-        by["direction_majority"].setdefault(r.epoch, []).append(
-            leak_auc(direction_attack(r.tensors, y, known_positive=False)))
+        by["direction_majority"].setdefault(r.epoch, []).append(leak_auc(direction_attack(r.tensors, y, known_positive=False)))
     for k, per in by.items():
         out[f"{k}_auc"] = _mean([a for v in per.values() for a in v])
         out[f"{k}_auc_by_epoch"] = [_mean(per[e]) for e in sorted(per)]
@@ -170,9 +182,18 @@ def evaluate_tap(tap: CutTap, labels: np.ndarray, follower_features: np.ndarray 
     return out
 
 
-def run_audit(target: AuditTarget, data: Any, *, defences: Sequence[Defence], epochs: int, batch_size: int,
-              seeds: Sequence[int] = (0,), known: int = 40, aux: int = 200,
-              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def run_audit(
+    target: AuditTarget,
+    data: Any,
+    *,
+    defences: Sequence[Defence],
+    epochs: int,
+    batch_size: int,
+    seeds: Sequence[int] = (0,),
+    known: int = 40,
+    aux: int = 200,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Trains ``target`` once per defence and seed; one row per defence (numbers: medians over seeds)."""
     labels = target.labels(data)
     feats = target.follower_features(data)
@@ -203,23 +224,29 @@ def run_audit(target: AuditTarget, data: Any, *, defences: Sequence[Defence], ep
 
 # (key, title, width, format of a number)
 TABLE_COLUMNS: list[tuple[str, str, int, str]] = [
-    ("defence", "defence", 12, "{}"), ("strength", "strength", 11, "{}"), ("test_auc", "test AUC", 8, "{:.4f}"),
-    ("norm_auc", "norm AUC", 8, "{:.3f}"), ("direction_auc", "dir AUC", 7, "{:.3f}"),
-    ("direction_majority_auc", "dir-maj", 7, "{:.3f}"), ("completion_acc", "MC acc", 6, "{:.3f}"),
-    ("completion_auc", "MC AUC", 6, "{:.3f}"), ("inversion_r2", "inv R2", 6, "{:.3f}"), ("step_ms", "step ms", 7, "{:.1f}"),
+    ("defence", "defence", 12, "{}"),
+    ("strength", "strength", 11, "{}"),
+    ("test_auc", "test AUC", 8, "{:.4f}"),
+    ("norm_auc", "norm AUC", 8, "{:.3f}"),
+    ("direction_auc", "dir AUC", 7, "{:.3f}"),
+    ("direction_majority_auc", "dir-maj", 7, "{:.3f}"),
+    ("completion_acc", "MC acc", 6, "{:.3f}"),
+    ("completion_auc", "MC AUC", 6, "{:.3f}"),
+    ("inversion_r2", "inv R2", 6, "{:.3f}"),
+    ("step_ms", "step ms", 7, "{:.1f}"),
 ]
 
 
 def format_table(rows: Sequence[dict[str, Any]], *, header: bool = True) -> str:
     """The audit rows as a fixed-width text table (n/a where an attack had nothing to score)."""
+
     def cell(v: Any, width: int, fmt: str, left: bool) -> str:
         text = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
         return text.ljust(width) if left else text.rjust(width)
 
     lines = []
     if header:
-        lines.append("  ".join(t.ljust(w) if k in ("defence", "strength") else t.rjust(w)
-                               for k, t, w, _ in TABLE_COLUMNS))
+        lines.append("  ".join(t.ljust(w) if k in ("defence", "strength") else t.rjust(w) for k, t, w, _ in TABLE_COLUMNS))
     for r in rows:
         lines.append("  ".join(cell(r.get(k), w, f, k in ("defence", "strength")) for k, _, w, f in TABLE_COLUMNS))
     return "\n".join(lines)

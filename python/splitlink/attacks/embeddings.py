@@ -26,8 +26,9 @@ def _standardise(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
     return out
 
 
-def model_completion(embeddings: Any, labels: Any, *, known: int = 40, seed: int = 0, weight_decay: float = 1e-2,
-                     steps: int = 200) -> dict[str, float]:
+def model_completion(
+    embeddings: Any, labels: Any, *, known: int = 40, seed: int = 0, weight_decay: float = 1e-2, steps: int = 200
+) -> dict[str, float]:
     """Trains a logistic head on ``known`` randomly chosen samples' embeddings and labels (seeded), and
     predicts the others. Returns ``accuracy``, ``auc`` and ``majority_accuracy`` (always predicting the
     known samples' majority class: the baseline accuracy must beat). The known set always holds both
@@ -63,8 +64,12 @@ def model_completion(embeddings: Any, labels: Any, *, known: int = 40, seed: int
         z = (xs @ w + b).numpy()
     pred = z[rest] > 0
     majority = float(y[fit].mean() >= 0.5)
-    return {"accuracy": float((pred == (y[rest] > 0.5)).mean()), "auc": attack_auc(y[rest], z[rest]),
-            "majority_accuracy": float((y[rest] == majority).mean()), "known": float(len(fit))}
+    return {
+        "accuracy": float((pred == (y[rest] > 0.5)).mean()),
+        "auc": attack_auc(y[rest], z[rest]),
+        "majority_accuracy": float((y[rest] == majority).mean()),
+        "known": float(len(fit)),
+    }
 
 
 def onehot_targets(features: np.ndarray, *, top: int = 3) -> np.ndarray:
@@ -79,8 +84,9 @@ def onehot_targets(features: np.ndarray, *, top: int = 3) -> np.ndarray:
     return np.stack(cols, axis=1) if cols else np.zeros((f.shape[0], 0))
 
 
-def feature_inversion(embeddings: Any, targets: np.ndarray, *, aux: int = 200, seed: int = 0,
-                      ridge: float = 1.0) -> dict[str, float]:
+def feature_inversion(
+    embeddings: Any, targets: np.ndarray, *, aux: int = 200, seed: int = 0, ridge: float = 1.0
+) -> dict[str, float]:
     """Regresses ``targets`` (e.g. :func:`onehot_targets` of the follower's raw features) on the embeddings
     (ridge, with intercept), fitted on ``aux`` random samples (the attacker's auxiliary set, seeded), and
     reports on the others: ``r2`` = 1 - SSE / SST pooled over the target columns, ``mse`` and
@@ -101,5 +107,9 @@ def feature_inversion(embeddings: Any, targets: np.ndarray, *, aux: int = 200, s
     base = float(((truth - t[fit].mean(0)) ** 2).sum())
     sst = float(((truth - truth.mean(0)) ** 2).sum())
     n = truth.size or 1
-    return {"r2": 1.0 - sse / sst if sst > 0 else math.nan, "baseline_r2": 1.0 - base / sst if sst > 0 else math.nan,
-            "mse": sse / n, "baseline_mse": base / n}
+    return {
+        "r2": 1.0 - sse / sst if sst > 0 else math.nan,
+        "baseline_r2": 1.0 - base / sst if sst > 0 else math.nan,
+        "mse": sse / n,
+        "baseline_mse": base / n,
+    }

@@ -16,8 +16,8 @@ __all__ = ["CutTap", "TapRecord"]
 class TapRecord:
     step: int
     epoch: int
-    rows: np.ndarray                 # the batch's row indices (both parties know them: rows are aligned)
-    tensors: dict[str, np.ndarray]   # name -> (batch, ...) float32 copies
+    rows: np.ndarray  # the batch's row indices (both parties know them: rows are aligned)
+    tensors: dict[str, np.ndarray]  # name -> (batch, ...) float32 copies
 
 
 @dataclass
@@ -36,8 +36,14 @@ class CutTap:
 
     @staticmethod
     def _copy(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return {k: (v.detach().to(torch.float32).cpu().numpy().copy() if isinstance(v, torch.Tensor)
-                    else np.array(v, dtype=np.float32)) for k, v in tensors.items()}
+        return {
+            k: (
+                v.detach().to(torch.float32).cpu().numpy().copy()
+                if isinstance(v, torch.Tensor)
+                else np.array(v, dtype=np.float32)
+            )
+            for k, v in tensors.items()
+        }
 
     def _add(self, into: list[TapRecord], step: int, epoch: int, rows: Any, tensors: Mapping[str, Any]) -> None:
         into.append(TapRecord(int(step), int(epoch), np.array(rows, dtype=np.int64), self._copy(tensors)))

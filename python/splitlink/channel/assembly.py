@@ -69,8 +69,9 @@ class Assembly:
                 return None
             for o, n in list(self.done.items()) + [(o, n) for o, (n, _) in self.owners.items()]:
                 if (o, n) != (offset, length) and o < end and offset < o + n:
-                    raise RangeRefused("INVALID_ARGUMENT",
-                                       f"range [{offset}, {end}) overlaps range [{o}, {o + n}) of frame seq {self.seq}")
+                    raise RangeRefused(
+                        "INVALID_ARGUMENT", f"range [{offset}, {end}) overlaps range [{o}, {o + n}) of frame seq {self.seq}"
+                    )
             if offset not in self.owners and len(self.done) + len(self.owners) >= MAX_RANGES:
                 raise RangeRefused("RESOURCE_EXHAUSTED", f"frame seq {self.seq} sent in more than {MAX_RANGES} ranges")
             token = object()
@@ -129,8 +130,16 @@ class Assembler:
         must not abandon the new process's frame in assembly."""
         self._retired = is_retired
 
-    def begin(self, sender: str, incarnation: int, seq: int, total: int, alive: Callable[[], bool],
-              reserve: Callable[[int, Callable[[], bool]], bool], acquire: Callable[[int], Any]) -> Assembly:
+    def begin(
+        self,
+        sender: str,
+        incarnation: int,
+        seq: int,
+        total: int,
+        alive: Callable[[], bool],
+        reserve: Callable[[int, Callable[[], bool]], bool],
+        acquire: Callable[[int], Any],
+    ) -> Assembly:
         """The assembly of frame (sender, incarnation, seq), created when this is its first range:
         ``reserve(total, alive)`` waits for room in the receive queue, ``acquire(total)`` gives the buffer."""
         with self._cond:
@@ -141,8 +150,10 @@ class Assembler:
             a = self._current.get(sender)
             if a is not None and (a.incarnation, a.seq) == (incarnation, seq):
                 if a.total != total:
-                    raise RangeRefused("INVALID_ARGUMENT", f"range declares a {total}-byte frame, "
-                                                           f"but frame seq {seq} was declared {a.total} bytes")
+                    raise RangeRefused(
+                        "INVALID_ARGUMENT",
+                        f"range declares a {total}-byte frame, but frame seq {seq} was declared {a.total} bytes",
+                    )
                 while a.buf is None and not a.closed:
                     if not alive():
                         raise RangeRefused("CANCELLED", "sender went away while the queue was full")
@@ -150,8 +161,10 @@ class Assembler:
                 if a.closed and a.start_failed:
                     # the handler that was to allocate it went away (e.g. its call timed out while the
                     # receive queue was full): transient, the sender retries and a new assembly starts
-                    raise RangeRefused("UNAVAILABLE", f"frame seq {seq} must be started again (its first "
-                                                      "range's call ended while waiting for queue room)")
+                    raise RangeRefused(
+                        "UNAVAILABLE",
+                        f"frame seq {seq} must be started again (its first range's call ended while waiting for queue room)",
+                    )
                 if a.closed:
                     raise RangeRefused("ABORTED", f"frame seq {seq} is no longer being assembled")
                 return a

@@ -69,10 +69,10 @@ import grpc
 
 from splitlink import secure, wire
 from splitlink.channel import protocol
+from splitlink.channel.assembly import Assembler, RangeDelivered, RangeRefused
 from splitlink.channel.config import ServerConfig, SSLConfig, is_loopback, revoked_serials
 from splitlink.channel.errors import PeerRestartedError, PeerUnavailableError
 from splitlink.channel.identity import CertificateIdentityInterceptor
-from splitlink.channel.assembly import Assembler, RangeDelivered, RangeRefused
 from splitlink.channel.inbox import Inbox
 from splitlink.channel.keys import KeySession
 from splitlink.channel.protocol import ProtocolError
@@ -134,15 +134,18 @@ class GrpcEndpoints:
             ("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms),
         ]
 
-    def server(self, address: str, handlers: grpc.GenericRpcHandler, *, workers: int,
-               interceptors: Sequence[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int]:
+    def server(
+        self, address: str, handlers: grpc.GenericRpcHandler, *, workers: int, interceptors: Sequence[grpc.ServerInterceptor] = ()
+    ) -> tuple[grpc.Server, int]:
         """A server listening on ``address`` (not started yet) and its port (0: could not listen)."""
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=self.options(),
-                             interceptors=list(interceptors))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers), options=self.options(), interceptors=list(interceptors)
+        )
         server.add_generic_rpc_handlers((handlers,))
         if self.pem is not None:
-            creds = grpc.ssl_server_credentials([(self.pem["server_key"], self.pem["server_cert"])],
-                                                root_certificates=self.pem["ca"], require_client_auth=True)
+            creds = grpc.ssl_server_credentials(
+                [(self.pem["server_key"], self.pem["server_cert"])], root_certificates=self.pem["ca"], require_client_auth=True
+            )
             return server, server.add_secure_port(address, creds)
         return server, server.add_insecure_port(address)
 
@@ -154,8 +157,9 @@ class GrpcEndpoints:
         if connection:
             options += [("grpc.use_local_subchannel_pool", 1), ("splitlink.connection", connection)]
         if self.pem is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=self.pem["ca"], private_key=self.pem["client_key"],
-                                                 certificate_chain=self.pem["client_cert"])
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=self.pem["ca"], private_key=self.pem["client_key"], certificate_chain=self.pem["client_cert"]
+            )
             return grpc.secure_channel(address, creds, options=options + [("grpc.ssl_target_name_override", peer)])
         return grpc.insecure_channel(address, options=options)
 
@@ -209,8 +213,10 @@ class VerticalFederatedCommunicator:
         if not 1 <= streams <= 64:
             raise ValueError(f"streams must be 1..64 parallel streams per large frame, got {streams}")
         if parallel_threshold < chunk_size:
-            raise ValueError(f"parallel_threshold ({parallel_threshold}) must be >= chunk_size ({chunk_size}): "
-                             "frames are split into ranges of whole chunks")
+            raise ValueError(
+                f"parallel_threshold ({parallel_threshold}) must be >= chunk_size ({chunk_size}): "
+                "frames are split into ranges of whole chunks"
+            )
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1 frame per peer, got {max_inflight}")
         self.streams = streams
@@ -248,8 +254,7 @@ class VerticalFederatedCommunicator:
         # Frames in flight are reused once released (fresh memory is first touched at ~2 GB/s here,
         # reused memory copied at 6-17 GB/s); the pool may keep what the receive queue may hold, so a
         # steady stream of 1 GiB frames reuses its buffers too (the pool's own default keeps 1 GiB).
-        self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4),
-                                     max_bytes=max_queue_bytes + max_queue_bytes // 8)
+        self._pool = wire.BufferPool(max_buffers=max(4, max_queue_frames // 4), max_bytes=max_queue_bytes + max_queue_bytes // 8)
         self._closed = threading.Event()
         self._incarnation = random.SystemRandom().getrandbits(64)
         self.seal = seal
@@ -263,10 +268,12 @@ class VerticalFederatedCommunicator:
         """Starts this party's server and opens channels to the peers (connections are lazy)."""
         if self._server is not None:
             raise RuntimeError("launch() was already called")
-        methods = {"Send": grpc.stream_unary_rpc_method_handler(self._handle),
-                   "SendOne": grpc.unary_unary_rpc_method_handler(self._handle_one),
-                   "SendRange": grpc.stream_unary_rpc_method_handler(self._handle_range),
-                   "Announce": grpc.unary_unary_rpc_method_handler(self._announced)}
+        methods = {
+            "Send": grpc.stream_unary_rpc_method_handler(self._handle),
+            "SendOne": grpc.unary_unary_rpc_method_handler(self._handle_one),
+            "SendRange": grpc.stream_unary_rpc_method_handler(self._handle_range),
+            "Announce": grpc.unary_unary_rpc_method_handler(self._announced),
+        }
         if self.seal:
             self._keys.start()
             methods["Hello"] = grpc.unary_unary_rpc_method_handler(self._hello)
@@ -278,16 +285,18 @@ class VerticalFederatedCommunicator:
             revoked = revoked_serials(pem["crl"], pem["ca"], self.ssl_config.crl_path) if "crl" in pem else set()
             interceptors.append(CertificateIdentityInterceptor(protocol.claimed_party, revoked, self.me.server_name))
         endpoints = GrpcEndpoints(self.chunk_size, self.keepalive_s, pem)
-        server, port = endpoints.server(self.me.server_address,
-                                        grpc.method_handlers_generic_handler(protocol.SERVICE, methods),
-                                        workers=4 + (2 + max(self.streams, 8)) * len(self.peers), interceptors=interceptors)
+        server, port = endpoints.server(
+            self.me.server_address,
+            grpc.method_handlers_generic_handler(protocol.SERVICE, methods),
+            workers=4 + (2 + max(self.streams, 8)) * len(self.peers),
+            interceptors=interceptors,
+        )
         if port == 0:
             raise OSError(f"cannot listen on {self.me.server_address} for '{self.me.server_name}' (address in use?)")
         server.start()
         self._server = server
         if self.streams > 1:
-            self._range_pool = futures.ThreadPoolExecutor(self.streams * len(self.peers),
-                                                          thread_name_prefix="splitlink-range")
+            self._range_pool = futures.ThreadPoolExecutor(self.streams * len(self.peers), thread_name_prefix="splitlink-range")
         for name, cfg in self.peers.items():
             channel = endpoints.channel(cfg.server_address, name)
             self._channels[name] = channel
@@ -298,13 +307,18 @@ class VerticalFederatedCommunicator:
             if self.streams > 1:
                 # One connection per stream (TLS of each on its own core), or all streams on the one
                 # connection (HTTP/2 multiplexing); see bench_channel.py for which is faster.
-                extra = [endpoints.channel(cfg.server_address, name, i) for i in range(1, self.streams)] \
-                    if self.connections else []
+                extra = (
+                    [endpoints.channel(cfg.server_address, name, i) for i in range(1, self.streams)] if self.connections else []
+                )
                 self._channels.update({f"{name}#{i}": c for i, c in enumerate(extra, 1)})
                 self._range_stubs[name] = [c.stream_unary(protocol.SEND_RANGE) for c in [channel] + extra]
             threading.Thread(target=self._announce, args=(name,), name=f"splitlink-announce-{name}", daemon=True).start()
-        logger.info("[%s] listening on %s (%s)", self.me.server_name, self.me.server_address,
-                    "mutual TLS" if self.enable_ssl else "plaintext, loopback")
+        logger.info(
+            "[%s] listening on %s (%s)",
+            self.me.server_name,
+            self.me.server_address,
+            "mutual TLS" if self.enable_ssl else "plaintext, loopback",
+        )
         return self
 
     def flush(self, timeout: float | None = None) -> None:
@@ -319,8 +333,7 @@ class VerticalFederatedCommunicator:
                 try:
                     sends.flush(self.retry_deadline)
                 except Exception as e:  # noqa: BLE001 - shutting down: report, do not raise
-                    logger.warning("[%s] frames to '%s' not delivered at shutdown: %s", self.me.server_name,
-                                   sends.peer, e)
+                    logger.warning("[%s] frames to '%s' not delivered at shutdown: %s", self.me.server_name, sends.peer, e)
         self._closed.set()
         for sends in self._sends.values():
             sends.close()
@@ -359,8 +372,9 @@ class VerticalFederatedCommunicator:
             for i in range(len(frame)):
                 yield frame.chunk(i)
 
-    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
-                     kind: str = "tensors") -> None:
+    def send_tensors(
+        self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None, kind: str = "tensors"
+    ) -> None:
         """Sends a (nested) mapping of tensors; returns once the peer accepted it into its queue.
 
         ``kind`` labels the frame (authenticated with it when sealed), e.g. ``"psi"`` for set
@@ -373,8 +387,9 @@ class VerticalFederatedCommunicator:
         sends.raise_unseen_error()
         self._send_now(target_server_name, tensors, step, kind)
 
-    def isend(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
-              kind: str = "tensors") -> Work:
+    def isend(
+        self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None, kind: str = "tensors"
+    ) -> Work:
         """``send_tensors`` without waiting: returns a ``Work`` whose ``wait()`` returns once the peer
         accepted the frame (or raises why not). A background thread packs and sends; frames to a peer
         go in the order of the calls. At most ``max_inflight`` frames per peer are pending: the next
@@ -403,14 +418,31 @@ class VerticalFederatedCommunicator:
                 seq = self._seq[target_server_name]
                 frame: Any
                 if self.seal:
-                    frame = memoryview(wire.pack(tensors, sender=self.me.server_name, seq=seq, step=step or 0, kind=kind,
-                                                 compress=self.compress_configs,
-                                                 error_feedback=self._feedback[target_server_name], pool=self._pool,
-                                                 sealer=self._ensure_keys(target_server_name)))
+                    frame = memoryview(
+                        wire.pack(
+                            tensors,
+                            sender=self.me.server_name,
+                            seq=seq,
+                            step=step or 0,
+                            kind=kind,
+                            compress=self.compress_configs,
+                            error_feedback=self._feedback[target_server_name],
+                            pool=self._pool,
+                            sealer=self._ensure_keys(target_server_name),
+                        )
+                    )
                 else:
-                    frame = wire.pack_chunks(tensors, chunk_size=self.chunk_size, sender=self.me.server_name, seq=seq,
-                                             step=step or 0, kind=kind, compress=self.compress_configs,
-                                             error_feedback=self._feedback[target_server_name], pool=self._pool)
+                    frame = wire.pack_chunks(
+                        tensors,
+                        chunk_size=self.chunk_size,
+                        sender=self.me.server_name,
+                        seq=seq,
+                        step=step or 0,
+                        kind=kind,
+                        compress=self.compress_configs,
+                        error_feedback=self._feedback[target_server_name],
+                        pool=self._pool,
+                    )
                 try:
                     self._send_frame(target_server_name, seq, step or 0, frame)
                     return
@@ -466,14 +498,22 @@ class VerticalFederatedCommunicator:
             return bytes(self._stubs[peer](self._chunks(header, frame), wait_for_ready=False, timeout=timeout))
 
         def log_retry(attempts: int, error: BaseException, delay: float) -> None:
-            logger.warning("[%s] '%s' unavailable (%s); retry %d in %.2f s", self.me.server_name, peer,
-                           _status(error).partition(":")[0], attempts, delay)
+            logger.warning(
+                "[%s] '%s' unavailable (%s); retry %d in %.2f s",
+                self.me.server_name,
+                peer,
+                _status(error).partition(":")[0],
+                attempts,
+                delay,
+            )
 
         try:
             ack = self._retry().call(attempt, stop=self._closed, on_retry=log_retry)
         except RetryGaveUp as g:
-            raise PeerUnavailableError(f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
-                                       f"({g.attempts} attempts; last: {_status(g.last)})") from None
+            raise PeerUnavailableError(
+                f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
+                f"({g.attempts} attempts; last: {_status(g.last)})"
+            ) from None
         except grpc.RpcError as e:
             if self.seal and e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
                 raise _RekeyNeeded(_status(e)) from None
@@ -489,8 +529,10 @@ class VerticalFederatedCommunicator:
             raise PeerUnavailableError(f"{self._where(peer)} {e}: is it running the same splitlink version?") from None
         final = [a for a in answers if a.status != protocol.ACK_PART]
         if not final:
-            raise PeerUnavailableError(f"{self._where(peer)} stored every range of frame seq {seq} but never "
-                                       "completed it: is it running the same splitlink version?")
+            raise PeerUnavailableError(
+                f"{self._where(peer)} stored every range of frame seq {seq} but never "
+                "completed it: is it running the same splitlink version?"
+            )
         answer = next((a for a in final if a.status == protocol.ACK_STALE), final[0])
         if answer.status == protocol.ACK_STALE:
             inbox.acknowledge(answer.incarnation)
@@ -519,8 +561,9 @@ class VerticalFederatedCommunicator:
         meant_for = inbox.told or 0
 
         def chunks(offset: int, length: int) -> Iterator[bytes]:
-            yield protocol.RangeHeader(self.me.server_name, self._incarnation, meant_for, seq, step, total,
-                                       offset, length).encode()
+            yield protocol.RangeHeader(
+                self.me.server_name, self._incarnation, meant_for, seq, step, total, offset, length
+            ).encode()
             for off in range(offset, offset + length, self.chunk_size):
                 if isinstance(frame, memoryview):  # a sealed frame
                     yield bytes(frame[off : min(off + self.chunk_size, offset + length)])
@@ -533,9 +576,18 @@ class VerticalFederatedCommunicator:
             stub = stubs[index % len(stubs)]
             return self._retry().call(
                 lambda: bytes(stub(chunks(offset, length), wait_for_ready=False, timeout=timeout)),
-                stop=self._closed, on_retry=lambda n, e, d: logger.warning(
-                    "[%s] range %d of frame seq %d to '%s' failed (%s); retry %d in %.2f s", self.me.server_name,
-                    index, seq, peer, _status(e).partition(":")[0], n, d))
+                stop=self._closed,
+                on_retry=lambda n, e, d: logger.warning(
+                    "[%s] range %d of frame seq %d to '%s' failed (%s); retry %d in %.2f s",
+                    self.me.server_name,
+                    index,
+                    seq,
+                    peer,
+                    _status(e).partition(":")[0],
+                    n,
+                    d,
+                ),
+            )
 
         assert self._range_pool is not None
         pending = [self._range_pool.submit(send_range, i, o, n) for i, (o, n) in enumerate(self._ranges(total))]
@@ -549,13 +601,16 @@ class VerticalFederatedCommunicator:
         if errors:
             first = errors[0]
             if isinstance(first, RetryGaveUp):
-                raise PeerUnavailableError(f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
-                                           f"({first.attempts} attempts; last: {_status(first.last)})") from None
+                raise PeerUnavailableError(
+                    f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
+                    f"({first.attempts} attempts; last: {_status(first.last)})"
+                ) from None
             if isinstance(first, grpc.RpcError):
                 if first.code() == grpc.StatusCode.UNIMPLEMENTED:
                     raise PeerUnavailableError(
                         f"{self._where(peer)} does not accept frames in parallel ranges ({_status(first)}): it runs an "
-                        "older splitlink. Upgrade it, or pass streams=1 to this party's communicator") from None
+                        "older splitlink. Upgrade it, or pass streams=1 to this party's communicator"
+                    ) from None
                 if self.seal and first.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
                     raise _RekeyNeeded(_status(first)) from None
                 raise PeerUnavailableError(f"{self._where(peer)} refused frame seq {seq}: {_status(first)}") from None
@@ -568,7 +623,8 @@ class VerticalFederatedCommunicator:
         request = protocol.Announcement(self.me.server_name, self._incarnation).encode()
         try:
             answer = self._retry(0.05, 2.0, deadline=False).call(
-                lambda: bytes(self._announce_stubs[peer](request, timeout=10)), stop=self._closed)
+                lambda: bytes(self._announce_stubs[peer](request, timeout=10)), stop=self._closed
+            )
         except RetryGaveUp:  # shut down before the peer answered
             return
         except grpc.RpcError as e:
@@ -697,8 +753,9 @@ class VerticalFederatedCommunicator:
         token: object | None = None
         assembly = None
         try:
-            assembly = self._assembler.begin(sender, head.incarnation, seq, total, context.is_active,
-                                             inbox.wait_for_room, self._pool.acquire)
+            assembly = self._assembler.begin(
+                sender, head.incarnation, seq, total, context.is_active, inbox.wait_for_room, self._pool.acquire
+            )
             token = assembly.claim(head.offset, head.length)
             if token is None:
                 for _ in request_iterator:  # drain: this range already arrived (a retried range)
@@ -730,8 +787,15 @@ class VerticalFederatedCommunicator:
         self._assembler.finish(sender, assembly)
         return self._deliver(sender, head.incarnation, seq, assembly.buf, context)
 
-    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-                with_kind: bool = False, device: Any = None) -> Any:
+    def receive(
+        self,
+        target_server_name: str,
+        timeout: float | None = None,
+        *,
+        kind: str | None = None,
+        with_kind: bool = False,
+        device: Any = None,
+    ) -> Any:
         """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
 
         With ``kind``, a frame of another kind is a protocol error (ValueError naming both). With
@@ -746,18 +810,25 @@ class VerticalFederatedCommunicator:
             return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind, device=device).wait()
         return self._receive_now(target_server_name, timeout, kind, with_kind, device)
 
-    def irecv(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-              with_kind: bool = False, device: Any = None) -> Work:
+    def irecv(
+        self,
+        target_server_name: str,
+        timeout: float | None = None,
+        *,
+        kind: str | None = None,
+        with_kind: bool = False,
+        device: Any = None,
+    ) -> Work:
         """Posts a receive ahead: a ``Work`` whose ``wait()`` returns what ``receive`` would (or raises
         its error). Posted receives take the peer's frames in the order they were posted, and frames
         are unpacked on a background thread."""
         if target_server_name not in self._inboxes:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         return self._receives[target_server_name].post(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device))
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
+        )
 
-    def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool,
-                     device: Any = None) -> Any:
+    def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool, device: Any = None) -> Any:
         frame = wire.unpack(self._inboxes[peer].get(timeout), device=device)
         protocol.check_kind(frame.kind, kind, peer)
         return (frame.kind, frame.tensors) if with_kind else frame.tensors

@@ -50,8 +50,9 @@ class SSLConfig:
             raise ValueError(f"SSLConfig needs {', '.join(missing)} for mutual TLS")
         out: dict[str, bytes] = {}
         for role in ("server", "client"):
-            key, cert = _load_identity(getattr(self, f"{role}_cert_path"), getattr(self, f"{role}_key_path"),
-                                       getattr(self, f"{role}_password"), role)
+            key, cert = _load_identity(
+                getattr(self, f"{role}_cert_path"), getattr(self, f"{role}_key_path"), getattr(self, f"{role}_password"), role
+            )
             out[f"{role}_key"], out[f"{role}_cert"] = key, cert
         out["ca"] = _read(self.ca_cert_path, "ca_cert_path")
         if self.crl_path:
@@ -72,14 +73,17 @@ def _load_identity(cert_path: str, key_path: str | None, password: str | None, r
 
     if cert_path.endswith((".p12", ".pfx")):
         try:
-            key, cert, _ = pkcs12.load_key_and_certificates(_read(cert_path, f"{role}_cert_path"),
-                                                            password.encode() if password else None)
+            key, cert, _ = pkcs12.load_key_and_certificates(
+                _read(cert_path, f"{role}_cert_path"), password.encode() if password else None
+            )
         except ValueError as e:
             raise ValueError(f"cannot open {role} PKCS#12 bundle {cert_path!r}: {e} (wrong {role}_password?)") from None
         if key is None or cert is None:
             raise ValueError(f"{role} PKCS#12 bundle {cert_path!r} holds no key and certificate")
-        return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-                cert.public_bytes(serialization.Encoding.PEM))
+        return (
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM),
+        )
     if key_path is None:
         guess = cert_path.replace(".crt", ".key").replace("cert", "key")
         if guess == cert_path or not Path(guess).exists():

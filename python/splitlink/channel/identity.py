@@ -35,7 +35,8 @@ class CertificateIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[mi
     the call's first request message claims to come from.
 
     ``claimed_party(method, first_message)`` reads the claim (None: the message is malformed, and the
-    handler refuses it with the reason; LookupError: a method it does not know, refused here); ``revoked`` holds the CRL's serial numbers. ``me`` names this
+    handler refuses it with the reason; LookupError: a method it does not know, refused here); ``revoked`` holds the
+    CRL's serial numbers. ``me`` names this
     party in log lines."""
 
     def __init__(self, claimed_party: Callable[[str, Any], str | None], revoked: set[int], me: str = "") -> None:
@@ -57,8 +58,9 @@ class CertificateIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[mi
                 self._check(method, request, context)
                 return inner_unary(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
-                                                       response_serializer=handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
         if handler.stream_unary is not None:
             inner_stream = handler.stream_unary
 
@@ -69,18 +71,24 @@ class CertificateIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[mi
                 self._check(method, first, context)
                 return inner_stream(itertools.chain((first,), requests), context)
 
-            return grpc.stream_unary_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
-                                                        response_serializer=handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+
         # Fail closed: a kind of method the identity check cannot read a claim from is refused.
         def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"{method}: no certificate identity check exists for this kind of method; refused")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method}: no certificate identity check exists for this kind of method; refused",
+            )
 
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
-                                                        response_serializer=handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
-                                                     response_serializer=handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
     def _check(self, method: str, first: Any, context: grpc.ServicerContext) -> None:
         names = certificate_names(context)
@@ -98,8 +106,10 @@ class CertificateIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[mi
             return
         if claimed not in names:
             logger.warning("[%s] refused a call claiming to be '%s' from certificate %s", self._me, claimed, sorted(names))
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"certificate names {sorted(names)} do not include the claimed sender {claimed!r}")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate names {sorted(names)} do not include the claimed sender {claimed!r}",
+            )
         with self._lock:
             first_contact = claimed not in self._seen
             self._seen.add(claimed)

@@ -46,8 +46,7 @@ class Inbox:
                 return
             if self.incarnation is not None:
                 self.retired.add(self.incarnation)
-                logger.info("'%s' restarted; %d frame(s) its previous process sent are discarded", self.peer,
-                            len(self.frames))
+                logger.info("'%s' restarted; %d frame(s) its previous process sent are discarded", self.peer, len(self.frames))
                 self.frames.clear()  # they continue a conversation the new process does not know
                 self.bytes = 0
             self.incarnation = incarnation

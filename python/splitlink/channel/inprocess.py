@@ -62,20 +62,28 @@ class InProcessCommunicator:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def send_tensors(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
-                     kind: str = "tensors") -> None:
+    def send_tensors(
+        self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None, kind: str = "tensors"
+    ) -> None:
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         inbox = self._hub["queues"][(self.me, target_server_name)]
         if self.through_codecs:
-            payload: Any = wire.pack(tensors, sender=self.me, step=step or 0, kind=kind, compress=self.compress_configs,
-                                     error_feedback=self._feedback[target_server_name])
+            payload: Any = wire.pack(
+                tensors,
+                sender=self.me,
+                step=step or 0,
+                kind=kind,
+                compress=self.compress_configs,
+                error_feedback=self._feedback[target_server_name],
+            )
         else:
             payload = (kind, tensors)
         inbox.append(payload)
 
-    def isend(self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None,
-              kind: str = "tensors") -> Work:
+    def isend(
+        self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None, kind: str = "tensors"
+    ) -> Work:
         """As ``VerticalFederatedCommunicator.isend``; the frame is queued at once (an error is raised
         by ``wait()``, as there)."""
         work = Work(f"isend to '{target_server_name}'")
@@ -92,8 +100,15 @@ class InProcessCommunicator:
     def flush(self, timeout: float | None = None) -> None:
         """As ``VerticalFederatedCommunicator.flush`` (nothing is ever in flight here)."""
 
-    def receive(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-                with_kind: bool = False, device: Any = None) -> Any:
+    def receive(
+        self,
+        target_server_name: str,
+        timeout: float | None = None,
+        *,
+        kind: str | None = None,
+        with_kind: bool = False,
+        device: Any = None,
+    ) -> Any:
         """As ``VerticalFederatedCommunicator.receive``. ``device`` (e.g. ``"cuda:0"``) places the
         tensors there: through the codecs, the frame is unpacked onto it (``wire.unpack(device=)``);
         by reference, each tensor is moved (``.to(device)``, a no-op for one already there)."""
@@ -103,16 +118,25 @@ class InProcessCommunicator:
             return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind, device=device).wait()
         return self._receive_now(target_server_name, timeout, kind, with_kind, device)
 
-    def irecv(self, target_server_name: str, timeout: float | None = None, *, kind: str | None = None,
-              with_kind: bool = False, device: Any = None) -> Work:
+    def irecv(
+        self,
+        target_server_name: str,
+        timeout: float | None = None,
+        *,
+        kind: str | None = None,
+        with_kind: bool = False,
+        device: Any = None,
+    ) -> Work:
         """As ``VerticalFederatedCommunicator.irecv``."""
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
         return self._receives[target_server_name].post(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device))
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
+        )
 
-    def _receive_now(self, target_server_name: str, timeout: float | None, kind: str | None, with_kind: bool,
-                     device: Any = None) -> Any:
+    def _receive_now(
+        self, target_server_name: str, timeout: float | None, kind: str | None, with_kind: bool, device: Any = None
+    ) -> Any:
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         if self.through_codecs:
             frame = wire.unpack(payload, device=device)

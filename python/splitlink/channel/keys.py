@@ -64,8 +64,9 @@ class KeySession:
         # Both fresh public keys make the session id: a new one whenever either party restarts.
         pairs = sorted([(self.me.encode(), mine), (peer.encode(), peer_public)])
         session_id = hashlib.sha256(b"splitlink channel session v1" + b"".join(n + b"\0" + k for n, k in pairs)).digest()
-        keys = secure.derive_session_keys(self._keypair, peer_public, me=self.me, peer=peer,
-                                          session_id=session_id, cipher=self.cipher)
+        keys = secure.derive_session_keys(
+            self._keypair, peer_public, me=self.me, peer=peer, session_id=session_id, cipher=self.cipher
+        )
         with self._lock:
             if self._peer_keys.get(peer) == peer_public and peer in self._sealers:
                 return self._sealers[peer]

@@ -19,10 +19,34 @@ from splitlink import wire
 from splitlink.errors import WireError
 
 __all__ = [
-    "SERVICE", "SEND", "SEND_ONE", "SEND_RANGE", "HELLO", "ANNOUNCE", "MAGIC", "RANGE_MAGIC", "STREAM_HEADER",
-    "RANGE_HEADER", "ANNOUNCEMENT", "INCARNATION", "PUBLIC_KEY_BYTES", "ProtocolError", "StreamHeader", "RangeHeader",
-    "Announcement", "Hello", "Ack", "ACK_OK", "ACK_DUP", "ACK_STALE", "ACK_PART", "encode_incarnation",
-    "decode_incarnation", "frame_origin", "claimed_party", "check_kind",
+    "SERVICE",
+    "SEND",
+    "SEND_ONE",
+    "SEND_RANGE",
+    "HELLO",
+    "ANNOUNCE",
+    "MAGIC",
+    "RANGE_MAGIC",
+    "STREAM_HEADER",
+    "RANGE_HEADER",
+    "ANNOUNCEMENT",
+    "INCARNATION",
+    "PUBLIC_KEY_BYTES",
+    "ProtocolError",
+    "StreamHeader",
+    "RangeHeader",
+    "Announcement",
+    "Hello",
+    "Ack",
+    "ACK_OK",
+    "ACK_DUP",
+    "ACK_STALE",
+    "ACK_PART",
+    "encode_incarnation",
+    "decode_incarnation",
+    "frame_origin",
+    "claimed_party",
+    "check_kind",
 ]
 
 SERVICE = "splitlink.v1.Transport"
@@ -72,8 +96,9 @@ class StreamHeader:
 
     def encode(self) -> bytes:
         name = self.sender.encode()
-        return STREAM_HEADER.pack(MAGIC, self.incarnation, self.meant_for, self.seq, self.step & _U64, self.total,
-                                  len(name)) + name
+        return (
+            STREAM_HEADER.pack(MAGIC, self.incarnation, self.meant_for, self.seq, self.step & _U64, self.total, len(name)) + name
+        )
 
     @classmethod
     def decode(cls, buf: Any, what: str = "stream") -> tuple[StreamHeader, int]:
@@ -103,8 +128,20 @@ class RangeHeader:
 
     def encode(self) -> bytes:
         name = self.sender.encode()
-        return RANGE_HEADER.pack(RANGE_MAGIC, self.incarnation, self.meant_for, self.seq, self.step & _U64, self.total,
-                                 self.offset, self.length, len(name)) + name
+        return (
+            RANGE_HEADER.pack(
+                RANGE_MAGIC,
+                self.incarnation,
+                self.meant_for,
+                self.seq,
+                self.step & _U64,
+                self.total,
+                self.offset,
+                self.length,
+                len(name),
+            )
+            + name
+        )
 
     @classmethod
     def decode(cls, buf: Any) -> RangeHeader:
@@ -222,5 +259,7 @@ def claimed_party(method: str, first: Any) -> str | None:
 def check_kind(got: str, want: str | None, peer: str) -> None:
     """A frame of kind ``got`` arrived where the application expects ``want`` (None: any)."""
     if want is not None and got != want:
-        raise ValueError(f"expected a {want!r} frame from {peer!r} but got a {got!r} frame: the parties are at "
-                         "different stages of the protocol (is the peer running the same program?)")
+        raise ValueError(
+            f"expected a {want!r} frame from {peer!r} but got a {got!r} frame: the parties are at "
+            "different stages of the protocol (is the peer running the same program?)"
+        )

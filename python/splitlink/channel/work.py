@@ -153,8 +153,9 @@ class SendQueue:
                     failed, poisoned = self._failed, ticket <= self._poisoned_up_to
                 if failed is not None or poisoned:
                     why = f" ({failed.exception()})" if failed is not None else ""
-                    raise FrameNotSentError(f"not sent: an earlier frame to '{self.peer}' failed{why}; wait() on "
-                                            "it or send again to continue")
+                    raise FrameNotSentError(
+                        f"not sent: an earlier frame to '{self.peer}' failed{why}; wait() on it or send again to continue"
+                    )
                 self._send(*args)
             except BaseException as e:  # noqa: BLE001 - handed to the application by wait()
                 with self._cond:

@@ -22,12 +22,11 @@ the key path and what is allowed::
 
 from splitlink.config.fl_yaml import FLYamlData
 from splitlink.config.yaml_errors import (
-           YamlLines,
-           parse_yaml_document,
-           pydantic_problems,
-           read_yaml_text,
+    YamlLines,
+    parse_yaml_document,
+    pydantic_problems,
+    read_yaml_text,
 )
 from splitlink.errors import Problem, YamlConfigError
 
-__all__ = ["FLYamlData", "Problem", "YamlConfigError", "YamlLines", "parse_yaml_document", "pydantic_problems",
-           "read_yaml_text"]
+__all__ = ["FLYamlData", "Problem", "YamlConfigError", "YamlLines", "parse_yaml_document", "pydantic_problems", "read_yaml_text"]

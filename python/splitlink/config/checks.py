@@ -77,12 +77,10 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
             return
         for j, name in _names(grad.get("inputs")):
             if name not in train_ins:
-                add(loc + ("inputs", j, "name"),
-                    f"{name!r} is not an input of model.train_net (inputs: {', '.join(train_ins)})")
+                add(loc + ("inputs", j, "name"), f"{name!r} is not an input of model.train_net (inputs: {', '.join(train_ins)})")
         out_name = _get(grad, "output", "name")
         if isinstance(out_name, str) and out_name not in train_outs:
-            add(loc + ("output", "name"),
-                f"{out_name!r} is not an output of model.train_net (outputs: {', '.join(train_outs)})")
+            add(loc + ("output", "name"), f"{out_name!r} is not an output of model.train_net (outputs: {', '.join(train_outs)})")
 
     opts = raw.get("opts")
     claimed: dict[str, int] = {}
@@ -93,15 +91,17 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
             check_grad(("opts", i, "grads", j), grad)
         for j, name in _names(opt.get("params")):
             if name in claimed and claimed[name] != i:
-                add(("opts", i, "params", j, "name"),
-                    f"parameter selector {name!r} is also used by opts[{claimed[name]}]; a parameter has one optimizer")
+                add(
+                    ("opts", i, "params", j, "name"),
+                    f"parameter selector {name!r} is also used by opts[{claimed[name]}]; a parameter has one optimizer",
+                )
             claimed.setdefault(name, i)
-        kind = opt.get("type")
-        if isinstance(kind, str):
+        opt_type = opt.get("type")
+        if isinstance(opt_type, str):
             from splitlink.optim import optimizer_kwargs, resolve_optimizer
 
             try:
-                cls = resolve_optimizer(kind)
+                cls = resolve_optimizer(opt_type)
             except ValueError as e:
                 add(("opts", i, "type"), str(e))
                 continue
@@ -124,8 +124,10 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
         name = _get(sc, "output", "name")
         if isinstance(name, str):
             if name in seen_out:
-                add(("grad_scalers", i, "output", "name"),
-                    f"two grad_scalers return {name!r} (also grad_scalers[{seen_out[name]}]); their results would collide")
+                add(
+                    ("grad_scalers", i, "output", "name"),
+                    f"two grad_scalers return {name!r} (also grad_scalers[{seen_out[name]}]); their results would collide",
+                )
             seen_out.setdefault(name, i)
 
     privacy = raw.get("privacy")
@@ -137,8 +139,10 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
             if not isinstance(gt, str):
                 add(("privacy", "label_dp"), "label DP needs model.eval_net.gt to name the label input it randomises")
             elif train_ins is not None and gt not in train_ins:
-                add(("model", "eval_net", "gt"),
-                    f"label DP randomises {gt!r}, which is not an input of model.train_net (inputs: {', '.join(train_ins)})")
+                add(
+                    ("model", "eval_net", "gt"),
+                    f"label DP randomises {gt!r}, which is not an input of model.train_net (inputs: {', '.join(train_ins)})",
+                )
         edp = privacy.get("embedding_dp")
         if isinstance(edp, Mapping):
             mech = edp.get("mechanism", "sign_rr")
@@ -150,15 +154,25 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
                         add(("privacy", "embedding_dp", k), "applies to mechanism: gaussian only")
             if mech == "gaussian":
                 if edp.get("clip_norm") is None:
-                    add(("privacy", "embedding_dp", "clip_norm"), "missing: the Gaussian mechanism clips each sample to this L2 norm")
+                    add(
+                        ("privacy", "embedding_dp", "clip_norm"),
+                        "missing: the Gaussian mechanism clips each sample to this L2 norm",
+                    )
                 if edp.get("delta") is None:
                     add(("privacy", "embedding_dp", "delta"), "missing: the Gaussian mechanism needs delta (e.g. 1.e-5)")
                 if (edp.get("eps") is None) == (edp.get("noise_multiplier") is None):
-                    add(("privacy", "embedding_dp"), "give exactly one of eps (noise derived by the RDP accountant) or noise_multiplier")
+                    add(
+                        ("privacy", "embedding_dp"),
+                        "give exactly one of eps (noise derived by the RDP accountant) or noise_multiplier",
+                    )
             if train_outs is not None and not any(
-                isinstance(o, Mapping) and o.get("destination") == "remote" for o in _get(raw, "model", "train_net", "outputs") or []
+                isinstance(o, Mapping) and o.get("destination") == "remote"
+                for o in _get(raw, "model", "train_net", "outputs") or []
             ):
-                add(("privacy", "embedding_dp"), "embedding DP applies to outputs with destination: remote, and train_net has none")
+                add(
+                    ("privacy", "embedding_dp"),
+                    "embedding DP applies to outputs with destination: remote, and train_net has none",
+                )
 
     if isinstance(privacy, Mapping):
         _gradient_defence_problems(raw, privacy, train_ins, add)
@@ -181,18 +195,22 @@ def cross_problems(raw: Mapping[str, Any], lines: YamlLines, base_dir: Path) -> 
     return out
 
 
-def _gradient_defence_problems(raw: Mapping[str, Any], privacy: Mapping[str, Any], train_ins: list[str] | None,
-                               add: Any) -> None:
+def _gradient_defence_problems(raw: Mapping[str, Any], privacy: Mapping[str, Any], train_ins: list[str] | None, add: Any) -> None:
     """privacy.grad_norm and privacy.marvell act on the gradients this party sends for remote inputs."""
     gn, mv = privacy.get("grad_norm"), privacy.get("marvell")
     if isinstance(gn, Mapping):
         mode = gn.get("mode")
         if mode == "clip" and (gn.get("norm") is None) == (gn.get("quantile") is None):
-            add(("privacy", "grad_norm"), "mode: clip needs exactly one of norm (an absolute L2 norm) or quantile "
-                                          "(of the batch's per-sample norms, e.g. 0.5)")
+            add(
+                ("privacy", "grad_norm"),
+                "mode: clip needs exactly one of norm (an absolute L2 norm) or quantile "
+                "(of the batch's per-sample norms, e.g. 0.5)",
+            )
         if mode == "normalize" and gn.get("quantile") is not None:
-            add(("privacy", "grad_norm", "quantile"), "applies to mode: clip only (normalize takes an optional norm; "
-                                                      "without one, the batch's mean per-sample norm)")
+            add(
+                ("privacy", "grad_norm", "quantile"),
+                "applies to mode: clip only (normalize takes an optional norm; without one, the batch's mean per-sample norm)",
+            )
     if mv is not None and raw.get("role") != "leader":
         add(("privacy", "marvell"), "Marvell noise protects the labels the leader holds; only role: leader may set it")
     if isinstance(mv, Mapping) and raw.get("role") == "leader":
@@ -200,19 +218,27 @@ def _gradient_defence_problems(raw: Mapping[str, Any], privacy: Mapping[str, Any
         if not isinstance(gt, str):
             add(("privacy", "marvell"), "Marvell noise needs model.eval_net.gt to name the (binary) label input")
         elif train_ins is not None and gt not in train_ins:
-            add(("model", "eval_net", "gt"),
+            add(
+                ("model", "eval_net", "gt"),
                 f"Marvell noise reads the labels from {gt!r}, which is not an input of model.train_net "
-                f"(inputs: {', '.join(train_ins)})")
+                f"(inputs: {', '.join(train_ins)})",
+            )
     if gn is None and (mv is None or raw.get("role") != "leader"):
         return
-    remote = [i.get("name") for i in _get(raw, "model", "train_net", "inputs") or []
-              if isinstance(i, Mapping) and i.get("source") == "remote"]
+    remote = [
+        i.get("name")
+        for i in _get(raw, "model", "train_net", "inputs") or []
+        if isinstance(i, Mapping) and i.get("source") == "remote"
+    ]
     scaled = {n for sc in raw.get("grad_scalers") or [] if isinstance(sc, Mapping) for _, n in _names(sc.get("inputs"))}
     if train_ins is not None and not any(n in scaled for n in remote):
         key = "grad_norm" if gn is not None else "marvell"
-        add(("privacy", key), "gradient defences act on the gradients sent back for inputs with source: remote, and "
-                              "no grad_scalers entry returns the gradient of one "
-                              f"(remote inputs: {', '.join(map(str, remote)) or 'none'})")
+        add(
+            ("privacy", key),
+            "gradient defences act on the gradients sent back for inputs with source: remote, and "
+            "no grad_scalers entry returns the gradient of one "
+            f"(remote inputs: {', '.join(map(str, remote)) or 'none'})",
+        )
 
 
 _PARTY_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -258,8 +284,10 @@ def _party_problems(raw: Mapping[str, Any], add: Any) -> None:
                 continue
             plist = [party] if isinstance(party, str) else party if isinstance(party, list) else []
             if followers is None:
-                add(loc + ("party",), "names a follower, but the YAML lists no followers: add 'followers: [...]' "
-                                      "with every follower's name")
+                add(
+                    loc + ("party",),
+                    "names a follower, but the YAML lists no followers: add 'followers: [...]' with every follower's name",
+                )
             seen: dict[str, int] = {}
             for j, p in enumerate(plist):
                 if not isinstance(p, str):
@@ -280,8 +308,10 @@ def _party_problems(raw: Mapping[str, Any], add: Any) -> None:
                 if agg not in ("sum", "mean"):
                     add(loc + ("secure",), "secure aggregation masks a sum: aggregate must be sum or mean")
                 elif len(plist) < 2:
-                    add(loc + ("secure",), "secure aggregation needs at least 2 followers (one follower's sum is its "
-                                           "own embedding)")
+                    add(
+                        loc + ("secure",),
+                        "secure aggregation needs at least 2 followers (one follower's sum is its own embedding)",
+                    )
             elif "frac_bits" in item:
                 add(loc + ("frac_bits",), "applies with secure: true only (the fixed-point precision of the masks)")
             key = (tuple(plist), agg, bool(secure))
@@ -289,8 +319,11 @@ def _party_problems(raw: Mapping[str, Any], add: Any) -> None:
             if net == "train_net" and isinstance(name, str):
                 train_specs[name] = key
             elif net == "eval_net" and isinstance(name, str) and name in train_specs and train_specs[name] != key:
-                add(loc, f"{name!r} has party/aggregate/secure {key} here but {train_specs[name]} in model.train_net; "
-                         "the eval network receives it the same way")
+                add(
+                    loc,
+                    f"{name!r} has party/aggregate/secure {key} here but {train_specs[name]} in model.train_net; "
+                    "the eval network receives it the same way",
+                )
     for i, f in enumerate(names):
         if f not in used:
             add(("followers", i), f"follower {f!r} sends nothing: no remote input names it in party")

@@ -57,7 +57,13 @@ class FLYamlData:
         raw, lines = parse_yaml_document(raw_text, source)
         problems = list(lines.problems)
         if not isinstance(raw, Mapping):
-            problems.append(Problem(lines.line(()), "", f"the document must be a mapping with keys {', '.join(RootSpec.model_fields)}; got {type(raw).__name__}"))
+            problems.append(
+                Problem(
+                    lines.line(()),
+                    "",
+                    f"the document must be a mapping with keys {', '.join(RootSpec.model_fields)}; got {type(raw).__name__}",
+                )
+            )
             raise YamlConfigError(source, problems)
         spec: RootSpec | None = None
         try:
@@ -165,8 +171,9 @@ class FLYamlData:
         """Codec settings by tensor name: remote inputs (for the gradients sent back) and remote outputs."""
         out: dict[str, CompressConfig] = {}
         for net in filter(None, (self.train_net, self.eval_net)):
-            items: Iterator[TensorSpec] = iter([*(i for i in net.inputs if i.source == "remote"),
-                                                 *(o for o in net.outputs if o.destination == "remote")])
+            items: Iterator[TensorSpec] = iter(
+                [*(i for i in net.inputs if i.source == "remote"), *(o for o in net.outputs if o.destination == "remote")]
+            )
             for t in items:
                 if t.compress_type is not None and t.name not in out:
                     out[t.name] = CompressConfig(t.compress_type, bit_num=t.bit_num, **(t.compress_params or {}))
@@ -174,6 +181,7 @@ class FLYamlData:
 
     def __repr__(self) -> str:
         t = self.train_net
-        return (f"FLYamlData({self.source!r}, role={self.role!r}, train_net={t.name!r}, "
-                f"inputs={[i.name for i in t.inputs]}, outputs={[o.name for o in t.outputs]})")
-
+        return (
+            f"FLYamlData({self.source!r}, role={self.role!r}, train_net={t.name!r}, "
+            f"inputs={[i.name for i in t.inputs]}, outputs={[o.name for o in t.outputs]})"
+        )

@@ -3,13 +3,16 @@ additions; see :mod:`splitlink.config`), as strict pydantic models."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from splitlink.codec import COMPRESS_TYPES
 
-_CompressType = Literal.__getitem__(tuple(COMPRESS_TYPES))  # type: ignore[attr-defined]
+if TYPE_CHECKING:
+    _CompressType = str
+else:  # a Literal of the codec names the native core exports
+    _CompressType = Literal.__getitem__(tuple(COMPRESS_TYPES))
 
 
 class _Strict(BaseModel):

@@ -16,7 +16,7 @@ from splitlink.errors import Problem, YamlConfigError
 
 __all__ = ["Loc", "YamlLines", "parse_yaml_document", "path_str", "pydantic_problems", "read_yaml_text"]
 
-Loc = tuple[Union[str, int], ...]
+Loc = tuple[str | int, ...]
 
 
 def path_str(loc: Loc) -> str:
@@ -43,8 +43,13 @@ class YamlLines:
                 key = key_node.value
                 sub = loc + (key,)
                 if key in seen:
-                    self.problems.append(Problem(key_node.start_mark.line + 1, path_str(sub),
-                                                 "duplicate key (YAML would silently keep only the last one)"))
+                    self.problems.append(
+                        Problem(
+                            key_node.start_mark.line + 1,
+                            path_str(sub),
+                            "duplicate key (YAML would silently keep only the last one)",
+                        )
+                    )
                 seen.add(key)
                 self.lines.setdefault(sub, key_node.start_mark.line + 1)
                 self._walk(value_node, sub)
@@ -108,8 +113,11 @@ def _range_text(loc: Loc, fallback: str, root: type[BaseModel]) -> str:
             hi, hi_open = m.lt, True
     kind = "an integer" if "int" in str(field.annotation) and "float" not in str(field.annotation) else "a number"
     if lo is not None and hi is not None:
-        return f"{kind} {'>' if lo_open else '>='} {lo} and {'<' if hi_open else '<='} {hi}" if (lo_open or hi_open) \
+        return (
+            f"{kind} {'>' if lo_open else '>='} {lo} and {'<' if hi_open else '<='} {hi}"
+            if (lo_open or hi_open)
             else f"{kind} {lo}..{hi}"
+        )
     if lo is not None:
         return f"{kind} {'>' if lo_open else '>='} {lo}"
     return f"{kind} {'<' if hi_open else '<='} {hi}"
@@ -134,8 +142,10 @@ def pydantic_problems(err: ValidationError, lines: YamlLines, root: type[BaseMod
             else:
                 msg = "missing (required)"
         elif loc and loc[-1] == "sens":
-            msg = (f"wrong type ({type(e['input']).__name__} {e['input']!r}); expected a number (a constant sens) or "
-                   "a string (the name of a sens tensor a peer sends)")
+            msg = (
+                f"wrong type ({type(e['input']).__name__} {e['input']!r}); expected a number (a constant sens) or "
+                "a string (the name of a sens tensor a peer sends)"
+            )
         elif kind == "literal_error":
             msg = f"{e['input']!r} is not allowed; {e['msg'].replace('Input should be', 'allowed:')}"
         elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
@@ -145,8 +155,11 @@ def pydantic_problems(err: ValidationError, lines: YamlLines, root: type[BaseMod
             assert sub is not None
             req = [n for n, f in sub.model_fields.items() if f.is_required()]
             opt = [n for n in sub.model_fields if n not in req]
-            keys = (f"keys {', '.join(req)}" + (f" (optional: {', '.join(opt)})" if opt else "") if req
-                    else f"the optional keys {', '.join(opt)}")
+            keys = (
+                f"keys {', '.join(req)}" + (f" (optional: {', '.join(opt)})" if opt else "")
+                if req
+                else f"the optional keys {', '.join(opt)}"
+            )
             msg = f"wrong type ({type(e['input']).__name__} {e['input']!r}); expected a mapping with {keys}"
             if not req:
                 msg += "; leave the section out for the defaults"

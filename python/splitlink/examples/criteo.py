@@ -29,8 +29,18 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
-__all__ = ["N_DENSE", "N_CAT", "N_FIELDS", "LEADER_FIELDS", "FOLLOWER_FIELDS", "preprocess", "PartyData",
-           "write_synthetic", "load_party", "auc"]
+__all__ = [
+    "N_DENSE",
+    "N_CAT",
+    "N_FIELDS",
+    "LEADER_FIELDS",
+    "FOLLOWER_FIELDS",
+    "preprocess",
+    "PartyData",
+    "write_synthetic",
+    "load_party",
+    "auc",
+]
 
 N_DENSE, N_CAT = 13, 26
 N_FIELDS = N_DENSE + N_CAT
@@ -89,8 +99,10 @@ def _read_chunks(path: Path, chunk_rows: int) -> Iterator[list[list[str]]]:
                 lineno += 1
                 parts = line.rstrip("\r\n").split("\t")
                 if len(parts) != 1 + N_FIELDS:
-                    raise ValueError(f"{path}:{lineno}: expected {1 + N_FIELDS} tab-separated columns (label, "
-                                     f"13 integer, 26 categorical features), found {len(parts)}")
+                    raise ValueError(
+                        f"{path}:{lineno}: expected {1 + N_FIELDS} tab-separated columns (label, "
+                        f"13 integer, 26 categorical features), found {len(parts)}"
+                    )
                 for c, v in zip(cols, parts):
                     c.append(v)
             if not cols[0]:
@@ -106,8 +118,9 @@ def _count_lines(path: Path) -> int:
     return n
 
 
-def preprocess(tsv: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, vocab_size: int = 200_000,
-               chunk_rows: int = 100_000) -> Path:
+def preprocess(
+    tsv: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, vocab_size: int = 200_000, chunk_rows: int = 100_000
+) -> Path:
     """Streams a Criteo TSV into ``out_dir/{ids,wts,labels}.npy`` (memory-mapped) and returns ``out_dir``.
 
     Row ``i`` of the output is line ``i`` of the file; its sample id is ``i``.
@@ -122,9 +135,9 @@ def preprocess(tsv: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, 
     for cols in _read_chunks(src, chunk_rows):
         i, w = _encode_chunk(cols, vocab_size)
         n = len(i)
-        ids[at:at + n], wts[at:at + n] = i, w
+        ids[at : at + n], wts[at : at + n] = i, w
         try:
-            labels[at:at + n] = np.array(cols[0], dtype=np.float32)
+            labels[at : at + n] = np.array(cols[0], dtype=np.float32)
         except ValueError:
             raise ValueError(f"{src}: a label in lines {at + 1}..{at + n} is not 0 or 1") from None
         at += n
@@ -164,12 +177,17 @@ def load_party(preprocessed: str | os.PathLike[str], role: str) -> PartyData:
     ids = np.load(p / "ids.npy", mmap_mode="r")
     wts = np.load(p / "wts.npy", mmap_mode="r")
     labels = np.load(p / "labels.npy", mmap_mode="r") if role == "leader" else None
-    return PartyData(np.arange(len(ids), dtype=np.int64), np.ascontiguousarray(ids[:, fields]),
-                     np.ascontiguousarray(wts[:, fields]), None if labels is None else np.asarray(labels))
+    return PartyData(
+        np.arange(len(ids), dtype=np.int64),
+        np.ascontiguousarray(ids[:, fields]),
+        np.ascontiguousarray(wts[:, fields]),
+        None if labels is None else np.asarray(labels),
+    )
 
 
-def write_synthetic(path: str | os.PathLike[str], rows: int, *, seed: int = 0, values_per_field: int = 200,
-                    missing_rate: float = 0.05) -> dict[str, float]:
+def write_synthetic(
+    path: str | os.PathLike[str], rows: int, *, seed: int = 0, values_per_field: int = 200, missing_rate: float = 0.05
+) -> dict[str, float]:
     """Writes ``rows`` lines of Criteo-format TSV with a planted signal; returns the AUCs it allows.
 
     Each field's value is drawn from a Zipf-like distribution over ``values_per_field`` values. The
@@ -197,8 +215,9 @@ def write_synthetic(path: str | os.PathLike[str], rows: int, *, seed: int = 0, v
     p = 1.0 / (1.0 + np.exp(-logit))
     labels = (rng.random(rows) < p).astype(np.int64)
     # Dense fields carry the value index as a count (bucketized later); categorical as 8 hex digits.
-    hexes = [np.array([f"{(f * 2654435761 + v * 40503) & 0xFFFFFFFF:08x}" for v in range(values_per_field)])
-             for f in range(N_CAT)]
+    hexes = [
+        np.array([f"{(f * 2654435761 + v * 40503) & 0xFFFFFFFF:08x}" for v in range(values_per_field)]) for f in range(N_CAT)
+    ]
     with open(path, "w", encoding="ascii", newline="") as fh:
         for r in range(rows):
             parts = [str(labels[r])]
@@ -210,8 +229,7 @@ def write_synthetic(path: str | os.PathLike[str], rows: int, *, seed: int = 0, v
                 else:
                     parts.append(str(hexes[f - N_DENSE][vals[r, f]]))
             fh.write("\t".join(parts) + "\n")
-    return {"oracle_auc": auc(labels, p), "leader_only_auc": auc(labels, leader_part),
-            "positive_rate": float(labels.mean())}
+    return {"oracle_auc": auc(labels, p), "leader_only_auc": auc(labels, leader_part), "positive_rate": float(labels.mean())}
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -235,8 +253,9 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def write_party_csv(party: PartyData, path: str | os.PathLike[str], role: str) -> None:
     """One party's rows as CSV: ``sample_id`` (the join key), ``label`` (leader only), per field id and weight."""
     fields = LEADER_FIELDS if role == "leader" else FOLLOWER_FIELDS
-    header = ["sample_id"] + (["label"] if party.labels is not None else []) + [f"id{f}" for f in fields] + \
-        [f"wt{f}" for f in fields]
+    header = (
+        ["sample_id"] + (["label"] if party.labels is not None else []) + [f"id{f}" for f in fields] + [f"wt{f}" for f in fields]
+    )
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(",".join(header) + "\n")
         for r in range(len(party)):

@@ -54,8 +54,18 @@ from splitlink.runtime.multiparty import (
 from splitlink.runtime.registry import Scenario, register
 from splitlink.runtime.run_config import RunConfig
 
-__all__ = ["NPartyConfig", "follower_fields", "follower_names", "leader_top_yaml", "TopNet", "NLeader", "NFollower",
-           "train_local", "split_follower", "UnsplitModel"]
+__all__ = [
+    "NPartyConfig",
+    "follower_fields",
+    "follower_names",
+    "leader_top_yaml",
+    "TopNet",
+    "NLeader",
+    "NFollower",
+    "train_local",
+    "split_follower",
+    "UnsplitModel",
+]
 
 log = logging.getLogger("splitlink.examples.criteo_nparty")
 YAMLS = YAML_DIR / "criteo"
@@ -64,8 +74,8 @@ EMBEDDINGS = ("follower_wide_embedding", "follower_deep_embedding")
 
 @dataclass
 class NPartyConfig(TrainConfig):
-    compress: bool = False            # masked ring elements are not compressible; off by default
-    aggregate: str = "sum"            # concat | sum | mean
+    compress: bool = False  # masked ring elements are not compressible; off by default
+    aggregate: str = "sum"  # concat | sum | mean
     secure: bool = False
     frac_bits: int = 16
 
@@ -86,14 +96,21 @@ def split_follower(data: PartyData, n: int) -> list[PartyData]:
     out, at = [], 0
     for share in follower_fields(n):
         k = len(share)
-        out.append(PartyData(data.sample_ids, np.ascontiguousarray(data.ids[:, at:at + k]),
-                             np.ascontiguousarray(data.wts[:, at:at + k]), None))
+        out.append(
+            PartyData(
+                data.sample_ids,
+                np.ascontiguousarray(data.ids[:, at : at + k]),
+                np.ascontiguousarray(data.wts[:, at : at + k]),
+                None,
+            )
+        )
         at += k
     return out
 
 
-def leader_top_yaml(followers: Sequence[str], aggregate: str, secure: bool = False, frac_bits: int = 16,
-                    ckpt_path: str | None = None) -> FLYamlData:
+def leader_top_yaml(
+    followers: Sequence[str], aggregate: str, secure: bool = False, frac_bits: int = 16, ckpt_path: str | None = None
+) -> FLYamlData:
     """The two-party leader top YAML with ``followers`` and the aggregation of both follower embeddings."""
     raw = copy.deepcopy(dict(FLYamlData(YAMLS / "leader_top.yaml").raw))
     raw = {"role": raw["role"], "followers": list(followers), **{k: v for k, v in raw.items() if k != "role"}}
@@ -127,8 +144,9 @@ class TopNet(nn.Module):
         z: torch.Tensor = lw + fw + self.dense_out(torch.relu(self.deep_combine(torch.cat([ld, fd], dim=1))))
         return z
 
-    def forward(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor,
-                label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.logits(lw, ld, fw, fd)
         return z, F.binary_cross_entropy_with_logits(z, label.view_as(z))
 
@@ -138,7 +156,9 @@ class _TopEval(nn.Module):
         super().__init__()
         self.top = top
 
-    def forward(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.top.logits(lw, ld, fw, fd)
         return z, torch.sigmoid(z)
 
@@ -150,8 +170,9 @@ class UnsplitModel(nn.Module):
         super().__init__()
         self.leader, self.followers, self.top, self.aggregate = leader, nn.ModuleList(followers), top, aggregate
 
-    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]], label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(the top's loss, the sum of every bottom's L2 term): what the YAMLs' optimizers differentiate
         is their sum."""
         lw, ld, l2 = self.leader(*feats[0])
@@ -174,8 +195,16 @@ class _Base(MultiParty[NPartyConfig]):
     keep_checkpoints = 3
     logger = log
 
-    def __init__(self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: NPartyConfig, me: str,
-                 peers: Sequence[str], seed_offset: int) -> None:
+    def __init__(
+        self,
+        data: PartyData,
+        comm: Any,
+        model_cfg: WideDeepConfig,
+        train: NPartyConfig,
+        me: str,
+        peers: Sequence[str],
+        seed_offset: int,
+    ) -> None:
         super().__init__(comm, train, me, peers)
         self.data, self.cfg = data, model_cfg
         torch.manual_seed(train.seed + seed_offset)
@@ -214,26 +243,31 @@ class _Base(MultiParty[NPartyConfig]):
     def eval_batches(self) -> Iterator[np.ndarray]:
         rows = np.arange(self.n_train, len(self.data))
         for i in range(0, len(rows), self.schedule.batch_size):
-            yield rows[i:i + self.schedule.batch_size]
+            yield rows[i : i + self.schedule.batch_size]
 
     def features(self, idx: np.ndarray, suffix: str) -> dict[str, torch.Tensor]:
-        return {f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
-                f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx]))}
+        return {
+            f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
+            f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx])),
+        }
 
     def hello(self) -> dict[str, torch.Tensor]:
         return {"ids_sha256": _ids_digest(self.data.sample_ids)}
 
     def check_hello_from(self, peer: str, theirs: Mapping[str, Any]) -> None:
         if not torch.equal(theirs["ids_sha256"], _ids_digest(self.data.sample_ids)):
-            raise RuntimeError(f"{self.me}: the sample ids of {peer!r} differ (row alignment); align every party's "
-                               "rows with splitlink.psi.intersect_parties first")
+            raise RuntimeError(
+                f"{self.me}: the sample ids of {peer!r} differ (row alignment); align every party's "
+                "rows with splitlink.psi.intersect_parties first"
+            )
 
 
 class NFollower(_Base):
     """One follower: its bottom network over its share of the columns."""
 
-    def __init__(self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: NPartyConfig, me: str,
-                 peers: Sequence[str]) -> None:
+    def __init__(
+        self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: NPartyConfig, me: str, peers: Sequence[str]
+    ) -> None:
         self.session: MaskingSession | None = None
         self._plan: Plan | None = None
         others = sorted(p for p in peers if p != "leader")
@@ -271,8 +305,11 @@ class NFollower(_Base):
         assert self.session is not None and self._plan is not None
         self.session.start(self._plan)
         if self._plan.masked:
-            self.info("masking %s with %s", ", ".join(sorted(self._plan.masked)),
-                      ", ".join(sorted({p for _, _, g in self._plan.masked.values() for p in g} - {self.me})))
+            self.info(
+                "masking %s with %s",
+                ", ".join(sorted(self._plan.masked)),
+                ", ".join(sorted({p for _, _, g in self._plan.masked.values() for p in g} - {self.me})),
+            )
         return step
 
     def forward(self, idx: np.ndarray) -> None:
@@ -293,8 +330,12 @@ class NFollower(_Base):
         step = self.step
         for b, idx in enumerate(self.eval_batches()):
             out = self.models["bottom"].eval_one_step(self.features(idx, "0"))
-            self.send(self.session.mask(dict(out), functools.partial(eval_stream, step, b)), kind="eval",
-                      step=self.step, peer=self.leader_name)
+            self.send(
+                self.session.mask(dict(out), functools.partial(eval_stream, step, b)),
+                kind="eval",
+                step=self.step,
+                peer=self.leader_name,
+            )
 
     def train_loop(self) -> None:
         for _, idx in self.schedule.steps(self.step):
@@ -307,8 +348,15 @@ class NFollower(_Base):
 class NLeader(_Base):
     """The leader: its bottom network, the aggregation layer and the top network."""
 
-    def __init__(self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: NPartyConfig,
-                 followers: Sequence[str], top_yaml: FLYamlData | None = None) -> None:
+    def __init__(
+        self,
+        data: PartyData,
+        comm: Any,
+        model_cfg: WideDeepConfig,
+        train: NPartyConfig,
+        followers: Sequence[str],
+        top_yaml: FLYamlData | None = None,
+    ) -> None:
         self._top_yaml = top_yaml
         self._followers = list(followers)
         super().__init__(data, comm, model_cfg, train, "leader", followers, 0)
@@ -318,8 +366,9 @@ class NLeader(_Base):
         t = self.train
         top_yaml = self._top_yaml or leader_top_yaml(self._followers, t.aggregate, t.secure, t.frac_bits)
         if sorted(followers_of(top_yaml)) != sorted(self._followers):
-            raise ValueError(f"the leader's top YAML lists followers {followers_of(top_yaml)} but the leader talks to "
-                             f"{self._followers}")
+            raise ValueError(
+                f"the leader's top YAML lists followers {followers_of(top_yaml)} but the leader talks to {self._followers}"
+            )
         self.aggs = aggregations(top_yaml)
         self.eval_aggs = aggregations(top_yaml, "eval_net")
         deep = self.aggs["follower_deep_embedding"]
@@ -327,8 +376,9 @@ class NLeader(_Base):
         width = deep_dim * (len(deep.parties) if deep.kind == "concat" else 1)
         self.bottom_net = WideDeepModel(len(LEADER_FIELDS), self.cfg)
         self.top_net = TopNet(deep_dim, width)
-        self.models["bottom"] = FLModel(self._yaml("leader_bottom.yaml"), self.bottom_net,
-                                        eval_network=_BottomEval(self.bottom_net))
+        self.models["bottom"] = FLModel(
+            self._yaml("leader_bottom.yaml"), self.bottom_net, eval_network=_BottomEval(self.bottom_net)
+        )
         self.models["top"] = FLModel(self._yaml(top_yaml), self.top_net, eval_network=_TopEval(self.top_net))
         self.local_peers: list[NFollower] = []  # train_local: the followers in this process, stepped in turn
         self.max_quantisation_error = max(a.error_bound() for a in self.aggs.values())
@@ -338,8 +388,7 @@ class NLeader(_Base):
 
     def gather(self, aggs: Mapping[str, Aggregation], kind: str) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, int]]]:
         """Every follower's frame (all of them, before anything is combined), then the combined inputs."""
-        got = {p: self.receive_step(p, "embeddings" if kind == "tensors" else "eval embeddings", kind)
-               for p in self._followers}
+        got = {p: self.receive_step(p, "embeddings" if kind == "tensors" else "eval embeddings", kind) for p in self._followers}
         widths = {name: {p: int(got[p][name].shape[1]) for p in a.parties} for name, a in aggs.items()}
         return {name: combine(a, {p: got[p][name] for p in a.parties}) for name, a in aggs.items()}, widths
 
@@ -349,10 +398,12 @@ class NLeader(_Base):
         feats = self.features(idx, "")
         mine = bottom.forward_one_step(feats)
         theirs, widths = self.gather(self.aggs, "tensors")
-        batch = {"leader_wide_embedding": mine["leader_wide_embedding"],
-                 "leader_deep_embedding": mine["leader_deep_embedding"],
-                 "label": torch.from_numpy(np.ascontiguousarray(self.data.labels[idx])).unsqueeze(1),
-                 "sample_id": torch.from_numpy(self.data.sample_ids[idx])}
+        batch = {
+            "leader_wide_embedding": mine["leader_wide_embedding"],
+            "leader_deep_embedding": mine["leader_deep_embedding"],
+            "label": torch.from_numpy(np.ascontiguousarray(self.data.labels[idx])).unsqueeze(1),
+            "sample_id": torch.from_numpy(self.data.sample_ids[idx]),
+        }
         out = top.forward_one_step(batch, theirs)
         scale = top.backward_one_step(batch, theirs)["loss"]
         per: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self._followers}
@@ -361,8 +412,7 @@ class NLeader(_Base):
                 per[p][name] = g
         for p in self._followers:
             self.send({"loss": per[p]}, step=self.step, peer=p)
-        bottom.backward_one_step(feats, sens={"loss": {k: scale[k] for k in ("leader_wide_embedding",
-                                                                          "leader_deep_embedding")}})
+        bottom.backward_one_step(feats, sens={"loss": {k: scale[k] for k in ("leader_wide_embedding", "leader_deep_embedding")}})
         wide_loss = float(out["loss"].detach())
         deep_loss = wide_loss + float(mine["leader_l2_regu"].detach())
         self.advance()
@@ -392,10 +442,15 @@ class NLeader(_Base):
             if self.step % self.train.log_every == 0 or self.step == self.total_steps:
                 w, d = (float(np.mean(v)) for v in zip(*window))
                 window.clear()
-                log.info("epoch %d step %d/%d wide_loss: %.6f deep_loss: %.6f", epoch,
-                         self.schedule.in_epoch(self.step), self.steps_per_epoch, w, d)
-                self.record(kind="train", epoch=epoch, step=self.step, wide_loss=w, deep_loss=d,
-                            seconds=time.perf_counter() - t0)
+                log.info(
+                    "epoch %d step %d/%d wide_loss: %.6f deep_loss: %.6f",
+                    epoch,
+                    self.schedule.in_epoch(self.step),
+                    self.steps_per_epoch,
+                    w,
+                    d,
+                )
+                self.record(kind="train", epoch=epoch, step=self.step, wide_loss=w, deep_loss=d, seconds=time.perf_counter() - t0)
             if self.schedule.epoch_done(self.step):
                 for f in self.local_peers:
                     f.evaluate()
@@ -405,9 +460,15 @@ class NLeader(_Base):
         return self.history
 
 
-def make_local(leader_data: PartyData, follower_data: Sequence[PartyData], model_cfg: WideDeepConfig,
-               train: NPartyConfig, *, top_yaml: FLYamlData | None = None,
-               through_codecs: bool = False) -> tuple[NLeader, list[NFollower]]:
+def make_local(
+    leader_data: PartyData,
+    follower_data: Sequence[PartyData],
+    model_cfg: WideDeepConfig,
+    train: NPartyConfig,
+    *,
+    top_yaml: FLYamlData | None = None,
+    through_codecs: bool = False,
+) -> tuple[NLeader, list[NFollower]]:
     """Every party in one process over in-process communicators (agreed, ready to train)."""
     from splitlink.channel import InProcessCommunicator, ServerConfig
 
@@ -422,11 +483,13 @@ def make_local(leader_data: PartyData, follower_data: Sequence[PartyData], model
         return t
 
     leader = NLeader(leader_data, None, model_cfg, opts("leader"), names, top_yaml)
-    followers = [NFollower(d, None, model_cfg, opts(n), n, ["leader", *[m for m in names if m != n]])
-                 for n, d in zip(names, follower_data)]
+    followers = [
+        NFollower(d, None, model_cfg, opts(n), n, ["leader", *[m for m in names if m != n]]) for n, d in zip(names, follower_data)
+    ]
     for p in [leader, *followers]:
-        p.comm = InProcessCommunicator(cfgs[p.me], [cfgs[q] for q in p.peers], p.compress_configs(), hub=hub,
-                                       through_codecs=through_codecs)
+        p.comm = InProcessCommunicator(
+            cfgs[p.me], [cfgs[q] for q in p.peers], p.compress_configs(), hub=hub, through_codecs=through_codecs
+        )
     for p in [leader, *followers]:
         p.save_start()
     for p in [leader, *followers]:
@@ -437,12 +500,17 @@ def make_local(leader_data: PartyData, follower_data: Sequence[PartyData], model
     return leader, followers
 
 
-def train_local(leader_data: PartyData, follower_data: Sequence[PartyData], model_cfg: WideDeepConfig,
-                train: NPartyConfig, *, top_yaml: FLYamlData | None = None,
-                through_codecs: bool = False) -> list[dict[str, Any]]:
+def train_local(
+    leader_data: PartyData,
+    follower_data: Sequence[PartyData],
+    model_cfg: WideDeepConfig,
+    train: NPartyConfig,
+    *,
+    top_yaml: FLYamlData | None = None,
+    through_codecs: bool = False,
+) -> list[dict[str, Any]]:
     """Every party in one process, steps interleaved; returns the leader's metrics."""
-    leader, _ = make_local(leader_data, follower_data, model_cfg, train, top_yaml=top_yaml,
-                           through_codecs=through_codecs)
+    leader, _ = make_local(leader_data, follower_data, model_cfg, train, top_yaml=top_yaml, through_codecs=through_codecs)
     return leader.train_loop()
 
 
@@ -456,8 +524,9 @@ def make_party(cfg: RunConfig) -> _Base:
         raise ValueError("a wide_deep_nparty run file lists every other party under peers: {name: host:port}")
     me = cfg.name or cfg.party
     m = cfg.model
-    model_cfg = WideDeepConfig(vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers),
-                               l2_coef=m.l2_coef, init_std=m.init_std)
+    model_cfg = WideDeepConfig(
+        vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers), l2_coef=m.l2_coef, init_std=m.init_std
+    )
     n = cfg.nparty
     train = cfg.train.options(NPartyConfig)
     if n is not None:
@@ -473,12 +542,14 @@ def make_party(cfg: RunConfig) -> _Base:
     return NFollower(data, None, model_cfg, train, me, peers)
 
 
-SCENARIO = register(Scenario("wide_deep_nparty", make_party,
-                             summary="Wide&Deep on Criteo, a leader and N followers (concat/sum/mean, secure sum)"))
+SCENARIO = register(
+    Scenario(
+        "wide_deep_nparty", make_party, summary="Wide&Deep on Criteo, a leader and N followers (concat/sum/mean, secure sum)"
+    )
+)
 
 
-def prepare_data(workdir: str | Path, rows: int, n_followers: int, *, seed: int = 0,
-                 vocab_size: int = 200_000) -> dict[str, Any]:
+def prepare_data(workdir: str | Path, rows: int, n_followers: int, *, seed: int = 0, vocab_size: int = 200_000) -> dict[str, Any]:
     """Synthetic Criteo rows as ``leader.npz`` and ``follower<k>.npz`` (the follower columns split
     ``n_followers`` ways, rows aligned); returns the signal's reference AUCs."""
     import json
@@ -498,9 +569,17 @@ def prepare_data(workdir: str | Path, rows: int, n_followers: int, *, seed: int 
     return info
 
 
-def write_run_files(workdir: str | Path, n_followers: int, *, aggregate: str = "sum", secure: bool = False,
-                    enable_ssl: bool = True, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
-                    ports: Sequence[int] | None = None) -> dict[str, Path]:
+def write_run_files(
+    workdir: str | Path,
+    n_followers: int,
+    *,
+    aggregate: str = "sum",
+    secure: bool = False,
+    enable_ssl: bool = True,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    ports: Sequence[int] | None = None,
+) -> dict[str, Path]:
     """One run file per party (``<name>_run.yaml``) for ``splitlink train``: each lists every other party
     under ``peers``; TLS certificates ``certs/<name>.{server,client}.p12`` (``splitlink certs --parties
     leader follower1 ...``)."""
@@ -515,9 +594,14 @@ def write_run_files(workdir: str | Path, n_followers: int, *, aggregate: str = "
     out = {}
     for name in names:
         cfg: dict[str, Any] = {
-            "scenario": "wide_deep_nparty", "party": "leader" if name == "leader" else "follower", "name": name,
-            "address": addr[name], "peers": {n: a for n, a in addr.items() if n != name},
-            "enable_ssl": enable_ssl, "data": f"{name}.npz", "threads": 1,
+            "scenario": "wide_deep_nparty",
+            "party": "leader" if name == "leader" else "follower",
+            "name": name,
+            "address": addr[name],
+            "peers": {n: a for n, a in addr.items() if n != name},
+            "enable_ssl": enable_ssl,
+            "data": f"{name}.npz",
+            "threads": 1,
             "model": model or {"vocab_size": 50_000, "emb_dim": 16, "deep_layers": [128, 64]},
             "train": {"ckpt_dir": f"checkpoints/{name}", "progress": False, **(train or {})},
             "log_file": f"{name}.log",
@@ -526,15 +610,21 @@ def write_run_files(workdir: str | Path, n_followers: int, *, aggregate: str = "
             cfg["nparty"] = {"aggregate": aggregate, "secure": secure}
             cfg["train"].setdefault("metrics_path", "metrics.jsonl")
         if enable_ssl:
-            cfg["ssl"] = {"server_cert_path": f"certs/{name}.server.p12", "client_cert_path": f"certs/{name}.client.p12",
-                          "ca_cert_path": "certs/ca.crt", "server_password": "splitlink", "client_password": "splitlink"}
+            cfg["ssl"] = {
+                "server_cert_path": f"certs/{name}.server.p12",
+                "client_cert_path": f"certs/{name}.client.p12",
+                "ca_cert_path": "certs/ca.crt",
+                "server_password": "splitlink",
+                "client_password": "splitlink",
+            }
         out[name] = d / f"{name}_run.yaml"
         out[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
 
 
-def train_unsplit(leader_data: PartyData, follower_data: Sequence[PartyData], model_cfg: WideDeepConfig,
-                  train: NPartyConfig) -> list[dict[str, Any]]:
+def train_unsplit(
+    leader_data: PartyData, follower_data: Sequence[PartyData], model_cfg: WideDeepConfig, train: NPartyConfig
+) -> list[dict[str, Any]]:
     """The same networks, initial weights and optimizers (built from the same YAMLs) as one model, trained
     centrally on the same batches (loss plus every bottom's L2 term, ``loss.backward()``); returns rows
     like the leader's metrics (``kind`` "train"/"eval", eval AUC each epoch): the unsplit reference."""
@@ -544,13 +634,16 @@ def train_unsplit(leader_data: PartyData, follower_data: Sequence[PartyData], mo
     agg = leader.aggs["follower_deep_embedding"].kind
     nets = [leader.bottom_net] + [f.net for f in followers]
     model = UnsplitModel(nets[0], nets[1:], leader.top_net, "sum" if agg == "single" else agg)
-    opts = [o for m in (leader.models["bottom"], leader.models["top"], *(f.models["bottom"] for f in followers))
-            for o in m.optimizers]
+    opts = [
+        o for m in (leader.models["bottom"], leader.models["top"], *(f.models["bottom"] for f in followers)) for o in m.optimizers
+    ]
     parties = [leader, *followers]
 
     def feats(idx: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(torch.from_numpy(np.ascontiguousarray(p.data.ids[idx])),
-                 torch.from_numpy(np.ascontiguousarray(p.data.wts[idx]))) for p in parties]
+        return [
+            (torch.from_numpy(np.ascontiguousarray(p.data.ids[idx])), torch.from_numpy(np.ascontiguousarray(p.data.wts[idx])))
+            for p in parties
+        ]
 
     rows: list[dict[str, Any]] = []
     assert leader_data.labels is not None

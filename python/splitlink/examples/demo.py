@@ -29,8 +29,8 @@ import numpy as np
 import yaml
 
 from splitlink.certs import make_dev_certs
-from splitlink.util import free_ports
 from splitlink.examples import criteo
+from splitlink.util import free_ports
 
 __all__ = ["run_demo", "plot_metrics", "leader_only_auc"]
 
@@ -56,8 +56,9 @@ def prepare_psi_data(workdir: Path, rows: int, seed: int, vocab_size: int, keep:
     for role in ("leader", "follower"):
         full = criteo.load_party(pre, role)
         take = rng.permutation(rows)[: int(rows * keep)]
-        mine = criteo.PartyData(full.sample_ids[take], full.ids[take], full.wts[take],
-                                None if full.labels is None else full.labels[take])
+        mine = criteo.PartyData(
+            full.sample_ids[take], full.ids[take], full.wts[take], None if full.labels is None else full.labels[take]
+        )
         criteo.write_party_csv(mine, workdir / f"{role}.csv", role)
     shutil.rmtree(pre)
     (workdir / "signal.json").write_text(json.dumps(info, indent=1))
@@ -70,11 +71,34 @@ def run_psi(workdir: Path, *, timeout: float = 600) -> dict[str, int]:
     procs = {}
     for i, role in enumerate(("leader", "follower")):
         c = workdir / "certs"
-        cmd = [sys.executable, "-m", "splitlink", "psi", "--role", role, "--input", str(workdir / f"{role}.csv"),
-               "--key", "sample_id", "--output", str(workdir / f"{role}_aligned.csv"),
-               "--address", f"127.0.0.1:{ports[i]}", "--peer", f"127.0.0.1:{ports[1 - i]}",
-               "--server-cert", str(c / f"{role}.server.p12"), "--client-cert", str(c / f"{role}.client.p12"),
-               "--ca-cert", str(c / "ca.crt"), "--server-password", "splitlink", "--client-password", "splitlink"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "splitlink",
+            "psi",
+            "--role",
+            role,
+            "--input",
+            str(workdir / f"{role}.csv"),
+            "--key",
+            "sample_id",
+            "--output",
+            str(workdir / f"{role}_aligned.csv"),
+            "--address",
+            f"127.0.0.1:{ports[i]}",
+            "--peer",
+            f"127.0.0.1:{ports[1 - i]}",
+            "--server-cert",
+            str(c / f"{role}.server.p12"),
+            "--client-cert",
+            str(c / f"{role}.client.p12"),
+            "--ca-cert",
+            str(c / "ca.crt"),
+            "--server-password",
+            "splitlink",
+            "--client-password",
+            "splitlink",
+        ]
         procs[role] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outs = {r: p.communicate(timeout=timeout)[0] for r, p in procs.items()}
     for r, p in procs.items():
@@ -88,28 +112,54 @@ def run_psi(workdir: Path, *, timeout: float = 600) -> dict[str, int]:
     return sizes
 
 
-def write_run_files(workdir: Path, *, epochs: int, batch_size: int, vocab_size: int, compress: bool = True,
-                    ckpt_every: int = 0, enable_ssl: bool = True, max_steps: int | None = None,
-                    progress: bool = True, log_every: int = 50, seed: int = 0,
-                    model: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_run_files(
+    workdir: Path,
+    *,
+    epochs: int,
+    batch_size: int,
+    vocab_size: int,
+    compress: bool = True,
+    ckpt_every: int = 0,
+    enable_ssl: bool = True,
+    max_steps: int | None = None,
+    progress: bool = True,
+    log_every: int = 50,
+    seed: int = 0,
+    model: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     ports = free_ports(2)
     out = {}
     for i, role in enumerate(("leader", "follower")):
         peer_port = ports[1 - i]
         cfg: dict[str, Any] = {
-            "scenario": "criteo_wide_deep", "party": role,
-            "address": f"127.0.0.1:{ports[i]}", "peer_address": f"127.0.0.1:{peer_port}",
+            "scenario": "criteo_wide_deep",
+            "party": role,
+            "address": f"127.0.0.1:{ports[i]}",
+            "peer_address": f"127.0.0.1:{peer_port}",
             "enable_ssl": enable_ssl,
-            "data": f"{role}.npz", "threads": 1,
+            "data": f"{role}.npz",
+            "threads": 1,
             "model": model or {"vocab_size": vocab_size, "emb_dim": 16, "deep_layers": [128, 64]},
-            "train": {"epochs": epochs, "batch_size": batch_size, "log_every": log_every, "compress": compress,
-                      "ckpt_every": ckpt_every, "ckpt_dir": f"checkpoints/{role}", "seed": seed,
-                      "progress": progress and role == "leader"},
+            "train": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "log_every": log_every,
+                "compress": compress,
+                "ckpt_every": ckpt_every,
+                "ckpt_dir": f"checkpoints/{role}",
+                "seed": seed,
+                "progress": progress and role == "leader",
+            },
             "log_file": f"{role}.log",
         }
         if enable_ssl:
-            cfg["ssl"] = {"server_cert_path": f"certs/{role}.server.p12", "client_cert_path": f"certs/{role}.client.p12",
-                          "ca_cert_path": "certs/ca.crt", "server_password": "splitlink", "client_password": "splitlink"}
+            cfg["ssl"] = {
+                "server_cert_path": f"certs/{role}.server.p12",
+                "client_cert_path": f"certs/{role}.client.p12",
+                "ca_cert_path": "certs/ca.crt",
+                "server_password": "splitlink",
+                "client_password": "splitlink",
+            }
         if max_steps is not None:
             cfg["train"]["max_steps"] = max_steps
         if role == "leader":
@@ -210,19 +260,34 @@ def leader_only_auc(workdir: str | os.PathLike[str], run_file: str | os.PathLike
     follower = criteo.load_party(wd / "follower.npz", "follower")
     blank = criteo.PartyData(follower.sample_ids, np.zeros_like(follower.ids), np.zeros_like(follower.wts), None)
     m = cfg.model
-    model = wide_deep.WideDeepConfig(vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers),
-                                     l2_coef=m.l2_coef, init_std=m.init_std)
+    model = wide_deep.WideDeepConfig(
+        vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers), l2_coef=m.l2_coef, init_std=m.init_std
+    )
     t = cfg.train
-    train = wide_deep.TrainConfig(epochs=t.epochs, batch_size=t.batch_size, eval_fraction=t.eval_fraction, seed=t.seed,
-                                  compress=False, progress=False, log_every=10**9,
-                                  ckpt_dir=str(wd / "checkpoints" / "leader_only"))
+    train = wide_deep.TrainConfig(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        eval_fraction=t.eval_fraction,
+        seed=t.seed,
+        compress=False,
+        progress=False,
+        log_every=10**9,
+        ckpt_dir=str(wd / "checkpoints" / "leader_only"),
+    )
     evals = [r for r in wide_deep.train_local(leader, blank, model, train) if r["kind"] == "eval"]
     return float(evals[-1]["auc"])
 
 
-def run_demo(workdir: str | os.PathLike[str] = "splitlink-demo", *, rows: int = 60_000, epochs: int = 3,
-             batch_size: int = 500, vocab_size: int = 50_000, seed: int = 1,
-             baseline: bool = False) -> dict[str, Any]:
+def run_demo(
+    workdir: str | os.PathLike[str] = "splitlink-demo",
+    *,
+    rows: int = 60_000,
+    epochs: int = 3,
+    batch_size: int = 500,
+    vocab_size: int = 50_000,
+    seed: int = 1,
+    baseline: bool = False,
+) -> dict[str, Any]:
     """The demo; ``baseline=True`` also trains the leader-only model (:func:`leader_only_auc`) and reports
     its measured held-out AUC as ``measured_leader_only_auc``."""
     t0 = time.perf_counter()
@@ -239,37 +304,49 @@ def run_demo(workdir: str | os.PathLike[str] = "splitlink-demo", *, rows: int = 
     make_dev_certs(wd / "certs", ["leader", "follower"])
     print("  [1/4] development certificates: certs/ (CA, leader and follower server/client .p12)")
     info = prepare_psi_data(wd, rows, seed, vocab_size)
-    print(f"  [2/4] synthetic Criteo data: {rows} samples; the leader holds 90% of them (20 fields + labels, "
-          f"leader.csv), the follower another 90% (19 fields, follower.csv), each in its own order; the signal "
-          f"allows AUC {info['oracle_auc']:.3f} (leader's columns alone: ~{info['leader_only_auc']:.3f})")
+    print(
+        f"  [2/4] synthetic Criteo data: {rows} samples; the leader holds 90% of them (20 fields + labels, "
+        f"leader.csv), the follower another 90% (19 fields, follower.csv), each in its own order; the signal "
+        f"allows AUC {info['oracle_auc']:.3f} (leader's columns alone: ~{info['leader_only_auc']:.3f})"
+    )
     t_psi = time.perf_counter()
     sizes = run_psi(wd)
-    print(f"        private set intersection over mTLS: {sizes['leader']} shared samples aligned in "
-          f"{time.perf_counter() - t_psi:.1f} s (leader_aligned.csv / follower_aligned.csv); neither side saw the "
-          "other's other ids")
+    print(
+        f"        private set intersection over mTLS: {sizes['leader']} shared samples aligned in "
+        f"{time.perf_counter() - t_psi:.1f} s (leader_aligned.csv / follower_aligned.csv); neither side saw the "
+        "other's other ids"
+    )
     runs = write_run_files(wd, epochs=epochs, batch_size=batch_size, vocab_size=vocab_size, log_every=20)
-    print("  [3/4] training: leader and follower processes on 127.0.0.1, mTLS, follower embeddings and "
-          "gradients min-max 6-bit; logs in leader.log / follower.log")
+    print(
+        "  [3/4] training: leader and follower processes on 127.0.0.1, mTLS, follower embeddings and "
+        "gradients min-max 6-bit; logs in leader.log / follower.log"
+    )
     launch(runs)
     rows_ = read_metrics(wd / "metrics.jsonl")
     evals = [r for r in rows_ if r["kind"] == "eval"]
-    png = plot_metrics(rows_, wd / "loss.png", "splitlink demo: Wide&Deep split, leader + follower over mTLS",
-                       {"AUC the planted signal allows": info["oracle_auc"],
-                        "leader's columns alone (approx.)": info["leader_only_auc"]})
+    png = plot_metrics(
+        rows_,
+        wd / "loss.png",
+        "splitlink demo: Wide&Deep split, leader + follower over mTLS",
+        {"AUC the planted signal allows": info["oracle_auc"], "leader's columns alone (approx.)": info["leader_only_auc"]},
+    )
     wall = time.perf_counter() - t0
     print("  [4/4] results:")
     for r in evals:
         print(f"        epoch {r['epoch']}: held-out AUC {r['auc']:.4f}")
     final = evals[-1]["auc"] if evals else float("nan")
-    print(f"        final AUC {final:.4f}; the leader's columns alone allow ~{info['leader_only_auc']:.3f}, "
-          f"the planted signal at most {info['oracle_auc']:.3f}")
+    print(
+        f"        final AUC {final:.4f}; the leader's columns alone allow ~{info['leader_only_auc']:.3f}, "
+        f"the planted signal at most {info['oracle_auc']:.3f}"
+    )
     measured = {}
     if baseline:
         t_base = time.perf_counter()
         measured["measured_leader_only_auc"] = leader_only_auc(wd, runs["leader"])
-        print(f"        the same model trained on the leader's columns alone (follower's blanked): held-out AUC "
-              f"{measured['measured_leader_only_auc']:.4f} ({time.perf_counter() - t_base:.0f} s)")
+        print(
+            f"        the same model trained on the leader's columns alone (follower's blanked): held-out AUC "
+            f"{measured['measured_leader_only_auc']:.4f} ({time.perf_counter() - t_base:.0f} s)"
+        )
     print(f"        loss plot: {png}")
     print(f"        wall time: {wall:.0f} s")
-    return {"auc": final, "wall_s": wall, "plot": str(png), "aligned": sizes["leader"], "evals": evals, **info,
-            **measured}
+    return {"auc": final, "wall_s": wall, "plot": str(png), "aligned": sizes["leader"], "evals": evals, **info, **measured}

@@ -20,8 +20,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FAMILIES", "docstring_corpus", "encode", "make_splits", "write_job", "prepare", "central_baseline",
-           "run_processes", "SCENARIO"]
+__all__ = [
+    "FAMILIES",
+    "docstring_corpus",
+    "encode",
+    "make_splits",
+    "write_job",
+    "prepare",
+    "central_baseline",
+    "run_processes",
+    "SCENARIO",
+]
 
 FAMILIES = ("asyncio", "email", "unittest", "xml")
 PAD, EOT = 0, 257
@@ -80,8 +89,9 @@ def encode(texts: list[str], max_len: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def make_splits(n_clients: int, *, max_len: int = 64, seed: int = 0, non_iid: bool = False,
-                eval_fraction: float = 0.2) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+def make_splits(
+    n_clients: int, *, max_len: int = 64, seed: int = 0, non_iid: bool = False, eval_fraction: float = 0.2
+) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """(per-client training rows, held-out rows)."""
     texts, labels = docstring_corpus()
     enc = encode(texts, max_len)
@@ -108,10 +118,23 @@ def make_splits(n_clients: int, *, max_len: int = 64, seed: int = 0, non_iid: bo
     return clients, held
 
 
-def write_job(workdir: Path, clients: list[str], ports: list[int], *, mode: str = "lora", epochs: int = 2,
-              batch_size: int = 16, lr: float = 1e-3, enable_ssl: bool = True, seed: int = 0,
-              model: dict[str, Any] | None = None, deepspeed: dict[str, Any] | None = None,
-              extra: dict[str, Any] | None = None, secure: bool = True, clip: float = 1.0) -> Path:
+def write_job(
+    workdir: Path,
+    clients: list[str],
+    ports: list[int],
+    *,
+    mode: str = "lora",
+    epochs: int = 2,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    enable_ssl: bool = True,
+    seed: int = 0,
+    model: dict[str, Any] | None = None,
+    deepspeed: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    secure: bool = True,
+    clip: float = 1.0,
+) -> Path:
     """The job file of an aggregator ``arbiter`` and ``clients`` (data in ``<name>.npz``, held-out rows in
     ``eval.npz``) on 127.0.0.1 ``ports`` (aggregator first). ``secure``: SecAgg+ aggregation (the default, as
     the seed's ``aggregator="secure_aggregate"``), each element of a client's weighted round update clipped to
@@ -122,16 +145,28 @@ def write_job(workdir: Path, clients: list[str], ports: list[int], *, mode: str 
     job: dict[str, Any] = {
         "session_id": "homo_gpt2",
         "aggregator": {"name": "arbiter", "address": f"127.0.0.1:{ports[0]}"},
-        "clients": [{"name": c, "address": f"127.0.0.1:{p}", "data": f"{c}.npz", "eval_data": "eval.npz"}
-                    for c, p in zip(clients, ports[1:])],
+        "clients": [
+            {"name": c, "address": f"127.0.0.1:{p}", "data": f"{c}.npz", "eval_data": "eval.npz"}
+            for c, p in zip(clients, ports[1:])
+        ],
         "enable_ssl": enable_ssl,
-        "fed_args": {"aggregate_strategy": "epoch", "aggregate_freq": 1, "aggregator": "secure" if secure else "fedavg",
-                     "round_deadline": 600, "min_clients": len(clients),
-                     **({"secure": {"clip": clip, "bits": 16}} if secure else {})},
-        "training_args": {"num_train_epochs": epochs, "per_device_train_batch_size": batch_size, "learning_rate": lr,
-                          "optim": "adam", "seed": seed},
-        "model": model or {"vocab_size": VOCAB, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4,
-                           "num_labels": len(FAMILIES)},
+        "fed_args": {
+            "aggregate_strategy": "epoch",
+            "aggregate_freq": 1,
+            "aggregator": "secure" if secure else "fedavg",
+            "round_deadline": 600,
+            "min_clients": len(clients),
+            **({"secure": {"clip": clip, "bits": 16}} if secure else {}),
+        },
+        "training_args": {
+            "num_train_epochs": epochs,
+            "per_device_train_batch_size": batch_size,
+            "learning_rate": lr,
+            "optim": "adam",
+            "seed": seed,
+        },
+        "model": model
+        or {"vocab_size": VOCAB, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "num_labels": len(FAMILIES)},
         "peft": {"type": mode if mode != "full" else "none", "r": 8, "lora_alpha": 16, "target_modules": ["c_attn"]},
         "metrics_path": "metrics.jsonl",
     }
@@ -146,8 +181,18 @@ def write_job(workdir: Path, clients: list[str], ports: list[int], *, mode: str 
     return path
 
 
-def prepare(workdir: str | Path, *, clients: int = 2, mode: str = "lora", non_iid: bool = False, epochs: int = 3,
-            max_len: int = 64, seed: int = 0, enable_ssl: bool = True, **job: Any) -> Path:
+def prepare(
+    workdir: str | Path,
+    *,
+    clients: int = 2,
+    mode: str = "lora",
+    non_iid: bool = False,
+    epochs: int = 3,
+    max_len: int = 64,
+    seed: int = 0,
+    enable_ssl: bool = True,
+    **job: Any,
+) -> Path:
     """Writes the clients' data (``<name>.npz``), the held-out rows (``eval.npz``), the union of the clients'
     rows (``union.npz``, for the central baseline), certificates and ``job.yaml`` under ``workdir``."""
     from splitlink.certs import make_dev_certs
@@ -163,10 +208,10 @@ def prepare(workdir: str | Path, *, clients: int = 2, mode: str = "lora", non_ii
     np.savez(w / "union.npz", **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})  # type: ignore[arg-type]
     if enable_ssl:
         make_dev_certs(w / "certs", ["arbiter", *names])
-    model = {"vocab_size": VOCAB, "n_positions": max_len, "n_embd": 64, "n_layer": 2, "n_head": 4,
-             "num_labels": len(FAMILIES)}
-    return write_job(w, names, free_ports(clients + 1), mode=mode, epochs=epochs, enable_ssl=enable_ssl, seed=seed,
-                     model=model, **job)
+    model = {"vocab_size": VOCAB, "n_positions": max_len, "n_embd": 64, "n_layer": 2, "n_head": 4, "num_labels": len(FAMILIES)}
+    return write_job(
+        w, names, free_ports(clients + 1), mode=mode, epochs=epochs, enable_ssl=enable_ssl, seed=seed, model=model, **job
+    )
 
 
 def central_baseline(job_path: str | Path) -> dict[str, float]:
@@ -182,10 +227,16 @@ def central_baseline(job_path: str | Path) -> dict[str, float]:
 
     cfg = load_job(job_path)
     w = Path(cfg.source).parent
-    one = cfg.model_copy(update={"clients": [cfg.clients[0].model_copy(update={"data": str(w / "union.npz")})],
-                                 "fed_args": cfg.fed_args.model_copy(update={"min_clients": 1, "clients_per_round": None,
-                                                                             "aggregator": "fedavg", "secure": None}),
-                                 "checkpoint": cfg.checkpoint.model_copy(update={"every": 0}), "metrics_path": None})
+    one = cfg.model_copy(
+        update={
+            "clients": [cfg.clients[0].model_copy(update={"data": str(w / "union.npz")})],
+            "fed_args": cfg.fed_args.model_copy(
+                update={"min_clients": 1, "clients_per_round": None, "aggregator": "fedavg", "secure": None}
+            ),
+            "checkpoint": cfg.checkpoint.model_copy(update={"every": 0}),
+            "metrics_path": None,
+        }
+    )
     t = build_trainer(one, one.clients[0].name)
     make_aggregator(one, LocalTransport({t.name: t})).run()
     result: dict[str, float] = t.evaluate(load_npz(str(w / "eval.npz")))
@@ -202,8 +253,15 @@ def run_processes(job_path: str | Path, *, timeout: float = 1800) -> dict[str, A
 
     cfg = load_job(job_path)
     cmds = {cfg.aggregator.name: ["aggregator"], **{c.name: ["client", "--name", c.name] for c in cfg.clients}}
-    procs = {n: subprocess.Popen([sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job_path)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n, c in cmds.items()}
+    procs = {
+        n: subprocess.Popen(
+            [sys.executable, "-m", "splitlink", "fl", *c, "--job", str(job_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n, c in cmds.items()
+    }
     outs = {n: p.communicate(timeout=timeout) for n, p in procs.items()}
     for n, p in procs.items():
         if p.returncode != 0:
@@ -212,9 +270,11 @@ def run_processes(job_path: str | Path, *, timeout: float = 1800) -> dict[str, A
 
 
 def _not_a_split(cfg: Any) -> Any:
-    raise ValueError("homo_gpt2 is a horizontal federation (an aggregator and N clients), not a two-party split: "
-                     "describe it in a job file and run `splitlink fl aggregator --job job.yaml` and "
-                     "`splitlink fl client --job job.yaml --name <client>` (examples/homo_gpt2/prepare.py writes one)")
+    raise ValueError(
+        "homo_gpt2 is a horizontal federation (an aggregator and N clients), not a two-party split: "
+        "describe it in a job file and run `splitlink fl aggregator --job job.yaml` and "
+        "`splitlink fl client --job job.yaml --name <client>` (examples/homo_gpt2/prepare.py writes one)"
+    )
 
 
 def _demo(workdir: str | Path, **kw: Any) -> dict[str, Any]:
@@ -225,8 +285,13 @@ def _demo(workdir: str | Path, **kw: Any) -> dict[str, Any]:
 def _scenario() -> Any:
     from splitlink.runtime.registry import Scenario
 
-    return Scenario("homo_gpt2", make_party=_not_a_split, needs_data=lambda party: False,
-                    summary="FATE Homo-NN GPT-2: FedAvg with secure aggregation (SecAgg+) over mTLS, LoRA/IA3 adapters (splitlink fl)", demo=_demo)
+    return Scenario(
+        "homo_gpt2",
+        make_party=_not_a_split,
+        needs_data=lambda party: False,
+        summary="FATE Homo-NN GPT-2: FedAvg with secure aggregation (SecAgg+) over mTLS, LoRA/IA3 adapters (splitlink fl)",
+        demo=_demo,
+    )
 
 
 SCENARIO = _scenario()

@@ -44,8 +44,20 @@ from splitlink.runtime.registry import Scenario, register
 from splitlink.runtime.run_config import RunConfig
 from splitlink.runtime.schedule import Schedule
 
-__all__ = ["PanguConfig", "CONFIGS", "EmbeddingNet", "BackboneNet", "HeadNet", "TokenDataset", "preprocess_corpus",
-           "stdlib_corpus", "PartyA", "PartyB", "train_local", "train_unsplit"]
+__all__ = [
+    "PanguConfig",
+    "CONFIGS",
+    "EmbeddingNet",
+    "BackboneNet",
+    "HeadNet",
+    "TokenDataset",
+    "preprocess_corpus",
+    "stdlib_corpus",
+    "PartyA",
+    "PartyB",
+    "train_local",
+    "train_unsplit",
+]
 
 log = logging.getLogger("splitlink.examples.pangu")
 YAMLS = YAML_DIR / "pangu_alpha"
@@ -96,7 +108,8 @@ class Block(nn.Module):
         if query is not None:  # the top query layer: the query is a learned function of the position
             q = F.linear(query, self.qkv.weight[: x.shape[-1]], self.qkv.bias[: x.shape[-1]])
         x = x + self.proj(_attention(q, k, v, mask, self.heads))
-        return x + self.mlp(self.ln2(x))
+        out: torch.Tensor = x + self.mlp(self.ln2(x))
+        return out
 
 
 class EmbeddingNet(nn.Module):
@@ -110,8 +123,9 @@ class EmbeddingNet(nn.Module):
         for e in (self.word_embedding, self.position_embedding):
             nn.init.normal_(e.weight, std=cfg.init_std)
 
-    def forward(self, input_ids: torch.Tensor, position_id: torch.Tensor,
-                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, position_id: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.word_embedding(input_ids) + self.position_embedding(position_id)
         return x, self.word_embedding.weight, attention_mask
 
@@ -128,7 +142,8 @@ class BackboneNet(nn.Module):
         x = embedding_table
         for block in self.backbone:
             x = block(x, attention_mask)
-        return self.backbone_ln(x)
+        out: torch.Tensor = self.backbone_ln(x)
+        return out
 
 
 class HeadNet(nn.Module):
@@ -141,13 +156,21 @@ class HeadNet(nn.Module):
         self.top_query_layer = Block(cfg)
         self.top_query_ln = nn.LayerNorm(cfg.hidden_size)
 
-    def logits(self, hidden_states: torch.Tensor, word_table: torch.Tensor, position_id: torch.Tensor,
-               attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, hidden_states: torch.Tensor, word_table: torch.Tensor, position_id: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         x = self.top_query_layer(hidden_states, attention_mask, query=self.top_query_embedding(position_id))
-        return self.top_query_ln(x) @ word_table.t()
+        out: torch.Tensor = self.top_query_ln(x) @ word_table.t()
+        return out
 
-    def forward(self, hidden_states: torch.Tensor, input_ids: torch.Tensor, word_table: torch.Tensor,
-                position_id: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        input_ids: torch.Tensor,
+        word_table: torch.Tensor,
+        position_id: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
         logits = self.logits(hidden_states, word_table, position_id, attention_mask)
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1))
 
@@ -172,8 +195,13 @@ def stdlib_corpus(out_dir: str | os.PathLike[str], max_bytes: int = 4 << 20) -> 
     return out
 
 
-def preprocess_corpus(text_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, vocab_size: int = 2048,
-                      tokenizer: str | os.PathLike[str] | None = None) -> Path:
+def preprocess_corpus(
+    text_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    vocab_size: int = 2048,
+    tokenizer: str | os.PathLike[str] | None = None,
+) -> Path:
     """Text files -> ``tokens.npy`` (one stream, documents separated by the EOD token), ``tokenizer.json``.
 
     The tokenizer is a byte-level BPE trained on the corpus with the ``tokenizers`` package, or the
@@ -192,8 +220,12 @@ def preprocess_corpus(text_dir: str | os.PathLike[str], out_dir: str | os.PathLi
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eod>"], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<eod>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tok.train(files, trainer)
     eod = tok.token_to_id("<eod>")
     if eod is None:
@@ -206,8 +238,9 @@ def preprocess_corpus(text_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     tokens = np.concatenate(pieces)
     np.save(out / "tokens.npy", tokens.astype(np.uint16 if tok.get_vocab_size() < 65536 else np.int32))
     tok.save(str(out / "tokenizer.json"))
-    (out / "meta.json").write_text(json.dumps({"vocab_size": tok.get_vocab_size(), "eod": eod, "tokens": int(len(tokens)),
-                                               "documents": len(files)}))
+    (out / "meta.json").write_text(
+        json.dumps({"vocab_size": tok.get_vocab_size(), "eod": eod, "tokens": int(len(tokens)), "documents": len(files)})
+    )
     return out
 
 
@@ -230,15 +263,18 @@ class TokenDataset:
 
     def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         s = self.seq
-        ids = np.stack([np.asarray(self.tokens[r * s:(r + 1) * s], dtype=np.int64) for r in rows])
+        ids = np.stack([np.asarray(self.tokens[r * s : (r + 1) * s], dtype=np.int64) for r in rows])
         # document index of each token: a new document starts after an EOD
         doc = np.concatenate([np.zeros((len(rows), 1), np.int64), np.cumsum(ids[:, :-1] == self.eod, axis=1)], axis=1)
         starts = np.maximum.accumulate(np.where(np.diff(doc, prepend=-1, axis=1) != 0, np.arange(s), 0), axis=1)
         pos = np.arange(s) - starts
         causal = np.tril(np.ones((s, s), dtype=bool))
         mask = (doc[:, :, None] == doc[:, None, :]) & causal
-        return {"input_ids": torch.from_numpy(ids), "position_id": torch.from_numpy(pos),
-                "attention_mask": torch.from_numpy(mask)}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "position_id": torch.from_numpy(pos),
+            "attention_mask": torch.from_numpy(mask),
+        }
 
 
 # ---- the parties --------------------------------------------------------------------------------
@@ -247,11 +283,11 @@ class TokenDataset:
 @dataclass
 class TrainConfig(TrainOptions):
     log_every: int = 10
-    compress: bool = False          # the YAML's codecs on hidden states and their gradients
+    compress: bool = False  # the YAML's codecs on hidden states and their gradients
     embedding_dp: bool = False
-    deepspeed: bool = True          # party B's backbone under DeepSpeed (the YAML's config)
+    deepspeed: bool = True  # party B's backbone under DeepSpeed (the YAML's config)
     lr: float | None = None
-    zero_stage: int | None = None   # party B: the DeepSpeed config's ZeRO stage instead of the YAML's
+    zero_stage: int | None = None  # party B: the DeepSpeed config's ZeRO stage instead of the YAML's
 
 
 def _yaml(name: str, train: TrainConfig, *, drop_deepspeed: bool = False, extra: dict[str, Any] | None = None) -> FLYamlData:
@@ -279,8 +315,9 @@ class PartyA(Party[TrainConfig]):
     label, peer_label, manifest_tag = "party A", "party B", "A"
     logger = log
 
-    def __init__(self, cfg: PanguConfig, data: TokenDataset, comm: Any, train: TrainConfig,
-                 eval_data: TokenDataset | None = None) -> None:
+    def __init__(
+        self, cfg: PanguConfig, data: TokenDataset, comm: Any, train: TrainConfig, eval_data: TokenDataset | None = None
+    ) -> None:
         super().__init__(comm, train)
         self.cfg, self.data, self.eval_data = cfg, data, eval_data
         dev = self.device
@@ -288,8 +325,21 @@ class PartyA(Party[TrainConfig]):
         self.embedding = EmbeddingNet(cfg).to(dev)  # initialised on the CPU (same weights on any device)
         torch.manual_seed(train.seed + 2)
         self.head = HeadNet(cfg).to(dev)
-        extra = {"privacy": {"embedding_dp": {"mechanism": "gaussian", "clip_norm": 1.0, "noise_multiplier": 1.0,
-                                              "delta": 1e-5, "seed": train.seed}}} if train.embedding_dp else None
+        extra = (
+            {
+                "privacy": {
+                    "embedding_dp": {
+                        "mechanism": "gaussian",
+                        "clip_norm": 1.0,
+                        "noise_multiplier": 1.0,
+                        "delta": 1e-5,
+                        "seed": train.seed,
+                    }
+                }
+            }
+            if train.embedding_dp
+            else None
+        )
         self.emb_model = FLModel(_yaml("embedding.yaml", train, extra=extra), self.embedding)
         self.head_model = FLModel(_yaml("head.yaml", train), self.head)
         self.models.update(embedding=self.emb_model, head=self.head_model)
@@ -311,8 +361,12 @@ class PartyA(Party[TrainConfig]):
 
     def head_step(self) -> float:
         hidden = self.receive()
-        local = {"input_ids": self._batch["input_ids"], "position_id": self._batch["position_id"],
-                 "attention_mask": self._batch["attention_mask"], "word_table": self._word_table}
+        local = {
+            "input_ids": self._batch["input_ids"],
+            "position_id": self._batch["position_id"],
+            "attention_mask": self._batch["attention_mask"],
+            "word_table": self._word_table,
+        }
         out = self.head_model.forward_one_step(local, hidden)
         scale = self.head_model.backward_one_step(local, hidden)["output"]
         self._word_grad = scale["word_table"]
@@ -342,13 +396,20 @@ class PartyA(Party[TrainConfig]):
             batches[i] = self.data.batch(parts[i])
             e = self.emb_model.forward_one_step(batches[i])
             tables[i], pend[i] = e["word_table"], self.emb_model.take_pending()
-            return {"embedding_table": e["embedding_table"], "attention_mask": e["attention_mask"],
-                    pipeline.MICRO_KEY: pipeline.micro_tag(i, n, self.train.micro_batches)}
+            return {
+                "embedding_table": e["embedding_table"],
+                "attention_mask": e["attention_mask"],
+                pipeline.MICRO_KEY: pipeline.micro_tag(i, n, self.train.micro_batches),
+            }
 
         def head(i: int, hidden: Any) -> dict[str, Any]:
             b = batches[i]
-            local = {"input_ids": b["input_ids"], "position_id": b["position_id"],
-                     "attention_mask": b["attention_mask"], "word_table": tables[i]}
+            local = {
+                "input_ids": b["input_ids"],
+                "position_id": b["position_id"],
+                "attention_mask": b["attention_mask"],
+                "word_table": tables[i],
+            }
             out = self.head_model.forward_one_step(local, hidden)
             scale = self.head_model.backward_one_step(local, hidden, step=i == last, loss_weight=w[i])["output"]
             word_grads[i] = scale["word_table"]
@@ -358,12 +419,15 @@ class PartyA(Party[TrainConfig]):
         def emb_backward(i: int, bb_scale: Any) -> None:
             self.emb_model.put_pending(pend[i])
             pend[i] = None
-            self.emb_model.backward_one_step(batches[i], sens={**bb_scale, "output": {"word_table": word_grads[i]}},
-                                             step=i == last, loss_weight=w[i])
+            self.emb_model.backward_one_step(
+                batches[i], sens={**bb_scale, "output": {"word_table": word_grads[i]}}, step=i == last, loss_weight=w[i]
+            )
 
-        return [[pipeline.Stage("embedding forward", emb_forward, sends=True)],
-                [pipeline.Stage("head", head, receives=True, sends=True)],
-                [pipeline.Stage("embedding backward", emb_backward, receives=True)]]
+        return [
+            [pipeline.Stage("embedding forward", emb_forward, sends=True)],
+            [pipeline.Stage("head", head, receives=True, sends=True)],
+            [pipeline.Stage("embedding backward", emb_backward, receives=True)],
+        ]
 
     def pipelined_step(self, rows: np.ndarray) -> float:
         stages = self.pipeline_stages(rows)
@@ -373,8 +437,9 @@ class PartyA(Party[TrainConfig]):
             pipeline.run_stages(self, [s for group in stages for s in group], count)
         else:
             b_stages = b.pipeline_stages(count)
-            pipeline.run_local([(self, stages[0][0]), (b, b_stages[0]), (self, stages[1][0]), (b, b_stages[1]),
-                                (self, stages[2][0])], count)
+            pipeline.run_local(
+                [(self, stages[0][0]), (b, b_stages[0]), (self, stages[1][0]), (b, b_stages[1]), (self, stages[2][0])], count
+            )
             b.advance()
         self.advance()
         return self._loss
@@ -391,8 +456,17 @@ class PartyA(Party[TrainConfig]):
             self.send({"embedding_table": e["embedding_table"], "attention_mask": e["attention_mask"]}, kind="eval")
             hidden = self.receive(kind="eval")["hidden_states"]
             dev = self.emb_model.device
-            losses.append(float(self.head(to_device(hidden, dev), to_device(b["input_ids"], dev), e["word_table"],
-                                          to_device(b["position_id"], dev), to_device(b["attention_mask"], dev))))
+            losses.append(
+                float(
+                    self.head(
+                        to_device(hidden, dev),
+                        to_device(b["input_ids"], dev),
+                        e["word_table"],
+                        to_device(b["position_id"], dev),
+                        to_device(b["attention_mask"], dev),
+                    )
+                )
+            )
         return float(np.mean(losses)) if losses else float("nan")
 
     def train_loop(self) -> list[dict[str, Any]]:
@@ -411,8 +485,7 @@ class PartyA(Party[TrainConfig]):
                 self.backward()
             self.record(kind="train", epoch=epoch, step=self.step, loss=loss, seconds=time.perf_counter() - t0)
             if self.step % self.train.log_every == 0 or self.step == self.total:
-                log.info("epoch %d step %d/%d loss: %.6f", epoch, self.schedule.in_epoch(self.step),
-                         self.steps_per_epoch, loss)
+                log.info("epoch %d step %d/%d loss: %.6f", epoch, self.schedule.in_epoch(self.step), self.steps_per_epoch, loss)
             if self.eval_data is not None and b is None and self.schedule.epoch_done(self.step):
                 ev = self.evaluate()
                 log.info("epoch %d eval loss: %.6f (perplexity %.1f)", epoch, ev, float(np.exp(ev)))
@@ -435,8 +508,10 @@ class PartyB(Party[TrainConfig]):
         self.cfg = cfg
         dev = self.device
         if train.deepspeed and dev.type == "cpu" and torch.cuda.is_available():
-            raise ValueError("party B: under DeepSpeed the backbone runs on DeepSpeed's accelerator (cuda on this "
-                             "machine); pass --no-deepspeed (train.deepspeed: false) to run it on the cpu")
+            raise ValueError(
+                "party B: under DeepSpeed the backbone runs on DeepSpeed's accelerator (cuda on this "
+                "machine); pass --no-deepspeed (train.deepspeed: false) to run it on the cpu"
+            )
         torch.manual_seed(train.seed + 1)
         self.backbone = BackboneNet(cfg).to(dev)  # under DeepSpeed its engine places it (engine.device)
         self.model = FLModel(_yaml("backbone.yaml", train, drop_deepspeed=not train.deepspeed), self.backbone)
@@ -481,13 +556,15 @@ class PartyB(Party[TrainConfig]):
                 sens = {s: {n: g * k for n, g in inner.items()} for s, inner in sens.items()}
             self.model.put_pending(pend[i])
             pend[i] = None
-            g = self.model.backward_one_step(None, remote[i], sens=sens, step=i == count - 1)
+            scales = self.model.backward_one_step(None, remote[i], sens=sens, step=i == count - 1)
             remote[i] = None
-            g = g["hidden_states"]["embedding_table"]
+            g = scales["hidden_states"]["embedding_table"]
             return {"hidden_states": {"embedding_table": g / k if k != 1.0 else g}}
 
-        return [pipeline.Stage("backbone forward", forward, receives=True, sends=True),
-                pipeline.Stage("backbone backward", backward, receives=True, sends=True)]
+        return [
+            pipeline.Stage("backbone forward", forward, receives=True, sends=True),
+            pipeline.Stage("backbone backward", backward, receives=True, sends=True),
+        ]
 
     def train_loop(self) -> None:
         while True:
@@ -507,19 +584,28 @@ class PartyB(Party[TrainConfig]):
                 self.forward(got)
                 self.backward()
             else:
-                raise ValueError(f"party B: party A sent a {kind!r} frame; expected 'tensors', 'eval' or 'done' "
-                                 "(is it running the same program?)")
+                raise ValueError(
+                    f"party B: party A sent a {kind!r} frame; expected 'tensors', 'eval' or 'done' "
+                    "(is it running the same program?)"
+                )
 
 
 def _schedule(n_rows: int, train: TrainConfig) -> Schedule:
     """Party A's schedule: full batches only, epochs and batch size by default from embedding.yaml."""
     ref = FLYamlData(YAMLS / "embedding.yaml")
-    return Schedule(n_rows, train.batch_size or ref.batch_size, seed=train.seed, epochs=train.epochs or ref.epochs,
-                    max_steps=train.max_steps, drop_last=True)
+    return Schedule(
+        n_rows,
+        train.batch_size or ref.batch_size,
+        seed=train.seed,
+        epochs=train.epochs or ref.epochs,
+        max_steps=train.max_steps,
+        drop_last=True,
+    )
 
 
-def train_local(cfg: PanguConfig, data: TokenDataset, train: TrainConfig, *,
-                through_codecs: bool = False, device_b: str | None = None) -> list[dict[str, Any]]:
+def train_local(
+    cfg: PanguConfig, data: TokenDataset, train: TrainConfig, *, through_codecs: bool = False, device_b: str | None = None
+) -> list[dict[str, Any]]:
     """Party A and party B in one process (in-process communicator), the seed's run_pangu_train_local.
     Party A runs on ``train.device``, party B on ``device_b`` (default: the same)."""
     from splitlink.channel import InProcessCommunicator, ServerConfig
@@ -568,15 +654,23 @@ def make_party(cfg: RunConfig) -> Party[TrainConfig]:
         assert cfg.data is not None
         data = TokenDataset(cfg.data, model_cfg.seq_length)
         if data.vocab_size > model_cfg.vocab_size:
-            raise ValueError(f"the tokenizer of {cfg.data} has {data.vocab_size} tokens but the model's vocabulary "
-                             f"is {model_cfg.vocab_size}; set pangu.vocab_size")
+            raise ValueError(
+                f"the tokenizer of {cfg.data} has {data.vocab_size} tokens but the model's vocabulary "
+                f"is {model_cfg.vocab_size}; set pangu.vocab_size"
+            )
         eval_data = TokenDataset(cfg.eval_data, model_cfg.seq_length) if cfg.eval_data else None
         return PartyA(model_cfg, data, None, train, eval_data)
     return PartyB(model_cfg, None, train)
 
 
-SCENARIO = register(Scenario("pangu_alpha", make_party, needs_data=lambda party: party == "leader",
-                             summary="Pangu-alpha GPT: party A (embedding + head) + party B (backbone)"))
+SCENARIO = register(
+    Scenario(
+        "pangu_alpha",
+        make_party,
+        needs_data=lambda party: party == "leader",
+        summary="Pangu-alpha GPT: party A (embedding + head) + party B (backbone)",
+    )
+)
 
 
 def plot_losses(split: list[float], unsplit: list[float], out: str | os.PathLike[str], title: str) -> Path:

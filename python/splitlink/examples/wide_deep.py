@@ -61,12 +61,12 @@ class WideDeepConfig:
 @dataclass
 class TrainConfig(TrainOptions):
     eval_fraction: float = 0.1
-    compress: bool = True              # the YAML's min_max settings on the follower's embeddings
+    compress: bool = True  # the YAML's min_max settings on the follower's embeddings
     label_dp: bool = False
     embedding_dp: bool = False
     progress: bool = True
     # privacy sections merged into the YAMLs (validated as YAML: splitlink audit's defences)
-    leader_privacy: dict[str, Any] | None = None    # leader top (label_dp, grad_norm, marvell)
+    leader_privacy: dict[str, Any] | None = None  # leader top (label_dp, grad_norm, marvell)
     follower_privacy: dict[str, Any] | None = None  # follower bottom (embedding_dp)
     lr_scale: float = 1.0  # multiplies every YAML learning_rate (the audit's short runs train at 10x)
 
@@ -124,10 +124,12 @@ class LeaderTopNet(nn.Module):
         self.dense_out = nn.Linear(deep_dim, 1)
 
     def logits(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor) -> torch.Tensor:
-        return lw + fw + self.dense_out(torch.relu(self.deep_combine(torch.cat([ld, fd], dim=1))))
+        out: torch.Tensor = lw + fw + self.dense_out(torch.relu(self.deep_combine(torch.cat([ld, fd], dim=1))))
+        return out
 
-    def forward(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor,
-                label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.logits(lw, ld, fw, fd)
         return z, F.binary_cross_entropy_with_logits(z, label.view_as(z))
 
@@ -137,14 +139,17 @@ class _TopEval(nn.Module):
         super().__init__()
         self.top = top
 
-    def forward(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.top.logits(lw, ld, fw, fd)
         return z, torch.sigmoid(z)
 
 
 def _ids_digest(ids: np.ndarray) -> torch.Tensor:
-    return torch.frombuffer(bytearray(hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).digest()),
-                            dtype=torch.uint8)
+    return torch.frombuffer(
+        bytearray(hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).digest()), dtype=torch.uint8
+    )
 
 
 class _WideDeepParty(Party[TrainConfig]):
@@ -170,9 +175,16 @@ class _WideDeepParty(Party[TrainConfig]):
         if self.train.ckpt_dir is not None or privacy is not None or self.train.lr_scale != 1.0:
             raw = dict(data.raw)
             if self.train.lr_scale != 1.0:
-                raw["opts"] = [{**o, "hyper_parameters": {**o.get("hyper_parameters", {}), "learning_rate":
-                                o.get("hyper_parameters", {}).get("learning_rate", 1e-3) * self.train.lr_scale}}
-                               for o in raw.get("opts") or []]
+                raw["opts"] = [
+                    {
+                        **o,
+                        "hyper_parameters": {
+                            **o.get("hyper_parameters", {}),
+                            "learning_rate": o.get("hyper_parameters", {}).get("learning_rate", 1e-3) * self.train.lr_scale,
+                        },
+                    }
+                    for o in raw.get("opts") or []
+                ]
             if self.train.ckpt_dir is not None:
                 raw["ckpt_path"] = str(Path(self.train.ckpt_dir).resolve())
             if privacy is not None:
@@ -191,11 +203,13 @@ class _WideDeepParty(Party[TrainConfig]):
     def eval_batches(self) -> Iterator[np.ndarray]:
         rows = np.arange(self.n_train, len(self.data))
         for i in range(0, len(rows), self.schedule.batch_size):
-            yield rows[i:i + self.schedule.batch_size]
+            yield rows[i : i + self.schedule.batch_size]
 
     def features(self, idx: np.ndarray, suffix: str) -> dict[str, torch.Tensor]:
-        return {f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
-                f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx]))}
+        return {
+            f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
+            f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx])),
+        }
 
     # Start-up: both parties must hold the same rows in the same order.
     def hello(self) -> dict[str, torch.Tensor]:
@@ -203,8 +217,10 @@ class _WideDeepParty(Party[TrainConfig]):
 
     def check_hello(self, theirs: Mapping[str, Any]) -> None:
         if not torch.equal(theirs["ids_sha256"], _ids_digest(self.data.sample_ids)):
-            raise RuntimeError(f"{self.role}: the parties' sample ids differ (row alignment); align the rows with "
-                               "PSI first so both hold the same samples in the same order")
+            raise RuntimeError(
+                f"{self.role}: the parties' sample ids differ (row alignment); align the rows with "
+                "PSI first so both hold the same samples in the same order"
+            )
 
 
 class Follower(_WideDeepParty):
@@ -213,8 +229,9 @@ class Follower(_WideDeepParty):
     def build(self) -> None:
         name = "follower_bottom_embedding_dp.yaml" if self.train.embedding_dp else "follower_bottom.yaml"
         self.net = WideDeepModel(len(FOLLOWER_FIELDS), self.cfg).to(self.device)  # initialised on the CPU
-        self.models["bottom"] = FLModel(self._yaml(name, self.train.follower_privacy), self.net,
-                                        eval_network=_BottomEval(self.net))
+        self.models["bottom"] = FLModel(
+            self._yaml(name, self.train.follower_privacy), self.net, eval_network=_BottomEval(self.net)
+        )
 
     def forward(self, idx: np.ndarray) -> None:
         self._batch = self.features(idx, "0")
@@ -242,9 +259,11 @@ class Follower(_WideDeepParty):
             feats[i] = self.features(parts[i], "0")
             out = bottom.forward_one_step(feats[i])
             pend[i] = bottom.take_pending()
-            return {"follower_wide_embedding": out["follower_wide_embedding"],
-                    "follower_deep_embedding": out["follower_deep_embedding"],
-                    pipeline.MICRO_KEY: pipeline.micro_tag(i, n, self.train.micro_batches)}
+            return {
+                "follower_wide_embedding": out["follower_wide_embedding"],
+                "follower_deep_embedding": out["follower_deep_embedding"],
+                pipeline.MICRO_KEY: pipeline.micro_tag(i, n, self.train.micro_batches),
+            }
 
         def backward(i: int, scale: Any) -> None:
             if self.tap is not None:
@@ -254,8 +273,7 @@ class Follower(_WideDeepParty):
             bottom.backward_one_step(feats[i], sens=scale, step=i == n - 1, loss_weight=w[i])  # its L2 term
             feats[i] = None
 
-        return [pipeline.Stage("bottom forward", forward, sends=True),
-                pipeline.Stage("bottom backward", backward, receives=True)]
+        return [pipeline.Stage("bottom forward", forward, sends=True), pipeline.Stage("bottom backward", backward, receives=True)]
 
     def evaluate(self) -> None:
         for idx in self.eval_batches():
@@ -284,10 +302,12 @@ class Leader(_WideDeepParty):
         self.bottom_net = WideDeepModel(len(LEADER_FIELDS), self.cfg).to(self.device)  # initialised on the CPU
         self.top_net = LeaderTopNet(deep_dim).to(self.device)
         top_yaml = "leader_top_label_dp.yaml" if self.train.label_dp else "leader_top.yaml"
-        self.models["bottom"] = FLModel(self._yaml("leader_bottom.yaml"), self.bottom_net,
-                                        eval_network=_BottomEval(self.bottom_net))
-        self.models["top"] = FLModel(self._yaml(top_yaml, self.train.leader_privacy), self.top_net,
-                                     eval_network=_TopEval(self.top_net))
+        self.models["bottom"] = FLModel(
+            self._yaml("leader_bottom.yaml"), self.bottom_net, eval_network=_BottomEval(self.bottom_net)
+        )
+        self.models["top"] = FLModel(
+            self._yaml(top_yaml, self.train.leader_privacy), self.top_net, eval_network=_TopEval(self.top_net)
+        )
         self.local_peer: Follower | None = None  # train_local: the follower in this process, stepped in turn
 
     def train_step(self, idx: np.ndarray) -> tuple[float, float]:
@@ -297,20 +317,22 @@ class Leader(_WideDeepParty):
         mine = bottom.forward_one_step(feats)
         theirs = self.receive()
         if pipeline.MICRO_KEY in theirs:
-            raise ValueError(f"{self.name}: {self.peer_name} pipelines its steps but this party does not; give both "
-                             "parties the same train.pipeline.micro_batches")
+            raise ValueError(
+                f"{self.name}: {self.peer_name} pipelines its steps but this party does not; give both "
+                "parties the same train.pipeline.micro_batches"
+            )
         if self.tap is not None:
             self.tap.embeddings(self.step, self.step // self.steps_per_epoch, idx, theirs)
-        batch = {"leader_wide_embedding": mine["leader_wide_embedding"],
-                 "leader_deep_embedding": mine["leader_deep_embedding"],
-                 "label": torch.from_numpy(np.ascontiguousarray(self.data.labels[idx])).unsqueeze(1),
-                 "sample_id": torch.from_numpy(self.data.sample_ids[idx])}
+        batch = {
+            "leader_wide_embedding": mine["leader_wide_embedding"],
+            "leader_deep_embedding": mine["leader_deep_embedding"],
+            "label": torch.from_numpy(np.ascontiguousarray(self.data.labels[idx])).unsqueeze(1),
+            "sample_id": torch.from_numpy(self.data.sample_ids[idx]),
+        }
         out = top.forward_one_step(batch, theirs)
         scale = top.backward_one_step(batch, theirs)["loss"]
-        self.send({"loss": {k: scale[k] for k in ("follower_wide_embedding", "follower_deep_embedding")}},
-                  step=self.step)
-        bottom.backward_one_step(feats, sens={"loss": {k: scale[k] for k in ("leader_wide_embedding",
-                                                                          "leader_deep_embedding")}})
+        self.send({"loss": {k: scale[k] for k in ("follower_wide_embedding", "follower_deep_embedding")}}, step=self.step)
+        bottom.backward_one_step(feats, sens={"loss": {k: scale[k] for k in ("leader_wide_embedding", "leader_deep_embedding")}})
         wide_loss = float(out["loss"].detach())
         deep_loss = wide_loss + float(mine["leader_l2_regu"].detach())
         self.advance()
@@ -335,10 +357,12 @@ class Leader(_WideDeepParty):
                 self.tap.embeddings(self.step, self.step // self.steps_per_epoch, parts[i], theirs)
             feats = self.features(parts[i], "")
             mine = bottom.forward_one_step(feats)
-            batch = {"leader_wide_embedding": mine["leader_wide_embedding"],
-                     "leader_deep_embedding": mine["leader_deep_embedding"],
-                     "label": torch.from_numpy(np.ascontiguousarray(labels[parts[i]])).unsqueeze(1),
-                     "sample_id": torch.from_numpy(self.data.sample_ids[parts[i]])}
+            batch = {
+                "leader_wide_embedding": mine["leader_wide_embedding"],
+                "leader_deep_embedding": mine["leader_deep_embedding"],
+                "label": torch.from_numpy(np.ascontiguousarray(labels[parts[i]])).unsqueeze(1),
+                "sample_id": torch.from_numpy(self.data.sample_ids[parts[i]]),
+            }
             out = top.forward_one_step(batch, theirs)
             scale = top.backward_one_step(batch, theirs, step=i == last, loss_weight=w[i])["loss"]
             held.update(feats=feats, scale=scale)
@@ -349,8 +373,12 @@ class Leader(_WideDeepParty):
 
         def then(i: int) -> None:
             scale = held.pop("scale")
-            bottom.backward_one_step(held.pop("feats"), sens={"loss": {k: scale[k] for k in (
-                "leader_wide_embedding", "leader_deep_embedding")}}, step=i == last, loss_weight=w[i])
+            bottom.backward_one_step(
+                held.pop("feats"),
+                sens={"loss": {k: scale[k] for k in ("leader_wide_embedding", "leader_deep_embedding")}},
+                step=i == last,
+                loss_weight=w[i],
+            )
 
         return pipeline.Stage("bottom + top", step, receives=True, sends=True, then=then)
 
@@ -408,10 +436,15 @@ class Leader(_WideDeepParty):
                 w, d = (float(np.mean(v)) for v in zip(*window))
                 window.clear()
                 # (log lines go around the progress bar: splitlink.runtime.metrics.BarAwareHandler)
-                log.info("epoch %d step %d/%d wide_loss: %.6f deep_loss: %.6f", epoch,
-                         self.schedule.in_epoch(self.step), self.steps_per_epoch, w, d)
-                self.record(kind="train", epoch=epoch, step=self.step, wide_loss=w, deep_loss=d,
-                            seconds=time.perf_counter() - t0)
+                log.info(
+                    "epoch %d step %d/%d wide_loss: %.6f deep_loss: %.6f",
+                    epoch,
+                    self.schedule.in_epoch(self.step),
+                    self.steps_per_epoch,
+                    w,
+                    d,
+                )
+                self.record(kind="train", epoch=epoch, step=self.step, wide_loss=w, deep_loss=d, seconds=time.perf_counter() - t0)
             if self.schedule.epoch_done(self.step):
                 if follower is not None:
                     follower.evaluate()
@@ -420,9 +453,16 @@ class Leader(_WideDeepParty):
                 self.record(kind="eval", epoch=epoch, step=self.step, auc=a, seconds=time.perf_counter() - t0)
 
 
-def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: WideDeepConfig, train: TrainConfig,
-                *, through_codecs: bool = False, tap: Any = None,
-                follower_device: str | None = None) -> list[dict[str, Any]]:
+def train_local(
+    leader_data: PartyData,
+    follower_data: PartyData,
+    model_cfg: WideDeepConfig,
+    train: TrainConfig,
+    *,
+    through_codecs: bool = False,
+    tap: Any = None,
+    follower_device: str | None = None,
+) -> list[dict[str, Any]]:
     """Both parties in one process over the in-process communicator, steps interleaved. The leader
     runs on ``train.device``, the follower on ``follower_device`` (default: the same). ``tap`` (a
     :class:`splitlink.attacks.CutTap`) records what each party receives across the cut."""
@@ -432,8 +472,9 @@ def train_local(leader_data: PartyData, follower_data: PartyData, model_cfg: Wid
     lc = ServerConfig("leader", "127.0.0.1:1")
     fc = ServerConfig("follower", "127.0.0.1:2")
     leader = Leader(leader_data, None, model_cfg, train)
-    follower = Follower(follower_data, None, model_cfg,
-                        train if follower_device is None else dataclasses.replace(train, device=follower_device))
+    follower = Follower(
+        follower_data, None, model_cfg, train if follower_device is None else dataclasses.replace(train, device=follower_device)
+    )
     leader.comm = InProcessCommunicator(lc, fc, leader.compress_configs(), hub=hub, through_codecs=through_codecs)
     follower.comm = InProcessCommunicator(fc, lc, follower.compress_configs(), hub=hub, through_codecs=through_codecs)
     agree_locally(leader, follower)
@@ -453,8 +494,9 @@ def make_party(cfg: RunConfig) -> _WideDeepParty:
     assert cfg.data is not None
     data = load_party(cfg.data, cfg.party)
     m = cfg.model
-    model_cfg = WideDeepConfig(vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers),
-                               l2_coef=m.l2_coef, init_std=m.init_std)
+    model_cfg = WideDeepConfig(
+        vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers), l2_coef=m.l2_coef, init_std=m.init_std
+    )
     return (Leader if cfg.party == "leader" else Follower)(data, None, model_cfg, cfg.train.options(TrainConfig))
 
 
@@ -464,8 +506,7 @@ def _demo(*args: Any, **kwargs: Any) -> Any:
     return run_demo(*args, **kwargs)
 
 
-SCENARIO = register(Scenario("criteo_wide_deep", make_party, summary="Wide&Deep on Criteo, leader + follower",
-                             demo=_demo))
+SCENARIO = register(Scenario("criteo_wide_deep", make_party, summary="Wide&Deep on Criteo, leader + follower", demo=_demo))
 
 
 # The leakage audit (splitlink audit, benchmarks/bench_leakage.py): how to train this scenario for it.
@@ -491,16 +532,26 @@ def _audit_prepare(workdir: Path, rows: int, seed: int, tsv: str | None = None) 
     return parts[0], parts[1]
 
 
-def _audit_train(data: tuple[PartyData, PartyData], defence: Any, tap: Any, *, epochs: int, batch_size: int,
-                 seed: int) -> dict[str, Any]:
+def _audit_train(
+    data: tuple[PartyData, PartyData], defence: Any, tap: Any, *, epochs: int, batch_size: int, seed: int
+) -> dict[str, Any]:
     leader, follower = data
     fp = defence.follower_privacy
     if fp and isinstance(fp.get("embedding_dp"), dict) and fp["embedding_dp"].get("mechanism") == "gaussian":
         # the accountant counts releases per sample: one per epoch over the training rows
         n_train = len(follower) - int(round(len(follower) * TrainConfig.eval_fraction))
         fp = {**fp, "embedding_dp": {"num_samples": n_train, **fp["embedding_dp"]}}
-    train = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, log_every=1, progress=False, compress=False,
-                        lr_scale=AUDIT_LR_SCALE, leader_privacy=defence.leader_privacy, follower_privacy=fp)
+    train = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        log_every=1,
+        progress=False,
+        compress=False,
+        lr_scale=AUDIT_LR_SCALE,
+        leader_privacy=defence.leader_privacy,
+        follower_privacy=fp,
+    )
     hist = train_local(leader, follower, AUDIT_MODEL, train, tap=tap)
     t = [r["seconds"] for r in hist if r["kind"] == "train"]
     evals = [r["auc"] for r in hist if r["kind"] == "eval"]
@@ -510,10 +561,16 @@ def _audit_train(data: tuple[PartyData, PartyData], defence: Any, tap: Any, *, e
 def _register_audit() -> None:
     from splitlink.attacks.audit import AuditTarget, register_target
 
-    register_target(AuditTarget(
-        "criteo_wide_deep", prepare=_audit_prepare, train=_audit_train,
-        labels=lambda d: np.asarray(d[0].labels), follower_features=lambda d: np.asarray(d[1].ids),
-        summary="Wide&Deep on synthetic Criteo (or a Criteo-format TSV), leader holds the labels"))
+    register_target(
+        AuditTarget(
+            "criteo_wide_deep",
+            prepare=_audit_prepare,
+            train=_audit_train,
+            labels=lambda d: np.asarray(d[0].labels),
+            follower_features=lambda d: np.asarray(d[1].ids),
+            summary="Wide&Deep on synthetic Criteo (or a Criteo-format TSV), leader holds the labels",
+        )
+    )
 
 
 _register_audit()

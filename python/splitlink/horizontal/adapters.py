@@ -51,12 +51,21 @@ def build_classifier(spec: GPT2Spec, adapter: AdapterSpec | None = None, *, seed
         from transformers import GPT2Config, GPT2ForSequenceClassification
 
     # (the ignore: PretrainedConfig takes its fields as **kwargs)
-    cfg = GPT2Config(vocab_size=spec.vocab_size,  # type: ignore[call-arg]
-                     n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
-                     n_head=spec.n_head, num_labels=spec.num_labels, pad_token_id=spec.pad_token_id,
-                     bos_token_id=spec.vocab_size - 1, eos_token_id=spec.vocab_size - 1,
-                     resid_pdrop=spec.dropout, embd_pdrop=spec.dropout, attn_pdrop=spec.dropout,
-                     summary_first_dropout=spec.dropout)
+    cfg = GPT2Config(
+        vocab_size=spec.vocab_size,  # type: ignore[call-arg]
+        n_positions=spec.n_positions,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        num_labels=spec.num_labels,
+        pad_token_id=spec.pad_token_id,
+        bos_token_id=spec.vocab_size - 1,
+        eos_token_id=spec.vocab_size - 1,
+        resid_pdrop=spec.dropout,
+        embd_pdrop=spec.dropout,
+        attn_pdrop=spec.dropout,
+        summary_first_dropout=spec.dropout,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model: nn.Module = GPT2ForSequenceClassification(cfg)
@@ -70,12 +79,21 @@ def build_classifier(spec: GPT2Spec, adapter: AdapterSpec | None = None, *, seed
 
     pcfg: Any
     if adapter.type == "lora":
-        pcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=adapter.r, lora_alpha=adapter.lora_alpha,
-                          lora_dropout=adapter.lora_dropout, target_modules=list(adapter.target_modules),
-                          fan_in_fan_out=True)  # GPT-2's Conv1D stores weights transposed
+        pcfg = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=adapter.r,
+            lora_alpha=adapter.lora_alpha,
+            lora_dropout=adapter.lora_dropout,
+            target_modules=list(adapter.target_modules),
+            fan_in_fan_out=True,
+        )  # GPT-2's Conv1D stores weights transposed
     elif adapter.type == "ia3":
-        pcfg = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=list(adapter.target_modules),
-                         feedforward_modules=list(adapter.feedforward_modules), fan_in_fan_out=True)
+        pcfg = IA3Config(
+            task_type=TaskType.SEQ_CLS,
+            target_modules=list(adapter.target_modules),
+            feedforward_modules=list(adapter.feedforward_modules),
+            fan_in_fan_out=True,
+        )
     else:
         raise ValueError(f"adapter type must be none, lora or ia3, got {adapter.type!r}")
     with torch.random.fork_rng(devices=[]):

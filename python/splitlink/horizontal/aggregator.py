@@ -55,8 +55,7 @@ class Strategy(Protocol):
 
     name: str
 
-    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor],
-                  updates: Sequence[ClientUpdate]) -> State: ...
+    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> State: ...
 
     def state_dict(self) -> State: ...
 
@@ -72,13 +71,17 @@ def _check(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpd
             raise ValueError(f"client {u.client!r} reported {u.samples} samples; an update needs at least one")
         if set(u.state) != names:
             missing, extra = sorted(names - set(u.state)), sorted(set(u.state) - names)
-            raise ValueError(f"client {u.client!r} sent an update whose tensors do not match the global state "
-                             f"(missing {missing[:5]}, unexpected {extra[:5]}); is it running the same job?")
+            raise ValueError(
+                f"client {u.client!r} sent an update whose tensors do not match the global state "
+                f"(missing {missing[:5]}, unexpected {extra[:5]}); is it running the same job?"
+            )
         for k, g in global_state.items():
             t = u.state[k]
             if tuple(t.shape) != tuple(g.shape) or t.dtype != g.dtype:
-                raise ValueError(f"client {u.client!r}: tensor {k!r} is {t.dtype} {tuple(t.shape)}, the global state "
-                                 f"holds {g.dtype} {tuple(g.shape)}")
+                raise ValueError(
+                    f"client {u.client!r}: tensor {k!r} is {t.dtype} {tuple(t.shape)}, the global state "
+                    f"holds {g.dtype} {tuple(g.shape)}"
+                )
 
 
 def weighted_mean(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> State:
@@ -103,8 +106,7 @@ class FedAvg:
 
     name = "fedavg"
 
-    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor],
-                  updates: Sequence[ClientUpdate]) -> State:
+    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> State:
         return weighted_mean(global_state, updates)
 
     def apply_mean(self, round_: int, global_state: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> State:
@@ -129,15 +131,16 @@ class ServerOptimizer:
         if kind not in ("momentum", "adam"):
             raise ValueError(f"server optimizer must be 'momentum' or 'adam', got {kind!r}")
         if not lr > 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or not tau > 0:
-            raise ValueError(f"server optimizer needs lr > 0, 0 <= beta1, beta2 < 1, tau > 0; got lr={lr}, "
-                             f"beta1={beta1}, beta2={beta2}, tau={tau}")
+            raise ValueError(
+                f"server optimizer needs lr > 0, 0 <= beta1, beta2 < 1, tau > 0; got lr={lr}, "
+                f"beta1={beta1}, beta2={beta2}, tau={tau}"
+            )
         self.kind, self.lr, self.beta1, self.beta2, self.tau = kind, lr, beta1, beta2, tau
         self.name = "fedavgm" if kind == "momentum" else "fedadam"
         self.m: State = {}
         self.v: State = {}
 
-    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor],
-                  updates: Sequence[ClientUpdate]) -> State:
+    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> State:
         return self.apply_mean(round_, global_state, weighted_mean(global_state, updates))
 
     def apply_mean(self, round_: int, global_state: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> State:
@@ -177,8 +180,7 @@ class SecureAggregation:
         self.inner, self.secure = inner, secure
         self.name = f"secure-{inner.name}"
 
-    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor],
-                  updates: Sequence[ClientUpdate]) -> State:
+    def aggregate(self, round_: int, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> State:
         raise TypeError("secure aggregation never sees plain client updates; the rounds unmask the sum and call combine()")
 
     def combine(self, round_: int, global_state: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> State:
@@ -191,13 +193,22 @@ class SecureAggregation:
         self.inner.load_state_dict(state)
 
 
-def make_strategy(aggregator: str, server_optimizer: str = "none", *, server_lr: float = 1.0, beta1: float = 0.9,
-                  beta2: float = 0.99, tau: float = 1e-3, secure: SecureSettings | None = None) -> Strategy:
+def make_strategy(
+    aggregator: str,
+    server_optimizer: str = "none",
+    *,
+    server_lr: float = 1.0,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+    secure: SecureSettings | None = None,
+) -> Strategy:
     """The strategy a job names (``fed_args.aggregator``, ``fed_args.server_optimizer``, ``fed_args.secure``)."""
     if aggregator not in ("fedavg", "secure"):
         raise ValueError(f"unknown aggregator {aggregator!r}; known: fedavg, secure")
-    inner: FedAvg | ServerOptimizer = FedAvg() if server_optimizer == "none" else ServerOptimizer(
-        server_optimizer, server_lr, beta1, beta2, tau)
+    inner: FedAvg | ServerOptimizer = (
+        FedAvg() if server_optimizer == "none" else ServerOptimizer(server_optimizer, server_lr, beta1, beta2, tau)
+    )
     if aggregator == "fedavg":
         return inner
     if secure is None:

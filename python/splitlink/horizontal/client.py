@@ -47,14 +47,14 @@ class LocalOptions:
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     momentum: float = 0.0
     weight_decay: float = 0.0
-    max_grad_norm: float = 0.0           # 0: no clipping
+    max_grad_norm: float = 0.0  # 0: no clipping
     aggregate_strategy: Literal["epoch", "step"] = "epoch"
     aggregate_freq: int = 1
     fedprox_mu: float = 0.0
     seed: int = 0
     drop_last: bool = False
     deepspeed: Mapping[str, Any] | None = None  # a DeepSpeed config ("auto" values allowed)
-    warmup_steps: int = 0                # what "auto" warm-up steps in a DeepSpeed scheduler resolve to
+    warmup_steps: int = 0  # what "auto" warm-up steps in a DeepSpeed scheduler resolve to
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,12 +98,13 @@ def resolve_deepspeed_config(config: Mapping[str, Any], opts: LocalOptions) -> d
         # options (DeepSpeed 0.19 wants at least one warm-up step).
         for k, v in list(params.items()):
             if v == auto:
-                params[k] = {"warmup_min_lr": 0.0, "warmup_max_lr": opts.lr,
-                             "warmup_num_steps": max(1, opts.warmup_steps)}.get(k, v)
+                params[k] = {"warmup_min_lr": 0.0, "warmup_max_lr": opts.lr, "warmup_num_steps": max(1, opts.warmup_steps)}.get(
+                    k, v
+                )
         cfg["scheduler"] = {**sched, "params": params}
     left = [p for p in _auto_paths(cfg)]
     if left:
-        raise ValueError(f"DeepSpeed config: cannot resolve \"auto\" at {', '.join(left)}; give a value")
+        raise ValueError(f'DeepSpeed config: cannot resolve "auto" at {", ".join(left)}; give a value')
     return cfg
 
 
@@ -113,8 +114,9 @@ def _auto_paths(node: Any, path: str = "") -> list[str]:
     return [path] if node == "auto" else []
 
 
-def _torch_optimizer(kind: str, params: list[nn.Parameter], opts: LocalOptions, ds_params: Mapping[str, Any] | None = None
-                     ) -> torch.optim.Optimizer:
+def _torch_optimizer(
+    kind: str, params: list[nn.Parameter], opts: LocalOptions, ds_params: Mapping[str, Any] | None = None
+) -> torch.optim.Optimizer:
     p = dict(ds_params or {})
     lr = float(p.pop("lr", opts.lr))
     wd = float(p.pop("weight_decay", opts.weight_decay))
@@ -137,8 +139,16 @@ class LocalTrainer:
     every parameter that requires grad); only they are trained.
     """
 
-    def __init__(self, name: str, model: nn.Module, data: Mapping[str, torch.Tensor], opts: LocalOptions, *,
-                 loss_fn: LossFn = classifier_loss, exchanged: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        data: Mapping[str, torch.Tensor],
+        opts: LocalOptions,
+        *,
+        loss_fn: LossFn = classifier_loss,
+        exchanged: list[str] | None = None,
+    ) -> None:
         rows = {k: int(v.shape[0]) for k, v in data.items()}
         if not rows:
             raise ValueError(f"client {name!r}: no training data")
@@ -156,8 +166,9 @@ class LocalTrainer:
         keep = set(self.exchanged)
         for k, p in params.items():
             p.requires_grad_(k in keep)
-        self.schedule = Schedule(self.samples, opts.batch_size, seed=seed_of(opts.seed, name), epochs=1 << 40,
-                                 drop_last=opts.drop_last)
+        self.schedule = Schedule(
+            self.samples, opts.batch_size, seed=seed_of(opts.seed, name), epochs=1 << 40, drop_last=opts.drop_last
+        )
         self.engine: Any = None
 
     # ---- state ------------------------------------------------------------------------------------
@@ -169,13 +180,17 @@ class LocalTrainer:
         params = dict(self.model.named_parameters())
         missing = [k for k in self.exchanged if k not in state]
         if missing or len(state) != len(self.exchanged):
-            raise ValueError(f"client {self.name!r}: the global state does not hold the exchanged tensors "
-                             f"(missing {missing[:5]}, {len(state)} given, {len(self.exchanged)} expected)")
+            raise ValueError(
+                f"client {self.name!r}: the global state does not hold the exchanged tensors "
+                f"(missing {missing[:5]}, {len(state)} given, {len(self.exchanged)} expected)"
+            )
         with torch.no_grad():
             for k in self.exchanged:
                 if tuple(state[k].shape) != tuple(params[k].shape):
-                    raise ValueError(f"client {self.name!r}: global tensor {k!r} has shape {tuple(state[k].shape)}, "
-                                     f"the model's is {tuple(params[k].shape)}")
+                    raise ValueError(
+                        f"client {self.name!r}: global tensor {k!r} has shape {tuple(state[k].shape)}, "
+                        f"the model's is {tuple(params[k].shape)}"
+                    )
                 params[k].copy_(state[k])
         if self.engine is not None and hasattr(self.engine.optimizer, "refresh_fp32_params"):
             self.engine.optimizer.refresh_fp32_params()  # ZeRO keeps fp32 master copies of the parameters
@@ -251,14 +266,15 @@ class LocalTrainer:
 
 
 @torch.no_grad()
-def evaluate_classifier(model: nn.Module, data: Mapping[str, torch.Tensor], batch_size: int = 256,
-                        loss_fn: LossFn = classifier_loss) -> dict[str, float]:
+def evaluate_classifier(
+    model: nn.Module, data: Mapping[str, torch.Tensor], batch_size: int = 256, loss_fn: LossFn = classifier_loss
+) -> dict[str, float]:
     was = model.training
     model.eval()
     n = int(data["labels"].shape[0])
     correct, loss_sum = 0, 0.0
     for i in range(0, n, batch_size):
-        batch = {k: v[i:i + batch_size] for k, v in data.items()}
+        batch = {k: v[i : i + batch_size] for k, v in data.items()}
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
         loss_sum += float(nn.functional.cross_entropy(logits.float(), batch["labels"].long(), reduction="sum"))

@@ -65,8 +65,8 @@ class _Strict(BaseModel):
 class PartySection(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     address: str
-    data: str | None = None          # clients: an .npz of input_ids, attention_mask, labels
-    eval_data: str | None = None     # clients: held-out rows to report accuracy on at the end
+    data: str | None = None  # clients: an .npz of input_ids, attention_mask, labels
+    eval_data: str | None = None  # clients: held-out rows to report accuracy on at the end
 
 
 class SSLSection(_Strict):
@@ -190,8 +190,11 @@ def load_job(path: str | os.PathLike[str]) -> JobConfig:
     n = len(cfg.clients)
     if f.aggregator == "secure":
         if f.secure is None:
-            add(("fed_args",), "aggregator is secure, so give fed_args.secure: {clip: <bound on each weighted update "
-                "element>, threshold, neighbours, bits}")
+            add(
+                ("fed_args",),
+                "aggregator is secure, so give fed_args.secure: {clip: <bound on each weighted update "
+                "element>, threshold, neighbours, bits}",
+            )
         else:
             from splitlink.horizontal.secagg import SecAggError
 
@@ -201,20 +204,26 @@ def load_job(path: str | os.PathLike[str]) -> JobConfig:
             except SecAggError as e:
                 add(("fed_args", "secure"), f"{e} (for the {per_round} clients sampled per round)")
     elif f.secure is not None:
-        add(("fed_args", "secure"), "secure settings are given but aggregator is fedavg; set aggregator: secure or "
-            "remove fed_args.secure")
+        add(
+            ("fed_args", "secure"),
+            "secure settings are given but aggregator is fedavg; set aggregator: secure or remove fed_args.secure",
+        )
     if f.aggregate_strategy == "epoch":
         if t.num_train_epochs is None:
             add(("training_args",), "missing num_train_epochs (aggregate_strategy is epoch)")
         elif t.num_train_epochs % f.aggregate_freq:
-            add(("training_args", "num_train_epochs"), f"{t.num_train_epochs} epochs are not a whole number of rounds "
-                f"of aggregate_freq {f.aggregate_freq} epochs")
+            add(
+                ("training_args", "num_train_epochs"),
+                f"{t.num_train_epochs} epochs are not a whole number of rounds of aggregate_freq {f.aggregate_freq} epochs",
+            )
     else:
         if t.max_steps is None:
             add(("training_args",), "missing max_steps (aggregate_strategy is step)")
         elif t.max_steps % f.aggregate_freq:
-            add(("training_args", "max_steps"), f"{t.max_steps} steps are not a whole number of rounds of "
-                f"aggregate_freq {f.aggregate_freq} steps")
+            add(
+                ("training_args", "max_steps"),
+                f"{t.max_steps} steps are not a whole number of rounds of aggregate_freq {f.aggregate_freq} steps",
+            )
     names = [cfg.aggregator.name] + [c.name for c in cfg.clients]
     for i, c in enumerate(cfg.clients):
         if names.count(c.name) > 1:
@@ -251,7 +260,10 @@ def load_job(path: str | os.PathLike[str]) -> JobConfig:
     for party in [data["aggregator"], *data["clients"]]:
         party["data"], party["eval_data"] = absolute(party["data"]), absolute(party["eval_data"])
     if data["ssl"]:
-        data["ssl"]["cert_dir"], data["ssl"]["ca_cert_path"] = absolute(data["ssl"]["cert_dir"]), absolute(data["ssl"]["ca_cert_path"])
+        data["ssl"]["cert_dir"], data["ssl"]["ca_cert_path"] = (
+            absolute(data["ssl"]["cert_dir"]),
+            absolute(data["ssl"]["ca_cert_path"]),
+        )
     data["checkpoint"]["dir"] = absolute(data["checkpoint"]["dir"])
     data["metrics_path"] = absolute(data["metrics_path"])
     if isinstance(ds, str):
@@ -287,26 +299,42 @@ def build_trainer(cfg: JobConfig, name: str, data: dict[str, Any] | None = None)
     if party is None:
         raise ValueError(f"{cfg.source}: no client named {name!r}; clients: {', '.join(c.name for c in cfg.clients)}")
     t, f = cfg.training_args, cfg.fed_args
-    opts = LocalOptions(batch_size=t.per_device_train_batch_size, lr=t.learning_rate, optimizer=t.optim,
-                        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-                        aggregate_strategy=f.aggregate_strategy, aggregate_freq=f.aggregate_freq,
-                        fedprox_mu=f.fedprox_mu, seed=t.seed, drop_last=t.dataloader_drop_last,
-                        deepspeed=t.deepspeed if isinstance(t.deepspeed, dict) else None, warmup_steps=t.warmup_steps)
+    opts = LocalOptions(
+        batch_size=t.per_device_train_batch_size,
+        lr=t.learning_rate,
+        optimizer=t.optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        aggregate_strategy=f.aggregate_strategy,
+        aggregate_freq=f.aggregate_freq,
+        fedprox_mu=f.fedprox_mu,
+        seed=t.seed,
+        drop_last=t.dataloader_drop_last,
+        deepspeed=t.deepspeed if isinstance(t.deepspeed, dict) else None,
+        warmup_steps=t.warmup_steps,
+    )
     model = build_model(cfg)
     assert party.data is not None
-    return LocalTrainer(name, model, data if data is not None else load_npz(party.data), opts,
-                        exchanged=exchanged_names(model))
+    return LocalTrainer(name, model, data if data is not None else load_npz(party.data), opts, exchanged=exchanged_names(model))
 
 
 def make_round_options(cfg: JobConfig) -> Any:
     from splitlink.horizontal.rounds import RoundOptions
 
     f, c = cfg.fed_args, cfg.checkpoint
-    return RoundOptions(rounds=cfg.rounds, clients_per_round=f.clients_per_round,
-                        min_clients=f.min_clients or (f.clients_per_round or len(cfg.clients)),
-                        round_deadline=f.round_deadline, client_timeout=cfg.client_timeout, seed=cfg.training_args.seed,
-                        ckpt_dir=c.dir, ckpt_every=c.every, resume=c.resume, run_id=cfg.session_id,
-                        metrics_path=cfg.metrics_path)
+    return RoundOptions(
+        rounds=cfg.rounds,
+        clients_per_round=f.clients_per_round,
+        min_clients=f.min_clients or (f.clients_per_round or len(cfg.clients)),
+        round_deadline=f.round_deadline,
+        client_timeout=cfg.client_timeout,
+        seed=cfg.training_args.seed,
+        ckpt_dir=c.dir,
+        ckpt_every=c.every,
+        resume=c.resume,
+        run_id=cfg.session_id,
+        metrics_path=cfg.metrics_path,
+    )
 
 
 def secure_settings(cfg: JobConfig) -> Any:
@@ -329,10 +357,18 @@ def make_aggregator(cfg: JobConfig, transport: Any) -> Any:
     names = exchanged_names(model)
     params = dict(model.named_parameters())
     initial = {k: params[k].detach().clone() for k in names}
-    strategy = make_strategy(f.aggregator, f.server_optimizer, server_lr=f.server_lr, beta1=f.server_beta1,
-                             beta2=f.server_beta2, tau=f.server_tau, secure=secure_settings(cfg))
-    return Aggregator([c.name for c in cfg.clients], initial, strategy, make_round_options(cfg), transport,
-                      digest=base_digest(model, names))
+    strategy = make_strategy(
+        f.aggregator,
+        f.server_optimizer,
+        server_lr=f.server_lr,
+        beta1=f.server_beta1,
+        beta2=f.server_beta2,
+        tau=f.server_tau,
+        secure=secure_settings(cfg),
+    )
+    return Aggregator(
+        [c.name for c in cfg.clients], initial, strategy, make_round_options(cfg), transport, digest=base_digest(model, names)
+    )
 
 
 def _communicator(cfg: JobConfig, me: PartySection, peers: list[PartySection], retry: float | None = None) -> Any:
@@ -342,12 +378,20 @@ def _communicator(cfg: JobConfig, me: PartySection, peers: list[PartySection], r
     if cfg.enable_ssl:
         assert cfg.ssl is not None
         d = Path(cfg.ssl.cert_dir)
-        ssl = SSLConfig(server_cert_path=str(d / f"{me.name}.server.p12"), client_cert_path=str(d / f"{me.name}.client.p12"),
-                        ca_cert_path=cfg.ssl.ca_cert_path, server_password=cfg.ssl.password,
-                        client_password=cfg.ssl.password)
-    return VerticalFederatedCommunicator(ServerConfig(me.name, me.address), [ServerConfig(p.name, p.address) for p in peers],
-                                         enable_ssl=cfg.enable_ssl, ssl_config=ssl,
-                                         retry_deadline=retry or min(cfg.client_timeout, 600.0))
+        ssl = SSLConfig(
+            server_cert_path=str(d / f"{me.name}.server.p12"),
+            client_cert_path=str(d / f"{me.name}.client.p12"),
+            ca_cert_path=cfg.ssl.ca_cert_path,
+            server_password=cfg.ssl.password,
+            client_password=cfg.ssl.password,
+        )
+    return VerticalFederatedCommunicator(
+        ServerConfig(me.name, me.address),
+        [ServerConfig(p.name, p.address) for p in peers],
+        enable_ssl=cfg.enable_ssl,
+        ssl_config=ssl,
+        retry_deadline=retry or min(cfg.client_timeout, 600.0),
+    )
 
 
 def _setup(cfg: JobConfig) -> None:
@@ -378,13 +422,10 @@ def run_client(cfg: JobConfig, name: str) -> Any:
     trainer = build_trainer(cfg, name)
     me = next(c for c in cfg.clients if c.name == name)
     with _communicator(cfg, me, [cfg.aggregator]) as comm:
-        party = ClientParty(comm, cfg.aggregator.name, trainer, timeout=cfg.client_timeout,
-                            secure=secure_settings(cfg))
+        party = ClientParty(comm, cfg.aggregator.name, trainer, timeout=cfg.client_timeout, secure=secure_settings(cfg))
         party.run()
     result = None
     if me.eval_data:
         result = trainer.evaluate(load_npz(me.eval_data))
         log.info("client %s: held-out loss %.4f accuracy %.4f", name, result["loss"], result["accuracy"])
     return party, result
-
-

@@ -124,13 +124,13 @@ def _clone(state: Mapping[str, Any]) -> State:
 @dataclass
 class RoundOptions:
     rounds: int
-    clients_per_round: int | None = None   # None: every client every round
+    clients_per_round: int | None = None  # None: every client every round
     min_clients: int = 1
-    round_deadline: float | None = None    # seconds from sending the global state; None: client_timeout
-    client_timeout: float = 3600.0         # a client waits this long for the aggregator's next message
+    round_deadline: float | None = None  # seconds from sending the global state; None: client_timeout
+    client_timeout: float = 3600.0  # a client waits this long for the aggregator's next message
     seed: int = 0
     ckpt_dir: str | None = None
-    ckpt_every: int = 0                    # rounds; 0: no checkpoints
+    ckpt_every: int = 0  # rounds; 0: no checkpoints
     resume: bool = False
     run_id: str = "run"
     metrics_path: str | None = None
@@ -155,13 +155,25 @@ class Exchanged:
 
 
 class Transport(Protocol):
-    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes,
-                  extra: Mapping[str, torch.Tensor] | None = None) -> int: ...
+    def broadcast(
+        self,
+        round_: int,
+        clients: Sequence[str],
+        state: Mapping[str, torch.Tensor],
+        digest: bytes,
+        extra: Mapping[str, torch.Tensor] | None = None,
+    ) -> int: ...
 
     def collect(self, round_: int, clients: Sequence[str], deadline: float | None) -> Collected: ...
 
-    def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
-                 reply_kind: str, deadline: float | None) -> Exchanged:
+    def exchange(
+        self,
+        round_: int,
+        send_kind: str | None,
+        messages: Mapping[str, Mapping[str, torch.Tensor]],
+        reply_kind: str,
+        deadline: float | None,
+    ) -> Exchanged:
         """Sends ``messages[c]`` with ``send_kind`` to each client (None: nothing, the answers to the round's
         ``fl:train`` are collected), then each client's ``reply_kind`` frame of this round until the deadline."""
         ...
@@ -178,12 +190,22 @@ class NetworkTransport:
         self._asked: list[str] = []
         self._expected: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
 
-    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes,
-                  extra: Mapping[str, torch.Tensor] | None = None) -> int:
+    def broadcast(
+        self,
+        round_: int,
+        clients: Sequence[str],
+        state: Mapping[str, torch.Tensor],
+        digest: bytes,
+        extra: Mapping[str, torch.Tensor] | None = None,
+    ) -> int:
         from splitlink.channel import PeerClosedError, PeerRestartedError, PeerUnavailableError
 
-        msg = {"round": torch.tensor(round_, dtype=torch.int64), "digest": _bytes_tensor(digest), "state": dict(state),
-               **(extra or {})}
+        msg = {
+            "round": torch.tensor(round_, dtype=torch.int64),
+            "digest": _bytes_tensor(digest),
+            "state": dict(state),
+            **(extra or {}),
+        }
         self._unreachable = {}
         self._asked = list(clients)
         self._expected = {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}
@@ -237,8 +259,14 @@ class NetworkTransport:
                 break
         return out
 
-    def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
-                 reply_kind: str, deadline: float | None) -> Exchanged:
+    def exchange(
+        self,
+        round_: int,
+        send_kind: str | None,
+        messages: Mapping[str, Mapping[str, torch.Tensor]],
+        reply_kind: str,
+        deadline: float | None,
+    ) -> Exchanged:
         from splitlink.channel import (
             PeerClosedError,
             PeerRestartedError,
@@ -291,12 +319,17 @@ class NetworkTransport:
             try:
                 self.comm.send_tensors(c, {"state": dict(state)}, kind=DONE)
             except (PeerUnavailableError, PeerClosedError, PeerRestartedError) as e:
-                log.warning("aggregator: could not tell client %s the federation is done (%s: %s); it stops after "
-                            "its client_timeout", c, type(e).__name__, e)
+                log.warning(
+                    "aggregator: could not tell client %s the federation is done (%s: %s); it stops after its client_timeout",
+                    c,
+                    type(e).__name__,
+                    e,
+                )
 
 
-def _valid_update(client: str, t: Mapping[str, Any],
-                  expected: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> tuple[ClientUpdate, float]:
+def _valid_update(
+    client: str, t: Mapping[str, Any], expected: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+) -> tuple[ClientUpdate, float]:
     """A client's ``fl:update`` frame checked before it can reach the strategy: the tensors the global
     state has (names, dtypes, shapes), finite values, at least one sample, a scalar loss. Raises with
     the reason; the aggregator then counts that client as failed for the round."""
@@ -305,14 +338,14 @@ def _valid_update(client: str, t: Mapping[str, Any],
         raise TypeError(f"state is a {type(state).__name__}, not a mapping of tensors")
     if expected and set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ValueError(f"tensors do not match the global state (missing {missing[:5]}, unexpected {extra[:5]}); "
-                         "is it running the same job?")
+        raise ValueError(
+            f"tensors do not match the global state (missing {missing[:5]}, unexpected {extra[:5]}); is it running the same job?"
+        )
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{k!r} is a {type(v).__name__}, not a tensor")
         if k in expected and (v.dtype, tuple(v.shape)) != expected[k]:
-            raise ValueError(f"{k!r} is {v.dtype} {tuple(v.shape)}, the global state holds "
-                             f"{expected[k][0]} {expected[k][1]}")
+            raise ValueError(f"{k!r} is {v.dtype} {tuple(v.shape)}, the global state holds {expected[k][0]} {expected[k][1]}")
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{k!r} holds NaN or infinite values")
     samples, loss = t["samples"], t["loss"]
@@ -334,8 +367,14 @@ class LocalTransport:
         self.participants = {c: SecureParticipant(c, t.opts.seed) for c, t in self.trainers.items()}
         self.final: State | None = None
 
-    def broadcast(self, round_: int, clients: Sequence[str], state: Mapping[str, torch.Tensor], digest: bytes,
-                  extra: Mapping[str, torch.Tensor] | None = None) -> int:
+    def broadcast(
+        self,
+        round_: int,
+        clients: Sequence[str],
+        state: Mapping[str, torch.Tensor],
+        digest: bytes,
+        extra: Mapping[str, torch.Tensor] | None = None,
+    ) -> int:
         for c in clients:
             if digest and base_digest(self.trainers[c].model, self.trainers[c].exchanged) != digest:
                 raise RoundError(f"client {c!r}: its frozen base weights differ from the aggregator's")
@@ -351,8 +390,14 @@ class LocalTransport:
             return self.participants[client].start(round_, msg, state, n, loss)
         return self.participants[client].handle(kind, msg)
 
-    def exchange(self, round_: int, send_kind: str | None, messages: Mapping[str, Mapping[str, torch.Tensor]],
-                 reply_kind: str, deadline: float | None) -> Exchanged:
+    def exchange(
+        self,
+        round_: int,
+        send_kind: str | None,
+        messages: Mapping[str, Mapping[str, torch.Tensor]],
+        reply_kind: str,
+        deadline: float | None,
+    ) -> Exchanged:
         out = Exchanged()
         calls: list[tuple[str, str, Mapping[str, Any]]]
         if send_kind is None:
@@ -427,10 +472,19 @@ class StateFile:
 
 class Aggregator:
     """The aggregator's rounds. ``clients``: every client's name (the sampling population, in a fixed
-    order); ``initial``: the initial global state (exchanged tensors); ``digest``: of the frozen base (:func:`base_digest`; empty: not checked)."""
+    order); ``initial``: the initial global state (exchanged tensors); ``digest``: of the frozen base
+    (:func:`base_digest`; empty: not checked)."""
 
-    def __init__(self, clients: Sequence[str], initial: Mapping[str, torch.Tensor], strategy: Strategy,
-                 opts: RoundOptions, transport: Transport, *, digest: bytes = b"") -> None:
+    def __init__(
+        self,
+        clients: Sequence[str],
+        initial: Mapping[str, torch.Tensor],
+        strategy: Strategy,
+        opts: RoundOptions,
+        transport: Transport,
+        *,
+        digest: bytes = b"",
+    ) -> None:
         if len(set(clients)) != len(clients) or not clients:
             raise ValueError(f"clients must be unique names, at least one; got {list(clients)}")
         k = opts.clients_per_round or len(clients)
@@ -477,8 +531,10 @@ class Aggregator:
             return False
         extra = self._ckpt.load(steps[-1])
         if extra.get("strategy") != self.strategy.name:
-            raise ValueError(f"the checkpoint at round {steps[-1]} was made with strategy {extra.get('strategy')!r}, "
-                             f"this job uses {self.strategy.name!r}")
+            raise ValueError(
+                f"the checkpoint at round {steps[-1]} was made with strategy {extra.get('strategy')!r}, "
+                f"this job uses {self.strategy.name!r}"
+            )
         loaded = self._files["global"].state
         if set(loaded) != set(self.state):
             raise ValueError(f"the checkpoint at round {steps[-1]} holds other tensors than this job's global state")
@@ -504,14 +560,28 @@ class Aggregator:
             log.warning("aggregator: round %d goes on without %s", r, self._who(got))
         self.state = self.strategy.aggregate(r, self.state, [got.updates[c] for c in answered])
         self.round = r + 1
-        row = {"kind": "round", "round": r + 1, "clients": answered, "late": got.late, "failed": sorted(got.failed),
-               "samples": sum(got.updates[c].samples for c in answered),
-               "loss": sum(got.losses[c] * got.updates[c].samples for c in answered)
-               / max(1, sum(got.updates[c].samples for c in answered)),
-               "bytes_down": down, "bytes_up": got.bytes_up, "seconds": time.perf_counter() - t0}
+        row = {
+            "kind": "round",
+            "round": r + 1,
+            "clients": answered,
+            "late": got.late,
+            "failed": sorted(got.failed),
+            "samples": sum(got.updates[c].samples for c in answered),
+            "loss": sum(got.losses[c] * got.updates[c].samples for c in answered)
+            / max(1, sum(got.updates[c].samples for c in answered)),
+            "bytes_down": down,
+            "bytes_up": got.bytes_up,
+            "seconds": time.perf_counter() - t0,
+        }
         self.metrics.record(**row)
-        log.info("aggregator: round %d: %d clients, loss %.4f, %d B down, %d B up", r + 1, len(answered), row["loss"],
-                 down, got.bytes_up)
+        log.info(
+            "aggregator: round %d: %d clients, loss %.4f, %d B down, %d B up",
+            r + 1,
+            len(answered),
+            row["loss"],
+            down,
+            got.bytes_up,
+        )
         if self._ckpt is not None and self.round % self.opts.ckpt_every == 0:
             self.save()
         return row
@@ -521,29 +591,53 @@ class Aggregator:
         chosen = self.sample(r)
         settings: SecureSettings = self.strategy.secure  # type: ignore[attr-defined]
         t0 = time.perf_counter()
-        extra = {"secagg": settings.to_tensor(), "sa_clients": names_tensor(sorted(chosen)),
-                 "sa_session": _bytes_tensor(self.opts.run_id.encode())}
+        extra = {
+            "secagg": settings.to_tensor(),
+            "sa_clients": names_tensor(sorted(chosen)),
+            "sa_session": _bytes_tensor(self.opts.run_id.encode()),
+        }
         down = self.transport.broadcast(r, chosen, self.state, self.digest, extra)
         try:
-            got = run_secure_round(r, chosen, self.state, settings, self.opts.run_id, self.transport,
-                                   self._deadline())
+            got = run_secure_round(r, chosen, self.state, settings, self.opts.run_id, self.transport, self._deadline())
         except SecureRoundFailed as e:
             raise RoundError(f"round {r + 1}: {e}") from None
         if len(got.survivors) < self.opts.min_clients:
-            raise RoundError(f"round {r + 1}: only {len(got.survivors)} of {len(chosen)} sampled clients are in the "
-                             f"secure sum, min_clients is {self.opts.min_clients}; dropped: {got.dropped}; "
-                             f"failed: {got.failed}")
+            raise RoundError(
+                f"round {r + 1}: only {len(got.survivors)} of {len(chosen)} sampled clients are in the "
+                f"secure sum, min_clients is {self.opts.min_clients}; dropped: {got.dropped}; "
+                f"failed: {got.failed}"
+            )
         if got.late or got.failed:
-            log.warning("aggregator: secure round %d goes on without %s", r + 1,
-                        self._who(Collected(late=got.late, failed=got.failed)))
+            log.warning(
+                "aggregator: secure round %d goes on without %s", r + 1, self._who(Collected(late=got.late, failed=got.failed))
+            )
         self.state = self.strategy.combine(r, self.state, got.mean)  # type: ignore[attr-defined]
         self.round = r + 1
-        row = {"kind": "round", "round": r + 1, "clients": got.survivors, "late": got.late, "failed": sorted(got.failed),
-               "samples": got.samples, "loss": got.loss, "bytes_down": down, "bytes_up": got.bytes_up,
-               "seconds": time.perf_counter() - t0, "secure": True, "clipped": got.clipped, "dropped": got.dropped}
+        row = {
+            "kind": "round",
+            "round": r + 1,
+            "clients": got.survivors,
+            "late": got.late,
+            "failed": sorted(got.failed),
+            "samples": got.samples,
+            "loss": got.loss,
+            "bytes_down": down,
+            "bytes_up": got.bytes_up,
+            "seconds": time.perf_counter() - t0,
+            "secure": True,
+            "clipped": got.clipped,
+            "dropped": got.dropped,
+        }
         self.metrics.record(**row)
-        log.info("aggregator: secure round %d: %d clients in the sum, loss %.4f, %d values clipped, %d B down, %d B up",
-                 r + 1, len(got.survivors), got.loss, got.clipped, down, got.bytes_up)
+        log.info(
+            "aggregator: secure round %d: %d clients in the sum, loss %.4f, %d values clipped, %d B down, %d B up",
+            r + 1,
+            len(got.survivors),
+            got.loss,
+            got.clipped,
+            down,
+            got.bytes_up,
+        )
         if self._ckpt is not None and self.round % self.opts.ckpt_every == 0:
             self.save()
         return row
@@ -564,8 +658,10 @@ class Aggregator:
 
     def _shortfall(self, r: int, chosen: list[str], got: Collected) -> str:
         limit = f"within the {self.opts.round_deadline:g} s round deadline" if self.opts.round_deadline else "in time"
-        return (f"round {r + 1}: only {len(got.updates)} of {len(chosen)} sampled clients answered {limit}, "
-                f"min_clients is {self.opts.min_clients}; {self._who(got) or 'no client answered'}")
+        return (
+            f"round {r + 1}: only {len(got.updates)} of {len(chosen)} sampled clients answered {limit}, "
+            f"min_clients is {self.opts.min_clients}; {self._who(got) or 'no client answered'}"
+        )
 
     def run(self) -> State:
         """All rounds (from the newest checkpoint with ``resume``); returns the final global state."""
@@ -583,8 +679,9 @@ class Aggregator:
 class ClientParty:
     """A client process's loop: answer every ``fl:train`` of the aggregator until ``fl:done``."""
 
-    def __init__(self, comm: Any, aggregator: str, trainer: LocalTrainer, *, timeout: float = 3600.0,
-                 secure: SecureSettings | None = None) -> None:
+    def __init__(
+        self, comm: Any, aggregator: str, trainer: LocalTrainer, *, timeout: float = 3600.0, secure: SecureSettings | None = None
+    ) -> None:
         self.comm, self.aggregator, self.trainer, self.timeout = comm, aggregator, trainer, timeout
         self.secure = SecureParticipant(trainer.name, trainer.opts.seed, secure)
         self.digest = base_digest(trainer.model, trainer.exchanged)
@@ -598,8 +695,9 @@ class ClientParty:
             try:
                 kind, t = self.comm.receive(self.aggregator, self.timeout, with_kind=True)
             except TimeoutError:
-                raise TimeoutError(f"client {self.trainer.name!r}: no message from the aggregator "
-                                   f"{self.aggregator!r} within {self.timeout:g} s") from None
+                raise TimeoutError(
+                    f"client {self.trainer.name!r}: no message from the aggregator {self.aggregator!r} within {self.timeout:g} s"
+                ) from None
             except PeerRestartedError as e:
                 # the aggregator was restarted (with resume): clients hold no state between rounds, so
                 # wait for the resumed aggregator's next round
@@ -619,21 +717,30 @@ class ClientParty:
                 else:
                     theirs = bytes(t["digest"].numpy().tobytes())
                     if theirs and theirs != self.digest:
-                        raise ValueError("the frozen base weights differ from the aggregator's (same model config, "
-                                         "seed and pretrained weights on every party?)")
+                        raise ValueError(
+                            "the frozen base weights differ from the aggregator's (same model config, "
+                            "seed and pretrained weights on every party?)"
+                        )
                     state, n, loss = self.trainer.train_round(r, _clone(t["state"]))
                     if "secagg" in t:
                         reply = self.secure.start(r, t, state, n, loss)
                     else:
-                        reply = (UPDATE, {"round": torch.tensor(r, dtype=torch.int64),
-                                          "samples": torch.tensor(n, dtype=torch.int64),
-                                          "loss": torch.tensor(loss, dtype=torch.float64), "state": state})
+                        reply = (
+                            UPDATE,
+                            {
+                                "round": torch.tensor(r, dtype=torch.int64),
+                                "samples": torch.tensor(n, dtype=torch.int64),
+                                "loss": torch.tensor(loss, dtype=torch.float64),
+                                "state": state,
+                            },
+                        )
                     self.rounds.append(r)
             except Exception as e:
                 log.exception("client %s: round %d (%s) failed", self.trainer.name, r + 1, kind)
                 msg = f"{type(e).__name__}: {e}"[:2000].encode()
-                self.comm.send_tensors(self.aggregator, {"round": torch.tensor(r), "message": _bytes_tensor(msg)},
-                                       kind=ERROR, step=r)
+                self.comm.send_tensors(
+                    self.aggregator, {"round": torch.tensor(r), "message": _bytes_tensor(msg)}, kind=ERROR, step=r
+                )
                 continue
             if reply is not None:
                 try:

@@ -23,7 +23,8 @@ Protocol (one round; every message is ``bytes`` or, for the masked input, a 1-D 
    AES-128-CTR keystreams of the keys ``splitlink.secure`` derives for its pairwise masks. In Z/2^32
    rounding and masking are one native pass (``_core.secure.quantise_mask32``, 32-bit keystream
    words); in Z/2^64 the update is rounded natively and masked by the existing 64-bit masker
-   (``PairwiseMasker``'s ``mask_encode`` with frac_bits = 0). Four clear trailer words (magic, round id low/high, client index) let the
+   (``PairwiseMasker``'s ``mask_encode`` with frac_bits = 0). Four clear trailer words (magic, round id low/high,
+   client index) let the
    server refuse a tensor from another round or client. ``receive_masked`` collects them.
 3. ``unmask(survivors, dropped) -> bytes``: the server announces who sent a masked input
    (``unmask_request()``); each survivor reveals, for every client whose shares it holds, the share
@@ -33,7 +34,8 @@ Protocol (one round; every message is ``bytes`` or, for the masked input, a 1-D 
    (checked against its commitment) and each dropped client's mask key (checked against its
    advertised public key); with more than t shares it tries other t-subsets if one is inconsistent.
    It sums the masked inputs and removes the self masks and the dropped clients' pairwise masks with
-   their surviving neighbours in one native pass (``ring32_add_masks``; Z/2^64: ``mask_encode``), and decodes ``sum * clip / (2^(bits-1)-1)``.
+   their surviving neighbours in one native pass (``ring32_add_masks``; Z/2^64: ``mask_encode``), and decodes ``sum *
+   clip / (2^(bits-1)-1)``.
    ``exact_sum()`` gives the integer sum of the quantised updates (exact; tests compare it).
 
 Ring and quantisation: ``ring_bits=32`` (default) sends 4 bytes per element, as many as the
@@ -135,8 +137,12 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
             raise SecAggError(f"threshold must be an integer >= 1, got {self.threshold!r}")
-        if not isinstance(self.clip, (int, float)) or isinstance(self.clip, bool) or not math.isfinite(self.clip) \
-                or self.clip <= 0:
+        if (
+            not isinstance(self.clip, (int, float))
+            or isinstance(self.clip, bool)
+            or not math.isfinite(self.clip)
+            or self.clip <= 0
+        ):
             raise SecAggError(f"clip must be a finite number > 0 (updates are clipped to [-clip, clip]), got {self.clip!r}")
         if self.neighbours is not None and (not isinstance(self.neighbours, int) or self.neighbours < 1):
             raise SecAggError(f"neighbours must be an integer >= 1 or None (all other clients), got {self.neighbours!r}")
@@ -170,19 +176,23 @@ class SecAggConfig:
         if k > n - 1:
             raise SecAggError(f"neighbours = {k} but there are only {n - 1} other clients; use neighbours <= {n - 1}")
         if k % 2 == 1 and k != n - 1 and n % 2 == 1:
-            raise SecAggError(f"an odd neighbourhood size ({k}) needs an even number of clients (got {n}); "
-                              f"use neighbours = {k - 1} or {k + 1}")
+            raise SecAggError(
+                f"an odd neighbourhood size ({k}) needs an even number of clients (got {n}); use neighbours = {k - 1} or {k + 1}"
+            )
         t = self.threshold
         if not (2 * t > k + 1 and t <= k + 1):
             lo = (k + 1) // 2 + 1
-            raise SecAggError(f"threshold {t} is invalid for neighbourhoods of {k} (secrets shared among {k + 1} "
-                              f"holders): it must satisfy (k+1)/2 < t <= k+1, i.e. {lo} <= t <= {k + 1}")
+            raise SecAggError(
+                f"threshold {t} is invalid for neighbourhoods of {k} (secrets shared among {k + 1} "
+                f"holders): it must satisfy (k+1)/2 < t <= k+1, i.e. {lo} <= t <= {k + 1}"
+            )
         limit = (1 << (self.ring_bits - 1)) - 1
         if n * self.levels > limit:
             raise SecAggError(
                 f"the sum of {n} clients' quantised values can reach {n} x {self.levels} = {n * self.levels} "
                 f"(bits = {self.bits}), beyond the ring's signed range 2^{self.ring_bits - 1}-1 = {limit}: it would "
-                f"overflow; lower bits to at most {min(24, (limit // n + 1).bit_length())} or use ring_bits = 64")
+                f"overflow; lower bits to at most {min(24, (limit // n + 1).bit_length())} or use ring_bits = 64"
+            )
         if n > (1 << 14):
             raise SecAggError(f"at most {1 << 14} clients per round (the clipped-value count must not overflow), got {n}")
 
@@ -224,8 +234,9 @@ class _Plan:
         self.k = config.neighbourhood_size(len(names))
         self.neighbours = harary_neighbours(self.clients, self.k)
         info = b"".join(_lp(c.encode()) for c in self.clients)
-        info += struct.pack("<QIIIIB", round_id, config.threshold, self.k, config.bits, config.ring_bits,
-                            CIPHERS[config.cipher]) + struct.pack("<d", float(config.clip))
+        info += struct.pack(
+            "<QIIIIB", round_id, config.threshold, self.k, config.bits, config.ring_bits, CIPHERS[config.cipher]
+        ) + struct.pack("<d", float(config.clip))
         self.session_id = hkdf_sha256(config.session or b"\0", b"splitlink secagg v1", info, 32)
 
     def x(self, client: str) -> int:
@@ -267,7 +278,7 @@ class _Reader:
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
             raise SecAggError(f"{self.what}: truncated ({len(self.data)} bytes, needed {self.pos + n})")
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -303,14 +314,16 @@ def _open(data: object, stage: int, plan: _Plan, sender: str, recipient: str, wh
     if got_round != plan.round_id:
         raise SecAggError(f"{what}: message of round {got_round}, this is round {plan.round_id} (a replay or a late message)")
     if got_stage != stage:
-        raise SecAggError(f"{what}: a message of stage '{_STAGE_NAMES.get(got_stage, got_stage)}' where stage "
-                          f"'{_STAGE_NAMES[stage]}' is expected")
+        raise SecAggError(
+            f"{what}: a message of stage '{_STAGE_NAMES.get(got_stage, got_stage)}' where stage "
+            f"'{_STAGE_NAMES[stage]}' is expected"
+        )
     got_sender, got_recipient = r.name(), r.name()
     if got_sender != sender:
         raise SecAggError(f"{what}: the message says it is from '{got_sender}', it came from '{sender}'")
     if got_recipient != recipient:
         raise SecAggError(f"{what}: the message is addressed to '{got_recipient}', not '{recipient}'")
-    return r, r.data[:r.pos]
+    return r, r.data[: r.pos]
 
 
 @dataclass(frozen=True)
@@ -325,8 +338,10 @@ def _parse_advert(data: object, plan: _Plan, sender: str) -> _Advert:
     r, _ = _open(data, ADVERTISE, plan, sender, "", what)
     sid = r.take(32)
     if sid != plan.session_id:
-        raise SecAggError(f"{what}: it was made for a different configuration, client list or session than this "
-                          "round's; every party must use the same SecAggConfig and clients")
+        raise SecAggError(
+            f"{what}: it was made for a different configuration, client list or session than this "
+            "round's; every party must use the same SecAggConfig and clients"
+        )
     adv = _Advert(r.take(32), r.take(32), r.take(32))
     r.end()
     return adv
@@ -337,7 +352,9 @@ def _parse_advert(data: object, plan: _Plan, sender: str) -> _Advert:
 
 def _flat_f32(update: torch.Tensor) -> torch.Tensor:
     if not isinstance(update, torch.Tensor) or not update.is_floating_point():
-        raise SecAggError(f"the update must be a floating-point torch.Tensor, got {getattr(update, 'dtype', type(update).__name__)}")
+        raise SecAggError(
+            f"the update must be a floating-point torch.Tensor, got {getattr(update, 'dtype', type(update).__name__)}"
+        )
     return update.detach().to(device="cpu", dtype=torch.float32).contiguous().view(-1)
 
 
@@ -351,8 +368,9 @@ def _quantise_into(x: torch.Tensor, config: SecAggConfig, key: bytes, out: torch
     """Stochastic rounding of clip(x) * scale into out[:len(x)] (float32 integers); returns the clipped count.
     Native, one pass; the rounding randomness is AES-128-CTR under ``key`` (reproducible)."""
     try:
-        return int(_core.secure.stochastic_quantise(x.numpy(), float(config.clip), float(config.levels), key,
-                                                    out.numpy(), threads))
+        return int(
+            _core.secure.stochastic_quantise(x.numpy(), float(config.clip), float(config.levels), key, out.numpy(), threads)
+        )
     except ValueError as e:
         raise SecAggError(str(e).split(" [")[0]) from None
 
@@ -380,8 +398,16 @@ def _unsigned(t: torch.Tensor) -> np.ndarray:
 class SecAggClient:
     """One client's side of one round. Call the stages in order, each once."""
 
-    def __init__(self, client_id: str, config: SecAggConfig, round_id: int, clients: Sequence[str], *,
-                 rounding_seed: int | None = None, threads: int = 0) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        config: SecAggConfig,
+        round_id: int,
+        clients: Sequence[str],
+        *,
+        rounding_seed: int | None = None,
+        threads: int = 0,
+    ) -> None:
         self._plan = _Plan(config, round_id, clients)
         self._plan.check_client(client_id, "SecAggClient")
         self.client_id = client_id
@@ -406,17 +432,23 @@ class SecAggClient:
     def _enter(self, stage: int, method: str) -> None:
         if self._stage != stage - 1:
             done = _STAGE_NAMES.get(self._stage, "none")
-            raise SecAggError(f"{self.client_id}: {method}() called out of order (last completed stage: {done}); "
-                              "the stages are advertise, share, masked_input, unmask, each once")
+            raise SecAggError(
+                f"{self.client_id}: {method}() called out of order (last completed stage: {done}); "
+                "the stages are advertise, share, masked_input, unmask, each once"
+            )
         self._stage = stage
 
     def advertise(self) -> bytes:
         """Stage 0: this client's public keys and seed commitment."""
         self._enter(ADVERTISE, "advertise")
         p = self._plan
-        self._advert_bytes = (_header(ADVERTISE, p.round_id, self.client_id) + p.session_id
-                              + self._cipher_kp.public_bytes + self._mask_kp.public_bytes
-                              + p.commitment(self.client_id, self._self_seed))
+        self._advert_bytes = (
+            _header(ADVERTISE, p.round_id, self.client_id)
+            + p.session_id
+            + self._cipher_kp.public_bytes
+            + self._mask_kp.public_bytes
+            + p.commitment(self.client_id, self._self_seed)
+        )
         return self._advert_bytes
 
     def share(self, roster: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -433,8 +465,10 @@ class SecAggClient:
         holders = sorted([me, *live])
         t = self.config.threshold
         if len(holders) < t:
-            raise SecAggError(f"{me}: only {len(holders) - 1} of its {p.k} neighbours advertised; its secrets need "
-                              f"{t} holders (threshold), so it cannot take part in round {p.round_id}")
+            raise SecAggError(
+                f"{me}: only {len(holders) - 1} of its {p.k} neighbours advertised; its secrets need "
+                f"{t} holders (threshold), so it cannot take part in round {p.round_id}"
+            )
         xs = [p.x(h) for h in holders]
         seed_shares = _core.secure.shamir_split(self._self_seed, t, xs)
         key_shares = _core.secure.shamir_split(self._mask_priv, t, xs)
@@ -443,8 +477,9 @@ class SecAggClient:
             if h == me:
                 self._held[me] = (bs, ks)
                 continue
-            key = derive_session_keys(self._cipher_kp, self._adverts[h].cipher_pub, me=me, peer=h,
-                                      session_id=p.session_id, cipher=self.config.cipher).send
+            key = derive_session_keys(
+                self._cipher_kp, self._adverts[h].cipher_pub, me=me, peer=h, session_id=p.session_id, cipher=self.config.cipher
+            ).send
             head = _header(SHARE, p.round_id, me, h)
             out[h] = head + aead_encrypt(self.config.cipher, key, _NONCE, head, bs + ks)
         return out
@@ -462,13 +497,16 @@ class SecAggClient:
                 raise SecAggError(f"{me}: a share from '{sender}', which is not an advertised neighbour of this client")
             what = f"{me}: share from '{sender}'"
             r, head = _open(data, SHARE, p, sender, me, what)
-            key = derive_session_keys(self._cipher_kp, self._adverts[sender].cipher_pub, me=me, peer=sender,
-                                      session_id=p.session_id, cipher=cfg.cipher).recv
+            key = derive_session_keys(
+                self._cipher_kp, self._adverts[sender].cipher_pub, me=me, peer=sender, session_id=p.session_id, cipher=cfg.cipher
+            ).recv
             try:
-                plain = aead_decrypt(cfg.cipher, key, _NONCE, head, r.data[r.pos:])
+                plain = aead_decrypt(cfg.cipher, key, _NONCE, head, r.data[r.pos :])
             except CryptoError:
-                raise SecAggError(f"{what} failed authentication: it was tampered with, or is not the one "
-                                  f"'{sender}' encrypted for '{me}' in round {p.round_id}") from None
+                raise SecAggError(
+                    f"{what} failed authentication: it was tampered with, or is not the one "
+                    f"'{sender}' encrypted for '{me}' in round {p.round_id}"
+                ) from None
             if len(plain) != 2 * _SHARE_BYTES:
                 raise SecAggError(f"{what}: holds {len(plain)} bytes, expected {2 * _SHARE_BYTES}")
             bs, ks = plain[:_SHARE_BYTES], plain[_SHARE_BYTES:]
@@ -478,31 +516,41 @@ class SecAggClient:
             self._held[sender] = (bs, ks)
         x = _flat_f32(update)
         n = x.numel()
-        streams = [(_core.secure.derive_mask_key(self._mask_kp._kp, self._adverts[v].mask_pub, me, v, p.session_id),
-                    1 if me < v else -1) for v in sorted(shares_for_me)]
+        streams = [
+            (_core.secure.derive_mask_key(self._mask_kp._kp, self._adverts[v].mask_pub, me, v, p.session_id), 1 if me < v else -1)
+            for v in sorted(shares_for_me)
+        ]
         streams.append((p.self_key(self._self_seed), 1))
         dtype = _ring_dtype(cfg)
         out = torch.empty(n + _EXTRA + _TRAILER, dtype=dtype)
         if dtype == torch.int32:
             # one native pass: stochastic rounding, pairwise and self masks, in Z/2^32
             try:
-                self.clipped = int(_core.secure.quantise_mask32(x.numpy(), float(cfg.clip), float(cfg.levels),
-                                                                self._rounding_key, streams, 0, out[:n].numpy(),
-                                                                self.threads))
+                self.clipped = int(
+                    _core.secure.quantise_mask32(
+                        x.numpy(),
+                        float(cfg.clip),
+                        float(cfg.levels),
+                        self._rounding_key,
+                        streams,
+                        0,
+                        out[:n].numpy(),
+                        self.threads,
+                    )
+                )
             except ValueError as e:
                 raise SecAggError(str(e).split(" [")[0]) from None
             limbs = np.array([self.clipped & 0xFFFF, self.clipped >> 16], dtype=np.uint32)
-            _core.secure.ring32_add_masks([limbs], streams, 0, n, _unsigned(out[n:n + _EXTRA]), self.threads)
+            _core.secure.ring32_add_masks([limbs], streams, 0, n, _unsigned(out[n : n + _EXTRA]), self.threads)
         else:
             # Z/2^64: quantise to exact float32 integers, then the native 64-bit masker (frac_bits = 0)
             buf = torch.empty(n + _EXTRA, dtype=torch.float32)
             self.clipped = _quantise_into(x, cfg, self._rounding_key, buf, self.threads)
             buf[n] = float(self.clipped & 0xFFFF)
             buf[n + 1] = float(self.clipped >> 16)
-            _core.secure.mask_encode(buf.numpy(), 0, streams, 0, out[: n + _EXTRA].numpy(), f"{me}'s update",
-                                     self.threads)
+            _core.secure.mask_encode(buf.numpy(), 0, streams, 0, out[: n + _EXTRA].numpy(), f"{me}'s update", self.threads)
         trailer = [_TRAILER_MAGIC, p.round_id & 0xFFFFFFFF, p.round_id >> 32, p.index[me]]
-        _unsigned(out[n + _EXTRA:])[:] = trailer
+        _unsigned(out[n + _EXTRA :])[:] = trailer
         return out
 
     def unmask(self, survivors: Sequence[str], dropped: Sequence[str]) -> bytes:
@@ -512,19 +560,24 @@ class SecAggClient:
         p, me = self._plan, self.client_id
         surv, drop = set(survivors), set(dropped)
         if surv & drop:
-            raise SecAggError(f"{me}: the server names {sorted(surv & drop)} as both surviving and dropped; "
-                              "revealing both shares would unmask them, refused")
+            raise SecAggError(
+                f"{me}: the server names {sorted(surv & drop)} as both surviving and dropped; "
+                "revealing both shares would unmask them, refused"
+            )
         for c in surv | drop:
             p.check_client(c, f"{me}: unmask request")
         if me not in surv:
             raise SecAggError(f"{me}: the unmask request does not list this client as a survivor")
         if len(surv) < self.config.threshold:
-            raise SecAggError(f"{me}: only {len(surv)} survivors, fewer than the threshold {self.config.threshold}; "
-                              "refusing to reveal shares")
+            raise SecAggError(
+                f"{me}: only {len(surv)} survivors, fewer than the threshold {self.config.threshold}; refusing to reveal shares"
+            )
         for v in self.neighbours:
             if v in surv and v not in self._held:
-                raise SecAggError(f"{me}: the server lists '{v}' as a survivor but this client never received its "
-                                  "shares, so it did not mask with it")
+                raise SecAggError(
+                    f"{me}: the server lists '{v}' as a survivor but this client never received its "
+                    "shares, so it did not mask with it"
+                )
         entries = []
         for v, (bs, ks) in sorted(self._held.items()):
             if v in surv:
@@ -564,8 +617,9 @@ class SecAggServer:
     duplicates; the first call of ``roster``, ``shares_for``, ``unmask_request``, ``result`` closes the
     stage before it (later messages of a closed stage are refused as late)."""
 
-    def __init__(self, config: SecAggConfig, round_id: int, clients: Sequence[str], *, numel: int | None = None,
-                 threads: int = 0) -> None:
+    def __init__(
+        self, config: SecAggConfig, round_id: int, clients: Sequence[str], *, numel: int | None = None, threads: int = 0
+    ) -> None:
         self._plan = _Plan(config, round_id, clients)
         self.config = config
         self.round_id = round_id
@@ -589,11 +643,14 @@ class SecAggServer:
         self._plan.check_client(client, method)
         if self._stage != stage:
             state = "closed" if self._stage > stage else "not open yet"
-            raise SecAggError(f"{method}: a {_STAGE_NAMES[stage]} message from '{client}' but that stage is {state} "
-                              f"(collecting: {_STAGE_NAMES.get(self._stage, 'nothing, the round is over')})")
+            raise SecAggError(
+                f"{method}: a {_STAGE_NAMES[stage]} message from '{client}' but that stage is {state} "
+                f"(collecting: {_STAGE_NAMES.get(self._stage, 'nothing, the round is over')})"
+            )
         if client in seen:
-            raise SecAggError(f"{method}: '{client}' already sent its {_STAGE_NAMES[stage]} message this round "
-                              "(a replay or duplicate); refused")
+            raise SecAggError(
+                f"{method}: '{client}' already sent its {_STAGE_NAMES[stage]} message this round (a replay or duplicate); refused"
+            )
 
     def _count(self, client: str, n: int) -> None:
         self._bytes[client] = self._bytes.get(client, 0) + n
@@ -602,8 +659,9 @@ class SecAggServer:
         if self._stage == stage:
             self._stage = stage + 1
         elif self._stage < stage:
-            raise SecAggError(f"the {_STAGE_NAMES[stage]} stage has not started (still collecting "
-                              f"{_STAGE_NAMES[self._stage]} messages)")
+            raise SecAggError(
+                f"the {_STAGE_NAMES[stage]} stage has not started (still collecting {_STAGE_NAMES[self._stage]} messages)"
+            )
 
     # stage 0
     def receive_advert(self, client_id: str, data: bytes) -> None:
@@ -616,9 +674,11 @@ class SecAggServer:
         """The advertisements ``client_id`` needs (its own and its neighbours'); closes stage 0."""
         self._close(ADVERTISE)
         if len(self._adverts) < self.config.threshold:
-            raise SecAggError(f"round {self.round_id}: only {len(self._adverts)} clients advertised "
-                              f"({sorted(self._adverts)}), fewer than the threshold {self.config.threshold}; "
-                              f"missing: {self._missing(set(self.clients), self._adverts)}")
+            raise SecAggError(
+                f"round {self.round_id}: only {len(self._adverts)} clients advertised "
+                f"({sorted(self._adverts)}), fewer than the threshold {self.config.threshold}; "
+                f"missing: {self._missing(set(self.clients), self._adverts)}"
+            )
         if client_id not in self._adverts:
             raise SecAggError(f"roster: '{client_id}' did not advertise in time and is out of round {self.round_id}")
         return {c: self._advert_bytes[c] for c in self._plan.holders(client_id) if c in self._adverts}
@@ -630,8 +690,10 @@ class SecAggServer:
             raise SecAggError(f"receive_shares: '{client_id}' did not advertise, so it cannot share")
         expected = {v for v in self._plan.neighbours[client_id] if v in self._adverts}
         if set(shares) != expected:
-            raise SecAggError(f"receive_shares: '{client_id}' sent shares for {sorted(shares)}, expected exactly its "
-                              f"advertised neighbours {sorted(expected)}")
+            raise SecAggError(
+                f"receive_shares: '{client_id}' sent shares for {sorted(shares)}, expected exactly its "
+                f"advertised neighbours {sorted(expected)}"
+            )
         for v, data in shares.items():
             _open(data, SHARE, self._plan, client_id, v, f"share from '{client_id}' to '{v}'")
         self._shares[client_id] = dict(shares)
@@ -641,8 +703,7 @@ class SecAggServer:
         """The encrypted shares addressed to ``client_id`` by clients that shared; closes stage 1."""
         self._close(SHARE)
         if client_id not in self._shares:
-            raise SecAggError(f"shares_for: '{client_id}' did not send its shares in time and is out of round "
-                              f"{self.round_id}")
+            raise SecAggError(f"shares_for: '{client_id}' did not send its shares in time and is out of round {self.round_id}")
         return {u: self._shares[u][client_id] for u in self._plan.neighbours[client_id] if u in self._shares}
 
     # stage 2
@@ -653,8 +714,10 @@ class SecAggServer:
             raise SecAggError(f"{what}: it did not send shares, so its masks could not be removed; refused")
         dtype = _ring_dtype(self.config)
         if not isinstance(masked, torch.Tensor) or masked.dtype != dtype or masked.dim() != 1:
-            raise SecAggError(f"{what}: expected a 1-D {dtype} tensor, got "
-                              f"{getattr(masked, 'dtype', type(masked).__name__)} {tuple(getattr(masked, 'shape', ()))}")
+            raise SecAggError(
+                f"{what}: expected a 1-D {dtype} tensor, got "
+                f"{getattr(masked, 'dtype', type(masked).__name__)} {tuple(getattr(masked, 'shape', ()))}"
+            )
         n = masked.numel() - _EXTRA - _TRAILER
         if n < 1:
             raise SecAggError(f"{what}: {masked.numel()} elements, too short")
@@ -663,7 +726,7 @@ class SecAggServer:
         elif n != self._numel:
             raise SecAggError(f"{what}: holds {n} values, the others {self._numel}")
         masked = masked.detach().cpu().contiguous()
-        trailer = [int(v) for v in _unsigned(masked[n + _EXTRA:])]
+        trailer = [int(v) for v in _unsigned(masked[n + _EXTRA :])]
         if trailer[0] != _TRAILER_MAGIC:
             raise SecAggError(f"{what}: not a secure-aggregation masked input (bad trailer)")
         got_round = trailer[1] | (trailer[2] << 32)
@@ -684,8 +747,10 @@ class SecAggServer:
         if len(survivors) < self.config.threshold:
             raise SecAggError(
                 f"round {self.round_id}: {len(survivors)} clients sent masked inputs ({survivors}), fewer than the "
-                f"threshold {self.config.threshold}; dropped before advertising: {self._missing(set(self.clients), self._adverts)}, "
-                f"before sharing: {self._missing(set(self._adverts), self._shares)}, before masking: {dropped}")
+                f"threshold {self.config.threshold}; "
+                f"dropped before advertising: {self._missing(set(self.clients), self._adverts)}, "
+                f"before sharing: {self._missing(set(self._adverts), self._shares)}, before masking: {dropped}"
+            )
         return survivors, dropped
 
     @staticmethod
@@ -713,8 +778,10 @@ class SecAggServer:
                 raise SecAggError(f"{what}: a share for '{target}', whose shares it does not hold")
             want = "b" if target in self._masked else "s"
             if kind != want:
-                raise SecAggError(f"{what}: a {'seed' if kind == 'b' else 'mask-key'} share for '{target}', "
-                                  f"which {'survived' if want == 'b' else 'dropped'}; refused")
+                raise SecAggError(
+                    f"{what}: a {'seed' if kind == 'b' else 'mask-key'} share for '{target}', "
+                    f"which {'survived' if want == 'b' else 'dropped'}; refused"
+                )
             try:
                 ok = len(share) == _SHARE_BYTES and _core.secure.shamir_share_x(share) == x
             except ValueError:
@@ -734,7 +801,8 @@ class SecAggServer:
             raise SecAggError(
                 f"round {self.round_id}: the {label} of '{target}' needs {t} shares, only {len(shares)} holders "
                 f"answered ({[h for h, _ in shares]}); dropped at unmasking: "
-                f"{sorted(set(self._masked) - set(self._unmask))}")
+                f"{sorted(set(self._masked) - set(self._unmask))}"
+            )
         for i, subset in enumerate(itertools.combinations(shares, t)):
             if i >= _MAX_SUBSETS:
                 break
@@ -744,9 +812,11 @@ class SecAggServer:
                 continue
             if check(secret):  # type: ignore[operator]
                 return secret
-        raise SecAggError(f"round {self.round_id}: the shares of the {label} of '{target}' from "
-                          f"{[h for h, _ in shares]} are inconsistent (a corrupted or malicious share): no {t} of them "
-                          "reconstruct the committed value")
+        raise SecAggError(
+            f"round {self.round_id}: the shares of the {label} of '{target}' from "
+            f"{[h for h, _ in shares]} are inconsistent (a corrupted or malicious share): no {t} of them "
+            "reconstruct the committed value"
+        )
 
     def result(self) -> tuple[torch.Tensor, SecAggReport]:
         """(float32 sum of the survivors' dequantised updates, flat; report); closes stage 3."""
@@ -772,8 +842,9 @@ class SecAggServer:
         n = int(self._numel or 0)
         if cfg.ring_bits == 32:  # one native pass: the survivors' sum and every mask to remove
             acc = np.empty(n + _EXTRA, dtype=np.uint32)
-            _core.secure.ring32_add_masks([_unsigned(self._masked[u])[: n + _EXTRA] for u in survivors], streams, 0, 0,
-                                          acc, self.threads)
+            _core.secure.ring32_add_masks(
+                [_unsigned(self._masked[u])[: n + _EXTRA] for u in survivors], streams, 0, 0, acc, self.threads
+            )
         else:
             zeros = torch.zeros(n + _EXTRA, dtype=torch.float32)
             corr = torch.empty(n + _EXTRA, dtype=torch.int64)
@@ -788,12 +859,19 @@ class SecAggServer:
         total = torch.from_numpy(signed[:n]).to(torch.float32).mul_(1.0 / cfg.scale)
         self._stage = UNMASK + 1
         self._report = SecAggReport(
-            round_id=self.round_id, clients=self.clients, survivors=tuple(survivors),
+            round_id=self.round_id,
+            clients=self.clients,
+            survivors=tuple(survivors),
             dropped_at_advertise=tuple(self._missing(set(self.clients), self._adverts)),
             dropped_at_share=tuple(self._missing(set(self._adverts), self._shares)),
             dropped_at_masking=tuple(dropped),
             dropped_at_unmask=tuple(self._missing(set(self._masked), self._unmask)),
-            clipped=clipped, neighbours=p.k, threshold=cfg.threshold, numel=n, bytes_received=dict(self._bytes))
+            clipped=clipped,
+            neighbours=p.k,
+            threshold=cfg.threshold,
+            numel=n,
+            bytes_received=dict(self._bytes),
+        )
         self._masked.clear()
         return total, self._report
 
@@ -804,5 +882,7 @@ class SecAggServer:
         return torch.from_numpy(self._sum[: self._report.numel]).to(torch.int64)
 
     def __repr__(self) -> str:
-        return (f"SecAggServer(round={self.round_id}, clients={len(self.clients)}, "
-                f"collecting={_STAGE_NAMES.get(self._stage, 'done')!r})")
+        return (
+            f"SecAggServer(round={self.round_id}, clients={len(self.clients)}, "
+            f"collecting={_STAGE_NAMES.get(self._stage, 'done')!r})"
+        )

@@ -70,7 +70,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SA_ADVERT, SA_ROSTER, SA_SHARES, SA_MASKED, SA_UNMASK = "fl:sa:advert", "fl:sa:roster", "fl:sa:shares", "fl:sa:masked", "fl:sa:unmask"
+SA_ADVERT, SA_ROSTER, SA_SHARES, SA_MASKED, SA_UNMASK = (
+    "fl:sa:advert",
+    "fl:sa:roster",
+    "fl:sa:shares",
+    "fl:sa:masked",
+    "fl:sa:unmask",
+)
 State = dict[str, torch.Tensor]
 
 
@@ -98,23 +104,41 @@ class SecureSettings:
         """The SecAggConfig of a round of ``n`` clients (validated: clear errors naming the numbers)."""
         k = self.neighbourhood(n)
         t = self.threshold if self.threshold is not None else (k + 1) // 2 + 1
-        cfg = SecAggConfig(threshold=t, clip=float(self.clip), neighbours=None if k == n - 1 else k, bits=self.bits,
-                           ring_bits=self.ring_bits, session=session.encode())
+        cfg = SecAggConfig(
+            threshold=t,
+            clip=float(self.clip),
+            neighbours=None if k == n - 1 else k,
+            bits=self.bits,
+            ring_bits=self.ring_bits,
+            session=session.encode(),
+        )
         cfg.validate(n)
         return cfg
 
     def to_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.clip, -1 if self.threshold is None else self.threshold,
-                             -1 if self.neighbours is None else self.neighbours, self.bits, self.ring_bits],
-                            dtype=torch.float64)
+        return torch.tensor(
+            [
+                self.clip,
+                -1 if self.threshold is None else self.threshold,
+                -1 if self.neighbours is None else self.neighbours,
+                self.bits,
+                self.ring_bits,
+            ],
+            dtype=torch.float64,
+        )
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> SecureSettings:
         v = [float(x) for x in t.reshape(-1).tolist()]
         if len(v) != 5 or not all(math.isfinite(x) for x in v):
             raise ValueError(f"malformed secure-aggregation parameters ({len(v)} values)")
-        return cls(clip=v[0], threshold=None if v[1] < 0 else int(v[1]), neighbours=None if v[2] < 0 else int(v[2]),
-                   bits=int(v[3]), ring_bits=int(v[4]))
+        return cls(
+            clip=v[0],
+            threshold=None if v[1] < 0 else int(v[1]),
+            neighbours=None if v[2] < 0 else int(v[2]),
+            bits=int(v[3]),
+            ring_bits=int(v[4]),
+        )
 
 
 # --- framing helpers ---------------------------------------------------------------------------------
@@ -148,7 +172,7 @@ def unpack_map(blob: bytes, what: str) -> dict[str, bytes]:
         if pos + n > len(blob):
             raise ValueError(f"{what}: truncated ({len(blob)} bytes)")
         pos += n
-        return blob[pos - n:pos]
+        return blob[pos - n : pos]
 
     out: dict[str, bytes] = {}
     for _ in range(struct.unpack("<H", take(2))[0]):
@@ -195,9 +219,9 @@ def flatten_delta(local: Mapping[str, torch.Tensor], global_state: Mapping[str, 
             raise ValueError(f"tensor {k!r}: trained shape {tuple(x.shape)}, global {tuple(g.shape)}")
         n = g.numel()
         if x.dtype == g.dtype == torch.float32:  # float32 - float32 rounded once equals the float64 difference
-            torch.sub(x.reshape(-1), g.reshape(-1), out=out[pos:pos + n])  # rounded (double rounding is exact here)
+            torch.sub(x.reshape(-1), g.reshape(-1), out=out[pos : pos + n])  # rounded (double rounding is exact here)
         else:
-            out[pos:pos + n].copy_(x.reshape(-1).to(torch.float64) - g.reshape(-1).to(torch.float64))
+            out[pos : pos + n].copy_(x.reshape(-1).to(torch.float64) - g.reshape(-1).to(torch.float64))
         pos += n
     return out
 
@@ -215,7 +239,7 @@ def secure_mean(global_state: Mapping[str, torch.Tensor], total: torch.Tensor, w
     for k in float_names(global_state):
         g = global_state[k]
         n = g.numel()
-        out[k] = (g.to(torch.float64) + delta[pos:pos + n].reshape(g.shape)).to(g.dtype)
+        out[k] = (g.to(torch.float64) + delta[pos : pos + n].reshape(g.shape)).to(g.dtype)
         pos += n
     if pos != delta.numel():
         raise ValueError(f"the secure sum holds {delta.numel()} values, the global state {pos}")
@@ -238,24 +262,31 @@ class SecureParticipant:
         self._delta: torch.Tensor | None = None
         self._weight: float | None = None
 
-    def start(self, round_: int, msg: Mapping[str, Any], local: Mapping[str, torch.Tensor], samples: int,
-              loss: float) -> tuple[str, dict[str, torch.Tensor]]:
+    def start(
+        self, round_: int, msg: Mapping[str, Any], local: Mapping[str, torch.Tensor], samples: int, loss: float
+    ) -> tuple[str, dict[str, torch.Tensor]]:
         """After local training on ``msg`` (an ``fl:train`` frame with secagg parameters): the advert."""
         settings = SecureSettings.from_tensor(msg["secagg"])
         if self.expected is not None and settings != self.expected:
-            raise ValueError(f"the aggregator announces secure aggregation {settings}, this client's job file says "
-                             f"{self.expected}; every party must use the same job file")
+            raise ValueError(
+                f"the aggregator announces secure aggregation {settings}, this client's job file says "
+                f"{self.expected}; every party must use the same job file"
+            )
         clients = tensor_names(msg["sa_clients"], "fl:train clients")
         session = tensor_bytes(msg["sa_session"], "fl:train session").decode("utf-8", "replace")
         cfg = settings.config(len(clients), session)
         self.round = round_
-        self._client = SecAggClient(self.name, cfg, round_, clients,
-                                    rounding_seed=seed_of("secagg", self.seed, round_, self.name), threads=self.threads)
+        self._client = SecAggClient(
+            self.name, cfg, round_, clients, rounding_seed=seed_of("secagg", self.seed, round_, self.name), threads=self.threads
+        )
         self._delta = flatten_delta(local, msg["state"])
         self._weight = None
-        return SA_ADVERT, {"round": torch.tensor(round_, dtype=torch.int64), "advert": bytes_tensor(self._client.advertise()),
-                           "samples": torch.tensor(samples, dtype=torch.int64),
-                           "loss": torch.tensor(loss, dtype=torch.float64)}
+        return SA_ADVERT, {
+            "round": torch.tensor(round_, dtype=torch.int64),
+            "advert": bytes_tensor(self._client.advertise()),
+            "samples": torch.tensor(samples, dtype=torch.int64),
+            "loss": torch.tensor(loss, dtype=torch.float64),
+        }
 
     def handle(self, kind: str, msg: Mapping[str, Any]) -> tuple[str, dict[str, torch.Tensor]] | None:
         """The answer to one of the aggregator's secagg frames; None for a frame of another round (stale)."""
@@ -304,8 +335,17 @@ class SecureRoundFailed(Exception):
     """Raised inside :func:`run_secure_round` with the message the rounds turn into a RoundError."""
 
 
-def run_secure_round(round_: int, chosen: Sequence[str], state: Mapping[str, torch.Tensor], settings: SecureSettings,
-                     session: str, transport: Any, deadline: float | None, *, threads: int = 0) -> SecureOutcome:
+def run_secure_round(
+    round_: int,
+    chosen: Sequence[str],
+    state: Mapping[str, torch.Tensor],
+    settings: SecureSettings,
+    session: str,
+    transport: Any,
+    deadline: float | None,
+    *,
+    threads: int = 0,
+) -> SecureOutcome:
     """The aggregator's stages of one secure round over ``transport`` (after ``broadcast`` of the fl:train
     frames with the secagg parameters). Returns the survivors' weighted mean state."""
     cfg = settings.config(len(chosen), session)
@@ -342,15 +382,22 @@ def run_secure_round(round_: int, chosen: Sequence[str], state: Mapping[str, tor
         return SecureRoundFailed(
             f"secure aggregation needs {cfg.threshold} clients (threshold) but only {len(have)} of {len(chosen)} "
             f"remained after the {stage} stage ({', '.join(have) or 'none'}); dropped: "
-            + ", ".join(f"{c} (at {s}{': ' + failed[c] if c in failed else ', late'})" for c, s in gone.items()))
+            + ", ".join(f"{c} (at {s}{': ' + failed[c] if c in failed else ', late'})" for c, s in gone.items())
+        )
 
     if len(samples) < cfg.threshold:
         raise short("advertise", sorted(samples))
     top = max(samples.values())
     weights = {c: n / top for c, n in samples.items()}
     # stage 1: roster and weight out, encrypted shares back
-    out = {c: {"round": torch.tensor(round_, dtype=torch.int64), "roster": bytes_tensor(pack_map(server.roster(c))),
-               "weight": torch.tensor(weights[c], dtype=torch.float64)} for c in sorted(samples)}
+    out = {
+        c: {
+            "round": torch.tensor(round_, dtype=torch.int64),
+            "roster": bytes_tensor(pack_map(server.roster(c))),
+            "weight": torch.tensor(weights[c], dtype=torch.float64),
+        }
+        for c in sorted(samples)
+    }
     for c, t in gather("share", transport.exchange(round_, SA_ROSTER, out, SA_SHARES, deadline)).items():
         try:
             server.receive_shares(c, unpack_map(tensor_bytes(t["shares"], "shares"), f"shares of {c}"))
@@ -360,8 +407,10 @@ def run_secure_round(round_: int, chosen: Sequence[str], state: Mapping[str, tor
     if len(sharers) < cfg.threshold:
         raise short("share", sharers)
     # stage 2: relayed shares out, masked inputs back
-    out = {c: {"round": torch.tensor(round_, dtype=torch.int64), "shares": bytes_tensor(pack_map(server.shares_for(c)))}
-           for c in sharers}
+    out = {
+        c: {"round": torch.tensor(round_, dtype=torch.int64), "shares": bytes_tensor(pack_map(server.shares_for(c)))}
+        for c in sharers
+    }
     for c, t in gather("masked input", transport.exchange(round_, SA_SHARES, out, SA_MASKED, deadline)).items():
         try:
             server.receive_masked(c, t["masked"])
@@ -372,8 +421,14 @@ def run_secure_round(round_: int, chosen: Sequence[str], state: Mapping[str, tor
     except SecAggError:
         raise short("masked input", sorted(c for c in sharers if c not in stage_of)) from None
     # stage 3: unmask request out, shares of seeds / keys back
-    out = {c: {"round": torch.tensor(round_, dtype=torch.int64), "survivors": names_tensor(survivors),
-               "dropped": names_tensor(dropped)} for c in survivors}
+    out = {
+        c: {
+            "round": torch.tensor(round_, dtype=torch.int64),
+            "survivors": names_tensor(survivors),
+            "dropped": names_tensor(dropped),
+        }
+        for c in survivors
+    }
     for c, t in gather("unmask", transport.exchange(round_, SA_UNMASK, out, SA_UNMASK, deadline)).items():
         try:
             server.receive_unmask(c, tensor_bytes(t["unmask"], "unmask"))
@@ -386,10 +441,18 @@ def run_secure_round(round_: int, chosen: Sequence[str], state: Mapping[str, tor
     wsum = sum(weights[c] for c in survivors)
     n_samples = sum(samples[c] for c in survivors)
     return SecureOutcome(
-        mean=secure_mean(state, total, wsum), survivors=list(survivors),
+        mean=secure_mean(state, total, wsum),
+        survivors=list(survivors),
         failed={c: w for c, w in failed.items() if c not in survivors},
-        late=[c for c in late if c not in survivors], samples=n_samples,
+        late=[c for c in late if c not in survivors],
+        samples=n_samples,
         loss=sum(losses[c] * samples[c] for c in survivors) / max(1, n_samples),
-        bytes_up=sum(report.bytes_received.values()), clipped=report.clipped,
-        dropped={"advertise": list(report.dropped_at_advertise), "share": list(report.dropped_at_share),
-                 "masked_input": list(report.dropped_at_masking), "unmask": list(report.dropped_at_unmask)})
+        bytes_up=sum(report.bytes_received.values()),
+        clipped=report.clipped,
+        dropped={
+            "advertise": list(report.dropped_at_advertise),
+            "share": list(report.dropped_at_share),
+            "masked_input": list(report.dropped_at_masking),
+            "unmask": list(report.dropped_at_unmask),
+        },
+    )

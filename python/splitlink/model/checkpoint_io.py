@@ -94,10 +94,10 @@ def load_module(module: nn.Module, state: Mapping[str, torch.Tensor], source: Pa
         if unexpected:
             parts.append(f"not in this network: {', '.join(unexpected)}")
         if shapes:
-            parts.append("different shapes: " + ", ".join(
-                f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes))
-        raise CheckpointError(f"checkpoint {source} is of a different network ({type(module).__name__}): "
-                              + "; ".join(parts))
+            parts.append(
+                "different shapes: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes)
+            )
+        raise CheckpointError(f"checkpoint {source} is of a different network ({type(module).__name__}): " + "; ".join(parts))
     module.load_state_dict(state)
 
 
@@ -139,10 +139,13 @@ def load_deepspeed(engine: Any, directory: Path, phase: str) -> tuple[Path, dict
             raise CheckpointError(f"no DeepSpeed checkpoint (step-*/) in {directory}")
         tag_dir = tags[-1]
     with in_engine():
-        load_path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                                   load_optimizer_states=phase == "train",
-                                                   load_lr_scheduler_states=phase == "train",
-                                                   load_module_strict=True)
+        load_path, client = engine.load_checkpoint(
+            str(tag_dir.parent),
+            tag=tag_dir.name,
+            load_optimizer_states=phase == "train",
+            load_lr_scheduler_states=phase == "train",
+            load_module_strict=True,
+        )
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
     return tag_dir, dict(client or {})

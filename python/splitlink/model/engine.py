@@ -105,15 +105,21 @@ class EngineOutputHooks:
         self._handles.clear()
 
 
-def vjp_past_engine_hooks(engine: Any, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]],
-                           wrt: list[torch.Tensor], retain_graph: bool) -> list[torch.Tensor | None]:
+def vjp_past_engine_hooks(
+    engine: Any,
+    hooked: list[torch.Tensor],
+    roots: list[tuple[torch.Tensor, torch.Tensor]],
+    wrt: list[torch.Tensor],
+    retain_graph: bool,
+) -> list[torch.Tensor | None]:
     """``torch.autograd.grad`` of the roots (outputs of a DeepSpeed engine's forward, or computed from
     them), each weighted by its given gradient, as plain autograd computes it: the engine's per-output
     hooks on ``hooked`` undone (EngineOutputHooks)."""
     hooks = EngineOutputHooks(engine, hooked, undo=True)
     try:
-        return list(torch.autograd.grad([o for o, _ in roots], wrt, [g for _, g in roots],
-                                        retain_graph=retain_graph, allow_unused=True))
+        return list(
+            torch.autograd.grad([o for o, _ in roots], wrt, [g for _, g in roots], retain_graph=retain_graph, allow_unused=True)
+        )
     finally:
         hooks.remove()
 
@@ -152,8 +158,9 @@ def init_deepspeed_runtime() -> Any:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
         if "RANK" not in os.environ:
-            _OWN_GROUP_ENV.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_ports(1)[0]), RANK="0", WORLD_SIZE="1",
-                                  LOCAL_RANK="0")
+            _OWN_GROUP_ENV.update(
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_ports(1)[0]), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+            )
         with own_group_env():
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     return deepspeed
@@ -170,8 +177,9 @@ class Engine:
     dtype: torch.dtype | None  # bf16/fp16 when the engine computes in it, else None
 
 
-def initialize_engine(network: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any], *,
-                      micro_batch_size: int) -> Engine:
+def initialize_engine(
+    network: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any], *, micro_batch_size: int
+) -> Engine:
     """``deepspeed.initialize`` with the traps defused: DeepSpeed clips gradients at 1.0 unless told
     otherwise and prints every 10 steps; ZeRO-3's memory-efficient linear patches torch for the whole
     process (another party's sub-network in it included), so it is off unless the config asks for it.

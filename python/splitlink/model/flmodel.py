@@ -44,7 +44,6 @@ __all__ = ["FLModel", "CheckpointError"]
 log = logging.getLogger("splitlink.model")
 
 
-
 class FLModel:
     """One party's sub-network (see the module docstring for the semantics).
 
@@ -61,10 +60,16 @@ class FLModel:
         deepspeed_config: a DeepSpeed config (mapping or JSON path); overrides the YAML's ``deepspeed``.
     """
 
-    def __init__(self, yaml_data: FLYamlData | str | os.PathLike[str], network: nn.Module, loss_fn: Any = None,
-                 optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
-                 metrics: Any = None, eval_network: nn.Module | None = None,
-                 deepspeed_config: Mapping[str, Any] | str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        yaml_data: FLYamlData | str | os.PathLike[str],
+        network: nn.Module,
+        loss_fn: Any = None,
+        optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        metrics: Any = None,
+        eval_network: nn.Module | None = None,
+        deepspeed_config: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    ) -> None:
         self.yaml = yaml_data if isinstance(yaml_data, FLYamlData) else FLYamlData(yaml_data)
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
@@ -82,15 +87,18 @@ class FLModel:
         self.network = network
         self.metrics = metrics
         if loss_fn is not None:
-            self.train_network: nn.Module = WithLoss(network, loss_fn, len(self._in_names) - 1,
-                                                      keep_outputs=len(self._out_names) > 1)
+            self.train_network: nn.Module = WithLoss(
+                network, loss_fn, len(self._in_names) - 1, keep_outputs=len(self._out_names) > 1
+            )
             arity, expected, what = forward_arity(network), len(self._in_names) - 1, "network (loss_fn takes the last input)"
         else:
             self.train_network = network
             arity, expected, what = forward_arity(network), len(self._in_names), "network"
         if arity is not None and arity != expected:
-            raise ValueError(f"{self.yaml.source}: model.train_net {self.name!r} lists {expected} input(s) for the "
-                             f"{what} ({', '.join(self._in_names)}) but {type(network).__name__}.forward takes {arity}")
+            raise ValueError(
+                f"{self.yaml.source}: model.train_net {self.name!r} lists {expected} input(s) for the "
+                f"{what} ({', '.join(self._in_names)}) but {type(network).__name__}.forward takes {arity}"
+            )
         self.eval_network = eval_network if eval_network is not None else network
 
         self._consumers: list[Consumer] = []
@@ -112,8 +120,7 @@ class FLModel:
         self.optimizers = self._build_optimizers(optimizers)
         self._scaler_inputs = {i.name for s in y.grad_scalers for i in s.inputs}
         for k, sc in enumerate(y.grad_scalers):
-            self._consumers.append(Consumer("scaler", k, [(sc.output.name, sc.sens)],
-                                             inputs=tuple(i.name for i in sc.inputs)))
+            self._consumers.append(Consumer("scaler", k, [(sc.output.name, sc.sens)], inputs=tuple(i.name for i in sc.inputs)))
         self._terms: list[Term] = list(OrderedDict.fromkeys(t for c in self._consumers for t in c.terms))
         self._same_terms = len({tuple(sorted(map(str, c.terms))) for c in self._consumers}) <= 1
         # Every parameter has an optimizer (frozen ones too: they may be unfrozen later): a one-pass
@@ -132,8 +139,13 @@ class FLModel:
             self.label_dp = LabelDP(priv.label_dp.eps, seed=priv.label_dp.seed, num_classes=priv.label_dp.num_classes)
             self._label_name = y.eval_net_gt
             self._id_key = priv.label_dp.id_key
-            log.info("%s: label DP on %r, eps=%g (flip probability %.4f)", self.name, self._label_name,
-                     priv.label_dp.eps, self.label_dp.flip_probability())
+            log.info(
+                "%s: label DP on %r, eps=%g (flip probability %.4f)",
+                self.name,
+                self._label_name,
+                priv.label_dp.eps,
+                self.label_dp.flip_probability(),
+            )
         if priv and priv.embedding_dp:
             e = priv.embedding_dp
             if e.mechanism == "sign_rr":
@@ -142,16 +154,21 @@ class FLModel:
             else:
                 assert e.clip_norm is not None and e.delta is not None
                 num = e.num_samples or (y.dataset.num_samples if y.dataset else None)
-                self.embedding_dp = GaussianEmbeddingDP(clip_norm=e.clip_norm, delta=e.delta,
-                                                        noise_multiplier=e.noise_multiplier, eps=e.eps,
-                                                        releases=e.releases or y.epochs, num_samples=num, seed=e.seed)
+                self.embedding_dp = GaussianEmbeddingDP(
+                    clip_norm=e.clip_norm,
+                    delta=e.delta,
+                    noise_multiplier=e.noise_multiplier,
+                    eps=e.eps,
+                    releases=e.releases or y.epochs,
+                    num_samples=num,
+                    seed=e.seed,
+                )
             log.info("%s: embedding DP (%s) on %s", self.name, e.mechanism, ", ".join(sorted(self._remote_outs)))
         # Gradient defences on what is sent back for remote inputs (privacy.grad_norm, then privacy.marvell).
         self.grad_norm: GradientNormDefence | None = None
         self.marvell: MarvellNoise | None = None
         if priv and priv.grad_norm:
-            self.grad_norm = GradientNormDefence(priv.grad_norm.mode, norm=priv.grad_norm.norm,
-                                                 quantile=priv.grad_norm.quantile)
+            self.grad_norm = GradientNormDefence(priv.grad_norm.mode, norm=priv.grad_norm.norm, quantile=priv.grad_norm.quantile)
         if priv and priv.marvell:
             self.marvell = MarvellNoise(priv.marvell.scale, seed=priv.marvell.seed)
             assert y.eval_net_gt is not None  # (checked with the YAML)
@@ -164,8 +181,10 @@ class FLModel:
         if given is not None:
             opts = [given] if isinstance(given, torch.optim.Optimizer) else list(given)
             if len(opts) != len(specs):
-                raise ValueError(f"{y.source}: {len(opts)} optimizer(s) given but the YAML's opts lists {len(specs)}; "
-                                 "give one per opts entry, in order")
+                raise ValueError(
+                    f"{y.source}: {len(opts)} optimizer(s) given but the YAML's opts lists {len(specs)}; "
+                    "give one per opts entry, in order"
+                )
             for j, (opt, spec) in enumerate(zip(opts, specs)):
                 _, ls = optimizer_kwargs(type(opt), {k: v for k, v in spec.hyper_parameters.items() if k == "loss_scale"})
                 self._consumers.append(Consumer("opt", j, [(g.output.name, g.sens) for g in spec.grads], ls))
@@ -186,18 +205,28 @@ class FLModel:
                     chosen.extend(hits)
                 sample = ", ".join(n for n, _ in named[:12]) + (", ..." if len(named) > 12 else "")
                 if not chosen:
-                    raise ValueError(f"{y.source}: opts[{j}].params selectors {', '.join(map(repr, unmatched))} match "
-                                     f"no trainable parameter of {type(self.network).__name__} (parameters: {sample})")
+                    raise ValueError(
+                        f"{y.source}: opts[{j}].params selectors {', '.join(map(repr, unmatched))} match "
+                        f"no trainable parameter of {type(self.network).__name__} (parameters: {sample})"
+                    )
                 if unmatched:
-                    log.warning("%s: opts[%d].params selector(s) %s match no parameter of %s (parameters: %s)",
-                                y.source, j, ", ".join(map(repr, unmatched)), type(self.network).__name__, sample)
+                    log.warning(
+                        "%s: opts[%d].params selector(s) %s match no parameter of %s (parameters: %s)",
+                        y.source,
+                        j,
+                        ", ".join(map(repr, unmatched)),
+                        type(self.network).__name__,
+                        sample,
+                    )
             else:
                 chosen = list(named)
             params: list[torch.nn.Parameter] = []
             for n, p in chosen:
                 if id(p) in owner and owner[id(p)] != j:
-                    raise ValueError(f"{y.source}: parameter {n!r} is selected by opts[{owner[id(p)]}] and opts[{j}]; "
-                                     "a parameter has one optimizer")
+                    raise ValueError(
+                        f"{y.source}: parameter {n!r} is selected by opts[{owner[id(p)]}] and opts[{j}]; "
+                        "a parameter has one optimizer"
+                    )
                 if id(p) not in owner:
                     owner[id(p)] = j
                     params.append(p)
@@ -210,8 +239,9 @@ class FLModel:
 
     def _init_deepspeed(self, cfg: dict[str, Any]) -> None:
         if len(self.optimizers) != 1:
-            raise ValueError(f"{self.yaml.source}: a DeepSpeed engine takes one optimizer; the YAML's opts lists "
-                             f"{len(self.optimizers)}")
+            raise ValueError(
+                f"{self.yaml.source}: a DeepSpeed engine takes one optimizer; the YAML's opts lists {len(self.optimizers)}"
+            )
         selected = {id(p) for p in self._opt_params[0]}
         for p in self.train_network.parameters():
             if id(p) not in selected:
@@ -240,8 +270,10 @@ class FLModel:
             return [batch[n] for n in names]
         except KeyError:
             missing = [n for n in names if n not in batch]
-            raise KeyError(f"{self.yaml.source}: model.{net} input(s) {', '.join(map(repr, missing))} missing from the "
-                           f"data batches (they hold: {', '.join(map(str, batch)) or 'nothing'})") from None
+            raise KeyError(
+                f"{self.yaml.source}: model.{net} input(s) {', '.join(map(repr, missing))} missing from the "
+                f"data batches (they hold: {', '.join(map(str, batch)) or 'nothing'})"
+            ) from None
 
     @property
     def device(self) -> torch.device:
@@ -281,23 +313,26 @@ class FLModel:
                     f"{self.yaml.source}: remote input {name!r} from the peer has dtype {x.dtype} and shape "
                     f"{tuple(x.shape)}, but it had dtype {first[0]} and shape (batch, {', '.join(map(str, first[1]))}) "
                     "at the first step: the peer sent a tensor of the wrong shape or dtype (is it running the same "
-                    "model configuration?)")
+                    "model configuration?)"
+                )
 
     def _outputs(self, result: Any, names: list[str], net: str) -> list[torch.Tensor]:
         if isinstance(result, Mapping):
             if list(result) != names and set(result) != set(names):
-                raise ValueError(f"{self.yaml.source}: model.{net} outputs are {names} but the network returned "
-                                 f"{list(result)}")
+                raise ValueError(f"{self.yaml.source}: model.{net} outputs are {names} but the network returned {list(result)}")
             return [result[n] for n in names]
         outs = list(result) if isinstance(result, (tuple, list)) else [result]
         if len(outs) != len(names):
-            raise ValueError(f"{self.yaml.source}: model.{net} lists {len(names)} output(s) ({', '.join(names)}) but "
-                             f"the network returned {len(outs)}")
+            raise ValueError(
+                f"{self.yaml.source}: model.{net} lists {len(names)} output(s) ({', '.join(names)}) but "
+                f"the network returned {len(outs)}"
+            )
         return outs
 
     # Steps --------------------------------------------------------------------------------------
-    def forward_one_step(self, local_data_batch: Mapping[str, Any] | None = None,
-                         remote_data_batch: Mapping[str, Any] | None = None) -> OrderedDict[str, torch.Tensor]:
+    def forward_one_step(
+        self, local_data_batch: Mapping[str, Any] | None = None, remote_data_batch: Mapping[str, Any] | None = None
+    ) -> OrderedDict[str, torch.Tensor]:
         """Runs the train network on one batch, keeping the graph for ``backward_one_step``."""
         batch = self._merge(local_data_batch, remote_data_batch)
         originals = self._gather(batch, self._in_names, "train_net")
@@ -306,8 +341,10 @@ class FLModel:
         inputs = [self._prepare(n, v, device) for n, v in zip(self._in_names, originals)]
         if self.label_dp is not None and self._label_name in self._in_names:
             if self._id_key not in batch:
-                raise KeyError(f"{self.yaml.source}: label DP randomises each label once per sample id, and the batch "
-                               f"has no {self._id_key!r} (privacy.label_dp.id_key); add the sample ids to the batch")
+                raise KeyError(
+                    f"{self.yaml.source}: label DP randomises each label once per sample id, and the batch "
+                    f"has no {self._id_key!r} (privacy.label_dp.id_key); add the sample ids to the batch"
+                )
             i = self._in_names.index(self._label_name)
             inputs[i] = self.label_dp(inputs[i], batch[self._id_key])
         module = self.engine if self.engine is not None else self.train_network
@@ -320,10 +357,16 @@ class FLModel:
             result = module(*inputs)
         outs = self._outputs(result, self._out_names, "train_net")
         if self.embedding_dp is not None:
-            outs = [self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
-                    for n, o in zip(self._out_names, outs)]
-        self._pending = {"originals": originals, "inputs": inputs, "outputs": outs,
-                         "hooked": hooked_tensors(result) if self.engine is not None else []}
+            outs = [
+                self.embedding_dp(o) if n in self._remote_outs and o.is_floating_point() else o
+                for n, o in zip(self._out_names, outs)
+            ]
+        self._pending = {
+            "originals": originals,
+            "inputs": inputs,
+            "outputs": outs,
+            "hooked": hooked_tensors(result) if self.engine is not None else [],
+        }
         return OrderedDict(zip(self._out_names, outs))
 
     def _same_batch(self, local: Mapping[str, Any] | None, remote: Mapping[str, Any] | None) -> bool:
@@ -337,28 +380,33 @@ class FLModel:
     def _sens(self, term: Term, out: torch.Tensor, sens: Mapping[str, Any] | None, weight: float = 1.0) -> torch.Tensor:
         name, s = term
         if not isinstance(s, str):
-            return torch.full_like(out, float(s) * weight if weight != 1.0 else float(s),
-                                   memory_format=torch.contiguous_format)
+            return torch.full_like(out, float(s) * weight if weight != 1.0 else float(s), memory_format=torch.contiguous_format)
         if sens is None or s not in sens:
-            raise KeyError(f"{self.yaml.source}: the gradient of output {name!r} is weighted by sens {s!r}, so "
-                           f"backward_one_step needs sens={{{s!r}: {{{name!r}: tensor}}}}; "
-                           f"got {'no sens' if sens is None else 'keys ' + ', '.join(map(repr, sens))}")
+            raise KeyError(
+                f"{self.yaml.source}: the gradient of output {name!r} is weighted by sens {s!r}, so "
+                f"backward_one_step needs sens={{{s!r}: {{{name!r}: tensor}}}}; "
+                f"got {'no sens' if sens is None else 'keys ' + ', '.join(map(repr, sens))}"
+            )
         inner = sens[s]
         if not isinstance(inner, Mapping) or name not in inner:
             keys = ", ".join(map(repr, inner)) if isinstance(inner, Mapping) else type(inner).__name__
             raise KeyError(f"{self.yaml.source}: sens[{s!r}] has no tensor for output {name!r} (it holds {keys})")
         g = as_tensor(f"sens[{s!r}][{name!r}]", inner[name])
         if tuple(g.shape) != tuple(out.shape):
-            raise ValueError(f"sens[{s!r}][{name!r}] has shape {tuple(g.shape)} but output {name!r} has shape "
-                             f"{tuple(out.shape)}")
+            raise ValueError(f"sens[{s!r}][{name!r}] has shape {tuple(g.shape)} but output {name!r} has shape {tuple(out.shape)}")
         if not g.is_floating_point():
             raise TypeError(f"sens[{s!r}][{name!r}] has dtype {g.dtype}; gradients are floating point")
         return g.to(device=out.device, dtype=out.dtype)
 
-    def backward_one_step(self, local_data_batch: Mapping[str, Any] | None = None,
-                          remote_data_batch: Mapping[str, Any] | None = None,
-                          sens: Mapping[str, Mapping[str, Any]] | None = None, *, step: bool = True,
-                          loss_weight: float = 1.0) -> dict[str, OrderedDict[str, torch.Tensor]]:
+    def backward_one_step(
+        self,
+        local_data_batch: Mapping[str, Any] | None = None,
+        remote_data_batch: Mapping[str, Any] | None = None,
+        sens: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        step: bool = True,
+        loss_weight: float = 1.0,
+    ) -> dict[str, OrderedDict[str, torch.Tensor]]:
         """One backward pass, optimizer steps, and the grad scale ``{scaler_output: {input: grad}}``.
 
         Micro-batches (gradient accumulation): ``step=False`` adds this batch's parameter gradients to
@@ -405,13 +453,17 @@ class FLModel:
         """Steps the optimizers on the gradients accumulated by ``backward_one_step(step=False)`` and
         counts a step (plain torch; under DeepSpeed pass ``step=True`` to the last micro-batch's backward)."""
         if not self._accumulated:
-            raise RuntimeError(f"{self.name}: optimizer_step() without accumulated gradients; call "
-                               "backward_one_step(..., step=False) for each micro-batch first")
+            raise RuntimeError(
+                f"{self.name}: optimizer_step() without accumulated gradients; call "
+                "backward_one_step(..., step=False) for each micro-batch first"
+            )
         if self.engine is not None:
             # ZeRO reduces the accumulated gradients during the boundary's backward, not in step()
-            raise RuntimeError(f"{self.name}: under DeepSpeed the last micro-batch's backward_one_step(step=True) "
-                               "is the accumulation boundary (the engine reduces the gradients in that backward); "
-                               "optimizer_step() cannot stand in for it")
+            raise RuntimeError(
+                f"{self.name}: under DeepSpeed the last micro-batch's backward_one_step(step=True) "
+                "is the accumulation boundary (the engine reduces the gradients in that backward); "
+                "optimizer_step() cannot stand in for it"
+            )
         self._step_plain()
         self._accumulated = 0
         self.step += 1
@@ -460,8 +512,9 @@ class FLModel:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    def _defend_sent_grads(self, scaled: dict[str, OrderedDict[str, torch.Tensor]],
-                           inputs: dict[str, torch.Tensor]) -> dict[str, OrderedDict[str, torch.Tensor]]:
+    def _defend_sent_grads(
+        self, scaled: dict[str, OrderedDict[str, torch.Tensor]], inputs: dict[str, torch.Tensor]
+    ) -> dict[str, OrderedDict[str, torch.Tensor]]:
         """privacy.grad_norm then privacy.marvell on the gradients of the remote inputs (what the peers get);
         the gradients of local inputs stay exact."""
         for entry in scaled.values():
@@ -487,8 +540,11 @@ class FLModel:
             mine = {id(x) for x in self._wrt(c, inputs)}
             for t in self._terms:
                 if t not in c.terms and reach[t] & mine:
-                    log.info("%s: gradient terms differ between optimizers/grad scalers and overlap on the graph; "
-                             "using one backward pass per distinct term set", self.name)
+                    log.info(
+                        "%s: gradient terms differ between optimizers/grad scalers and overlap on the graph; "
+                        "using one backward pass per distinct term set",
+                        self.name,
+                    )
                     return False
         return True
 
@@ -504,8 +560,9 @@ class FLModel:
             groups.setdefault(tuple(c.terms), []).append(c)
         return [(list(k), v) for k, v in groups.items()]
 
-    def _scale_results(self, inputs: dict[str, torch.Tensor], grads: dict[int, torch.Tensor | None],
-                       originals: dict[str, Any]) -> dict[str, OrderedDict[str, torch.Tensor]]:
+    def _scale_results(
+        self, inputs: dict[str, torch.Tensor], grads: dict[int, torch.Tensor | None], originals: dict[str, Any]
+    ) -> dict[str, OrderedDict[str, torch.Tensor]]:
         out: dict[str, OrderedDict[str, torch.Tensor]] = {}
         for c in self._consumers:
             if c.kind != "scaler":
@@ -515,8 +572,11 @@ class FLModel:
                 x = inputs[name]
                 g = grads.get(id(x))
                 orig = originals[name]
-                want = orig.dtype if isinstance(orig, torch.Tensor) and orig.is_floating_point() else (
-                    x.dtype if x.is_floating_point() else torch.float32)
+                want = (
+                    orig.dtype
+                    if isinstance(orig, torch.Tensor) and orig.is_floating_point()
+                    else (x.dtype if x.is_floating_point() else torch.float32)
+                )
                 if g is None:
                     g = torch.zeros(x.shape, dtype=want, device=x.device)
                 elif g.dtype != want:
@@ -525,8 +585,13 @@ class FLModel:
             out[c.terms[0][0]] = entry
         return out
 
-    def _backward_plain(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
-                        grads_out: dict[Term, torch.Tensor], step: bool = True) -> dict[int, torch.Tensor | None]:
+    def _backward_plain(
+        self,
+        outs: dict[str, torch.Tensor],
+        inputs: dict[str, torch.Tensor],
+        grads_out: dict[Term, torch.Tensor],
+        step: bool = True,
+    ) -> dict[int, torch.Tensor | None]:
         groups = self._groups(outs, inputs)
         input_grads: dict[int, torch.Tensor | None] = {}
         for gi, (terms, consumers) in enumerate(groups):
@@ -540,8 +605,9 @@ class FLModel:
                 for x in wrt:
                     if x.grad is not None:
                         x.grad = None
-                torch.autograd.backward([outs[t[0]] for t in live], [grads_out[t] for t in live],
-                                        inputs=None if self._all_owned else wrt)
+                torch.autograd.backward(
+                    [outs[t[0]] for t in live], [grads_out[t] for t in live], inputs=None if self._all_owned else wrt
+                )
                 by_id = {id(x): x.grad for x in wrt}
                 for c in consumers:
                     if c.kind == "opt" and c.loss_scale != 1.0:
@@ -549,8 +615,13 @@ class FLModel:
                             if p.grad is not None:
                                 p.grad.div_(c.loss_scale)
             else:
-                res = torch.autograd.grad([outs[t[0]] for t in live], wrt, [grads_out[t] for t in live],
-                                          retain_graph=gi < len(groups) - 1, allow_unused=True)
+                res = torch.autograd.grad(
+                    [outs[t[0]] for t in live],
+                    wrt,
+                    [grads_out[t] for t in live],
+                    retain_graph=gi < len(groups) - 1,
+                    allow_unused=True,
+                )
                 by_id = {id(x): g for x, g in zip(wrt, res)}
                 for c in consumers:
                     if c.kind == "opt":
@@ -566,14 +637,21 @@ class FLModel:
             self._step_plain()
         return input_grads
 
-    def _backward_deepspeed(self, outs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
-                            grads_out: dict[Term, torch.Tensor],
-                            hooked: list[torch.Tensor], boundary: bool = True) -> dict[int, torch.Tensor | None]:
+    def _backward_deepspeed(
+        self,
+        outs: dict[str, torch.Tensor],
+        inputs: dict[str, torch.Tensor],
+        grads_out: dict[Term, torch.Tensor],
+        hooked: list[torch.Tensor],
+        boundary: bool = True,
+    ) -> dict[int, torch.Tensor | None]:
         engine = self.engine
         if not boundary or self._accumulated:
             if self._gas != 1:
-                raise ValueError(f"{self.name}: micro-batches accumulate through the engine's accumulation boundary; "
-                                 f"set the DeepSpeed config's gradient_accumulation_steps to 1 (it is {self._gas})")
+                raise ValueError(
+                    f"{self.name}: micro-batches accumulate through the engine's accumulation boundary; "
+                    f"set the DeepSpeed config's gradient_accumulation_steps to 1 (it is {self._gas})"
+                )
             engine.set_gradient_accumulation_boundary(boundary)
         opt_c = next(c for c in self._consumers if c.kind == "opt")
         scalers = [c for c in self._consumers if c.kind == "scaler"]
@@ -615,8 +693,9 @@ class FLModel:
                         wrt = self._wrt(c, inputs)
                         c_live = [t for t in c.terms if outs[t[0]].requires_grad]
                         if wrt and c_live:
-                            res = vjp_past_engine_hooks(engine, hooked, weighted_roots(outs, c_live, grads_out), wrt,
-                                                         retain_graph=True)
+                            res = vjp_past_engine_hooks(
+                                engine, hooked, weighted_roots(outs, c_live, grads_out), wrt, retain_graph=True
+                            )
                             input_grads.update({id(x): g for x, g in zip(wrt, res)})
                 engine.step()
         finally:
@@ -633,15 +712,15 @@ class FLModel:
             factor = 1.0 / m if math.isfinite(m) and m != 0.0 else math.nan
             if fp16:
                 self._check_fp16_scaling(g_obj, amp_scale / (ls * self._gas), prescaled)
-            if keep_graph and not (math.isfinite(factor)
-                                   and all(g is None or bool(torch.isfinite(g).all()) for g in grads)):
+            if keep_graph and not (math.isfinite(factor) and all(g is None or bool(torch.isfinite(g).all()) for g in grads)):
                 grads, factor = self._input_grads_after_overflow(hooked, weighted_roots(outs, live, grads_out), wrt)
             if not math.isfinite(factor):
                 raise RuntimeError(
                     f"{self.name}: could not measure how DeepSpeed scaled the backward (objective gradient "
                     f"{g_obj!r}, per-output ratio {seen_hooks.ratio!r}), so the gradients for the peers cannot be "
                     "unscaled; this happens when the engine's backward does not pass through the objective "
-                    "(a DeepSpeed version splitlink does not know?). Nothing was sent.")
+                    "(a DeepSpeed version splitlink does not know?). Nothing was sent."
+                )
             for x, g in zip(wrt, grads):
                 if g is not None and factor != 1.0:
                     # unscaled in fp32: an fp16 gradient divided by the loss scale in fp16 would
@@ -667,17 +746,23 @@ class FLModel:
             self._prescale_fp16 = False
         else:
             return
-        log.warning("%s: the DeepSpeed engine's backward multiplied the loss by %g, not by its fp16 loss scale "
-                    "/ gradient_accumulation_steps (%g): this step's parameter gradients were off by that "
-                    "ratio; FLModel %s the loss scale itself from now on", self.name, got, expected,
-                    "applies" if self._prescale_fp16 else "no longer applies")
+        log.warning(
+            "%s: the DeepSpeed engine's backward multiplied the loss by %g, not by its fp16 loss scale "
+            "/ gradient_accumulation_steps (%g): this step's parameter gradients were off by that "
+            "ratio; FLModel %s the loss scale itself from now on",
+            self.name,
+            got,
+            expected,
+            "applies" if self._prescale_fp16 else "no longer applies",
+        )
 
     def _fp16_scale(self) -> float:
         opt = self.engine.optimizer
         return float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", 1.0)))
 
-    def _input_grads_after_overflow(self, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]],
-                                    wrt: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], float]:
+    def _input_grads_after_overflow(
+        self, hooked: list[torch.Tensor], roots: list[tuple[torch.Tensor, torch.Tensor]], wrt: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor | None], float]:
         """The fp16 backward overflowed: the engine skipped its step (or will at the accumulation boundary)
         and lowered its loss scale, as DeepSpeed does, but the peers still need this batch's input
         gradients, and the scaled ones are inf/NaN. Differentiates the kept graph again, for the inputs
@@ -685,17 +770,20 @@ class FLModel:
         undone; returns (gradients, factor that unscales them)."""
         scale = max(self._fp16_scale(), 1.0)
         while True:
-            grads = vjp_past_engine_hooks(self.engine, hooked, [(out, g * scale) for out, g in roots], wrt,
-                                           retain_graph=scale > 1.0)
+            grads = vjp_past_engine_hooks(
+                self.engine, hooked, [(out, g * scale) for out, g in roots], wrt, retain_graph=scale > 1.0
+            )
             if scale <= 1.0 or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                log.info("%s: fp16 overflow; the engine skips its step, input gradients recomputed at loss "
-                         "scale %g", self.name, scale)
+                log.info(
+                    "%s: fp16 overflow; the engine skips its step, input gradients recomputed at loss scale %g", self.name, scale
+                )
                 return grads, 1.0 / scale
             scale = max(scale / 2, 1.0)
 
     @torch.no_grad()
-    def eval_one_step(self, local_data_batch: Mapping[str, Any] | None = None,
-                      remote_data_batch: Mapping[str, Any] | None = None) -> OrderedDict[str, torch.Tensor]:
+    def eval_one_step(
+        self, local_data_batch: Mapping[str, Any] | None = None, remote_data_batch: Mapping[str, Any] | None = None
+    ) -> OrderedDict[str, torch.Tensor]:
         """Runs the eval network (no graph); feeds ``metrics`` with the outputs and the YAML's ``gt``."""
         batch = self._merge(local_data_batch, remote_data_batch)
         names = [i.name for i in self.yaml.eval_net_ins]
@@ -706,8 +794,10 @@ class FLModel:
         if self.engine is not None and self._engine_dtype is not None:
             inputs = [x.to(self._engine_dtype) if x.is_floating_point() else x for x in inputs]
         elif self._compute_dtype is not None:  # a peer's activations in this network's precision, as in training
-            inputs = [x.to(self._compute_dtype) if n in self._eval_remote_ins and x.is_floating_point() else x
-                      for n, x in zip(names, inputs)]
+            inputs = [
+                x.to(self._compute_dtype) if n in self._eval_remote_ins and x.is_floating_point() else x
+                for n, x in zip(names, inputs)
+            ]
         module: Any = self.eval_network
         with contextlib.ExitStack() as stack:
             if self.engine is not None:
@@ -727,8 +817,7 @@ class FLModel:
         gt = self.yaml.eval_net_gt
         if self.metrics is not None:
             if gt is None or gt not in batch:
-                raise KeyError(f"{self.yaml.source}: metrics need the ground truth model.eval_net.gt "
-                               f"({gt!r}) in the data batch")
+                raise KeyError(f"{self.yaml.source}: metrics need the ground truth model.eval_net.gt ({gt!r}) in the data batch")
             self.metrics.update(*outs, batch[gt])
         return OrderedDict(zip(out_names, outs))
 
@@ -746,7 +835,10 @@ class FLModel:
 
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "format": checkpoint_io.CKPT_FORMAT, "net": self.name, "role": self.yaml.role, "step": self.step,
+            "format": checkpoint_io.CKPT_FORMAT,
+            "net": self.name,
+            "role": self.yaml.role,
+            "step": self.step,
             "model": self.train_network.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "rng": {"torch": torch.get_rng_state()},
@@ -797,8 +889,7 @@ class FLModel:
         found = checkpoint_io.list_step_files(d) if self.engine is None else checkpoint_io.list_step_dirs(d)
         return [checkpoint_io.step_of(p) for p in found]
 
-    def load_ckpt(self, path: str | os.PathLike[str] | None = None, phase: str = "train", *,
-                  step: int | None = None) -> Path:
+    def load_ckpt(self, path: str | os.PathLike[str] | None = None, phase: str = "train", *, step: int | None = None) -> Path:
         """Loads a checkpoint; ``phase="train"`` restores everything to resume, ``"eval"`` the eval network.
 
         ``path``: a checkpoint file, or a directory whose newest ``step-*.pt`` is taken (default
@@ -832,8 +923,9 @@ class FLModel:
         if "eval_model" in state:
             checkpoint_io.load_module(self.eval_network, state["eval_model"], p)
         if len(state["optimizers"]) != len(self.optimizers):
-            raise CheckpointError(f"{p} holds {len(state['optimizers'])} optimizer state(s); this model has "
-                                  f"{len(self.optimizers)}")
+            raise CheckpointError(
+                f"{p} holds {len(state['optimizers'])} optimizer state(s); this model has {len(self.optimizers)}"
+            )
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
         self.step = int(state["step"])

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-Term = tuple[str, Union[float, str]]  # (output name, sens)
+Term = tuple[str, float | str]  # (output name, sens)
 
 
 class WithLoss(nn.Module):
@@ -27,7 +27,7 @@ class WithLoss(nn.Module):
     def forward(self, *xs: Any) -> Any:
         y = self.network(*xs[: self.n])
         ys = tuple(y) if isinstance(y, (tuple, list)) else (y,)
-        loss = self.loss_fn(*ys, *xs[self.n:])
+        loss = self.loss_fn(*ys, *xs[self.n :])
         return (*ys, loss) if self.keep_outputs else loss
 
 
@@ -75,9 +75,9 @@ def reachable(out: torch.Tensor) -> set[int]:
     return found
 
 
-
-def weighted_roots(outs: Mapping[str, torch.Tensor], terms: Sequence[Term],
-           grads_out: Mapping[Term, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def weighted_roots(
+    outs: Mapping[str, torch.Tensor], terms: Sequence[Term], grads_out: Mapping[Term, torch.Tensor]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(output, the sum of its terms' sens) for each output the terms name."""
     summed: dict[str, torch.Tensor] = {}
     for t in terms:
@@ -88,7 +88,6 @@ def weighted_roots(outs: Mapping[str, torch.Tensor], terms: Sequence[Term],
 class Consumer:
     """An optimizer or a grad scaler: the terms it needs and what it differentiates."""
 
-    def __init__(self, kind: str, index: int, terms: list[Term], loss_scale: float = 1.0,
-                 inputs: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, index: int, terms: list[Term], loss_scale: float = 1.0, inputs: tuple[str, ...] = ()) -> None:
         self.kind, self.index, self.terms, self.loss_scale = kind, index, terms, loss_scale
         self.inputs = inputs  # a grad scaler's input names, in YAML order

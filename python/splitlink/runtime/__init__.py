@@ -17,13 +17,34 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Party", "TrainOptions", "CheckpointSet", "Manifest", "Schedule", "Metrics", "RunConfig",
-           "load_run_config", "Scenario", "run_party", "ride_through_restarts", "agree_locally"]
+__all__ = [
+    "Party",
+    "TrainOptions",
+    "CheckpointSet",
+    "Manifest",
+    "Schedule",
+    "Metrics",
+    "RunConfig",
+    "load_run_config",
+    "Scenario",
+    "run_party",
+    "ride_through_restarts",
+    "agree_locally",
+]
 
 _WHERE = {
-    "Party": "party", "TrainOptions": "party", "ride_through_restarts": "party", "agree_locally": "party",
-    "CheckpointSet": "checkpoints", "Manifest": "checkpoints", "Schedule": "schedule", "Metrics": "metrics",
-    "RunConfig": "run_config", "load_run_config": "run_config", "Scenario": "registry", "run_party": "launch",
+    "Party": "party",
+    "TrainOptions": "party",
+    "ride_through_restarts": "party",
+    "agree_locally": "party",
+    "CheckpointSet": "checkpoints",
+    "Manifest": "checkpoints",
+    "Schedule": "schedule",
+    "Metrics": "metrics",
+    "RunConfig": "run_config",
+    "load_run_config": "run_config",
+    "Scenario": "registry",
+    "run_party": "launch",
 }
 
 

@@ -87,8 +87,16 @@ class CheckpointSet:
     ``rank``: this process's rank in a party over several processes sharing ``directory`` (None: one process).
     """
 
-    def __init__(self, models: Mapping[str, Checkpointable], directory: str | os.PathLike[str], manifest_id: str, *,
-                 keep: int | None = None, extra_state: bool = False, rank: int | None = None) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, Checkpointable],
+        directory: str | os.PathLike[str],
+        manifest_id: str,
+        *,
+        keep: int | None = None,
+        extra_state: bool = False,
+        rank: int | None = None,
+    ) -> None:
         if not models:
             raise ValueError("a checkpoint set needs at least one model")
         if keep is not None and keep < 1:
@@ -108,8 +116,9 @@ class CheckpointSet:
     def steps(self) -> list[int]:
         """Steps recorded as complete whose files (every model's, the extra state) are all still there."""
         present = [set(m.checkpoint_steps()) for m in self.models.values()]
-        return self.manifest.steps(lambda s: all(s in p for p in present)
-                                   and (not self.extra_state or self._extra_path(s).is_file()))
+        return self.manifest.steps(
+            lambda s: all(s in p for p in present) and (not self.extra_state or self._extra_path(s).is_file())
+        )
 
     def save(self, step: int, extra: Mapping[str, Any] | None = None) -> None:
         """Saves every model at ``step`` (and ``extra``), then records the step: only now does it count."""

@@ -33,7 +33,9 @@ __all__ = ["LEVELS", "LinkRateMeter", "AutoCodecPolicy", "choose", "encoded_byte
 log = logging.getLogger("splitlink.runtime.codec_policy")
 
 LEVELS: list[tuple[str, CompressConfig | None]] = [
-    ("fp32", None), ("fp16", CompressConfig("fp16")), ("8-bit", CompressConfig("min_max", bit_num=8)),
+    ("fp32", None),
+    ("fp16", CompressConfig("fp16")),
+    ("8-bit", CompressConfig("min_max", bit_num=8)),
     ("4-bit", CompressConfig("min_max", bit_num=4)),
 ]
 
@@ -118,7 +120,7 @@ class AutoCodecPolicy:
         self.budget_s, self.name = budget_s, name
         self.meter = LinkRateMeter(window)
         self.levels: dict[str, int] = {}
-        self.errors: dict[str, tuple[str, float]] = {}   # name -> (level name, relative RMS error)
+        self.errors: dict[str, tuple[str, float]] = {}  # name -> (level name, relative RMS error)
         self._numels: dict[str, int] = {}
         self._unmeasured: set[str] = set()
 
@@ -159,8 +161,15 @@ class AutoCodecPolicy:
             if self.levels.get(n) != lv:
                 self._unmeasured.add(n)
                 fits = sum(encoded_bytes(v, numels[k]) for k, v in new.items()) <= rate * self.budget_s
-                log.info("%s: auto codec: %s -> %s (link %.1f Mbit/s measured, budget %.1f ms%s)", self.name, n,
-                         LEVELS[lv][0], rate * 8e-6, self.budget_s * 1e3, "" if fits else ", not met even at 4 bits")
+                log.info(
+                    "%s: auto codec: %s -> %s (link %.1f Mbit/s measured, budget %.1f ms%s)",
+                    self.name,
+                    n,
+                    LEVELS[lv][0],
+                    rate * 8e-6,
+                    self.budget_s * 1e3,
+                    "" if fits else ", not met even at 4 bits",
+                )
             cfg = LEVELS[lv][1]
             if cfg is None:
                 configs.pop(n, None)

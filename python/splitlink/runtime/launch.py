@@ -33,9 +33,15 @@ def run_party(cfg: RunConfig) -> int:
     # A peer that stops answering fails the run after peer_timeout (sending retries as long), with an
     # error naming it; restarting both parties with resume continues from their newest common checkpoint.
     retry = cfg.train.peer_timeout or 60.0
-    with VerticalFederatedCommunicator(ServerConfig(cfg.name or cfg.party, cfg.address), remotes,
-                                       enable_ssl=cfg.enable_ssl, ssl_config=ssl, retry_deadline=retry,
-                                       compress_configs=party.compress_configs(), seal=cfg.seal) as comm:
+    with VerticalFederatedCommunicator(
+        ServerConfig(cfg.name or cfg.party, cfg.address),
+        remotes,
+        enable_ssl=cfg.enable_ssl,
+        ssl_config=ssl,
+        retry_deadline=retry,
+        compress_configs=party.compress_configs(),
+        seal=cfg.seal,
+    ) as comm:
         party.comm = comm
         party.run()
     log.info("%s: finished at step %d", cfg.name or cfg.party, party.step)
@@ -56,4 +62,3 @@ def setup_process(cfg: RunConfig, log_file: str | None = None) -> None:
         from splitlink.util import keep_freed_memory
 
         log.debug("glibc keeps freed memory: %s", keep_freed_memory())
-

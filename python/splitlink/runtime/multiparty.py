@@ -67,8 +67,21 @@ import torch
 from splitlink import secure
 from splitlink.runtime.party import Party, TrainOptions
 
-__all__ = ["Aggregation", "aggregations", "followers_of", "combine", "split_grad", "Plan", "plan_for",
-           "MaskingSession", "MultiParty", "RejoinRequested", "train_stream", "eval_stream", "REJOIN_KIND"]
+__all__ = [
+    "Aggregation",
+    "aggregations",
+    "followers_of",
+    "combine",
+    "split_grad",
+    "Plan",
+    "plan_for",
+    "MaskingSession",
+    "MultiParty",
+    "RejoinRequested",
+    "train_stream",
+    "eval_stream",
+    "REJOIN_KIND",
+]
 
 log = logging.getLogger(__name__)
 REJOIN_KIND = "rejoin"
@@ -122,8 +135,10 @@ def combine(agg: Aggregation, parts: Mapping[str, torch.Tensor]) -> torch.Tensor
     Every follower's tensor must be there: a sum is never decoded from a partial set."""
     missing = [p for p in agg.parties if p not in parts]
     if missing:
-        raise RuntimeError(f"{agg.name!r}: no tensor from {', '.join(map(repr, missing))}; the step stops here "
-                           "(a sum is never formed from a partial set of followers)")
+        raise RuntimeError(
+            f"{agg.name!r}: no tensor from {', '.join(map(repr, missing))}; the step stops here "
+            "(a sum is never formed from a partial set of followers)"
+        )
     xs = [parts[p] for p in agg.parties]
     if agg.kind == "single":
         return xs[0]
@@ -131,14 +146,18 @@ def combine(agg: Aggregation, parts: Mapping[str, torch.Tensor]) -> torch.Tensor
         return torch.cat(xs, dim=1)
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) != 1:
-        raise ValueError(f"{agg.name!r}: the followers' tensors have shapes "
-                         f"{', '.join(f'{p}: {tuple(x.shape)}' for p, x in zip(agg.parties, xs))}; a {agg.kind} needs "
-                         "one shape (do the followers' bottom networks have the same output width?)")
+        raise ValueError(
+            f"{agg.name!r}: the followers' tensors have shapes "
+            f"{', '.join(f'{p}: {tuple(x.shape)}' for p, x in zip(agg.parties, xs))}; a {agg.kind} needs "
+            "one shape (do the followers' bottom networks have the same output width?)"
+        )
     if agg.secure:
         for p, x in zip(agg.parties, xs):
             if x.dtype != torch.int64:
-                raise ValueError(f"{agg.name!r} from {p!r} is {x.dtype}, not the masked int64 ring elements secure "
-                                 "aggregation needs (is the follower running the same plan?)")
+                raise ValueError(
+                    f"{agg.name!r} from {p!r} is {x.dtype}, not the masked int64 ring elements secure "
+                    "aggregation needs (is the follower running the same plan?)"
+                )
         total = secure.sum_masked(xs, frac_bits=agg.frac_bits, threads=1 if xs[0].numel() < SMALL else 0)
     else:
         total = xs[0] + xs[1]
@@ -160,6 +179,7 @@ def split_grad(agg: Aggregation, grad: torch.Tensor, widths: Mapping[str, int] |
 
 
 # ---- the plan the leader sends every follower --------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -228,16 +248,23 @@ class MaskingSession:
                 raise ValueError(f"{self.me}: the leader's plan masks {name!r} in a group without this party")
             missing = [p for p in group if p != self.me and p not in self.peer_publics]
             if missing:
-                raise RuntimeError(f"{self.me}: no masking key from {', '.join(missing)}; every follower of a secure "
-                                   "aggregation must list the others as peers")
+                raise RuntimeError(
+                    f"{self.me}: no masking key from {', '.join(missing)}; every follower of a secure "
+                    "aggregation must list the others as peers"
+                )
             pubs = {p: self.peer_publics[p] for p in group if p != self.me}
             everyone = {self.me: self.public, **pubs}
             # The session id binds the run, the group and every member's fresh public key: both ends of a
             # pair derive the same mask key, and a new agreement (new keys) never repeats a keystream.
-            sid = hashlib.sha256(b"splitlink nparty masks v1\0" + self.run_id.encode() + b"\0" + name.encode() + b"\0"
-                                 + b"".join(p.encode() + b"\0" + everyone[p] for p in sorted(everyone))).digest()
-            self.maskers[name] = secure.PairwiseMasker(self.me, self.keypair, pubs, session_id=sid,
-                                                       frac_bits=frac_bits)
+            sid = hashlib.sha256(
+                b"splitlink nparty masks v1\0"
+                + self.run_id.encode()
+                + b"\0"
+                + name.encode()
+                + b"\0"
+                + b"".join(p.encode() + b"\0" + everyone[p] for p in sorted(everyone))
+            ).digest()
+            self.maskers[name] = secure.PairwiseMasker(self.me, self.keypair, pubs, session_id=sid, frac_bits=frac_bits)
 
     def mask(self, tensors: Mapping[str, torch.Tensor], stream: Callable[[int], int]) -> dict[str, torch.Tensor]:
         """``tensors`` with the planned ones replaced by their masked ring elements."""
@@ -247,9 +274,12 @@ class MaskingSession:
                 x = out[name].detach()
                 # a step's embeddings are small: waking the native thread pool between training steps
                 # costs more than it saves (bench_nparty), so one thread below 2^18 elements
-                out[name] = masker.mask(x.float() if x.dtype != torch.float32 else x,
-                                        stream_id=stream(self.plan.masked[name][0]), name=name,
-                                        threads=1 if x.numel() < SMALL else 0)
+                out[name] = masker.mask(
+                    x.float() if x.dtype != torch.float32 else x,
+                    stream_id=stream(self.plan.masked[name][0]),
+                    name=name,
+                    threads=1 if x.numel() < SMALL else 0,
+                )
         return out
 
 
@@ -328,9 +358,11 @@ class MultiParty(Party[O]):
         try:
             got_kind, got = self.receive_any(peer=peer)
         except (TimeoutError, PeerUnavailableError, PeerClosedError) as e:
-            raise RuntimeError(f"{self.name}: step {self.step}: no {what} from {peer!r} ({e}); the step stops here "
-                               f"(no partial sum). Restart {peer!r} with resume: true to continue from the newest "
-                               "checkpoint every party holds") from e
+            raise RuntimeError(
+                f"{self.name}: step {self.step}: no {what} from {peer!r} ({e}); the step stops here "
+                f"(no partial sum). Restart {peer!r} with resume: true to continue from the newest "
+                "checkpoint every party holds"
+            ) from e
         if got_kind == REJOIN_KIND:
             raise RejoinRequested(f"{peer} asks every party to go back to the newest common checkpoint")
         if got_kind != kind:

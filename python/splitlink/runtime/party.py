@@ -51,20 +51,20 @@ RESUME_KIND = "resume"  # the frame's kind is "resume:<run_id>"
 class TrainOptions:
     """The training options every scenario shares (scenarios subclass it with their own)."""
 
-    epochs: int | None = None          # default: the first sub-network's YAML (hyper_parameters)
+    epochs: int | None = None  # default: the first sub-network's YAML (hyper_parameters)
     batch_size: int | None = None
     seed: int = 0
     log_every: int = 100
-    max_steps: int | None = None       # stop early (tests)
-    ckpt_every: int = 0                # 0: no periodic checkpoints
-    ckpt_dir: str | None = None        # default: the first sub-network's YAML ckpt_path
+    max_steps: int | None = None  # stop early (tests)
+    ckpt_every: int = 0  # 0: no periodic checkpoints
+    ckpt_dir: str | None = None  # default: the first sub-network's YAML ckpt_path
     resume: bool = False
-    metrics_path: str | None = None    # one JSON line per recorded row
+    metrics_path: str | None = None  # one JSON line per recorded row
     peer_timeout: float | None = 600.0  # seconds to wait for the peer's next message before failing
-    micro_batches: int = 1             # >1: each step pipelined over this many micro-batches (runtime.pipeline)
+    micro_batches: int = 1  # >1: each step pipelined over this many micro-batches (runtime.pipeline)
     auto_codec_budget_ms: float | None = None  # the auto codec policy's step exchange budget (runtime.codec_policy)
-    run_id: str = "run"                # checkpoints of one run: both parties must use the same
-    device: str | None = None          # where this party computes: cpu, cuda, cuda:N; None/auto: cuda if available
+    run_id: str = "run"  # checkpoints of one run: both parties must use the same
+    device: str | None = None  # where this party computes: cpu, cuda, cuda:N; None/auto: cuda if available
 
 
 def ride_through_restarts(who: str, agree: Callable[[bool], object], train: Callable[[], T]) -> T:
@@ -91,10 +91,10 @@ O = TypeVar("O", bound="TrainOptions")
 class Party(Generic[O]):
     """A party; ``O`` is the scenario's options dataclass (a :class:`TrainOptions`)."""
 
-    role: ClassVar[str] = ""               # this party's name on the channel
-    peer: ClassVar[str] = ""               # the peer's
-    label: ClassVar[str] = ""              # in log lines and errors (default: role)
-    peer_label: ClassVar[str] = ""         # the peer in messages (default: "the <peer>")
+    role: ClassVar[str] = ""  # this party's name on the channel
+    peer: ClassVar[str] = ""  # the peer's
+    label: ClassVar[str] = ""  # in log lines and errors (default: role)
+    peer_label: ClassVar[str] = ""  # the peer in messages (default: "the <peer>")
     manifest_tag: ClassVar[str | None] = None  # manifest id "<run_id>.<tag>" (parties sharing a directory)
     keep_checkpoints: ClassVar[int | None] = None  # keep the newest N steps (None: all)
     logger: ClassVar[logging.Logger] = log
@@ -102,7 +102,7 @@ class Party(Generic[O]):
     def __init__(self, comm: Any, train: O) -> None:
         self.comm, self.train = comm, train
         self.step = 0
-        self.models: dict[str, Any] = {}   # name -> FLModel, in load order
+        self.models: dict[str, Any] = {}  # name -> FLModel, in load order
         self.metrics = Metrics(train.metrics_path)
         self._checkpoints: CheckpointSet | None = None
         self._offered: list[int] = []
@@ -131,6 +131,11 @@ class Party(Generic[O]):
 
         return resolve_device(self.train.device)
 
+    def compress_configs(self) -> dict[str, Any]:
+        """Codec settings by tensor name for this party's communicator (its sub-networks' YAMLs); none
+        by default."""
+        return {}
+
     # ---- names, logging, metrics ------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -155,13 +160,19 @@ class Party(Generic[O]):
         """The schedule over ``n_rows`` training rows; epochs and batch size default to the first
         sub-network's YAML."""
         first = next(iter(self.models.values()))
-        return Schedule(n_rows, self.train.batch_size or first.yaml.batch_size, seed=self.train.seed,
-                        epochs=self.train.epochs or first.yaml.epochs, max_steps=self.train.max_steps,
-                        drop_last=drop_last)
+        return Schedule(
+            n_rows,
+            self.train.batch_size or first.yaml.batch_size,
+            seed=self.train.seed,
+            epochs=self.train.epochs or first.yaml.epochs,
+            max_steps=self.train.max_steps,
+            drop_last=drop_last,
+        )
 
     # ---- control messages -------------------------------------------------------------------------
-    def send(self, tensors: Mapping[str, Any], *, kind: str = "tensors", step: int | None = None,
-             peer: str | None = None) -> None:
+    def send(
+        self, tensors: Mapping[str, Any], *, kind: str = "tensors", step: int | None = None, peer: str | None = None
+    ) -> None:
         """To the peer (or, with several, to ``peer``); tensor frames feed the auto codec policy, if any."""
         policy = self.codec_policy if kind == "tensors" else None
         if policy is None:
@@ -197,8 +208,9 @@ class Party(Generic[O]):
             first = next(iter(self.models.values()))
             root = Path(self.train.ckpt_dir) if self.train.ckpt_dir else first.yaml.ckpt_path
             tag = f"{self.train.run_id}.{self.manifest_tag}" if self.manifest_tag else self.train.run_id
-            self._checkpoints = CheckpointSet(self.models, root, tag, keep=self.keep_checkpoints,
-                                              rank=self.group.rank if self.launched_rank else None)
+            self._checkpoints = CheckpointSet(
+                self.models, root, tag, keep=self.keep_checkpoints, rank=self.group.rank if self.launched_rank else None
+            )
         return self._checkpoints
 
     def checkpoint_steps(self) -> list[int]:
@@ -265,8 +277,9 @@ class Party(Generic[O]):
             hello = self.hello_for(peer)
             if hello is not None:
                 self._agreement_send(peer, hello, HELLO_KIND)
-            self._agreement_send(peer, {"steps": torch.tensor(self._offered, dtype=torch.int64)},
-                                 f"{RESUME_KIND}:{self.train.run_id}")
+            self._agreement_send(
+                peer, {"steps": torch.tensor(self._offered, dtype=torch.int64)}, f"{RESUME_KIND}:{self.train.run_id}"
+            )
 
     def _agreement_send(self, peer: str, tensors: Mapping[str, Any], kind: str) -> None:
         self.send(tensors, kind=kind, peer=peer)
@@ -284,18 +297,23 @@ class Party(Generic[O]):
             if self.hello_for(peer) is not None:
                 kind, got = self._agreement_receive(peer)
                 if kind != HELLO_KIND:
-                    raise ValueError(f"{self.name}: expected the hello of {label} but got a {kind!r} frame: the "
-                                     "parties are at different stages of the protocol (is the peer running the same program?)")
+                    raise ValueError(
+                        f"{self.name}: expected the hello of {label} but got a {kind!r} frame: the "
+                        "parties are at different stages of the protocol (is the peer running the same program?)"
+                    )
                 self.check_hello_from(peer, got)
             kind, got = self._agreement_receive(peer)
             prefix = f"{RESUME_KIND}:"
             if not kind.startswith(prefix):
-                raise ValueError(f"{self.name}: expected the resume offer of {label} but got a {kind!r} frame: "
-                                 "the parties are at different stages of the protocol (is the peer running the same program?)")
-            peer_run = kind[len(prefix):]
+                raise ValueError(
+                    f"{self.name}: expected the resume offer of {label} but got a {kind!r} frame: "
+                    "the parties are at different stages of the protocol (is the peer running the same program?)"
+                )
+            peer_run = kind[len(prefix) :]
             if peer_run != self.train.run_id:
-                raise RuntimeError(f"{self.name}: this party runs {self.train.run_id!r} but {label} runs "
-                                   f"{peer_run!r}; give both the same run_id")
+                raise RuntimeError(
+                    f"{self.name}: this party runs {self.train.run_id!r} but {label} runs {peer_run!r}; give both the same run_id"
+                )
             lists.append([int(s) for s in got["steps"].tolist()])
         common = newest_common_step(*lists)
         if common is not None:
@@ -303,12 +321,17 @@ class Party(Generic[O]):
         elif rejoin:
             label = self.peer_name if len(peers) == 1 else "a peer"
             hint = f" (was {label} restarted with resume: true?)" if any(not s for s in lists[1:]) else ""
-            raise RuntimeError(f"{self.name}: {label} restarted, but the parties hold no common checkpoint "
-                               f"to continue from{hint}; restart {'both parties' if len(peers) == 1 else 'every party'} "
-                               "with resume")
+            raise RuntimeError(
+                f"{self.name}: {label} restarted, but the parties hold no common checkpoint "
+                f"to continue from{hint}; restart {'both parties' if len(peers) == 1 else 'every party'} "
+                "with resume"
+            )
         elif self.train.resume:
-            self.logger.warning("%s: --resume but no checkpoint step %s parties hold; starting from step 0", self.name,
-                                "both" if len(peers) == 1 else "all")
+            self.logger.warning(
+                "%s: --resume but no checkpoint step %s parties hold; starting from step 0",
+                self.name,
+                "both" if len(peers) == 1 else "all",
+            )
         return self.step
 
     def agree(self, rejoin: bool = False) -> int:

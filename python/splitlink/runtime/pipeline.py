@@ -36,8 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Stage", "split_rows", "weights", "run_stages", "run_local", "micro_tag", "check_micro", "MICRO_KEY",
-           "check_micro_batches"]
+__all__ = [
+    "Stage",
+    "split_rows",
+    "weights",
+    "run_stages",
+    "run_local",
+    "micro_tag",
+    "check_micro",
+    "MICRO_KEY",
+    "check_micro_batches",
+]
 
 MICRO_KEY = "pipeline_micro"
 
@@ -71,15 +80,20 @@ def check_micro(got: Mapping[str, Any], i: int, configured: int, who: str, peer:
     raises when the parties disagree."""
     tag = got.pop(MICRO_KEY, None) if isinstance(got, dict) else None
     if tag is None:
-        raise ValueError(f"{who}: {peer} sent an unpipelined step frame but this party pipelines with "
-                         f"micro_batches={configured}; give both parties the same train.pipeline.micro_batches")
+        raise ValueError(
+            f"{who}: {peer} sent an unpipelined step frame but this party pipelines with "
+            f"micro_batches={configured}; give both parties the same train.pipeline.micro_batches"
+        )
     index, count, theirs = (int(v) for v in torch.as_tensor(tag).reshape(-1).tolist()[:3])
     if configured > 1 and theirs != configured:
-        raise ValueError(f"{who}: {peer} pipelines with micro_batches={theirs}, this party with {configured}; "
-                         "give both parties the same train.pipeline.micro_batches")
+        raise ValueError(
+            f"{who}: {peer} pipelines with micro_batches={theirs}, this party with {configured}; "
+            "give both parties the same train.pipeline.micro_batches"
+        )
     if index != i or not 1 <= count <= 65536:
-        raise ValueError(f"{who}: {peer} sent micro-batch {index} of {count} where micro-batch {i} was due "
-                         "(the parties are out of step)")
+        raise ValueError(
+            f"{who}: {peer} sent micro-batch {index} of {count} where micro-batch {i} was due (the parties are out of step)"
+        )
     return count
 
 
@@ -109,8 +123,7 @@ def _run_one(party: Any, stage: Stage, i: int, got: dict[str, Any] | None, sends
         else:
             policy = party.codec_policy
             nbytes = policy.frame_bytes(out, comm.compress_configs) if policy is not None else 0
-            sends.append((comm.isend(party.peer, out, step=party.step, kind="tensors"), out, nbytes,
-                          time.perf_counter()))
+            sends.append((comm.isend(party.peer, out, step=party.step, kind="tensors"), out, nbytes, time.perf_counter()))
     if stage.then is not None:
         stage.then(i)
 

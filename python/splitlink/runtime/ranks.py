@@ -68,8 +68,19 @@ import torch
 if TYPE_CHECKING:
     from splitlink.runtime.run_config import RanksSection, RunConfig
 
-__all__ = ["RankGroup", "rank_name", "rank_addresses", "ScatterComm", "AliasComm", "group_of", "channel_plan",
-           "average_gradients", "intersect_over_group", "RankSlicedSchedule", "launcher_env"]
+__all__ = [
+    "RankGroup",
+    "rank_name",
+    "rank_addresses",
+    "ScatterComm",
+    "AliasComm",
+    "group_of",
+    "channel_plan",
+    "average_gradients",
+    "intersect_over_group",
+    "RankSlicedSchedule",
+    "launcher_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +108,10 @@ def launcher_env() -> tuple[int, int, int] | None:
     try:
         return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"])), int(os.environ["WORLD_SIZE"])
     except ValueError:
-        raise ValueError(f"the launcher's RANK/LOCAL_RANK/WORLD_SIZE are not integers: RANK={os.environ['RANK']!r}, "
-                         f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}") from None
+        raise ValueError(
+            f"the launcher's RANK/LOCAL_RANK/WORLD_SIZE are not integers: RANK={os.environ['RANK']!r}, "
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -107,8 +120,8 @@ class RankGroup:
 
     mode: Literal["scatter", "paired"]
     world_size: int
-    rank: int | None        # None: party A of scatter mode (one process talking to every B rank)
-    party: str              # "leader" | "follower"
+    rank: int | None  # None: party A of scatter mode (one process talking to every B rank)
+    party: str  # "leader" | "follower"
 
     @property
     def launched(self) -> bool:
@@ -134,17 +147,23 @@ def group_of(cfg: RunConfig) -> RankGroup | None:
     needs_launcher = cfg.party == "follower" or r.mode == "paired"
     if not needs_launcher:
         if env is not None and env[2] > 1:
-            raise ValueError(f"ranks.mode is 'scatter': party A is one process, but the launcher started {env[2]} ranks "
-                             "of it; start party A without torchrun (or use mode: paired)")
+            raise ValueError(
+                f"ranks.mode is 'scatter': party A is one process, but the launcher started {env[2]} ranks "
+                "of it; start party A without torchrun (or use mode: paired)"
+            )
         return RankGroup(r.mode, r.world_size, None, cfg.party)
     if env is None:
-        raise ValueError(f"the run file's ranks section says this party ({cfg.party}) runs over {r.world_size} ranks, "
-                         f"but no launcher set RANK/WORLD_SIZE; start it with "
-                         f"`torchrun --nproc_per_node {r.world_size} -m splitlink train {cfg.party} --config ...`")
+        raise ValueError(
+            f"the run file's ranks section says this party ({cfg.party}) runs over {r.world_size} ranks, "
+            f"but no launcher set RANK/WORLD_SIZE; start it with "
+            f"`torchrun --nproc_per_node {r.world_size} -m splitlink train {cfg.party} --config ...`"
+        )
     rank, _, world = env
     if world != r.world_size:
-        raise ValueError(f"the launcher started {world} ranks but the run file's ranks.world_size is {r.world_size}; "
-                         "make them equal (party A slices every global batch into world_size parts)")
+        raise ValueError(
+            f"the launcher started {world} ranks but the run file's ranks.world_size is {r.world_size}; "
+            "make them equal (party A slices every global batch into world_size parts)"
+        )
     return RankGroup(r.mode, r.world_size, rank, cfg.party)
 
 
@@ -152,9 +171,9 @@ def group_of(cfg: RunConfig) -> RankGroup | None:
 class ChannelPlan:
     """Who this process is on the channel and whom it talks to."""
 
-    me: tuple[str, str]                 # (name, address)
-    peers: list[tuple[str, str]]        # (name, address) of every peer process, in rank order
-    alias: str                          # the one peer name the party's code uses ("follower"/"leader")
+    me: tuple[str, str]  # (name, address)
+    peers: list[tuple[str, str]]  # (name, address) of every peer process, in rank order
+    alias: str  # the one peer name the party's code uses ("follower"/"leader")
 
 
 def channel_plan(cfg: RunConfig, group: RankGroup) -> ChannelPlan:
@@ -176,8 +195,9 @@ def channel_plan(cfg: RunConfig, group: RankGroup) -> ChannelPlan:
         return ChannelPlan(("leader", cfg.address), [(rank_name("follower", k), theirs[k]) for k in range(n)], peer)
     assert group.rank is not None
     mine = rank_addresses(cfg.address, n, r.leader_addresses)
-    return ChannelPlan((rank_name("leader", group.rank), mine[group.rank]),
-                       [(rank_name("follower", group.rank), theirs[group.rank])], peer)
+    return ChannelPlan(
+        (rank_name("leader", group.rank), mine[group.rank]), [(rank_name("follower", group.rank), theirs[group.rank])], peer
+    )
 
 
 def ssl_for_rank(ssl: Mapping[str, Any], rank: int | None) -> dict[str, Any]:
@@ -209,17 +229,20 @@ class AliasComm:
     def send_tensors(self, peer: str, tensors: Mapping[str, Any], *, step: int | None = None, kind: str = "tensors") -> None:
         self.comm.send_tensors(self._name(peer), tensors, step=step, kind=kind)
 
-    def receive(self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False,
-                **placement: Any) -> Any:
+    def receive(
+        self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False, **placement: Any
+    ) -> Any:
         return self.comm.receive(self._name(peer), timeout, kind=kind, with_kind=with_kind, **placement)
 
 
 def _split(tensors: Mapping[str, Any], n: int, kind: str) -> list[dict[str, Any]]:
     def parts(t: torch.Tensor, path: str) -> list[torch.Tensor]:
         if t.dim() == 0 or t.shape[0] % n:
-            raise ValueError(f"scatter mode cuts every tensor of a {kind!r} frame along dimension 0 into {n} equal "
-                             f"slices (one per rank of party B), but {path} has shape {tuple(t.shape)}; make the "
-                             f"global batch size a multiple of ranks.world_size ({n})")
+            raise ValueError(
+                f"scatter mode cuts every tensor of a {kind!r} frame along dimension 0 into {n} equal "
+                f"slices (one per rank of party B), but {path} has shape {tuple(t.shape)}; make the "
+                f"global batch size a multiple of ranks.world_size ({n})"
+            )
         return [p.contiguous() for p in t.chunk(n, dim=0)]
 
     out: list[dict[str, Any]] = [{} for _ in range(n)]
@@ -289,8 +312,10 @@ class ScatterComm:
             except PeerRestartedError:
                 continue
             except TimeoutError:
-                raise TimeoutError(f"{first} restarted, but {other} did not restart within {self.timeout} s: the ranks "
-                                   "of party B must be restarted together (torchrun --max-restarts does)") from None
+                raise TimeoutError(
+                    f"{first} restarted, but {other} did not restart within {self.timeout} s: the ranks "
+                    "of party B must be restarted together (torchrun --max-restarts does)"
+                ) from None
         raise error
 
     def _each(self, fn: Callable[[str], Any]) -> list[Any]:
@@ -310,14 +335,17 @@ class ScatterComm:
         it = iter(parts)
         self._each(lambda r: self.comm.send_tensors(r, next(it), step=step, kind=kind))
 
-    def receive(self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False,
-                **placement: Any) -> Any:
+    def receive(
+        self, peer: str, timeout: float | None = None, *, kind: str | None = None, with_kind: bool = False, **placement: Any
+    ) -> Any:
         self._check(peer)
         got = self._each(lambda r: self.comm.receive(r, timeout, kind=kind, with_kind=True, **placement))
         kinds = {k for k, _ in got}
         if len(kinds) != 1:
-            raise ValueError(f"the ranks of party B sent frames of different kinds ({', '.join(sorted(kinds))}) at the "
-                             "same point: are they all running the same program?")
+            raise ValueError(
+                f"the ranks of party B sent frames of different kinds ({', '.join(sorted(kinds))}) at the "
+                "same point: are they all running the same program?"
+            )
         k = got[0][0]
         if k in SPLIT_KINDS:
             tensors: Any = _concat([t for _, t in got], k)
@@ -359,8 +387,12 @@ def ensure_process_group() -> None:
 
     store, rank, world = next(rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                            store=PrefixStore(f"splitlink/attempt-{attempt}", store), rank=rank, world_size=world)
+    dist.init_process_group(
+        "nccl" if torch.cuda.is_available() else "gloo",
+        store=PrefixStore(f"splitlink/attempt-{attempt}", store),
+        rank=rank,
+        world_size=world,
+    )
 
 
 def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> list[Any]:
@@ -381,7 +413,7 @@ def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> list[Any]:
         for p in params:
             g = p.grad
             assert g is not None
-            g.copy_(flat[off:off + g.numel()].view_as(g))
+            g.copy_(flat[off : off + g.numel()].view_as(g))
             off += g.numel()
 
     return [o.register_step_pre_hook(hook) for o in optimizers]
@@ -393,8 +425,10 @@ class RankSlicedSchedule:
 
     def __init__(self, schedule: Any, rank: int, world_size: int) -> None:
         if schedule.batch_size % world_size:
-            raise ValueError(f"the global batch size {schedule.batch_size} is not a multiple of ranks.world_size "
-                             f"{world_size}; every rank takes an equal slice")
+            raise ValueError(
+                f"the global batch size {schedule.batch_size} is not a multiple of ranks.world_size "
+                f"{world_size}; every rank takes an equal slice"
+            )
         self._s, self.rank, self.world_size = schedule, rank, world_size
         self.micro = schedule.batch_size // world_size
 
@@ -403,7 +437,7 @@ class RankSlicedSchedule:
 
     def steps(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         for epoch, rows in self._s.steps(start):
-            yield epoch, rows[self.rank * self.micro:(self.rank + 1) * self.micro]
+            yield epoch, rows[self.rank * self.micro : (self.rank + 1) * self.micro]
 
 
 # ---- one process of a multi-rank run ---------------------------------------------------------------------
@@ -470,15 +504,26 @@ def _run(cfg: RunConfig, group: RankGroup) -> int:
     if cfg.ssl is not None:
         ssl = SSLConfig(**ssl_for_rank(cfg.ssl.model_dump(), group.rank))
     retry = cfg.train.peer_timeout or 60.0
-    with VerticalFederatedCommunicator(ServerConfig(*plan.me), [ServerConfig(*p) for p in plan.peers],
-                                       enable_ssl=cfg.enable_ssl, ssl_config=ssl, retry_deadline=retry,
-                                       compress_configs=party.compress_configs(), seal=cfg.seal) as comm:
+    with VerticalFederatedCommunicator(
+        ServerConfig(*plan.me),
+        [ServerConfig(*p) for p in plan.peers],
+        enable_ssl=cfg.enable_ssl,
+        ssl_config=ssl,
+        retry_deadline=retry,
+        compress_configs=party.compress_configs(),
+        seal=cfg.seal,
+    ) as comm:
         if len(plan.peers) > 1:
             party.comm = ScatterComm(comm, plan.alias, [n for n, _ in plan.peers], cfg.train.peer_timeout)
         else:
             party.comm = AliasComm(comm, plan.alias, plan.peers[0][0])
-        log.info("%s: %s mode, %d rank(s) of party B%s", who, group.mode, group.world_size,
-                 f", this is rank {group.rank}" if group.launched else "")
+        log.info(
+            "%s: %s mode, %d rank(s) of party B%s",
+            who,
+            group.mode,
+            group.world_size,
+            f", this is rank {group.rank}" if group.launched else "",
+        )
         party.run()
     log.info("%s: finished at step %d", who, party.step)
     return 0

@@ -34,7 +34,7 @@ class Scenario:
     make_party: Callable[[RunConfig], Party[Any]]  # the party the run file names, communicator not yet set
     needs_data: Callable[[str], bool] = _every_party  # whether this party ("leader"/"follower") must give `data`
     summary: str = ""
-    demo: Callable[..., Any] | None = None          # ``splitlink demo``, for the scenario that has one
+    demo: Callable[..., Any] | None = None  # ``splitlink demo``, for the scenario that has one
 
 
 class UnknownScenarioError(ValueError):

@@ -35,8 +35,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from splitlink.config import Problem, YamlConfigError, YamlLines, parse_yaml_document, pydantic_problems, read_yaml_text
 from splitlink.runtime import registry
 
-__all__ = ["RunConfig", "SSLSection", "TrainSection", "PipelineSection", "AutoCodecSection", "WideDeepSection",
-           "PanguSection", "RanksSection", "NPartySection", "load_run_config", "ssl_section"]
+__all__ = [
+    "RunConfig",
+    "SSLSection",
+    "TrainSection",
+    "PipelineSection",
+    "AutoCodecSection",
+    "WideDeepSection",
+    "PanguSection",
+    "RanksSection",
+    "NPartySection",
+    "load_run_config",
+    "ssl_section",
+]
 
 
 class _Strict(BaseModel):
@@ -78,8 +89,8 @@ class RanksSection(_Strict):
 
     mode: Literal["scatter", "paired"]
     world_size: int = Field(ge=1, le=4096)
-    follower_addresses: list[str] | None = None   # party B's ranks (default: address/peer_address port + rank)
-    leader_addresses: list[str] | None = None     # paired mode: party A's ranks
+    follower_addresses: list[str] | None = None  # party B's ranks (default: address/peer_address port + rank)
+    leader_addresses: list[str] | None = None  # paired mode: party A's ranks
 
 
 class NPartySection(_Strict):
@@ -117,13 +128,13 @@ class TrainSection(_Strict):
     ckpt_every: int = Field(default=0, ge=0)
     ckpt_dir: str | None = None
     resume: bool = False
-    compress: bool | None = None    # default per scenario: Wide&Deep on (the YAML's codecs), Pangu off
+    compress: bool | None = None  # default per scenario: Wide&Deep on (the YAML's codecs), Pangu off
     label_dp: bool = False
     embedding_dp: bool = False
     max_steps: int | None = Field(default=None, ge=1)
     metrics_path: str | None = None
     progress: bool = True
-    deepspeed: bool = True          # pangu_alpha: party B's backbone under DeepSpeed
+    deepspeed: bool = True  # pangu_alpha: party B's backbone under DeepSpeed
     zero_stage: int | None = Field(default=None, ge=0, le=3)  # pangu_alpha: override the YAML's ZeRO stage
     lr: float | None = Field(default=None, gt=0)
     peer_timeout: float | None = Field(default=None, gt=0)
@@ -144,7 +155,7 @@ class TrainSection(_Strict):
 
 
 class RunConfig(_Strict):
-    scenario: str                   # a name in splitlink.runtime.registry
+    scenario: str  # a name in splitlink.runtime.registry
     party: Literal["leader", "follower"]
     address: str
     peer_address: str | None = None  # two parties: the peer's address (N parties: peers)
@@ -154,8 +165,8 @@ class RunConfig(_Strict):
     enable_ssl: bool = True
     ssl: SSLSection | None = None
     seal: bool = False
-    data: str | None = None         # pangu_alpha: only party A (the leader) holds data
-    eval_data: str | None = None    # pangu_alpha: held-out token data for party A's eval loss
+    data: str | None = None  # pangu_alpha: only party A (the leader) holds data
+    eval_data: str | None = None  # pangu_alpha: held-out token data for party A's eval loss
     threads: int | None = Field(default=None, ge=1)
     keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (splitlink.util.keep_freed_memory)
     model: WideDeepSection = Field(default_factory=WideDeepSection)
@@ -165,8 +176,15 @@ class RunConfig(_Strict):
     log_file: str | None = None
 
 
-_PATH_KEYS = {("nparty", "top_yaml"), ("data",), ("eval_data",), ("log_file",), ("train", "ckpt_dir"), ("train", "metrics_path"),
-              *(("ssl", k) for k in SSLSection.model_fields if k.endswith("_path"))}
+_PATH_KEYS = {
+    ("nparty", "top_yaml"),
+    ("data",),
+    ("eval_data",),
+    ("log_file",),
+    ("train", "ckpt_dir"),
+    ("train", "metrics_path"),
+    *(("ssl", k) for k in SSLSection.model_fields if k.endswith("_path")),
+}
 
 
 def _read_yaml(p: Path, what: str) -> tuple[Any, YamlLines]:
@@ -183,28 +201,44 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
     scenario = raw.get("scenario")
     known = registry.names()
     if isinstance(scenario, str) and scenario not in known:
-        problems.append(Problem(lines.line(("scenario",)), "scenario",
-                                f"{scenario!r} is not a known scenario; known: {', '.join(known)}"))
+        problems.append(
+            Problem(lines.line(("scenario",)), "scenario", f"{scenario!r} is not a known scenario; known: {', '.join(known)}")
+        )
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
         problems.extend(pydantic_problems(e, lines, RunConfig))
         raise YamlConfigError(str(p), problems) from None
     if cfg.enable_ssl and cfg.ssl is None:
-        problems.append(Problem(lines.line(("enable_ssl",)), "ssl",
-                                "missing: enable_ssl is true, so give ssl.server_cert_path, client_cert_path, ca_cert_path"))
+        problems.append(
+            Problem(
+                lines.line(("enable_ssl",)),
+                "ssl",
+                "missing: enable_ssl is true, so give ssl.server_cert_path, client_cert_path, ca_cert_path",
+            )
+        )
     if cfg.data is None and cfg.scenario in known and registry.get(cfg.scenario).needs_data(cfg.party):
         problems.append(Problem(lines.line(()), "data", "missing: this party's data (a path)"))
     problems.extend(_ranks_problems(cfg, lines))
     problems.extend(_peers_problems(cfg, lines))
     pipe = cfg.train.pipeline
     if pipe is not None and cfg.train.batch_size is not None and pipe.micro_batches > cfg.train.batch_size:
-        problems.append(Problem(lines.line(("train", "pipeline", "micro_batches")), "train.pipeline.micro_batches",
-                                f"{pipe.micro_batches} micro-batches of a batch of {cfg.train.batch_size} rows: at most "
-                                "one micro-batch per row; lower micro_batches or raise train.batch_size"))
+        problems.append(
+            Problem(
+                lines.line(("train", "pipeline", "micro_batches")),
+                "train.pipeline.micro_batches",
+                f"{pipe.micro_batches} micro-batches of a batch of {cfg.train.batch_size} rows: at most "
+                "one micro-batch per row; lower micro_batches or raise train.batch_size",
+            )
+        )
     if pipe is not None and pipe.micro_batches > 1 and cfg.ranks is not None:
-        problems.append(Problem(lines.line(("train", "pipeline")), "train.pipeline",
-                                "pipelining a party over ranks is not supported yet; drop train.pipeline or ranks"))
+        problems.append(
+            Problem(
+                lines.line(("train", "pipeline")),
+                "train.pipeline",
+                "pipelining a party over ranks is not supported yet; drop train.pipeline or ranks",
+            )
+        )
     if problems:
         raise YamlConfigError(str(p), problems)
     base = p.resolve().parent
@@ -227,23 +261,43 @@ def _ranks_problems(cfg: RunConfig, lines: YamlLines) -> list[Problem]:
         if given is None:
             continue
         if len(given) != r.world_size:
-            out.append(Problem(lines.line(("ranks", key)), f"ranks.{key}",
-                               f"lists {len(given)} address(es) but ranks.world_size is {r.world_size}: one per rank"))
+            out.append(
+                Problem(
+                    lines.line(("ranks", key)),
+                    f"ranks.{key}",
+                    f"lists {len(given)} address(es) but ranks.world_size is {r.world_size}: one per rank",
+                )
+            )
         bad = [a for a in given if not _is_host_port(a)]
         if bad:
             out.append(Problem(lines.line(("ranks", key)), f"ranks.{key}", f"not host:port: {', '.join(map(repr, bad))}"))
         if len(set(given)) != len(given):
             out.append(Problem(lines.line(("ranks", key)), f"ranks.{key}", "two ranks cannot share an address"))
     if r.leader_addresses is not None and r.mode != "paired":
-        out.append(Problem(lines.line(("ranks", "leader_addresses")), "ranks.leader_addresses",
-                           "only paired mode runs party A over ranks; in scatter mode party A is one process at 'address'"))
+        out.append(
+            Problem(
+                lines.line(("ranks", "leader_addresses")),
+                "ranks.leader_addresses",
+                "only paired mode runs party A over ranks; in scatter mode party A is one process at 'address'",
+            )
+        )
     if cfg.train.batch_size is not None and cfg.train.batch_size % r.world_size:
-        out.append(Problem(lines.line(("train", "batch_size")), "train.batch_size",
-                           f"the global batch {cfg.train.batch_size} is cut into ranks.world_size={r.world_size} equal "
-                           "slices: make it a multiple"))
+        out.append(
+            Problem(
+                lines.line(("train", "batch_size")),
+                "train.batch_size",
+                f"the global batch {cfg.train.batch_size} is cut into ranks.world_size={r.world_size} equal "
+                "slices: make it a multiple",
+            )
+        )
     if r.mode == "paired" and cfg.party == "leader" and cfg.eval_data is not None:
-        out.append(Problem(lines.line(("eval_data",)), "eval_data",
-                           "paired mode has no evaluation yet (every A rank would evaluate alone); drop eval_data"))
+        out.append(
+            Problem(
+                lines.line(("eval_data",)),
+                "eval_data",
+                "paired mode has no evaluation yet (every A rank would evaluate alone); drop eval_data",
+            )
+        )
     return out
 
 
@@ -277,14 +331,24 @@ def _is_host_port(a: str) -> bool:
     return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
-def ssl_section(server_cert: str | None, client_cert: str | None, ca_cert: str | None,
-                server_password: str | None = None, client_password: str | None = None) -> dict[str, Any]:
+def ssl_section(
+    server_cert: str | None,
+    client_cert: str | None,
+    ca_cert: str | None,
+    server_password: str | None = None,
+    client_password: str | None = None,
+) -> dict[str, Any]:
     """The ``ssl`` section of a run file from the seed scripts' positional arguments (absolute paths)."""
     given = {"server_cert": server_cert, "client_cert": client_cert, "ca_cert": ca_cert}
     missing = [n for n, v in given.items() if not v]
     if missing:
-        raise ValueError(f"enable_ssl is True, so give {', '.join(missing)} (see --help), or enable_ssl False on "
-                         "loopback addresses")
-    return {"server_cert_path": os.path.abspath(str(server_cert)), "client_cert_path": os.path.abspath(str(client_cert)),
-            "ca_cert_path": os.path.abspath(str(ca_cert)), "server_password": server_password,
-            "client_password": client_password}
+        raise ValueError(
+            f"enable_ssl is True, so give {', '.join(missing)} (see --help), or enable_ssl False on loopback addresses"
+        )
+    return {
+        "server_cert_path": os.path.abspath(str(server_cert)),
+        "client_cert_path": os.path.abspath(str(client_cert)),
+        "ca_cert_path": os.path.abspath(str(ca_cert)),
+        "server_password": server_password,
+        "client_password": client_password,
+    }

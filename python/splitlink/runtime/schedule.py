@@ -23,8 +23,9 @@ class Schedule:
     ``epochs * steps_per_epoch`` steps, or ``max_steps`` if that is smaller.
     """
 
-    def __init__(self, n_rows: int, batch_size: int, *, seed: int, epochs: int, max_steps: int | None = None,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self, n_rows: int, batch_size: int, *, seed: int, epochs: int, max_steps: int | None = None, drop_last: bool = False
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.n_rows, self.batch_size, self.seed, self.drop_last = n_rows, batch_size, seed, drop_last
@@ -40,7 +41,7 @@ class Schedule:
         """The row indices of every batch of ``epoch``."""
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n_rows)
         end = self.n_rows - self.batch_size + 1 if self.drop_last else self.n_rows
-        return [order[i:i + self.batch_size] for i in range(0, end, self.batch_size)]
+        return [order[i : i + self.batch_size] for i in range(0, end, self.batch_size)]
 
     def steps(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """(epoch, rows) of every step from step ``start`` (steps already done) to the end of the run."""
