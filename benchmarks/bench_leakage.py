@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 
 from splitlink.attacks import audit
 from splitlink.examples import wide_deep  # noqa: F401  (registers the criteo_wide_deep audit target)
