@@ -220,43 +220,51 @@ class NetworkTransport:
                 self._unreachable[c] = f"unreachable ({type(e).__name__}: {e})"
         return state_bytes(state) * sent
 
-    def collect(self, round_: int, clients: Sequence[str], deadline: float | None) -> Collected:
+    def _answer(self, client: str, round_: int, end: float | None) -> tuple[str | None, Any]:
+        """``client``'s next frame of round ``round_`` as (kind, tensors); (None, None) when the deadline
+        ``end`` passed (late), (None, reason) when the client failed. Frames of earlier rounds (a late
+        client's stale answers) are dropped."""
         from splitlink.channel import PeerClosedError, PeerRestartedError
 
+        while True:
+            timeout = None if end is None else max(end - time.monotonic(), 1e-3)
+            try:
+                kind, t = self.comm.receive(client, timeout, with_kind=True)
+            except TimeoutError:
+                return None, None
+            except (PeerRestartedError, PeerClosedError) as e:
+                return None, f"{type(e).__name__}: {e}"
+            got = int(t["round"]) if "round" in t else -1
+            if got == round_:
+                return kind, t
+            log.info("aggregator: dropped %s's %s frame of round %d (now round %d)", client, kind, got, round_)
+
+    def collect(self, round_: int, clients: Sequence[str], deadline: float | None) -> Collected:
         out = Collected()
         end = None if deadline is None else time.monotonic() + deadline
         for c in clients:
             if c in self._unreachable:
                 out.failed[c] = self._unreachable[c]
                 continue
-            while True:
-                timeout = None if end is None else max(end - time.monotonic(), 1e-3)
-                try:
-                    kind, t = self.comm.receive(c, timeout, with_kind=True)
-                except TimeoutError:
+            kind, t = self._answer(c, round_, end)
+            if kind is None:
+                if t is None:
                     out.late.append(c)
-                    break
-                except (PeerRestartedError, PeerClosedError) as e:
-                    out.failed[c] = f"{type(e).__name__}: {e}"
-                    break
-                got = int(t["round"]) if "round" in t else -1
-                if got != round_:
-                    log.info("aggregator: dropped %s's answer to round %d (now round %d)", c, got, round_)
-                    continue
-                if kind == UPDATE:
-                    try:
-                        update, loss = _valid_update(c, t, self._expected)
-                    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-                        out.failed[c] = f"sent an unusable update ({type(e).__name__}: {e})"
-                        break
-                    out.updates[c] = update
-                    out.losses[c] = loss
-                    out.bytes_up += state_bytes(update.state)
-                elif kind == ERROR:
-                    out.failed[c] = _text(t["message"])
                 else:
-                    out.failed[c] = f"sent an unexpected {kind!r} frame"
-                break
+                    out.failed[c] = t
+            elif kind == UPDATE:
+                try:
+                    update, loss = _valid_update(c, t, self._expected)
+                except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+                    out.failed[c] = f"sent an unusable update ({type(e).__name__}: {e})"
+                    continue
+                out.updates[c] = update
+                out.losses[c] = loss
+                out.bytes_up += state_bytes(update.state)
+            elif kind == ERROR:
+                out.failed[c] = _text(t["message"])
+            else:
+                out.failed[c] = f"sent an unexpected {kind!r} frame"
         return out
 
     def exchange(
@@ -267,11 +275,7 @@ class NetworkTransport:
         reply_kind: str,
         deadline: float | None,
     ) -> Exchanged:
-        from splitlink.channel import (
-            PeerClosedError,
-            PeerRestartedError,
-            PeerUnavailableError,
-        )
+        from splitlink.channel import PeerClosedError, PeerRestartedError, PeerUnavailableError
 
         out = Exchanged()
         targets = list(messages) if send_kind is not None else [c for c in self._asked if c not in self._unreachable]
@@ -289,27 +293,18 @@ class NetworkTransport:
                 out.failed[c] = f"unreachable ({type(e).__name__}: {e})"
         end = None if deadline is None else time.monotonic() + deadline
         for c in asked:
-            while True:
-                timeout = None if end is None else max(end - time.monotonic(), 1e-3)
-                try:
-                    kind, t = self.comm.receive(c, timeout, with_kind=True)
-                except TimeoutError:
+            kind, t = self._answer(c, round_, end)
+            if kind is None:
+                if t is None:
                     out.late.append(c)
-                    break
-                except (PeerRestartedError, PeerClosedError) as e:
-                    out.failed[c] = f"{type(e).__name__}: {e}"
-                    break
-                got = int(t["round"]) if "round" in t else -1
-                if got != round_:
-                    log.info("aggregator: dropped %s's %s frame of round %d (now round %d)", c, kind, got, round_)
-                    continue
-                if kind == reply_kind:
-                    out.answers[c] = t
-                elif kind == ERROR:
-                    out.failed[c] = _text(t["message"])
                 else:
-                    out.failed[c] = f"sent an unexpected {kind!r} frame (expected {reply_kind!r})"
-                break
+                    out.failed[c] = t
+            elif kind == reply_kind:
+                out.answers[c] = t
+            elif kind == ERROR:
+                out.failed[c] = _text(t["message"])
+            else:
+                out.failed[c] = f"sent an unexpected {kind!r} frame (expected {reply_kind!r})"
         return out
 
     def finish(self, clients: Sequence[str], state: Mapping[str, torch.Tensor]) -> None:
