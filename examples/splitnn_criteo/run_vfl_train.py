@@ -15,8 +15,7 @@ import argparse
 import os
 import sys
 
-from splitlink.runtime.launch import run_party
-from splitlink.runtime.run_config import RunConfig, ssl_section
+from splitlink.runtime.launch import add_launch_options, exec_party, launch_train_section
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -39,34 +38,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N steps (0: never)")
     ap.add_argument("--ckpt-dir", default="checkpoints")
-    ap.add_argument("--resume", action="store_true", help="continue from the newest step both parties checkpointed")
     ap.add_argument("--no-compress", action="store_true", help="send embeddings and gradients uncompressed")
     ap.add_argument("--label-dp", action="store_true", help="leader: randomized response on labels (YAML eps)")
     ap.add_argument("--embedding-dp", action="store_true", help="follower: sign randomized response on embeddings")
-    ap.add_argument(
-        "--micro-batches",
-        type=int,
-        default=1,
-        metavar="M",
-        help="pipeline each step over M micro-batches (1: none); give both parties the same value",
-    )
-    ap.add_argument(
-        "--auto-codec-ms",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit "
-        "that keeps a step's exchange within MS milliseconds at the measured link rate",
-    )
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for this process")
     ap.add_argument("--metrics", default=None, help="leader: append JSON lines of losses and AUC here")
-    ap.add_argument(
-        "--device", default="auto", help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)"
-    )
+    add_launch_options(ap)
     return ap.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     a = parse(argv)
     ssl = a.enable_ssl.lower() in ("true", "1", "yes")
     cfg: dict = {
@@ -84,27 +64,15 @@ def main(argv: list[str]) -> int:
             "log_every": a.log_every,
             "ckpt_every": a.ckpt_every,
             "ckpt_dir": os.path.abspath(os.path.join(a.ckpt_dir, a.party)),
-            "resume": a.resume,
             "compress": not a.no_compress,
             "label_dp": a.label_dp,
             "embedding_dp": a.embedding_dp,
             "metrics_path": a.metrics,
-            "device": a.device,
-            "pipeline": {"micro_batches": a.micro_batches},
-            **({"auto_codec": {"budget_ms": a.auto_codec_ms}} if a.auto_codec_ms is not None else {}),
+            **launch_train_section(a),
         },
     }
-    if ssl:
-        try:
-            cfg["ssl"] = ssl_section(a.server_cert, a.client_cert, a.ca_cert, a.server_password, a.client_password)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    code = run_party(RunConfig.model_validate(cfg))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # torch/gloo can abort during interpreter teardown after a finished run
+    exec_party(cfg, (a.server_cert, a.client_cert, a.ca_cert, a.server_password, a.client_password) if ssl else None)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

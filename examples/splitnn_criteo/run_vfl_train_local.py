@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+import torch
+
 from splitlink.examples import criteo
 from splitlink.examples import wide_deep as wd
+from splitlink.runtime.launch import add_launch_options, launch_train_section
+from splitlink.runtime.run_config import TrainSection
 
 
 def main() -> None:
@@ -27,46 +31,28 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--ckpt-every", type=int, default=0)
     ap.add_argument("--ckpt-dir", default="checkpoints")
-    ap.add_argument("--resume", action="store_true")
     ap.add_argument("--label-dp", action="store_true")
     ap.add_argument("--embedding-dp", action="store_true")
     ap.add_argument("--through-codecs", action="store_true")
-    ap.add_argument(
-        "--micro-batches",
-        type=int,
-        default=1,
-        metavar="M",
-        help="pipeline each step over M micro-batches (1: none); give both parties the same value",
-    )
-    ap.add_argument(
-        "--auto-codec-ms",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit "
-        "that keeps a step's exchange within MS milliseconds at the measured link rate",
-    )
-    ap.add_argument(
-        "--device", default="auto", help="the leader's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)"
-    )
+    add_launch_options(ap, device_help="the leader's device")
     ap.add_argument("--follower-device", default=None, help="the follower's device (default: --device)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, filename="log_local.txt")
     logging.getLogger().addHandler(logging.StreamHandler())
     cfg = wd.WideDeepConfig(vocab_size=a.vocab_size, emb_dim=a.emb_dim, deep_layers=tuple(a.deep_layers))
-    train = wd.TrainConfig(
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        log_every=a.log_every,
-        ckpt_every=a.ckpt_every,
-        ckpt_dir=a.ckpt_dir,
-        resume=a.resume,
-        label_dp=a.label_dp,
-        embedding_dp=a.embedding_dp,
-        device=a.device,
-        micro_batches=a.micro_batches,
-        auto_codec_budget_ms=a.auto_codec_ms,
-    )
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    section = {
+        "epochs": a.epochs,
+        "batch_size": a.batch_size,
+        "log_every": a.log_every,
+        "ckpt_every": a.ckpt_every,
+        "ckpt_dir": a.ckpt_dir,
+        "label_dp": a.label_dp,
+        "embedding_dp": a.embedding_dp,
+        **launch_train_section(a),
+    }
+    train = TrainSection.model_validate(section).options(wd.TrainConfig)
     wd.train_local(
         criteo.load_party(a.data, "leader"),
         criteo.load_party(a.data, "follower"),

@@ -19,9 +19,11 @@ import logging
 import os
 import sys
 
+import torch
+
 from splitlink.examples import pangu
-from splitlink.runtime.launch import run_party
-from splitlink.runtime.run_config import RunConfig, ssl_section
+from splitlink.runtime.launch import add_launch_options, exec_party, launch_train_section
+from splitlink.runtime.run_config import TrainSection
 
 
 def options(ap: argparse.ArgumentParser) -> None:
@@ -36,8 +38,6 @@ def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-deepspeed", action="store_true", help="party B without DeepSpeed")
     ap.add_argument("--ckpt-every", type=int, default=0)
     ap.add_argument("--ckpt-dir", default="checkpoints")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--metrics", default=None, help="party A: append JSON lines of losses here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -54,26 +54,7 @@ def options(ap: argparse.ArgumentParser) -> None:
         help="every rank of party B, in rank order (default: party B's address, port + rank)",
     )
     ap.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="party B's ZeRO stage")
-    ap.add_argument(
-        "--micro-batches",
-        type=int,
-        default=1,
-        metavar="M",
-        help="pipeline each step over M micro-batches (1: none); give both parties the same value",
-    )
-    ap.add_argument(
-        "--auto-codec-ms",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="auto codec: per tensor, the least lossy of fp32/fp16/8-bit/4-bit "
-        "that keeps a step's exchange within MS milliseconds at the measured link rate",
-    )
-    ap.add_argument(
-        "--device",
-        default="auto",
-        help="this party's device: cpu, cuda, cuda:N or auto (default: cuda when available, else cpu); local: party A's",
-    )
+    add_launch_options(ap, device_help="this party's device (local: party A's)")
 
 
 def train_section(a: argparse.Namespace) -> dict:
@@ -89,12 +70,9 @@ def train_section(a: argparse.Namespace) -> dict:
         "ckpt_every": a.ckpt_every,
         "seed": a.seed,
         "ckpt_dir": os.path.abspath(a.ckpt_dir),
-        "resume": a.resume,
         "metrics_path": a.metrics,
         "zero_stage": a.zero_stage,
-        "device": a.device,
-        "pipeline": {"micro_batches": a.micro_batches},
-        **({"auto_codec": {"budget_ms": a.auto_codec_ms}} if a.auto_codec_ms is not None else {}),
+        **launch_train_section(a),
     }
 
 
@@ -141,11 +119,9 @@ def main(argv: list[str]) -> int:
         cfg = pangu.CONFIGS[a.config]
         data = pangu.TokenDataset(a.train_data, cfg.seq_length)
         cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, data.vocab_size))
-        train = pangu.TrainConfig(
-            **{k: v for k, v in train_section(a).items() if k not in ("pipeline", "auto_codec")},
-            micro_batches=a.micro_batches,
-            auto_codec_budget_ms=a.auto_codec_ms,
-        )
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        train = TrainSection.model_validate(train_section(a)).options(pangu.TrainConfig)
         hist = pangu.train_local(cfg, data, train, device_b=a.device_b)
         if a.metrics:
             with open(a.metrics, "w") as fh:
@@ -172,16 +148,7 @@ def main(argv: list[str]) -> int:
         cfg_dict["data"] = os.path.abspath(a.train_data)
         if a.eval_data != "-":
             cfg_dict["eval_data"] = os.path.abspath(a.eval_data)
-    if ssl:
-        try:
-            cfg_dict["ssl"] = ssl_section(a.server_cert, a.client_cert, a.ca_cert, a.server_password, a.client_password)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    code = run_party(RunConfig.model_validate(cfg_dict))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # torch/gloo can abort during interpreter teardown after a finished run
+    exec_party(cfg_dict, (a.server_cert, a.client_cert, a.ca_cert, a.server_password, a.client_password) if ssl else None)
 
 
 if __name__ == "__main__":

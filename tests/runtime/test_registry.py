@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from splitlink.config import YamlConfigError
 from splitlink.runtime import registry
@@ -71,3 +72,58 @@ def test_importing_the_runtime_and_cli_loads_no_scenario() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+class _ToySection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    width: int = Field(default=4, ge=1)
+    table: str | None = None
+
+
+def test_a_scenario_declares_its_run_file_sections(tmp_path: Path) -> None:
+    registry.register(
+        Scenario(
+            "test_sections_scenario",
+            make_party=lambda cfg: None,  # type: ignore[arg-type,return-value]
+            needs_data=lambda party: False,
+            sections={"toy": _ToySection},
+            path_keys=(("toy", "table"),),
+        )
+    )
+    f = tmp_path / "run.yaml"
+    base = "scenario: test_sections_scenario\nparty: leader\naddress: a\npeer_address: b\nenable_ssl: false\n"
+    f.write_text(base)
+    assert load_run_config(f).section("toy", _ToySection).width == 4  # absent: the section's defaults
+    f.write_text(base + "toy: {width: 9, table: t.csv}\n")
+    cfg = load_run_config(f)
+    toy = cfg.section("toy", _ToySection)
+    assert toy.width == 9 and toy.table == str(tmp_path / "t.csv")  # a declared path key, relative to the run file
+    f.write_text(base + "toy:\n  width: 0\n  colour: red\n")
+    with pytest.raises(YamlConfigError) as info:
+        load_run_config(f)
+    msg = str(info.value)
+    assert "line 7: toy.width: 0 is out of range" in msg and "line 8: toy.colour: unknown key" in msg
+    with pytest.raises(TypeError, match="no 'pangu' section"):
+        cfg.section("pangu", _ToySection)
+
+
+def test_one_scenarios_section_is_an_unknown_key_in_anothers_run_file(tmp_path: Path) -> None:
+    f = tmp_path / "run.yaml"
+    base = "scenario: pangu_alpha\nparty: follower\naddress: a\npeer_address: b\nenable_ssl: false\n"
+    f.write_text(base + "model: {emb_dim: 8}\n")
+    with pytest.raises(YamlConfigError, match="line 6: model: unknown key"):
+        load_run_config(f)
+    f.write_text(
+        "scenario: pangu_alpha\nparty: follower\naddress: a\npeer_address: b\nenable_ssl: false\npangu: {num_layers: 3}\n"
+    )
+    from splitlink.examples.pangu import PanguSection
+
+    assert load_run_config(f).section("pangu", PanguSection).build().num_layers == 3
+
+
+def test_a_section_may_not_shadow_a_generic_key() -> None:
+    from splitlink.runtime.run_config import run_config_model
+
+    bad = Scenario("test_shadowing", make_party=lambda cfg: None, sections={"train": _ToySection})  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match="section 'train' that is a generic run-file key"):
+        run_config_model(bad)

@@ -26,17 +26,18 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.examples.criteo import FOLLOWER_FIELDS, LEADER_FIELDS, PartyData, auc
-from splitlink.examples.wide_deep import TrainConfig, WideDeepConfig, WideDeepModel, _BottomEval, _ids_digest
+from splitlink.examples.wide_deep import TrainConfig, WideDeepConfig, WideDeepModel, WideDeepSection, _BottomEval, _ids_digest
 from splitlink.model import FLModel
 from splitlink.runtime.multiparty import (
     Aggregation,
@@ -52,7 +53,7 @@ from splitlink.runtime.multiparty import (
     train_stream,
 )
 from splitlink.runtime.registry import Scenario, register
-from splitlink.runtime.run_config import RunConfig
+from splitlink.runtime.run_config import RunConfig, Section
 
 __all__ = [
     "NPartyConfig",
@@ -78,6 +79,16 @@ class NPartyConfig(TrainConfig):
     aggregate: str = "sum"  # concat | sum | mean
     secure: bool = False
     frac_bits: int = 16
+
+
+class NPartySection(Section):
+    """The leader's run-file section ``nparty``: how the followers' embeddings are combined, unless
+    ``top_yaml`` (a leader top YAML naming every follower) says it."""
+
+    aggregate: Literal["concat", "sum", "mean"] = "sum"
+    secure: bool = False
+    frac_bits: int = Field(default=16, ge=0, le=40)
+    top_yaml: str | None = None
 
 
 def follower_names(n: int) -> list[str]:
@@ -523,17 +534,13 @@ def make_party(cfg: RunConfig) -> _Base:
     if not cfg.peers:
         raise ValueError("a wide_deep_nparty run file lists every other party under peers: {name: host:port}")
     me = cfg.name or cfg.party
-    m = cfg.model
-    model_cfg = WideDeepConfig(
-        vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers), l2_coef=m.l2_coef, init_std=m.init_std
-    )
-    n = cfg.nparty
+    model_cfg = cfg.section("model", WideDeepSection).build()
+    n = cfg.section("nparty", NPartySection)
     train = cfg.train.options(NPartyConfig)
-    if n is not None:
-        train.aggregate, train.secure, train.frac_bits = n.aggregate, n.secure, n.frac_bits
+    train.aggregate, train.secure, train.frac_bits = n.aggregate, n.secure, n.frac_bits
     peers = list(cfg.peers)
     if cfg.party == "leader":
-        top = FLYamlData(n.top_yaml) if n is not None and n.top_yaml else None
+        top = FLYamlData(n.top_yaml) if n.top_yaml else None
         return NLeader(load_party(cfg.data, "leader"), None, model_cfg, train, sorted(peers), top)
     followers = sorted([me, *(p for p in peers if p != "leader")])
     data = load_party(cfg.data, "follower")
@@ -544,7 +551,11 @@ def make_party(cfg: RunConfig) -> _Base:
 
 SCENARIO = register(
     Scenario(
-        "wide_deep_nparty", make_party, summary="Wide&Deep on Criteo, a leader and N followers (concat/sum/mean, secure sum)"
+        "wide_deep_nparty",
+        make_party,
+        summary="Wide&Deep on Criteo, a leader and N followers (concat/sum/mean, secure sum)",
+        sections={"model": WideDeepSection, "nparty": NPartySection},
+        path_keys=(("nparty", "top_yaml"),),
     )
 )
 

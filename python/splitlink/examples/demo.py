@@ -259,10 +259,7 @@ def leader_only_auc(workdir: str | os.PathLike[str], run_file: str | os.PathLike
     leader = criteo.load_party(wd / "leader.npz", "leader")
     follower = criteo.load_party(wd / "follower.npz", "follower")
     blank = criteo.PartyData(follower.sample_ids, np.zeros_like(follower.ids), np.zeros_like(follower.wts), None)
-    m = cfg.model
-    model = wide_deep.WideDeepConfig(
-        vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers), l2_coef=m.l2_coef, init_std=m.init_std
-    )
+    model = cfg.section("model", wide_deep.WideDeepSection).build()
     t = cfg.train
     train = wide_deep.TrainConfig(
         epochs=t.epochs,

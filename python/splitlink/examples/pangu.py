@@ -27,10 +27,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -41,7 +42,7 @@ from splitlink.model.device import resolve_device, to_device
 from splitlink.runtime import pipeline
 from splitlink.runtime.party import Party, TrainOptions, agree_locally
 from splitlink.runtime.registry import Scenario, register
-from splitlink.runtime.run_config import RunConfig
+from splitlink.runtime.run_config import RunConfig, Section
 from splitlink.runtime.schedule import Schedule
 
 __all__ = [
@@ -645,10 +646,24 @@ def train_unsplit(cfg: PanguConfig, data: TokenDataset, train: TrainConfig) -> l
     return history
 
 
+class PanguSection(Section):
+    """The run file's ``pangu`` section: a named size (``CONFIGS``) and any field of it overridden."""
+
+    config: Literal["tiny", "350M", "2.6B"] = "tiny"
+    vocab_size: int | None = Field(default=None, ge=2)
+    hidden_size: int | None = Field(default=None, ge=1)
+    num_layers: int | None = Field(default=None, ge=1)
+    num_heads: int | None = Field(default=None, ge=1)
+    seq_length: int | None = Field(default=None, ge=2)
+
+    def build(self) -> PanguConfig:
+        overrides = {k: v for k, v in self.model_dump().items() if k != "config" and v is not None}
+        return dataclasses.replace(CONFIGS[self.config], **overrides)
+
+
 def make_party(cfg: RunConfig) -> Party[TrainConfig]:
     """The party of a ``pangu_alpha`` run file: party A is the leader (holds the text), party B the follower."""
-    overrides = {k: v for k, v in cfg.pangu.model_dump().items() if k != "config" and v is not None}
-    model_cfg = dataclasses.replace(CONFIGS[cfg.pangu.config], **overrides)
+    model_cfg = cfg.section("pangu", PanguSection).build()
     train = cfg.train.options(TrainConfig)
     if cfg.party == "leader":
         assert cfg.data is not None
@@ -669,6 +684,7 @@ SCENARIO = register(
         make_party,
         needs_data=lambda party: party == "leader",
         summary="Pangu-alpha GPT: party A (embedding + head) + party B (backbone)",
+        sections={"pangu": PanguSection},
     )
 )
 

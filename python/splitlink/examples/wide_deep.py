@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -41,7 +42,7 @@ from splitlink.runtime import pipeline
 from splitlink.runtime.metrics import progress_bar
 from splitlink.runtime.party import Party, TrainOptions, agree_locally
 from splitlink.runtime.registry import Scenario, register
-from splitlink.runtime.run_config import RunConfig
+from splitlink.runtime.run_config import RunConfig, Section
 
 __all__ = ["WideDeepConfig", "WideDeepModel", "LeaderTopNet", "Leader", "Follower", "train_local"]
 
@@ -56,6 +57,25 @@ class WideDeepConfig:
     deep_layers: Sequence[int] = (1024, 512, 256, 128)
     l2_coef: float = 8e-5
     init_std: float = 0.01
+
+
+class WideDeepSection(Section):
+    """The run file's ``model`` section (criteo_wide_deep, wide_deep_nparty): the network's sizes."""
+
+    vocab_size: int = Field(default=200_000, ge=2)
+    emb_dim: int = Field(default=80, ge=1)
+    deep_layers: list[int] = Field(default_factory=lambda: [1024, 512, 256, 128], min_length=1)
+    l2_coef: float = Field(default=8e-5, ge=0)
+    init_std: float = Field(default=0.01, gt=0)
+
+    def build(self) -> WideDeepConfig:
+        return WideDeepConfig(
+            vocab_size=self.vocab_size,
+            emb_dim=self.emb_dim,
+            deep_layers=tuple(self.deep_layers),
+            l2_coef=self.l2_coef,
+            init_std=self.init_std,
+        )
 
 
 @dataclass
@@ -493,10 +513,7 @@ def make_party(cfg: RunConfig) -> _WideDeepParty:
     """The party of a ``criteo_wide_deep`` run file (its communicator is set by the caller)."""
     assert cfg.data is not None
     data = load_party(cfg.data, cfg.party)
-    m = cfg.model
-    model_cfg = WideDeepConfig(
-        vocab_size=m.vocab_size, emb_dim=m.emb_dim, deep_layers=tuple(m.deep_layers), l2_coef=m.l2_coef, init_std=m.init_std
-    )
+    model_cfg = cfg.section("model", WideDeepSection).build()
     return (Leader if cfg.party == "leader" else Follower)(data, None, model_cfg, cfg.train.options(TrainConfig))
 
 
@@ -506,7 +523,15 @@ def _demo(*args: Any, **kwargs: Any) -> Any:
     return run_demo(*args, **kwargs)
 
 
-SCENARIO = register(Scenario("criteo_wide_deep", make_party, summary="Wide&Deep on Criteo, leader + follower", demo=_demo))
+SCENARIO = register(
+    Scenario(
+        "criteo_wide_deep",
+        make_party,
+        summary="Wide&Deep on Criteo, leader + follower",
+        demo=_demo,
+        sections={"model": WideDeepSection},
+    )
+)
 
 
 # The leakage audit (splitlink audit, benchmarks/bench_leakage.py): how to train this scenario for it.

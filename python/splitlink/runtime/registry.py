@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from splitlink.runtime.party import Party
     from splitlink.runtime.run_config import RunConfig
 
@@ -35,6 +37,11 @@ class Scenario:
     needs_data: Callable[[str], bool] = _every_party  # whether this party ("leader"/"follower") must give `data`
     summary: str = ""
     demo: Callable[..., Any] | None = None  # ``splitlink demo``, for the scenario that has one
+    # The run file's sections of this scenario: top-level key -> a strict pydantic model, validated (with
+    # line numbers) together with the generic keys; an absent section takes the model's defaults. Read
+    # one back with ``RunConfig.section(key, Model)``.
+    sections: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    path_keys: tuple[tuple[str, ...], ...] = ()  # keys in those sections that are paths (relative to the run file)
 
 
 class UnknownScenarioError(ValueError):

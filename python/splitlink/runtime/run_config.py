@@ -19,6 +19,9 @@ TLS is set up, where its data is and how to train. Example (the leader of the Wi
     model: {vocab_size: 50000, emb_dim: 16, deep_layers: [128, 64]}
     train: {epochs: 3, batch_size: 500, log_every: 50, ckpt_every: 100, metrics_path: leader_metrics.jsonl}
 
+``model`` above is the scenario's own section: each scenario declares its sections (key and strict
+model) in the registry (``registry.Scenario.sections``), and :func:`run_config_model` adds them to the
+generic keys, so this module knows no scenario and a run file of one scenario refuses another's keys.
 Relative paths are relative to the run file. Every problem with the file is reported at once, with its
 line, by the YAML error reporter of :mod:`splitlink.config` (the one the model YAML uses). The
 scenario is looked up in :mod:`splitlink.runtime.registry`.
@@ -27,31 +30,40 @@ scenario is looked up in :mod:`splitlink.runtime.registry`.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from splitlink.config import Problem, YamlConfigError, YamlLines, parse_yaml_document, pydantic_problems, read_yaml_text
 from splitlink.runtime import registry
 
 __all__ = [
     "RunConfig",
+    "Section",
     "SSLSection",
     "TrainSection",
     "PipelineSection",
     "AutoCodecSection",
-    "WideDeepSection",
-    "PanguSection",
     "RanksSection",
-    "NPartySection",
     "load_run_config",
+    "run_config_model",
+    "run_config_from_dict",
     "ssl_section",
 ]
 
 
-class _Strict(BaseModel):
+class Section(BaseModel):
+    """A strict run-file section: unknown keys, NaN/inf and mutation are refused. A scenario's own
+    sections (``registry.Scenario.sections``) derive from it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_Strict = Section
+_S = TypeVar("_S", bound=BaseModel)
 
 
 class SSLSection(_Strict):
@@ -65,23 +77,6 @@ class SSLSection(_Strict):
     crl_path: str | None = None
 
 
-class WideDeepSection(_Strict):
-    vocab_size: int = Field(default=200_000, ge=2)
-    emb_dim: int = Field(default=80, ge=1)
-    deep_layers: list[int] = Field(default_factory=lambda: [1024, 512, 256, 128], min_length=1)
-    l2_coef: float = Field(default=8e-5, ge=0)
-    init_std: float = Field(default=0.01, gt=0)
-
-
-class PanguSection(_Strict):
-    config: Literal["tiny", "350M", "2.6B"] = "tiny"
-    vocab_size: int | None = Field(default=None, ge=2)
-    hidden_size: int | None = Field(default=None, ge=1)
-    num_layers: int | None = Field(default=None, ge=1)
-    num_heads: int | None = Field(default=None, ge=1)
-    seq_length: int | None = Field(default=None, ge=2)
-
-
 class RanksSection(_Strict):
     """A party over several processes (:mod:`splitlink.runtime.ranks`): party B's ranks, and in
     ``paired`` mode party A's too. Without address lists rank r listens on the base address's port + r
@@ -91,16 +86,6 @@ class RanksSection(_Strict):
     world_size: int = Field(ge=1, le=4096)
     follower_addresses: list[str] | None = None  # party B's ranks (default: address/peer_address port + rank)
     leader_addresses: list[str] | None = None  # paired mode: party A's ranks
-
-
-class NPartySection(_Strict):
-    """wide_deep_nparty (the leader's run file): how the followers' embeddings are combined, unless
-    ``top_yaml`` (a leader top YAML naming every follower) says it."""
-
-    aggregate: Literal["concat", "sum", "mean"] = "sum"
-    secure: bool = False
-    frac_bits: int = Field(default=16, ge=0, le=40)
-    top_yaml: str | None = None
 
 
 class PipelineSection(_Strict):
@@ -161,7 +146,6 @@ class RunConfig(_Strict):
     peer_address: str | None = None  # two parties: the peer's address (N parties: peers)
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # N parties: this party's name
     peers: dict[str, str] | None = None  # N parties: every other party's name -> host:port
-    nparty: NPartySection | None = None
     enable_ssl: bool = True
     ssl: SSLSection | None = None
     seal: bool = False
@@ -169,15 +153,58 @@ class RunConfig(_Strict):
     eval_data: str | None = None  # pangu_alpha: held-out token data for party A's eval loss
     threads: int | None = Field(default=None, ge=1)
     keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (splitlink.util.keep_freed_memory)
-    model: WideDeepSection = Field(default_factory=WideDeepSection)
-    pangu: PanguSection = Field(default_factory=PanguSection)
     train: TrainSection = Field(default_factory=TrainSection)
     ranks: RanksSection | None = None  # a party over several processes (splitlink.runtime.ranks)
     log_file: str | None = None
+    # plus the scenario's own sections (registry.Scenario.sections), as fields of run_config_model(scenario)
+
+    def section(self, key: str, cls: type[_S]) -> _S:
+        """The scenario's section ``key`` of this run file, a ``cls`` (its defaults where the file omits it)."""
+        value = getattr(self, key, None)
+        if not isinstance(value, cls):
+            raise TypeError(
+                f"this run file ({type(self).__name__}, scenario {self.scenario!r}) has no {key!r} section of type "
+                f"{cls.__name__}: the scenario declares its sections in registry.Scenario.sections, and the run file "
+                "must be read by load_run_config (which builds the scenario's RunConfig model)"
+            )
+        return value
+
+
+_models: dict[tuple[str, int], type[RunConfig]] = {}
+_models_lock = threading.Lock()
+
+
+def run_config_model(scenario: registry.Scenario) -> type[RunConfig]:
+    """The run-file model of ``scenario``: :class:`RunConfig`'s generic keys plus the scenario's sections."""
+    if not scenario.sections:
+        return RunConfig
+    key = (scenario.name, id(scenario))
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            fields: dict[str, Any] = {}
+            for name, cls in scenario.sections.items():
+                if name in RunConfig.model_fields or not name.isidentifier():
+                    raise ValueError(
+                        f"scenario {scenario.name!r} declares a run-file section {name!r} that is a generic run-file key "
+                        "or not an identifier: rename the section"
+                    )
+                fields[name] = (cls, Field(default_factory=cls))
+            made = create_model(f"RunConfig_{scenario.name}", __base__=RunConfig, **fields)
+            model = _models[key] = made
+    return model
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """A run file given as a mapping (launch scripts build one from their arguments), validated with its
+    scenario's sections; paths are taken as given. Raises pydantic's ``ValidationError`` (a ValueError)
+    naming each wrong key, or ``UnknownScenarioError``."""
+    scenario = data.get("scenario")
+    model = run_config_model(registry.get(scenario)) if isinstance(scenario, str) else RunConfig
+    return model.model_validate(dict(data))
 
 
 _PATH_KEYS = {
-    ("nparty", "top_yaml"),
     ("data",),
     ("eval_data",),
     ("log_file",),
@@ -200,14 +227,21 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
     problems = list(lines.problems)
     scenario = raw.get("scenario")
     known = registry.names()
-    if isinstance(scenario, str) and scenario not in known:
+    model: type[RunConfig] = RunConfig
+    path_keys = set(_PATH_KEYS)
+    if isinstance(scenario, str) and scenario in known:
+        found = registry.get(scenario)
+        model = run_config_model(found)
+        path_keys.update(found.path_keys)
+    elif isinstance(scenario, str):
         problems.append(
             Problem(lines.line(("scenario",)), "scenario", f"{scenario!r} is not a known scenario; known: {', '.join(known)}")
         )
+        raw = {k: v for k, v in raw.items() if k in RunConfig.model_fields}  # its sections cannot be checked without it
     try:
-        cfg = RunConfig.model_validate(raw)
+        cfg = model.model_validate(raw)
     except ValidationError as e:
-        problems.extend(pydantic_problems(e, lines, RunConfig))
+        problems.extend(pydantic_problems(e, lines, model))
         raise YamlConfigError(str(p), problems) from None
     if cfg.enable_ssl and cfg.ssl is None:
         problems.append(
@@ -243,13 +277,13 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
         raise YamlConfigError(str(p), problems)
     base = p.resolve().parent
     data = cfg.model_dump()
-    for keys in _PATH_KEYS:
+    for keys in path_keys:
         d: Any = data
         for k in keys[:-1]:
             d = d.get(k) if isinstance(d, dict) else None
         if isinstance(d, dict) and isinstance(d.get(keys[-1]), str) and not os.path.isabs(d[keys[-1]]):
             d[keys[-1]] = str(base / d[keys[-1]])
-    return RunConfig.model_validate(data)
+    return model.model_validate(data)
 
 
 def _ranks_problems(cfg: RunConfig, lines: YamlLines) -> list[Problem]:
