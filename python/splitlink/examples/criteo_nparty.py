@@ -23,7 +23,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,12 +32,20 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn import functional as F
 
 from splitlink.config import FLYamlData
 from splitlink.examples import YAML_DIR
 from splitlink.examples.criteo import FOLLOWER_FIELDS, LEADER_FIELDS, PartyData, auc
-from splitlink.examples.wide_deep import TrainConfig, WideDeepConfig, WideDeepModel, WideDeepSection, _BottomEval, _ids_digest
+from splitlink.examples.wide_deep import (
+    CriteoRowsParty,
+    LeaderTopNet,
+    TrainConfig,
+    WideDeepConfig,
+    WideDeepModel,
+    WideDeepSection,
+    _BottomEval,
+    _TopEval,
+)
 from splitlink.model import FLModel
 from splitlink.runtime.multiparty import (
     Aggregation,
@@ -141,37 +149,16 @@ def leader_top_yaml(
     return FLYamlData(raw)
 
 
-class TopNet(nn.Module):
+class TopNet(LeaderTopNet):
     """logit = leader_wide + sum(followers' wide) + MLP([leader_deep, followers' deep]); with a sum/mean
-    aggregation (or one follower) this is the two-party :class:`LeaderTopNet`."""
+    aggregation (or one follower) this is the two-party :class:`LeaderTopNet`. ``follower_deep_width``:
+    the followers' deep embeddings as the leader combines them (concatenated: their widths' sum)."""
 
     def __init__(self, deep_dim: int, follower_deep_width: int) -> None:
-        super().__init__()
-        self.deep_combine = nn.Linear(deep_dim + follower_deep_width, deep_dim)
-        self.dense_out = nn.Linear(deep_dim, 1)
+        super().__init__(deep_dim, follower_deep_width)
 
     def logits(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor) -> torch.Tensor:
-        fw = fw if fw.shape[1] == 1 else fw.sum(dim=1, keepdim=True)
-        z: torch.Tensor = lw + fw + self.dense_out(torch.relu(self.deep_combine(torch.cat([ld, fd], dim=1))))
-        return z
-
-    def forward(
-        self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor, label: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.logits(lw, ld, fw, fd)
-        return z, F.binary_cross_entropy_with_logits(z, label.view_as(z))
-
-
-class _TopEval(nn.Module):
-    def __init__(self, top: TopNet) -> None:
-        super().__init__()
-        self.top = top
-
-    def forward(
-        self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.top.logits(lw, ld, fw, fd)
-        return z, torch.sigmoid(z)
+        return super().logits(lw, ld, fw if fw.shape[1] == 1 else fw.sum(dim=1, keepdim=True), fd)
 
 
 class UnsplitModel(nn.Module):
@@ -202,10 +189,7 @@ class UnsplitModel(nn.Module):
         return self.top(lw, ld, fw, fd, label)[1], l2
 
 
-class _Base(MultiParty[NPartyConfig]):
-    keep_checkpoints = 3
-    logger = log
-
+class _Base(MultiParty[NPartyConfig], CriteoRowsParty[NPartyConfig]):
     def __init__(
         self,
         data: PartyData,
@@ -217,16 +201,7 @@ class _Base(MultiParty[NPartyConfig]):
         seed_offset: int,
     ) -> None:
         super().__init__(comm, train, me, peers)
-        self.data, self.cfg = data, model_cfg
-        torch.manual_seed(train.seed + seed_offset)
-        self.build()
-        n = len(data)
-        self.n_train = n - int(round(n * train.eval_fraction))
-        self.schedule = self.make_schedule(self.n_train)
-        self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
-
-    def build(self) -> None:
-        raise NotImplementedError
+        self._setup_rows(data, model_cfg, train.seed + seed_offset)
 
     def _yaml(self, data: FLYamlData | str) -> FLYamlData:
         y = data if isinstance(data, FLYamlData) else FLYamlData(YAMLS / data)
@@ -243,34 +218,8 @@ class _Base(MultiParty[NPartyConfig]):
             self.train.ckpt_dir = str(Path(next(iter(self.models.values())).yaml.ckpt_path) / self.me)
         return super().checkpoints
 
-    def compress_configs(self) -> dict[str, Any]:
-        if not self.train.compress:
-            return {}
-        out: dict[str, Any] = {}
-        for m in self.models.values():
-            out.update(m.get_compress_configs())
-        return out
-
-    def eval_batches(self) -> Iterator[np.ndarray]:
-        rows = np.arange(self.n_train, len(self.data))
-        for i in range(0, len(rows), self.schedule.batch_size):
-            yield rows[i : i + self.schedule.batch_size]
-
-    def features(self, idx: np.ndarray, suffix: str) -> dict[str, torch.Tensor]:
-        return {
-            f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
-            f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx])),
-        }
-
-    def hello(self) -> dict[str, torch.Tensor]:
-        return {"ids_sha256": _ids_digest(self.data.sample_ids)}
-
     def check_hello_from(self, peer: str, theirs: Mapping[str, Any]) -> None:
-        if not torch.equal(theirs["ids_sha256"], _ids_digest(self.data.sample_ids)):
-            raise RuntimeError(
-                f"{self.me}: the sample ids of {peer!r} differ (row alignment); align every party's "
-                "rows with splitlink.psi.intersect_parties first"
-            )
+        self._check_rows(theirs, f"the {peer!r}", "align every party's rows with splitlink.psi.intersect_parties first")
 
 
 class NFollower(_Base):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -137,10 +137,10 @@ class _BottomEval(nn.Module):
 class LeaderTopNet(nn.Module):
     """Combines the four embeddings: logit = leader_wide + follower_wide + MLP([leader_deep, follower_deep])."""
 
-    def __init__(self, deep_dim: int) -> None:
+    def __init__(self, deep_dim: int, follower_deep_width: int | None = None) -> None:
         super().__init__()
         # Parameter names match the seed YAML's optimizer selectors ("deep", "dense").
-        self.deep_combine = nn.Linear(2 * deep_dim, deep_dim)
+        self.deep_combine = nn.Linear(deep_dim + (deep_dim if follower_deep_width is None else follower_deep_width), deep_dim)
         self.dense_out = nn.Linear(deep_dim, 1)
 
     def logits(self, lw: torch.Tensor, ld: torch.Tensor, fw: torch.Tensor, fd: torch.Tensor) -> torch.Tensor:
@@ -172,23 +172,64 @@ def _ids_digest(ids: np.ndarray) -> torch.Tensor:
     )
 
 
-class _WideDeepParty(Party[TrainConfig]):
+_O = TypeVar("_O", bound=TrainConfig)
+
+
+class CriteoRowsParty(Party[_O]):
+    """A Wide&Deep party over Criteo rows: what the two-party (``criteo_wide_deep``) and the N-party
+    (``wide_deep_nparty``) splits share: its rows cut into train and held-out, the schedule, the feature
+    tensors of a batch, the codecs of its sub-networks' YAMLs and the row-alignment check at start-up."""
+
     keep_checkpoints = 3
     logger = log
-    tap: Any = None  # a splitlink.attacks.CutTap: sees what this party receives across the cut
 
-    def __init__(self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: TrainConfig) -> None:
-        super().__init__(comm, train)
+    def _setup_rows(self, data: PartyData, model_cfg: WideDeepConfig, seed: int) -> None:
+        """Holds ``data``, builds the sub-networks (seeded) and the schedule over the training rows."""
         self.data, self.cfg = data, model_cfg
-        torch.manual_seed(train.seed + (0 if self.role == "leader" else 1))
+        torch.manual_seed(seed)
         self.build()
         n = len(data)
-        self.n_train = n - int(round(n * train.eval_fraction))
+        self.n_train = n - int(round(n * self.train.eval_fraction))
         self.schedule = self.make_schedule(self.n_train)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
     def build(self) -> None:
         raise NotImplementedError
+
+    def compress_configs(self) -> dict[str, Any]:
+        if not self.train.compress:
+            return {}
+        out: dict[str, Any] = {}
+        for m in self.models.values():
+            out.update(m.get_compress_configs())
+        return out
+
+    def eval_batches(self) -> Iterator[np.ndarray]:
+        rows = np.arange(self.n_train, len(self.data))
+        for i in range(0, len(rows), self.schedule.batch_size):
+            yield rows[i : i + self.schedule.batch_size]
+
+    def features(self, idx: np.ndarray, suffix: str) -> dict[str, torch.Tensor]:
+        return {
+            f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
+            f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx])),
+        }
+
+    # Start-up: the parties must hold the same rows in the same order.
+    def hello(self) -> dict[str, torch.Tensor]:
+        return {"ids_sha256": _ids_digest(self.data.sample_ids)}
+
+    def _check_rows(self, theirs: Mapping[str, Any], whose: str, fix: str) -> None:
+        if not torch.equal(theirs["ids_sha256"], _ids_digest(self.data.sample_ids)):
+            raise RuntimeError(f"{self.name}: {whose} sample ids differ (row alignment); {fix}")
+
+
+class _WideDeepParty(CriteoRowsParty[TrainConfig]):
+    tap: Any = None  # a splitlink.attacks.CutTap: sees what this party receives across the cut
+
+    def __init__(self, data: PartyData, comm: Any, model_cfg: WideDeepConfig, train: TrainConfig) -> None:
+        super().__init__(comm, train)
+        self._setup_rows(data, model_cfg, train.seed + (0 if self.role == "leader" else 1))
 
     def _yaml(self, name: str, privacy: Mapping[str, Any] | None = None) -> FLYamlData:
         data = FLYamlData(YAMLS / name)
@@ -212,35 +253,8 @@ class _WideDeepParty(Party[TrainConfig]):
             data = FLYamlData(raw)
         return data
 
-    def compress_configs(self) -> dict[str, Any]:
-        if not self.train.compress:
-            return {}
-        out: dict[str, Any] = {}
-        for m in self.models.values():
-            out.update(m.get_compress_configs())
-        return out
-
-    def eval_batches(self) -> Iterator[np.ndarray]:
-        rows = np.arange(self.n_train, len(self.data))
-        for i in range(0, len(rows), self.schedule.batch_size):
-            yield rows[i : i + self.schedule.batch_size]
-
-    def features(self, idx: np.ndarray, suffix: str) -> dict[str, torch.Tensor]:
-        return {
-            f"id_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.ids[idx])),
-            f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx])),
-        }
-
-    # Start-up: both parties must hold the same rows in the same order.
-    def hello(self) -> dict[str, torch.Tensor]:
-        return {"ids_sha256": _ids_digest(self.data.sample_ids)}
-
     def check_hello(self, theirs: Mapping[str, Any]) -> None:
-        if not torch.equal(theirs["ids_sha256"], _ids_digest(self.data.sample_ids)):
-            raise RuntimeError(
-                f"{self.role}: the parties' sample ids differ (row alignment); align the rows with "
-                "PSI first so both hold the same samples in the same order"
-            )
+        self._check_rows(theirs, "the parties'", "align the rows with PSI first so both hold the same samples in the same order")
 
 
 class Follower(_WideDeepParty):
