@@ -376,7 +376,12 @@ class MarvellNoise:
         a_k_j = (class k's data variance + noise variance) along entry j,
 
     under the power budget ``p tr(Sigma_1) + (1 - p) tr(Sigma_0) <= P`` with ``P = scale * delta^2`` (``p`` the
-    batch's positive rate), solved by SLSQP (deterministic starts). So ``scale`` is the expected noise power
+    batch's positive rate), solved by SLSQP on each variable's share of the budget from deterministic starts
+    (all along D; isotropic; half along D, half spread; each class topped up to the other's variance), the
+    best of the starts and the solutions kept. Li et al.'s formulation (Sec. 4: class covariances ``v_k I``,
+    noise ``(lam1_k - lam2_k) D D^T + lam2_k I``, four scalars) is the special case ``directions=0`` with the
+    same data variance along D as off it; ``tests/attacks/test_marvell_solver.py`` checks the solver against
+    a dense-grid solve of that problem. So ``scale`` is the expected noise power
     per sample in units of the squared distance between the class means: ``scale = 1`` adds, on average, as
     much noise energy per sample as the squared gap the noise must hide.
 
