@@ -13,6 +13,9 @@ against it.
 
 Targets (issue 22): no defence, norm attack >= 0.9; best defence, gradient attack AUC (max of norm,
 direction) <= 0.6 at a test-AUC cost <= 0.015. They are checked and printed, not asserted.
+--normalize-marvell-scales adds the combination gradient normalisation then Marvell. With --seeds N the
+test-AUC cost is the median over seeds of each seed's cost against the no-defence run of the same seed,
+and the per-seed costs and the baseline's seed-to-seed spread are printed.
 Also writes the trade-off plot (test AUC vs gradient attack AUC) as a PNG (--plot).
 """
 
@@ -72,13 +75,23 @@ def main() -> int:
         metavar="SCALE",
         help="Marvell power budgets (x ||mean gradient difference||^2) to run (default: 1 4 quick, 0.25 1 4 8 otherwise)",
     )
+    ap.add_argument(
+        "--normalize-marvell-scales",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="SCALE",
+        help="also run the combination gradient normalisation + Marvell at these budgets (defence name norm+marvell)",
+    )
     ap.add_argument("--tsv", help="a Criteo-format TSV instead of synthetic data")
     ap.add_argument("--plot", default="leakage_tradeoff.png", help="PNG of test AUC vs attack AUC ('' for none)")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
     rows_n = args.rows or (20_000 if args.quick else 40_000)
     epochs = args.epochs or (2 if args.quick else 3)
-    defences = audit.default_defences(args.quick, marvell_scales=args.marvell_scales)
+    defences = audit.default_defences(
+        args.quick, marvell_scales=args.marvell_scales, normalize_marvell_scales=args.normalize_marvell_scales
+    )
     if args.only:
         defences = [d for d in defences if d.name == "none" or d.name in args.only]
     target = audit.get_target("criteo_wide_deep")
@@ -104,6 +117,7 @@ def main() -> int:
             progress=show,
         )
     tg = targets(rows)
+    base_row = rows[0]
     plot = None
     if args.plot:
         plot = str(audit.plot_tradeoff(rows, args.plot, title=f"Wide&Deep, {rows_n} rows: test AUC vs label leakage"))
@@ -121,9 +135,19 @@ def main() -> int:
     if args.json:
         print(json.dumps(result, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
         return 0
-    print("\ntest-AUC cost and step time vs the no-defence row of this run:")
+    print("\ntest-AUC cost (median over seeds of each seed's cost vs its own no-defence run) and step time:")
     for r in rows[1:]:
-        print(f"  {r['defence']:<13}{r['strength']:<12} cost {r['test_auc_cost']:+.4f}  step x{r['step_ratio']:.2f}")
+        spread = ""
+        if len(r["seeds"]) > 1:
+            costs = r["test_auc_cost_by_seed"]
+            spread = f"  (per seed {', '.join(f'{c:+.4f}' for c in costs)}; range {max(costs) - min(costs):.4f})"
+        print(f"  {r['defence']:<13}{r['strength']:<12} cost {r['test_auc_cost']:+.4f}  step x{r['step_ratio']:.2f}{spread}")
+    if len(base_row["seeds"]) > 1:
+        aucs = base_row["test_auc_by_seed"]
+        print(
+            f"  seed-to-seed spread of the no-defence test AUC: {', '.join(f'{a:.4f}' for a in aucs)} "
+            f"(range {max(aucs) - min(aucs):.4f})"
+        )
     print(
         f"\ntarget no defence norm AUC >= 0.9: {tg['no_defence_norm_auc']:.3f} "
         f"({'met' if tg['no_defence_norm_auc_ok'] else 'MISSED'})"

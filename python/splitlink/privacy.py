@@ -376,7 +376,12 @@ class MarvellNoise:
         a_k_j = (class k's data variance + noise variance) along entry j,
 
     under the power budget ``p tr(Sigma_1) + (1 - p) tr(Sigma_0) <= P`` with ``P = scale * delta^2`` (``p`` the
-    batch's positive rate), solved by SLSQP (deterministic starts). So ``scale`` is the expected noise power
+    batch's positive rate), solved by SLSQP on each variable's share of the budget from deterministic starts
+    (all along D; isotropic; half along D, half spread; each class topped up to the other's variance), the
+    best of the starts and the solutions kept. Li et al.'s formulation (Sec. 4: class covariances ``v_k I``,
+    noise ``(lam1_k - lam2_k) D D^T + lam2_k I``, four scalars) is the special case ``directions=0`` with the
+    same data variance along D as off it; ``tests/attacks/test_marvell_solver.py`` checks the solver against
+    a dense-grid solve of that problem. So ``scale`` is the expected noise power
     per sample in units of the squared distance between the class means: ``scale = 1`` adds, on average, as
     much noise energy per sample as the squared gap the noise must hide.
 
@@ -469,31 +474,47 @@ class MarvellNoise:
         def used(x: np.ndarray) -> float:
             return float(cost @ x)
 
-        cons = [{"type": "ineq", "fun": lambda x: 1.0 - used(x), "jac": lambda x: -cost}]
         bounds = [(0.0, None) if mult_a[j % n] > 0 else (0.0, 0.0) for j in range(2 * n)]
         axis_only = np.zeros(2 * n)
         axis_only[0] = axis_only[n] = 1.0
         starts = [axis_only]
-        if dim > 1:  # half along the axis, half spread evenly over the other dimensions
+        if dim > 1:
+            # the budget spread evenly over every dimension, both classes alike (isotropic noise)
+            starts.append(np.where(mult_a > 0, 1.0 / dim, 0.0)[np.arange(2 * n) % n])
+            # half along the axis, half spread evenly over the other dimensions
             spread = np.where(mult_a > 0, 0.5 / max(dim - 1, 1), 0.0)
             spread[0] = 0.5
             starts.append(np.concatenate([spread, spread]))
-            # each class topped up to the other's data variance off the axis, the rest along it
+            # each class topped up to the other's data variance off the axis, the rest along it (or as much
+            # of the topping up as the budget allows)
             match = np.concatenate([np.maximum(v0 - v1, 0.0), np.maximum(v1 - v0, 0.0)])
             match[0] = match[n] = 0.0
             if used(match) < 1.0:
                 match[0] = match[n] = 1.0 - used(match)
                 starts.append(match)
+            elif used(match) > 0.0:
+                starts.append(match / used(match))
+        # SLSQP works on each variable's share of the budget (the constraint: shares sum to <= 1), which
+        # keeps the steps comparable when the dimensions' multiplicities differ by orders of magnitude; the
+        # starts themselves are candidates too (SLSQP can stop without improving on a badly scaled start).
+        share = np.where(cost > 0, cost, 1.0)
+        cons_s = [{"type": "ineq", "fun": lambda y: 1.0 - float(np.sum(y)), "jac": lambda y: -np.ones_like(y)}]
         best: np.ndarray | None = None
         for x0 in starts:
             res = minimize(
-                f, x0, jac=jac, method="SLSQP", bounds=bounds, constraints=cons, options={"ftol": 1e-12, "maxiter": 300}
+                lambda y: f(y / share),
+                x0 * share,
+                jac=lambda y: jac(y / share) / share,
+                method="SLSQP",
+                bounds=bounds,
+                constraints=cons_s,
+                options={"ftol": 1e-12, "maxiter": 500},
             )
-            x = np.maximum(res.x, 0.0)
-            if used(x) > 1.0:  # SLSQP may overshoot its constraint by its tolerance
-                x = x / used(x)
-            if best is None or f(x) < f(best):
-                best = x
+            for x in (np.maximum(res.x / share, 0.0), x0):
+                if used(x) > 1.0:  # SLSQP may overshoot its constraint by its tolerance
+                    x = x / used(x)
+                if best is None or f(x) < f(best):
+                    best = x
         assert best is not None
         noise1 = tuple(float(t) * unit for t in best[:n])
         noise0 = tuple(float(t) * unit for t in best[n:])

@@ -259,3 +259,19 @@ def test_marvell_small_batches_and_widths(rows: int, dims: tuple[int, ...]) -> N
     assert len(sol.mult) <= min(sol.dim, 1 + 4 + 1)
     assert all(torch.isfinite(t).all() for t in out)
     assert sol.power == pytest.approx(sol.budget, rel=1e-4)
+
+
+def test_normalize_then_marvell_hides_both_attacks() -> None:
+    """The combination the audit runs as norm+marvell: normalisation leaves the norm attack nothing (every
+    norm equal), Marvell on the normalised gradients then lowers the direction attack, which normalisation
+    alone leaves untouched."""
+    grads, y = bce_like(rows=2000, seed=5)
+    assert norm_attack(grads, y) > 0.95 and direction_attack(grads, y) > 0.95
+    normed = GradientNormDefence("normalize")(grads)
+    # float32 norms equal to ~1e-7 relative: the rank order among them is rounding, so the AUC is near 1/2
+    # (a chance ranking of ~500 x 1500 pairs has sd ~0.015; 0.08 is > 5 sd)
+    assert abs(norm_attack(normed, y) - 0.5) < 0.08
+    assert direction_attack(normed, y) > 0.95
+    noisy = MarvellNoise(4.0, seed=1)(normed, y)
+    assert max(norm_attack(noisy, y), 1 - norm_attack(noisy, y)) < 0.6
+    assert max(direction_attack(noisy, y), 1 - direction_attack(noisy, y)) < 0.65

@@ -111,9 +111,16 @@ def target_names() -> list[str]:
         return sorted(_targets)
 
 
-def default_defences(quick: bool = False, *, marvell_scales: Sequence[float] | None = None) -> list[Defence]:
+def default_defences(
+    quick: bool = False,
+    *,
+    marvell_scales: Sequence[float] | None = None,
+    normalize_marvell_scales: Sequence[float] = (),
+) -> list[Defence]:
     """No defence, then each defence at 2 (``quick``) or 3 strengths, weakest first; ``marvell_scales``
-    replaces Marvell's default power budgets (see :class:`splitlink.privacy.MarvellNoise`)."""
+    replaces Marvell's default power budgets (see :class:`splitlink.privacy.MarvellNoise`);
+    ``normalize_marvell_scales`` adds the combination gradient normalisation then Marvell at those budgets
+    (the budget is then relative to the normalised gradients' class-mean difference)."""
     marvell = tuple(marvell_scales) if marvell_scales is not None else (1.0, 4.0) if quick else (0.25, 1.0, 4.0, 8.0)
     clip_q = (0.5,) if quick else (0.5, 0.1)
     label_eps = (3.0, 1.0) if quick else (3.0, 1.0, 0.5)
@@ -121,6 +128,14 @@ def default_defences(quick: bool = False, *, marvell_scales: Sequence[float] | N
     out = [Defence("none")]
     out += [Defence("marvell", f"scale {s:g}", leader_privacy={"marvell": {"scale": s, "seed": 7}}) for s in marvell]
     out.append(Defence("grad_norm", "normalize", leader_privacy={"grad_norm": {"mode": "normalize"}}))
+    out += [
+        Defence(
+            "norm+marvell",
+            f"scale {s:g}",
+            leader_privacy={"grad_norm": {"mode": "normalize"}, "marvell": {"scale": s, "seed": 7}},
+        )
+        for s in normalize_marvell_scales
+    ]
     out += [Defence("grad_norm", f"clip q{q:g}", leader_privacy={"grad_norm": {"mode": "clip", "quantile": q}}) for q in clip_q]
     out += [Defence("label_dp", f"eps {e:g}", leader_privacy={"label_dp": {"eps": e, "seed": 7}}) for e in label_eps]
     # clip_norm 1: the follower's embeddings have per-sample norms of about 1 here (measured by the audit:
@@ -206,7 +221,13 @@ def run_audit(
             ev = evaluate_tap(tap, labels, feats, known=known, aux=aux, seed=s)
             step = statistics.median(res["step_seconds"]) * 1e3 if res["step_seconds"] else math.nan
             per_seed.append({"test_auc": float(res["test_auc"]), "step_ms": step, **ev})
-        row: dict[str, Any] = {"defence": d.name, "strength": d.strength, "seeds": list(seeds)}
+        row: dict[str, Any] = {
+            "defence": d.name,
+            "strength": d.strength,
+            "seeds": list(seeds),
+            "test_auc_by_seed": [p["test_auc"] for p in per_seed],
+            "attack_auc_by_seed": [max(p.get("norm_auc", math.nan), p.get("direction_auc", math.nan)) for p in per_seed],
+        }
         for k, v in per_seed[0].items():
             if isinstance(v, float):
                 row[k] = float(statistics.median(p[k] for p in per_seed))
@@ -217,7 +238,9 @@ def run_audit(
             progress(format_table([row], header=not rows_out[:-1]))
     base = next((r for r in rows_out if r["defence"] == "none"), None)
     for r in rows_out:
-        r["test_auc_cost"] = base["test_auc"] - r["test_auc"] if base else math.nan
+        # paired by seed: each seed's run against the no-defence run of the same seed, then the median
+        r["test_auc_cost_by_seed"] = [b - t for b, t in zip(base["test_auc_by_seed"], r["test_auc_by_seed"])] if base else []
+        r["test_auc_cost"] = float(statistics.median(r["test_auc_cost_by_seed"])) if base else math.nan
         r["step_ratio"] = r["step_ms"] / base["step_ms"] if base and base["step_ms"] else math.nan
     return rows_out
 
@@ -260,7 +283,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, *, title: st
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    markers = {"none": "o", "marvell": "s", "grad_norm": "^", "label_dp": "D", "embedding_dp": "v"}
+    markers = {"none": "o", "marvell": "s", "grad_norm": "^", "norm+marvell": "P", "label_dp": "D", "embedding_dp": "v"}
     for name in dict.fromkeys(r["defence"] for r in rows):
         pts = [r for r in rows if r["defence"] == name]
         xs = [max(r.get("norm_auc", math.nan), r.get("direction_auc", math.nan)) for r in pts]
