@@ -4,6 +4,7 @@ failure reaches the peer, even when the application saw the error before the wor
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -16,11 +17,14 @@ def test_frames_submitted_before_a_failure_are_not_sent_even_after_the_error_was
     error_seen = threading.Event()
     sent: list[str] = []
 
-    def send(name: str) -> None:
-        if name == "A":
-            release_a.wait(10)
-            raise ConnectionError("peer refused A")
-        sent.append(name)
+    def start(name: str, *, chained: bool, window: object) -> Callable[[], None]:
+        def send() -> None:
+            if name == "A":
+                release_a.wait(10)
+                raise ConnectionError("peer refused A")
+            sent.append(name)
+
+        return send
 
     # The worker resolves A's failure and then waits until the application has seen it, so the
     # application's wait() (which marks the error seen) runs before the worker reaches B: the
@@ -33,7 +37,7 @@ def test_frames_submitted_before_a_failure_are_not_sent_even_after_the_error_was
             error_seen.wait(10)
 
     monkeypatch.setattr(Work, "_resolve", resolve_then_pause)
-    q = SendQueue("peer", 4, send, "test-isend")
+    q = SendQueue("peer", 4, start, "test-isend")
     a = q.submit("A")
     b = q.submit("B")
     release_a.set()

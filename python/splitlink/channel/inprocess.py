@@ -114,9 +114,9 @@ class InProcessCommunicator:
         by reference, each tensor is moved (``.to(device)``, a no-op for one already there)."""
         if target_server_name not in self.peers:
             raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        if self._receives[target_server_name].pending:  # receives posted ahead take the frames first
-            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind, device=device).wait()
-        return self._receive_now(target_server_name, timeout, kind, with_kind, device)
+        return self._receives[target_server_name].take(
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
+        )
 
     def irecv(
         self,

@@ -71,18 +71,67 @@ class Work:
             self._future.set_result(result)
 
 
-class SendQueue:
-    """One peer's asynchronous sends: in submission order, at most ``max_inflight`` at a time."""
+class Window:
+    """The frames of one run of a peer's window: ``abandon()`` (an earlier frame failed, or shutdown)
+    cancels the calls still carrying them, so the receiver withdraws frames that wait for the failed one."""
 
-    def __init__(self, peer: str, max_inflight: int, send: Callable[..., None], thread_name: str) -> None:
+    def __init__(self) -> None:
+        self.abandoned = threading.Event()
+        self._lock = threading.Lock()
+        self._calls: set[Any] = set()
+
+    def track(self, call: Any) -> None:
+        """``call`` (anything with ``cancel()``) carries a frame of this window; cancelled at once when
+        the window was abandoned already."""
+        with self._lock:
+            if not self.abandoned.is_set():
+                self._calls.add(call)
+                return
+        call.cancel()
+
+    def untrack(self, call: Any) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self.abandoned.set()
+            calls, self._calls = list(self._calls), set()
+        for call in calls:
+            call.cancel()
+
+
+class SendQueue:
+    """One peer's asynchronous sends: in submission order, at most ``max_inflight`` pending, of which at
+    most ``window()`` on the wire at once.
+
+    ``start(*args, chained, window)`` runs on the queue's thread, in submission order: it packs the frame
+    and returns the blocking call that sends it and handles its answer, run on a thread of its own so
+    that the next frame starts before this one is acknowledged. ``chained``: another frame is still on
+    the wire, so this one must be delivered after it (False: nothing earlier can still arrive).
+    Outcomes are settled in submission order: once a frame failed, the frames after it that were on the
+    wire are abandoned (``Window.abandon``) and fail with ``FrameNotSentError`` unless the peer accepted
+    them already, and the next frame waits until the window is empty."""
+
+    def __init__(
+        self,
+        peer: str,
+        max_inflight: int,
+        start: Callable[..., Callable[[], None]],
+        thread_name: str,
+        window: Callable[[], int] = lambda: 1,
+    ) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self.peer = peer
-        self._send = send
+        self._start = start
+        self._window = window
         self._slots = threading.Semaphore(max_inflight)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending = 0
+        self._flying = 0  # frames started and not settled
+        self._run_of = Window()
         self._failed: Work | None = None  # the first failed frame whose error nobody has seen yet
         # Tickets: every frame submitted before a failure is refused (FrameNotSentError), whether or not
         # the application has seen the error by the time the worker reaches it: the peer must never get
@@ -134,43 +183,96 @@ class SendQueue:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            run = self._run_of
             if self._thread is not None:
                 self._queue.put(None)
+            self._cond.notify_all()
+        run.abandon()
 
     def _seen(self, work: Work) -> None:
         with self._cond:
             if self._failed is work:
                 self._failed = None
 
+    def _not_sent(self) -> FrameNotSentError:
+        failed = self._failed
+        why = f" ({failed.exception()})" if failed is not None else ""
+        return FrameNotSentError(
+            f"not sent: an earlier frame to '{self.peer}' failed{why}; wait() on it or send again to continue"
+        )
+
     def _run(self) -> None:
+        settled = threading.Event()  # the previous frame's outcome is settled
+        settled.set()
         while True:
             item = self._queue.get()
             if item is None:
                 return
             work, ticket, args = item
-            try:
-                with self._cond:
-                    failed, poisoned = self._failed, ticket <= self._poisoned_up_to
-                if failed is not None or poisoned:
-                    why = f" ({failed.exception()})" if failed is not None else ""
-                    raise FrameNotSentError(
-                        f"not sent: an earlier frame to '{self.peer}' failed{why}; wait() on it or send again to continue"
+            with self._cond:
+                # A slot in the window; after a failure the abandoned frames settle first.
+                self._cond.wait_for(
+                    lambda: (
+                        self._closed
+                        or (self._flying < max(1, self._window()) and not (self._run_of.abandoned.is_set() and self._flying))
                     )
-                self._send(*args)
-            except BaseException as e:  # noqa: BLE001 - handed to the application by wait()
-                with self._cond:
-                    if not isinstance(e, FrameNotSentError):
+                )
+                refused = self._failed is not None or ticket <= self._poisoned_up_to or self._closed
+                if self._run_of.abandoned.is_set() and not self._closed:
+                    self._run_of = Window()
+                chained, run = self._flying > 0, self._run_of
+                error: BaseException | None = self._not_sent() if refused else None
+                self._flying += 1
+            finish: Callable[[], None] | None = None
+            if error is None:
+                try:
+                    finish = self._start(*args, chained=chained, window=run)
+                except BaseException as e:  # noqa: BLE001 - settled (in order) below
+                    error = e
+            done = threading.Event()
+            threading.Thread(
+                target=self._fly,
+                args=(work, finish, error, run, settled, done),
+                name=f"{self._thread_name}-fly",
+                daemon=True,
+            ).start()
+            settled = done
+
+    def _fly(
+        self,
+        work: Work,
+        finish: Callable[[], None] | None,
+        error: BaseException | None,
+        run: Window,
+        before: threading.Event,
+        done: threading.Event,
+    ) -> None:
+        """Sends one frame (``finish``), then settles its outcome after the frame before it."""
+        try:
+            if finish is not None:
+                try:
+                    finish()
+                except BaseException as e:  # noqa: BLE001 - handed to the application by wait()
+                    error = e
+            before.wait()
+            with self._cond:
+                if error is not None and not isinstance(error, FrameNotSentError):
+                    if run.abandoned.is_set():  # an earlier frame of this window failed: this one was cut off
+                        error = self._not_sent()
+                    else:
                         if self._failed is None:
                             self._failed = work
                         self._poisoned_up_to = max(self._poisoned_up_to, self._last_ticket)
-                work._resolve(error=e)
-            else:
-                work._resolve(None)
-            finally:
-                self._slots.release()
-                with self._cond:
-                    self._pending -= 1
-                    self._cond.notify_all()
+            if error is not None:
+                run.abandon()  # the frames after this one must not be delivered without it
+            work._resolve(None, error)
+        finally:
+            done.set()
+            self._slots.release()
+            with self._cond:
+                self._pending -= 1
+                self._flying -= 1
+                self._cond.notify_all()
 
 
 class ReceiveQueue:
@@ -188,6 +290,12 @@ class ReceiveQueue:
     def pending(self) -> int:
         with self._cond:
             return self._pending
+
+    def take(self, receive: Callable[[], Any]) -> Any:
+        """``receive()``'s result, after the receives posted ahead (they take the peer's frames first)."""
+        if self.pending:
+            return self.post(receive).wait()
+        return receive()
 
     def post(self, receive: Callable[[], Any]) -> Work:
         work = Work(f"irecv from '{self.peer}'")
