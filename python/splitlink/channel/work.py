@@ -1,14 +1,25 @@
 """Asynchronous sends and posted receives, as ``torch.distributed.isend``/``irecv`` users know them.
 
-``isend`` returns a ``Work`` at once; a background thread per peer packs and sends the frames in the
-order they were submitted. At most ``max_inflight`` frames per peer are queued or on the wire: the
-next ``isend`` blocks until one of them is accepted by the peer (back-pressure). As with
-``torch.distributed.isend``, the tensors must not be modified until ``wait()`` returns (the frame
-is packed from their memory while it is sent).
+``isend`` returns a ``Work`` at once; a background thread per peer packs the frames in the order they
+were submitted and starts each one's call without waiting for the previous frame's ack: up to a
+window of frames per peer are on the wire at once (the communicator's window: ``max_inflight``, at
+most 8, once the peer has said it delivers in order; 1 before that and for sealed frames), and the
+receiver delivers them in submission order, exactly once. At most ``max_inflight`` frames per peer
+are queued or on the wire: the next ``isend`` blocks until one of them is accepted by the peer
+(back-pressure). As with ``torch.distributed.isend``, the tensors must not be modified until
+``wait()`` returns (the frame is packed from their memory while it is sent).
 
 An error surfaces on the failed frame's ``wait()``, and on the next ``isend``/``send_tensors``/
 ``flush`` if nobody waited for it. Frames submitted after a failed one and before the error was seen
-are not sent (the peer would see a gap in the conversation); they fail with ``FrameNotSentError``.
+are not delivered (the peer would see a gap in the conversation); they fail with
+``FrameNotSentError``: those not started yet are not sent, and those already on the wire behind it
+are cancelled (the receiver holds them until their predecessor arrives, so it never delivers them
+and drops them when the next frame comes). Outcomes are settled in submission order, so a frame
+behind a failed one never reports the failure itself; it reports success only if the peer had
+accepted it (which it does only after the frames before it, so then the failed frame was in fact
+delivered and only its answer was lost, as can happen to any frame). Retries of a frame (a lost
+connection) resend it with the same seq: the receiver answers a duplicate as delivered and a frame
+it holds as soon as the held one is delivered, so retries never reorder or repeat delivery.
 
 ``irecv`` posts a receive ahead: its ``Work.wait()`` returns the tensors of the frame it took. Posted
 receives take frames in the order they were posted (one background thread per peer).
