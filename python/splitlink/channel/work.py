@@ -228,14 +228,16 @@ class SendQueue:
                         or (self._flying < max(1, self._window()) and not (self._run_of.abandoned.is_set() and self._flying))
                     )
                 )
-                refused = self._failed is not None or ticket <= self._poisoned_up_to or self._closed
-                if self._run_of.abandoned.is_set() and not self._closed:
-                    self._run_of = Window()
-                chained, run = self._flying > 0, self._run_of
-                error: BaseException | None = self._not_sent() if refused else None
-                self._flying += 1
+                # Refused frames never reach the wire: they take no slot and name no predecessor.
+                started = not (self._failed is not None or ticket <= self._poisoned_up_to or self._closed)
+                if started:
+                    if self._run_of.abandoned.is_set():
+                        self._run_of = Window()
+                    self._flying += 1
+                chained, run = self._flying > 1, self._run_of
             finish: Callable[[], None] | None = None
-            if error is None:
+            error: BaseException | None = None if started else self._not_sent()
+            if started:
                 try:
                     finish = self._start(*args, chained=chained, window=run)
                 except BaseException as e:  # noqa: BLE001 - settled (in order) below
@@ -243,7 +245,7 @@ class SendQueue:
             done = threading.Event()
             threading.Thread(
                 target=self._fly,
-                args=(work, finish, error, run, settled, done),
+                args=(work, started, finish, error, run, settled, done),
                 name=f"{self._thread_name}-fly",
                 daemon=True,
             ).start()
@@ -252,13 +254,15 @@ class SendQueue:
     def _fly(
         self,
         work: Work,
+        started: bool,
         finish: Callable[[], None] | None,
         error: BaseException | None,
         run: Window,
         before: threading.Event,
         done: threading.Event,
     ) -> None:
-        """Sends one frame (``finish``), then settles its outcome after the frame before it."""
+        """Sends one frame (``finish``), then settles its outcome after the frame before it; ``started``:
+        the frame was (to be) sent, not refused."""
         try:
             if finish is not None:
                 try:
@@ -274,7 +278,7 @@ class SendQueue:
                         if self._failed is None:
                             self._failed = work
                         self._poisoned_up_to = max(self._poisoned_up_to, self._last_ticket)
-            if error is not None:
+            if error is not None and started:
                 run.abandon()  # the frames after this one must not be delivered without it
             work._resolve(None, error)
         finally:
@@ -282,7 +286,7 @@ class SendQueue:
             self._slots.release()
             with self._cond:
                 self._pending -= 1
-                self._flying -= 1
+                self._flying -= started
                 self._cond.notify_all()
 
 
