@@ -87,7 +87,7 @@ from splitlink.channel.inbox import HeldTooMany, Inbox
 from splitlink.channel.keys import KeySession
 from splitlink.channel.protocol import ProtocolError
 from splitlink.channel.retry import RetryGaveUp, RetryPolicy
-from splitlink.channel.work import FrameNotSentError, ReceiveQueue, SendQueue, Window, Work
+from splitlink.channel.work import FrameNotSentError, PostedReceives, ReceiveQueue, SendQueue, Window, Work
 from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CryptoError, SplitlinkError
 
@@ -181,7 +181,7 @@ class GrpcEndpoints:
         return grpc.insecure_channel(address, options=options)
 
 
-class VerticalFederatedCommunicator:
+class VerticalFederatedCommunicator(PostedReceives):
     """One party's endpoint: a gRPC server at its own address, channels to its peers."""
 
     def __init__(
@@ -882,47 +882,10 @@ class VerticalFederatedCommunicator:
         self._assembler.finish(sender, assembly)
         return self._deliver(sender, head.incarnation, seq, assembly.buf, context)
 
-    def receive(
-        self,
-        target_server_name: str,
-        timeout: float | None = None,
-        *,
-        kind: str | None = None,
-        with_kind: bool = False,
-        device: Any = None,
-    ) -> Any:
-        """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
-
-        With ``kind``, a frame of another kind is a protocol error (ValueError naming both). With
-        ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind).
-        ``device`` (e.g. ``"cuda:0"``) places the tensors there: the payload is copied to the device
-        once from pinned memory and decoded there (``wire.unpack(device=)``); ``None`` keeps the
-        zero-copy CPU tensors that view the received bytes."""
-        if target_server_name not in self._inboxes:
-            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        return self._receives[target_server_name].take(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
-        )
-
-    def irecv(
-        self,
-        target_server_name: str,
-        timeout: float | None = None,
-        *,
-        kind: str | None = None,
-        with_kind: bool = False,
-        device: Any = None,
-    ) -> Work:
-        """Posts a receive ahead: a ``Work`` whose ``wait()`` returns what ``receive`` would (or raises
-        its error). Posted receives take the peer's frames in the order they were posted, and frames
-        are unpacked on a background thread."""
-        if target_server_name not in self._inboxes:
-            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        return self._receives[target_server_name].post(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
-        )
-
     def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool, device: Any = None) -> Any:
+        """The next frame from ``peer``, decoded (``receive``). ``device`` (e.g. ``"cuda:0"``): the payload
+        is copied to the device once from pinned memory and decoded there (``wire.unpack(device=)``);
+        ``None`` keeps the zero-copy CPU tensors that view the received bytes."""
         frame = wire.unpack(self._inboxes[peer].get(timeout), device=device)
         protocol.check_kind(frame.kind, kind, peer)
         return (frame.kind, frame.tensors) if with_kind else frame.tensors

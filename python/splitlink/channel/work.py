@@ -35,7 +35,7 @@ from typing import Any
 
 from splitlink.errors import SplitlinkError
 
-__all__ = ["Work", "SendQueue", "ReceiveQueue", "FrameNotSentError"]
+__all__ = ["Work", "SendQueue", "ReceiveQueue", "PostedReceives", "FrameNotSentError", "Window"]
 
 
 class FrameNotSentError(SplitlinkError):
@@ -332,3 +332,56 @@ class ReceiveQueue:
             finally:
                 with self._cond:
                     self._pending -= 1
+
+
+class PostedReceives:
+    """``receive`` and ``irecv`` of both communicators: the peer is checked, and a receive waits behind
+    the receives posted ahead of it. The communicator gives ``peers`` (its peers' names), ``_receives``
+    (a ``ReceiveQueue`` per peer) and ``_receive_now`` (takes and decodes the peer's next frame)."""
+
+    peers: Any
+    _receives: dict[str, ReceiveQueue]
+
+    def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool, device: Any = None) -> Any:
+        raise NotImplementedError
+
+    def _check_peer(self, peer: str) -> None:
+        if peer not in self.peers:
+            raise ValueError(f"unknown peer {peer!r}; peers: {', '.join(self.peers)}")
+
+    def receive(
+        self,
+        target_server_name: str,
+        timeout: float | None = None,
+        *,
+        kind: str | None = None,
+        with_kind: bool = False,
+        device: Any = None,
+    ) -> Any:
+        """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
+
+        With ``kind``, a frame of another kind is a protocol error (ValueError naming both). With
+        ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind).
+        ``device`` (e.g. ``"cuda:0"``) places the tensors there (see the communicator's
+        ``_receive_now``); ``None`` keeps them on the CPU. ``TimeoutError`` after ``timeout`` s."""
+        self._check_peer(target_server_name)
+        return self._receives[target_server_name].take(
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
+        )
+
+    def irecv(
+        self,
+        target_server_name: str,
+        timeout: float | None = None,
+        *,
+        kind: str | None = None,
+        with_kind: bool = False,
+        device: Any = None,
+    ) -> Work:
+        """Posts a receive ahead: a ``Work`` whose ``wait()`` returns what ``receive`` would (or raises
+        its error). Posted receives take the peer's frames in the order they were posted, and frames
+        are unpacked on a background thread."""
+        self._check_peer(target_server_name)
+        return self._receives[target_server_name].post(
+            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
+        )
