@@ -29,6 +29,12 @@ run, connection set-up included) and the training loss after the fixed number of
 compression in accuracy next to its gain in time).
 
 ``--quick``: LAN, WAN, thin WAN; 8 steps each, pipelined with m = 2, 4 (about 10 min on 2 cores). ``--json`` prints JSON.
+
+``--channel``: the channel alone over each profile's link (no model, so little CPU and a figure that a
+shared machine does not blur): ``--frames`` frames of each size sent with ``isend`` and received, with
+a window of 1 frame on the wire (``max_inflight=1``: each frame waits for the previous one's ack, as
+before issue 19 item 3) and with a window of 4 (``max_inflight=4``, the default); median milliseconds
+per burst over 8 bursts after 2 warm-up ones, and the ratio, in the same run.
 """
 
 from __future__ import annotations
@@ -167,6 +173,64 @@ def pangu_unsplit(model: str, data: dict[str, Any], steps: int) -> dict[str, Any
     return {"what": "unsplit, plain PyTorch", "step_s": times[1:], "loss": loss_v}
 
 
+CHANNEL_SIZES = (64 << 10, 256 << 10, 1 << 20)
+
+
+def channel_burst(link: EmulatedLink, windows: tuple[int, ...], frames: int, bursts: int = 10) -> list[dict[str, Any]]:
+    """``frames`` frames of each of CHANNEL_SIZES, leader -> follower in one process in the link's namespace,
+    per window size (the communicators' max_inflight); median ms per burst after 2 warm-up bursts."""
+    from splitlink import ServerConfig, VerticalFederatedCommunicator
+
+    def body() -> list[dict[str, Any]]:
+        rows = []
+        for window in windows:
+            lp, fp = link.free_ports(2)
+            kw: dict[str, Any] = {"allow_insecure": True, "max_inflight": window}
+            leader = VerticalFederatedCommunicator(
+                ServerConfig("leader", f"127.0.0.1:{lp}"), ServerConfig("follower", link.route(fp, client="leader")), **kw
+            ).launch()
+            follower = VerticalFederatedCommunicator(
+                ServerConfig("follower", f"127.0.0.1:{fp}"), ServerConfig("leader", link.route(lp, client="follower")), **kw
+            ).launch()
+            try:
+                for nbytes in CHANNEL_SIZES:
+                    x = torch.zeros(nbytes // 4)
+                    took = []
+                    for _ in range(bursts):
+                        t0 = time.perf_counter()
+                        works = [leader.isend("follower", {"x": x}) for _ in range(frames)]
+                        for _ in range(frames):
+                            follower.receive("leader", timeout=60)
+                        for w in works:
+                            w.wait(60)
+                        took.append(time.perf_counter() - t0)
+                    rows.append({"window": window, "frame_kib": nbytes >> 10, "burst_ms": statistics.median(took[2:]) * 1e3})
+            finally:
+                leader.shutdown(0.5)
+                follower.shutdown(0.5)
+        return rows
+
+    return link.call(body, timeout=600)
+
+
+def channel_main(profiles: list[str], frames: int, as_json: bool) -> None:
+    out: dict[str, Any] = {"frames": frames, "links": {}, "rows": []}
+    for prof in profiles:
+        with EmulatedLink(PROFILES[prof]) as link:
+            out["links"][prof] = link.self_check()
+            for r in channel_burst(link, (1, 4), frames):
+                out["rows"].append({"profile": prof, **r})
+    if as_json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"the channel alone: bursts of {frames} isend frames, received in order; median ms per burst")
+    print(f"\n{'profile':9s} {'frame':>8s} {'window 1':>9s} {'window 4':>9s} {'speed-up':>8s}")
+    for prof in profiles:
+        for kib in (n >> 10 for n in CHANNEL_SIZES):
+            ms = {r["window"]: r["burst_ms"] for r in out["rows"] if r["profile"] == prof and r["frame_kib"] == kib}
+            print(f"{prof:9s} {kib:5d} KiB {ms[1]:9.1f} {ms[4]:9.1f} {ms[1] / ms[4]:8.2f}")
+
+
 def median_after_warmup(step_s: list[float], skip: int = 2) -> float:
     return statistics.median(step_s[skip:] if len(step_s) > skip else step_s)
 
@@ -188,6 +252,8 @@ def main() -> None:
         metavar="M",
         help="the pipelined rows' micro-batch counts (default: 2 4 8; --quick: 2 4, to stay within 10 min)",
     )
+    ap.add_argument("--channel", action="store_true", help="the channel alone: window 1 vs 4 (see above); no training")
+    ap.add_argument("--frames", type=int, default=4, help="--channel: frames per burst (default 4)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ap.add_argument("--workdir", help="keep data, run files and logs here (default: a temporary directory)")
     args = ap.parse_args()
@@ -201,6 +267,9 @@ def main() -> None:
     why = netns_support()
     if why:
         sys.exit(f"bench_wan: {why}")
+    if args.channel:
+        channel_main([p for p in profiles if p != "lan"] or ["wan"], args.frames, args.json)
+        return
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench_wan-")
     work = Path(args.workdir or tmp.name)  # type: ignore[union-attr]

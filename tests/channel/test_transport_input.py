@@ -257,11 +257,17 @@ def test_malicious_ranges_are_refused_and_never_reach_the_application(receiver) 
     assert torch.equal(comm.receive("leader", timeout=5)["x"], x)
 
 
-def test_an_older_range_after_a_newer_frame_is_refused(receiver) -> None:  # type: ignore[no-untyped-def]
+def test_an_older_range_after_a_full_window_of_newer_frames_is_refused(receiver) -> None:  # type: ignore[no-untyped-def]
+    """A sender keeps at most MAX_ASSEMBLING frames in assembly (its window): an older frame's range may
+    still come after newer ones (the window's calls race), but not once that many newer ones are open."""
+    from splitlink.channel.assembly import MAX_ASSEMBLING
+
     comm, channel, _ = receiver
     f = big_frame(401)[0]
-    assert send_range(channel, [rheader(401, len(f), 0, 100), f[:100]]).startswith(b"PART")
-    with pytest.raises(grpc.RpcError) as err:  # seq 400 is older than the frame in assembly
+    for seq in range(402, 402 + MAX_ASSEMBLING - 1):
+        assert send_range(channel, [rheader(seq, len(f), 0, 100), f[:100]]).startswith(b"PART")
+    assert send_range(channel, [rheader(401, len(f), 0, 100), f[:100]]).startswith(b"PART")  # older, in the window
+    with pytest.raises(grpc.RpcError) as err:  # seq 400 is older than a full window of frames in assembly
         send_range(channel, [rheader(400, len(f), 0, 100), f[:100]])
     assert err.value.code() == grpc.StatusCode.ABORTED and "superseded" in err.value.details()
     with pytest.raises(TimeoutError):

@@ -9,21 +9,25 @@ Network input is checked before anything is written: a range must lie inside the
 checks ``0 < length`` and ``offset + length <= total``), must agree with the frame's declared size,
 must not overlap another range of the frame (a repeat of the very same range is a retry: the newest
 attempt takes it over and the older one stops writing), and a frame takes at most ``MAX_RANGES``
-ranges. Each sender has at most one frame in assembly (a sender sends one frame at a time; a newer
-seq abandons an older, incomplete one), so a peer can make this party hold at most one frame of
-``max_frame_bytes`` beyond its bounded receive queue. Once a frame is complete (or abandoned) no
-write reaches its buffer any more, so a late or hostile writer cannot change a delivered frame.
+ranges. Each sender has at most ``MAX_ASSEMBLING`` frames in assembly (a sender keeps a window of at
+most 8 frames on the wire; one more abandons its oldest incomplete frame), so a peer can make this
+party hold at most that many frames of ``max_frame_bytes`` beyond its bounded receive queue. Once a
+frame is complete (or abandoned) no write reaches its buffer any more, so a late or hostile writer
+cannot change a delivered frame.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Assembly", "Assembler", "RangeRefused", "RangeDelivered", "MAX_RANGES"]
 
 MAX_RANGES = 256  # per frame; senders use one range per stream (a handful)
+MAX_ASSEMBLING = 8  # frames per sender: the communicator's largest window (MAX_WINDOW)
+_REMEMBERED = 2 * MAX_ASSEMBLING  # completed frames per sender whose late ranges are answered DUP
 
 
 class RangeRefused(Exception):
@@ -117,11 +121,11 @@ class Assembly:
 
 
 class Assembler:
-    """The frames in assembly, one per sender at most."""
+    """The frames in assembly, at most ``MAX_ASSEMBLING`` per sender."""
 
     def __init__(self) -> None:
-        self._current: dict[str, Assembly] = {}
-        self._completed: dict[str, tuple[int, int]] = {}  # sender -> (incarnation, seq) last assembled
+        self._current: dict[str, dict[int, Assembly]] = {}  # sender -> seq -> its frame in assembly
+        self._completed: dict[str, deque[tuple[int, int]]] = {}  # sender -> (incarnation, seq) last assembled
         self._retired: Callable[[str, int], bool] = lambda sender, incarnation: False
         self._cond = threading.Condition()
 
@@ -143,12 +147,13 @@ class Assembler:
         """The assembly of frame (sender, incarnation, seq), created when this is its first range:
         ``reserve(total, alive)`` waits for room in the receive queue, ``acquire(total)`` gives the buffer."""
         with self._cond:
-            if self._completed.get(sender) == (incarnation, seq):
+            if (incarnation, seq) in self._completed.get(sender, ()):
                 raise RangeDelivered()
             if self._retired(sender, incarnation):
                 raise RangeRefused("ABORTED", f"sender process {incarnation:#x} was replaced by a newer one")
-            a = self._current.get(sender)
-            if a is not None and (a.incarnation, a.seq) == (incarnation, seq):
+            current = self._current.setdefault(sender, {})
+            a = current.get(seq)
+            if a is not None and a.incarnation == incarnation:
                 if a.total != total:
                     raise RangeRefused(
                         "INVALID_ARGUMENT",
@@ -168,12 +173,16 @@ class Assembler:
                 if a.closed:
                     raise RangeRefused("ABORTED", f"frame seq {seq} is no longer being assembled")
                 return a
-            if a is not None and a.incarnation == incarnation and seq < a.seq:
-                raise RangeRefused("ABORTED", f"frame seq {seq} was superseded by seq {a.seq}")
-            if a is not None:
-                a.abandon()  # the sender moved on (gave up on it) or restarted
+            for old in [o for o in current.values() if o.incarnation != incarnation]:
+                old.abandon()  # the sender restarted
+                del current[old.seq]
+            if len(current) >= MAX_ASSEMBLING:
+                oldest = min(current)
+                if seq < oldest:
+                    raise RangeRefused("ABORTED", f"frame seq {seq} was superseded by seq {oldest} and later")
+                current.pop(oldest).abandon()  # the sender moved on (gave up on it)
             a = Assembly(incarnation, seq, total)
-            self._current[sender] = a
+            current[seq] = a
             self._cond.notify_all()
         try:
             if not reserve(total, alive):
@@ -195,20 +204,22 @@ class Assembler:
     def finish(self, sender: str, a: Assembly) -> None:
         """``a`` is complete (or failed to start): no longer the sender's frame in assembly."""
         with self._cond:
-            if self._current.get(sender) is a:
-                del self._current[sender]
+            current = self._current.get(sender, {})
+            if current.get(a.seq) is a:
+                del current[a.seq]
             if a.received == a.total:
-                self._completed[sender] = (a.incarnation, a.seq)
+                self._completed.setdefault(sender, deque(maxlen=_REMEMBERED)).append((a.incarnation, a.seq))
             a.abandon()  # no more writes (a complete frame's buffer stays with its receiver)
             self._cond.notify_all()
 
     def drop(self, sender: str) -> None:
         with self._cond:
-            a = self._current.pop(sender, None)
-            if a is not None:
+            for a in self._current.pop(sender, {}).values():
                 a.abandon()
             self._cond.notify_all()
 
     def pending(self, sender: str) -> Assembly | None:
+        """The sender's newest frame in assembly."""
         with self._cond:
-            return self._current.get(sender)
+            current = self._current.get(sender, {})
+            return current[max(current)] if current else None

@@ -23,6 +23,15 @@
   ``is_completed()``) and packs and sends on a background thread per peer, in order, with at most
   ``max_inflight`` frames pending per peer (the next ``isend`` blocks); ``flush()`` waits for them and
   ``shutdown()`` flushes first. ``irecv`` posts a receive ahead (``splitlink.channel.work``).
+* **A window of frames on the wire.** Up to ``max_inflight`` (at most ``MAX_WINDOW``, 8) of a peer's
+  ``isend`` frames travel at once, each its own call (HTTP/2 multiplexes them on the connection), so
+  a frame does not wait a round trip for the ack of the one before it. Each frame names the frame it
+  follows (call metadata ``splitlink-after``) and the receiver delivers strictly in that order, holding
+  a frame that overtook its predecessor (``splitlink.channel.inbox``). A receiver that orders says so
+  in its acks (trailing metadata ``splitlink-order``); until one did, and for sealed frames (whose
+  re-keying re-seals a frame under a new seq), frames go one at a time. A frame that fails cancels the
+  calls of the frames behind it, which the receiver then withdraws, and they fail with
+  ``FrameNotSentError`` (``splitlink.channel.work``).
 * **Exactly once.** Every frame carries (sender, sender incarnation, seq); the incarnation is
   random per process, so a restarted sender's sequence numbers are not taken for duplicates. A
   sender retries on UNAVAILABLE and
@@ -56,11 +65,12 @@ The messages on the wire are encoded and decoded in ``splitlink.channel.protocol
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -73,11 +83,11 @@ from splitlink.channel.assembly import Assembler, RangeDelivered, RangeRefused
 from splitlink.channel.config import ServerConfig, SSLConfig, is_loopback, revoked_serials
 from splitlink.channel.errors import PeerRestartedError, PeerUnavailableError
 from splitlink.channel.identity import CertificateIdentityInterceptor
-from splitlink.channel.inbox import Inbox
+from splitlink.channel.inbox import HeldTooMany, Inbox
 from splitlink.channel.keys import KeySession
 from splitlink.channel.protocol import ProtocolError
 from splitlink.channel.retry import RetryGaveUp, RetryPolicy
-from splitlink.channel.work import ReceiveQueue, SendQueue, Work
+from splitlink.channel.work import FrameNotSentError, PostedReceives, ReceiveQueue, SendQueue, Window, Work
 from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CryptoError, SplitlinkError
 
@@ -91,6 +101,13 @@ MiB = 1 << 20
 # slower than one stream (each stream's TLS and copies need a core on each side), so a 2-core machine
 # sends one stream; issue 17 measures the 16-core case.
 DEFAULT_STREAMS = max(1, min(4, (os.cpu_count() or 1) // 2))
+# Frames of one peer on the wire at once (the window). A receiver holds a call open (a server thread)
+# for each frame that overtook its predecessor, so the window stays well below the server's threads
+# per peer (2 + 8 at least) and the inbox's reorder bound (inbox.MAX_HELD).
+MAX_WINDOW = 8
+# Call metadata: the seq of the frame this one must be delivered after (absent: none in flight), and
+# the receiver's answer that it delivers in that order (senders open their window only then).
+AFTER_KEY, ORDERED = "splitlink-after", ("splitlink-order", "1")
 
 
 class _RekeyNeeded(Exception):
@@ -164,7 +181,7 @@ class GrpcEndpoints:
         return grpc.insecure_channel(address, options=options)
 
 
-class VerticalFederatedCommunicator:
+class VerticalFederatedCommunicator(PostedReceives):
     """One party's endpoint: a gRPC server at its own address, channels to its peers."""
 
     def __init__(
@@ -188,7 +205,7 @@ class VerticalFederatedCommunicator:
         streams: int | None = None,
         parallel_threshold: int = 8 * MiB,
         connections: bool = True,
-        max_inflight: int = 2,
+        max_inflight: int = 4,
     ) -> None:
         remotes = [remote_server_config] if isinstance(remote_server_config, ServerConfig) else list(remote_server_config)
         if not remotes:
@@ -239,6 +256,8 @@ class VerticalFederatedCommunicator:
         self._seq = {name: 0 for name in self.peers}
         self._feedback = {name: ErrorFeedback() for name in self.peers}
         self._send_locks = {name: threading.Lock() for name in self.peers}
+        self._last_started = {name: 0 for name in self.peers}  # seq of the frame started last
+        self._ordered: set[str] = set()  # peers whose acks said they deliver in `after` order
         self._server: grpc.Server | None = None
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Any] = {}
@@ -249,7 +268,12 @@ class VerticalFederatedCommunicator:
         self._assembler = Assembler()
         self._assembler.retired_by(lambda sender, incarnation: incarnation in self._inboxes[sender].retired)
         self._range_pool: futures.ThreadPoolExecutor | None = None
-        self._sends = {name: SendQueue(name, max_inflight, self._send_now, f"splitlink-isend-{name}") for name in self.peers}
+        self._sends = {
+            name: SendQueue(
+                name, max_inflight, self._start_send, f"splitlink-isend-{name}", functools.partial(self._window_of, name)
+            )
+            for name in self.peers
+        }
         self._receives = {name: ReceiveQueue(name, f"splitlink-irecv-{name}") for name in self.peers}
         # Frames in flight are reused once released (fresh memory is first touched at ~2 GB/s here,
         # reused memory copied at 6-17 GB/s); the pool may keep what the receive queue may hold, so a
@@ -405,7 +429,42 @@ class VerticalFederatedCommunicator:
         if self._closed.is_set():
             raise RuntimeError("the communicator was shut down")
 
+    def _window_of(self, peer: str) -> int:
+        """Frames to ``peer`` that may be on the wire at once."""
+        return min(self.max_inflight, MAX_WINDOW) if peer in self._ordered and not self.seal else 1
+
+    def _start_send(
+        self, peer: str, tensors: Mapping[str, Any], step: int | None, kind: str, *, chained: bool, window: Window
+    ) -> Callable[[], None]:
+        """``isend``'s frame, packed on the peer's queue thread in submission order; returns the call that
+        sends it (``SendQueue`` runs it on a thread of its own). ``chained``: the frame started before
+        this one is still on the wire and must be delivered first."""
+        if self.seal:  # one at a time (the window is 1): re-keying re-seals the frame under a new seq
+            self._send_now(peer, tensors, step, kind)
+            return lambda: None
+        with self._send_locks[peer]:
+            self._seq[peer] += 1
+            seq = self._seq[peer]
+            after = self._last_started[peer] if chained else 0
+            self._last_started[peer] = seq
+            frame = self._pack_chunks(peer, tensors, seq, step, kind)
+        return lambda: self._send_frame(peer, seq, step or 0, frame, after, window)
+
+    def _pack_chunks(self, peer: str, tensors: Mapping[str, Any], seq: int, step: int | None, kind: str) -> Any:
+        return wire.pack_chunks(
+            tensors,
+            chunk_size=self.chunk_size,
+            sender=self.me.server_name,
+            seq=seq,
+            step=step or 0,
+            kind=kind,
+            compress=self.compress_configs,
+            error_feedback=self._feedback[peer],
+            pool=self._pool,
+        )
+
     def _send_now(self, target_server_name: str, tensors: Mapping[str, Any], step: int | None, kind: str) -> None:
+        """Packs and sends one frame and waits for its answer (nothing else to this peer is on the wire)."""
         with self._send_locks[target_server_name]:
             feedback = self._feedback[target_server_name]
             # Packing updates the error-feedback residuals; a re-pack after re-keying must start from
@@ -415,7 +474,7 @@ class VerticalFederatedCommunicator:
                 if attempt and saved is not None:
                     feedback.load_state_dict(saved)
                 self._seq[target_server_name] += 1
-                seq = self._seq[target_server_name]
+                seq = self._last_started[target_server_name] = self._seq[target_server_name]
                 frame: Any
                 if self.seal:
                     frame = memoryview(
@@ -432,17 +491,7 @@ class VerticalFederatedCommunicator:
                         )
                     )
                 else:
-                    frame = wire.pack_chunks(
-                        tensors,
-                        chunk_size=self.chunk_size,
-                        sender=self.me.server_name,
-                        seq=seq,
-                        step=step or 0,
-                        kind=kind,
-                        compress=self.compress_configs,
-                        error_feedback=self._feedback[target_server_name],
-                        pool=self._pool,
-                    )
+                    frame = self._pack_chunks(target_server_name, tensors, seq, step, kind)
                 try:
                     self._send_frame(target_server_name, seq, step or 0, frame)
                     return
@@ -479,11 +528,29 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key agreement failed: {e}")
         return self._keys.public_bytes
 
-    def _send_frame(self, peer: str, seq: int, step: int, frame: Any) -> None:
+    def _call(self, peer: str, stub: Any, request: Any, timeout: float, after: int, window: Window | None) -> bytes:
+        """One attempt of a frame's call: its answer; cancelled (``FrameNotSentError``) when ``window`` is
+        abandoned. Learns from the answer's trailing metadata whether ``peer`` delivers in order."""
+        call = stub.future(request, wait_for_ready=False, timeout=timeout, metadata=((AFTER_KEY, str(after)),) if after else None)
+        if window is not None:
+            window.track(call)
+        try:
+            answer = bytes(call.result())
+        except grpc.FutureCancelledError:
+            raise FrameNotSentError(f"frame to '{peer}' abandoned: an earlier frame failed, or shutdown") from None
+        finally:
+            if window is not None:
+                window.untrack(call)
+        if peer not in self._ordered and ORDERED in (call.trailing_metadata() or ()):
+            self._ordered.add(peer)
+        return answer
+
+    def _send_frame(self, peer: str, seq: int, step: int, frame: Any, after: int = 0, window: Window | None = None) -> None:
+        """Sends ``frame`` (after frame ``after``; 0: none on the wire) and handles the answer."""
         inbox = self._inboxes[peer]
         total = frame.nbytes
         if total > self.parallel_threshold and peer in self._range_stubs:
-            return self._send_ranges(peer, seq, step, frame)
+            return self._send_ranges(peer, seq, step, frame, after, window)
         header = protocol.StreamHeader(self.me.server_name, self._incarnation, inbox.told or 0, seq, step, total).encode()
         timeout = self.attempt_timeout(total)
 
@@ -494,8 +561,8 @@ class VerticalFederatedCommunicator:
             if total <= self.chunk_size:
                 # One message, no request stream (gRPC would consume a stream on a thread of its own).
                 one = b"".join((header, frame)) if isinstance(frame, memoryview) else frame.chunk(0, header)
-                return bytes(self._one_stubs[peer](one, wait_for_ready=False, timeout=timeout))
-            return bytes(self._stubs[peer](self._chunks(header, frame), wait_for_ready=False, timeout=timeout))
+                return self._call(peer, self._one_stubs[peer], one, timeout, after, window)
+            return self._call(peer, self._stubs[peer], self._chunks(header, frame), timeout, after, window)
 
         def log_retry(attempts: int, error: BaseException, delay: float) -> None:
             logger.warning(
@@ -508,7 +575,7 @@ class VerticalFederatedCommunicator:
             )
 
         try:
-            ack = self._retry().call(attempt, stop=self._closed, on_retry=log_retry)
+            ack = self._retry().call(attempt, stop=self._closed if window is None else window.abandoned, on_retry=log_retry)
         except RetryGaveUp as g:
             raise PeerUnavailableError(
                 f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
@@ -549,7 +616,7 @@ class VerticalFederatedCommunicator:
         bounds = [chunks * i // parts * self.chunk_size for i in range(parts)] + [total]
         return [(bounds[i], min(bounds[i + 1], total) - bounds[i]) for i in range(parts)]
 
-    def _send_ranges(self, peer: str, seq: int, step: int, frame: Any) -> None:
+    def _send_ranges(self, peer: str, seq: int, step: int, frame: Any, after: int, window: Window | None) -> None:
         """Sends ``frame`` as parallel ``SendRange`` calls, one per range, each on its own stream (and
         connection, with ``connections=True``); chunks are produced as the call consumes them, so
         packing overlaps sending; each range is retried on its own; the receiver assembles them."""
@@ -575,8 +642,8 @@ class VerticalFederatedCommunicator:
         def send_range(index: int, offset: int, length: int) -> bytes:
             stub = stubs[index % len(stubs)]
             return self._retry().call(
-                lambda: bytes(stub(chunks(offset, length), wait_for_ready=False, timeout=timeout)),
-                stop=self._closed,
+                lambda: self._call(peer, stub, chunks(offset, length), timeout, after, window),
+                stop=self._closed if window is None else window.abandoned,
                 on_retry=lambda n, e, d: logger.warning(
                     "[%s] range %d of frame seq %d to '%s' failed (%s); retry %d in %.2f s",
                     self.me.server_name,
@@ -676,20 +743,9 @@ class VerticalFederatedCommunicator:
         except ProtocolError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         sender, seq, total = head.sender, head.seq, head.total
-        if sender not in self._inboxes:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {sender!r}")
-        if total > self.max_frame_bytes:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {total} bytes exceeds max_frame_bytes")
-        inbox = self._inboxes[sender]
-        if head.meant_for not in (0, self._incarnation):
-            for _ in request_iterator:  # drain: meant for this party's previous process
-                pass
-            inbox.see(head.incarnation)
-            return protocol.Ack(protocol.ACK_STALE, self._incarnation).encode()
-        if inbox.is_duplicate(head.incarnation, seq):
-            for _ in request_iterator:  # drain: the sender retried a frame we already have
-                pass
-            return protocol.Ack(protocol.ACK_DUP, self._incarnation).encode()
+        inbox, turned_away = self._admit(head, request_iterator, context)
+        if turned_away is not None:
+            return turned_away
         if not inbox.wait_for_room(total, context.is_active):
             context.abort(grpc.StatusCode.CANCELLED, "sender went away while the queue was full")
         buf = self._pool.acquire(total)
@@ -706,9 +762,44 @@ class VerticalFederatedCommunicator:
         del view
         return self._deliver(sender, head.incarnation, seq, buf, context)
 
+    def _admit(
+        self, head: protocol.StreamHeader | protocol.RangeHeader, request_iterator: Iterator[Any], context: grpc.ServicerContext
+    ) -> tuple[Inbox, bytes | None]:
+        """The sender's inbox, and the answer to a frame (or range) this party does not take: meant for
+        its previous process (STALE) or already delivered (DUP, a retry), its stream drained; None: take it.
+        An unknown sender or an oversized frame aborts the call."""
+        if head.sender not in self._inboxes:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {head.sender!r}")
+        if head.total > self.max_frame_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {head.total} bytes exceeds max_frame_bytes")
+        inbox = self._inboxes[head.sender]
+        status = None
+        if head.meant_for not in (0, self._incarnation):
+            inbox.see(head.incarnation)
+            status = protocol.ACK_STALE  # meant for this party's previous process
+        elif inbox.is_duplicate(head.incarnation, head.seq):
+            status = protocol.ACK_DUP  # the sender retried a frame (or a range of one) already delivered
+        if status is None:
+            return inbox, None
+        for _ in request_iterator:  # drain
+            pass
+        return inbox, protocol.Ack(status, self._incarnation).encode()
+
+    @staticmethod
+    def _after(context: grpc.ServicerContext) -> int:
+        """The seq of the frame the sender wants this one delivered after (0: none), from the call's metadata."""
+        for key, value in context.invocation_metadata() or ():
+            if key == AFTER_KEY:
+                if not (isinstance(value, str) and value.isdigit() and len(value) <= 20 and int(value) < 1 << 64):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{AFTER_KEY} must be a frame's seq, got {value!r:.40}")
+                return int(value)
+        return 0
+
     def _deliver(self, sender: str, incarnation: int, seq: int, buf: Any, context: grpc.ServicerContext) -> bytes:
-        """A complete frame from the network: opened (sealed), checked against its stream header, queued."""
+        """A complete frame from the network: opened (sealed), checked against its stream header, queued
+        after the frame it follows (``inbox.put``)."""
         inbox = self._inboxes[sender]
+        after = self._after(context)
         if self.seal:
             opener = self._keys.opener(sender)
             if opener is None:
@@ -724,8 +815,22 @@ class VerticalFederatedCommunicator:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if origin != (sender, seq):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
-        status = protocol.ACK_OK if inbox.put(incarnation, seq, buf) else protocol.ACK_DUP
-        return protocol.Ack(status, self._incarnation).encode()
+        try:
+            queued = inbox.put(incarnation, seq, buf, after, context.is_active)
+        except HeldTooMany as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e}: frames must follow their predecessors")
+        return self._answer(queued, seq, after, context)
+
+    def _answer(self, queued: bool | None, seq: int, after: int, context: grpc.ServicerContext) -> bytes:
+        """The ack of a frame that was queued (True), not queued (False: a duplicate or stale), or is
+        still held (None: the call ended; nobody reads the answer)."""
+        if queued is None:
+            context.abort(
+                grpc.StatusCode.CANCELLED,
+                f"frame seq {seq} is held until frame {after} is delivered, but its call ended",
+            )
+        context.set_trailing_metadata((ORDERED,))
+        return protocol.Ack(protocol.ACK_OK if queued else protocol.ACK_DUP, self._incarnation).encode()
 
     def _handle_range(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         """One range of a frame sent in parallel ranges (``SendRange``); see ``assembly``."""
@@ -736,20 +841,9 @@ class VerticalFederatedCommunicator:
         except ProtocolError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         sender, seq, total = head.sender, head.seq, head.total
-        if sender not in self._inboxes:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {sender!r}")
-        if total > self.max_frame_bytes:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {total} bytes exceeds max_frame_bytes")
-        inbox = self._inboxes[sender]
-        if head.meant_for not in (0, self._incarnation):
-            for _ in request_iterator:  # drain: meant for this party's previous process
-                pass
-            inbox.see(head.incarnation)
-            return protocol.Ack(protocol.ACK_STALE, self._incarnation).encode()
-        if inbox.is_duplicate(head.incarnation, seq):
-            for _ in request_iterator:  # drain: the frame was delivered (a retried range)
-                pass
-            return protocol.Ack(protocol.ACK_DUP, self._incarnation).encode()
+        inbox, turned_away = self._admit(head, request_iterator, context)
+        if turned_away is not None:
+            return turned_away
         token: object | None = None
         assembly = None
         try:
@@ -775,7 +869,8 @@ class VerticalFederatedCommunicator:
         except RangeDelivered:
             for _ in request_iterator:  # drain: a retried range of a frame assembled meanwhile
                 pass
-            return protocol.Ack(protocol.ACK_DUP, self._incarnation).encode()
+            # held for its predecessor: answer when it is delivered (the call that completed it may have ended)
+            return self._answer(inbox.rewait(seq, context.is_active), seq, self._after(context), context)
         except RangeRefused as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         finally:
@@ -787,48 +882,10 @@ class VerticalFederatedCommunicator:
         self._assembler.finish(sender, assembly)
         return self._deliver(sender, head.incarnation, seq, assembly.buf, context)
 
-    def receive(
-        self,
-        target_server_name: str,
-        timeout: float | None = None,
-        *,
-        kind: str | None = None,
-        with_kind: bool = False,
-        device: Any = None,
-    ) -> Any:
-        """The next frame's tensors from ``target_server_name`` (nested as sent, compression undone).
-
-        With ``kind``, a frame of another kind is a protocol error (ValueError naming both). With
-        ``with_kind``, returns ``(frame kind, tensors)`` (a receiver that dispatches on the kind).
-        ``device`` (e.g. ``"cuda:0"``) places the tensors there: the payload is copied to the device
-        once from pinned memory and decoded there (``wire.unpack(device=)``); ``None`` keeps the
-        zero-copy CPU tensors that view the received bytes."""
-        if target_server_name not in self._inboxes:
-            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        posted = self._receives[target_server_name]
-        if posted.pending:  # receives posted ahead take the frames first
-            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind, device=device).wait()
-        return self._receive_now(target_server_name, timeout, kind, with_kind, device)
-
-    def irecv(
-        self,
-        target_server_name: str,
-        timeout: float | None = None,
-        *,
-        kind: str | None = None,
-        with_kind: bool = False,
-        device: Any = None,
-    ) -> Work:
-        """Posts a receive ahead: a ``Work`` whose ``wait()`` returns what ``receive`` would (or raises
-        its error). Posted receives take the peer's frames in the order they were posted, and frames
-        are unpacked on a background thread."""
-        if target_server_name not in self._inboxes:
-            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        return self._receives[target_server_name].post(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
-        )
-
     def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool, device: Any = None) -> Any:
+        """The next frame from ``peer``, decoded (``receive``). ``device`` (e.g. ``"cuda:0"``): the payload
+        is copied to the device once from pinned memory and decoded there (``wire.unpack(device=)``);
+        ``None`` keeps the zero-copy CPU tensors that view the received bytes."""
         frame = wire.unpack(self._inboxes[peer].get(timeout), device=device)
         protocol.check_kind(frame.kind, kind, peer)
         return (frame.kind, frame.tensors) if with_kind else frame.tensors

@@ -1,5 +1,15 @@
-"""The receive queue of one peer: bounded in frames and bytes, exactly once per (incarnation, seq),
-and the bookkeeping of the peer's restarts (which process of the peer the application knows of)."""
+"""The receive queue of one peer: bounded in frames and bytes, exactly once per (incarnation, seq), in
+the sender's order, and the bookkeeping of the peer's restarts (which process of the peer the
+application knows of).
+
+**Order.** A sender keeps several frames on the wire at once (a window, see ``splitlink.channel.work``),
+so frame ``seq`` may arrive before the frame it follows. Each frame names its predecessor (``after``:
+the seq of the frame it must be delivered after; 0: none in flight, deliver it next). A frame whose
+predecessor has not been delivered waits in a small reorder buffer (at most ``MAX_HELD`` frames per
+peer, keyed by seq; beyond the bounded queue, as frames in assembly are) and is queued the moment the
+predecessor is, whether or not its call is still open: a retry of a held frame waits for the held one
+and answers as it. Held frames are dropped, never delivered, when a later frame that names no
+predecessor is queued (the sender gave up on them: an earlier frame failed) or the sender restarts."""
 
 from __future__ import annotations
 
@@ -15,6 +25,26 @@ from splitlink.channel.errors import PeerClosedError, PeerRestartedError
 __all__ = ["Inbox"]
 
 logger = logging.getLogger(__name__)
+
+# Frames of one peer waiting for their predecessor: a sender's window is at most 8 frames (the
+# communicator's MAX_WINDOW), so at most 7 wait; only a misbehaving sender reaches this bound, and
+# its frame is refused.
+MAX_HELD = 8
+
+
+class _Held:
+    """A frame waiting for its predecessor; ``state``: None while held, True once queued, False if dropped."""
+
+    __slots__ = ("after", "frame", "state")
+
+    def __init__(self, after: int, frame: Any) -> None:
+        self.after = after
+        self.frame = frame
+        self.state: bool | None = None
+
+
+class HeldTooMany(Exception):
+    """A peer has ``MAX_HELD`` frames waiting for their predecessors: it sends out of order."""
 
 
 def _payload_size(frame: Any) -> int:
@@ -32,6 +62,7 @@ class Inbox:
         self.frames: deque[Any] = deque()
         self.bytes = 0
         self.last_seq = -1
+        self.held: dict[int, _Held] = {}  # seq -> a frame waiting for its predecessor
         self.incarnation: int | None = None  # the sender process's random id: seq restarts with it
         self.told: int | None = None  # the peer incarnation the application knows of
         self.restart_pending = False  # a new incarnation the application has not been told of
@@ -49,6 +80,9 @@ class Inbox:
                 logger.info("'%s' restarted; %d frame(s) its previous process sent are discarded", self.peer, len(self.frames))
                 self.frames.clear()  # they continue a conversation the new process does not know
                 self.bytes = 0
+            for held in self.held.values():
+                held.state, held.frame = False, None  # the old process's: never delivered
+            self.held.clear()
             self.incarnation = incarnation
             self.last_seq = -1  # its sequence numbers begin again
             if self.told is None:
@@ -81,16 +115,59 @@ class Inbox:
         with self.cond:
             return incarnation == self.incarnation and seq <= self.last_seq
 
-    def put(self, incarnation: int, seq: int, frame: Any) -> bool:
+    def put(
+        self, incarnation: int, seq: int, frame: Any, after: int = 0, alive: Callable[[], bool] = lambda: True
+    ) -> bool | None:
+        """Queues frame ``seq`` once frame ``after`` (0: none) was delivered. True: queued (now or after
+        waiting); False: a duplicate, stale (its sender process was replaced) or dropped while held (a
+        frame the sender sent with nothing before it passed it: the sender gave up on it, and reads no
+        answer); None: not queued yet when ``alive()`` turned False (it stays held: a retry of it waits
+        for it again)."""
         with self.cond:
             self.see(incarnation)
             if incarnation != self.incarnation:
                 return False  # the process that sent it was replaced while it arrived: it is stale
             if seq <= self.last_seq:
                 return False
+            held = self.held.get(seq)
+            if held is None and after > max(self.last_seq, 0):
+                if len(self.held) >= MAX_HELD:
+                    raise HeldTooMany(f"{len(self.held)} frames of '{self.peer}' already wait for their predecessors")
+                held = self.held[seq] = _Held(after, frame)
+                self.cond.notify_all()
+            if held is None:
+                self._queue(seq, frame)
+                return True
+            return self._wait(held, alive)
+
+    def rewait(self, seq: int, alive: Callable[[], bool]) -> bool | None:
+        """A retried range of frame ``seq``, which was assembled already: as ``put`` while the frame is
+        held; False when it is not (delivered: the caller answers as for a duplicate)."""
+        with self.cond:
+            held = self.held.get(seq)
+            return False if held is None else self._wait(held, alive)
+
+    def _wait(self, held: _Held, alive: Callable[[], bool]) -> bool | None:
+        while held.state is None:
+            if not alive():
+                return None
+            self.cond.wait(0.2)
+        return held.state
+
+    def _queue(self, seq: int, frame: Any) -> None:
+        """Queues frame ``seq`` and the held frames that follow it; drops held frames it passed over."""
+        while True:
             self.last_seq = seq
             self.append(frame)
-            return True
+            for s in [s for s in self.held if s <= seq]:
+                passed = self.held.pop(s)  # its sender gave up on it
+                passed.state, passed.frame = False, None
+            ready = [s for s, h in self.held.items() if h.after <= seq]
+            if not ready:
+                return
+            seq = min(ready)
+            held = self.held.pop(seq)
+            held.state, frame, held.frame = True, held.frame, None
 
     def append(self, frame: Any) -> None:
         with self.cond:

@@ -9,13 +9,13 @@ from splitlink import wire
 from splitlink.channel.config import ServerConfig
 from splitlink.channel.inbox import Inbox
 from splitlink.channel.protocol import check_kind
-from splitlink.channel.work import ReceiveQueue, Work
+from splitlink.channel.work import PostedReceives, ReceiveQueue, Work
 from splitlink.codec import CompressConfig, ErrorFeedback
 
 __all__ = ["InProcessCommunicator"]
 
 
-class InProcessCommunicator:
+class InProcessCommunicator(PostedReceives):
     """The communicator API inside one process (the seed's run_*_local scripts).
 
     Tensors pass by reference, or with ``through_codecs=True`` through the real pack/unpack path
@@ -100,43 +100,12 @@ class InProcessCommunicator:
     def flush(self, timeout: float | None = None) -> None:
         """As ``VerticalFederatedCommunicator.flush`` (nothing is ever in flight here)."""
 
-    def receive(
-        self,
-        target_server_name: str,
-        timeout: float | None = None,
-        *,
-        kind: str | None = None,
-        with_kind: bool = False,
-        device: Any = None,
-    ) -> Any:
-        """As ``VerticalFederatedCommunicator.receive``. ``device`` (e.g. ``"cuda:0"``) places the
-        tensors there: through the codecs, the frame is unpacked onto it (``wire.unpack(device=)``);
-        by reference, each tensor is moved (``.to(device)``, a no-op for one already there)."""
-        if target_server_name not in self.peers:
-            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        if self._receives[target_server_name].pending:  # receives posted ahead take the frames first
-            return self.irecv(target_server_name, timeout, kind=kind, with_kind=with_kind, device=device).wait()
-        return self._receive_now(target_server_name, timeout, kind, with_kind, device)
-
-    def irecv(
-        self,
-        target_server_name: str,
-        timeout: float | None = None,
-        *,
-        kind: str | None = None,
-        with_kind: bool = False,
-        device: Any = None,
-    ) -> Work:
-        """As ``VerticalFederatedCommunicator.irecv``."""
-        if target_server_name not in self.peers:
-            raise ValueError(f"unknown peer {target_server_name!r}; peers: {', '.join(self.peers)}")
-        return self._receives[target_server_name].post(
-            lambda: self._receive_now(target_server_name, timeout, kind, with_kind, device)
-        )
-
     def _receive_now(
         self, target_server_name: str, timeout: float | None, kind: str | None, with_kind: bool, device: Any = None
     ) -> Any:
+        """The next frame from the peer (``receive``). ``device`` (e.g. ``"cuda:0"``) places the tensors
+        there: through the codecs, the frame is unpacked onto it (``wire.unpack(device=)``); by
+        reference, each tensor is moved (``.to(device)``, a no-op for one already there)."""
         payload = self._hub["queues"][(target_server_name, self.me)].get(timeout)
         if self.through_codecs:
             frame = wire.unpack(payload, device=device)
