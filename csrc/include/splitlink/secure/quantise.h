@@ -29,12 +29,14 @@ uint64_t stochastic_quantise(const float* x, uint64_t n, double clip, double lev
 // word is 1 where mask.h's 64-bit masks have 0, so the two kinds of stream never share keystream.
 
 // y[k] = q[k] + sum over streams of sign * ks[k] (mod 2^32) for k in [0, n), q as
-// stochastic_quantise (rounding key `key16`), in one pass. Returns the clipped count.
+// stochastic_quantise (rounding key `key16`), in one pass. Returns the clipped count. y may be
+// x's own memory (each block is read before it is written; a non-finite x is found before then).
 uint64_t quantise_mask32(const float* x, uint64_t n, double clip, double levels, const uint8_t* key16,
                          const std::vector<MaskStream>& streams, uint64_t stream_id, uint32_t* y, unsigned threads = 0);
 
 // out[k] = sum_i ys[i][k] + sum over streams of sign * ks[first + k] (mod 2^32), k in [0, n), one
-// pass. The server's unmasking (negated signs) and a client's masking of extra values.
+// pass. The server's unmasking (negated signs) and a client's masking of extra values. out may be
+// one of the ys (each block is summed before it is written).
 void ring32_add_masks(const std::vector<const uint32_t*>& ys, uint64_t n, const std::vector<MaskStream>& streams,
                       uint64_t stream_id, uint64_t first, uint32_t* out, unsigned threads = 0);
 
