@@ -205,9 +205,7 @@ def float_names(state: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(k for k, v in state.items() if v.is_floating_point())
 
 
-def flatten_delta(
-    local: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor], *, spare: int = 0
-) -> torch.Tensor:
+def flatten_delta(local: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor], *, spare: int = 0) -> torch.Tensor:
     """``local - global`` of the floating tensors in :func:`float_names` order, flat float32 (each difference
     taken in float64 and rounded once; one tensor's float64 temporaries at a time). ``spare``: elements
     allocated after the returned view (``view._base``), so that the masked input can be written over it."""
