@@ -169,7 +169,8 @@ TEST(Ring32, InPlaceEqualsOutOfPlace) {
   inplace = x;
   inplace[100003] = std::numeric_limits<float>::infinity();
   try {
-    quantise_mask32(inplace.data(), n, 2.0, 32767, kKey, {{self, 1}}, 3, reinterpret_cast<uint32_t*>(inplace.data()), 2);
+    quantise_mask32(inplace.data(), n, 2.0, 32767, kKey, {{self, 1}}, 3, reinterpret_cast<uint32_t*>(inplace.data()),
+                    2);
     FAIL() << "inf accepted";
   } catch (const InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("(inf) at flat index 100003"), std::string::npos) << e.what();

@@ -458,3 +458,65 @@ def test_masked_input_out_is_checked() -> None:
         server.receive_shares(n, sent[n])
     with pytest.raises(SecAggError, match="out must be a contiguous 1-D CPU int32 tensor of 16 elements"):
         cl["a"].masked_input(torch.zeros(10), server.shares_for("a"), out=torch.empty(15, dtype=torch.int32))
+
+
+def _round_sum(names: list[str], cfg: SecAggConfig, mask: Mapping[str, object]) -> torch.Tensor:
+    """The exact unmasked sum of one round whose clients mask with ``mask[n](client, shares)``."""
+    server = SecAggServer(cfg, 1, names)
+    clients = {n: SecAggClient(n, cfg, 1, names, rounding_seed=10 + i) for i, n in enumerate(names)}
+    for n in names:
+        server.receive_advert(n, clients[n].advertise())
+    sent = {n: clients[n].share(server.roster(n)) for n in names}
+    for n in names:
+        server.receive_shares(n, sent[n])
+    for n in names:
+        server.receive_masked(n, mask[n](clients[n], server.shares_for(n)))  # type: ignore[operator]
+    survivors, dropped = server.unmask_request()
+    for n in survivors:
+        server.receive_unmask(n, clients[n].unmask(survivors, dropped))
+    server.result()
+    return server.exact_sum()
+
+
+def test_trained_minus_global_inside_the_native_pass_equals_the_flat_weighted_delta() -> None:
+    names = ["a", "b", "c"]
+    cfg = SecAggConfig(threshold=2, clip=0.5, bits=16)
+    g = torch.Generator().manual_seed(8)
+    shapes = [(3, 5), (70_001,), (1,), (2, 2, 3)]  # one piece over a native task, ragged offsets
+    glob = {n: [torch.randn(s, generator=g) for s in shapes] for n in names}
+    local = {n: [t + torch.randn(t.shape, generator=g) * 0.2 for t in glob[n]] for n in names}
+    local["c"][1][5] = 3.0  # clipped
+    weights = {"a": 1.0, "b": 0.37, "c": 0.8125}
+
+    def fused(n: str) -> object:
+        return lambda cl, sh: cl.masked_input(local[n], sh, base=glob[n], weight=weights[n])
+
+    def flat(n: str) -> object:
+        d = torch.cat([(x - y).reshape(-1) for x, y in zip(local[n], glob[n])])  # float32 sub, then float32 mul
+        return lambda cl, sh: cl.masked_input(d * torch.tensor(weights[n], dtype=torch.float32), sh)
+
+    a = _round_sum(names, cfg, {n: fused(n) for n in names})
+    b = _round_sum(names, cfg, {n: flat(n) for n in names})
+    assert torch.equal(a, b)
+    assert a.abs().max() > 0
+
+
+def test_base_inputs_are_checked() -> None:
+    cfg = SecAggConfig(threshold=2, clip=1.0)
+    bad = {
+        "a": lambda cl, sh: cl.masked_input([torch.zeros(3)], sh, base=[torch.zeros(4)]),
+        "b": lambda cl, sh: cl.masked_input(torch.zeros(3), sh, weight=0.5),
+    }
+    with pytest.raises(SecAggError, match="tensors #0 must be CPU float32 tensors of the same shape"):
+        _round_sum(["a", "b"], cfg, bad)
+    nan = [torch.zeros(9)]
+    nan[0][7] = math.nan
+    with pytest.raises(SecAggError, match=r"non-finite value \(nan\) at flat index 12"):
+        _round_sum(
+            ["a", "b"],
+            cfg,
+            {
+                n: (lambda cl, sh: cl.masked_input([torch.zeros(5), nan[0]], sh, base=[torch.zeros(5), torch.zeros(9)]))
+                for n in "ab"
+            },
+        )

@@ -50,7 +50,8 @@ bool quantise_block(const float* __restrict x, uint64_t m, double clip, double l
     for (int h = 0; h < 2; ++h) {
       const __m128d a = _mm_and_pd(xs[h], vabs);
       badmask |= _mm_movemask_pd(_mm_cmpnle_pd(a, vmax));  // not (a <= 3.5e38): also NaN
-      count += static_cast<uint64_t>(__builtin_popcount(static_cast<unsigned>(_mm_movemask_pd(_mm_cmpgt_pd(a, vclip)))));
+      count +=
+          static_cast<uint64_t>(__builtin_popcount(static_cast<unsigned>(_mm_movemask_pd(_mm_cmpgt_pd(a, vclip)))));
       // max/min return their second operand when either is NaN: NaN -> -levels as the scalar path
       const __m128d v = _mm_min_pd(_mm_max_pd(_mm_mul_pd(xs[h], vscale), vlo), vhi);
       const __m128d f = _mm_add_pd(v, voff);
@@ -60,7 +61,7 @@ bool quantise_block(const float* __restrict x, uint64_t m, double clip, double l
     }
     const __m128i fi4 = _mm_unpacklo_epi64(fi[0], fi[1]), th4 = _mm_unpacklo_epi64(th[0], th[1]);
     const __m128i w = _mm_srli_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u + j)), 1);
-    const __m128i up = _mm_cmplt_epi32(w, th4);                    // -1 where rounding up
+    const __m128i up = _mm_cmplt_epi32(w, th4);                      // -1 where rounding up
     const __m128i qi = _mm_sub_epi32(_mm_sub_epi32(fi4, ioff), up);  // fi - 2^24 + 1 where up
     if constexpr (std::is_same_v<Out, float>) {
       _mm_storeu_ps(q + j, _mm_cvtepi32_ps(qi));
@@ -206,11 +207,13 @@ uint64_t stochastic_quantise(const float* x, uint64_t n, double clip, double lev
 }
 
 uint64_t quantise_mask32(const float* x, uint64_t n, double clip, double levels, const uint8_t* key16,
-                         const std::vector<MaskStream>& streams, uint64_t stream_id, uint32_t* y, unsigned threads) {
+                         const std::vector<MaskStream>& streams, uint64_t stream_id, uint32_t* y, unsigned threads,
+                         uint64_t first, const float* base, float weight) {
   SL_CHECK(std::isfinite(clip) && clip > 0, InvalidArgument, "clip must be finite and > 0, got " << clip);
   SL_CHECK(levels >= 1 && levels < 16777216.0 && levels == std::floor(levels), InvalidArgument,
            "levels must be an integer in [1, 2^24), got " << levels);
-  SL_CHECK(n < (uint64_t{1} << 34), InvalidArgument, "at most 2^34 values per call");
+  SL_CHECK(first + n < (uint64_t{1} << 34), InvalidArgument, "at most 2^34 values per mask stream");
+  SL_CHECK(std::isfinite(weight) && weight > 0, InvalidArgument, "weight must be finite and > 0, got " << weight);
   check_streams(streams);
   const double scale = levels / clip;
   const uint64_t chunks = (n + kChunk - 1) / kChunk;
@@ -221,23 +224,31 @@ uint64_t quantise_mask32(const float* x, uint64_t n, double clip, double levels,
       chunks,
       [&](size_t c) {
         const uint64_t b = c * kChunk, e = std::min(n, b + kChunk);
-        Keystream32 rounding(key16, 0, b);
+        Keystream32 rounding(key16, 0, first + b);
         std::vector<Keystream32> prgs;
         prgs.reserve(streams.size());
-        for (const auto& s : streams) prgs.emplace_back(s.key.data(), stream_id, b);
+        for (const auto& s : streams) prgs.emplace_back(s.key.data(), stream_id, first + b);
         alignas(64) uint32_t u[kBlock];
         alignas(64) uint32_t ks[kBlock];
         alignas(64) uint32_t acc[kBlock];
+        alignas(64) float delta[kBlock];
         uint64_t count = 0;
         for (uint64_t k = b; k < e; k += kBlock) {
           const uint64_t m = std::min(kBlock, e - k);
+          const float* in = x + k;
+          if (base != nullptr) {  // float32 (x - base) * weight, as torch's sub and mul would round it
+            const float* __restrict xb = x + k;
+            const float* __restrict bb = base + k;
+            for (uint64_t j = 0; j < m; ++j) delta[j] = (xb[j] - bb[j]) * weight;
+            in = delta;
+          }
           rounding.next(u, m);
-          if (quantise_block(x + k, m, clip, levels, scale, u, acc, count)) {
+          if (quantise_block(in, m, clip, levels, scale, u, acc, count)) {
             // found before y[k, k+m) is written: y may be x's own memory
             for (uint64_t j = 0; j < m; ++j) {
-              if (!std::isfinite(x[k + j])) {
-                first_bad[c] = k + j;
-                bad_value[c] = x[k + j];
+              if (!std::isfinite(in[j])) {
+                first_bad[c] = first + k + j;
+                bad_value[c] = in[j];
                 break;
               }
             }

@@ -488,7 +488,13 @@ class SecAggClient:
         return out
 
     def masked_input(
-        self, update: torch.Tensor, shares_for_me: Mapping[str, bytes], *, out: torch.Tensor | None = None
+        self,
+        update: torch.Tensor | Sequence[torch.Tensor],
+        shares_for_me: Mapping[str, bytes],
+        *,
+        out: torch.Tensor | None = None,
+        base: Sequence[torch.Tensor] | None = None,
+        weight: float = 1.0,
     ) -> torch.Tensor:
         """Stage 2: the masked, quantised update (1-D int32 for ring_bits=32, int64 for 64).
 
@@ -497,6 +503,10 @@ class SecAggClient:
         ``out`` (ring_bits=32 only): a contiguous 1-D int32 tensor of ``update.numel() + 6`` elements to
         write the result into and return; it may be the flat float32 update's own memory (the update is then
         overwritten), which saves a fresh buffer of the update's size.
+        ``base`` (ring_bits=32 only): ``update`` and ``base`` are sequences of float32 tensors of equal shapes
+        (a client's trained and global tensors) and the update masked is the flat concatenation of
+        ``(update_i - base_i) * float32(weight)``, each operation rounded to float32 as torch's ``sub`` then
+        ``mul`` would: computed inside the native pass, without a buffer of the update's size.
         """
         self._enter(MASKED, "masked_input")
         p, me, cfg = self._plan, self.client_id, self.config
@@ -522,8 +532,32 @@ class SecAggClient:
                 if _core.secure.shamir_share_x(s) != p.x(me):
                     raise SecAggError(f"{what}: the share is for another holder")
             self._held[sender] = (bs, ks)
-        x = _flat_f32(update)
-        n = x.numel()
+        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if base is not None:
+            if cfg.ring_bits != 32 or isinstance(update, torch.Tensor) or len(update) != len(base):
+                raise SecAggError(
+                    f"{me}: base needs ring_bits = 32 and update and base as sequences of tensors of the same length"
+                )
+            if not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
+                raise SecAggError(f"{me}: weight must be a finite number > 0, got {weight!r}")
+            for i, (a, b) in enumerate(zip(update, base)):
+                if not (
+                    isinstance(a, torch.Tensor)
+                    and isinstance(b, torch.Tensor)
+                    and a.dtype == b.dtype == torch.float32
+                    and a.shape == b.shape
+                    and a.device.type == b.device.type == "cpu"
+                ):
+                    raise SecAggError(f"{me}: update and base tensors #{i} must be CPU float32 tensors of the same shape")
+                pieces.append((a.detach().contiguous().view(-1), b.detach().contiguous().view(-1)))
+            n = sum(a.numel() for a, _ in pieces)
+        elif weight != 1.0:
+            raise SecAggError(f"{me}: weight is applied with base only; multiply the update instead")
+        else:
+            if not isinstance(update, torch.Tensor):
+                raise SecAggError(f"{me}: the update must be a tensor (a sequence of tensors needs base)")
+            x = _flat_f32(update)
+            n = x.numel()
         streams = [
             (_core.secure.derive_mask_key(self._mask_kp._kp, self._adverts[v].mask_pub, me, v, p.session_id), 1 if me < v else -1)
             for v in sorted(shares_for_me)
@@ -548,18 +582,32 @@ class SecAggClient:
         if dtype == torch.int32:
             # one native pass: stochastic rounding, pairwise and self masks, in Z/2^32
             try:
-                self.clipped = int(
-                    _core.secure.quantise_mask32(
-                        x.numpy(),
-                        float(cfg.clip),
-                        float(cfg.levels),
-                        self._rounding_key,
-                        streams,
-                        0,
-                        out[:n].numpy(),
-                        self.threads,
+                parts: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []
+                if base is None:
+                    parts.append((x, None, 0))
+                else:
+                    at = 0
+                    for a, b in pieces:
+                        parts.append((a, b, at))
+                        at += a.numel()
+                w32 = float(np.float32(weight))
+                self.clipped = 0
+                for a, bp, pos in parts:
+                    self.clipped += int(
+                        _core.secure.quantise_mask32(
+                            a.numpy(),
+                            float(cfg.clip),
+                            float(cfg.levels),
+                            self._rounding_key,
+                            streams,
+                            0,
+                            out[pos : pos + a.numel()].numpy(),
+                            self.threads,
+                            pos,
+                            None if bp is None else bp.numpy(),
+                            w32,
+                        )
                     )
-                )
             except ValueError as e:
                 raise SecAggError(str(e).split(" [")[0]) from None
             limbs = np.array([self.clipped & 0xFFFF, self.clipped >> 16], dtype=np.uint32)

@@ -278,6 +278,7 @@ class SecureParticipant:
         self.round: int | None = None
         self._client: SecAggClient | None = None
         self._delta: torch.Tensor | None = None
+        self._pieces: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (trained, global) float32
         self._weight: float | None = None
 
     def start(
@@ -297,8 +298,18 @@ class SecureParticipant:
         self._client = SecAggClient(
             self.name, cfg, round_, clients, rounding_seed=seed_of("secagg", self.seed, round_, self.name), threads=self.threads
         )
-        # room for the masked input's extra elements: in Z/2^32 it is written over the update itself
-        self._delta = flatten_delta(local, msg["state"], spare=SecAggClient.EXTRA_ELEMENTS)
+        self._pieces = None
+        self._delta = None
+        names = float_names(msg["state"])
+        if set(local) != set(msg["state"]):
+            raise ValueError("the trained state does not hold the global state's tensors")
+        if cfg.ring_bits == 32 and all(
+            local[k].dtype == msg["state"][k].dtype == torch.float32 and local[k].shape == msg["state"][k].shape for k in names
+        ):
+            # float32 in Z/2^32: the native pass takes (trained - global) * weight itself, no delta buffer
+            self._pieces = ([local[k].detach() for k in names], [msg["state"][k].detach() for k in names])
+        else:  # room for the masked input's extra elements: in Z/2^32 it is written over the update itself
+            self._delta = flatten_delta(local, msg["state"], spare=SecAggClient.EXTRA_ELEMENTS)
         self._weight = None
         return SA_ADVERT, {
             "round": torch.tensor(round_, dtype=torch.int64),
@@ -321,6 +332,12 @@ class SecureParticipant:
             self._weight = w
             shares = c.share(unpack_map(tensor_bytes(msg["roster"], "roster"), "roster"))
             return SA_SHARES, {**head, "shares": bytes_tensor(pack_map(shares))}
+        if kind == SA_SHARES and self._pieces is not None:
+            assert self._weight is not None
+            shares = unpack_map(tensor_bytes(msg["shares"], "shares"), "shares")
+            masked = c.masked_input(self._pieces[0], shares, base=self._pieces[1], weight=self._weight)
+            self._pieces = None
+            return SA_MASKED, {**head, "masked": masked}
         if kind == SA_SHARES:
             assert self._delta is not None and self._weight is not None
             update = weighted(self._delta, self._weight)

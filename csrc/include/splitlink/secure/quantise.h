@@ -31,8 +31,14 @@ uint64_t stochastic_quantise(const float* x, uint64_t n, double clip, double lev
 // y[k] = q[k] + sum over streams of sign * ks[k] (mod 2^32) for k in [0, n), q as
 // stochastic_quantise (rounding key `key16`), in one pass. Returns the clipped count. y may be
 // x's own memory (each block is read before it is written; a non-finite x is found before then).
+//
+// Pieces of one long vector: `first` is x[0]'s position in the rounding and mask streams (and in
+// the flat index of an error). With `base`, the value rounded is the float32 (x[k] - base[k]) *
+// weight (each operation rounded to float32, as torch's sub then mul): a client's update from its
+// trained and global tensors without a buffer of the update's size. Without base, x[k] * 1.
 uint64_t quantise_mask32(const float* x, uint64_t n, double clip, double levels, const uint8_t* key16,
-                         const std::vector<MaskStream>& streams, uint64_t stream_id, uint32_t* y, unsigned threads = 0);
+                         const std::vector<MaskStream>& streams, uint64_t stream_id, uint32_t* y, unsigned threads = 0,
+                         uint64_t first = 0, const float* base = nullptr, float weight = 1.0f);
 
 // out[k] = sum_i ys[i][k] + sum over streams of sign * ks[first + k] (mod 2^32), k in [0, n), one
 // pass. The server's unmasking (negated signs) and a client's masking of extra values. out may be
