@@ -34,9 +34,9 @@ Protocol (one round; every message is ``bytes`` or, for the masked input, a 1-D 
 4. ``SecAggServer.result() -> (sum, report)``: the server reconstructs each survivor's self-mask seed
    (checked against its commitment) and each dropped client's mask key (checked against its
    advertised public key); with more than t shares it tries other t-subsets if one is inconsistent.
-   It sums the masked inputs and removes the self masks and the dropped clients' pairwise masks with
-   their surviving neighbours in one native pass (``ring32_add_masks``; Z/2^64: ``mask_encode``), and decodes ``sum *
-   clip / (2^(bits-1)-1)``.
+   It removes the self masks and the dropped clients' pairwise masks with their surviving neighbours
+   from the ring sum of the masked inputs (added up as they arrived) in one native pass, in place
+   (``ring32_add_masks``; Z/2^64: ``mask_encode``), and decodes ``sum * clip / (2^(bits-1)-1)``.
    ``exact_sum()`` gives the integer sum of the quantised updates (exact; tests compare it).
 
 Ring and quantisation: ``ring_bits=32`` (default) sends 4 bytes per element, as many as the
