@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -306,9 +307,15 @@ void register_secure(py::module_ m) {
   m.def(
       "quantise_mask32",
       [](const py::object& x, double clip, double levels, const py::object& key, const py::list& streams,
-         uint64_t stream_id, const py::object& out, unsigned threads) {
+         uint64_t stream_id, const py::object& out, unsigned threads, uint64_t first, const py::object& base,
+         float weight) {
         PyBuffer in(x, PyBUF_C_CONTIGUOUS, "x");
         PyBuffer dst(out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, "out");
+        std::optional<PyBuffer> b;
+        if (!base.is_none()) {
+          b.emplace(base, PyBUF_C_CONTIGUOUS, "base");
+          if (b->size() != in.size()) throw py::value_error("base must be float32 of x's length");
+        }
         auto k = bytes_of(key, "rounding key");
         if (k.size() != 16) throw py::value_error("the rounding key is 16 bytes");
         if (in.size() % 4 != 0 || dst.size() < in.size())
@@ -316,18 +323,21 @@ void register_secure(py::module_ m) {
         const auto s = streams_of(streams);
         uint64_t clipped = 0;
         {
-          // Safe without the GIL: both buffers are pinned by their exports; keys were copied.
+          // Safe without the GIL: all buffers are pinned by their exports; keys were copied.
           py::gil_scoped_release nogil;
           clipped =
               secure::quantise_mask32(reinterpret_cast<const float*>(in.data()), in.size() / 4, clip, levels, k.data(),
-                                      s, stream_id, reinterpret_cast<uint32_t*>(dst.mutable_data()), threads);
+                                      s, stream_id, reinterpret_cast<uint32_t*>(dst.mutable_data()), threads, first,
+                                      b ? reinterpret_cast<const float*>(b->data()) : nullptr, weight);
         }
         OPENSSL_cleanse(k.data(), k.size());
         return clipped;
       },
       py::arg("x"), py::arg("clip"), py::arg("levels"), py::arg("key"), py::arg("streams"), py::arg("stream_id"),
-      py::arg("out"), py::arg("threads") = 0,
-      "Stochastic rounding and 32-bit ring masks in one pass; the clipped count.");
+      py::arg("out"), py::arg("threads") = 0, py::arg("first") = 0, py::arg("base") = py::none(),
+      py::arg("weight") = 1.0f,
+      "Stochastic rounding and 32-bit ring masks in one pass (of (x - base) * weight with base); the clipped\n"
+      "count. `first`: x[0]'s position in the streams.");
   m.def(
       "ring32_add_masks",
       [](const py::list& ys, const py::list& streams, uint64_t stream_id, uint64_t first, const py::object& out,

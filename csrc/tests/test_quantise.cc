@@ -1,8 +1,11 @@
 // Stochastic rounding for secure aggregation: reproducible whatever the thread count, within one
 // step, unbiased, clipped values counted, non-finite refused.
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -36,6 +39,56 @@ TEST(StochasticQuantise, SameOutputOnAnyThreadCountAndWithinOneStep) {
   }
   EXPECT_EQ(c1, expect_clipped);
   EXPECT_GT(c1, 0u);
+}
+
+// The documented formula evaluated element by element in the test, with the rounding words taken
+// straight from OpenSSL (AES-128-CTR, IV = (u64 stream id 0, u32 1, u32 block counter BE)): the
+// library's vectorised and scalar paths must both give exactly these integers.
+std::vector<uint32_t> rounding_words(const uint8_t* key16, uint64_t n) {
+  std::vector<uint32_t> w((n + 3) / 4 * 4, 0);
+  uint8_t iv[16] = {0};
+  iv[8] = 1;
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  int outl = 0;
+  EXPECT_EQ(EVP_EncryptInit_ex(ctx, EVP_aes_128_ctr(), nullptr, key16, iv), 1);
+  auto* p = reinterpret_cast<unsigned char*>(w.data());
+  EXPECT_EQ(EVP_EncryptUpdate(ctx, p, &outl, p, static_cast<int>(w.size() * 4)), 1);
+  EVP_CIPHER_CTX_free(ctx);
+  return w;
+}
+
+int32_t reference_q(float x, double clip, double levels, uint32_t word) {
+  double v = static_cast<double>(x) * (levels / clip);
+  v = std::isnan(v) ? -levels : std::min(std::max(v, -levels), levels);
+  const double f = v + 16777216.0;
+  const double fl = std::floor(f);
+  const double thresh = std::floor((f - fl) * 2147483648.0);
+  return static_cast<int32_t>(fl - 16777216.0) + (static_cast<double>(word >> 1) < thresh ? 1 : 0);
+}
+
+TEST(StochasticQuantise, MatchesTheFormulaExactlyOnEveryElement) {
+  const uint64_t n = 70003;  // whole vector blocks and a ragged scalar tail
+  std::mt19937 rng(11);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = d(rng);
+  // edges: exactly on the clip, just past it, huge, zero, negative zero, tiny, exact grid points
+  const float edges[] = {2.5f, -2.5f, 2.5000002f, -1e30f, 1e30f, 0.f, -0.f, 1e-30f, -1e-30f, 1.f / 32767.f};
+  for (size_t i = 0; i < sizeof edges / sizeof edges[0]; ++i) {
+    x[i] = edges[i];
+    x[n - 1 - i] = edges[i];
+  }
+  const double clip = 2.5, levels = 32767;
+  const auto words = rounding_words(kKey, n);
+  std::vector<float> q(n);
+  std::vector<uint32_t> y(n);
+  stochastic_quantise(x.data(), n, clip, levels, kKey, q.data(), 2);
+  quantise_mask32(x.data(), n, clip, levels, kKey, {}, 0, y.data(), 3);  // no streams: y = q in the ring
+  for (uint64_t k = 0; k < n; ++k) {
+    const int32_t want = reference_q(x[k], clip, levels, words[k]);
+    ASSERT_EQ(q[k], static_cast<float>(want)) << "element " << k << " x = " << x[k];
+    ASSERT_EQ(static_cast<int32_t>(y[k]), want) << "element " << k;
+  }
 }
 
 TEST(StochasticQuantise, Unbiased) {
@@ -92,6 +145,36 @@ TEST(Ring32, PairwiseMasksCancelAndSelfMasksComeOff) {
     same_as_plain += ya[k] == static_cast<uint32_t>(static_cast<int32_t>(qa[k]));
   }
   EXPECT_LT(same_as_plain, 3u);  // a masked value equals the plain one with probability 2^-32
+}
+
+TEST(Ring32, InPlaceEqualsOutOfPlace) {
+  const uint64_t n = 140001;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = d(rng);
+  const SecretKey pair = key_of(6), self = key_of(7);
+  std::vector<uint32_t> y(n);
+  quantise_mask32(x.data(), n, 2.0, 32767, kKey, {{pair, -1}, {self, 1}}, 3, y.data(), 2);
+  std::vector<float> inplace = x;  // the masked values overwrite the update
+  auto* iy = reinterpret_cast<uint32_t*>(inplace.data());
+  quantise_mask32(inplace.data(), n, 2.0, 32767, kKey, {{pair, -1}, {self, 1}}, 3, iy, 2);
+  ASSERT_EQ(std::memcmp(iy, y.data(), n * 4), 0);
+  // the server's sum into the first input's memory
+  std::vector<uint32_t> other(n, 12345), sum(n);
+  ring32_add_masks({y.data(), other.data()}, n, {{self, -1}}, 3, 0, sum.data(), 2);
+  ring32_add_masks({y.data(), other.data()}, n, {{self, -1}}, 3, 0, y.data(), 2);
+  EXPECT_EQ(y, sum);
+  // a non-finite value is still reported with its index when the output is the input's memory
+  inplace = x;
+  inplace[100003] = std::numeric_limits<float>::infinity();
+  try {
+    quantise_mask32(inplace.data(), n, 2.0, 32767, kKey, {{self, 1}}, 3, reinterpret_cast<uint32_t*>(inplace.data()),
+                    2);
+    FAIL() << "inf accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("(inf) at flat index 100003"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Ring32, KeystreamPositionsAreConsistentAcrossCallsAndThreads) {

@@ -272,7 +272,17 @@ class secure:
     def stochastic_quantise(x: _Buffer, clip: float, levels: float, key: _Buffer, out: _Buffer, threads: int = 0) -> int: ...
     @staticmethod
     def quantise_mask32(
-        x: _Buffer, clip: float, levels: float, key: _Buffer, streams: list[Any], stream_id: int, out: _Buffer, threads: int = 0
+        x: _Buffer,
+        clip: float,
+        levels: float,
+        key: _Buffer,
+        streams: list[Any],
+        stream_id: int,
+        out: _Buffer,
+        threads: int = 0,
+        first: int = 0,
+        base: _Buffer | None = None,
+        weight: float = 1.0,
     ) -> int: ...
     @staticmethod
     def ring32_add_masks(

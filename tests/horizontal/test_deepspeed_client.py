@@ -81,3 +81,61 @@ def test_deepspeed_zero2_client() -> None:
         # SGD update is elementwise, so any difference would be a rounding of the same sums: a few ulp
         torch.testing.assert_close(a[k], c[k], rtol=1e-6, atol=1e-7)
     assert any(not torch.equal(a[k], w0[k]) for k in w0)
+
+
+@pytest.mark.slow
+def test_deepspeed_client_keeps_its_engine_and_adam_moments_across_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rounds under ZeRO-2 with Adam equal a torch reference whose ONE Adam optimizer lives across the
+    rounds (parameters reset to the global state at each round's start, moments kept); a fresh optimizer
+    per round (the stateless torch client) gives another result, so the comparison can fail."""
+    require_deepspeed()
+    from splitlink.horizontal import client as client_mod
+
+    torch.set_num_threads(1)
+    adam = {
+        **{k: v for k, v in SEED_CONFIG.items() if k not in ("optimizer", "scheduler")},
+        "optimizer": {"type": "Adam", "params": {"lr": 5e-3}},
+        "train_micro_batch_size_per_gpu": "auto",
+        "zero_allow_untested_optimizer": True,
+    }
+
+    def trainer(ds: dict | None) -> LocalTrainer:  # type: ignore[type-arg]
+        model = build_classifier(SPEC, AdapterSpec(type="none"), seed=0)
+        opts = LocalOptions(batch_size=16, lr=5e-3, optimizer="adam", deepspeed=ds)
+        return LocalTrainer("guest", model, _data(), opts, exchanged=exchanged_names(model))
+
+    d, ref, fresh = trainer(adam), trainer(None), trainer(None)
+    w0 = ref.get_state()
+    d1, _, _ = d.train_round(0, w0)
+    engine = d.engine
+    assert engine is not None
+    # the reference: one torch Adam for the life of the client (the stateless client makes one per round)
+    real = client_mod._torch_optimizer
+    kept: dict[str, torch.optim.Optimizer] = {}
+
+    def persistent(kind: str, params: list[torch.nn.Parameter], opts: LocalOptions, ds: object = None) -> torch.optim.Optimizer:
+        if "opt" not in kept:
+            kept["opt"] = real(kind, params, opts, ds)  # type: ignore[arg-type]
+        return kept["opt"]
+
+    monkeypatch.setattr(client_mod, "_torch_optimizer", persistent)
+    r1, _, _ = ref.train_round(0, w0)
+    monkeypatch.setattr(client_mod, "_torch_optimizer", real)
+    # round 2 starts from a global state that is not the client's own result (as after averaging)
+    g1 = {k: (d1[k] + w0[k]) / 2 for k in w0}
+    d2, _, _ = d.train_round(1, g1)
+    assert d.engine is engine  # not rebuilt
+    monkeypatch.setattr(client_mod, "_torch_optimizer", persistent)
+    r2, _, _ = ref.train_round(1, g1)
+    monkeypatch.setattr(client_mod, "_torch_optimizer", real)
+    fresh.train_round(0, w0)
+    f2, _, _ = fresh.train_round(1, g1)
+    assert int(next(iter(kept["opt"].state.values()))["step"]) == 2 * d.steps_in_round()
+    far = 0.0
+    for k in w0:
+        # ZeRO-2 reduces gradients through flat fp32 buckets (same values, other layout) and Adam is
+        # elementwise: a few ulp after two rounds, far below a step of lr = 5e-3
+        torch.testing.assert_close(d1[k], r1[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(d2[k], r2[k], rtol=1e-5, atol=1e-6)
+        far = max(far, float((f2[k] - d2[k]).abs().max()))
+    assert far > 1e-4  # the moments matter: a fresh optimizer in round 2 lands elsewhere

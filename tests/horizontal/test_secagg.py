@@ -51,6 +51,7 @@ def run_round(
     no_shares: Collection[str] = (),
     no_masked: Collection[str] = (),
     no_unmask: Collection[str] = (),
+    in_place: bool = False,
 ) -> Outcome:
     server = SecAggServer(cfg, round_id, names)
     seeds = {n: 100 + i for i, n in enumerate(names)}
@@ -62,7 +63,15 @@ def run_round(
     live = [n for n in live if n not in no_shares]
     for n in live:
         server.receive_shares(n, shares[n])
-    masked = {n: clients[n].masked_input(updates[n], server.shares_for(n)) for n in live}
+    masked = {}
+    for n in live:
+        if in_place:  # the masked input written over a copy of the update (room for the extra elements)
+            buf = torch.empty(updates[n].numel() + SecAggClient.EXTRA_ELEMENTS)
+            buf[: updates[n].numel()] = updates[n]
+            masked[n] = clients[n].masked_input(buf[: updates[n].numel()], server.shares_for(n), out=buf.view(torch.int32))
+            assert masked[n].data_ptr() == buf.data_ptr()
+        else:
+            masked[n] = clients[n].masked_input(updates[n], server.shares_for(n))
     live = [n for n in live if n not in no_masked]
     for n in live:
         server.receive_masked(n, masked[n])
@@ -425,3 +434,89 @@ def test_cost_grows_as_n_times_k() -> None:
     sent = {n: cl[n].share(server.roster(n)) for n in names}
     assert sum(len(s) for s in sent.values()) == 12 * 4
     assert all(len(server.roster(n)) == 5 for n in names)
+
+
+@pytest.mark.parametrize("dropped", [(), ("client2",)])
+def test_masked_input_written_over_the_update_gives_the_same_exact_sum(dropped: tuple[str, ...]) -> None:
+    cfg = SecAggConfig(threshold=3, clip=1.0, bits=16)
+    ups = updates_for(NAMES5, 70_001, seed=4)  # more than one native task and a ragged tail
+    a = run_round(NAMES5, cfg, ups, no_masked=dropped, in_place=True)
+    assert torch.equal(a.server.exact_sum(), a.expected)
+    b = run_round(NAMES5, cfg, ups, no_masked=dropped)
+    assert torch.equal(a.total, b.total)  # the same rounding seeds: the same result, whatever the masks
+
+
+def test_masked_input_out_is_checked() -> None:
+    cfg = SecAggConfig(threshold=2, clip=1.0)
+    names = ["a", "b"]
+    server = SecAggServer(cfg, 0, names)
+    cl = {n: SecAggClient(n, cfg, 0, names) for n in names}
+    for n in names:
+        server.receive_advert(n, cl[n].advertise())
+    sent = {n: cl[n].share(server.roster(n)) for n in names}
+    for n in names:
+        server.receive_shares(n, sent[n])
+    with pytest.raises(SecAggError, match="out must be a contiguous 1-D CPU int32 tensor of 16 elements"):
+        cl["a"].masked_input(torch.zeros(10), server.shares_for("a"), out=torch.empty(15, dtype=torch.int32))
+
+
+def _round_sum(names: list[str], cfg: SecAggConfig, mask: Mapping[str, object]) -> torch.Tensor:
+    """The exact unmasked sum of one round whose clients mask with ``mask[n](client, shares)``."""
+    server = SecAggServer(cfg, 1, names)
+    clients = {n: SecAggClient(n, cfg, 1, names, rounding_seed=10 + i) for i, n in enumerate(names)}
+    for n in names:
+        server.receive_advert(n, clients[n].advertise())
+    sent = {n: clients[n].share(server.roster(n)) for n in names}
+    for n in names:
+        server.receive_shares(n, sent[n])
+    for n in names:
+        server.receive_masked(n, mask[n](clients[n], server.shares_for(n)))  # type: ignore[operator]
+    survivors, dropped = server.unmask_request()
+    for n in survivors:
+        server.receive_unmask(n, clients[n].unmask(survivors, dropped))
+    server.result()
+    return server.exact_sum()
+
+
+def test_trained_minus_global_inside_the_native_pass_equals_the_flat_weighted_delta() -> None:
+    names = ["a", "b", "c"]
+    cfg = SecAggConfig(threshold=2, clip=0.5, bits=16)
+    g = torch.Generator().manual_seed(8)
+    shapes = [(3, 5), (70_001,), (1,), (2, 2, 3)]  # one piece over a native task, ragged offsets
+    glob = {n: [torch.randn(s, generator=g) for s in shapes] for n in names}
+    local = {n: [t + torch.randn(t.shape, generator=g) * 0.2 for t in glob[n]] for n in names}
+    local["c"][1][5] = 3.0  # clipped
+    weights = {"a": 1.0, "b": 0.37, "c": 0.8125}
+
+    def fused(n: str) -> object:
+        return lambda cl, sh: cl.masked_input(local[n], sh, base=glob[n], weight=weights[n])
+
+    def flat(n: str) -> object:
+        d = torch.cat([(x - y).reshape(-1) for x, y in zip(local[n], glob[n])])  # float32 sub, then float32 mul
+        return lambda cl, sh: cl.masked_input(d * torch.tensor(weights[n], dtype=torch.float32), sh)
+
+    a = _round_sum(names, cfg, {n: fused(n) for n in names})
+    b = _round_sum(names, cfg, {n: flat(n) for n in names})
+    assert torch.equal(a, b)
+    assert a.abs().max() > 0
+
+
+def test_base_inputs_are_checked() -> None:
+    cfg = SecAggConfig(threshold=2, clip=1.0)
+    bad = {
+        "a": lambda cl, sh: cl.masked_input([torch.zeros(3)], sh, base=[torch.zeros(4)]),
+        "b": lambda cl, sh: cl.masked_input(torch.zeros(3), sh, weight=0.5),
+    }
+    with pytest.raises(SecAggError, match="tensors #0 must be CPU float32 tensors of the same shape"):
+        _round_sum(["a", "b"], cfg, bad)
+    nan = [torch.zeros(9)]
+    nan[0][7] = math.nan
+    with pytest.raises(SecAggError, match=r"non-finite value \(nan\) at flat index 12"):
+        _round_sum(
+            ["a", "b"],
+            cfg,
+            {
+                n: (lambda cl, sh: cl.masked_input([torch.zeros(5), nan[0]], sh, base=[torch.zeros(5), torch.zeros(9)]))
+                for n in "ab"
+            },
+        )

@@ -433,3 +433,29 @@ def test_secure_processes_over_mtls_reproduce_the_in_process_run(tmp_path: Path)
         (r["loss"], r["clipped"], r["clients"]) for r in history
     ]
     assert all(r["secure"] for r in agg["history"])
+
+
+def test_secure_mean_in_chunks_equals_the_whole_vector_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitlink.horizontal import secure_rounds
+
+    g = torch.Generator().manual_seed(3)
+    state = {
+        "a": torch.randn(5, 7, generator=g),
+        "b": torch.randn(13, generator=g, dtype=torch.float64),
+        "c": torch.randn(4, 3, generator=g).to(torch.bfloat16),
+        "steps": torch.tensor([7], dtype=torch.int64),
+    }
+    total = torch.randn(35 + 13 + 12, generator=g) * 3
+    monkeypatch.setattr(secure_rounds, "_MEAN_CHUNK", 4)  # chunks that straddle nothing and tails of 1..3
+    got = secure_rounds.secure_mean(state, total, 2.7)
+    # the formula on whole vectors (float64, cast back): element-wise, so chunking must not change a bit
+    delta = total.to(torch.float64) / 2.7
+    pos = 0
+    for k in ("a", "b", "c"):
+        n = state[k].numel()
+        want = (state[k].to(torch.float64) + delta[pos : pos + n].reshape(state[k].shape)).to(state[k].dtype)
+        assert got[k].dtype == state[k].dtype and torch.equal(got[k], want), k
+        pos += n
+    assert torch.equal(got["steps"], state["steps"]) and got["steps"] is not state["steps"]
+    with pytest.raises(ValueError, match="the secure sum holds 59 values, the global state 60"):
+        secure_rounds.secure_mean(state, total[:-1], 2.7)

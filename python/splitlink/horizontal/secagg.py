@@ -25,7 +25,8 @@ Protocol (one round; every message is ``bytes`` or, for the masked input, a 1-D 
    words); in Z/2^64 the update is rounded natively and masked by the existing 64-bit masker
    (``PairwiseMasker``'s ``mask_encode`` with frac_bits = 0). Four clear trailer words (magic, round id low/high,
    client index) let the
-   server refuse a tensor from another round or client. ``receive_masked`` collects them.
+   server refuse a tensor from another round or client. ``receive_masked`` checks each and adds it to a
+   running ring sum (one vector held, whatever the number of clients).
 3. ``unmask(survivors, dropped) -> bytes``: the server announces who sent a masked input
    (``unmask_request()``); each survivor reveals, for every client whose shares it holds, the share
    of the self-mask seed if that client survived or the share of its mask key if it dropped, never
@@ -33,9 +34,9 @@ Protocol (one round; every message is ``bytes`` or, for the masked input, a 1-D 
 4. ``SecAggServer.result() -> (sum, report)``: the server reconstructs each survivor's self-mask seed
    (checked against its commitment) and each dropped client's mask key (checked against its
    advertised public key); with more than t shares it tries other t-subsets if one is inconsistent.
-   It sums the masked inputs and removes the self masks and the dropped clients' pairwise masks with
-   their surviving neighbours in one native pass (``ring32_add_masks``; Z/2^64: ``mask_encode``), and decodes ``sum *
-   clip / (2^(bits-1)-1)``.
+   It removes the self masks and the dropped clients' pairwise masks with their surviving neighbours
+   from the ring sum of the masked inputs (added up as they arrived) in one native pass, in place
+   (``ring32_add_masks``; Z/2^64: ``mask_encode``), and decodes ``sum * clip / (2^(bits-1)-1)``.
    ``exact_sum()`` gives the integer sum of the quantised updates (exact; tests compare it).
 
 Ring and quantisation: ``ring_bits=32`` (default) sends 4 bytes per element, as many as the
@@ -398,6 +399,8 @@ def _unsigned(t: torch.Tensor) -> np.ndarray:
 class SecAggClient:
     """One client's side of one round. Call the stages in order, each once."""
 
+    EXTRA_ELEMENTS = _EXTRA + _TRAILER  # ring elements of a masked input after the update's values
+
     def __init__(
         self,
         client_id: str,
@@ -484,11 +487,26 @@ class SecAggClient:
             out[h] = head + aead_encrypt(self.config.cipher, key, _NONCE, head, bs + ks)
         return out
 
-    def masked_input(self, update: torch.Tensor, shares_for_me: Mapping[str, bytes]) -> torch.Tensor:
+    def masked_input(
+        self,
+        update: torch.Tensor | Sequence[torch.Tensor],
+        shares_for_me: Mapping[str, bytes],
+        *,
+        out: torch.Tensor | None = None,
+        base: Sequence[torch.Tensor] | None = None,
+        weight: float = 1.0,
+    ) -> torch.Tensor:
         """Stage 2: the masked, quantised update (1-D int32 for ring_bits=32, int64 for 64).
 
         ``shares_for_me``: the encrypted shares the server relays, by sender. A share that fails to
         decrypt (tampered, replayed from another round or pair) is refused with ``SecAggError``.
+        ``out`` (ring_bits=32 only): a contiguous 1-D int32 tensor of ``update.numel() + 6`` elements to
+        write the result into and return; it may be the flat float32 update's own memory (the update is then
+        overwritten), which saves a fresh buffer of the update's size.
+        ``base`` (ring_bits=32 only): ``update`` and ``base`` are sequences of float32 tensors of equal shapes
+        (a client's trained and global tensors) and the update masked is the flat concatenation of
+        ``(update_i - base_i) * float32(weight)``, each operation rounded to float32 as torch's ``sub`` then
+        ``mul`` would: computed inside the native pass, without a buffer of the update's size.
         """
         self._enter(MASKED, "masked_input")
         p, me, cfg = self._plan, self.client_id, self.config
@@ -514,30 +532,82 @@ class SecAggClient:
                 if _core.secure.shamir_share_x(s) != p.x(me):
                     raise SecAggError(f"{what}: the share is for another holder")
             self._held[sender] = (bs, ks)
-        x = _flat_f32(update)
-        n = x.numel()
+        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if base is not None:
+            if cfg.ring_bits != 32 or isinstance(update, torch.Tensor) or len(update) != len(base):
+                raise SecAggError(
+                    f"{me}: base needs ring_bits = 32 and update and base as sequences of tensors of the same length"
+                )
+            if not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
+                raise SecAggError(f"{me}: weight must be a finite number > 0, got {weight!r}")
+            for i, (a, b) in enumerate(zip(update, base)):
+                if not (
+                    isinstance(a, torch.Tensor)
+                    and isinstance(b, torch.Tensor)
+                    and a.dtype == b.dtype == torch.float32
+                    and a.shape == b.shape
+                    and a.device.type == b.device.type == "cpu"
+                ):
+                    raise SecAggError(f"{me}: update and base tensors #{i} must be CPU float32 tensors of the same shape")
+                pieces.append((a.detach().contiguous().view(-1), b.detach().contiguous().view(-1)))
+            n = sum(a.numel() for a, _ in pieces)
+        elif weight != 1.0:
+            raise SecAggError(f"{me}: weight is applied with base only; multiply the update instead")
+        else:
+            if not isinstance(update, torch.Tensor):
+                raise SecAggError(f"{me}: the update must be a tensor (a sequence of tensors needs base)")
+            x = _flat_f32(update)
+            n = x.numel()
         streams = [
             (_core.secure.derive_mask_key(self._mask_kp._kp, self._adverts[v].mask_pub, me, v, p.session_id), 1 if me < v else -1)
             for v in sorted(shares_for_me)
         ]
         streams.append((p.self_key(self._self_seed), 1))
         dtype = _ring_dtype(cfg)
-        out = torch.empty(n + _EXTRA + _TRAILER, dtype=dtype)
+        if out is None:
+            out = torch.empty(n + _EXTRA + _TRAILER, dtype=dtype)
+        elif (
+            not isinstance(out, torch.Tensor)
+            or dtype != torch.int32
+            or out.dtype != dtype
+            or out.dim() != 1
+            or not out.is_contiguous()
+            or out.device.type != "cpu"
+            or out.numel() != n + _EXTRA + _TRAILER
+        ):
+            raise SecAggError(
+                f"{me}: out must be a contiguous 1-D CPU int32 tensor of {n + _EXTRA + _TRAILER} elements "
+                f"(ring_bits = 32), got {getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}"
+            )
         if dtype == torch.int32:
             # one native pass: stochastic rounding, pairwise and self masks, in Z/2^32
             try:
-                self.clipped = int(
-                    _core.secure.quantise_mask32(
-                        x.numpy(),
-                        float(cfg.clip),
-                        float(cfg.levels),
-                        self._rounding_key,
-                        streams,
-                        0,
-                        out[:n].numpy(),
-                        self.threads,
+                parts: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []
+                if base is None:
+                    parts.append((x, None, 0))
+                else:
+                    at = 0
+                    for a, b in pieces:
+                        parts.append((a, b, at))
+                        at += a.numel()
+                w32 = float(np.float32(weight))
+                self.clipped = 0
+                for a, bp, pos in parts:
+                    self.clipped += int(
+                        _core.secure.quantise_mask32(
+                            a.numpy(),
+                            float(cfg.clip),
+                            float(cfg.levels),
+                            self._rounding_key,
+                            streams,
+                            0,
+                            out[pos : pos + a.numel()].numpy(),
+                            self.threads,
+                            pos,
+                            None if bp is None else bp.numpy(),
+                            w32,
+                        )
                     )
-                )
             except ValueError as e:
                 raise SecAggError(str(e).split(" [")[0]) from None
             limbs = np.array([self.clipped & 0xFFFF, self.clipped >> 16], dtype=np.uint32)
@@ -629,7 +699,8 @@ class SecAggServer:
         self._adverts: dict[str, _Advert] = {}
         self._advert_bytes: dict[str, bytes] = {}
         self._shares: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> message
-        self._masked: dict[str, torch.Tensor] = {}
+        self._masked: dict[str, int] = {}  # client -> bytes of its masked input (summed on receipt)
+        self._acc: np.ndarray | None = None  # ring sum of the masked inputs received so far
         self._unmask: dict[str, dict[str, tuple[str, bytes]]] = {}  # responder -> target -> (kind, share)
         self._bytes: dict[str, int] = {}
         self._sum: np.ndarray | None = None
@@ -735,8 +806,17 @@ class SecAggServer:
         if trailer[3] != self._plan.index[client_id]:
             got = self._plan.clients[trailer[3]] if trailer[3] < len(self.clients) else f"#{trailer[3]}"
             raise SecAggError(f"{what}: made by '{got}', not by the client that sent it")
-        self._masked[client_id] = masked
-        self._count(client_id, masked.numel() * masked.element_size())
+        # Only the survivors' sum is ever needed (dropouts change which masks come off, not the sum of what
+        # arrived), so each input is added on receipt: one vector held, whatever the number of clients.
+        y = _unsigned(masked)[: n + _EXTRA]
+        if self._acc is None:
+            self._acc = y.copy()
+        elif self.config.ring_bits == 32:
+            _core.secure.ring32_add_masks([self._acc, y], [], 0, 0, self._acc, self.threads)
+        else:
+            np.add(self._acc, y, out=self._acc)
+        self._masked[client_id] = masked.numel() * masked.element_size()
+        self._count(client_id, self._masked[client_id])
 
     def unmask_request(self) -> tuple[list[str], list[str]]:
         """(survivors, dropped): who sent a masked input, and who shared but did not; closes stage 2.
@@ -840,19 +920,18 @@ class SecAggServer:
                     key = _core.secure.derive_mask_key(kp._kp, self._adverts[w].mask_pub, v, w, p.session_id)
                     streams.append((key, -1 if w < v else 1))
         n = int(self._numel or 0)
-        if cfg.ring_bits == 32:  # one native pass: the survivors' sum and every mask to remove
-            acc = np.empty(n + _EXTRA, dtype=np.uint32)
-            _core.secure.ring32_add_masks(
-                [_unsigned(self._masked[u])[: n + _EXTRA] for u in survivors], streams, 0, 0, acc, self.threads
-            )
+        acc = self._acc
+        assert acc is not None  # unmask_request() refused a round without masked inputs
+        self._acc = None
+        if cfg.ring_bits == 32:  # one native pass over the survivors' sum: every mask to remove, in place
+            _core.secure.ring32_add_masks([acc], streams, 0, 0, acc, self.threads)
         else:
             zeros = torch.zeros(n + _EXTRA, dtype=torch.float32)
             corr = torch.empty(n + _EXTRA, dtype=torch.int64)
             _core.secure.mask_encode(zeros.numpy(), 0, streams, 0, corr.numpy(), "correction", self.threads)
             del zeros
-            acc = _unsigned(corr)
-            for u in survivors:
-                np.add(acc, _unsigned(self._masked[u])[: n + _EXTRA], out=acc)
+            np.add(acc, _unsigned(corr), out=acc)
+            del corr
         signed = acc.view(np.int32 if cfg.ring_bits == 32 else np.int64)
         self._sum = signed
         clipped = int(signed[n]) + (int(signed[n + 1]) << 16)

@@ -205,13 +205,15 @@ def float_names(state: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(k for k, v in state.items() if v.is_floating_point())
 
 
-def flatten_delta(local: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def flatten_delta(local: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor], *, spare: int = 0) -> torch.Tensor:
     """``local - global`` of the floating tensors in :func:`float_names` order, flat float32 (each difference
-    taken in float64 and rounded once; one tensor's float64 temporaries at a time)."""
+    taken in float64 and rounded once; one tensor's float64 temporaries at a time). ``spare``: elements
+    allocated after the returned view (``view._base``), so that the masked input can be written over it."""
     names = float_names(global_state)
     if set(local) != set(global_state):
         raise ValueError("the trained state does not hold the global state's tensors")
-    out = torch.empty(sum(global_state[k].numel() for k in names), dtype=torch.float32)
+    numel = sum(global_state[k].numel() for k in names)
+    out = torch.empty(numel + spare, dtype=torch.float32)[:numel]
     pos = 0
     for k in names:
         g, x = global_state[k].detach(), local[k].detach()
@@ -231,18 +233,34 @@ def weighted(delta: torch.Tensor, weight: float) -> torch.Tensor:
     return delta if weight == 1.0 else delta.mul_(torch.tensor(weight, dtype=torch.float32))
 
 
+_MEAN_CHUNK = 1 << 20  # elements per step of secure_mean's float64 temporaries (8 MiB each, reused)
+
+
 def secure_mean(global_state: Mapping[str, torch.Tensor], total: torch.Tensor, weight_sum: float) -> State:
-    """``global + total / weight_sum`` reshaped per tensor (float64, cast back); non-floating tensors unchanged."""
+    """``global + total / weight_sum`` reshaped per tensor (float64, cast back); non-floating tensors unchanged.
+    Element-wise, in chunks: the float64 temporaries are a few MiB reused, never the model's size (a fresh
+    buffer of hundreds of MB costs more to touch than the arithmetic)."""
+    names = float_names(global_state)
+    numel = sum(global_state[k].numel() for k in names)
+    if total.numel() != numel:
+        raise ValueError(f"the secure sum holds {total.numel()} values, the global state {numel}")
+    flat = total.reshape(-1)
+    d64 = torch.empty(min(_MEAN_CHUNK, max(numel, 1)), dtype=torch.float64)
+    g64 = torch.empty_like(d64)
     out: State = {}
     pos = 0
-    delta = total.to(torch.float64) / weight_sum
-    for k in float_names(global_state):
+    for k in names:
         g = global_state[k]
-        n = g.numel()
-        out[k] = (g.to(torch.float64) + delta[pos : pos + n].reshape(g.shape)).to(g.dtype)
-        pos += n
-    if pos != delta.numel():
-        raise ValueError(f"the secure sum holds {delta.numel()} values, the global state {pos}")
+        res = torch.empty(g.shape, dtype=g.dtype)
+        gf, rf = g.reshape(-1), res.view(-1)
+        for a in range(0, g.numel(), _MEAN_CHUNK):
+            m = min(_MEAN_CHUNK, g.numel() - a)
+            d, h = d64[:m], g64[:m]
+            d.copy_(flat[pos + a : pos + a + m]).div_(weight_sum)
+            h.copy_(gf[a : a + m]).add_(d)
+            rf[a : a + m].copy_(h)
+        out[k] = res
+        pos += g.numel()
     return {k: out.get(k, v.clone()) for k, v in global_state.items()}
 
 
@@ -260,6 +278,7 @@ class SecureParticipant:
         self.round: int | None = None
         self._client: SecAggClient | None = None
         self._delta: torch.Tensor | None = None
+        self._pieces: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (trained, global) float32
         self._weight: float | None = None
 
     def start(
@@ -279,7 +298,18 @@ class SecureParticipant:
         self._client = SecAggClient(
             self.name, cfg, round_, clients, rounding_seed=seed_of("secagg", self.seed, round_, self.name), threads=self.threads
         )
-        self._delta = flatten_delta(local, msg["state"])
+        self._pieces = None
+        self._delta = None
+        names = float_names(msg["state"])
+        if set(local) != set(msg["state"]):
+            raise ValueError("the trained state does not hold the global state's tensors")
+        if cfg.ring_bits == 32 and all(
+            local[k].dtype == msg["state"][k].dtype == torch.float32 and local[k].shape == msg["state"][k].shape for k in names
+        ):
+            # float32 in Z/2^32: the native pass takes (trained - global) * weight itself, no delta buffer
+            self._pieces = ([local[k].detach() for k in names], [msg["state"][k].detach() for k in names])
+        else:  # room for the masked input's extra elements: in Z/2^32 it is written over the update itself
+            self._delta = flatten_delta(local, msg["state"], spare=SecAggClient.EXTRA_ELEMENTS)
         self._weight = None
         return SA_ADVERT, {
             "round": torch.tensor(round_, dtype=torch.int64),
@@ -302,10 +332,20 @@ class SecureParticipant:
             self._weight = w
             shares = c.share(unpack_map(tensor_bytes(msg["roster"], "roster"), "roster"))
             return SA_SHARES, {**head, "shares": bytes_tensor(pack_map(shares))}
+        if kind == SA_SHARES and self._pieces is not None:
+            assert self._weight is not None
+            shares = unpack_map(tensor_bytes(msg["shares"], "shares"), "shares")
+            masked = c.masked_input(self._pieces[0], shares, base=self._pieces[1], weight=self._weight)
+            self._pieces = None
+            return SA_MASKED, {**head, "masked": masked}
         if kind == SA_SHARES:
             assert self._delta is not None and self._weight is not None
             update = weighted(self._delta, self._weight)
-            masked = c.masked_input(update, unpack_map(tensor_bytes(msg["shares"], "shares"), "shares"))
+            base = update._base
+            out = None
+            if c.config.ring_bits == 32 and base is not None and base.numel() == update.numel() + SecAggClient.EXTRA_ELEMENTS:
+                out = base.view(torch.int32)  # the update's own memory: no fresh buffer of the model's size
+            masked = c.masked_input(update, unpack_map(tensor_bytes(msg["shares"], "shares"), "shares"), out=out)
             self._delta = None
             return SA_MASKED, {**head, "masked": masked}
         if kind == SA_UNMASK:

@@ -29,12 +29,20 @@ uint64_t stochastic_quantise(const float* x, uint64_t n, double clip, double lev
 // word is 1 where mask.h's 64-bit masks have 0, so the two kinds of stream never share keystream.
 
 // y[k] = q[k] + sum over streams of sign * ks[k] (mod 2^32) for k in [0, n), q as
-// stochastic_quantise (rounding key `key16`), in one pass. Returns the clipped count.
+// stochastic_quantise (rounding key `key16`), in one pass. Returns the clipped count. y may be
+// x's own memory (each block is read before it is written; a non-finite x is found before then).
+//
+// Pieces of one long vector: `first` is x[0]'s position in the rounding and mask streams (and in
+// the flat index of an error). With `base`, the value rounded is the float32 (x[k] - base[k]) *
+// weight (each operation rounded to float32, as torch's sub then mul): a client's update from its
+// trained and global tensors without a buffer of the update's size. Without base, x[k] * 1.
 uint64_t quantise_mask32(const float* x, uint64_t n, double clip, double levels, const uint8_t* key16,
-                         const std::vector<MaskStream>& streams, uint64_t stream_id, uint32_t* y, unsigned threads = 0);
+                         const std::vector<MaskStream>& streams, uint64_t stream_id, uint32_t* y, unsigned threads = 0,
+                         uint64_t first = 0, const float* base = nullptr, float weight = 1.0f);
 
 // out[k] = sum_i ys[i][k] + sum over streams of sign * ks[first + k] (mod 2^32), k in [0, n), one
-// pass. The server's unmasking (negated signs) and a client's masking of extra values.
+// pass. The server's unmasking (negated signs) and a client's masking of extra values. out may be
+// one of the ys (each block is summed before it is written).
 void ring32_add_masks(const std::vector<const uint32_t*>& ys, uint64_t n, const std::vector<MaskStream>& streams,
                       uint64_t stream_id, uint64_t first, uint32_t* out, unsigned threads = 0);
 
