@@ -18,7 +18,7 @@ import torch
 
 from splitlink import PeerUnavailableError, ServerConfig, VerticalFederatedCommunicator
 from splitlink.channel import FrameNotSentError
-from splitlink.channel.inbox import MAX_HELD, HeldTooMany, Inbox
+from splitlink.channel.inbox import DROPPED, DUPLICATE, MAX_HELD, QUEUED, WITHDRAWN, HeldTooMany, Inbox, Slot
 from splitlink.util import free_ports
 
 WAIT = 30.0  # seconds any single event may take on a loaded 2-core machine before the test fails
@@ -37,7 +37,7 @@ class Gate:
         self._deliver = comm._deliver
         comm._deliver = self.deliver  # type: ignore[method-assign]
 
-    def deliver(self, sender: str, incarnation: int, seq: int, buf: Any, context: grpc.ServicerContext) -> bytes:
+    def deliver(self, sender: str, incarnation: int, seq: int, buf: Any, context: grpc.ServicerContext, slot: Slot) -> bytes:
         with self.cond:
             self.calls.append(seq)
             self.inside.add(seq)
@@ -50,7 +50,7 @@ class Gate:
         try:
             if times:
                 context.abort(code, f"test refuses frame seq {seq}")
-            return self._deliver(sender, incarnation, seq, buf, context)
+            return self._deliver(sender, incarnation, seq, buf, context, slot)
         finally:
             with self.cond:
                 self.inside.discard(seq)
@@ -100,9 +100,8 @@ def test_frames_of_the_window_are_on_the_wire_at_once_and_delivered_in_order(pai
     gate.blocked = {2, 3, 4, 5}  # seq 1 was the first frame
     works = [leader.isend("follower", frame(i)) for i in range(4)]
     gate.wait_inside(4)  # all four frames reached the receiver before any was acknowledged
-    gate.release(5, 4, 3)  # the later ones first: held until frame 2 is delivered
-    with gate.cond:
-        assert gate.cond.wait_for(lambda: not gate.inside & {3, 4, 5}, WAIT)
+    gate.release(5, 4, 3)  # the later ones first: held (their calls open) until frame 2 is delivered
+    held(follower._inboxes["leader"], 3, 4, 5)
     assert all(not w.is_completed() for w in works)  # no ack before its predecessors were delivered
     assert sorted(follower._inboxes["leader"].held) == [3, 4, 5]
     gate.release(2)
@@ -200,9 +199,20 @@ def test_sealed_frames_go_one_at_a_time(pair) -> None:  # type: ignore[no-untype
 # ---- the inbox's reorder buffer on its own -----------------------------------------------------------
 
 
+def deliver(inbox: Inbox, seq: int, after: int, alive: Any = lambda: True, incarnation: int = 1) -> str:
+    """What a frame's call does: reserve room, then put the frame (or learn what became of it)."""
+    slot = inbox.reserve(incarnation, seq, after, 1, alive)
+    if isinstance(slot, str):
+        return slot
+    try:
+        return inbox.put(slot, f"f{seq}")
+    finally:
+        inbox.release(slot)
+
+
 def put_in_thread(inbox: Inbox, seq: int, after: int, alive: Any = lambda: True) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(inbox.put(1, seq, f"f{seq}", after, alive)))
+    t = threading.Thread(target=lambda: out.append(deliver(inbox, seq, after, alive)))
     t.start()
     return t, out
 
@@ -212,49 +222,72 @@ def held(inbox: Inbox, *seqs: int) -> None:
         assert inbox.cond.wait_for(lambda: set(seqs) <= set(inbox.held), WAIT)
 
 
-def test_inbox_delivers_held_frames_in_order_even_after_their_calls_ended() -> None:
+def test_inbox_withdraws_a_held_frame_whose_call_ended_and_delivers_its_retry_in_order() -> None:
     inbox = Inbox("p", 100, 1 << 30)
-    assert inbox.put(1, 1, "f1")
+    assert deliver(inbox, 1, 0) == QUEUED
+    two = inbox.reserve(1, 2, 1, 1, lambda: True)  # frame 2's body is on its way
+    assert isinstance(two, Slot)
     gone = threading.Event()
     t3, out3 = put_in_thread(inbox, 3, 2, lambda: not gone.is_set())
     held(inbox, 3)
-    gone.set()  # frame 3's call ends while it waits: it stays held
+    gone.set()  # frame 3's call ends while it waits: withdrawn, never delivered later
     t3.join(WAIT)
-    assert out3 == [None] and 3 in inbox.held
+    assert out3 == [WITHDRAWN] and 3 not in inbox.held and 3 not in inbox.reserved
+    t3r, out3r = put_in_thread(inbox, 3, 2)  # the sender's retry of frame 3
+    held(inbox, 3)
     t4, out4 = put_in_thread(inbox, 4, 3)
     held(inbox, 4)
-    t3r, out3r = put_in_thread(inbox, 3, 2)  # the sender's retry of frame 3 waits for the held one
-    assert inbox.put(1, 2, "f2")
+    assert inbox.put(two, "f2") == QUEUED
     for t in (t4, t3r):
         t.join(WAIT)
-    assert out4 == [True] and out3r == [True]
+    assert out4 == [QUEUED] and out3r == [QUEUED]
     assert list(inbox.frames) == ["f1", "f2", "f3", "f4"]
-    assert inbox.put(1, 3, "again") is False  # a duplicate
-    assert not inbox.held
+    assert deliver(inbox, 3, 2) == DUPLICATE
+    assert not inbox.held and not inbox.reserved
+
+
+def test_inbox_never_releases_a_held_frame_whose_call_ended_even_before_it_noticed() -> None:
+    inbox = Inbox("p", 100, 1 << 30)
+    two = inbox.reserve(1, 2, 0, 1, lambda: True)
+    assert isinstance(two, Slot)
+    open_ = threading.Event()
+    open_.set()
+    t3, out3 = put_in_thread(inbox, 3, 2, open_.is_set)
+    held(inbox, 3)
+    with inbox.cond:  # the call ends, and its predecessor is queued before the held frame's wait notices
+        open_.clear()
+        assert inbox.put(two, "f2") == QUEUED
+    t3.join(WAIT)
+    assert out3 == [WITHDRAWN] and list(inbox.frames) == ["f2"]
 
 
 def test_inbox_drops_held_frames_that_a_fresh_frame_passes_and_on_restart() -> None:
     inbox = Inbox("p", 100, 1 << 30)
-    assert inbox.put(1, 1, "f1")
+    assert deliver(inbox, 1, 0) == QUEUED
+    assert isinstance(inbox.reserve(1, 2, 1, 1, lambda: True), Slot)
     t3, out3 = put_in_thread(inbox, 3, 2)
     held(inbox, 3)
-    assert inbox.put(1, 5, "f5", after=0)  # nothing in flight before it: the sender gave up on 2 and 3
+    assert deliver(inbox, 5, 0) == QUEUED  # nothing in flight before it: the sender gave up on 2 and 3
     t3.join(WAIT)
-    assert out3 == [False] and list(inbox.frames) == ["f1", "f5"] and not inbox.held
+    assert out3 == [DROPPED] and list(inbox.frames) == ["f1", "f5"] and not inbox.held and not inbox.reserved
+    assert isinstance(inbox.reserve(1, 6, 5, 1, lambda: True), Slot)
     t7, out7 = put_in_thread(inbox, 7, 6)
     held(inbox, 7)
     inbox.see(2)  # the sender restarted: its old process's held frames are never delivered
     t7.join(WAIT)
-    assert out7 == [False] and not inbox.held
+    assert out7 == [DROPPED] and not inbox.held and not inbox.reserved
 
 
 def test_inbox_bounds_its_held_frames() -> None:
     inbox = Inbox("p", 100, 1 << 30)
+    assert deliver(inbox, 1, 0) == QUEUED
+    assert isinstance(inbox.reserve(1, 2, 1, 1, lambda: True), Slot)
     gone = threading.Event()
-    threads = [put_in_thread(inbox, 10 + i, 9 + i, lambda: not gone.is_set())[0] for i in range(MAX_HELD)]
-    held(inbox, *range(10, 10 + MAX_HELD))
-    with pytest.raises(HeldTooMany):
-        inbox.put(1, 100, "f", after=99)
+    threads = [put_in_thread(inbox, 3 + i, 2 + i, lambda: not gone.is_set())[0] for i in range(MAX_HELD - 1)]
+    held(inbox, *range(3, 2 + MAX_HELD))
+    with pytest.raises(HeldTooMany):  # one seq further than a window can reach
+        inbox.reserve(1, 2 + MAX_HELD, 1 + MAX_HELD, 1, lambda: True)
     gone.set()
     for t in threads:
         t.join(WAIT)
+    assert not inbox.held

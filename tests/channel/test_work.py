@@ -17,7 +17,7 @@ def test_frames_submitted_before_a_failure_are_not_sent_even_after_the_error_was
     error_seen = threading.Event()
     sent: list[str] = []
 
-    def start(name: str, *, chained: bool, window: object) -> Callable[[], None]:
+    def start(name: str, *, chained: bool, window: object, settled: object) -> Callable[[], None]:
         def send() -> None:
             if name == "A":
                 release_a.wait(10)
@@ -62,7 +62,7 @@ def test_a_window_settles_in_order_and_a_frame_after_a_failure_starts_a_new_chai
     started: list[tuple[str, bool]] = []
     calls = threading.Semaphore(0)
 
-    def start(name: str, *, chained: bool, window: Window) -> Callable[[], None]:
+    def start(name: str, *, chained: bool, window: Window, settled: object) -> Callable[[], None]:
         started.append((name, chained))
 
         def send() -> None:

@@ -58,6 +58,8 @@ class Assembly:
         self.received = 0
         self.closed = False  # complete or abandoned: nothing is written any more
         self.start_failed = False  # its first range's handler failed before the buffer existed
+        self.room: Any = None  # the receive queue's reservation for it (``reserve``'s result)
+        self.unreserve: Callable[[Any], None] | None = None  # frees ``room`` if it is abandoned incomplete
         self.lock = threading.Lock()
 
     def claim(self, offset: int, length: int) -> object | None:
@@ -115,9 +117,15 @@ class Assembly:
                 del self.owners[offset]
 
     def abandon(self) -> None:
+        """No more writes; an incomplete frame gives its room in the receive queue back."""
         with self.lock:
             self.closed = True
             self.view = None
+            room = None
+            if self.received != self.total:
+                room, self.room = self.room, None
+        if room is not None and self.unreserve is not None:
+            self.unreserve(room)
 
 
 class Assembler:
@@ -141,11 +149,14 @@ class Assembler:
         seq: int,
         total: int,
         alive: Callable[[], bool],
-        reserve: Callable[[int, Callable[[], bool]], bool],
+        reserve: Callable[[int, Callable[[], bool]], Any],
         acquire: Callable[[int], Any],
+        unreserve: Callable[[Any], None] | None = None,
     ) -> Assembly:
         """The assembly of frame (sender, incarnation, seq), created when this is its first range:
-        ``reserve(total, alive)`` waits for room in the receive queue, ``acquire(total)`` gives the buffer."""
+        ``reserve(total, alive)`` waits for room in the receive queue and returns the reservation (kept
+        as ``room``; falsy: the call ended), ``acquire(total)`` gives the buffer, ``unreserve(room)``
+        frees the room of a frame abandoned before it was complete."""
         with self._cond:
             if (incarnation, seq) in self._completed.get(sender, ()):
                 raise RangeDelivered()
@@ -182,11 +193,19 @@ class Assembler:
                     raise RangeRefused("ABORTED", f"frame seq {seq} was superseded by seq {oldest} and later")
                 current.pop(oldest).abandon()  # the sender moved on (gave up on it)
             a = Assembly(incarnation, seq, total)
+            a.unreserve = unreserve
             current[seq] = a
             self._cond.notify_all()
         try:
-            if not reserve(total, alive):
+            room = reserve(total, alive)
+            if not room:
                 raise RangeRefused("CANCELLED", "sender went away while the queue was full")
+            with a.lock:
+                late = a.closed  # abandoned (superseded) while it waited for room: give the room back
+                if not late:
+                    a.room = room
+            if late and unreserve is not None:
+                unreserve(room)
             buf = acquire(total)
         except BaseException:
             a.start_failed = True

@@ -83,11 +83,11 @@ from splitlink.channel.assembly import Assembler, RangeDelivered, RangeRefused
 from splitlink.channel.config import ServerConfig, SSLConfig, is_loopback, revoked_serials
 from splitlink.channel.errors import PeerRestartedError, PeerUnavailableError
 from splitlink.channel.identity import CertificateIdentityInterceptor
-from splitlink.channel.inbox import HeldTooMany, Inbox
+from splitlink.channel.inbox import DROPPED, DUPLICATE, QUEUED, WITHDRAWN, HeldTooMany, Inbox, Slot
 from splitlink.channel.keys import KeySession
 from splitlink.channel.protocol import ProtocolError
 from splitlink.channel.retry import RetryGaveUp, RetryPolicy
-from splitlink.channel.work import FrameNotSentError, PostedReceives, ReceiveQueue, SendQueue, Window, Work
+from splitlink.channel.work import FrameNotSentError, PostedReceives, ReceiveQueue, SendQueue, Settled, Window, Work
 from splitlink.codec import CompressConfig, ErrorFeedback
 from splitlink.errors import CryptoError, SplitlinkError
 
@@ -257,7 +257,12 @@ class VerticalFederatedCommunicator(PostedReceives):
         self._feedback = {name: ErrorFeedback() for name in self.peers}
         self._send_locks = {name: threading.Lock() for name in self.peers}
         self._last_started = {name: 0 for name in self.peers}  # seq of the frame started last
-        self._ordered: set[str] = set()  # peers whose acks said they deliver in `after` order
+        # peer -> the process of it whose acks said it delivers in `after` order (a restarted peer may not)
+        self._ordered: dict[str, int] = {}
+        # peer -> seq -> bytes of the frames started and not settled: a frame's attempt may take as long
+        # as the frames ahead of it, which the receiver delivers first
+        self._unacked: dict[str, dict[int, int]] = {name: {} for name in self.peers}
+        self._unacked_lock = threading.Lock()
         self._server: grpc.Server | None = None
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Any] = {}
@@ -403,13 +408,15 @@ class VerticalFederatedCommunicator(PostedReceives):
 
         ``kind`` labels the frame (authenticated with it when sealed), e.g. ``"psi"`` for set
         intersection messages; ``receive(..., kind=...)`` checks it. Frames still in flight from
-        ``isend`` go first (order is kept per peer)."""
+        ``isend`` go first (order is kept per peer): the frame goes through the peer's send queue like
+        theirs, so concurrent ``isend`` calls cannot slip between them."""
         self._check_send(target_server_name)
         sends = self._sends[target_server_name]
-        if sends.pending:
-            sends.flush()
-        sends.raise_unseen_error()
-        self._send_now(target_server_name, tensors, step, kind)
+        try:
+            sends.submit(target_server_name, tensors, step, kind).wait()
+        except FrameNotSentError:
+            sends.raise_unseen_error()  # the error of the earlier frame that stopped this one
+            raise
 
     def isend(
         self, target_server_name: str, tensors: Mapping[str, Any], *, step: int | None = None, kind: str = "tensors"
@@ -430,15 +437,27 @@ class VerticalFederatedCommunicator(PostedReceives):
             raise RuntimeError("the communicator was shut down")
 
     def _window_of(self, peer: str) -> int:
-        """Frames to ``peer`` that may be on the wire at once."""
-        return min(self.max_inflight, MAX_WINDOW) if peer in self._ordered and not self.seal else 1
+        """Frames to ``peer`` that may be on the wire at once: one until the peer's current process said
+        it delivers in order (a peer that restarted, perhaps with an older version, must say it again)."""
+        inbox = self._inboxes[peer]
+        current = inbox.incarnation if inbox.incarnation is not None else inbox.told
+        ordered = current is not None and self._ordered.get(peer) == current
+        return min(self.max_inflight, MAX_WINDOW) if ordered and not self.seal else 1
 
     def _start_send(
-        self, peer: str, tensors: Mapping[str, Any], step: int | None, kind: str, *, chained: bool, window: Window
+        self,
+        peer: str,
+        tensors: Mapping[str, Any],
+        step: int | None,
+        kind: str,
+        *,
+        chained: bool,
+        window: Window,
+        settled: Settled,
     ) -> Callable[[], None]:
         """``isend``'s frame, packed on the peer's queue thread in submission order; returns the call that
         sends it (``SendQueue`` runs it on a thread of its own). ``chained``: the frame started before
-        this one is still on the wire and must be delivered first."""
+        this one is still on the wire and must be delivered first; ``settled``: set once it is."""
         if self.seal:  # one at a time (the window is 1): re-keying re-seals the frame under a new seq
             self._send_now(peer, tensors, step, kind)
             return lambda: None
@@ -448,7 +467,17 @@ class VerticalFederatedCommunicator(PostedReceives):
             after = self._last_started[peer] if chained else 0
             self._last_started[peer] = seq
             frame = self._pack_chunks(peer, tensors, seq, step, kind)
-        return lambda: self._send_frame(peer, seq, step or 0, frame, after, window)
+            with self._unacked_lock:
+                self._unacked[peer][seq] = frame.nbytes
+
+        def send() -> None:
+            try:
+                self._send_frame(peer, seq, step or 0, frame, after, window, settled if chained else None)
+            finally:
+                with self._unacked_lock:
+                    self._unacked[peer].pop(seq, None)
+
+        return send
 
     def _pack_chunks(self, peer: str, tensors: Mapping[str, Any], seq: int, step: int | None, kind: str) -> Any:
         return wire.pack_chunks(
@@ -541,20 +570,33 @@ class VerticalFederatedCommunicator(PostedReceives):
         finally:
             if window is not None:
                 window.untrack(call)
-        if peer not in self._ordered and ORDERED in (call.trailing_metadata() or ()):
-            self._ordered.add(peer)
+        if ORDERED in (call.trailing_metadata() or ()):
+            try:
+                self._ordered[peer] = protocol.Ack.decode(answer).incarnation  # this process of the peer orders
+            except ProtocolError:
+                pass  # _acknowledged reports the bad answer
         return answer
 
-    def _send_frame(self, peer: str, seq: int, step: int, frame: Any, after: int = 0, window: Window | None = None) -> None:
-        """Sends ``frame`` (after frame ``after``; 0: none on the wire) and handles the answer."""
+    def _send_frame(
+        self,
+        peer: str,
+        seq: int,
+        step: int,
+        frame: Any,
+        after: int = 0,
+        window: Window | None = None,
+        settled: Settled | None = None,
+    ) -> None:
+        """Sends ``frame`` (after frame ``after``; 0: none on the wire) and handles the answer. ``settled``
+        (a chained frame): set once the frames ahead of it are settled; its retry deadline starts then."""
         inbox = self._inboxes[peer]
         total = frame.nbytes
         if total > self.parallel_threshold and peer in self._range_stubs:
-            return self._send_ranges(peer, seq, step, frame, after, window)
+            return self._send_ranges(peer, seq, step, frame, after, window, settled)
         header = protocol.StreamHeader(self.me.server_name, self._incarnation, inbox.told or 0, seq, step, total).encode()
-        timeout = self.attempt_timeout(total)
 
         def attempt() -> bytes:
+            timeout = self._budget(peer, seq, total)
             # A bounded attempt: a connection that stalls without failing (a half-open TCP
             # connection, a middlebox that stops forwarding) becomes DEADLINE_EXCEEDED and is
             # retried, instead of waiting for keepalive to notice.
@@ -575,7 +617,12 @@ class VerticalFederatedCommunicator(PostedReceives):
             )
 
         try:
-            ack = self._retry().call(attempt, stop=self._closed if window is None else window.abandoned, on_retry=log_retry)
+            ack = self._retry().call(
+                attempt,
+                stop=self._closed if window is None else window.abandoned,
+                on_retry=log_retry,
+                since=None if settled is None else (lambda: settled.at),
+            )
         except RetryGaveUp as g:
             raise PeerUnavailableError(
                 f"{self._where(peer)} unreachable for {self.retry_deadline:.0f} s "
@@ -616,13 +663,14 @@ class VerticalFederatedCommunicator(PostedReceives):
         bounds = [chunks * i // parts * self.chunk_size for i in range(parts)] + [total]
         return [(bounds[i], min(bounds[i + 1], total) - bounds[i]) for i in range(parts)]
 
-    def _send_ranges(self, peer: str, seq: int, step: int, frame: Any, after: int, window: Window | None) -> None:
+    def _send_ranges(
+        self, peer: str, seq: int, step: int, frame: Any, after: int, window: Window | None, settled: Settled | None
+    ) -> None:
         """Sends ``frame`` as parallel ``SendRange`` calls, one per range, each on its own stream (and
         connection, with ``connections=True``); chunks are produced as the call consumes them, so
         packing overlaps sending; each range is retried on its own; the receiver assembles them."""
         inbox = self._inboxes[peer]
         total = frame.nbytes
-        timeout = self.attempt_timeout(total)
         chunk_lock = threading.Lock()  # FrameChunks.chunk is not safe to call from several threads at once
         stubs = self._range_stubs[peer]
         meant_for = inbox.told or 0
@@ -642,8 +690,9 @@ class VerticalFederatedCommunicator(PostedReceives):
         def send_range(index: int, offset: int, length: int) -> bytes:
             stub = stubs[index % len(stubs)]
             return self._retry().call(
-                lambda: self._call(peer, stub, chunks(offset, length), timeout, after, window),
+                lambda: self._call(peer, stub, chunks(offset, length), self._budget(peer, seq, total), after, window),
                 stop=self._closed if window is None else window.abandoned,
+                since=None if settled is None else (lambda: settled.at),
                 on_retry=lambda n, e, d: logger.warning(
                     "[%s] range %d of frame seq %d to '%s' failed (%s); retry %d in %.2f s",
                     self.me.server_name,
@@ -718,6 +767,14 @@ class VerticalFederatedCommunicator(PostedReceives):
         """Seconds one send attempt may take: 10 s plus the frame at ``min_bandwidth`` bytes/s."""
         return 10.0 + nbytes / self.min_bandwidth
 
+    def _budget(self, peer: str, seq: int, nbytes: int) -> float:
+        """Seconds an attempt of frame ``seq`` (``nbytes``) may take: its own ``attempt_timeout`` plus
+        those of the unacknowledged frames ahead of it in the window, which the receiver delivers first
+        (it holds this frame until then: a small frame behind a large one on a slow link waits for it)."""
+        with self._unacked_lock:
+            ahead = [n for s, n in self._unacked[peer].items() if s < seq]
+        return self.attempt_timeout(nbytes) + sum(self.attempt_timeout(n) for n in ahead)
+
     # -- receiving ----------------------------------------------------------------------------
     # With TLS, CertificateIdentityInterceptor has checked that the certificate names the party that
     # the first message claims to be before any handler here runs.
@@ -743,35 +800,56 @@ class VerticalFederatedCommunicator(PostedReceives):
         except ProtocolError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         sender, seq, total = head.sender, head.seq, head.total
-        inbox, turned_away = self._admit(head, request_iterator, context)
+        inbox, after, turned_away = self._admit(head, request_iterator, context)
         if turned_away is not None:
             return turned_away
-        if not inbox.wait_for_room(total, context.is_active):
+        slot = self._reserve(inbox, head.incarnation, seq, after, total, context)
+        if isinstance(slot, str):  # a retry of a frame delivered or held meanwhile: its body is not read
+            for _ in request_iterator:  # drain
+                pass
+            return self._answer(slot, seq, after, context)
+        try:
+            buf = self._pool.acquire(total)
+            view = memoryview(buf)
+            pos = 0
+            for chunk in request_iterator:
+                end = pos + len(chunk)
+                if end > total:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame longer than its declared {total} bytes")
+                view[pos:end] = chunk
+                pos = end
+            if pos != total:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame of {pos} bytes, declared {total}")
+            del view
+            return self._deliver(sender, head.incarnation, seq, buf, context, slot)
+        finally:
+            inbox.release(slot)  # nothing if the frame was queued or held
+
+    def _reserve(
+        self, inbox: Inbox, incarnation: int, seq: int, after: int, total: int, context: grpc.ServicerContext
+    ) -> Slot | str:
+        """Room in the receive queue for frame ``seq`` before its body is read (``Inbox.reserve``); a frame
+        that would wait beyond the reorder bound aborts the call."""
+        try:
+            slot = inbox.reserve(incarnation, seq, after, total, context.is_active)
+        except HeldTooMany as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e}: frames must follow their predecessors")
+        if slot == WITHDRAWN:
             context.abort(grpc.StatusCode.CANCELLED, "sender went away while the queue was full")
-        buf = self._pool.acquire(total)
-        view = memoryview(buf)
-        pos = 0
-        for chunk in request_iterator:
-            end = pos + len(chunk)
-            if end > total:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame longer than its declared {total} bytes")
-            view[pos:end] = chunk
-            pos = end
-        if pos != total:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame of {pos} bytes, declared {total}")
-        del view
-        return self._deliver(sender, head.incarnation, seq, buf, context)
+        return slot
 
     def _admit(
         self, head: protocol.StreamHeader | protocol.RangeHeader, request_iterator: Iterator[Any], context: grpc.ServicerContext
-    ) -> tuple[Inbox, bytes | None]:
-        """The sender's inbox, and the answer to a frame (or range) this party does not take: meant for
-        its previous process (STALE) or already delivered (DUP, a retry), its stream drained; None: take it.
-        An unknown sender or an oversized frame aborts the call."""
+    ) -> tuple[Inbox, int, bytes | None]:
+        """The sender's inbox, the seq of the frame this one follows (call metadata, checked), and the
+        answer to a frame (or range) this party does not take: meant for its previous process (STALE) or
+        already delivered (DUP, a retry), its stream drained; None: take it. An unknown sender, an
+        oversized frame or a bad predecessor aborts the call before its body is read."""
         if head.sender not in self._inboxes:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown sender {head.sender!r}")
         if head.total > self.max_frame_bytes:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"frame of {head.total} bytes exceeds max_frame_bytes")
+        after = self._after(context, head.seq)
         inbox = self._inboxes[head.sender]
         status = None
         if head.meant_for not in (0, self._incarnation):
@@ -780,26 +858,32 @@ class VerticalFederatedCommunicator(PostedReceives):
         elif inbox.is_duplicate(head.incarnation, head.seq):
             status = protocol.ACK_DUP  # the sender retried a frame (or a range of one) already delivered
         if status is None:
-            return inbox, None
+            return inbox, after, None
         for _ in request_iterator:  # drain
             pass
-        return inbox, protocol.Ack(status, self._incarnation).encode()
+        return inbox, after, protocol.Ack(status, self._incarnation).encode()
 
     @staticmethod
-    def _after(context: grpc.ServicerContext) -> int:
-        """The seq of the frame the sender wants this one delivered after (0: none), from the call's metadata."""
+    def _after(context: grpc.ServicerContext, seq: int) -> int:
+        """The seq of the frame the sender wants frame ``seq`` delivered after (0: none), from the call's
+        metadata: a frame of the sender's window, so ``0 < after < seq`` and ``seq - after <= MAX_WINDOW``."""
         for key, value in context.invocation_metadata() or ():
             if key == AFTER_KEY:
-                if not (isinstance(value, str) and value.isdigit() and len(value) <= 20 and int(value) < 1 << 64):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{AFTER_KEY} must be a frame's seq, got {value!r:.40}")
-                return int(value)
+                after = (
+                    int(value) if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 20 else -1
+                )
+                if not 0 < after < seq or seq - after > MAX_WINDOW:
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{AFTER_KEY} must be the seq of one of the {MAX_WINDOW} frames before frame {seq}, got {value!r:.40}",
+                    )
+                return after
         return 0
 
-    def _deliver(self, sender: str, incarnation: int, seq: int, buf: Any, context: grpc.ServicerContext) -> bytes:
+    def _deliver(self, sender: str, incarnation: int, seq: int, buf: Any, context: grpc.ServicerContext, slot: Slot) -> bytes:
         """A complete frame from the network: opened (sealed), checked against its stream header, queued
-        after the frame it follows (``inbox.put``)."""
+        after the frame it follows (``inbox.put``, into the room ``slot`` reserved for it)."""
         inbox = self._inboxes[sender]
-        after = self._after(context)
         if self.seal:
             opener = self._keys.opener(sender)
             if opener is None:
@@ -815,22 +899,28 @@ class VerticalFederatedCommunicator(PostedReceives):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if origin != (sender, seq):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame header does not match its stream header")
+        slot.alive = context.is_active  # this call answers for the frame (for ranges: the one that completed it)
         try:
-            queued = inbox.put(incarnation, seq, buf, after, context.is_active)
+            outcome = inbox.put(slot, buf)
         except HeldTooMany as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e}: frames must follow their predecessors")
-        return self._answer(queued, seq, after, context)
+        return self._answer(outcome, seq, slot.after, context)
 
-    def _answer(self, queued: bool | None, seq: int, after: int, context: grpc.ServicerContext) -> bytes:
-        """The ack of a frame that was queued (True), not queued (False: a duplicate or stale), or is
-        still held (None: the call ended; nobody reads the answer)."""
-        if queued is None:
+    def _answer(self, outcome: str, seq: int, after: int, context: grpc.ServicerContext) -> bytes:
+        """The answer to a frame's call by what became of the frame (``inbox`` outcomes): OK when queued,
+        DUP when delivered before (a retry); an error when it was not delivered and never will be."""
+        if outcome == WITHDRAWN:
             context.abort(
-                grpc.StatusCode.CANCELLED,
-                f"frame seq {seq} is held until frame {after} is delivered, but its call ended",
+                grpc.StatusCode.CANCELLED, f"frame seq {seq} was withdrawn: its call ended before frame {after} was delivered"
+            )
+        if outcome == DROPPED:
+            context.abort(
+                grpc.StatusCode.ABORTED,
+                f"frame seq {seq} was dropped before frame {after} was delivered: a later frame that follows none came "
+                "first (its sender gave up on it) or its sender restarted",
             )
         context.set_trailing_metadata((ORDERED,))
-        return protocol.Ack(protocol.ACK_OK if queued else protocol.ACK_DUP, self._incarnation).encode()
+        return protocol.Ack(protocol.ACK_OK if outcome == QUEUED else protocol.ACK_DUP, self._incarnation).encode()
 
     def _handle_range(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         """One range of a frame sent in parallel ranges (``SendRange``); see ``assembly``."""
@@ -841,14 +931,23 @@ class VerticalFederatedCommunicator(PostedReceives):
         except ProtocolError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         sender, seq, total = head.sender, head.seq, head.total
-        inbox, turned_away = self._admit(head, request_iterator, context)
+        inbox, after, turned_away = self._admit(head, request_iterator, context)
         if turned_away is not None:
             return turned_away
+
+        def reserve(nbytes: int, alive: Callable[[], bool]) -> Slot:
+            slot = self._reserve(inbox, head.incarnation, seq, after, nbytes, context)
+            if slot in (DUPLICATE, QUEUED):
+                raise RangeDelivered()
+            if isinstance(slot, str):
+                raise RangeRefused("ABORTED", f"frame seq {seq} was {slot} while its range arrived")
+            return slot
+
         token: object | None = None
         assembly = None
         try:
             assembly = self._assembler.begin(
-                sender, head.incarnation, seq, total, context.is_active, inbox.wait_for_room, self._pool.acquire
+                sender, head.incarnation, seq, total, context.is_active, reserve, self._pool.acquire, inbox.release
             )
             token = assembly.claim(head.offset, head.length)
             if token is None:
@@ -869,8 +968,14 @@ class VerticalFederatedCommunicator(PostedReceives):
         except RangeDelivered:
             for _ in request_iterator:  # drain: a retried range of a frame assembled meanwhile
                 pass
-            # held for its predecessor: answer when it is delivered (the call that completed it may have ended)
-            return self._answer(inbox.rewait(seq, context.is_active), seq, self._after(context), context)
+            # held for its predecessor: this call takes it over and answers when it is delivered
+            outcome = inbox.rewait(seq, context.is_active)
+            if outcome == WITHDRAWN:  # its other ranges were acknowledged already: the frame cannot complete
+                context.abort(
+                    grpc.StatusCode.ABORTED,
+                    f"frame seq {seq} was withdrawn (the call that completed it ended before frame {after} was delivered)",
+                )
+            return self._answer(outcome, seq, after, context)
         except RangeRefused as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         finally:
@@ -878,9 +983,12 @@ class VerticalFederatedCommunicator(PostedReceives):
                 assembly.release(head.offset, token)  # failed: the range is free for the sender's retry
         if not complete:
             return protocol.Ack(protocol.ACK_PART, self._incarnation).encode()
-        assert assembly is not None  # complete: the range was written into it
+        assert assembly is not None and assembly.room is not None  # complete: the range was written into it
         self._assembler.finish(sender, assembly)
-        return self._deliver(sender, head.incarnation, seq, assembly.buf, context)
+        try:
+            return self._deliver(sender, head.incarnation, seq, assembly.buf, context, assembly.room)
+        finally:
+            inbox.release(assembly.room)  # nothing if the frame was queued or held
 
     def _receive_now(self, peer: str, timeout: float | None, kind: str | None, with_kind: bool, device: Any = None) -> Any:
         """The next frame from ``peer``, decoded (``receive``). ``device`` (e.g. ``"cuda:0"``): the payload

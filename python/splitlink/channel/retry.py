@@ -3,7 +3,9 @@
 Exponential backoff with jitter: the n-th wait is ``min(first_delay * 2**(n-1), max_delay)`` times a
 uniform factor in [0.5, 1.5], so parties that lost the same peer do not all retry in step. A retry is
 made only for errors that ``retryable`` accepts, only while the un-jittered wait still ends before
-the deadline, and never after ``stop`` is set (waits end early when it is set).
+the deadline, and never after ``stop`` is set (waits end early when it is set). The deadline counts
+from the first attempt, or from a later moment the caller names (``since``: a frame that waits for the
+one before it is not charged the wait).
 """
 
 from __future__ import annotations
@@ -64,17 +66,20 @@ class RetryPolicy:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
+        since: Callable[[], float | None] | None = None,
     ) -> T:
         """``attempt()``'s result, repeating it after retryable errors.
 
         An error that ``retryable`` refuses propagates at once. When the next wait would pass the
         deadline, or ``stop`` is set, ``RetryGaveUp`` is raised with the last error.
         ``on_retry(attempts so far, error, un-jittered delay)`` is called before each wait (logging).
+        ``since()`` (a ``clock`` time, or None while it has not come) moves the start of the deadline to
+        that moment when it is later than the first attempt; while it returns None there is no deadline.
         ``clock``, ``sleep`` and ``rng`` are for tests; the default wait is ``stop.wait`` (ends when
         ``stop`` is set) or ``time.sleep``."""
         uniform = (rng or random).uniform
         wait = sleep or (stop.wait if stop is not None else time.sleep)
-        deadline = None if self.deadline is None else clock() + self.deadline
+        first = clock()
         delay, attempts = self.first_delay, 0
         while True:
             attempts += 1
@@ -84,6 +89,10 @@ class RetryPolicy:
                 if not retryable(e):
                     raise
                 stopped = stop is not None and stop.is_set()
+                deadline = None
+                if self.deadline is not None:
+                    start = first if since is None else since()
+                    deadline = None if start is None else max(first, start) + self.deadline
                 if stopped or (deadline is not None and clock() + delay > deadline):
                     raise RetryGaveUp(e, attempts, stopped) from e
                 if on_retry is not None:

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
 from splitlink.errors import SplitlinkError
 
-__all__ = ["Work", "SendQueue", "ReceiveQueue", "PostedReceives", "FrameNotSentError", "Window"]
+__all__ = ["Work", "SendQueue", "ReceiveQueue", "PostedReceives", "FrameNotSentError", "Window", "Settled"]
 
 
 class FrameNotSentError(SplitlinkError):
@@ -82,6 +83,18 @@ class Work:
             self._future.set_result(result)
 
 
+class Settled(threading.Event):
+    """Set once a frame's outcome is settled; ``at``: when (``time.monotonic()``), None before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: float | None = None
+
+    def set(self) -> None:
+        self.at = time.monotonic()
+        super().set()
+
+
 class Window:
     """The frames of one run of a peer's window: ``abandon()`` (an earlier frame failed, or shutdown)
     cancels the calls still carrying them, so the receiver withdraws frames that wait for the failed one."""
@@ -116,10 +129,12 @@ class SendQueue:
     """One peer's asynchronous sends: in submission order, at most ``max_inflight`` pending, of which at
     most ``window()`` on the wire at once.
 
-    ``start(*args, chained, window)`` runs on the queue's thread, in submission order: it packs the frame
-    and returns the blocking call that sends it and handles its answer, run on a thread of its own so
-    that the next frame starts before this one is acknowledged. ``chained``: another frame is still on
-    the wire, so this one must be delivered after it (False: nothing earlier can still arrive).
+    ``start(*args, chained, window, settled)`` runs on the queue's thread, in submission order: it packs
+    the frame and returns the blocking call that sends it and handles its answer, run on a thread of its
+    own so that the next frame starts before this one is acknowledged. ``chained``: another frame is
+    still on the wire, so this one must be delivered after it (False: nothing earlier can still arrive).
+    ``settled`` (a ``Settled``) is set once the frames before this one are settled: until then the
+    receiver holds this frame for them, so its retry deadline counts from then.
     Outcomes are settled in submission order: once a frame failed, the frames after it that were on the
     wire are abandoned (``Window.abandon``) and fail with ``FrameNotSentError`` unless the peer accepted
     them already, and the next frame waits until the window is empty."""
@@ -213,7 +228,7 @@ class SendQueue:
         )
 
     def _run(self) -> None:
-        settled = threading.Event()  # the previous frame's outcome is settled
+        settled = Settled()  # the previous frame's outcome is settled
         settled.set()
         while True:
             item = self._queue.get()
@@ -239,10 +254,10 @@ class SendQueue:
             error: BaseException | None = None if started else self._not_sent()
             if started:
                 try:
-                    finish = self._start(*args, chained=chained, window=run)
+                    finish = self._start(*args, chained=chained, window=run, settled=settled)
                 except BaseException as e:  # noqa: BLE001 - settled (in order) below
                     error = e
-            done = threading.Event()
+            done = Settled()
             threading.Thread(
                 target=self._fly,
                 args=(work, started, finish, error, run, settled, done),
@@ -258,8 +273,8 @@ class SendQueue:
         finish: Callable[[], None] | None,
         error: BaseException | None,
         run: Window,
-        before: threading.Event,
-        done: threading.Event,
+        before: Settled,
+        done: Settled,
     ) -> None:
         """Sends one frame (``finish``), then settles its outcome after the frame before it; ``started``:
         the frame was (to be) sent, not refused."""
