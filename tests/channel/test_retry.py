@@ -97,6 +97,25 @@ def test_gives_up_before_a_wait_that_would_pass_the_deadline() -> None:
     assert gave_up.value.attempts == 4 and gave_up.value.last is UNAVAILABLE and not gave_up.value.stopped
 
 
+def test_the_deadline_counts_from_since_and_not_before_it_comes() -> None:
+    """A frame held behind earlier ones: no deadline while they are unsettled, then the full deadline."""
+    t = FakeTime()
+    attempt, calls = failing(100, UNAVAILABLE)
+    settled: list[float | None] = [None]
+
+    def sleep(seconds: float) -> None:
+        t.sleep(seconds)
+        if t.now >= 130.0 and settled[0] is None:
+            settled[0] = t.now  # the frames ahead settle 30 s in, far past the 4 s deadline
+
+    with pytest.raises(RetryGaveUp):
+        RetryPolicy(first_delay=1.0, max_delay=1.0, deadline=4.0).call(
+            attempt, clock=t.clock, sleep=sleep, rng=NoJitter(), since=lambda: settled[0]
+        )
+    assert settled[0] == 130.0
+    assert t.now == pytest.approx(134.0) and calls[0] == 35  # 4 s of retries after they settled
+
+
 def test_an_error_that_is_not_retryable_propagates_at_once() -> None:
     t = FakeTime()
     denied = FakeRpcError(grpc.StatusCode.PERMISSION_DENIED)

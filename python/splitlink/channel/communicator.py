@@ -29,18 +29,22 @@
   follows (call metadata ``splitlink-after``) and the receiver delivers strictly in that order, holding
   a frame that overtook its predecessor (``splitlink.channel.inbox``). A receiver that orders says so
   in its acks (trailing metadata ``splitlink-order``); until one did, and for sealed frames (whose
-  re-keying re-seals a frame under a new seq), frames go one at a time. A frame that fails cancels the
-  calls of the frames behind it, which the receiver then withdraws, and they fail with
-  ``FrameNotSentError`` (``splitlink.channel.work``).
+  re-keying re-seals a frame under a new seq), frames go one at a time; a peer that restarts must say
+  it again. A held frame is delivered only while its call is open (withdrawn when it ends), a frame's
+  attempt timeout includes the frames ahead of it and its retry deadline starts when they settled. A
+  frame that fails cancels the calls of the frames behind it, which the receiver then withdraws, and
+  they fail with ``FrameNotSentError`` (``splitlink.channel.work`` says exactly what each outcome means).
 * **Exactly once.** Every frame carries (sender, sender incarnation, seq); the incarnation is
   random per process, so a restarted sender's sequence numbers are not taken for duplicates. A
   sender retries on UNAVAILABLE and
   DEADLINE_EXCEEDED with exponential backoff and jitter (``splitlink.channel.retry``) until
   ``retry_deadline`` and then raises ``PeerUnavailableError`` naming peer and address; the receiver
   drops a seq it already accepted, so retries never deliver twice.
-* **Back-pressure.** The receive queue of each peer is bounded in frames and bytes. When it is
-  full the receiver holds the RPC open and the sender waits; ``send_tensors`` returns only once the
-  peer has accepted the frame into its queue. Nothing is dropped while the sender is told SUCCESS.
+* **Back-pressure.** The receive queue of each peer is bounded in frames and bytes, counting the
+  frames being received and those held for their predecessor: a call reserves room before its body
+  is read (``splitlink.channel.inbox``). When it is full the receiver holds the RPC open and the
+  sender waits; ``send_tensors`` returns only once the peer has accepted the frame into its queue.
+  Nothing is dropped while the sender is told SUCCESS.
 * **Timeouts.** ``receive(peer, timeout=...)`` raises ``TimeoutError`` naming the peer; a peer that
   shuts down cleanly wakes blocked receivers with ``PeerClosedError``.
 * **Peer restarts.** A party announces itself (its random incarnation) to every peer at ``launch``.

@@ -13,13 +13,29 @@ An error surfaces on the failed frame's ``wait()``, and on the next ``isend``/``
 ``flush`` if nobody waited for it. Frames submitted after a failed one and before the error was seen
 are not delivered (the peer would see a gap in the conversation); they fail with
 ``FrameNotSentError``: those not started yet are not sent, and those already on the wire behind it
-are cancelled (the receiver holds them until their predecessor arrives, so it never delivers them
-and drops them when the next frame comes). Outcomes are settled in submission order, so a frame
-behind a failed one never reports the failure itself; it reports success only if the peer had
-accepted it (which it does only after the frames before it, so then the failed frame was in fact
-delivered and only its answer was lost, as can happen to any frame). Retries of a frame (a lost
-connection) resend it with the same seq: the receiver answers a duplicate as delivered and a frame
-it holds as soon as the held one is delivered, so retries never reorder or repeat delivery.
+are cancelled. Outcomes are settled in submission order, so a frame behind a failed one never
+reports the failure itself.
+
+**What an outcome means.** The receiver queues a frame only while the call carrying it is open, and
+only after the frames before it: a frame that overtook its predecessor is held with its call open,
+and withdrawn (never delivered later) when that call ends, whether the sender cancelled it, its
+attempt timed out or the connection broke. Hence:
+
+* ``wait()`` returns: the frame was delivered, once, after every frame submitted before it.
+* ``FrameNotSentError``: the frame was not delivered and never will be, unless the failed frame
+  before it was in fact delivered (see the next point) and this frame was queued just before its
+  call was cancelled.
+* Any other error (``PeerUnavailableError``, ...): the frame was not delivered and never will be,
+  unless only its answer was lost: the receiver queued it as the call that carried it failed (the
+  connection broke at that moment) and none of its retries reached the receiver to be answered as
+  a duplicate. This can happen to any frame of any window, as to any remote call.
+
+A frame's attempt may take its own time plus that of the unacknowledged frames ahead of it (the
+receiver holds it for them), and its retry deadline counts from when they settled, so a small frame
+behind a large one on a slow link is neither timed out nor resent. Retries of a frame (a lost
+connection) resend it with the same seq: the receiver answers a duplicate as delivered, and a retry
+that arrives while the frame is still held (its earlier call not ended yet) takes the held frame over
+and answers as it, so retries never reorder or repeat delivery.
 
 ``irecv`` posts a receive ahead: its ``Work.wait()`` returns the tensors of the frame it took. Posted
 receives take frames in the order they were posted (one background thread per peer).
