@@ -34,7 +34,7 @@ from typing import Any
 
 from splitlink.channel.errors import PeerClosedError, PeerRestartedError
 
-__all__ = ["Inbox", "HeldTooMany", "MAX_HELD", "QUEUED", "DUPLICATE", "DROPPED", "WITHDRAWN"]
+__all__ = ["Inbox", "Slot", "HeldTooMany", "MAX_HELD", "QUEUED", "DUPLICATE", "DROPPED", "WITHDRAWN"]
 
 logger = logging.getLogger(__name__)
 
