@@ -106,8 +106,8 @@ MiB = 1 << 20
 # sends one stream; issue 17 measures the 16-core case.
 DEFAULT_STREAMS = max(1, min(4, (os.cpu_count() or 1) // 2))
 # Frames of one peer on the wire at once (the window). A receiver holds a call open (a server thread)
-# for each frame that overtook its predecessor, so the window stays well below the server's threads
-# per peer (2 + 8 at least) and the inbox's reorder bound (inbox.MAX_HELD).
+# for each frame (each range of one) that waits for its predecessor, so the server has threads for a
+# full window of calls per peer, and the window stays within the inbox's reorder bound (inbox.MAX_HELD).
 MAX_WINDOW = 8
 # Call metadata: the seq of the frame this one must be delivered after (absent: none in flight), and
 # the receiver's answer that it delivers in that order (senders open their window only then).
@@ -321,7 +321,9 @@ class VerticalFederatedCommunicator(PostedReceives):
         server, port = endpoints.server(
             self.me.server_address,
             grpc.method_handlers_generic_handler(protocol.SERVICE, methods),
-            workers=4 + (2 + max(self.streams, 8)) * len(self.peers),
+            # per peer: key agreement and announcements, and every call of a full window (each frame's
+            # ranges wait for room in the order of the frames, holding their threads)
+            workers=4 + (2 + MAX_WINDOW * self.streams) * len(self.peers),
             interceptors=interceptors,
         )
         if port == 0:
@@ -329,7 +331,11 @@ class VerticalFederatedCommunicator(PostedReceives):
         server.start()
         self._server = server
         if self.streams > 1:
-            self._range_pool = futures.ThreadPoolExecutor(self.streams * len(self.peers), thread_name_prefix="splitlink-range")
+            # every range of a full window at once: ranges of a later frame, started first, wait at the
+            # receiver for the frame before it, which must not wait for a thread behind them
+            self._range_pool = futures.ThreadPoolExecutor(
+                self.streams * min(self.max_inflight, MAX_WINDOW) * len(self.peers), thread_name_prefix="splitlink-range"
+            )
         for name, cfg in self.peers.items():
             channel = endpoints.channel(cfg.server_address, name)
             self._channels[name] = channel
