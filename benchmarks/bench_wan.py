@@ -249,10 +249,11 @@ def trace_summary(path: Path, skip: int = 2) -> dict[str, dict[str, float]]:
             rs = [r for r in mine if r["step"] == st]
             calls = [r for r in rs if r["i"] >= 0]
             tot = {
-                "compute_ms": sum(r["compute_s"] + r["then_s"] for r in calls),
+                # the stages' work, and the step's finish (after the acks: i == -2)
+                "compute_ms": sum(r["compute_s"] + r["then_s"] for r in calls) + sum(r["then_s"] for r in rs if r["i"] == -2),
                 "recv_ms": sum(r["recv_s"] for r in calls),
                 "send_ms": sum(r["send_s"] for r in calls),
-                "ack_wait_ms": sum(r["recv_s"] for r in rs if r["i"] < 0),
+                "ack_wait_ms": sum(r["recv_s"] for r in rs if r["i"] == -1),
                 "cpu_ms": sum(r["cpu_s"] for r in calls),
             }
             for r in calls:
