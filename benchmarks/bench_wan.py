@@ -29,6 +29,9 @@ run, connection set-up included) and the training loss after the fixed number of
 compression in accuracy next to its gain in time).
 
 ``--quick``: LAN, WAN, thin WAN; 8 steps each, pipelined with m = 2, 4 (about 10 min on 2 cores). ``--json`` prints JSON.
+``--trace``: each pipelined run also traces both parties' stages (splitlink.runtime.pipeline.TRACE_ENV) and
+the table is followed by each party's time per step computing, blocked receiving, queueing sends and
+waiting for acknowledgements, and its compute per stage and micro-batch (where a pipelined step's time goes).
 
 ``--channel``: the channel alone over each profile's link (no model, so little CPU and a figure that a
 shared machine does not blur): ``--frames`` frames of each size sent with ``isend`` and received, with
@@ -231,6 +234,37 @@ def channel_main(profiles: list[str], frames: int, as_json: bool) -> None:
             print(f"{prof:9s} {kib:5d} KiB {ms[1]:9.1f} {ms[4]:9.1f} {ms[1] / ms[4]:8.2f}")
 
 
+def trace_summary(path: Path, skip: int = 2) -> dict[str, dict[str, float]]:
+    """Per party, medians over the steps after ``skip`` of the pipelined step's trace
+    (splitlink.runtime.pipeline.TRACE_ENV): milliseconds per step computing (the stages' work, their
+    ``then`` included), blocked receiving, queueing sends, waiting for the last acknowledgements, the
+    computing thread's CPU, and the compute per stage and micro-batch."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out: dict[str, dict[str, float]] = {}
+    for party in sorted({r["party"] for r in rows}):
+        mine = [r for r in rows if r["party"] == party]
+        steps = sorted({r["step"] for r in mine})[skip:]
+        per: dict[str, list[float]] = {}
+        for st in steps:
+            rs = [r for r in mine if r["step"] == st]
+            calls = [r for r in rs if r["i"] >= 0]
+            tot = {
+                # the stages' work, and the step's finish (after the acks: i == -2)
+                "compute_ms": sum(r["compute_s"] + r["then_s"] for r in calls) + sum(r["then_s"] for r in rs if r["i"] == -2),
+                "recv_ms": sum(r["recv_s"] for r in calls),
+                "send_ms": sum(r["send_s"] for r in calls),
+                "ack_wait_ms": sum(r["recv_s"] for r in rs if r["i"] == -1),
+                "cpu_ms": sum(r["cpu_s"] for r in calls),
+            }
+            for r in calls:
+                key = f"{r['stage']} per micro-batch ms"
+                per.setdefault(key, []).append(r["compute_s"] + r["then_s"])
+            for k, v in tot.items():
+                per.setdefault(k, []).append(v)
+        out[party] = {k: statistics.median(v) * 1e3 for k, v in per.items()}
+    return out
+
+
 def median_after_warmup(step_s: list[float], skip: int = 2) -> float:
     return statistics.median(step_s[skip:] if len(step_s) > skip else step_s)
 
@@ -255,6 +289,12 @@ def main() -> None:
     ap.add_argument("--channel", action="store_true", help="the channel alone: window 1 vs 4 (see above); no training")
     ap.add_argument("--frames", type=int, default=4, help="--channel: frames per burst (default 4)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="trace the pipelined runs (splitlink.runtime.pipeline's SPLITLINK_PIPELINE_TRACE) and add each "
+        "party's breakdown per step: computing, blocked receiving, sending, waiting for acks (ms)",
+    )
     ap.add_argument("--workdir", help="keep data, run files and logs here (default: a temporary directory)")
     args = ap.parse_args()
     profiles = args.profiles or (["lan", "wan", "thin-wan"] if args.quick else list(PROFILES))
@@ -316,10 +356,24 @@ def main() -> None:
                             rows.append({"profile": prof, "model": model, "variant": name, "status": "not built yet"})
                             continue
                         spec = PIPELINE(spec_for(model, data, steps, VARIANTS[variant]), m)
-                        run = run_split(work / "runs" / f"{prof}-{model}-pipe{m}-{variant}", spec, certs=certs, link=link)
+                        rundir = work / "runs" / f"{prof}-{model}-pipe{m}-{variant}"
+                        trace = rundir / "pipeline_trace.jsonl"
+                        if args.trace:
+                            from splitlink.runtime.pipeline import TRACE_ENV
+
+                            rundir.mkdir(parents=True, exist_ok=True)
+                            trace.unlink(missing_ok=True)
+                            os.environ[TRACE_ENV] = str(trace)
+                        try:
+                            run = run_split(rundir, spec, certs=certs, link=link)
+                        finally:
+                            if args.trace:
+                                os.environ.pop(TRACE_ENV, None)
                         step_s = run.median_step_s(skip=2)
+                        extra = {"trace": trace_summary(trace)} if args.trace and trace.exists() else {}
                         rows.append(
                             {
+                                **extra,
                                 "profile": prof,
                                 "model": model,
                                 "variant": name,
@@ -380,6 +434,17 @@ def print_table(out: dict[str, Any]) -> None:
             f"{r['model']:12s} {r['profile']:9s} {r['variant']:22s} {r['step_ms']:9.1f} {r['samples_s']:10.0f} "
             f"{r['vs_one_process']:8.2f} {r['vs_lan_split']:6.2f} {up:10.2f} {down:7.2f} {r['loss']:8.4f}"
         )
+    traced = [r for r in out["rows"] if "trace" in r]
+    if traced:
+        print("\npipelined steps traced (ms per step, medians after 2 warm-up steps):")
+        for r in traced:
+            for party, t in r["trace"].items():
+                stages = ", ".join(f"{k.split(' per ')[0]} {v:.1f}" for k, v in t.items() if k.endswith("per micro-batch ms"))
+                print(
+                    f"  {r['profile']:9s} {r['variant']:22s} {party:9s} compute {t['compute_ms']:7.1f} "
+                    f"(thread CPU {t['cpu_ms']:7.1f}) blocked receiving {t['recv_ms']:7.1f} sending "
+                    f"{t['send_ms']:5.1f} acks {t['ack_wait_ms']:5.1f}; per micro-batch: {stages}"
+                )
     print(
         "\nup: follower -> leader (Wide&Deep: follower's embeddings; Pangu: party B's hidden states), down: "
         "the other way; x LAN: samples/s over the LAN split's (fp32) in this run"

@@ -240,3 +240,36 @@ def test_an_interrupted_accumulation_is_discarded_before_a_restore(wd_data: Path
     assert all(p.grad is None for p in bottom.train_network.parameters())
     with pytest.raises(RuntimeError, match="without accumulated gradients"):
         bottom.optimizer_step()
+
+
+def test_backbone_steps_its_optimizer_after_its_last_frame(pg_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Party B's backbone steps its optimizer after the last micro-batch's gradient frame is sent (party A's
+    embedding backward and next step do not wait for it), once per step; the gradients it steps on are the
+    full batch's (test_pangu_pipelined_step_equals_the_full_batch_step)."""
+    from splitlink.channel import InProcessCommunicator
+
+    events: list[tuple[str, str]] = []
+    step_plain, send = FLModel._step_plain, InProcessCommunicator.send_tensors
+
+    def stepping(model: FLModel) -> None:
+        events.append(("step", model.name))
+        step_plain(model)
+
+    def sending(comm: InProcessCommunicator, target: str, tensors: Any, **kw: Any) -> None:
+        if kw.get("kind", "tensors") == "tensors":  # a step's frames (not the set-up's agreement)
+            events.append(("send", comm.me))
+        send(comm, target, tensors, **kw)
+
+    monkeypatch.setattr(FLModel, "_step_plain", stepping)
+    monkeypatch.setattr(InProcessCommunicator, "send_tensors", sending)
+    ds = pangu.TokenDataset(pg_data, PG.seq_length)
+    m, steps = 3, 2
+    train = pangu.TrainConfig(epochs=1, batch_size=8, max_steps=steps, lr=1e-3, log_every=100, deepspeed=False, micro_batches=m)
+    pangu.train_local(PG, ds, train)
+    b_sends = [k for k, e in enumerate(events) if e == ("send", "follower")]
+    b_steps = [k for k, (what, name) in enumerate(events) if what == "step" and "backbone" in name]
+    assert len(b_sends) == 2 * m * steps and len(b_steps) == steps  # hidden states + gradients; one step each
+    for s in range(steps):
+        last_frame = b_sends[(s + 1) * 2 * m - 1]
+        next_frame = b_sends[(s + 1) * 2 * m] if s + 1 < steps else len(events)
+        assert last_frame < b_steps[s] < next_frame

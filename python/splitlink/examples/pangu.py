@@ -441,6 +441,7 @@ class PartyA(Party[TrainConfig]):
             pipeline.run_local(
                 [(self, stages[0][0]), (b, b_stages[0]), (self, stages[1][0]), (b, b_stages[1]), (self, stages[2][0])], count
             )
+            b.finish_pipelined_step()
             b.advance()
         self.advance()
         return self._loss
@@ -518,6 +519,7 @@ class PartyB(Party[TrainConfig]):
         self.model = FLModel(_yaml("backbone.yaml", train, drop_deepspeed=not train.deepspeed), self.backbone)
         self.models["backbone"] = self.model
         self.total = total_steps
+        self._step_at_finish = False  # pipeline_stages: the optimizer step deferred to the step's end
 
     def compress_configs(self) -> dict[str, Any]:
         return self.model.get_compress_configs() if self.train.compress else {}
@@ -540,10 +542,14 @@ class PartyB(Party[TrainConfig]):
 
     def pipeline_stages(self, count: int) -> list[pipeline.Stage]:
         """Party B's stages of one pipelined step of ``count`` micro-batches: backbone forward, backbone
-        backward (the last micro-batch's backward steps the optimizer: DeepSpeed's accumulation boundary)."""
+        backward. The optimizer steps once, in :meth:`finish_pipelined_step` once the step's frames are
+        acknowledged (party A's embedding backward and its next step's first micro-batch do not wait for
+        it, and it does not slow the last frame's sending); under DeepSpeed in the last micro-batch's
+        backward instead (the engine's accumulation boundary)."""
         remote: list[Any] = [None] * count
         pend: list[Any] = [None] * count
         k = self.sens_scale
+        defer = self._step_at_finish = pipeline.defers_step(self.model)
 
         def forward(i: int, got: Any) -> dict[str, Any]:
             pipeline.check_micro(got, i, self.train.micro_batches, self.name, self.peer_name)
@@ -557,7 +563,7 @@ class PartyB(Party[TrainConfig]):
                 sens = {s: {n: g * k for n, g in inner.items()} for s, inner in sens.items()}
             self.model.put_pending(pend[i])
             pend[i] = None
-            scales = self.model.backward_one_step(None, remote[i], sens=sens, step=i == count - 1)
+            scales = self.model.backward_one_step(None, remote[i], sens=sens, step=i == count - 1 and not defer)
             remote[i] = None
             g = scales["hidden_states"]["embedding_table"]
             return {"hidden_states": {"embedding_table": g / k if k != 1.0 else g}}
@@ -566,6 +572,13 @@ class PartyB(Party[TrainConfig]):
             pipeline.Stage("backbone forward", forward, receives=True, sends=True),
             pipeline.Stage("backbone backward", backward, receives=True, sends=True),
         ]
+
+    def finish_pipelined_step(self) -> None:
+        """The end of a pipelined step, once its frames are acknowledged: the optimizer step deferred from
+        the last micro-batch's backward (:meth:`pipeline_stages`)."""
+        if self._step_at_finish:
+            self._step_at_finish = False
+            self.model.optimizer_step()
 
     def train_loop(self) -> None:
         while True:
@@ -577,7 +590,7 @@ class PartyB(Party[TrainConfig]):
                 self.send({"hidden_states": out["hidden_states"]}, kind="eval")
             elif kind == "tensors" and pipeline.MICRO_KEY in got:
                 count = pipeline.check_micro(dict(got), 0, self.train.micro_batches, self.name, self.peer_name)
-                pipeline.run_stages(self, self.pipeline_stages(count), count, first=got)
+                pipeline.run_stages(self, self.pipeline_stages(count), count, first=got, finish=self.finish_pipelined_step)
                 self.advance()
             elif kind == "tensors":
                 if self.train.micro_batches > 1:

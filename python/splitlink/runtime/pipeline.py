@@ -17,8 +17,10 @@ while B still forwards; Wide&Deep's two-module split runs follower forward -> le
 backward the same way.
 
 Exactness: every sub-network accumulates its micro-batches' parameter gradients
-(``FLModel.backward_one_step(step=False)``) and steps once, on the last micro-batch (``step=True``: under
-DeepSpeed the engine's accumulation boundary); each mean-reduced loss is weighted by micro-batch rows /
+(``FLModel.backward_one_step(step=False)``) and steps once, after the last micro-batch: in its backward
+(``step=True``; always under DeepSpeed, the engine's accumulation boundary) or, where the peer's next work
+waits for the frame that backward sends, later (:func:`defers_step`: ``optimizer_step()`` in
+:func:`run_stages`'s ``finish``, party B's backbone); each mean-reduced loss is weighted by micro-batch rows /
 batch rows (``loss_weight``, :func:`weights`), so the accumulated gradient is the full batch's up to the
 rounding of the sum's order. Checkpoints stay at step boundaries (the party's ``advance()`` after the step).
 
@@ -28,6 +30,9 @@ receiver checks the parties agree (a party B with ``micro_batches`` unset follow
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,9 +51,26 @@ __all__ = [
     "check_micro",
     "MICRO_KEY",
     "check_micro_batches",
+    "defers_step",
+    "TRACE_ENV",
 ]
 
 MICRO_KEY = "pipeline_micro"
+
+# Diagnostics: with this environment variable naming a file, every party appends one JSON line per stage
+# call (party, step, stage, micro-batch, start time on the monotonic clock shared by the processes of a
+# machine, seconds blocked receiving, computing, queueing the send, in ``then``, and the computing
+# thread's CPU seconds) and one per step for the wait for the sent frames' acknowledgements; the
+# parties' lines merge into one timeline (benchmarks/bench_wan.py --trace prints the breakdown).
+TRACE_ENV = "SPLITLINK_PIPELINE_TRACE"
+_trace_lock = threading.Lock()
+
+
+def _trace(row: dict[str, Any]) -> None:
+    path = os.environ.get(TRACE_ENV)
+    if path:
+        with _trace_lock, open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def check_micro_batches(m: Any, what: str = "micro_batches") -> int:
@@ -110,10 +132,23 @@ class Stage:
     then: Callable[[int], None] | None = None
 
 
+def defers_step(model: Any) -> bool:
+    """Whether ``model`` (an FLModel) can take its last micro-batch's backward with ``step=False`` and
+    step its optimizers once the step's frames are sent (``optimizer_step()`` in :func:`run_stages`'s
+    ``finish``), keeping the optimizer step off the peer's critical path: with plain torch optimizers, yes
+    (the same arithmetic in the same order, only later); under DeepSpeed the last backward must be the
+    engine's accumulation boundary (``step=True``)."""
+    return getattr(model, "engine", None) is None
+
+
 def _run_one(party: Any, stage: Stage, i: int, got: dict[str, Any] | None, sends: list[Any], sync: bool) -> None:
+    trace = os.environ.get(TRACE_ENV)
+    t0, c0 = time.perf_counter(), time.thread_time()
     if stage.receives and got is None:
         got = party.receive(kind="tensors")
+    t1 = time.perf_counter()
     out = stage.fn(i, got)
+    t2 = time.perf_counter()
     if stage.sends:
         if out is None:
             raise RuntimeError(f"{party.name}: pipeline stage {stage.name!r} sends but returned nothing")
@@ -124,14 +159,40 @@ def _run_one(party: Any, stage: Stage, i: int, got: dict[str, Any] | None, sends
             policy = party.codec_policy
             nbytes = policy.frame_bytes(out, comm.compress_configs) if policy is not None else 0
             sends.append((comm.isend(party.peer, out, step=party.step, kind="tensors"), out, nbytes, time.perf_counter()))
+    t3 = time.perf_counter()
     if stage.then is not None:
         stage.then(i)
+    if trace:
+        t4 = time.perf_counter()
+        _trace(
+            {
+                "party": party.name,
+                "step": party.step,
+                "stage": stage.name,
+                "i": i,
+                "t": t0,
+                "recv_s": t1 - t0,
+                "compute_s": t2 - t1,
+                "send_s": t3 - t2,
+                "then_s": t4 - t3,
+                "cpu_s": time.thread_time() - c0,
+            }
+        )
 
 
-def run_stages(party: Any, stages: Sequence[Stage], count: int, *, first: dict[str, Any] | None = None) -> None:
+def run_stages(
+    party: Any,
+    stages: Sequence[Stage],
+    count: int,
+    *,
+    first: dict[str, Any] | None = None,
+    finish: Callable[[], None] | None = None,
+) -> None:
     """``party``'s side of one pipelined step over its communicator, stage-major; ``first``: the frame
     of micro-batch 0 of the first receiving stage when the caller has already taken it. Returns when
-    every frame it sent has been accepted by the peer."""
+    every frame it sent has been accepted by the peer, after ``finish()`` (work of the step that no
+    frame waits for, e.g. a deferred optimizer step: run then, it does not compete with the sending
+    threads for the interpreter and the cores while the step's last frame is packed and sent)."""
     sends: list[Any] = []
     for stage in stages:
         for i in range(count):
@@ -141,13 +202,31 @@ def run_stages(party: Any, stages: Sequence[Stage], count: int, *, first: dict[s
     # and the one before it accepted) to when it was seen accepted; frames accepted before this loop
     # reached them count until now, which underestimates the rate (a conservative policy).
     policy = party.codec_policy
-    done = 0.0
+    t0, done = time.perf_counter(), 0.0
     for w, out, nbytes, submitted in sends:
         w.wait()
         now = time.perf_counter()
         if policy is not None:
             policy.frame_sent(out, nbytes, now - max(submitted, done))
         done = now
+    if os.environ.get(TRACE_ENV):
+        _trace(
+            {
+                "party": party.name,
+                "step": party.step,
+                "stage": "wait for acks",
+                "i": -1,
+                "t": t0,
+                "recv_s": time.perf_counter() - t0,
+            }
+        )
+    if finish is not None:
+        t0 = time.perf_counter()
+        finish()
+        if os.environ.get(TRACE_ENV):
+            _trace(
+                {"party": party.name, "step": party.step, "stage": "finish", "i": -2, "t": t0, "then_s": time.perf_counter() - t0}
+            )
 
 
 def run_local(order: Sequence[tuple[Any, Stage]], count: int) -> None:
