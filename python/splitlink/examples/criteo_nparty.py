@@ -399,18 +399,7 @@ class NLeader(_Base):
             for f in self.local_peers:
                 f.backward()
             window.append((wl, dl))
-            if self.step % self.train.log_every == 0 or self.step == self.total_steps:
-                w, d = (float(np.mean(v)) for v in zip(*window))
-                window.clear()
-                log.info(
-                    "epoch %d step %d/%d wide_loss: %.6f deep_loss: %.6f",
-                    epoch,
-                    self.schedule.in_epoch(self.step),
-                    self.steps_per_epoch,
-                    w,
-                    d,
-                )
-                self.record(kind="train", epoch=epoch, step=self.step, wide_loss=w, deep_loss=d, seconds=time.perf_counter() - t0)
+            self._report_losses(epoch, window, t0)
             if self.schedule.epoch_done(self.step):
                 for f in self.local_peers:
                     f.evaluate()

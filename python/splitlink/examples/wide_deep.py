@@ -215,6 +215,17 @@ class CriteoRowsParty(Party[_O]):
             f"wt_hldr{suffix}": torch.from_numpy(np.ascontiguousarray(self.data.wts[idx])),
         }
 
+    def _report_losses(self, epoch: int, window: list[tuple[float, float]], t0: float) -> None:
+        """Every ``log_every`` steps (and at the last): the mean wide/deep loss of ``window`` (emptied)
+        logged and recorded. Log lines go around the progress bar (metrics.BarAwareHandler)."""
+        if self.step % self.train.log_every and self.step != self.total_steps:
+            return
+        w, d = (float(np.mean(v)) for v in zip(*window))
+        window.clear()
+        at = self.schedule.in_epoch(self.step)
+        log.info("epoch %d step %d/%d wide_loss: %.6f deep_loss: %.6f", epoch, at, self.steps_per_epoch, w, d)
+        self.record(kind="train", epoch=epoch, step=self.step, wide_loss=w, deep_loss=d, seconds=time.perf_counter() - t0)
+
     # Start-up: the parties must hold the same rows in the same order.
     def hello(self) -> dict[str, torch.Tensor]:
         return {"ids_sha256": _ids_digest(self.data.sample_ids)}
@@ -466,19 +477,7 @@ class Leader(_WideDeepParty):
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{wl:.4f}")
-            if self.step % self.train.log_every == 0 or self.step == self.total_steps:
-                w, d = (float(np.mean(v)) for v in zip(*window))
-                window.clear()
-                # (log lines go around the progress bar: splitlink.runtime.metrics.BarAwareHandler)
-                log.info(
-                    "epoch %d step %d/%d wide_loss: %.6f deep_loss: %.6f",
-                    epoch,
-                    self.schedule.in_epoch(self.step),
-                    self.steps_per_epoch,
-                    w,
-                    d,
-                )
-                self.record(kind="train", epoch=epoch, step=self.step, wide_loss=w, deep_loss=d, seconds=time.perf_counter() - t0)
+            self._report_losses(epoch, window, t0)
             if self.schedule.epoch_done(self.step):
                 if follower is not None:
                     follower.evaluate()
