@@ -176,7 +176,10 @@ def main() -> int:
         spread = same = ""
         if len(r["seeds"]) > 1:
             costs = r["test_auc_cost_by_seed"]
-            spread = f"  (per seed {', '.join(f'{c:+.4f}' for c in costs)}; range {max(costs) - min(costs):.4f})"
+            spread = (
+                f"  (per seed {', '.join(f'{c:+.4f}' for c in costs)}; range {max(costs) - min(costs):.4f}; "
+                f"test AUC {', '.join(f'{a:.4f}' for a in r['test_auc_by_seed'])})"
+            )
         if several:
             same = f"  vs same optimizer {r['test_auc_cost_same_optimizer']:+.4f}"
         print(
