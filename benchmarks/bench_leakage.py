@@ -16,6 +16,10 @@ direction) <= 0.6 at a test-AUC cost <= 0.015. They are checked and printed, not
 --normalize-marvell-scales adds the combination gradient normalisation then Marvell. With --seeds N the
 test-AUC cost is the median over seeds of each seed's cost against the no-defence run of the same seed,
 and the per-seed costs and the baseline's seed-to-seed spread are printed.
+--follower-optimizer sgd|momentum|adam (with --follower-lr) trains the follower of every defence row with that
+optimizer instead of the YAML's (FTRL wide, Adam deep), and runs the no-defence baseline both ways: every
+cost is then against the better baseline (a defence that needs a worse optimizer pays for it), and the cost
+against the same-optimizer baseline is printed too. --jobs N runs the trainings in N processes.
 Also writes the trade-off plot (test AUC vs gradient attack AUC) as a PNG (--plot).
 """
 
@@ -35,7 +39,7 @@ from splitlink.examples import wide_deep  # noqa: F401  (registers the criteo_wi
 
 
 def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    base = next(r for r in rows if r["defence"] == "none")
+    base = next(r for r in rows if r["defence"] == "none")  # the YAML's optimizers (the first row)
     attack = {id(r): max(r["norm_auc"], r["direction_auc"]) for r in rows}
     ok_cost = [r for r in rows if r["defence"] != "none" and r["test_auc_cost"] <= 0.015]
     best = min(ok_cost, key=lambda r: attack[id(r)]) if ok_cost else None
@@ -83,14 +87,39 @@ def main() -> int:
         metavar="SCALE",
         help="also run the combination gradient normalisation + Marvell at these budgets (defence name norm+marvell)",
     )
+    ap.add_argument(
+        "--follower-optimizer",
+        choices=audit.FOLLOWER_OPTIMIZERS,
+        default="yaml",
+        help="the follower's optimizer in every defence row (default: the YAML's, FTRL wide + Adam deep); "
+        "the no-defence baseline then runs with both",
+    )
+    ap.add_argument("--follower-lr", type=float, help="its learning rate (absolute; needed unless yaml)")
+    ap.add_argument("--follower-momentum", type=float, default=0.9, help="momentum of --follower-optimizer momentum")
+    ap.add_argument(
+        "--follower-replace",
+        choices=("all", "adam"),
+        default="all",
+        help="replace every optimizer of the follower (all) or only its Adam (the wide part keeps FTRL)",
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="trainings run in this many processes")
     ap.add_argument("--tsv", help="a Criteo-format TSV instead of synthetic data")
     ap.add_argument("--plot", default="leakage_tradeoff.png", help="PNG of test AUC vs attack AUC ('' for none)")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
     rows_n = args.rows or (20_000 if args.quick else 40_000)
     epochs = args.epochs or (2 if args.quick else 3)
+    try:
+        fopt = audit.follower_optimizer(
+            args.follower_optimizer, args.follower_lr, momentum=args.follower_momentum, replace=args.follower_replace
+        )
+    except ValueError as e:
+        ap.error(str(e))
     defences = audit.default_defences(
-        args.quick, marvell_scales=args.marvell_scales, normalize_marvell_scales=args.normalize_marvell_scales
+        args.quick,
+        marvell_scales=args.marvell_scales,
+        normalize_marvell_scales=args.normalize_marvell_scales,
+        follower_optimizer=fopt,
     )
     if args.only:
         defences = [d for d in defences if d.name == "none" or d.name in args.only]
@@ -115,9 +144,9 @@ def main() -> int:
             batch_size=args.batch_size,
             seeds=list(range(args.seeds)),
             progress=show,
+            jobs=args.jobs,
         )
     tg = targets(rows)
-    base_row = rows[0]
     plot = None
     if args.plot:
         plot = str(audit.plot_tradeoff(rows, args.plot, title=f"Wide&Deep, {rows_n} rows: test AUC vs label leakage"))
@@ -126,6 +155,7 @@ def main() -> int:
         "epochs": epochs,
         "batch_size": args.batch_size,
         "seeds": args.seeds,
+        "follower_optimizer": fopt,
         "positive_rate": float(labels.mean()),
         "rows": rows,
         "targets": tg,
@@ -135,17 +165,31 @@ def main() -> int:
     if args.json:
         print(json.dumps(result, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
         return 0
-    print("\ntest-AUC cost (median over seeds of each seed's cost vs its own no-defence run) and step time:")
-    for r in rows[1:]:
-        spread = ""
+    print(
+        f"\ntest-AUC cost (median over seeds of each seed's cost vs the same seed's run of the baseline, "
+        f"{rows[0]['baseline']}: the no-defence run with the best test AUC) and step time:"
+    )
+    several = len({r["optimizer"] for r in rows}) > 1
+    for r in rows:
+        if r["defence"] == "none" and r["baseline"] == f"none {r['optimizer']}":
+            continue
+        spread = same = ""
         if len(r["seeds"]) > 1:
             costs = r["test_auc_cost_by_seed"]
-            spread = f"  (per seed {', '.join(f'{c:+.4f}' for c in costs)}; range {max(costs) - min(costs):.4f})"
-        print(f"  {r['defence']:<13}{r['strength']:<12} cost {r['test_auc_cost']:+.4f}  step x{r['step_ratio']:.2f}{spread}")
-    if len(base_row["seeds"]) > 1:
-        aucs = base_row["test_auc_by_seed"]
+            spread = (
+                f"  (per seed {', '.join(f'{c:+.4f}' for c in costs)}; range {max(costs) - min(costs):.4f}; "
+                f"test AUC {', '.join(f'{a:.4f}' for a in r['test_auc_by_seed'])})"
+            )
+        if several:
+            same = f"  vs same optimizer {r['test_auc_cost_same_optimizer']:+.4f}"
         print(
-            f"  seed-to-seed spread of the no-defence test AUC: {', '.join(f'{a:.4f}' for a in aucs)} "
+            f"  {r['defence']:<13}{r['strength']:<12}{r['optimizer'] if several else '':<14} cost {r['test_auc_cost']:+.4f}"
+            f"{same}  step x{r['step_ratio']:.2f}{spread}"
+        )
+    for b in (r for r in rows if r["defence"] == "none" and len(r["seeds"]) > 1):
+        aucs = b["test_auc_by_seed"]
+        print(
+            f"  seed-to-seed spread of the no-defence test AUC ({b['optimizer']}): {', '.join(f'{a:.4f}' for a in aucs)} "
             f"(range {max(aucs) - min(aucs):.4f})"
         )
     print(

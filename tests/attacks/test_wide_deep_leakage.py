@@ -99,10 +99,10 @@ def test_the_tap_changes_nothing(data: Any) -> None:
 
 
 def test_table_and_plot(tmp_path: Path, clean: dict[str, Any]) -> None:
-    row = {"defence": "none", "strength": "-", "step_ms": 1.0, **clean}
+    row = {"defence": "none", "strength": "-", "optimizer": "yaml", "step_ms": 1.0, **clean}
     text = format_table([row, {**row, "defence": "marvell", "strength": "scale 1", "inversion_r2": float("nan")}])
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["defence", "strength", "test", "AUC"] and len(lines) == 3
+    assert lines[0].split()[:6] == ["defence", "strength", "follower", "opt", "test", "AUC"] and len(lines) == 3
     assert "n/a" in lines[2] and f"{clean['test_auc']:.4f}" in lines[1]
     png = plot_tradeoff([row], tmp_path / "t.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,10 +21,16 @@ round leaks as much):
   features (indicators of each field's 3 most frequent values) from its last-epoch embeddings, fitted on
   ``aux`` samples;
 * ``step_ms``: the median training step time.
+
+A :class:`Defence` may also replace the follower's optimizers (:func:`follower_optimizer`: e.g. SGD with
+momentum, which averages zero-mean gradient noise out over steps, where Adam's second-moment division turns
+it into a smaller learning rate). The test-AUC cost of every row is then against the best no-defence row
+over the optimizers run, so a defence that needs another optimizer pays for any loss that optimizer brings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import threading
@@ -44,10 +50,14 @@ from splitlink.attacks.gradients import direction_attack, leak_auc, norm_attack
 from splitlink.attacks.tap import CutTap, TapRecord
 
 __all__ = [
+    "FOLLOWER_OPTIMIZERS",
     "TABLE_COLUMNS",
     "AuditTarget",
     "Defence",
+    "add_costs",
     "default_defences",
+    "follower_optimizer",
+    "optimizer_label",
     "evaluate_tap",
     "format_table",
     "get_target",
@@ -66,6 +76,58 @@ class Defence:
     strength: str = "-"
     leader_privacy: dict[str, Any] | None = None
     follower_privacy: dict[str, Any] | None = None
+    # replaces the follower's optimizers for this run (see follower_optimizer()); None: the scenario's YAML
+    follower_optimizer: dict[str, Any] | None = None
+
+    @property
+    def optimizer(self) -> str:
+        """The follower's optimizer as a table label: ``yaml`` (the scenario's own) or e.g. ``sgd lr 0.5``."""
+        return optimizer_label(self.follower_optimizer)
+
+
+FOLLOWER_OPTIMIZERS = ("yaml", "adam", "sgd", "momentum")
+
+
+def follower_optimizer(
+    kind: str, lr: float | None = None, *, momentum: float = 0.9, replace: str = "all"
+) -> dict[str, Any] | None:
+    """The follower-optimizer override of a :class:`Defence`: ``yaml`` -> None (the scenario's YAML: for
+    Wide&Deep FTRL on the wide part, Adam on the deep part, learning rates x the audit's lr scale);
+    ``adam``, ``sgd``, ``momentum`` (SGD with heavy-ball ``momentum``) at learning rate ``lr`` (absolute, needed),
+    replacing every optimizer of the follower's YAML (``replace="all"``) or only its Adam
+    (``replace="adam"``: the wide part keeps FTRL).
+
+    Why: Marvell's noise is zero-mean, so plain or momentum SGD averages it out over steps, while Adam
+    divides each step by the running second moment, which the noise inflates (and FTRL by its accumulated
+    squared gradients): under Adam the noise mostly shrinks the follower's effective learning rate."""
+    if kind not in FOLLOWER_OPTIMIZERS:
+        raise ValueError(f"follower optimizer must be one of {', '.join(FOLLOWER_OPTIMIZERS)}, got {kind!r}")
+    if replace not in ("all", "adam"):
+        raise ValueError(f"replace must be 'all' (every optimizer of the follower) or 'adam' (only its Adam), got {replace!r}")
+    if kind == "yaml":
+        return None
+    if lr is None or not lr > 0:
+        raise ValueError(f"follower optimizer {kind!r} needs a learning rate > 0 (--follower-lr), got {lr!r}")
+    hyper: dict[str, Any] = {"learning_rate": float(lr)}
+    if kind == "momentum":
+        if not 0 < momentum < 1:
+            raise ValueError(f"momentum must be in (0, 1), got {momentum!r}")
+        hyper["momentum"] = float(momentum)
+    spec: dict[str, Any] = {"type": "Adam" if kind == "adam" else "SGD", "hyper_parameters": hyper}
+    if replace == "adam":
+        spec["replace"] = ["Adam"]
+    return spec
+
+
+def optimizer_label(spec: dict[str, Any] | None) -> str:
+    if spec is None:
+        return "yaml"
+    h = spec.get("hyper_parameters") or {}
+    kind = str(spec["type"]).lower()
+    if kind == "sgd" and h.get("momentum"):
+        kind = f"mom{h['momentum']:g}"
+    text = f"{kind} lr{h.get('learning_rate', '?'):g}" if "learning_rate" in h else kind
+    return text + ("" if spec.get("replace") is None else "/" + "+".join(str(t).lower() for t in spec["replace"]))
 
 
 @dataclass(frozen=True)
@@ -116,8 +178,11 @@ def default_defences(
     *,
     marvell_scales: Sequence[float] | None = None,
     normalize_marvell_scales: Sequence[float] = (),
+    follower_optimizer: dict[str, Any] | None = None,
 ) -> list[Defence]:
-    """No defence, then each defence at 2 (``quick``) or 3 strengths, weakest first; ``marvell_scales``
+    """No defence, then each defence at 2 (``quick``) or 3 strengths, weakest first; ``follower_optimizer``
+    (see :func:`follower_optimizer`) trains the follower of every row with that optimizer, and adds a
+    first no-defence row with the YAML's optimizers (a baseline too); ``marvell_scales``
     replaces Marvell's default power budgets (see :class:`splitlink.privacy.MarvellNoise`);
     ``normalize_marvell_scales`` adds the combination gradient normalisation then Marvell at those budgets
     (the budget is then relative to the normalised gradients' class-mean difference)."""
@@ -150,6 +215,8 @@ def default_defences(
         )
         for s in emb_sigma
     ]
+    if follower_optimizer is not None:
+        out = [Defence("none")] + [dataclasses.replace(d, follower_optimizer=follower_optimizer) for d in out]
     return out
 
 
@@ -197,6 +264,29 @@ def evaluate_tap(
     return out
 
 
+def _run_one(
+    target: AuditTarget, data: Any, d: Defence, seed: int, epochs: int, batch_size: int, known: int, aux: int
+) -> dict[str, Any]:
+    tap = CutTap()
+    res = target.train(data, d, tap, epochs=epochs, batch_size=batch_size, seed=seed)
+    ev = evaluate_tap(tap, target.labels(data), target.follower_features(data), known=known, aux=aux, seed=seed)
+    step = statistics.median(res["step_seconds"]) * 1e3 if res["step_seconds"] else math.nan
+    return {"test_auc": float(res["test_auc"]), "step_ms": step, **ev}
+
+
+def _run_one_in_worker(
+    module: str, name: str, data: Any, d: Defence, seed: int, epochs: int, batch_size: int, known: int, aux: int, threads: int
+) -> dict[str, Any]:
+    """:func:`_run_one` in a spawned worker process: imports the module that registers the target first."""
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(threads)
+    importlib.import_module(module)
+    return _run_one(get_target(name), data, d, seed, epochs, batch_size, known, aux)
+
+
 def run_audit(
     target: AuditTarget,
     data: Any,
@@ -208,22 +298,46 @@ def run_audit(
     known: int = 40,
     aux: int = 200,
     progress: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Trains ``target`` once per defence and seed; one row per defence (numbers: medians over seeds)."""
-    labels = target.labels(data)
-    feats = target.follower_features(data)
+    """Trains ``target`` once per defence and seed; one row per defence (numbers: medians over seeds).
+
+    ``jobs > 1`` runs the trainings in that many spawned processes (each seeded as in one process; the
+    step times then share the CPU). The test-AUC cost of each row is against the no-defence row with the
+    best median test AUC (``baseline``: with several follower optimizers, a defence that needs a worse
+    optimizer pays for it), paired by seed; ``test_auc_cost_same_optimizer`` is against the no-defence row
+    with the row's own follower optimizer."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    work = [(d, s) for d in defences for s in seeds]
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    if jobs == 1:
+        for i, d in enumerate(defences):
+            for s in seeds:
+                results[i, s] = _run_one(target, data, d, s, epochs, batch_size, known, aux)
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        module = target.train.__module__
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futs = {
+                (i, s): pool.submit(_run_one_in_worker, module, target.name, data, d, s, epochs, batch_size, known, aux, threads)
+                for i, d in enumerate(defences)
+                for s in seeds
+            }
+            for key, f in futs.items():
+                results[key] = f.result()
+    assert len(results) == len(work)
     rows_out: list[dict[str, Any]] = []
-    for d in defences:
-        per_seed = []
-        for s in seeds:
-            tap = CutTap()
-            res = target.train(data, d, tap, epochs=epochs, batch_size=batch_size, seed=s)
-            ev = evaluate_tap(tap, labels, feats, known=known, aux=aux, seed=s)
-            step = statistics.median(res["step_seconds"]) * 1e3 if res["step_seconds"] else math.nan
-            per_seed.append({"test_auc": float(res["test_auc"]), "step_ms": step, **ev})
+    for i, d in enumerate(defences):
+        per_seed = [results[i, s] for s in seeds]
         row: dict[str, Any] = {
             "defence": d.name,
             "strength": d.strength,
+            "optimizer": d.optimizer,
             "seeds": list(seeds),
             "test_auc_by_seed": [p["test_auc"] for p in per_seed],
             "attack_auc_by_seed": [max(p.get("norm_auc", math.nan), p.get("direction_auc", math.nan)) for p in per_seed],
@@ -236,19 +350,34 @@ def run_audit(
         rows_out.append(row)
         if progress is not None:
             progress(format_table([row], header=not rows_out[:-1]))
-    base = next((r for r in rows_out if r["defence"] == "none"), None)
-    for r in rows_out:
-        # paired by seed: each seed's run against the no-defence run of the same seed, then the median
-        r["test_auc_cost_by_seed"] = [b - t for b, t in zip(base["test_auc_by_seed"], r["test_auc_by_seed"])] if base else []
-        r["test_auc_cost"] = float(statistics.median(r["test_auc_cost_by_seed"])) if base else math.nan
-        r["step_ratio"] = r["step_ms"] / base["step_ms"] if base and base["step_ms"] else math.nan
+    add_costs(rows_out)
     return rows_out
+
+
+def _cost(base: dict[str, Any] | None, r: dict[str, Any]) -> list[float]:
+    # paired by seed: each seed's run against the baseline run of the same seed
+    return [b - t for b, t in zip(base["test_auc_by_seed"], r["test_auc_by_seed"])] if base else []
+
+
+def add_costs(rows: list[dict[str, Any]]) -> None:
+    """Adds each row's test-AUC cost and step-time ratio against the no-defence baseline (see :func:`run_audit`)."""
+    bases = [r for r in rows if r["defence"] == "none"]
+    best = max(bases, key=lambda r: r["test_auc"]) if bases else None
+    for r in rows:
+        same = next((b for b in bases if b.get("optimizer") == r.get("optimizer")), None)
+        r["baseline"] = f"none {best.get('optimizer', '')}".strip() if best else None
+        r["test_auc_cost_by_seed"] = _cost(best, r)
+        r["test_auc_cost"] = float(statistics.median(r["test_auc_cost_by_seed"])) if best else math.nan
+        by_seed = _cost(same, r)
+        r["test_auc_cost_same_optimizer"] = float(statistics.median(by_seed)) if same else math.nan
+        r["step_ratio"] = r["step_ms"] / best["step_ms"] if best and best["step_ms"] else math.nan
 
 
 # (key, title, width, format of a number)
 TABLE_COLUMNS: list[tuple[str, str, int, str]] = [
     ("defence", "defence", 12, "{}"),
     ("strength", "strength", 11, "{}"),
+    ("optimizer", "follower opt", 13, "{}"),
     ("test_auc", "test AUC", 8, "{:.4f}"),
     ("norm_auc", "norm AUC", 8, "{:.3f}"),
     ("direction_auc", "dir AUC", 7, "{:.3f}"),
@@ -260,6 +389,9 @@ TABLE_COLUMNS: list[tuple[str, str, int, str]] = [
 ]
 
 
+_LEFT = ("defence", "strength", "optimizer")
+
+
 def format_table(rows: Sequence[dict[str, Any]], *, header: bool = True) -> str:
     """The audit rows as a fixed-width text table (n/a where an attack had nothing to score)."""
 
@@ -269,9 +401,9 @@ def format_table(rows: Sequence[dict[str, Any]], *, header: bool = True) -> str:
 
     lines = []
     if header:
-        lines.append("  ".join(t.ljust(w) if k in ("defence", "strength") else t.rjust(w) for k, t, w, _ in TABLE_COLUMNS))
+        lines.append("  ".join(t.ljust(w) if k in _LEFT else t.rjust(w) for k, t, w, _ in TABLE_COLUMNS))
     for r in rows:
-        lines.append("  ".join(cell(r.get(k), w, f, k in ("defence", "strength")) for k, _, w, f in TABLE_COLUMNS))
+        lines.append("  ".join(cell(r.get(k), w, f, k in _LEFT) for k, _, w, f in TABLE_COLUMNS))
     return "\n".join(lines)
 
 
@@ -284,10 +416,15 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, *, title: st
 
     fig, ax = plt.subplots(figsize=(7, 5))
     markers = {"none": "o", "marvell": "s", "grad_norm": "^", "norm+marvell": "P", "label_dp": "D", "embedding_dp": "v"}
-    for name in dict.fromkeys(r["defence"] for r in rows):
-        pts = [r for r in rows if r["defence"] == name]
+    several = len({r.get("optimizer") for r in rows}) > 1
+
+    def series(r: dict[str, Any]) -> str:
+        return f"{r['defence']} ({r.get('optimizer')})" if several else str(r["defence"])
+
+    for name in dict.fromkeys(series(r) for r in rows):
+        pts = [r for r in rows if series(r) == name]
         xs = [max(r.get("norm_auc", math.nan), r.get("direction_auc", math.nan)) for r in pts]
-        ax.plot(xs, [r["test_auc"] for r in pts], marker=markers.get(name, "x"), linestyle="-", label=name)
+        ax.plot(xs, [r["test_auc"] for r in pts], marker=markers.get(str(pts[0]["defence"]), "x"), linestyle="-", label=name)
         for x, r in zip(xs, pts):
             if r["strength"] != "-":
                 ax.annotate(r["strength"], (x, r["test_auc"]), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -89,6 +89,10 @@ class TrainConfig(TrainOptions):
     leader_privacy: dict[str, Any] | None = None  # leader top (label_dp, grad_norm, marvell)
     follower_privacy: dict[str, Any] | None = None  # follower bottom (embedding_dp)
     lr_scale: float = 1.0  # multiplies every YAML learning_rate (the audit's short runs train at 10x)
+    # replaces the follower bottom's optimizers (the audit's noise-robust follower): {"type": ..., "hyper_parameters":
+    # {...}, "replace": [YAML types, default all]}; its learning_rate is absolute (lr_scale does not apply), the
+    # YAML's loss_scale is kept (the sens was multiplied by it)
+    follower_optimizer: dict[str, Any] | None = None
 
 
 class WideDeepModel(nn.Module):
@@ -172,6 +176,22 @@ def _ids_digest(ids: np.ndarray) -> torch.Tensor:
     )
 
 
+def _replace_optimizer(opt: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``opt`` (a YAML ``opts`` entry) with ``spec``'s type and hyper-parameters if its type is among
+    ``spec["replace"]`` (default: every type); the entry's grads, params and loss_scale are kept."""
+    unknown = set(spec) - {"type", "hyper_parameters", "replace"}
+    if unknown or not isinstance(spec.get("type"), str):
+        raise ValueError(
+            f"follower_optimizer must be {{'type': <optimizer>, 'hyper_parameters': {{...}}, 'replace': [types]}}, "
+            f"got {dict(spec)!r}"
+        )
+    replace = spec.get("replace")
+    if replace is not None and opt.get("type") not in replace:
+        return dict(opt)
+    hyper = {k: v for k, v in (opt.get("hyper_parameters") or {}).items() if k == "loss_scale"}
+    return {**opt, "type": spec["type"], "hyper_parameters": {**hyper, **(spec.get("hyper_parameters") or {})}}
+
+
 _O = TypeVar("_O", bound=TrainConfig)
 
 
@@ -242,9 +262,11 @@ class _WideDeepParty(CriteoRowsParty[TrainConfig]):
         super().__init__(comm, train)
         self._setup_rows(data, model_cfg, train.seed + (0 if self.role == "leader" else 1))
 
-    def _yaml(self, name: str, privacy: Mapping[str, Any] | None = None) -> FLYamlData:
+    def _yaml(
+        self, name: str, privacy: Mapping[str, Any] | None = None, optimizer: Mapping[str, Any] | None = None
+    ) -> FLYamlData:
         data = FLYamlData(YAMLS / name)
-        if self.train.ckpt_dir is not None or privacy is not None or self.train.lr_scale != 1.0:
+        if self.train.ckpt_dir is not None or privacy is not None or optimizer is not None or self.train.lr_scale != 1.0:
             raw = dict(data.raw)
             if self.train.lr_scale != 1.0:
                 raw["opts"] = [
@@ -257,6 +279,8 @@ class _WideDeepParty(CriteoRowsParty[TrainConfig]):
                     }
                     for o in raw.get("opts") or []
                 ]
+            if optimizer is not None:
+                raw["opts"] = [_replace_optimizer(o, optimizer) for o in raw.get("opts") or []]
             if self.train.ckpt_dir is not None:
                 raw["ckpt_path"] = str(Path(self.train.ckpt_dir).resolve())
             if privacy is not None:
@@ -275,7 +299,9 @@ class Follower(_WideDeepParty):
         name = "follower_bottom_embedding_dp.yaml" if self.train.embedding_dp else "follower_bottom.yaml"
         self.net = WideDeepModel(len(FOLLOWER_FIELDS), self.cfg).to(self.device)  # initialised on the CPU
         self.models["bottom"] = FLModel(
-            self._yaml(name, self.train.follower_privacy), self.net, eval_network=_BottomEval(self.net)
+            self._yaml(name, self.train.follower_privacy, self.train.follower_optimizer),
+            self.net,
+            eval_network=_BottomEval(self.net),
         )
 
     def forward(self, idx: np.ndarray) -> None:
@@ -589,6 +615,7 @@ def _audit_train(
         lr_scale=AUDIT_LR_SCALE,
         leader_privacy=defence.leader_privacy,
         follower_privacy=fp,
+        follower_optimizer=defence.follower_optimizer,
     )
     hist = train_local(leader, follower, AUDIT_MODEL, train, tap=tap)
     t = [r["seconds"] for r in hist if r["kind"] == "train"]
