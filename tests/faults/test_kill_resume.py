@@ -70,6 +70,15 @@ def start(files: dict[str, Path], roles: tuple[str, ...] = ("follower", "leader"
 ERRORS: dict[str, str] = {}
 
 
+def wait_listening(log: Path, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Until the party logging to ``log`` has its gRPC server up (or fails, or ``timeout`` s pass)."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and "listening on" in log.read_text()):
+        assert proc.poll() is None, f"the party exited before listening: {proc.stderr.read() if proc.stderr else ''}"
+        assert time.monotonic() < deadline, f"no 'listening on' in {log} after {timeout} s"
+        time.sleep(0.05)
+
+
 def finish(procs: dict[str, subprocess.Popen], timeout: float = 240) -> dict[str, int]:
     for r, p in procs.items():
         ERRORS[r] = p.communicate(timeout=timeout)[1]
@@ -274,11 +283,16 @@ def test_pangu_with_deepspeed_backbone_killed_and_resumed_ends_bitwise_equal(pan
         files = pangu_files(
             d, run, resume=False, peer_timeout=8.0 if restart == "both" else 120.0, every=PANGU_STEPS if early else PANGU_EVERY
         )
-        procs = start(files)
+        # Party B first, party A once B's server listens: the short peer_timeout of the "both" case is
+        # then the time A waits after the kill, not DeepSpeed's start-up on a loaded machine.
+        procs = start(files, ("follower",))
+        wait_listening(run / "follower.log", procs["follower"])
+        procs.update(start(files, ("leader",)))
         deadline = time.monotonic() + 240
         while max(pangu_losses(run), default=0) < kill_at:
             assert time.monotonic() < deadline, "training did not reach the kill step"
-            assert procs["leader"].poll() is None, f"the leader stopped before the kill step: {procs['leader'].stderr}"
+            for role, p in procs.items():
+                assert p.poll() is None, f"the {role} stopped before the kill step: {p.stderr.read() if p.stderr else ''}"
             time.sleep(0.02)
         procs[victim].send_signal(signal.SIGKILL)
         survivor = "leader" if victim == "follower" else "follower"
