@@ -235,3 +235,46 @@ def test_the_window_closes_when_the_peer_restarts_until_its_new_process_orders(p
     assert leader._window_of("follower") == 4
     leader._inboxes["follower"].see(follower._incarnation ^ 1)  # its announcement of a new process
     assert leader._window_of("follower") == 1
+
+
+# ---- found in a fresh-clone CI run: a frame in ranges withdrawn after it was assembled -----------------
+
+RANGES = {"streams": 2, "chunk_size": 1 << 16, "parallel_threshold": 1 << 17}  # 400 kB frames: two ranges
+
+
+def big(i: int) -> dict[str, torch.Tensor]:
+    return {"x": torch.full((100_000,), float(i))}
+
+
+def test_a_frame_in_ranges_whose_completing_call_failed_is_sent_again_whole(pair: Any, caplog: Any) -> None:
+    leader, follower = pair(max_inflight=4, **RANGES)
+    gate = Gate(follower)
+    gate.refuse = {3: (grpc.StatusCode.UNAVAILABLE, 1)}  # frame 3 assembled, its completing call fails
+    works = [leader.isend("follower", big(i)) for i in range(4)]
+    got = [float(follower.receive("leader", timeout=WAIT)["x"][0]) for _ in range(4)]
+    assert got == [0.0, 1.0, 2.0, 3.0]
+    assert [outcome(w) for w in works] == ["ok"] * 4
+    assert gate.calls.count(3) == 2  # assembled twice: all of its ranges came again
+    assert "sending all of its ranges again" in caplog.text
+    with pytest.raises(TimeoutError):
+        follower.receive("leader", timeout=0.3)
+
+
+def test_a_held_frame_in_ranges_withdrawn_when_its_call_timed_out_is_sent_again_whole(pair: Any, caplog: Any) -> None:
+    leader, follower = pair(max_inflight=4, **RANGES)
+    inbox = follower._inboxes["leader"]
+    gate = Gate(follower)
+    gate.blocked = {2}
+    budget = leader._budget
+    leader._budget = lambda peer, seq, n: 1.0 if seq == 3 else budget(peer, seq, n)  # type: ignore[method-assign]
+    works = [leader.isend("follower", big(i)) for i in range(2)]  # frames 2 and 3
+    held(inbox, 3)
+    with inbox.cond:  # frame 3's attempts time out while it waits for frame 2: withdrawn
+        assert inbox.cond.wait_for(lambda: 3 not in inbox.held and 3 not in inbox.reserved, WAIT)
+    gate.release(2)
+    got = [float(follower.receive("leader", timeout=WAIT)["x"][0]) for _ in range(2)]
+    assert got == [0.0, 1.0]
+    assert [outcome(w) for w in works] == ["ok"] * 2
+    assert "sending all of its ranges again" in caplog.text
+    with pytest.raises(TimeoutError):
+        follower.receive("leader", timeout=0.3)

@@ -231,6 +231,14 @@ class Assembler:
             a.abandon()  # no more writes (a complete frame's buffer stays with its receiver)
             self._cond.notify_all()
 
+    def forget(self, sender: str, incarnation: int, seq: int) -> None:
+        """Frame (sender, incarnation, seq) was assembled but withdrawn before it was delivered: its
+        ranges are no longer answered as delivered, so the sender's resend of them assembles it anew."""
+        with self._cond:
+            done = self._completed.get(sender)
+            if done is not None and (incarnation, seq) in done:
+                done.remove((incarnation, seq))
+
     def drop(self, sender: str) -> None:
         with self._cond:
             for a in self._current.pop(sender, {}).values():

@@ -30,7 +30,9 @@
   a frame that overtook its predecessor (``splitlink.channel.inbox``). A receiver that orders says so
   in its acks (trailing metadata ``splitlink-order``); until one did, and for sealed frames (whose
   re-keying re-seals a frame under a new seq), frames go one at a time; a peer that restarts must say
-  it again. A held frame is delivered only while its call is open (withdrawn when it ends), a frame's
+  it again. A held frame is delivered only while its call is open (withdrawn when it ends; a frame
+  sent in ranges whose completing call ended is answered ``splitlink-resend`` on the retry of that
+  range, and the sender sends all of its ranges again, since the others were acknowledged), a frame's
   attempt timeout includes the frames ahead of it and its retry deadline starts when they settled. A
   frame that fails cancels the calls of the frames behind it, which the receiver then withdraws, and
   they fail with ``FrameNotSentError`` (``splitlink.channel.work`` says exactly what each outcome means).
@@ -74,6 +76,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -112,6 +115,9 @@ MAX_WINDOW = 8
 # Call metadata: the seq of the frame this one must be delivered after (absent: none in flight), and
 # the receiver's answer that it delivers in that order (senders open their window only then).
 AFTER_KEY, ORDERED = "splitlink-after", ("splitlink-order", "1")
+# Trailing metadata of the answer to a range of a frame that was assembled, then withdrawn before it was
+# delivered (the call that completed it ended first): the sender sends all of the frame's ranges again.
+RESEND = ("splitlink-resend", "1")
 
 
 class _RekeyNeeded(Exception):
@@ -715,15 +721,36 @@ class VerticalFederatedCommunicator(PostedReceives):
                 ),
             )
 
-        assert self._range_pool is not None
-        pending = [self._range_pool.submit(send_range, i, o, n) for i, (o, n) in enumerate(self._ranges(total))]
-        acks: list[bytes] = []
-        errors: list[BaseException] = []
-        for f in pending:
-            try:
-                acks.append(f.result())
-            except BaseException as e:  # noqa: BLE001 - the first error is raised below
-                errors.append(e)
+        def send_all() -> tuple[list[bytes], list[BaseException]]:
+            assert self._range_pool is not None
+            pending = [self._range_pool.submit(send_range, i, o, n) for i, (o, n) in enumerate(self._ranges(total))]
+            acks: list[bytes] = []
+            errors: list[BaseException] = []
+            for f in pending:
+                try:
+                    acks.append(f.result())
+                except BaseException as e:  # noqa: BLE001 - the first error is raised below
+                    errors.append(e)
+            return acks, errors
+
+        started = time.monotonic()
+        resends = 0
+        while True:
+            acks, errors = send_all()
+            resend = [e for e in errors if isinstance(e, grpc.RpcError) and RESEND in (e.trailing_metadata() or ())]
+            if not resend or len(resend) < len(errors) or time.monotonic() - started > self.retry_deadline:
+                break
+            # The receiver assembled the frame, then withdrew it before delivering it (the call that
+            # completed it ended: a connection cut, a timeout); the ranges it had acknowledged are gone.
+            resends += 1
+            logger.warning(
+                "[%s] frame seq %d to '%s' was withdrawn after it was assembled (%s); sending all of its ranges again (%d)",
+                self.me.server_name,
+                seq,
+                peer,
+                _status(resend[0]).partition(":")[0],
+                resends,
+            )
         if errors:
             first = errors[0]
             if isinstance(first, RetryGaveUp):
@@ -980,10 +1007,13 @@ class VerticalFederatedCommunicator(PostedReceives):
                 pass
             # held for its predecessor: this call takes it over and answers when it is delivered
             outcome = inbox.rewait(seq, context.is_active)
-            if outcome == WITHDRAWN:  # its other ranges were acknowledged already: the frame cannot complete
+            if outcome == WITHDRAWN:  # its other ranges were acknowledged already: all must come again
+                self._assembler.forget(sender, head.incarnation, seq)
+                context.set_trailing_metadata((RESEND,))
                 context.abort(
                     grpc.StatusCode.ABORTED,
-                    f"frame seq {seq} was withdrawn (the call that completed it ended before frame {after} was delivered)",
+                    f"frame seq {seq} was withdrawn (the call that completed it ended before frame {after} was "
+                    "delivered): send all of its ranges again",
                 )
             return self._answer(outcome, seq, after, context)
         except RangeRefused as e:
