@@ -206,6 +206,7 @@ def test_bench_wan_runs_and_reports() -> None:
             "4",
             "--micro-batches",
             "2",
+            "--trace",
             "--json",
         ],
         capture_output=True,
@@ -235,3 +236,14 @@ def test_bench_wan_runs_and_reports() -> None:
     # pipelining keeps the full batch's update: after 4 Adam steps the loss differs only by the rounding of
     # the accumulation order, carried through the steps (well under 0.1%)
     assert abs(by["pipelined m=2"]["loss"] - fp32["loss"]) < 1e-3 * fp32["loss"]
+    # the traced rows: each party's compute per step, and the bound it puts on a pipelined step (a step is
+    # never shorter than the slower party's compute in it; 10% for medians of different series)
+    for name in ("pipelined m=2", "pipelined m=2 + codecs"):
+        r = by[name]
+        assert set(r["trace"]) == {"party A", "party B"}
+        assert all(positive(t["compute_ms"]) for t in r["trace"].values())
+        assert r["bound_ms"] == max(t["compute_ms"] for t in r["trace"].values())
+        assert r["step_ms"] >= 0.9 * r["bound_ms"]
+        seq = by["codecs" if "codecs" in name else "fp32"]["step_ms"]
+        assert r["vs_sequential"] == pytest.approx(seq / r["step_ms"])
+        assert r["vs_sequential_at_bound"] == pytest.approx(seq / r["bound_ms"])
