@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import socket
 import subprocess
 import sys
 
@@ -41,10 +42,24 @@ def test_keep_freed_memory_keeps_a_freed_block_mapped() -> None:
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:
-    import socket
-
     ports = free_ports(5)
     assert len(set(ports)) == 5
     for p in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    """A port handed out is bound later by the process it is meant for; meanwhile nothing the OS numbers
+    itself (a client's connection, a listener on port 0) may take it, and no later call may return it."""
+    from splitlink.util import _ephemeral_range
+
+    lo, hi = _ephemeral_range()
+    ports = [p for _ in range(100) for p in free_ports(2)]
+    assert len(set(ports)) == len(ports) == 200  # the ports of earlier calls were closed: still not repeated
+    assert not [p for p in ports if lo <= p <= hi], (lo, hi)
+    assert all(1024 <= p <= 65535 for p in ports)
+    # the OS numbers a listener on port 0 from exactly the range the ports avoid
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        assert lo <= s.getsockname()[1] <= hi
