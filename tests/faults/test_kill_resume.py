@@ -124,8 +124,10 @@ def test_sigkill_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(workdir
     kill_at = int(rng.integers(1, 4)) if early else int(rng.integers(EVERY + 2, STEPS - 3))
     case = f"[kill the {victim} at step {kill_at} (seed {seed}), restart {restart}]"
     print(case)
+    # "both": the survivor gives up peer_timeout after the kill; the parties start together, and each must
+    # also see the other within it (20 s: a loaded 2-core CI machine staggers their start-ups by seconds)
     files = run_files(
-        workdir, run, resume=False, peer_timeout=8.0 if restart == "both" else 90.0, every=STEPS if early else EVERY
+        workdir, run, resume=False, peer_timeout=20.0 if restart == "both" else 90.0, every=STEPS if early else EVERY
     )
     procs = start(files)
     deadline = time.monotonic() + 120
