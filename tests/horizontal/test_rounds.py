@@ -113,6 +113,19 @@ def test_weighted_mean_is_exact() -> None:
     assert torch.equal(weighted_mean(f32, ups32)["w"], want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_weighted_mean_of_large_states_matches_the_float64_copy_reference_bitwise(dtype: torch.dtype) -> None:
+    # long enough for the vectorised kernels, an odd length for their tails; states of unlike magnitudes
+    gen = torch.Generator().manual_seed(3)
+    n, numel = 7, 100_003
+    ups = [ClientUpdate(f"c{i}", {"w": (torch.randn(numel, generator=gen) * 4.0**i).to(dtype)}, 10 + 3 * i) for i in range(n)]
+    total = float(sum(u.samples for u in ups))
+    ref = torch.zeros(numel, dtype=torch.float64)
+    for u in ups:
+        ref.add_(u.state["w"].to(torch.float64), alpha=u.samples / total)
+    assert torch.equal(weighted_mean({"w": torch.zeros(numel, dtype=dtype)}, ups)["w"], ref.to(dtype))
+
+
 def test_bad_updates_are_named() -> None:
     g = {"w": torch.zeros(2)}
     with pytest.raises(ValueError, match="client 'b'.*missing"):
