@@ -31,6 +31,33 @@ def test_synthetic_file_has_the_criteo_format(synthetic: tuple[Path, dict[str, f
     assert 0.1 < info["positive_rate"] < 0.9
 
 
+def test_task_seed_keeps_one_task_at_every_row_count(tmp_path: Path) -> None:
+    # without task_seed the planted effects follow the rows' draws, so the task (its positive rate and how
+    # much the leader's columns tell) moves with the row count; with it, only sampling noise remains
+    small = criteo.write_synthetic(tmp_path / "a.tsv", 4000, seed=1, task_seed=5)
+    large = criteo.write_synthetic(tmp_path / "b.tsv", 40000, seed=2, task_seed=5)
+    assert abs(small["positive_rate"] - large["positive_rate"]) < 0.02
+    assert abs(small["leader_only_auc"] - large["leader_only_auc"]) < 0.03
+    assert abs(small["oracle_auc"] - large["oracle_auc"]) < 0.03
+    other = criteo.write_synthetic(tmp_path / "c.tsv", 40000, seed=2, task_seed=6)
+    assert abs(other["positive_rate"] - large["positive_rate"]) > 0.005 or abs(other["oracle_auc"] - large["oracle_auc"]) > 0.005
+
+
+@pytest.mark.parametrize("rate", [0.03, 0.256, 0.5, 0.8])
+def test_positive_rate_sets_the_intercept(tmp_path: Path, rate: float) -> None:
+    info = criteo.write_synthetic(tmp_path / "s.tsv", 20000, seed=3, task_seed=4, positive_rate=rate)
+    assert info["positive_rate"] == pytest.approx(rate, abs=4 * (rate * (1 - rate) / 20000) ** 0.5 + 1e-3)
+    logit = np.random.default_rng(0).normal(0.0, 2.0, 1000)
+    b = criteo._intercept_for(logit, rate)
+    assert float(np.mean(1 / (1 + np.exp(-(logit + b))))) == pytest.approx(rate, abs=1e-6)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 1.5])
+def test_positive_rate_out_of_range_is_refused(tmp_path: Path, rate: float) -> None:
+    with pytest.raises(ValueError, match="positive_rate must be strictly between 0 and 1"):
+        criteo.write_synthetic(tmp_path / "s.tsv", 10, positive_rate=rate)
+
+
 def test_preprocess_streams_in_chunks_identically(synthetic: tuple[Path, dict[str, float]], tmp_path: Path) -> None:
     path, _ = synthetic
     a = criteo.preprocess(path, tmp_path / "a", vocab_size=1000, chunk_rows=128)

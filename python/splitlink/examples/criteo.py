@@ -185,8 +185,27 @@ def load_party(preprocessed: str | os.PathLike[str], role: str) -> PartyData:
     )
 
 
+def _intercept_for(logit: np.ndarray, rate: float) -> float:
+    """The b with mean(sigmoid(logit + b)) == rate (the mean is increasing in b): bisection to 1e-9."""
+    lo, hi = -40.0, 40.0
+    while hi - lo > 1e-9:
+        mid = 0.5 * (lo + hi)
+        if float(np.mean(1.0 / (1.0 + np.exp(-(logit + mid))))) < rate:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 def write_synthetic(
-    path: str | os.PathLike[str], rows: int, *, seed: int = 0, values_per_field: int = 200, missing_rate: float = 0.05
+    path: str | os.PathLike[str],
+    rows: int,
+    *,
+    seed: int = 0,
+    values_per_field: int = 200,
+    missing_rate: float = 0.05,
+    task_seed: int | None = None,
+    positive_rate: float | None = None,
 ) -> dict[str, float]:
     """Writes ``rows`` lines of Criteo-format TSV with a planted signal; returns the AUCs it allows.
 
@@ -196,7 +215,19 @@ def write_synthetic(
     as much signal as the leader's. Returned: ``oracle_auc`` (AUC of the true probabilities: the best
     any model can do), ``leader_only_auc`` (AUC of the leader's part of the logit: about what the
     leader alone could reach) and the positive rate.
+
+    ``task_seed``: the planted effects (which values matter, by how much) come from a generator of their
+    own, so the task is the same at every row count and ``seed`` only draws the rows (what the leakage
+    audit uses, to compare settings of different sizes on one task). ``None`` (default): they come from
+    ``seed``'s generator after the rows' values, as the demo's and tests' data always have, so there the
+    task changes with ``rows``.
+
+    ``positive_rate``: the logit's intercept is set so that the expected positive rate over these rows is
+    this (bisection on the mean predicted probability; e.g. 0.256, Criteo's display-advertising data);
+    ``None``: a fixed intercept of -1.1 (about 35% positives).
     """
+    if positive_rate is not None and not 0.0 < positive_rate < 1.0:
+        raise ValueError(f"positive_rate must be strictly between 0 and 1, got {positive_rate!r}")
     rng = np.random.default_rng(seed)
     probs = 1.0 / np.arange(1, values_per_field + 1) ** 1.1
     probs /= probs.sum()
@@ -204,14 +235,16 @@ def write_synthetic(
     missing = rng.random((rows, N_FIELDS)) < missing_rate
     leader_sig = [0, 3, 14, 17, 20, 24]
     follower_sig = [8, 11, 27, 30, 33, 37]
-    effects = rng.normal(0.0, 1.0, size=(N_FIELDS, values_per_field))
+    task_rng = rng if task_seed is None else np.random.default_rng(task_seed)
+    effects = task_rng.normal(0.0, 1.0, size=(N_FIELDS, values_per_field))
     contrib = np.zeros((rows, N_FIELDS))
     for f in leader_sig + follower_sig:
         contrib[:, f] = np.where(missing[:, f], 0.0, effects[f, vals[:, f]] * 0.55)
     inter = effects[5, vals[:, 15] % values_per_field] * effects[6, vals[:, 28] % values_per_field] * 0.5
     inter = np.where(missing[:, 15] | missing[:, 28], 0.0, inter)
     leader_part = contrib[:, leader_sig].sum(1)
-    logit = leader_part + contrib[:, follower_sig].sum(1) + inter - 1.1
+    logit = leader_part + contrib[:, follower_sig].sum(1) + inter
+    logit += -1.1 if positive_rate is None else _intercept_for(logit, positive_rate)
     p = 1.0 / (1.0 + np.exp(-logit))
     labels = (rng.random(rows) < p).astype(np.int64)
     # Dense fields carry the value index as a count (bucketized later); categorical as 8 hex digits.

@@ -35,9 +35,11 @@ from splitlink.util import free_ports
 __all__ = ["run_demo", "plot_metrics", "leader_only_auc"]
 
 
-def prepare_data(workdir: Path, rows: int, seed: int, vocab_size: int) -> dict[str, Any]:
+def prepare_data(
+    workdir: Path, rows: int, seed: int, vocab_size: int, task_seed: int | None = None, positive_rate: float | None = None
+) -> dict[str, Any]:
     tsv = workdir / "criteo_synthetic.tsv"
-    info = criteo.write_synthetic(tsv, rows, seed=seed)
+    info = criteo.write_synthetic(tsv, rows, seed=seed, task_seed=task_seed, positive_rate=positive_rate)
     pre = criteo.preprocess(tsv, workdir / "preprocessed", vocab_size=vocab_size)
     for role in ("leader", "follower"):
         criteo.load_party(pre, role).save(workdir / f"{role}.npz")

@@ -575,6 +575,8 @@ SCENARIO = register(
 
 # The leakage audit (splitlink audit, benchmarks/bench_leakage.py): how to train this scenario for it.
 AUDIT_MODEL = WideDeepConfig(vocab_size=5000, emb_dim=8, deep_layers=(32, 16))
+AUDIT_TASK_SEED = 22  # the synthetic task of every audit (write_synthetic's task_seed)
+AUDIT_POSITIVE_RATE = 0.256  # Criteo's display-advertising data (Kaggle): 25.6% of the impressions clicked
 AUDIT_LR_SCALE = 10.0  # the YAML's Adam learning rate (3.5e-4) is for 20 epochs of 45M rows; audits run 2-3 short epochs
 
 
@@ -585,7 +587,16 @@ def _audit_prepare(workdir: Path, rows: int, seed: int, tsv: str | None = None) 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if tsv is None:
-        prepare_data(workdir, rows, seed=seed, vocab_size=AUDIT_MODEL.vocab_size)
+        # one task at every row count (the seed draws the rows), so audits of different sizes compare, with
+        # Criteo's label balance (the norm attack feeds on it)
+        prepare_data(
+            workdir,
+            rows,
+            seed=seed,
+            vocab_size=AUDIT_MODEL.vocab_size,
+            task_seed=AUDIT_TASK_SEED,
+            positive_rate=AUDIT_POSITIVE_RATE,
+        )
         return load_party(workdir / "leader.npz", "leader"), load_party(workdir / "follower.npz", "follower")
     pre = criteo.preprocess(tsv, workdir / "preprocessed", vocab_size=AUDIT_MODEL.vocab_size)
     parts = []

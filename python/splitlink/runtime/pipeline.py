@@ -58,8 +58,8 @@ __all__ = [
 MICRO_KEY = "pipeline_micro"
 
 # Diagnostics: with this environment variable naming a file, every party appends one JSON line per stage
-# call (party, step, stage, micro-batch, start time on the monotonic clock shared by the processes of a
-# machine, seconds blocked receiving, computing, queueing the send, in ``then``, and the computing
+# call (party, step, stage, whether it receives, micro-batch, start time on the monotonic clock shared by the
+# processes of a machine, seconds blocked receiving, computing, queueing the send, in ``then``, and the computing
 # thread's CPU seconds) and one per step for the wait for the sent frames' acknowledgements; the
 # parties' lines merge into one timeline (benchmarks/bench_wan.py --trace prints the breakdown).
 TRACE_ENV = "SPLITLINK_PIPELINE_TRACE"
@@ -169,6 +169,7 @@ def _run_one(party: Any, stage: Stage, i: int, got: dict[str, Any] | None, sends
                 "party": party.name,
                 "step": party.step,
                 "stage": stage.name,
+                "receives": stage.receives,
                 "i": i,
                 "t": t0,
                 "recv_s": t1 - t0,
