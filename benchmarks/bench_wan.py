@@ -239,7 +239,9 @@ def trace_summary(path: Path, skip: int = 2) -> dict[str, dict[str, float]]:
     (splitlink.runtime.pipeline.TRACE_ENV): milliseconds per step computing (the stages' work, their
     ``then`` included), blocked receiving, queueing sends, waiting for the last acknowledgements, the
     computing thread's CPU, and the compute per stage and micro-batch; ``finish_ms``: the step's finish
-    (work after the last send, e.g. a deferred optimizer step); ``first_receives``: 1 for the party whose
+    (e.g. a deferred optimizer step); ``tail_ms``: the work after the step's last send (the last stage
+    call's ``then``, e.g. Wide&Deep's leader's bottom backward and optimizer step, and the finish);
+    ``first_receives``: 1 for the party whose
     step starts by receiving from the peer (its first stage receives), else 0; ``first_stage_ms`` and
     ``last_stage_ms``: the computing thread's CPU per micro-batch in its first and last stage (CPU, not
     wall time: while both parties compute, the 2 cores' other threads stretch a stage's wall time, and
@@ -270,6 +272,8 @@ def trace_summary(path: Path, skip: int = 2) -> dict[str, dict[str, float]]:
                 per.setdefault(f"{r['stage']} cpu ms per micro-batch", []).append(r["cpu_s"])
             if ordered:
                 ends = (ordered[0]["stage"], ordered[-1]["stage"])
+            # work after the step's last send: the last stage call's then and the finish
+            tot["tail_ms"] = (ordered[-1]["then_s"] if ordered else 0.0) + tot["finish_ms"]
             for k, v in tot.items():
                 per.setdefault(k, []).append(v)
         out[party] = {k: statistics.median(v) * (1 if k == "first_receives" else 1e3) for k, v in per.items()}
@@ -285,7 +289,7 @@ def step_bound(trace: dict[str, dict[str, float]], rtt_ms: float) -> float:
         if t["first_receives"]:
             peer = next(q for p, q in trace.items() if p != party)
             gap = rtt_ms + peer["first_stage_ms"] + peer["last_stage_ms"]
-            bound = max(bound, t["compute_ms"] - t["finish_ms"] + max(t["finish_ms"], gap))
+            bound = max(bound, t["compute_ms"] - t["tail_ms"] + max(t["tail_ms"], gap))
     return bound
 
 
@@ -417,8 +421,8 @@ def main() -> None:
             # first stage makes after its last stage took this party's last output of step t (the peer's
             # update comes between, so no exact schedule overlaps the two steps), i.e. at least one round
             # trip plus the peer's last and first stage on one micro-batch (their thread CPU time, which
-            # their wall time cannot undercut), of which only this party's own
-            # end-of-step work (its finish, e.g. a deferred optimizer step) can fill. The best pipelining can
+            # their wall time cannot undercut), of which only this party's own work after its last send
+            # (its tail: e.g. a deferred optimizer step) can fill. The best pipelining can
             # reach against the sequential split of the same profile and codecs, next to what it reached.
             same = {"profile": r["profile"], "model": r["model"], "variant": "codecs" if "codecs" in r["variant"] else "fp32"}
             seq = next(q["step_ms"] for q in rows if all(q.get(k) == v for k, v in same.items()))

@@ -239,7 +239,8 @@ def test_bench_wan_runs_and_reports() -> None:
     # the traced rows: each party's compute per step, and the bound it puts on a pipelined step (a step is
     # never shorter than the slower party's compute in it, nor than party B's, who starts by receiving,
     # with its wait between steps: one RTT plus party A's embedding backward and forward of one micro-batch,
-    # less B's own deferred optimizer step that fills it; 10% for medians of different series)
+    # of which B's own work after its last send, its deferred optimizer step, fills a part; 10% for medians
+    # of different series)
     rtt = d["links"]["lan"]["rtt_ms"]
     for name in ("pipelined m=2", "pipelined m=2 + codecs"):
         r = by[name]
@@ -251,7 +252,8 @@ def test_bench_wan_runs_and_reports() -> None:
         assert a["last_stage_ms"] == a["embedding backward cpu ms per micro-batch"]
         assert r["compute_bound_ms"] == max(a["compute_ms"], b["compute_ms"])
         gap = rtt + a["first_stage_ms"] + a["last_stage_ms"]
-        assert r["bound_ms"] == pytest.approx(max(a["compute_ms"], b["compute_ms"] - b["finish_ms"] + max(b["finish_ms"], gap)))
+        assert b["tail_ms"] == pytest.approx(b["finish_ms"], abs=0.05)  # its last stage (backbone backward) has no then
+        assert r["bound_ms"] == pytest.approx(max(a["compute_ms"], b["compute_ms"] - b["tail_ms"] + max(b["tail_ms"], gap)))
         assert r["step_ms"] >= 0.9 * r["bound_ms"]
         seq = by["codecs" if "codecs" in name else "fp32"]["step_ms"]
         assert r["vs_sequential"] == pytest.approx(seq / r["step_ms"])

@@ -152,3 +152,20 @@ def test_cli_audit_smoke(tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and "unknown defence(s) nonsense" in bad.stderr
+    bad_scale = subprocess.run(
+        [sys.executable, "-m", "splitlink", "audit", "--marvell-scales", "2", "0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad_scale.returncode == 2 and "--marvell-scales must be finite numbers > 0" in bad_scale.stderr
+
+
+def test_audit_cli_runs_the_marvell_scales_asked_for() -> None:
+    cmd = [sys.executable, "-m", "splitlink", "audit", "--only", "marvell", "--marvell-scales", "3", "0.5"]
+    cmd += ["--rows", "1000", "--epochs", "1", "--batch-size", "450", "--aux", "100", "--known", "20", "--json"]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["rows"]
+    assert [(r["defence"], r["strength"]) for r in rows] == [("none", "-"), ("marvell", "scale 3"), ("marvell", "scale 0.5")]
