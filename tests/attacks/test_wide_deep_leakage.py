@@ -63,6 +63,14 @@ def test_every_attack_beats_chance_without_a_defence(clean: dict[str, Any]) -> N
     assert clean["test_auc"] > 0.6  # it learns (measured 0.67 on the 300 held-out rows; oracle ~0.85)
 
 
+def test_the_audit_task_has_criteos_label_balance_at_any_size(data: Any, tmp_path: Any) -> None:
+    # one task (task_seed) with Criteo's 25.6% positives: the norm attack's strength depends on the balance
+    target = get_target("criteo_wide_deep")
+    assert abs(float(target.labels(data).mean()) - wd.AUDIT_POSITIVE_RATE) < 0.02
+    other = target.prepare(tmp_path, 800, 9)
+    assert abs(float(target.labels(other).mean()) - wd.AUDIT_POSITIVE_RATE) < 0.04
+
+
 def test_marvell_lowers_both_gradient_attacks(data: Any, clean: dict[str, Any]) -> None:
     r = audit(data, by_name("marvell", "scale 1"))  # measured: norm 0.58, direction 0.72
     assert r["norm_auc"] < clean["norm_auc"] - 0.25
