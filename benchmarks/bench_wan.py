@@ -241,8 +241,8 @@ def trace_summary(path: Path, skip: int = 2) -> dict[str, dict[str, float]]:
     computing thread's CPU, and the compute per stage and micro-batch; ``finish_ms``: the step's finish
     (e.g. a deferred optimizer step); ``tail_ms``: the work after the step's last send (the last stage
     call's ``then``, e.g. Wide&Deep's leader's bottom backward and optimizer step, and the finish);
-    ``first_receives``: 1 for the party whose
-    step starts by receiving from the peer (its first stage receives), else 0; ``first_stage_ms`` and
+    ``first_receives``: 1 for the party whose step starts by receiving from the peer (its first stage
+    receives), else 0; ``first_stage_ms`` and
     ``last_stage_ms``: the computing thread's CPU per micro-batch in its first and last stage (CPU, not
     wall time: while both parties compute, the 2 cores' other threads stretch a stage's wall time, and
     these stages matter where the other party waits for them)."""

@@ -114,8 +114,11 @@ def test_weighted_mean_is_exact() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_weighted_mean_of_large_states_matches_the_float64_copy_reference_bitwise(dtype: torch.dtype) -> None:
-    # long enough for the vectorised kernels, an odd length for their tails; states of unlike magnitudes
+def test_weighted_mean_of_large_states_is_the_float64_mean_rounded_once(dtype: torch.dtype) -> None:
+    # long enough for the vectorised kernels, an odd length for their tails; states of unlike magnitudes.
+    # The result must be the float64 weighted mean rounded once to the state's dtype: as close to the
+    # float64 reference as its correctly rounded value, up to float64 rounding (the two kernels may fuse
+    # the multiply-add differently on another CPU; an accumulation in the state's dtype fails by far).
     gen = torch.Generator().manual_seed(3)
     n, numel = 7, 100_003
     ups = [ClientUpdate(f"c{i}", {"w": (torch.randn(numel, generator=gen) * 4.0**i).to(dtype)}, 10 + 3 * i) for i in range(n)]
@@ -123,7 +126,12 @@ def test_weighted_mean_of_large_states_matches_the_float64_copy_reference_bitwis
     ref = torch.zeros(numel, dtype=torch.float64)
     for u in ups:
         ref.add_(u.state["w"].to(torch.float64), alpha=u.samples / total)
-    assert torch.equal(weighted_mean({"w": torch.zeros(numel, dtype=dtype)}, ups)["w"], ref.to(dtype))
+    got = weighted_mean({"w": torch.zeros(numel, dtype=dtype)}, ups)["w"]
+    assert got.dtype == dtype
+    err, best = (got.double() - ref).abs(), (ref.to(dtype).double() - ref).abs()
+    assert bool((err <= best + 1e-12 * ref.abs()).all())
+    # and the same bits wherever the reference is not within float64 rounding of a tie
+    assert (got != ref.to(dtype)).float().mean() < 1e-3
 
 
 def test_bad_updates_are_named() -> None:
